@@ -1,0 +1,278 @@
+//! Command-line words: the global options and the commands, shared by one-shot use and the
+//! shell (which parses each line with the same code).
+
+use std::path::PathBuf;
+
+/// Options that apply to every command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--instance NAME`.
+    pub instance: Option<String>,
+    /// `--runtime-dir DIR`.
+    pub runtime_dir: Option<PathBuf>,
+    /// `--help`.
+    pub help: bool,
+    /// `--version`.
+    pub version: bool,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    /// `start [NODE...]`.
+    Start(Vec<String>),
+    /// `stop [NODE...]`.
+    Stop(Vec<String>),
+    /// `restart [NODE...]`.
+    Restart(Vec<String>),
+    /// `status [NODE...] [--json]`.
+    Status {
+        /// Selection.
+        nodes: Vec<String>,
+        /// JSON output.
+        json: bool,
+    },
+    /// `ping [-n COUNT]`.
+    Ping(u32),
+    /// `detach` (also `exit`, `quit` in the shell).
+    Detach,
+    /// `shutdown`.
+    Shutdown,
+    /// `help [COMMAND]`.
+    Help(Option<String>),
+    /// The internal Supervisor mode.
+    Supervisor {
+        /// `--notify-fd N`.
+        notify_fd: Option<i32>,
+    },
+}
+
+/// The commands and their one-line summaries, for `help` and completion.
+pub const COMMANDS: &[(&str, &str, &str)] = &[
+    ("start", "[NODE...]", "start nodes (all if none named); starts the Supervisor first if none runs"),
+    ("stop", "[NODE...]", "stop nodes with their stop signal, SIGKILL after their stop_timeout_ms"),
+    ("restart", "[NODE...]", "stop then start nodes"),
+    ("status", "[NODE...] [--json]", "show nodes: state, pid, uptime, restarts, last exit (exit 3 if a selected node is not running)"),
+    ("ping", "[-n COUNT]", "round trip a no-op command through the mailbox and print the latency"),
+    ("detach", "", "leave: this Main exits, the Supervisor and every node keep running (also: exit, quit)"),
+    ("shutdown", "", "stop every node, then the Supervisor, then exit; leaves nothing behind"),
+    ("help", "[COMMAND]", "this list, or one command's help"),
+];
+
+/// NODE may be a name, a glob (`worker-*`), a type in the plural (`workers`, `proxies`,
+/// `loggers`, `managers`, `standalones`, `others`) or `all`.
+pub const NODE_HELP: &str = "NODE is a name, a glob such as 'worker-*', a role in the plural (loggers, managers, proxies, workers, standalones, others) or 'all'; no NODE means all.";
+
+/// A usage error, with the message to print.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn take_value(args: &[String], i: &mut usize, name: &str) -> Result<String, UsageError> {
+    let a = &args[*i];
+    if let Some((_, v)) = a.split_once('=') {
+        return Ok(v.to_owned());
+    }
+    *i += 1;
+    args.get(*i)
+        .cloned()
+        .ok_or_else(|| UsageError(format!("option {name} needs a value")))
+}
+
+/// Splits argv (without the program name) into global options and the command words.
+pub fn split_globals(args: &[String]) -> Result<(Globals, Vec<String>), UsageError> {
+    let mut g = Globals::default();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let key = a.split_once('=').map_or(a, |(k, _)| k);
+        match key {
+            "-c" | "--config" => g.config = Some(take_value(args, &mut i, "--config")?.into()),
+            "-i" | "--instance" => g.instance = Some(take_value(args, &mut i, "--instance")?),
+            "--runtime-dir" => {
+                g.runtime_dir = Some(take_value(args, &mut i, "--runtime-dir")?.into())
+            }
+            "-h" | "--help" if rest.is_empty() => g.help = true,
+            "-V" | "--version" if rest.is_empty() => g.version = true,
+            "--" => {
+                rest.extend(args[i + 1..].iter().cloned());
+                break;
+            }
+            _ => rest.push(args[i].clone()),
+        }
+        i += 1;
+    }
+    Ok((g, rest))
+}
+
+/// Parses command words (`["status", "--json"]`).
+pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
+    let Some(first) = words.first() else {
+        return Err(UsageError("no command given".into()));
+    };
+    let rest = &words[1..];
+    let nodes = |rest: &[String]| -> Result<Vec<String>, UsageError> {
+        if let Some(bad) = rest.iter().find(|w| w.starts_with('-')) {
+            return Err(UsageError(format!(
+                "{first}: unknown option '{bad}' (see `broctld help {first}`)"
+            )));
+        }
+        Ok(rest.to_vec())
+    };
+    let none = |rest: &[String]| -> Result<(), UsageError> {
+        match rest.first() {
+            Some(w) => Err(UsageError(format!("{first} takes no arguments, got '{w}'"))),
+            None => Ok(()),
+        }
+    };
+    Ok(match first.as_str() {
+        "start" => Cmd::Start(nodes(rest)?),
+        "stop" => Cmd::Stop(nodes(rest)?),
+        "restart" => Cmd::Restart(nodes(rest)?),
+        "status" => {
+            let json = rest.iter().any(|w| w == "--json");
+            let others: Vec<String> = rest.iter().filter(|w| *w != "--json").cloned().collect();
+            Cmd::Status {
+                nodes: nodes(&others)?,
+                json,
+            }
+        }
+        "ping" => {
+            let mut n = 1u32;
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i].as_str() {
+                    "-n" | "--count" => {
+                        let v = take_value(rest, &mut i, "-n")?;
+                        n = v
+                            .parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| UsageError(format!("ping: bad count '{v}'")))?;
+                    }
+                    w => return Err(UsageError(format!("ping: unexpected '{w}'"))),
+                }
+                i += 1;
+            }
+            Cmd::Ping(n)
+        }
+        "detach" | "exit" | "quit" => {
+            none(rest)?;
+            Cmd::Detach
+        }
+        "shutdown" => {
+            none(rest)?;
+            Cmd::Shutdown
+        }
+        "help" => Cmd::Help(rest.first().cloned()),
+        "__supervisor" => {
+            let mut notify_fd = None;
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i].split_once('=').map_or(rest[i].as_str(), |(k, _)| k) {
+                    "--notify-fd" => {
+                        let v = take_value(rest, &mut i, "--notify-fd")?;
+                        notify_fd = Some(
+                            v.parse()
+                                .map_err(|_| UsageError(format!("bad --notify-fd '{v}'")))?,
+                        );
+                    }
+                    w => return Err(UsageError(format!("__supervisor: unexpected '{w}'"))),
+                }
+                i += 1;
+            }
+            Cmd::Supervisor { notify_fd }
+        }
+        other => {
+            return Err(UsageError(format!(
+                "unknown command '{other}'; commands: {}",
+                COMMANDS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    })
+}
+
+/// Splits a shell line into words, honouring single and double quotes.
+pub fn split_line(line: &str) -> Result<Vec<String>, UsageError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(UsageError("unterminated quote".into()));
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn globals_anywhere() {
+        let (g, rest) = split_globals(&w("--instance a status --json -c x.toml")).unwrap();
+        assert_eq!(g.instance.as_deref(), Some("a"));
+        assert_eq!(g.config, Some("x.toml".into()));
+        assert_eq!(rest, w("status --json"));
+        let (g, _) = split_globals(&w("--runtime-dir=/tmp/r start")).unwrap();
+        assert_eq!(g.runtime_dir, Some("/tmp/r".into()));
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            parse_command(&w("status worker-1 --json")).unwrap(),
+            Cmd::Status {
+                nodes: w("worker-1"),
+                json: true
+            }
+        );
+        assert_eq!(parse_command(&w("quit")).unwrap(), Cmd::Detach);
+        assert!(parse_command(&w("stop --force")).is_err());
+        assert!(parse_command(&w("shutdown now")).is_err());
+        assert!(parse_command(&w("frobnicate"))
+            .unwrap_err()
+            .0
+            .contains("unknown command"));
+        assert_eq!(parse_command(&w("ping -n 5")).unwrap(), Cmd::Ping(5));
+    }
+
+    #[test]
+    fn lines_split_with_quotes() {
+        assert_eq!(
+            split_line(r#"start "a b" c"#).unwrap(),
+            vec!["start", "a b", "c"]
+        );
+        assert!(split_line("start 'x").is_err());
+    }
+}

@@ -1,0 +1,1394 @@
+//! The broctld configuration file: a TOML file with an optional `[defaults]`
+//! table and any number of `[[node]]` tables, one per supervised process.
+//!
+//! ```toml
+//! [defaults]
+//! restart = "always"
+//! stop_timeout_ms = 10000
+//!
+//! [[node]]
+//! name = "worker-1"
+//! type = "worker"
+//! command = ["broctld-node", "--interval", "1s"]
+//! env = { CLUSTER_NODE = "worker-1" }
+//! ```
+//!
+//! [`Config::load`] reads and checks a file; every mistake in it (an unknown
+//! key, a value of the wrong type or out of range, a duplicate node name, a
+//! `start_after` naming an unknown node or forming a cycle) is reported as a
+//! [`ConfigError::Invalid`] that names the file, the 1-based line and the key,
+//! e.g. `broctld.toml:7: unknown key 'comand' in [[node]] (did you mean 'command'?)`.
+//!
+//! This module depends on no other module of the crate.
+
+mod raw;
+mod render;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use raw::{Entry, Item, Raw};
+
+// ---------------------------------------------------------------------------
+// Public types.
+
+/// A loaded and checked configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Absolute path of the configuration file.
+    pub path: PathBuf,
+    /// Absolute path of the folder holding the file; relative `cwd`s are resolved against it.
+    pub dir: PathBuf,
+    /// The nodes, in the order of their `[[node]]` tables in the file.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Everything needed to run one node, with defaults applied and paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Unique name, see [`valid_name`].
+    pub name: String,
+    /// The node's role in the cluster (`type` in the file).
+    pub node_type: NodeType,
+    /// The program and its arguments; never empty, no NUL bytes.
+    pub command: Vec<String>,
+    /// Environment added to the node's, `[defaults]` env merged with the node's own
+    /// (the node wins per key), sorted by key.
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory.
+    pub cwd: PathBuf,
+    /// Absolute path of the file receiving the node's standard output.
+    pub stdout: PathBuf,
+    /// Absolute path of the file receiving the node's standard error.
+    pub stderr: PathBuf,
+    /// CPUs the node is pinned to (each `0..=1023`); empty means no pinning.
+    pub cpu_affinity: Vec<usize>,
+    /// Names of nodes that must be started before this one (all exist, no cycles).
+    pub start_after: Vec<String>,
+    /// Restart, stop and readiness policy.
+    pub policy: Policy,
+    /// 1-based line of the node's `[[node]]` header, for messages.
+    pub line: usize,
+}
+
+/// How a node is stopped, restarted and judged ready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// When a node that exited is started again.
+    pub restart: RestartPolicy,
+    /// Signal sent to stop the node (a libc signal number).
+    pub stop_signal: i32,
+    /// How long to wait after `stop_signal` before sending `SIGKILL` (at least 1 ms).
+    pub stop_timeout: Duration,
+    /// Whether the node is started when the supervisor starts.
+    pub autostart: bool,
+    /// First delay between successive starts of a flapping node.
+    pub restart_delay: Duration,
+    /// Cap of the delay between starts (never smaller than `restart_delay` in a loaded config).
+    pub restart_delay_max: Duration,
+    /// Factor by which the delay grows after each quick death (finite, `>= 1.0`).
+    pub restart_delay_factor: f64,
+    /// A run at least this long resets the delay to `restart_delay`.
+    pub restart_reset: Duration,
+    /// This many quick deaths within `give_up_window` mark the node failed (0 = never give up).
+    pub give_up_after: u32,
+    /// Window for `give_up_after` (zero = never give up).
+    pub give_up_window: Duration,
+    /// A run shorter than this is a quick death.
+    pub quick_death: Duration,
+    /// Without `ready_fd`, the node counts as ready after running this long.
+    pub ready_after: Duration,
+    /// File descriptor number (3..=1023) on which the node writes a newline when ready.
+    pub ready_fd: Option<i32>,
+}
+
+impl Default for Policy {
+    /// `restart = "always"`, `stop_signal = "TERM"`, `stop_timeout_ms = 10000`,
+    /// `autostart = true`, `restart_delay_ms = 100`, `restart_delay_max_ms = 30000`,
+    /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
+    /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
+    /// no `ready_fd`.
+    fn default() -> Self {
+        Policy {
+            restart: RestartPolicy::Always,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_millis(10_000),
+            autostart: true,
+            restart_delay: Duration::from_millis(100),
+            restart_delay_max: Duration::from_millis(30_000),
+            restart_delay_factor: 2.0,
+            restart_reset: Duration::from_millis(30_000),
+            give_up_after: 5,
+            give_up_window: Duration::from_millis(10_000),
+            quick_death: Duration::from_millis(1_000),
+            ready_after: Duration::ZERO,
+            ready_fd: None,
+        }
+    }
+}
+
+/// The role of a node in a Zeek cluster. The discriminant is a stable code
+/// (see [`NodeType::code`]) that may be stored in shared memory.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeType {
+    /// A single Zeek process doing everything.
+    Standalone = 0,
+    /// The cluster manager.
+    Manager = 1,
+    /// A logger, receiving logs from the other nodes.
+    Logger = 2,
+    /// A proxy.
+    Proxy = 3,
+    /// A worker, analysing traffic.
+    Worker = 4,
+    /// Anything else (the default).
+    Other = 5,
+}
+
+impl NodeType {
+    /// Every node type, in code order.
+    pub const ALL: [NodeType; 6] = [
+        NodeType::Standalone,
+        NodeType::Manager,
+        NodeType::Logger,
+        NodeType::Proxy,
+        NodeType::Worker,
+        NodeType::Other,
+    ];
+
+    /// The name used in the file: `"standalone"`, `"manager"`, `"logger"`,
+    /// `"proxy"`, `"worker"` or `"other"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::Standalone => "standalone",
+            NodeType::Manager => "manager",
+            NodeType::Logger => "logger",
+            NodeType::Proxy => "proxy",
+            NodeType::Worker => "worker",
+            NodeType::Other => "other",
+        }
+    }
+
+    /// The plural of [`NodeType::as_str`]: `"workers"`, `"proxies"`, ...
+    pub fn plural(self) -> &'static str {
+        match self {
+            NodeType::Standalone => "standalones",
+            NodeType::Manager => "managers",
+            NodeType::Logger => "loggers",
+            NodeType::Proxy => "proxies",
+            NodeType::Worker => "workers",
+            NodeType::Other => "others",
+        }
+    }
+
+    /// Parses the name used in the file (exactly as [`NodeType::as_str`] gives it).
+    pub fn parse(s: &str) -> Option<NodeType> {
+        NodeType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The stable numeric code (the `repr(u8)` discriminant).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The node type with the given [`NodeType::code`].
+    pub fn from_code(code: u8) -> Option<NodeType> {
+        NodeType::ALL.get(usize::from(code)).copied()
+    }
+
+    /// Order in which node types are started when nothing else decides:
+    /// loggers 0, managers and standalones 1, proxies 2, workers 3, others 4.
+    pub fn start_rank(self) -> u8 {
+        match self {
+            NodeType::Logger => 0,
+            NodeType::Manager | NodeType::Standalone => 1,
+            NodeType::Proxy => 2,
+            NodeType::Worker => 3,
+            NodeType::Other => 4,
+        }
+    }
+}
+
+impl fmt::Display for NodeType {
+    /// Writes [`NodeType::as_str`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a node that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RestartPolicy {
+    /// Whatever the exit status.
+    Always,
+    /// Unless it exited with status 0.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+impl RestartPolicy {
+    /// Every restart policy.
+    const ALL: [RestartPolicy; 3] = [
+        RestartPolicy::Always,
+        RestartPolicy::OnFailure,
+        RestartPolicy::Never,
+    ];
+
+    /// The name used in the file: `"always"`, `"on-failure"` or `"never"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+
+    /// Parses the name used in the file (exactly as [`RestartPolicy::as_str`] gives it).
+    pub fn parse(s: &str) -> Option<RestartPolicy> {
+        RestartPolicy::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    /// Writes [`RestartPolicy::as_str`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error loading a configuration file. Its `Display` is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        /// The path as given by the caller.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or not a valid configuration.
+    #[error("{}:{line}: {message}", path.display())]
+    Invalid {
+        /// The path as given by the caller.
+        path: PathBuf,
+        /// 1-based line of the mistake.
+        line: usize,
+        /// The key the mistake is about, if any (e.g. `stop_timeout_ms`, or the unknown key).
+        key: Option<String>,
+        /// What is wrong, without the path and line.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The 1-based line of an [`ConfigError::Invalid`] error.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Invalid { line, .. } => Some(*line),
+        }
+    }
+
+    /// The key an [`ConfigError::Invalid`] error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Invalid { key, .. } => key.as_deref(),
+        }
+    }
+}
+
+/// Whether `s` can be a node name: 1 to 48 characters out of `A-Z a-z 0-9 _ . -`,
+/// and not `.` or `..` (the name is used as a folder name).
+pub fn valid_name(s: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && s != "."
+        && s != ".."
+}
+
+/// Largest signal number accepted as a number (Linux's `SIGRTMAX`).
+const MAX_SIGNAL: i32 = 64;
+
+/// Signal names without the `SIG` prefix; the first name of a number is its canonical one.
+const SIGNALS: [(&str, i32); 29] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("SYS", libc::SIGSYS),
+];
+
+/// The signal number for a name such as `"TERM"`, `"SIGTERM"` or `"term"`
+/// (any case, with or without the `SIG` prefix), or for a number from 1 to 64
+/// written in decimal (`"15"`).
+pub fn signal_from_name(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (1..=MAX_SIGNAL).contains(n));
+    }
+    let upper = s.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(name, _)| *name == bare)
+        .map(|&(_, n)| n)
+}
+
+/// The name of a signal without the `SIG` prefix (`"TERM"`), or its number
+/// (`"40"`) when it has no name here. [`signal_from_name`] reads both back.
+pub fn signal_name(sig: i32) -> String {
+    SIGNALS
+        .iter()
+        .find(|&&(_, n)| n == sig)
+        .map(|(name, _)| (*name).to_string())
+        .unwrap_or_else(|| sig.to_string())
+}
+
+impl Config {
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Checks the configuration `text` as if read from `path`. `path` is used in
+    /// messages as given; relative folders in the file are resolved against its
+    /// folder (a relative `path` is taken relative to the current directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let abs = absolute(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let src = Source::new(text, path);
+        let nodes = Checker {
+            src: &src,
+            dir: &dir,
+        }
+        .check()?;
+        Ok(Config {
+            path: abs,
+            dir,
+            nodes,
+        })
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The effective configuration in the file format: one `[[node]]` table per
+    /// node with every key explicit (defaults applied, paths absolute), so that
+    /// [`Config::parse`] of it with the same path gives back the same nodes
+    /// (except for [`NodeSpec::line`]). Durations are written in whole milliseconds.
+    pub fn to_toml(&self) -> String {
+        render::config(self)
+    }
+}
+
+/// `path` made absolute against the current directory, with `.` components dropped.
+fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(normalize(path))
+    } else {
+        Ok(normalize(&std::env::current_dir()?.join(path)))
+    }
+}
+
+/// Drops `.` components and repeated separators (`..` is kept: symlinks).
+fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Keys.
+
+const MAX_NAME_LEN: usize = 48;
+const MAX_CPU: i64 = 1023;
+const MIN_READY_FD: i64 = 3;
+const MAX_READY_FD: i64 = 1023;
+/// Longest accepted duration: 365 days.
+const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
+
+const TOP_KEYS: [&str; 2] = ["defaults", "node"];
+
+/// Keys that may appear in `[defaults]` and in `[[node]]`.
+const POLICY_KEYS: [&str; 13] = [
+    "restart",
+    "stop_signal",
+    "stop_timeout_ms",
+    "autostart",
+    "restart_delay_ms",
+    "restart_delay_max_ms",
+    "restart_delay_factor",
+    "restart_reset_ms",
+    "give_up_after",
+    "give_up_window_ms",
+    "quick_death_ms",
+    "ready_after_ms",
+    "ready_fd",
+];
+
+/// Keys that may appear only in `[[node]]`.
+const NODE_ONLY_KEYS: [&str; 8] = [
+    "name",
+    "type",
+    "command",
+    "cwd",
+    "stdout",
+    "stderr",
+    "cpu_affinity",
+    "start_after",
+];
+
+fn defaults_keys() -> impl Iterator<Item = &'static str> {
+    POLICY_KEYS.into_iter().chain(["env"])
+}
+
+fn node_keys() -> impl Iterator<Item = &'static str> {
+    NODE_ONLY_KEYS.into_iter().chain(["env"]).chain(POLICY_KEYS)
+}
+
+// ---------------------------------------------------------------------------
+// Error building.
+
+/// The text being checked, for turning offsets into lines and building errors.
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Source {
+            text,
+            path,
+            line_starts,
+        }
+    }
+
+    /// 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= offset)
+    }
+
+    fn invalid(&self, line: usize, key: Option<&str>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            key: key.map(str::to_string),
+            message,
+        }
+    }
+
+    fn toml_error(&self, err: toml::de::Error) -> ConfigError {
+        let line = err.span().map_or(1, |s| self.line(s.start));
+        let message = err
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        let key = message
+            .split_once("duplicate key `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(key, _)| key.to_string());
+        let message = format!("invalid TOML: {message}");
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            key,
+            message,
+        }
+    }
+}
+
+/// Where a key is, for messages.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    Defaults,
+    /// A `[[node]]` whose name is known.
+    Node(&'a str),
+    /// A `[[node]]` whose name is not known yet.
+    UnnamedNode,
+}
+
+impl fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Defaults => f.write_str("[defaults]"),
+            Scope::Node(name) => write!(f, "node '{name}'"),
+            Scope::UnnamedNode => f.write_str("[[node]]"),
+        }
+    }
+}
+
+/// A bad value: what is wrong and, if known, the offset of the offending part.
+struct Bad {
+    at: Option<usize>,
+    msg: String,
+}
+
+impl Bad {
+    /// About the whole value of the key.
+    fn new(msg: impl Into<String>) -> Self {
+        Bad {
+            at: None,
+            msg: msg.into(),
+        }
+    }
+
+    /// About a part of the value (an array element, an env entry).
+    fn at(item: &Item, msg: impl Into<String>) -> Self {
+        Bad {
+            at: item.start(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// `got ...` text for a value.
+fn describe(value: &Raw) -> String {
+    match value {
+        Raw::Str(s) => {
+            let mut short: String = s.chars().take(60).collect();
+            if short.len() < s.len() {
+                short.push_str("...");
+            }
+            format!("{short:?}")
+        }
+        Raw::Int(n) => n.to_string(),
+        Raw::Float(x) => format!("{x:?}"),
+        Raw::Bool(b) => b.to_string(),
+        Raw::Datetime(d) => format!("a date-time ({d})"),
+        Raw::Array(_) => "an array".to_string(),
+        Raw::Table(_) => "a table".to_string(),
+    }
+}
+
+/// Optimal-string-alignment distance (Levenshtein plus adjacent transpositions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The candidate closest to `word` within an edit distance of 2 (ignoring case),
+/// if the distance is smaller than the word's length.
+fn suggest<'c, I: IntoIterator<Item = &'c str>>(word: &str, candidates: I) -> Option<&'c str> {
+    let lower = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
+        .filter(|&(d, _)| d <= 2 && d < word.chars().count())
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+fn did_you_mean<'c, I: IntoIterator<Item = &'c str>>(word: &str, candidates: I) -> String {
+    suggest(word, candidates)
+        .map(|c| format!(" (did you mean '{c}'?)"))
+        .unwrap_or_default()
+}
+
+fn quoted_list(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| format!("'{w}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------
+// Value readers. Each returns the value or what is wrong with it.
+
+fn read_ms(item: &Item, min: i64) -> Result<Duration, Bad> {
+    let what = if min > 0 { "positive" } else { "non-negative" };
+    match item.value {
+        Raw::Int(n) if n > MAX_MS => Err(Bad::new(format!(
+            "expected at most {MAX_MS} milliseconds (365 days), got {n}"
+        ))),
+        // n >= min >= 0, so the conversion cannot fail.
+        Raw::Int(n) if n >= min => Ok(Duration::from_millis(n.unsigned_abs())),
+        ref other => Err(Bad::new(format!(
+            "expected a {what} number of milliseconds, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn read_bool(item: &Item) -> Result<bool, Bad> {
+    match item.value {
+        Raw::Bool(b) => Ok(b),
+        ref other => Err(Bad::new(format!(
+            "expected true or false, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn read_u32(item: &Item) -> Result<u32, Bad> {
+    match item.value {
+        Raw::Int(n) if n >= 0 && n <= i64::from(u32::MAX) => Ok(n as u32),
+        ref other => Err(Bad::new(format!(
+            "expected a whole number from 0 to {}, got {}",
+            u32::MAX,
+            describe(other)
+        ))),
+    }
+}
+
+fn read_factor(item: &Item) -> Result<f64, Bad> {
+    let x = match item.value {
+        Raw::Float(x) => x,
+        Raw::Int(n) => n as f64,
+        ref other => {
+            return Err(Bad::new(format!(
+                "expected a number >= 1.0, got {}",
+                describe(other)
+            )))
+        }
+    };
+    if x.is_finite() && x >= 1.0 {
+        Ok(x)
+    } else {
+        Err(Bad::new(format!(
+            "expected a finite number >= 1.0, got {}",
+            describe(&item.value)
+        )))
+    }
+}
+
+fn read_ready_fd(item: &Item) -> Result<i32, Bad> {
+    match item.value {
+        Raw::Int(n) if (MIN_READY_FD..=MAX_READY_FD).contains(&n) => Ok(n as i32),
+        ref other => Err(Bad::new(format!(
+            "expected a file descriptor number from {MIN_READY_FD} to {MAX_READY_FD}, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn read_restart(item: &Item) -> Result<RestartPolicy, Bad> {
+    let names = RestartPolicy::ALL.map(RestartPolicy::as_str);
+    match &item.value {
+        Raw::Str(s) => RestartPolicy::parse(s).ok_or_else(|| {
+            Bad::new(format!(
+                "expected one of {}, got {}{}",
+                quoted_list(&names),
+                describe(&item.value),
+                did_you_mean(s, names)
+            ))
+        }),
+        other => Err(Bad::new(format!(
+            "expected one of {}, got {}",
+            quoted_list(&names),
+            describe(other)
+        ))),
+    }
+}
+
+fn read_signal(item: &Item) -> Result<i32, Bad> {
+    let expected =
+        format!("expected a signal name such as \"TERM\" or a number from 1 to {MAX_SIGNAL}");
+    match &item.value {
+        Raw::Int(n) if (1..=i64::from(MAX_SIGNAL)).contains(n) => Ok(*n as i32),
+        Raw::Str(s) => signal_from_name(s).ok_or_else(|| {
+            let upper = s.trim().to_ascii_uppercase();
+            let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+            Bad::new(format!(
+                "{expected}, got {}{}",
+                describe(&item.value),
+                did_you_mean(bare, SIGNALS.iter().map(|(name, _)| *name))
+            ))
+        }),
+        other => Err(Bad::new(format!("{expected}, got {}", describe(other)))),
+    }
+}
+
+fn read_string(item: &Item, what: &str) -> Result<String, Bad> {
+    match &item.value {
+        Raw::Str(s) if s.is_empty() => Err(Bad::new(format!("expected {what}, got \"\""))),
+        Raw::Str(s) if s.contains('\0') => Err(Bad::new("must not contain a NUL byte")),
+        Raw::Str(s) => Ok(s.clone()),
+        other => Err(Bad::new(format!(
+            "expected {what}, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn read_env(item: &Item) -> Result<Vec<(String, String)>, Bad> {
+    let Raw::Table(entries) = &item.value else {
+        return Err(Bad::new(format!(
+            "expected a table of strings such as {{ NAME = \"value\" }}, got {}",
+            describe(&item.value)
+        )));
+    };
+    let mut env = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let name = &entry.key;
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(Bad {
+                at: entry.start(),
+                msg: format!("invalid environment variable name {name:?}"),
+            });
+        }
+        match &entry.value.value {
+            Raw::Str(v) if v.contains('\0') => {
+                return Err(Bad::at(
+                    &entry.value,
+                    format!("value of '{name}' must not contain a NUL byte"),
+                ))
+            }
+            Raw::Str(v) => env.push((name.clone(), v.clone())),
+            other => {
+                return Err(Bad::at(
+                    &entry.value,
+                    format!(
+                        "value of '{name}' must be a string, got {}",
+                        describe(other)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(env)
+}
+
+fn read_command(item: &Item) -> Result<Vec<String>, Bad> {
+    let expected = "expected a non-empty array of strings (the program and its arguments)";
+    let Raw::Array(items) = &item.value else {
+        return Err(Bad::new(format!(
+            "{expected}, got {}",
+            describe(&item.value)
+        )));
+    };
+    if items.is_empty() {
+        return Err(Bad::new(format!("{expected}, got []")));
+    }
+    let mut argv = Vec::with_capacity(items.len());
+    for (i, arg) in items.iter().enumerate() {
+        match &arg.value {
+            Raw::Str(s) if s.contains('\0') => {
+                return Err(Bad::at(arg, format!("argument {i} contains a NUL byte")))
+            }
+            Raw::Str(s) if i == 0 && s.is_empty() => {
+                return Err(Bad::at(arg, "the program (first element) is empty"))
+            }
+            Raw::Str(s) => argv.push(s.clone()),
+            other => {
+                return Err(Bad::at(
+                    arg,
+                    format!("argument {i} must be a string, got {}", describe(other)),
+                ))
+            }
+        }
+    }
+    Ok(argv)
+}
+
+fn read_cpus(item: &Item) -> Result<Vec<usize>, Bad> {
+    let Raw::Array(items) = &item.value else {
+        return Err(Bad::new(format!(
+            "expected an array of CPU numbers such as [0, 1], got {}",
+            describe(&item.value)
+        )));
+    };
+    let mut cpus: Vec<usize> = Vec::with_capacity(items.len());
+    for cpu in items {
+        match cpu.value {
+            Raw::Int(n) if (0..=MAX_CPU).contains(&n) => {
+                let n = n as usize;
+                if cpus.contains(&n) {
+                    return Err(Bad::at(cpu, format!("CPU {n} is listed twice")));
+                }
+                cpus.push(n);
+            }
+            ref other => {
+                return Err(Bad::at(
+                    cpu,
+                    format!(
+                        "expected CPU numbers from 0 to {MAX_CPU}, got {}",
+                        describe(other)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(cpus)
+}
+
+/// `start_after` names with the offset of each; existence and cycles are checked later.
+fn read_start_after(item: &Item, own_name: &str) -> Result<Vec<(String, Option<usize>)>, Bad> {
+    let Raw::Array(items) = &item.value else {
+        return Err(Bad::new(format!(
+            "expected an array of node names, got {}",
+            describe(&item.value)
+        )));
+    };
+    let mut names: Vec<(String, Option<usize>)> = Vec::with_capacity(items.len());
+    for name in items {
+        match &name.value {
+            Raw::Str(s) if !valid_name(s) => {
+                return Err(Bad::at(name, format!("invalid node name {s:?}")))
+            }
+            Raw::Str(s) if s == own_name => {
+                return Err(Bad::at(name, "a node cannot start after itself"))
+            }
+            Raw::Str(s) if names.iter().any(|(n, _)| n == s) => {
+                return Err(Bad::at(name, format!("'{s}' is listed twice")))
+            }
+            Raw::Str(s) => names.push((s.clone(), name.start())),
+            other => {
+                return Err(Bad::at(
+                    name,
+                    format!("expected node names, got {}", describe(other)),
+                ))
+            }
+        }
+    }
+    Ok(names)
+}
+
+// ---------------------------------------------------------------------------
+// Checking.
+
+/// A policy being built, with the lines of the delay keys set in the current scope.
+#[derive(Clone)]
+struct PolicyDraft {
+    policy: Policy,
+    env: BTreeMap<String, String>,
+    delay_line: Option<usize>,
+    delay_max_line: Option<usize>,
+}
+
+/// What is remembered about a node for the checks across nodes.
+struct NodeMeta {
+    name_line: usize,
+    /// Line of each `start_after` element.
+    start_after_lines: Vec<usize>,
+}
+
+struct Checker<'a> {
+    src: &'a Source<'a>,
+    dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, offset: Option<usize>, fallback: usize) -> usize {
+        offset.map_or(fallback, |o| self.src.line(o))
+    }
+
+    fn entry_line(&self, entry: &Entry, fallback: usize) -> usize {
+        self.line_of(entry.start(), fallback)
+    }
+
+    /// The error for a bad value of `entry` in `scope`.
+    fn bad(&self, scope: Scope<'_>, entry: &Entry, fallback: usize, bad: Bad) -> ConfigError {
+        let line = match bad.at {
+            Some(at) => self.src.line(at),
+            None => self.line_of(entry.value.start(), self.entry_line(entry, fallback)),
+        };
+        self.src.invalid(
+            line,
+            Some(&entry.key),
+            format!("{scope}: key '{}': {}", entry.key, bad.msg),
+        )
+    }
+
+    fn unknown_key(
+        &self,
+        entry: &Entry,
+        fallback: usize,
+        place: &str,
+        allowed: &[&str],
+    ) -> ConfigError {
+        let line = self.entry_line(entry, fallback);
+        let key = &entry.key;
+        let message = if place == "in [defaults]" && NODE_ONLY_KEYS.contains(&key.as_str()) {
+            format!("key '{key}' is not allowed in [defaults]; set it in each [[node]]")
+        } else {
+            format!(
+                "unknown key '{key}' {place}{}",
+                did_you_mean(key, allowed.iter().copied())
+            )
+        };
+        self.src.invalid(line, Some(key), message)
+    }
+
+    fn check(&self) -> Result<Vec<NodeSpec>, ConfigError> {
+        let top = raw::parse_document(self.src.text).map_err(|e| self.src.toml_error(e))?;
+        let mut defaults = None;
+        let mut node_list = None;
+        for entry in &top {
+            match entry.key.as_str() {
+                "defaults" => defaults = Some(entry),
+                "node" => node_list = Some(entry),
+                _ => return Err(self.unknown_key(entry, 1, "at the top level", &TOP_KEYS)),
+            }
+        }
+
+        let base = PolicyDraft {
+            policy: Policy::default(),
+            env: BTreeMap::new(),
+            delay_line: None,
+            delay_max_line: None,
+        };
+        let base = match defaults {
+            None => base,
+            Some(entry) => self.check_defaults(entry, base)?,
+        };
+
+        let Some(node_list) = node_list else {
+            return Ok(Vec::new());
+        };
+        let list_line = self.entry_line(node_list, 1);
+        let Raw::Array(tables) = &node_list.value.value else {
+            let hint = if matches!(node_list.value.value, Raw::Table(_)) {
+                " (write [[node]], not [node])"
+            } else {
+                ""
+            };
+            return Err(self.src.invalid(
+                list_line,
+                Some("node"),
+                format!(
+                    "key 'node': expected an array of tables ([[node]]), got {}{hint}",
+                    describe(&node_list.value.value)
+                ),
+            ));
+        };
+
+        let mut nodes: Vec<NodeSpec> = Vec::with_capacity(tables.len());
+        let mut metas: Vec<NodeMeta> = Vec::with_capacity(tables.len());
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for table in tables {
+            let (node, meta) = self.check_node(table, list_line, &base, &metas, &by_name)?;
+            by_name.insert(node.name.clone(), nodes.len());
+            nodes.push(node);
+            metas.push(meta);
+        }
+        self.check_start_after(&nodes, &metas, &by_name)?;
+        Ok(nodes)
+    }
+
+    fn check_defaults(
+        &self,
+        entry: &Entry,
+        mut draft: PolicyDraft,
+    ) -> Result<PolicyDraft, ConfigError> {
+        let line = self.entry_line(entry, 1);
+        let Raw::Table(entries) = &entry.value.value else {
+            return Err(self.src.invalid(
+                line,
+                Some("defaults"),
+                format!(
+                    "key 'defaults': expected a table ([defaults]), got {}",
+                    describe(&entry.value.value)
+                ),
+            ));
+        };
+        let allowed: Vec<&str> = defaults_keys().collect();
+        for e in entries {
+            if !allowed.contains(&e.key.as_str()) {
+                return Err(self.unknown_key(e, line, "in [defaults]", &allowed));
+            }
+        }
+        for e in entries {
+            self.apply_policy_key(Scope::Defaults, e, line, &mut draft)?;
+        }
+        self.check_delays(Scope::Defaults, &draft, line)?;
+        Ok(draft)
+    }
+
+    /// Applies a policy key or `env`; returns whether `entry` was one.
+    fn apply_policy_key(
+        &self,
+        scope: Scope<'_>,
+        entry: &Entry,
+        fallback: usize,
+        draft: &mut PolicyDraft,
+    ) -> Result<bool, ConfigError> {
+        let item = &entry.value;
+        let p = &mut draft.policy;
+        let result = match entry.key.as_str() {
+            "restart" => read_restart(item).map(|v| p.restart = v),
+            "stop_signal" => read_signal(item).map(|v| p.stop_signal = v),
+            "stop_timeout_ms" => read_ms(item, 1).map(|v| p.stop_timeout = v),
+            "autostart" => read_bool(item).map(|v| p.autostart = v),
+            "restart_delay_ms" => read_ms(item, 0).map(|v| {
+                p.restart_delay = v;
+                draft.delay_line = Some(self.entry_line(entry, fallback));
+            }),
+            "restart_delay_max_ms" => read_ms(item, 0).map(|v| {
+                p.restart_delay_max = v;
+                draft.delay_max_line = Some(self.entry_line(entry, fallback));
+            }),
+            "restart_delay_factor" => read_factor(item).map(|v| p.restart_delay_factor = v),
+            "restart_reset_ms" => read_ms(item, 0).map(|v| p.restart_reset = v),
+            "give_up_after" => read_u32(item).map(|v| p.give_up_after = v),
+            "give_up_window_ms" => read_ms(item, 0).map(|v| p.give_up_window = v),
+            "quick_death_ms" => read_ms(item, 0).map(|v| p.quick_death = v),
+            "ready_after_ms" => read_ms(item, 0).map(|v| p.ready_after = v),
+            "ready_fd" => read_ready_fd(item).map(|v| p.ready_fd = Some(v)),
+            "env" => read_env(item).map(|env| draft.env.extend(env)),
+            _ => return Ok(false),
+        };
+        result.map_err(|bad| self.bad(scope, entry, fallback, bad))?;
+        Ok(true)
+    }
+
+    /// `restart_delay_ms` must not exceed `restart_delay_max_ms`; reported at
+    /// whichever of the two was set in this scope.
+    fn check_delays(
+        &self,
+        scope: Scope<'_>,
+        draft: &PolicyDraft,
+        fallback: usize,
+    ) -> Result<(), ConfigError> {
+        let p = &draft.policy;
+        if p.restart_delay <= p.restart_delay_max {
+            return Ok(());
+        }
+        let (delay, max) = (p.restart_delay.as_millis(), p.restart_delay_max.as_millis());
+        let (line, key, msg) = match (draft.delay_max_line, draft.delay_line) {
+            (Some(line), _) => (
+                line,
+                "restart_delay_max_ms",
+                format!("must not be smaller than restart_delay_ms ({delay}), got {max}"),
+            ),
+            (None, line) => (
+                line.unwrap_or(fallback),
+                "restart_delay_ms",
+                format!("must not be larger than restart_delay_max_ms ({max}), got {delay}"),
+            ),
+        };
+        Err(self
+            .src
+            .invalid(line, Some(key), format!("{scope}: key '{key}': {msg}")))
+    }
+
+    fn check_node(
+        &self,
+        table: &Item,
+        fallback: usize,
+        base: &PolicyDraft,
+        metas: &[NodeMeta],
+        by_name: &HashMap<String, usize>,
+    ) -> Result<(NodeSpec, NodeMeta), ConfigError> {
+        let line = self.line_of(table.start(), fallback);
+        let Raw::Table(entries) = &table.value else {
+            return Err(self.src.invalid(
+                line,
+                Some("node"),
+                format!(
+                    "key 'node': expected an array of tables ([[node]]), got an array holding {}",
+                    describe(&table.value)
+                ),
+            ));
+        };
+        let allowed: Vec<&str> = node_keys().collect();
+        for e in entries {
+            if !allowed.contains(&e.key.as_str()) {
+                return Err(self.unknown_key(e, line, "in [[node]]", &allowed));
+            }
+        }
+        let find = |key: &str| entries.iter().find(|e| e.key == key);
+
+        // The name first: every other message names the node.
+        let Some(name_entry) = find("name") else {
+            return Err(self.src.invalid(
+                line,
+                Some("name"),
+                "[[node]]: missing required key 'name'".to_string(),
+            ));
+        };
+        let name = match &name_entry.value.value {
+            Raw::Str(s) if valid_name(s) => s.clone(),
+            other => {
+                let bad = Bad::new(format!(
+                    "expected 1 to {MAX_NAME_LEN} of the characters A-Z a-z 0-9 _ . - (not \".\" or \"..\"), got {}",
+                    describe(other)
+                ));
+                return Err(self.bad(Scope::UnnamedNode, name_entry, line, bad));
+            }
+        };
+        let name_line = self.line_of(name_entry.value.start(), line);
+        if let Some(&first) = by_name.get(&name) {
+            return Err(self.src.invalid(
+                name_line,
+                Some("name"),
+                format!(
+                    "duplicate node name '{name}' (first defined on line {})",
+                    metas[first].name_line
+                ),
+            ));
+        }
+        let scope = Scope::Node(&name);
+
+        let mut draft = base.clone();
+        draft.delay_line = None;
+        draft.delay_max_line = None;
+        let mut node_type = NodeType::Other;
+        let mut command = None;
+        let mut cwd = None;
+        let mut stdout = None;
+        let mut stderr = None;
+        let mut cpu_affinity = Vec::new();
+        let mut start_after = Vec::new();
+        for e in entries {
+            let item = &e.value;
+            let result = match e.key.as_str() {
+                "name" => Ok(()),
+                "type" => read_node_type(item).map(|v| node_type = v),
+                "command" => read_command(item).map(|v| command = Some(v)),
+                "cwd" => read_string(item, "a folder path").map(|v| cwd = Some(v)),
+                "stdout" => read_string(item, "a file path").map(|v| stdout = Some(v)),
+                "stderr" => read_string(item, "a file path").map(|v| stderr = Some(v)),
+                "cpu_affinity" => read_cpus(item).map(|v| cpu_affinity = v),
+                "start_after" => read_start_after(item, &name).map(|v| start_after = v),
+                _ => {
+                    self.apply_policy_key(scope, e, line, &mut draft)?;
+                    Ok(())
+                }
+            };
+            result.map_err(|bad| self.bad(scope, e, line, bad))?;
+        }
+        self.check_delays(scope, &draft, line)?;
+
+        let Some(command) = command else {
+            return Err(self.src.invalid(
+                line,
+                Some("command"),
+                format!("{scope}: missing required key 'command'"),
+            ));
+        };
+        let cwd = normalize(
+            &self
+                .dir
+                .join(cwd.unwrap_or_else(|| format!("spool/{name}"))),
+        );
+        let stdout = normalize(&cwd.join(stdout.as_deref().unwrap_or("stdout.log")));
+        let stderr = normalize(&cwd.join(stderr.as_deref().unwrap_or("stderr.log")));
+        let start_after_lines = start_after
+            .iter()
+            .map(|(_, at)| self.line_of(*at, line))
+            .collect();
+        let node = NodeSpec {
+            name,
+            node_type,
+            command,
+            env: draft.env.into_iter().collect(),
+            cwd,
+            stdout,
+            stderr,
+            cpu_affinity,
+            start_after: start_after.into_iter().map(|(n, _)| n).collect(),
+            policy: draft.policy,
+            line,
+        };
+        let meta = NodeMeta {
+            name_line,
+            start_after_lines,
+        };
+        Ok((node, meta))
+    }
+
+    /// Every `start_after` names an existing node and they form no cycle.
+    fn check_start_after(
+        &self,
+        nodes: &[NodeSpec],
+        metas: &[NodeMeta],
+        by_name: &HashMap<String, usize>,
+    ) -> Result<(), ConfigError> {
+        let mut edges: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
+        for (node, meta) in nodes.iter().zip(metas) {
+            let mut out = Vec::with_capacity(node.start_after.len());
+            for (target, &line) in node.start_after.iter().zip(&meta.start_after_lines) {
+                match by_name.get(target) {
+                    Some(&i) => out.push(i),
+                    None => {
+                        return Err(self.src.invalid(
+                            line,
+                            Some("start_after"),
+                            format!(
+                                "node '{}': key 'start_after': unknown node '{target}'{}",
+                                node.name,
+                                did_you_mean(target, nodes.iter().map(|n| n.name.as_str()))
+                            ),
+                        ))
+                    }
+                }
+            }
+            edges.push(out);
+        }
+        let Some(cycle) = find_cycle(&edges) else {
+            return Ok(());
+        };
+        // Report at the first node of the cycle in the file, on its element
+        // naming the next node of the cycle.
+        let first = &nodes[cycle[0]].name;
+        let next = &nodes[cycle[1 % cycle.len()]].name;
+        let pos = nodes[cycle[0]]
+            .start_after
+            .iter()
+            .position(|n| n == next)
+            .unwrap_or(0);
+        let line = metas[cycle[0]]
+            .start_after_lines
+            .get(pos)
+            .copied()
+            .unwrap_or(nodes[cycle[0]].line);
+        let path: Vec<&str> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|&i| nodes[i].name.as_str())
+            .collect();
+        Err(self.src.invalid(
+            line,
+            Some("start_after"),
+            format!(
+                "node '{first}': key 'start_after': cycle {} (each node starts after the next)",
+                path.join(" -> ")
+            ),
+        ))
+    }
+}
+
+fn read_node_type(item: &Item) -> Result<NodeType, Bad> {
+    let names = NodeType::ALL.map(NodeType::as_str);
+    match &item.value {
+        Raw::Str(s) => NodeType::parse(s).ok_or_else(|| {
+            Bad::new(format!(
+                "expected one of {}, got {}{}",
+                quoted_list(&names),
+                describe(&item.value),
+                did_you_mean(s, names)
+            ))
+        }),
+        other => Err(Bad::new(format!(
+            "expected one of {}, got {}",
+            quoted_list(&names),
+            describe(other)
+        ))),
+    }
+}
+
+/// A cycle in a directed graph given as adjacency lists, as the list of its
+/// vertices (each with an edge to the next, the last to the first), starting
+/// at its smallest vertex. Iterative, so deep chains cannot overflow the stack.
+fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; edges.len()];
+    let mut path: Vec<(usize, usize)> = Vec::new();
+    for start in 0..edges.len() {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        mark[start] = Mark::OnPath;
+        path.push((start, 0));
+        while let Some(top) = path.last_mut() {
+            let (v, next) = *top;
+            if let Some(&w) = edges[v].get(next) {
+                top.1 += 1;
+                match mark[w] {
+                    Mark::New => {
+                        mark[w] = Mark::OnPath;
+                        path.push((w, 0));
+                    }
+                    Mark::OnPath => {
+                        let from = path.iter().position(|&(x, _)| x == w).unwrap_or(0);
+                        let mut cycle: Vec<usize> = path[from..].iter().map(|&(x, _)| x).collect();
+                        let min_at = cycle
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|&(_, &x)| x)
+                            .map_or(0, |(i, _)| i);
+                        cycle.rotate_left(min_at);
+                        return Some(cycle);
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                mark[v] = Mark::Done;
+                path.pop();
+            }
+        }
+    }
+    None
+}

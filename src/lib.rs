@@ -1,0 +1,25 @@
+//! # broctld
+//!
+//! A process supervisor for Zeek clusters and small hosts, split in two processes so that the
+//! control plane can die, be restarted or be upgraded without any supervised node restarting:
+//!
+//! * the **Supervisor** (`broctld __supervisor`, spawned detached by the first Main) owns the
+//!   nodes: it spawns them, reaps them in a `mio` event loop, restarts them by policy and stops
+//!   them when told;
+//! * a **Main** (`broctld`, the CLI or any program using [`client::Client`]) reads their status
+//!   from shared memory and sends commands through a mailbox in the same region.
+//!
+//! Modules, from the bottom up: [`sys`] (syscalls), [`shm`] (the mapping and lock-free building
+//! blocks), [`protocol`] (the versioned layout: header, node table, event ring, mailbox),
+//! [`config`], [`instance`] (runtime paths), [`supervisor`], [`client`] (the embedding API) and
+//! [`cli`] (the `broctld` program). `docs/design.md` explains the whole.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod instance;
+pub mod log;
+pub mod protocol;
+pub mod shm;
+pub mod supervisor;
+pub mod sys;

@@ -1,0 +1,251 @@
+//! The node table's records: what the Supervisor publishes about each node, and how it is
+//! packed into a seqlock cell's words.
+
+use super::layout::NODE_WORDS;
+
+/// A node's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum NodeState {
+    /// Not running and not wanted.
+    Stopped = 0,
+    /// Spawned, not yet ready.
+    Starting = 1,
+    /// Running (and ready).
+    Running = 2,
+    /// Told to stop, waiting for it to exit.
+    Stopping = 3,
+    /// Died; waiting out the restart delay.
+    Backoff = 4,
+    /// Gave up after too many quick deaths (or died with restart = never).
+    Failed = 5,
+}
+
+impl NodeState {
+    /// The word used in status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Stopped => "stopped",
+            NodeState::Starting => "starting",
+            NodeState::Running => "running",
+            NodeState::Stopping => "stopping",
+            NodeState::Backoff => "backoff",
+            NodeState::Failed => "failed",
+        }
+    }
+
+    /// Decodes a stored byte (unknown values are refused).
+    pub fn from_code(v: u8) -> Option<NodeState> {
+        Some(match v {
+            0 => NodeState::Stopped,
+            1 => NodeState::Starting,
+            2 => NodeState::Running,
+            3 => NodeState::Stopping,
+            4 => NodeState::Backoff,
+            5 => NodeState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal; `core` if it dumped core.
+    Signal {
+        /// Signal number.
+        signal: i32,
+        /// Whether a core was dumped.
+        core: bool,
+    },
+    /// It ended while we could not wait for it (an adopted node): status unknown.
+    Unknown,
+    /// It never ran: spawning failed with this errno.
+    SpawnFailed(i32),
+}
+
+impl Exit {
+    /// Whether this counts as a failure for `restart = "on-failure"`.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Exit::Code(0))
+    }
+
+    /// Packs into (kind, value, core).
+    pub fn encode(exit: Option<Exit>) -> (u8, i32, bool) {
+        match exit {
+            None => (0, 0, false),
+            Some(Exit::Code(c)) => (1, c, false),
+            Some(Exit::Signal { signal, core }) => (2, signal, core),
+            Some(Exit::Unknown) => (3, 0, false),
+            Some(Exit::SpawnFailed(e)) => (4, e, false),
+        }
+    }
+
+    /// Unpacks what [`Exit::encode`] packed.
+    pub fn decode(kind: u8, value: i32, core: bool) -> Option<Exit> {
+        match kind {
+            1 => Some(Exit::Code(value)),
+            2 => Some(Exit::Signal {
+                signal: value,
+                core,
+            }),
+            3 => Some(Exit::Unknown),
+            4 => Some(Exit::SpawnFailed(value)),
+            _ => None,
+        }
+    }
+
+    /// Human form: `exit 3`, `signal 9 (KILL)`, `signal 11 (SEGV), core dumped`.
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit {c}"),
+            Exit::Signal { signal, core } => format!(
+                "signal {signal} ({}){}",
+                crate::config::signal_name(signal),
+                if core { ", core dumped" } else { "" }
+            ),
+            Exit::Unknown => "exit status unknown".into(),
+            Exit::SpawnFailed(e) => {
+                format!("could not start: {}", std::io::Error::from_raw_os_error(e))
+            }
+        }
+    }
+}
+
+/// Longest node name the table stores.
+pub const NAME_MAX: usize = 64;
+
+/// One node's published status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Its name.
+    pub name: String,
+    /// `config::NodeType` code.
+    pub node_type: u8,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// The pid, if a process exists.
+    pub pid: Option<u32>,
+    /// The pid's start time (clock ticks since boot).
+    pub pid_start: u64,
+    /// When it was started (CLOCK_MONOTONIC ns), 0 if never.
+    pub started_mono_ns: u64,
+    /// When it was started (ms since the epoch), 0 if never.
+    pub started_wall_ms: u64,
+    /// Times the Supervisor started it again after it ended (by policy or `restart`).
+    pub restarts: u32,
+    /// How the previous process ended.
+    pub last_exit: Option<Exit>,
+    /// In `backoff`: when the next start is due; in `stopping`: when SIGKILL is due (mono ns).
+    pub deadline_mono_ns: u64,
+}
+
+impl NodeRecord {
+    /// Packs into seqlock words.
+    pub fn encode(&self) -> [u64; NODE_WORDS] {
+        let mut w = [0u64; NODE_WORDS];
+        let (kind, value, core) = Exit::encode(self.last_exit);
+        w[0] = self.state as u64
+            | (self.node_type as u64) << 8
+            | (kind as u64) << 16
+            | (core as u64) << 24
+            | (self.restarts as u64) << 32;
+        w[1] = self.pid.unwrap_or(0) as u64 | (value as u32 as u64) << 32;
+        w[2] = self.pid_start;
+        w[3] = self.started_mono_ns;
+        w[4] = self.started_wall_ms;
+        w[5] = self.deadline_mono_ns;
+        let name = self.name.as_bytes();
+        let n = name.len().min(NAME_MAX);
+        w[6] = n as u64;
+        for (i, b) in name[..n].iter().enumerate() {
+            w[7 + i / 8] |= (*b as u64) << (8 * (i % 8));
+        }
+        w
+    }
+
+    /// Unpacks words read from shared memory; `None` if anything is out of range (the words are
+    /// untrusted).
+    pub fn decode(w: &[u64; NODE_WORDS]) -> Option<NodeRecord> {
+        let state = NodeState::from_code((w[0] & 0xff) as u8)?;
+        let node_type = ((w[0] >> 8) & 0xff) as u8;
+        let kind = ((w[0] >> 16) & 0xff) as u8;
+        let core = (w[0] >> 24) & 0xff != 0;
+        let restarts = (w[0] >> 32) as u32;
+        let pid = (w[1] & 0xffff_ffff) as u32;
+        let value = (w[1] >> 32) as u32 as i32;
+        let n = (w[6] as usize).min(NAME_MAX);
+        let mut bytes = Vec::with_capacity(n);
+        for i in 0..n {
+            bytes.push((w[7 + i / 8] >> (8 * (i % 8))) as u8);
+        }
+        let name = String::from_utf8(bytes).ok()?;
+        Some(NodeRecord {
+            name,
+            node_type,
+            state,
+            pid: (pid != 0).then_some(pid),
+            pid_start: w[2],
+            started_mono_ns: w[3],
+            started_wall_ms: w[4],
+            restarts,
+            last_exit: Exit::decode(kind, value, core),
+            deadline_mono_ns: w[5],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips() {
+        let r = NodeRecord {
+            name: "worker-12.a_b".into(),
+            node_type: 4,
+            state: NodeState::Backoff,
+            pid: Some(4_194_303),
+            pid_start: 123_456_789,
+            started_mono_ns: u64::MAX - 1,
+            started_wall_ms: 1_795_000_000_000,
+            restarts: u32::MAX,
+            last_exit: Some(Exit::Signal {
+                signal: 9,
+                core: true,
+            }),
+            deadline_mono_ns: 42,
+        };
+        assert_eq!(NodeRecord::decode(&r.encode()), Some(r));
+        let neg = NodeRecord {
+            name: String::new(),
+            node_type: 0,
+            state: NodeState::Stopped,
+            pid: None,
+            pid_start: 0,
+            started_mono_ns: 0,
+            started_wall_ms: 0,
+            restarts: 0,
+            last_exit: Some(Exit::Code(-3)),
+            deadline_mono_ns: 0,
+        };
+        assert_eq!(NodeRecord::decode(&neg.encode()), Some(neg));
+    }
+
+    #[test]
+    fn garbage_state_is_refused() {
+        let mut w = [0u64; NODE_WORDS];
+        w[0] = 200;
+        assert_eq!(NodeRecord::decode(&w), None);
+        // A name length beyond the words is clamped, not trusted.
+        w[0] = 0;
+        w[6] = u64::MAX;
+        w[7] = u64::from_le_bytes(*b"abcdefgh");
+        assert!(
+            NodeRecord::decode(&w).is_none()
+                || NodeRecord::decode(&w).unwrap().name.len() <= NAME_MAX
+        );
+    }
+}

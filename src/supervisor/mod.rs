@@ -1,0 +1,850 @@
+//! The Supervisor process: one single-threaded `mio` loop that owns every node.
+//!
+//! It sleeps in `epoll_wait` until something happens: a signal (SIGCHLD, SIGTERM, SIGINT,
+//! SIGHUP through a signalfd), a node's pidfd becoming readable, the doorbell FIFO, or the
+//! nearest timer (a restart delay, a stop timeout, a readiness delay). With no timer pending it
+//! sleeps without a timeout: an idle Supervisor makes no syscalls at all.
+
+pub mod node;
+pub mod policy;
+pub mod reaper;
+pub mod spawn;
+
+use crate::config::{Config, ConfigError};
+use crate::instance::{Instance, InstanceError};
+use crate::log;
+use crate::protocol::event::{Event, EventKind, NO_NODE};
+use crate::protocol::layout::{Geometry, SupervisorState, MAX_NODES};
+use crate::protocol::mailbox::{self, Opcode, ReplyStatus, Request, SlotState};
+use crate::protocol::node::{Exit, NodeRecord, NodeState};
+use crate::protocol::{ProtocolError, Shared};
+use crate::shm::RegionError;
+use crate::sys::{clock, fifo, lockfile, pidfd, procstat};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use node::Node;
+use policy::Decision;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const SIGNALS: Token = Token(0);
+const BELL: Token = Token(1);
+const NODE_BASE: usize = 16;
+
+/// Why the Supervisor could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// Another Supervisor holds the instance lock.
+    #[error("instance '{instance}' already has a Supervisor (pid {pid}); talk to it with `broctld --instance {instance} status`, or stop it with `broctld --instance {instance} shutdown`")]
+    AlreadyRunning {
+        /// Instance name.
+        instance: String,
+        /// The holder.
+        pid: u32,
+    },
+    /// Runtime dir problems.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// Lock file problems.
+    #[error("lock file: {0}")]
+    Lock(#[from] lockfile::LockError),
+    /// Config problems.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The region is not ours or not understood.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// More nodes than the table holds.
+    #[error("config has {count} nodes; broctld supervises at most {max} per instance: split them over several instances")]
+    TooManyNodes {
+        /// Nodes in the config.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A syscall failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SupervisorError {
+    move |source| SupervisorError::Io { what, source }
+}
+
+fn nix_err(what: &'static str) -> impl FnOnce(nix::Error) -> SupervisorError {
+    move |e| SupervisorError::Io {
+        what,
+        source: e.into(),
+    }
+}
+
+/// The signals the loop takes through its signalfd (blocked for normal delivery).
+fn loop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Entry point of `broctld __supervisor`. `notify_fd`, if given, receives one line: `ready PID`
+/// once commands are served, or `error: MESSAGE` if startup failed. Returns the exit code.
+pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) -> i32 {
+    // Block the loop's signals before anything else (no thread exists yet): signalfd only sees
+    // signals that are blocked, and the mask is inherited by every thread created later.
+    if let Err(e) = loop_signals().thread_set_mask() {
+        log!("cannot block signals: {e}");
+        return 1;
+    }
+    // SAFETY: the fd was handed to us by the Main that spawned us, open and otherwise unused;
+    // taking ownership closes it once we are done with it.
+    let mut notify = notify_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
+    let mut sup = match Supervisor::start(instance, &config_path) {
+        Ok(s) => s,
+        Err(e) => {
+            log!("supervisor not started: {e}");
+            if let Some(n) = notify.as_mut() {
+                let _ = writeln!(n, "error: {e}");
+            }
+            return 1;
+        }
+    };
+    if let Some(mut n) = notify.take() {
+        let _ = writeln!(n, "ready {}", std::process::id());
+    }
+    let code = match sup.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            log!("supervisor loop failed: {e}");
+            1
+        }
+    };
+    sup.finish();
+    code
+}
+
+/// The Supervisor's state.
+pub struct Supervisor {
+    instance: Instance,
+    config_dir: PathBuf,
+    shared: Shared,
+    poll: Poll,
+    signals: SignalFd,
+    bell: File,
+    lock: Option<lockfile::LockFile>,
+    nodes: Vec<Node>,
+    by_pid: HashMap<u32, usize>,
+    shutting_down: bool,
+    slot_seen: Vec<u32>,
+}
+
+impl Supervisor {
+    /// Takes the instance lock, loads the config, creates (or takes over) the region, adopts
+    /// surviving nodes, starts autostart nodes, and is then ready to [`run`](Self::run).
+    pub fn start(instance: Instance, config_path: &Path) -> Result<Supervisor, SupervisorError> {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+        crate::syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
+            .map_err(io_err("prctl(PR_SET_CHILD_SUBREAPER)"))?;
+        instance.ensure_dirs()?;
+        let lock = match lockfile::LockFile::acquire(&instance.lock_path()) {
+            Ok(l) => l,
+            Err(lockfile::LockError::Held { pid, .. }) => {
+                return Err(SupervisorError::AlreadyRunning {
+                    instance: instance.name().to_owned(),
+                    pid,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = Config::load(config_path)?;
+        if config.nodes.len() > MAX_NODES {
+            return Err(SupervisorError::TooManyNodes {
+                count: config.nodes.len(),
+                max: MAX_NODES,
+            });
+        }
+        let name = instance.shm_name();
+        let (shared, survivors) = match Shared::create(&name, Geometry::default()) {
+            Ok(s) => (s, HashMap::new()),
+            Err(ProtocolError::Region(RegionError::Exists { .. })) => {
+                // We hold the lock, so whoever made this region is dead. Validate before
+                // touching anything; refuse (and touch nothing) if it is not ours.
+                let s = Shared::open(&name)?;
+                let survivors = survivors(&s);
+                (s, survivors)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let bell = fifo::create_reader(&instance.bell_path())
+            .map_err(|e| SupervisorError::Instance(InstanceError::Dir(e)))?;
+        let signals = SignalFd::with_flags(
+            &loop_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(nix_err("signalfd"))?;
+        let poll = Poll::new().map_err(io_err("epoll_create"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(io_err("epoll_ctl(signalfd)"))?;
+        poll.registry()
+            .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
+            .map_err(io_err("epoll_ctl(doorbell)"))?;
+
+        let slots = shared.geometry().slots;
+        let mut sup = Supervisor {
+            instance,
+            config_dir: config.dir.clone(),
+            shared,
+            poll,
+            signals,
+            bell,
+            lock: Some(lock),
+            nodes: config.nodes.into_iter().map(Node::new).collect(),
+            by_pid: HashMap::new(),
+            shutting_down: false,
+            slot_seen: vec![0; slots],
+        };
+        sup.take_over(survivors);
+        Ok(sup)
+    }
+
+    /// Publishes ownership, adopts survivors, and starts autostart nodes.
+    fn take_over(&mut self, mut survivors: HashMap<String, NodeRecord>) {
+        let h = self.shared.header();
+        let generation = h.generation.load(Ordering::Relaxed) + 1;
+        h.generation.store(generation, Ordering::Relaxed);
+        h.owner_pid.store(std::process::id(), Ordering::Relaxed);
+        h.owner_start
+            .store(procstat::own_start_time(), Ordering::Relaxed);
+        h.config_epoch.fetch_add(1, Ordering::Relaxed);
+        h.bell.store(0, Ordering::SeqCst);
+        // Commands a dead predecessor took but never answered: answer them now, honestly.
+        for slot in self.shared.slots() {
+            let v = slot.state.load(Ordering::Acquire);
+            if let (pid, Some(SlotState::Taken)) = SlotState::split(v) {
+                mailbox::complete(
+                    slot,
+                    pid,
+                    ReplyStatus::Rejected,
+                    "the Supervisor died while applying this command; check `broctld events`",
+                );
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if let Some(rec) = survivors.remove(&self.nodes[i].spec.name) {
+                self.adopt(i, &rec);
+            }
+        }
+        for (name, rec) in survivors {
+            log!(
+                "node {name} (pid {}) survived the previous Supervisor but is not in the config; it is left running unsupervised",
+                rec.pid.unwrap_or(0)
+            );
+        }
+        for i in 0..self.nodes.len() {
+            self.publish(i);
+        }
+        // Clear records past our nodes (a shorter config than the predecessor's).
+        let empty = NodeRecord::decode(&[0; crate::protocol::layout::NODE_WORDS])
+            .expect("zeroed record decodes")
+            .encode();
+        for cell in &self.shared.node_cells()
+            [self.nodes.len()..self.shared.node_count().max(self.nodes.len())]
+        {
+            cell.write(&empty);
+        }
+        let h = self.shared.header();
+        h.node_count
+            .store(self.nodes.len() as u32, Ordering::Release);
+        let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
+        ev.a = generation;
+        self.event(ev);
+        let h = self.shared.header();
+        h.state
+            .store(SupervisorState::Ready as u32, Ordering::Release);
+        crate::sys::futex::wake(&h.state, i32::MAX);
+        log!(
+            "supervisor ready: instance {} generation {generation}, {} nodes, region {}",
+            self.instance.name(),
+            self.nodes.len(),
+            self.shared.path().display()
+        );
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none() {
+                self.spawn(i, false);
+            }
+        }
+        // Commands queued while no Supervisor listened.
+        self.scan_mailbox();
+    }
+
+    fn adopt(&mut self, i: usize, rec: &NodeRecord) {
+        let Some(pid) = rec.pid else { return };
+        let fd = match pidfd::open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
+                return;
+            }
+        };
+        // The pidfd is race-free from here on; recheck identity now that we hold it.
+        if !procstat::is_alive(pid, rec.pid_start) {
+            return;
+        }
+        let token = Token(NODE_BASE + i);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+        {
+            log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
+            return;
+        }
+        let n = &mut self.nodes[i];
+        n.pid = Some(pid);
+        n.pidfd = Some(fd);
+        n.pid_start = rec.pid_start;
+        n.adopted = true;
+        n.started_mono_ns = rec.started_mono_ns;
+        n.started_wall_ms = rec.started_wall_ms;
+        n.restarts = rec.restarts;
+        n.last_exit = rec.last_exit;
+        n.state = NodeState::Running;
+        self.by_pid.insert(pid, i);
+        log!("node {}: adopted surviving pid {pid}", rec.name);
+        self.event(Event::now(EventKind::Adopted, i as u16, pid));
+    }
+
+    /// Runs the event loop until shutdown completes.
+    pub fn run(&mut self) -> Result<(), SupervisorError> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if self.shutting_down && self.nodes.iter().all(Node::is_down) {
+                return Ok(());
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| Duration::from_nanos(d.saturating_sub(clock::monotonic_ns())));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(SupervisorError::Io {
+                    what: "epoll_wait",
+                    source: e,
+                });
+            }
+            let mut reap = false;
+            let mut bell = false;
+            let mut adopted_exits = Vec::new();
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => self.drain_signals(&mut reap),
+                    BELL => bell = true,
+                    Token(t) if t >= NODE_BASE => {
+                        let i = t - NODE_BASE;
+                        match self.nodes.get(i) {
+                            Some(n) if n.adopted => adopted_exits.push(i),
+                            _ => reap = true,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if reap {
+                for (pid, exit) in reaper::reap_all() {
+                    self.on_exit(pid, exit);
+                }
+            }
+            for i in adopted_exits {
+                let n = &self.nodes[i];
+                if let Some(pid) = n.pid {
+                    if n.adopted && !procstat::is_alive(pid, n.pid_start) {
+                        self.on_exit(pid, Exit::Unknown);
+                    }
+                }
+            }
+            if bell {
+                let _ = fifo::drain(&self.bell);
+                self.shared.header().bell.store(0, Ordering::SeqCst);
+                self.scan_mailbox();
+            }
+            self.fire_timers();
+        }
+    }
+
+    fn drain_signals(&mut self, reap: &mut bool) {
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => match info.ssi_signo as i32 {
+                    libc::SIGCHLD => *reap = true,
+                    libc::SIGTERM | libc::SIGINT => {
+                        log!(
+                            "got signal {}: stopping every node, then exiting",
+                            info.ssi_signo
+                        );
+                        self.begin_shutdown();
+                    }
+                    libc::SIGHUP => log!("got SIGHUP: ignored (the Supervisor has no terminal)"),
+                    _ => {}
+                },
+                Ok(None) => return,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    log!("reading signalfd: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.nodes.iter().filter_map(|n| n.deadline).min()
+    }
+
+    fn fire_timers(&mut self) {
+        let now = clock::monotonic_ns();
+        for i in 0..self.nodes.len() {
+            let Some(d) = self.nodes[i].deadline else {
+                continue;
+            };
+            if d > now {
+                continue;
+            }
+            self.nodes[i].deadline = None;
+            match self.nodes[i].state {
+                NodeState::Backoff => self.spawn(i, true),
+                NodeState::Stopping => self.kill(i),
+                NodeState::Starting => {
+                    self.nodes[i].state = NodeState::Running;
+                    self.publish(i);
+                    let pid = self.nodes[i].pid.unwrap_or(0);
+                    self.event(Event::now(EventKind::Ready, i as u16, pid));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn publish(&self, i: usize) {
+        self.shared.node_cells()[i].write(&self.nodes[i].record().encode());
+    }
+
+    fn event(&self, ev: Event) {
+        self.shared.ring().push(&ev.encode());
+    }
+
+    /// Spawns node `i`; `again` counts it as a restart.
+    fn spawn(&mut self, i: usize, again: bool) {
+        let name = self.nodes[i].spec.name.clone();
+        let instance = self.instance.name().to_owned();
+        let env = [
+            ("BROCTLD_NODE", name.as_str()),
+            ("BROCTLD_INSTANCE", instance.as_str()),
+        ];
+        let now = clock::monotonic_ns();
+        if again {
+            self.nodes[i].restarts = self.nodes[i].restarts.saturating_add(1);
+        }
+        self.nodes[i].start_after_exit = false;
+        self.nodes[i].killed = false;
+        self.nodes[i].adopted = false;
+        match spawn::spawn(&self.nodes[i].spec, &self.config_dir, &env, None) {
+            Ok(pid) => {
+                let n = &mut self.nodes[i];
+                n.pid = Some(pid);
+                n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                n.started_mono_ns = now;
+                n.started_wall_ms = clock::wall_ms();
+                match pidfd::open(pid) {
+                    Ok(fd) => {
+                        let _ = self.poll.registry().register(
+                            &mut SourceFd(&fd.as_raw_fd()),
+                            Token(NODE_BASE + i),
+                            Interest::READABLE,
+                        );
+                        n.pidfd = Some(fd);
+                    }
+                    Err(e) => log!("node {name}: pidfd_open({pid}): {e}; relying on SIGCHLD"),
+                }
+                let ready_after = n.spec.policy.ready_after;
+                if ready_after.is_zero() {
+                    n.state = NodeState::Running;
+                    n.deadline = None;
+                } else {
+                    n.state = NodeState::Starting;
+                    n.deadline = Some(now + ready_after.as_nanos() as u64);
+                }
+                let running = n.state == NodeState::Running;
+                let restarts = n.restarts;
+                self.by_pid.insert(pid, i);
+                self.publish(i);
+                let mut ev = Event::now(EventKind::Spawned, i as u16, pid);
+                ev.a = restarts as u64;
+                self.event(ev);
+                if running {
+                    self.event(Event::now(EventKind::Ready, i as u16, pid));
+                }
+            }
+            Err(e) => {
+                log!("{e}");
+                let exit = Exit::SpawnFailed(e.errno());
+                self.nodes[i].started_mono_ns = now;
+                let mut ev = Event::now(EventKind::SpawnFailed, i as u16, 0);
+                ev.exit = Some(exit);
+                self.event(ev);
+                self.after_end(i, exit, now);
+            }
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(pid) = self.nodes[i].pid {
+            log!(
+                "node {}: still running {} ms after its stop signal; sending SIGKILL",
+                self.nodes[i].spec.name,
+                self.nodes[i].spec.policy.stop_timeout.as_millis()
+            );
+            let _ = spawn::signal_group(pid, libc::SIGKILL);
+            self.nodes[i].killed = true;
+            self.event(Event::now(EventKind::Killed, i as u16, pid));
+        }
+    }
+
+    fn on_exit(&mut self, pid: u32, exit: Exit) {
+        let Some(i) = self.by_pid.remove(&pid) else {
+            let mut ev = Event::now(EventKind::OrphanReaped, NO_NODE, pid);
+            ev.exit = Some(exit);
+            self.event(ev);
+            return;
+        };
+        let now = clock::monotonic_ns();
+        let n = &mut self.nodes[i];
+        if n.pid != Some(pid) {
+            return;
+        }
+        if let Some(fd) = n.pidfd.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        n.pid = None;
+        n.pid_start = 0;
+        n.adopted = false;
+        n.last_exit = Some(exit);
+        let was_stopping = n.state == NodeState::Stopping;
+        // Leftovers of the node's process group (background jobs) do not outlive a stop.
+        if was_stopping {
+            let _ = spawn::signal_group(pid, libc::SIGKILL);
+        }
+        let mut ev = Event::now(EventKind::Exited, i as u16, pid);
+        ev.exit = Some(exit);
+        self.event(ev);
+        if was_stopping {
+            if self.nodes[i].start_after_exit && !self.shutting_down {
+                self.spawn(i, true);
+            } else {
+                self.nodes[i].state = NodeState::Stopped;
+                self.nodes[i].deadline = None;
+                self.publish(i);
+                self.event(Event::now(EventKind::Stopped, i as u16, 0));
+            }
+            return;
+        }
+        self.after_end(i, exit, now);
+    }
+
+    /// Applies the restart policy to a node whose process ended on its own (or never started).
+    fn after_end(&mut self, i: usize, exit: Exit, now: u64) {
+        let n = &mut self.nodes[i];
+        n.pid = None;
+        if self.shutting_down {
+            n.state = NodeState::Stopped;
+            n.deadline = None;
+            self.publish(i);
+            return;
+        }
+        let started = n.started_mono_ns;
+        match policy::decide(&n.spec.policy, &mut n.history, exit, started, now) {
+            Decision::RestartAt(at) if at <= now => {
+                self.publish(i);
+                self.spawn(i, true);
+            }
+            Decision::RestartAt(at) => {
+                n.state = NodeState::Backoff;
+                n.deadline = Some(at);
+                self.publish(i);
+                let mut ev = Event::now(EventKind::Backoff, i as u16, 0);
+                ev.a = (at - now) / 1_000_000;
+                self.event(ev);
+            }
+            Decision::Stop => {
+                n.state = NodeState::Stopped;
+                n.deadline = None;
+                self.publish(i);
+                self.event(Event::now(EventKind::Stopped, i as u16, 0));
+            }
+            Decision::Fail { quick_deaths } => {
+                log!(
+                    "node {}: giving up ({} quick deaths); `broctld start {}` tries again",
+                    n.spec.name,
+                    quick_deaths,
+                    n.spec.name
+                );
+                n.state = NodeState::Failed;
+                n.deadline = None;
+                self.publish(i);
+                let mut ev = Event::now(EventKind::Failed, i as u16, 0);
+                ev.a = quick_deaths as u64;
+                self.event(ev);
+            }
+        }
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        match n.state {
+            NodeState::Stopped | NodeState::Failed | NodeState::Backoff => {
+                if n.state == NodeState::Failed {
+                    n.history.reset(&n.spec.policy);
+                }
+                n.deadline = None;
+                self.spawn(i, false);
+            }
+            NodeState::Stopping => n.start_after_exit = true,
+            NodeState::Running | NodeState::Starting => {}
+        }
+    }
+
+    fn stop_node(&mut self, i: usize) {
+        let now = clock::monotonic_ns();
+        let n = &mut self.nodes[i];
+        n.start_after_exit = false;
+        match (n.state, n.pid) {
+            (NodeState::Running | NodeState::Starting, Some(pid)) => {
+                let sig = n.spec.policy.stop_signal;
+                let timeout = n.spec.policy.stop_timeout;
+                if let Err(e) = spawn::signal_group(pid, sig) {
+                    log!(
+                        "node {}: sending signal {sig} to pid {pid}: {e}",
+                        n.spec.name
+                    );
+                }
+                n.state = NodeState::Stopping;
+                n.killed = false;
+                n.deadline = Some(now + timeout.as_nanos() as u64);
+                self.publish(i);
+                let mut ev = Event::now(EventKind::Stopping, i as u16, pid);
+                ev.a = sig as u64;
+                ev.b = timeout.as_millis() as u64;
+                self.event(ev);
+            }
+            (NodeState::Backoff | NodeState::Failed, _) => {
+                n.state = NodeState::Stopped;
+                n.deadline = None;
+                self.publish(i);
+                self.event(Event::now(EventKind::Stopped, i as u16, 0));
+            }
+            _ => {}
+        }
+    }
+
+    fn restart_node(&mut self, i: usize) {
+        match self.nodes[i].state {
+            NodeState::Running | NodeState::Starting => {
+                self.stop_node(i);
+                self.nodes[i].start_after_exit = true;
+            }
+            NodeState::Stopping => self.nodes[i].start_after_exit = true,
+            _ => self.start_node(i),
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.shared
+            .header()
+            .state
+            .store(SupervisorState::ShuttingDown as u32, Ordering::Release);
+        crate::sys::futex::wake(&self.shared.header().state, i32::MAX);
+        for i in 0..self.nodes.len() {
+            self.stop_node(i);
+        }
+    }
+
+    fn scan_mailbox(&mut self) {
+        for i in 0..self.shared.slots().len() {
+            if let Some((pid, seq, req)) = mailbox::take(&self.shared.slots()[i]) {
+                let (status, msg) = self.apply(&req);
+                mailbox::complete(&self.shared.slots()[i], pid, status, &msg);
+                let mut ev = Event::now(EventKind::CommandApplied, NO_NODE, pid);
+                ev.a = seq;
+                ev.b = req.opcode as u64 | (pid as u64) << 32;
+                ev.exit = Some(Exit::Code(status as i32));
+                self.event(ev);
+                self.slot_seen[i] = 0;
+                continue;
+            }
+            let slot = &self.shared.slots()[i];
+            let v = slot.state.load(Ordering::Acquire);
+            let (pid, st) = SlotState::split(v);
+            let stale = match st {
+                Some(SlotState::Claimed | SlotState::Done) => {
+                    // Only check a slot seen in the same state on a previous ring: a live Main
+                    // moves on within microseconds, and /proc reads are not free.
+                    self.slot_seen[i] == v
+                        && !procstat::is_alive(pid, slot.owner_start.load(Ordering::Relaxed))
+                }
+                Some(SlotState::Free) | Some(SlotState::Submitted) => false,
+                Some(SlotState::Taken) | None => true, // garbage or a dead predecessor's
+            };
+            self.slot_seen[i] = v;
+            if stale && mailbox::reclaim(slot, v) {
+                let seq = slot.cmd_seq.load(Ordering::Relaxed);
+                log!(
+                    "mailbox slot {i}: owner pid {pid} is gone; slot reclaimed (command seq {seq})"
+                );
+                let mut ev = Event::now(EventKind::SlotReclaimed, NO_NODE, pid);
+                ev.a = seq;
+                ev.b = i as u64 | (pid as u64) << 32;
+                self.event(ev);
+                self.slot_seen[i] = 0;
+            }
+        }
+    }
+
+    fn apply(&mut self, req: &Request) -> (ReplyStatus, String) {
+        let Some(op) = Opcode::from_u32(req.opcode) else {
+            return (
+                ReplyStatus::Unsupported,
+                format!("unknown command code {}", req.opcode),
+            );
+        };
+        if self.shutting_down && op != Opcode::Ping {
+            return (
+                ReplyStatus::Rejected,
+                "the Supervisor is shutting down".into(),
+            );
+        }
+        let nodes = req.nodes(self.nodes.len());
+        match op {
+            Opcode::Ping => (ReplyStatus::Ok, "pong".into()),
+            Opcode::Start => {
+                nodes.into_iter().for_each(|i| self.start_node(i));
+                (ReplyStatus::Ok, String::new())
+            }
+            Opcode::Stop => {
+                nodes.into_iter().for_each(|i| self.stop_node(i));
+                (ReplyStatus::Ok, String::new())
+            }
+            Opcode::Restart => {
+                nodes.into_iter().for_each(|i| self.restart_node(i));
+                (ReplyStatus::Ok, String::new())
+            }
+            Opcode::Shutdown => {
+                log!("shutdown requested");
+                self.begin_shutdown();
+                (ReplyStatus::Ok, String::new())
+            }
+            Opcode::Signal => {
+                let sig = req.arg as i32;
+                if !(1..libc::SIGRTMAX()).contains(&sig) {
+                    return (ReplyStatus::Rejected, format!("invalid signal {}", req.arg));
+                }
+                let mut missing = Vec::new();
+                for i in nodes {
+                    match self.nodes[i].pid {
+                        Some(pid) => {
+                            let _ = spawn::signal_pid(pid, sig);
+                            let mut ev = Event::now(EventKind::Signaled, i as u16, pid);
+                            ev.a = sig as u64;
+                            self.event(ev);
+                        }
+                        None => missing.push(self.nodes[i].spec.name.clone()),
+                    }
+                }
+                if missing.is_empty() {
+                    (ReplyStatus::Ok, String::new())
+                } else {
+                    (
+                        ReplyStatus::Rejected,
+                        format!("not running: {}", missing.join(", ")),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Final steps after the loop: tell the world, remove every runtime file, release the lock.
+    fn finish(&mut self) {
+        self.event(Event::now(
+            EventKind::SupervisorExiting,
+            NO_NODE,
+            std::process::id(),
+        ));
+        let h = self.shared.header();
+        h.state
+            .store(SupervisorState::Exited as u32, Ordering::Release);
+        crate::sys::futex::wake(&h.state, i32::MAX);
+        self.shared.ring().wake_all();
+        // Answer anything still queued so no Main waits for a timeout.
+        for slot in self.shared.slots() {
+            if let Some((pid, _, _)) = mailbox::take(slot) {
+                mailbox::complete(
+                    slot,
+                    pid,
+                    ReplyStatus::Rejected,
+                    "the Supervisor has exited",
+                );
+            }
+        }
+        let _ = crate::shm::Region::unlink(self.shared.name());
+        let _ = std::fs::remove_file(self.instance.bell_path());
+        log!("supervisor exiting: every node stopped, runtime files removed");
+        if let Some(lock) = self.lock.take() {
+            lock.remove();
+        }
+    }
+}
+
+/// Nodes recorded in a predecessor's region whose process (pid and start time) still lives.
+fn survivors(shared: &Shared) -> HashMap<String, NodeRecord> {
+    let mut out = HashMap::new();
+    for cell in &shared.node_cells()[..shared.node_count()] {
+        let Some(rec) = cell.read().and_then(|w| NodeRecord::decode(&w)) else {
+            continue;
+        };
+        if let Some(pid) = rec.pid {
+            if procstat::is_alive(pid, rec.pid_start) {
+                out.insert(rec.name.clone(), rec);
+            }
+        }
+    }
+    out
+}

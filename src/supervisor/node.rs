@@ -1,0 +1,86 @@
+//! A node as the Supervisor tracks it in its own memory: the spec, the live process, the
+//! restart history, and the record it publishes to the node table.
+
+use super::policy::History;
+use crate::config::NodeSpec;
+use crate::protocol::node::{Exit, NodeRecord, NodeState};
+use std::os::fd::OwnedFd;
+
+/// One supervised node.
+#[derive(Debug)]
+pub struct Node {
+    /// What the config says.
+    pub spec: NodeSpec,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// The live process, if any.
+    pub pid: Option<u32>,
+    /// A pidfd on it (readable when it exits), registered with the event loop.
+    pub pidfd: Option<OwnedFd>,
+    /// The process's start time in clock ticks (its identity together with the pid).
+    pub pid_start: u64,
+    /// True if the process was inherited from a previous Supervisor: not our child, so its
+    /// exit status cannot be collected.
+    pub adopted: bool,
+    /// When the process started (mono ns) and wall ms.
+    pub started_mono_ns: u64,
+    /// Wall clock of the start.
+    pub started_wall_ms: u64,
+    /// Times started again after an end (by policy or `restart`).
+    pub restarts: u32,
+    /// How the previous process ended.
+    pub last_exit: Option<Exit>,
+    /// Restart delay and quick deaths.
+    pub history: History,
+    /// When a timer fires (mono ns): the restart in `backoff`, SIGKILL in `stopping`, ready in
+    /// `starting`.
+    pub deadline: Option<u64>,
+    /// Start again once the current process has exited (a `restart` in progress).
+    pub start_after_exit: bool,
+    /// SIGKILL was already sent in this stop.
+    pub killed: bool,
+}
+
+impl Node {
+    /// A stopped node for `spec`.
+    pub fn new(spec: NodeSpec) -> Node {
+        let history = History::new(&spec.policy);
+        Node {
+            spec,
+            state: NodeState::Stopped,
+            pid: None,
+            pidfd: None,
+            pid_start: 0,
+            adopted: false,
+            started_mono_ns: 0,
+            started_wall_ms: 0,
+            restarts: 0,
+            last_exit: None,
+            history,
+            deadline: None,
+            start_after_exit: false,
+            killed: false,
+        }
+    }
+
+    /// The record to publish.
+    pub fn record(&self) -> NodeRecord {
+        NodeRecord {
+            name: self.spec.name.clone(),
+            node_type: self.spec.node_type.code(),
+            state: self.state,
+            pid: self.pid,
+            pid_start: self.pid_start,
+            started_mono_ns: self.started_mono_ns,
+            started_wall_ms: self.started_wall_ms,
+            restarts: self.restarts,
+            last_exit: self.last_exit,
+            deadline_mono_ns: self.deadline.unwrap_or(0),
+        }
+    }
+
+    /// Whether the node is at rest (no process, no timer): what shutdown waits for.
+    pub fn is_down(&self) -> bool {
+        self.pid.is_none() && matches!(self.state, NodeState::Stopped | NodeState::Failed)
+    }
+}

@@ -1,0 +1,209 @@
+//! The restart policy as a pure function of a node's history, so it can be tested without
+//! processes: should a node that just ended start again, when, and with what next delay.
+//!
+//! The delay is measured between successive *starts* (as s6 does), not from the death: a node
+//! that ran longer than the current delay is restarted at once, so a long-running node that is
+//! killed is replaced immediately; a node that dies quickly waits out the rest of the delay,
+//! which then grows by `restart_delay_factor` up to `restart_delay_max`. A run of at least
+//! `restart_reset` resets the delay. `give_up_after` deaths shorter than `quick_death` within
+//! `give_up_window` end in `failed`.
+
+use crate::config::{Policy, RestartPolicy};
+use crate::protocol::node::Exit;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// A node's restart history (in the Supervisor's memory only).
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The current delay between starts.
+    pub delay: Duration,
+    /// Times (mono ns) of quick deaths still inside the window.
+    pub quick_deaths: VecDeque<u64>,
+}
+
+impl History {
+    /// A fresh history for `policy`.
+    pub fn new(policy: &Policy) -> History {
+        History {
+            delay: policy.restart_delay,
+            quick_deaths: VecDeque::new(),
+        }
+    }
+
+    /// Forgets past deaths (after a manual `start` of a failed node).
+    pub fn reset(&mut self, policy: &Policy) {
+        *self = History::new(policy);
+    }
+}
+
+/// What to do after a node's process ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Start it again at this monotonic time (ns); may be now or in the past.
+    RestartAt(u64),
+    /// Do not restart: it ended cleanly (or policy says never).
+    Stop,
+    /// Do not restart: it failed (gave up, or policy says never and it failed).
+    Fail {
+        /// Quick deaths counted in the window (0 when policy is `never`).
+        quick_deaths: u32,
+    },
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Decides what happens after a process that started at `started` (mono ns) ended with `exit`
+/// at `now`. Updates `history`.
+pub fn decide(
+    policy: &Policy,
+    history: &mut History,
+    exit: Exit,
+    started: u64,
+    now: u64,
+) -> Decision {
+    let wanted = match policy.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => exit.is_failure(),
+        RestartPolicy::Never => false,
+    };
+    if !wanted {
+        return if exit.is_failure() {
+            Decision::Fail { quick_deaths: 0 }
+        } else {
+            Decision::Stop
+        };
+    }
+    let run = now.saturating_sub(started);
+    if run >= ns(policy.restart_reset) {
+        history.delay = policy.restart_delay;
+    }
+    if run < ns(policy.quick_death) {
+        history.quick_deaths.push_back(now);
+    }
+    let window = ns(policy.give_up_window);
+    while let Some(&t) = history.quick_deaths.front() {
+        if now.saturating_sub(t) > window {
+            history.quick_deaths.pop_front();
+        } else {
+            break;
+        }
+    }
+    if policy.give_up_after > 0 && history.quick_deaths.len() >= policy.give_up_after as usize {
+        return Decision::Fail {
+            quick_deaths: history.quick_deaths.len() as u32,
+        };
+    }
+    let mut delay = history.delay;
+    if matches!(exit, Exit::SpawnFailed(_)) {
+        // A program that cannot even be started must not spin the loop, whatever the config.
+        delay = delay.max(Duration::from_millis(100));
+    }
+    let due = started.saturating_add(ns(delay));
+    if due > now {
+        // Throttled: the next quick death waits longer.
+        let grown = history.delay.as_secs_f64() * policy.restart_delay_factor;
+        history.delay = Duration::from_secs_f64(grown.min(policy.restart_delay_max.as_secs_f64()))
+            .max(policy.restart_delay.min(policy.restart_delay_max));
+        Decision::RestartAt(due)
+    } else {
+        Decision::RestartAt(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn policy() -> Policy {
+        Policy::default()
+    }
+
+    #[test]
+    fn long_runner_killed_restarts_at_once_every_time() {
+        let p = policy();
+        let mut h = History::new(&p);
+        let mut t = 0;
+        for _ in 0..50 {
+            let started = t;
+            t += 1500 * MS;
+            let d = decide(
+                &p,
+                &mut h,
+                Exit::Signal {
+                    signal: 9,
+                    core: false,
+                },
+                started,
+                t,
+            );
+            assert_eq!(d, Decision::RestartAt(t));
+        }
+    }
+
+    #[test]
+    fn quick_deaths_back_off_exponentially_then_fail() {
+        let p = policy(); // 100 ms, x2, give up after 5 quick deaths in 10 s
+        let mut h = History::new(&p);
+        let mut started = 0;
+        let mut gaps = vec![];
+        loop {
+            let died = started + MS;
+            match decide(&p, &mut h, Exit::Code(1), started, died) {
+                Decision::RestartAt(at) => {
+                    gaps.push((at - started) / MS);
+                    started = at;
+                }
+                Decision::Fail { quick_deaths } => {
+                    assert_eq!(quick_deaths, 5);
+                    break;
+                }
+                Decision::Stop => panic!("stopped"),
+            }
+        }
+        assert_eq!(gaps, vec![100, 200, 400, 800]);
+    }
+
+    #[test]
+    fn on_failure_does_not_restart_a_clean_exit_and_never_fails_a_crash() {
+        let mut p = policy();
+        p.restart = RestartPolicy::OnFailure;
+        let mut h = History::new(&p);
+        assert_eq!(decide(&p, &mut h, Exit::Code(0), 0, 5 * MS), Decision::Stop);
+        p.restart = RestartPolicy::Never;
+        assert_eq!(
+            decide(&p, &mut h, Exit::Code(2), 0, 5 * MS),
+            Decision::Fail { quick_deaths: 0 }
+        );
+    }
+
+    #[test]
+    fn a_long_run_resets_the_delay() {
+        let p = policy();
+        let mut h = History::new(&p);
+        decide(&p, &mut h, Exit::Code(1), 0, MS);
+        assert_eq!(h.delay, Duration::from_millis(200));
+        decide(&p, &mut h, Exit::Code(1), 100 * MS, 100 * MS + 31_000 * MS);
+        assert_eq!(h.delay, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn delay_is_capped() {
+        let mut p = policy();
+        p.give_up_after = 0;
+        let mut h = History::new(&p);
+        let mut started = 0;
+        for _ in 0..40 {
+            if let Decision::RestartAt(at) =
+                decide(&p, &mut h, Exit::Code(1), started, started + MS)
+            {
+                started = at;
+            }
+        }
+        assert_eq!(h.delay, p.restart_delay_max);
+    }
+}

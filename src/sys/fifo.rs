@@ -1,0 +1,69 @@
+//! The doorbell: a FIFO in the runtime dir. A Main writes one byte to wake the Supervisor; the
+//! Supervisor holds the FIFO open read-write (`O_RDWR|O_NONBLOCK`) so its open never blocks and
+//! it never sees a hang-up storm as writers come and go.
+
+use super::checked::{self, CheckError, Kind};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// Creates the FIFO (mode 0600) if missing and opens it for the Supervisor's end.
+pub fn create_reader(path: &Path) -> Result<File, CheckError> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| CheckError::Io {
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
+        })?;
+    // SAFETY: a NUL-terminated path and a mode.
+    match crate::syscall!(mkfifo(c.as_ptr(), 0o600)) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(source) => {
+            return Err(CheckError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    }
+    let (f, _) = checked::open(path, libc::O_RDWR | libc::O_NONBLOCK, 0, Kind::Fifo, 0o077)?;
+    Ok(f)
+}
+
+/// Opens the FIFO's write end for a Main. Fails with ENXIO if no reader has it open.
+pub fn open_writer(path: &Path) -> Result<File, CheckError> {
+    let (f, _) = checked::open(
+        path,
+        libc::O_WRONLY | libc::O_NONBLOCK,
+        0,
+        Kind::Fifo,
+        0o077,
+    )?;
+    Ok(f)
+}
+
+/// Writes one byte. A full pipe (EAGAIN) means the bell is already ringing, which is fine.
+pub fn ring(mut writer: &File) -> io::Result<()> {
+    loop {
+        match writer.write(&[1u8]) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads until EAGAIN (edge-triggered epoll needs the pipe drained on every wake).
+pub fn drain(mut reader: &File) -> io::Result<usize> {
+    let mut buf = [0u8; 256];
+    let mut total = 0;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

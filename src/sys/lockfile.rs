@@ -1,0 +1,153 @@
+//! The instance lock: a file in the runtime dir that the Supervisor holds with `flock` for as
+//! long as it lives. The kernel drops the lock when the process dies, however it dies, so
+//! "lock held" means "a Supervisor is alive" without any pid guessing (s6's lock-fd idea).
+
+use super::checked::{self, CheckError, Kind};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// A held exclusive lock on the instance's lock file.
+#[derive(Debug)]
+pub struct LockFile {
+    file: File,
+    path: PathBuf,
+}
+
+/// Result of probing a lock file without taking it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No lock file, or nobody holds it: no Supervisor runs.
+    Free,
+    /// A live process holds it; the pid and start time it wrote (0 if it has not yet).
+    Held {
+        /// The holder's pid as written in the file.
+        pid: u32,
+        /// The holder's start time as written in the file.
+        start: u64,
+    },
+}
+
+/// Errors from taking the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The file failed a safety check or could not be opened.
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    /// Another process holds it.
+    #[error("{path} is locked by pid {pid}")]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid (0 if unknown).
+        pid: u32,
+    },
+    /// flock or the pid write failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn flock(file: &File, op: i32) -> io::Result<bool> {
+    loop {
+        // SAFETY: a live fd and a LOCK_* operation.
+        match crate::syscall!(flock(file.as_raw_fd(), op)) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_holder(file: &mut File) -> (u32, u64) {
+    let mut s = String::new();
+    if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
+        return (0, 0);
+    }
+    let mut it = s.split_ascii_whitespace();
+    let pid = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let start = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (pid, start)
+}
+
+impl LockFile {
+    /// Creates (mode 0600) or opens the lock file, takes the exclusive lock without blocking and
+    /// writes `pid start_time` into it. Fails with [`LockError::Held`] if a live process has it.
+    pub fn acquire(path: &Path) -> Result<LockFile, LockError> {
+        loop {
+            let (mut file, st) =
+                checked::open(path, libc::O_RDWR | libc::O_CREAT, 0o600, Kind::File, 0o077)?;
+            let io_err = |source| LockError::Io {
+                path: path.to_owned(),
+                source,
+            };
+            if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
+                let (pid, _) = read_holder(&mut file);
+                return Err(LockError::Held {
+                    path: path.to_owned(),
+                    pid,
+                });
+            }
+            // The previous holder may have unlinked the path between our open and our flock;
+            // then we hold a lock on an orphaned inode. Retry on the current file.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) == st.ino => {}
+                _ => continue,
+            }
+            let line = format!(
+                "{} {}\n",
+                std::process::id(),
+                super::procstat::own_start_time()
+            );
+            file.set_len(0).map_err(io_err)?;
+            file.rewind().map_err(io_err)?;
+            file.write_all(line.as_bytes()).map_err(io_err)?;
+            return Ok(LockFile {
+                file,
+                path: path.to_owned(),
+            });
+        }
+    }
+
+    /// Tells whether a live process holds the lock at `path`, without taking it for long.
+    pub fn probe(path: &Path) -> Result<Probe, CheckError> {
+        let (mut file, _) = match checked::open(path, libc::O_RDONLY, 0, Kind::File, 0o077) {
+            Ok(x) => x,
+            Err(e) if e.os_error() == Some(libc::ENOENT) => return Ok(Probe::Free),
+            Err(e) => return Err(e),
+        };
+        let io_err = |source| CheckError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if flock(&file, libc::LOCK_SH | libc::LOCK_NB).map_err(io_err)? {
+            // We got it, so nobody holds it; closing the file releases ours.
+            return Ok(Probe::Free);
+        }
+        let (pid, start) = read_holder(&mut file);
+        Ok(Probe::Held { pid, start })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open, locked file (children that must keep the lock alive inherit a dup of it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Removes the file while still holding the lock, then releases it.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self);
+    }
+}
