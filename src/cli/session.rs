@@ -116,7 +116,40 @@ impl Session {
         if self.client.is_none() {
             self.client = Client::attach(&self.instance).ok();
         }
+        if self.client.is_none() && self.region_survives() {
+            self.recover();
+        }
         self.client.as_ref()
+    }
+
+    /// Whether a region outlived its Supervisor (it was killed): its nodes may still run.
+    fn region_survives(&self) -> bool {
+        let name = self.instance.shm_name();
+        std::path::Path::new("/dev/shm")
+            .join(name.trim_start_matches('/'))
+            .exists()
+    }
+
+    /// Starts a new Supervisor to adopt the nodes of one that died.
+    fn recover(&mut self) {
+        let cfg = match find_config(self.config.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "broctld: the Supervisor of instance '{}' is gone and its nodes may still run, but it cannot be restarted: {e}",
+                    self.instance.name()
+                );
+                return;
+            }
+        };
+        eprintln!(
+            "broctld: the Supervisor of instance '{}' is gone; starting a new one to adopt the nodes still running",
+            self.instance.name()
+        );
+        match Client::attach_or_spawn(&self.instance, &cfg) {
+            Ok(c) => self.client = Some(c),
+            Err(e) => eprintln!("broctld: {e}"),
+        }
     }
 
     fn require_client(&mut self) -> Result<&Client, CliError> {

@@ -36,6 +36,8 @@ use std::time::Duration;
 
 const SIGNALS: Token = Token(0);
 const BELL: Token = Token(1);
+/// Node `i` has token `NODE_BASE + 2i` for its pidfd and `NODE_BASE + 2i + 1` for its
+/// readiness pipe.
 const NODE_BASE: usize = 16;
 
 /// Why the Supervisor could not start or had to stop.
@@ -291,7 +293,7 @@ impl Supervisor {
             self.nodes.len(),
             self.shared.path().display()
         );
-        for i in 0..self.nodes.len() {
+        for i in self.start_order((0..self.nodes.len()).collect()) {
             if self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none() {
                 self.spawn(i, false);
             }
@@ -313,7 +315,7 @@ impl Supervisor {
         if !procstat::is_alive(pid, rec.pid_start) {
             return;
         }
-        let token = Token(NODE_BASE + i);
+        let token = Token(NODE_BASE + 2 * i);
         if let Err(e) =
             self.poll
                 .registry()
@@ -359,12 +361,16 @@ impl Supervisor {
             let mut reap = false;
             let mut bell = false;
             let mut adopted_exits = Vec::new();
+            let mut ready = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
+                    Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
+                        ready.push((t - NODE_BASE) / 2);
+                    }
                     Token(t) if t >= NODE_BASE => {
-                        let i = t - NODE_BASE;
+                        let i = (t - NODE_BASE) / 2;
                         match self.nodes.get(i) {
                             Some(n) if n.adopted => adopted_exits.push(i),
                             _ => reap = true,
@@ -373,17 +379,24 @@ impl Supervisor {
                     _ => {}
                 }
             }
+            for i in ready {
+                self.check_ready(i);
+            }
             if reap {
                 for (pid, exit) in reaper::reap_all() {
                     self.on_exit(pid, exit);
                 }
             }
             for i in adopted_exits {
+                // A readable pidfd means the process has exited (it may still be a zombie of
+                // whoever inherited it, which we cannot reap); the event may also be stale.
                 let n = &self.nodes[i];
-                if let Some(pid) = n.pid {
-                    if n.adopted && !procstat::is_alive(pid, n.pid_start) {
-                        self.on_exit(pid, Exit::Unknown);
-                    }
+                let exited = n
+                    .pidfd
+                    .as_ref()
+                    .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false));
+                if let (true, true, Some(pid)) = (n.adopted, exited, n.pid) {
+                    self.on_exit(pid, Exit::Unknown);
                 }
             }
             if bell {
@@ -471,8 +484,36 @@ impl Supervisor {
         self.nodes[i].start_after_exit = false;
         self.nodes[i].killed = false;
         self.nodes[i].adopted = false;
-        match spawn::spawn(&self.nodes[i].spec, &self.config_dir, &env, None) {
+        self.drop_ready_pipe(i);
+        let ready_fd = self.nodes[i].spec.policy.ready_fd;
+        let pipe = match ready_fd {
+            Some(_) => match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+                Ok((r, w)) => Some((File::from(r), w)),
+                Err(e) => {
+                    log!("node {name}: cannot create its readiness pipe: {e}; it will count as ready at once");
+                    None
+                }
+            },
+            None => None,
+        };
+        let pass = match (&pipe, ready_fd) {
+            (Some((_, w)), Some(target)) => Some((w.as_raw_fd(), target)),
+            _ => None,
+        };
+        let result = spawn::spawn(&self.nodes[i].spec, &self.config_dir, &env, pass);
+        let ready_rd = pipe.map(|(r, _w)| r); // the write end closes here: only the child has it
+        match result {
             Ok(pid) => {
+                if let Some(r) = ready_rd {
+                    match self.poll.registry().register(
+                        &mut SourceFd(&r.as_raw_fd()),
+                        Token(NODE_BASE + 2 * i + 1),
+                        Interest::READABLE,
+                    ) {
+                        Ok(()) => self.nodes[i].ready_pipe = Some(r),
+                        Err(e) => log!("node {name}: cannot watch its readiness pipe: {e}"),
+                    }
+                }
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
                 n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
@@ -482,7 +523,7 @@ impl Supervisor {
                     Ok(fd) => {
                         let _ = self.poll.registry().register(
                             &mut SourceFd(&fd.as_raw_fd()),
-                            Token(NODE_BASE + i),
+                            Token(NODE_BASE + 2 * i),
                             Interest::READABLE,
                         );
                         n.pidfd = Some(fd);
@@ -490,7 +531,10 @@ impl Supervisor {
                     Err(e) => log!("node {name}: pidfd_open({pid}): {e}; relying on SIGCHLD"),
                 }
                 let ready_after = n.spec.policy.ready_after;
-                if ready_after.is_zero() {
+                if n.ready_pipe.is_some() {
+                    n.state = NodeState::Starting;
+                    n.deadline = None;
+                } else if ready_after.is_zero() {
                     n.state = NodeState::Running;
                     n.deadline = None;
                 } else {
@@ -512,11 +556,53 @@ impl Supervisor {
                 log!("{e}");
                 let exit = Exit::SpawnFailed(e.errno());
                 self.nodes[i].started_mono_ns = now;
+                self.nodes[i].last_exit = Some(exit);
                 let mut ev = Event::now(EventKind::SpawnFailed, i as u16, 0);
                 ev.exit = Some(exit);
                 self.event(ev);
                 self.after_end(i, exit, now);
             }
+        }
+    }
+
+    fn drop_ready_pipe(&mut self, i: usize) {
+        if let Some(r) = self.nodes[i].ready_pipe.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&r.as_raw_fd()));
+        }
+    }
+
+    /// Reads a node's readiness pipe: a newline means ready (s6's notification-fd protocol).
+    /// End of file without one means the node closed it without ever being ready.
+    fn check_ready(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].ready_pipe.as_ref() else { return };
+        let mut buf = [0u8; 64];
+        let mut ready = false;
+        let mut closed = false;
+        loop {
+            match std::io::Read::read(&mut &*r, &mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => ready |= buf[..n].contains(&b'\n'),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // EAGAIN: drained
+            }
+        }
+        if ready || closed {
+            self.drop_ready_pipe(i);
+        }
+        if closed && !ready {
+            log!(
+                "node {}: closed its ready_fd without writing a newline; it stays 'starting'",
+                self.nodes[i].spec.name
+            );
+        }
+        if ready && self.nodes[i].state == NodeState::Starting {
+            self.nodes[i].state = NodeState::Running;
+            self.publish(i);
+            let pid = self.nodes[i].pid.unwrap_or(0);
+            self.event(Event::now(EventKind::Ready, i as u16, pid));
         }
     }
 
@@ -555,6 +641,8 @@ impl Supervisor {
         n.pid_start = 0;
         n.adopted = false;
         n.last_exit = Some(exit);
+        self.drop_ready_pipe(i);
+        let n = &mut self.nodes[i];
         let was_stopping = n.state == NodeState::Stopping;
         // Leftovers of the node's process group (background jobs) do not outlive a stop.
         if was_stopping {
@@ -622,6 +710,49 @@ impl Supervisor {
                 self.event(ev);
             }
         }
+    }
+
+    /// Orders `nodes` for starting: every `start_after` dependency first, otherwise by role
+    /// (loggers, managers, proxies, workers, others), then config order. The config loader has
+    /// already refused cycles.
+    fn start_order(&self, nodes: Vec<usize>) -> Vec<usize> {
+        let index: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.spec.name.as_str(), i))
+            .collect();
+        let mut sorted = nodes;
+        sorted.sort_by_key(|&i| (self.nodes[i].spec.node_type.start_rank(), i));
+        let wanted: std::collections::HashSet<usize> = sorted.iter().copied().collect();
+        let mut out = Vec::with_capacity(sorted.len());
+        let mut placed = vec![false; self.nodes.len()];
+        fn visit(
+            i: usize,
+            nodes: &[Node],
+            index: &HashMap<&str, usize>,
+            wanted: &std::collections::HashSet<usize>,
+            placed: &mut [bool],
+            out: &mut Vec<usize>,
+            depth: usize,
+        ) {
+            if placed[i] || depth > nodes.len() {
+                return;
+            }
+            placed[i] = true;
+            for dep in &nodes[i].spec.start_after {
+                if let Some(&d) = index.get(dep.as_str()) {
+                    if wanted.contains(&d) {
+                        visit(d, nodes, index, wanted, placed, out, depth + 1);
+                    }
+                }
+            }
+            out.push(i);
+        }
+        for &i in &sorted {
+            visit(i, &self.nodes, &index, &wanted, &mut placed, &mut out, 0);
+        }
+        out
     }
 
     fn start_node(&mut self, i: usize) {
@@ -756,7 +887,8 @@ impl Supervisor {
         match op {
             Opcode::Ping => (ReplyStatus::Ok, "pong".into()),
             Opcode::Start => {
-                nodes.into_iter().for_each(|i| self.start_node(i));
+                let order = self.start_order(nodes);
+                order.into_iter().for_each(|i| self.start_node(i));
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Stop => {
@@ -764,7 +896,8 @@ impl Supervisor {
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Restart => {
-                nodes.into_iter().for_each(|i| self.restart_node(i));
+                let order = self.start_order(nodes);
+                order.into_iter().for_each(|i| self.restart_node(i));
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Shutdown => {

@@ -39,6 +39,8 @@ pub struct Node {
     pub start_after_exit: bool,
     /// SIGKILL was already sent in this stop.
     pub killed: bool,
+    /// The read end of the readiness pipe while the node has not yet said it is ready.
+    pub ready_pipe: Option<std::fs::File>,
 }
 
 impl Node {
@@ -60,6 +62,7 @@ impl Node {
             deadline: None,
             start_after_exit: false,
             killed: false,
+            ready_pipe: None,
         }
     }
 

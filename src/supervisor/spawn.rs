@@ -144,14 +144,14 @@ fn open_append(node: &str, path: &Path) -> Result<File, SpawnError> {
         })
 }
 
-/// Spawns `spec`. `extra_env` is added after the configured env; `pass_fd`, if given, is
-/// duplicated to fd 3 in the child (left open across exec). Returns the child's pid; the
-/// caller reaps it.
+/// Spawns `spec`. `extra_env` is added after the configured env; `pass_fd`, if given as
+/// `(fd, target)`, is duplicated to fd number `target` (3 or more) in the child and left open
+/// across exec. Returns the child's pid; the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
-    pass_fd: Option<RawFd>,
+    pass_fd: Option<(RawFd, RawFd)>,
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
     std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
@@ -219,11 +219,11 @@ pub fn spawn(
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            if let Some(fd) = pass_fd {
-                if fd == 3 {
-                    let fl = libc::fcntl(3, libc::F_GETFD);
-                    libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, 3) < 0 {
+            if let Some((fd, target)) = pass_fd {
+                if fd == target {
+                    let fl = libc::fcntl(fd, libc::F_GETFD);
+                    libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                } else if libc::dup2(fd, target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

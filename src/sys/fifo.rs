@@ -53,13 +53,16 @@ pub fn ring(mut writer: &File) -> io::Result<()> {
     }
 }
 
-/// Reads until EAGAIN (edge-triggered epoll needs the pipe drained on every wake).
+/// Empties the pipe (edge-triggered epoll needs it drained on every wake). A short read means
+/// the pipe was empty at that moment, so the usual case costs one `read`, not two; a byte
+/// written after it makes a new edge.
 pub fn drain(mut reader: &File) -> io::Result<usize> {
     let mut buf = [0u8; 256];
     let mut total = 0;
     loop {
         match reader.read(&mut buf) {
             Ok(0) => return Ok(total),
+            Ok(n) if n < buf.len() => return Ok(total + n),
             Ok(n) => total += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -5,13 +5,24 @@ use std::io;
 
 /// The start time of `pid` in clock ticks since boot, or `None` if no such process exists.
 pub fn start_time(pid: u32) -> io::Result<Option<u64>> {
+    Ok(stat(pid)?.map(|(_, start)| start))
+}
+
+/// The state letter (field 3: `R`, `S`, `Z`, ...) and start time of `pid`.
+pub fn stat(pid: u32) -> io::Result<Option<(char, u64)>> {
     let text = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(parse_start_time(&text))
+    Ok(parse_state(&text).zip(parse_start_time(&text)))
+}
+
+/// Extracts the state letter (field 3) from the text of a `/proc/PID/stat` file.
+pub fn parse_state(stat: &str) -> Option<char> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_ascii_whitespace().next()?.chars().next()
 }
 
 /// Extracts field 22 from the text of a `/proc/PID/stat` file. The command name (field 2) may
@@ -22,12 +33,13 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     after.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether a process with this pid and start time still exists (a zombie counts as existing).
+/// Whether a process with this pid and start time still runs. A zombie (`Z`) or dying (`X`)
+/// process has exited: it only waits for its parent to collect it.
 pub fn is_alive(pid: u32, start: u64) -> bool {
     if pid == 0 {
         return false;
     }
-    matches!(start_time(pid), Ok(Some(s)) if s == start)
+    matches!(stat(pid), Ok(Some((st, s))) if s == start && st != 'Z' && st != 'X')
 }
 
 /// The calling process's own start time.
@@ -44,6 +56,7 @@ mod tests {
         let line =
             "1234 (a b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start_time(line), Some(987654));
+        assert_eq!(parse_state(line), Some('S'));
     }
 
     #[test]
