@@ -40,6 +40,17 @@ pub enum Cmd {
     Detach,
     /// `shutdown`.
     Shutdown,
+    /// `reload`.
+    Reload,
+    /// `signal SIG NODE...`.
+    Signal {
+        /// Signal number.
+        signal: i32,
+        /// Selection (required).
+        nodes: Vec<String>,
+    },
+    /// `upgrade-supervisor`.
+    Upgrade,
     /// `help [COMMAND]`.
     Help(Option<String>),
     /// The internal Supervisor mode.
@@ -58,6 +69,9 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("ping", "[-n COUNT]", "round trip a no-op command through the mailbox and print the latency"),
     ("detach", "", "leave: this Main exits, the Supervisor and every node keep running (also: exit, quit)"),
     ("shutdown", "", "stop every node, then the Supervisor, then exit; leaves nothing behind"),
+    ("reload", "", "re-read the config; start added nodes, stop removed ones, restart changed ones; others keep their pid"),
+    ("signal", "SIG NODE...", "send a signal (name like HUP or a number) to nodes"),
+    ("upgrade-supervisor", "", "re-execute the Supervisor's (possibly new) binary in place; no node restarts"),
     ("help", "[COMMAND]", "this list, or one command's help"),
 ];
 
@@ -166,6 +180,28 @@ pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
         "shutdown" => {
             none(rest)?;
             Cmd::Shutdown
+        }
+        "reload" => {
+            none(rest)?;
+            Cmd::Reload
+        }
+        "upgrade-supervisor" => {
+            none(rest)?;
+            Cmd::Upgrade
+        }
+        "signal" => {
+            let Some(sig) = rest.first() else {
+                return Err(UsageError("signal needs a signal and at least one NODE".into()));
+            };
+            let signal = crate::config::signal_from_name(sig)
+                .ok_or_else(|| UsageError(format!("signal: unknown signal '{sig}'")))?;
+            if rest.len() < 2 {
+                return Err(UsageError("signal needs at least one NODE (or 'all')".into()));
+            }
+            Cmd::Signal {
+                signal,
+                nodes: nodes(&rest[1..])?,
+            }
         }
         "help" => Cmd::Help(rest.first().cloned()),
         "__supervisor" => {

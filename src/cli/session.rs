@@ -191,6 +191,9 @@ impl Session {
             Cmd::Restart(nodes) => self.restart(nodes),
             Cmd::Shutdown => self.shutdown(),
             Cmd::Ping(n) => self.ping(*n),
+            Cmd::Reload => self.reload(),
+            Cmd::Signal { signal, nodes } => self.signal(*signal, nodes),
+            Cmd::Upgrade => self.upgrade(),
             Cmd::Supervisor { .. } => Err(CliError::Usage(
                 "__supervisor is internal: broctld starts it by itself".into(),
             )),
@@ -321,6 +324,51 @@ impl Session {
         println!("shutdown complete: {running} node(s) stopped, Supervisor (pid {pid}) exited");
         self.client = None;
         Ok(Outcome::ShutDown)
+    }
+
+    fn reload(&mut self) -> Result<Outcome, CliError> {
+        let client = self.require_client()?;
+        let reply = client.command(Opcode::Reload, &[], 0, REPLY_TIMEOUT)?;
+        println!("reloaded: {}", reply.message);
+        Ok(Outcome::Done)
+    }
+
+    fn signal(&mut self, signal: i32, words: &[String]) -> Result<Outcome, CliError> {
+        let client = self.require_client()?;
+        let idx = self_selected(client, words)?;
+        client.command(Opcode::Signal, &idx, signal as u64, REPLY_TIMEOUT)?;
+        println!(
+            "sent SIG{} to {} node(s)",
+            crate::config::signal_name(signal),
+            idx.len()
+        );
+        Ok(Outcome::Done)
+    }
+
+    fn upgrade(&mut self) -> Result<Outcome, CliError> {
+        let client = self.require_client()?;
+        let generation = client.generation();
+        let pid = client.supervisor_pid();
+        let reply = client.command(Opcode::Upgrade, &[], 0, REPLY_TIMEOUT)?;
+        // The new program takes the region over: the generation goes up, the pid stays.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.generation() == generation {
+            if Instant::now() >= deadline || !client.supervisor_alive() {
+                return Err(CliError::Failed(format!(
+                    "the Supervisor (pid {pid}) did not come back after re-executing ({}); see {}",
+                    reply.message,
+                    self.instance.log_path().display()
+                )));
+            }
+            let head = client.event_head();
+            client.wait_event(head, Duration::from_millis(100));
+        }
+        println!(
+            "Supervisor pid {pid} re-executed: generation {} -> {}",
+            generation,
+            client.generation()
+        );
+        Ok(Outcome::Done)
     }
 
     fn ping(&mut self, count: u32) -> Result<Outcome, CliError> {

@@ -166,6 +166,7 @@ pub struct Client {
     start: u64,
     supervisor_pid: u32,
     supervisor_start: u64,
+    config_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Client {
@@ -188,10 +189,10 @@ impl Client {
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match LockFile::probe(&instance.lock_path())? {
+            let config_path = match LockFile::probe(&instance.lock_path())? {
                 Probe::Free => return Err(not_running()),
-                Probe::Held { .. } => {}
-            }
+                Probe::Held { info, .. } => (!info.is_empty()).then(|| PathBuf::from(info)),
+            };
             let shared = match Shared::open(&instance.shm_name()) {
                 Ok(s) => Some(s),
                 Err(ProtocolError::Region(RegionError::Missing { .. })) => None,
@@ -220,6 +221,7 @@ impl Client {
                             start: procstat::own_start_time(),
                             supervisor_pid: sup_pid,
                             supervisor_start: sup_start,
+                            config_path,
                         });
                     }
                     Some(SupervisorState::Exited) => return Err(not_running()),
@@ -250,6 +252,11 @@ impl Client {
     /// The instance.
     pub fn instance(&self) -> &Instance {
         &self.instance
+    }
+
+    /// The config file the running Supervisor loaded (and reloads), as it recorded it.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
     }
 
     /// The Supervisor's pid.

@@ -106,6 +106,10 @@ pub enum Opcode {
     Shutdown = 5,
     /// Send signal `arg` to the selected nodes.
     Signal = 6,
+    /// Re-read the config file and apply only the difference.
+    Reload = 7,
+    /// Re-execute the Supervisor's binary in place (same pid, same children).
+    Upgrade = 8,
 }
 
 impl Opcode {
@@ -118,6 +122,8 @@ impl Opcode {
             4 => Opcode::Restart,
             5 => Opcode::Shutdown,
             6 => Opcode::Signal,
+            7 => Opcode::Reload,
+            8 => Opcode::Upgrade,
             _ => return None,
         })
     }
@@ -131,6 +137,8 @@ impl Opcode {
             Opcode::Restart => "restart",
             Opcode::Shutdown => "shutdown",
             Opcode::Signal => "signal",
+            Opcode::Reload => "reload",
+            Opcode::Upgrade => "upgrade-supervisor",
         }
     }
 }

@@ -146,6 +146,7 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
 /// The Supervisor's state.
 pub struct Supervisor {
     instance: Instance,
+    config_path: PathBuf,
     config_dir: PathBuf,
     shared: Shared,
     poll: Poll,
@@ -166,7 +167,17 @@ impl Supervisor {
         crate::syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
             .map_err(io_err("prctl(PR_SET_CHILD_SUBREAPER)"))?;
         instance.ensure_dirs()?;
-        let lock = match lockfile::LockFile::acquire(&instance.lock_path()) {
+        let config_abs = if config_path.is_absolute() {
+            config_path.to_owned()
+        } else {
+            std::env::current_dir()
+                .map_err(io_err("current dir"))?
+                .join(config_path)
+        };
+        let lock = match lockfile::LockFile::acquire(
+            &instance.lock_path(),
+            &config_abs.display().to_string(),
+        ) {
             Ok(l) => l,
             Err(lockfile::LockError::Held { pid, .. }) => {
                 return Err(SupervisorError::AlreadyRunning {
@@ -217,6 +228,7 @@ impl Supervisor {
         let slots = shared.geometry().slots;
         let mut sup = Supervisor {
             instance,
+            config_path: config.path.clone(),
             config_dir: config.dir.clone(),
             shared,
             poll,
@@ -405,6 +417,9 @@ impl Supervisor {
                 self.scan_mailbox();
             }
             self.fire_timers();
+            if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
+                self.drop_retired();
+            }
         }
     }
 
@@ -669,7 +684,7 @@ impl Supervisor {
     fn after_end(&mut self, i: usize, exit: Exit, now: u64) {
         let n = &mut self.nodes[i];
         n.pid = None;
-        if self.shutting_down {
+        if self.shutting_down || n.retiring {
             n.state = NodeState::Stopped;
             n.deadline = None;
             self.publish(i);
@@ -755,8 +770,157 @@ impl Supervisor {
         out
     }
 
+    /// Re-reads the config file and applies only the difference: added nodes are started (if
+    /// autostart), removed ones stopped and then dropped from the table, nodes whose definition
+    /// changed are restarted with the new one; every other node keeps its process. A config that
+    /// fails to load changes nothing.
+    fn reload(&mut self) -> (ReplyStatus, String) {
+        let config = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => return (ReplyStatus::Rejected, format!("nothing changed: {e}")),
+        };
+        let live = self.nodes.iter().filter(|n| !n.retiring).count();
+        let retiring = self.nodes.len() - live;
+        if config.nodes.len() + retiring > MAX_NODES {
+            return (
+                ReplyStatus::Rejected,
+                format!("nothing changed: {} nodes is more than {MAX_NODES}", config.nodes.len()),
+            );
+        }
+        self.config_dir = config.dir.clone();
+        let mut old: HashMap<String, Node> = HashMap::new();
+        let mut kept_retiring = Vec::new();
+        for n in self.nodes.drain(..) {
+            if n.retiring {
+                kept_retiring.push(n);
+            } else {
+                old.insert(n.spec.name.clone(), n);
+            }
+        }
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut to_restart = Vec::new();
+        let mut to_start = Vec::new();
+        for spec in config.nodes {
+            match old.remove(&spec.name) {
+                Some(mut n) => {
+                    let mut a = n.spec.clone();
+                    a.line = spec.line;
+                    if a != spec {
+                        changed.push(spec.name.clone());
+                        let running = n.pid.is_some();
+                        n.spec = spec;
+                        n.history = policy::History::new(&n.spec.policy);
+                        if running {
+                            to_restart.push(self.nodes.len());
+                        }
+                    }
+                    self.nodes.push(n);
+                }
+                None => {
+                    added.push(spec.name.clone());
+                    if spec.policy.autostart {
+                        to_start.push(self.nodes.len());
+                    }
+                    self.nodes.push(Node::new(spec));
+                }
+            }
+        }
+        let first_retiring = self.nodes.len();
+        for (name, mut n) in old {
+            removed.push(name);
+            n.retiring = true;
+            self.nodes.push(n);
+        }
+        self.nodes.extend(kept_retiring);
+        self.reindex();
+        for i in first_retiring..self.nodes.len() {
+            if self.nodes[i].pid.is_some() {
+                self.stop_node(i);
+            } else {
+                self.nodes[i].state = NodeState::Stopped;
+                self.nodes[i].deadline = None;
+            }
+        }
+        for i in to_restart {
+            self.restart_node(i);
+        }
+        for i in self.start_order(to_start) {
+            self.start_node(i);
+        }
+        self.drop_retired();
+        let h = self.shared.header();
+        h.config_epoch.fetch_add(1, Ordering::Release);
+        let unchanged = self.nodes.iter().filter(|n| !n.retiring).count() - added.len() - changed.len();
+        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        let msg = format!(
+            "added {} changed {} removed {} unchanged {unchanged}",
+            list(&added),
+            list(&changed),
+            list(&removed)
+        );
+        log!("reload of {}: {msg}", self.config_path.display());
+        (ReplyStatus::Ok, msg)
+    }
+
+    /// After the node list changed order: rebuild the pid map, move every pidfd and readiness
+    /// pipe to its node's new token, republish the whole table.
+    fn reindex(&mut self) {
+        self.by_pid.clear();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(pid) = n.pid {
+                self.by_pid.insert(pid, i);
+            }
+            if let Some(fd) = &n.pidfd {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    Token(NODE_BASE + 2 * i),
+                    Interest::READABLE,
+                );
+            }
+            if let Some(r) = &n.ready_pipe {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&r.as_raw_fd()),
+                    Token(NODE_BASE + 2 * i + 1),
+                    Interest::READABLE,
+                );
+            }
+        }
+        self.publish_all();
+    }
+
+    /// Publishes every record and the count; clears records past the end.
+    fn publish_all(&self) {
+        for i in 0..self.nodes.len() {
+            self.publish(i);
+        }
+        let cells = self.shared.node_cells();
+        let old = self.shared.node_count();
+        let empty = NodeRecord::decode(&[0; crate::protocol::layout::NODE_WORDS])
+            .expect("zeroed record decodes")
+            .encode();
+        for cell in &cells[self.nodes.len()..old.max(self.nodes.len())] {
+            cell.write(&empty);
+        }
+        self.shared
+            .header()
+            .node_count
+            .store(self.nodes.len() as u32, Ordering::Release);
+    }
+
+    /// Drops retiring nodes that have stopped.
+    fn drop_retired(&mut self) {
+        let before = self.nodes.len();
+        self.nodes.retain(|n| !(n.retiring && n.is_down()));
+        if self.nodes.len() != before {
+            self.reindex();
+        }
+    }
+
     fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
+        if n.retiring {
+            return;
+        }
         match n.state {
             NodeState::Stopped | NodeState::Failed | NodeState::Backoff => {
                 if n.state == NodeState::Failed {
@@ -900,6 +1064,11 @@ impl Supervisor {
                 order.into_iter().for_each(|i| self.restart_node(i));
                 (ReplyStatus::Ok, String::new())
             }
+            Opcode::Reload => self.reload(),
+            Opcode::Upgrade => (
+                ReplyStatus::Rejected,
+                "upgrade-supervisor is not available in this build".into(),
+            ),
             Opcode::Shutdown => {
                 log!("shutdown requested");
                 self.begin_shutdown();

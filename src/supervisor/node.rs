@@ -41,6 +41,8 @@ pub struct Node {
     pub killed: bool,
     /// The read end of the readiness pipe while the node has not yet said it is ready.
     pub ready_pipe: Option<std::fs::File>,
+    /// Removed from the config by a reload: stopping, then dropped from the table.
+    pub retiring: bool,
 }
 
 impl Node {
@@ -63,6 +65,7 @@ impl Node {
             start_after_exit: false,
             killed: false,
             ready_pipe: None,
+            retiring: false,
         }
     }
 

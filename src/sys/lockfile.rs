@@ -26,6 +26,8 @@ pub enum Probe {
         pid: u32,
         /// The holder's start time as written in the file.
         start: u64,
+        /// The second line of the file (the Supervisor writes its config path there).
+        info: String,
     },
 }
 
@@ -66,21 +68,24 @@ fn flock(file: &File, op: i32) -> io::Result<bool> {
     }
 }
 
-fn read_holder(file: &mut File) -> (u32, u64) {
+fn read_holder(file: &mut File) -> (u32, u64, String) {
     let mut s = String::new();
     if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
-        return (0, 0);
+        return (0, 0, String::new());
     }
-    let mut it = s.split_ascii_whitespace();
+    let mut lines = s.lines();
+    let first = lines.next().unwrap_or("");
+    let mut it = first.split_ascii_whitespace();
     let pid = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let start = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (pid, start)
+    (pid, start, lines.next().unwrap_or("").to_owned())
 }
 
 impl LockFile {
     /// Creates (mode 0600) or opens the lock file, takes the exclusive lock without blocking and
-    /// writes `pid start_time` into it. Fails with [`LockError::Held`] if a live process has it.
-    pub fn acquire(path: &Path) -> Result<LockFile, LockError> {
+    /// writes `pid start_time` and then `info` on a second line into it. Fails with
+    /// [`LockError::Held`] if a live process has it.
+    pub fn acquire(path: &Path, info: &str) -> Result<LockFile, LockError> {
         loop {
             let (mut file, st) =
                 checked::open(path, libc::O_RDWR | libc::O_CREAT, 0o600, Kind::File, 0o077)?;
@@ -89,7 +94,7 @@ impl LockFile {
                 source,
             };
             if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
-                let (pid, _) = read_holder(&mut file);
+                let (pid, _, _) = read_holder(&mut file);
                 return Err(LockError::Held {
                     path: path.to_owned(),
                     pid,
@@ -102,9 +107,10 @@ impl LockFile {
                 _ => continue,
             }
             let line = format!(
-                "{} {}\n",
+                "{} {}\n{}\n",
                 std::process::id(),
-                super::procstat::own_start_time()
+                super::procstat::own_start_time(),
+                info.replace('\n', " ")
             );
             file.set_len(0).map_err(io_err)?;
             file.rewind().map_err(io_err)?;
@@ -131,8 +137,8 @@ impl LockFile {
             // We got it, so nobody holds it; closing the file releases ours.
             return Ok(Probe::Free);
         }
-        let (pid, start) = read_holder(&mut file);
-        Ok(Probe::Held { pid, start })
+        let (pid, start, info) = read_holder(&mut file);
+        Ok(Probe::Held { pid, start, info })
     }
 
     /// The lock file's path.

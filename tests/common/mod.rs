@@ -1,0 +1,698 @@
+//! Shared harness for the integration tests: a [`Cluster`] fixture that owns a private runtime
+//! dir and instance, runs the real `broctld` binary against it, and on drop shuts it down and
+//! SIGKILLs (by pid, after checking the start time) every process it ever saw. A watchdog
+//! aborts the whole test binary, after killing every recorded process, if a test runs longer
+//! than [`WATCHDOG`].
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// No single test may run longer than this: the watchdog then kills every recorded process
+/// and aborts the test binary.
+pub const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// How long any single `broctld` Main run by a test may take before the test fails.
+pub const MAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `broctld` executable under test.
+pub fn broctld_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_broctld"))
+}
+
+/// The `broctld-node` stand-in for a Zeek node, by absolute path.
+pub fn node_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_broctld-node") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from("/tmp/fake-node.sh"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// A process we may have to kill: its pid, its start time (so a recycled pid is never hit),
+/// and whether it leads a process group of its own (nodes do) that must be killed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tracked {
+    pub pid: u32,
+    pub start: u64,
+    pub group: bool,
+}
+
+fn registry() -> &'static Mutex<BTreeMap<usize, BTreeSet<Tracked>>> {
+    static R: OnceLock<Mutex<BTreeMap<usize, BTreeSet<Tracked>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+fn lock_registry() -> std::sync::MutexGuard<'static, BTreeMap<usize, BTreeSet<Tracked>>> {
+    registry().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// Records `pid` under the owner `owner` (a cluster or guard id) so cleanup and the watchdog
+/// can kill it later. A pid that is already gone is ignored.
+pub fn track(owner: usize, pid: u32, group: bool) {
+    if pid <= 1 {
+        return;
+    }
+    if let Some(start) = start_time(pid) {
+        lock_registry().entry(owner).or_default().insert(Tracked { pid, start, group });
+    }
+}
+
+/// Every process recorded under `owner`.
+pub fn tracked(owner: usize) -> Vec<Tracked> {
+    lock_registry()
+        .get(&owner)
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// SIGKILLs a recorded process (if it is still the same process) and its process group.
+pub fn kill_tracked(t: Tracked) {
+    let same = start_time(t.pid) == Some(t.start);
+    if t.group && (same || start_time(t.pid).is_none()) {
+        // SAFETY: kill with a negative pid signals the process group; no memory involved.
+        unsafe { libc::kill(-(t.pid as libc::pid_t), libc::SIGKILL) };
+    }
+    if same {
+        // SAFETY: as above, for one process.
+        unsafe { libc::kill(t.pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+fn kill_everything_recorded() {
+    let all: Vec<Tracked> = lock_registry().values().flatten().copied().collect();
+    for t in all {
+        // SAFETY: SIGCONT first, so a SIGSTOPped Supervisor can die; harmless otherwise.
+        if start_time(t.pid) == Some(t.start) {
+            unsafe { libc::kill(t.pid as libc::pid_t, libc::SIGCONT) };
+        }
+        kill_tracked(t);
+    }
+}
+
+/// A watchdog for one test: if it is not dropped within `limit`, every recorded process (of
+/// every test in this binary) is SIGKILLed and the binary aborts with a message.
+pub struct Watchdog {
+    cancel: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn new(what: &str, limit: Duration) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        let what = what.to_owned();
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "WATCHDOG: test '{what}' ran longer than {limit:?}; killing every recorded process and aborting"
+                );
+                kill_everything_recorded();
+                std::process::abort();
+            }
+        });
+        Watchdog {
+            cancel: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The start time (field 22 of /proc/PID/stat), or None if no such process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// The state letter (field 3 of /proc/PID/stat), or None if no such process.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_ascii_whitespace().next()?.chars().next()
+}
+
+/// The parent pid (field 4 of /proc/PID/stat).
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// Whether a process with this pid exists at all (a zombie counts).
+pub fn pid_exists(pid: u32) -> bool {
+    proc_state(pid).is_some()
+}
+
+/// Whether the pid is a zombie.
+pub fn is_zombie(pid: u32) -> bool {
+    proc_state(pid) == Some('Z')
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill takes a pid and a signal number.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, or panics after `limit` with `what` and the
+/// last value `describe` gives.
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    describe: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {limit:?} waiting for {what}; last seen: {}",
+                describe()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `pred` until true, or panics after `limit` naming `what`.
+pub fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) {
+    wait_for(limit, what, || pred().then_some(()), || "-".into())
+}
+
+/// Every pid whose environment says it is a node of `instance` (nodes and their children), or
+/// whose command line mentions `needle` as a whole argument (Mains and the Supervisor of a
+/// test's runtime dir).
+pub fn scan_proc(instance: &str, needle: &str) -> Vec<u32> {
+    let env_key = format!("BROCTLD_INSTANCE={instance}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let me = std::process::id();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|v| v == env_key.as_bytes()) {
+                out.push(pid);
+                continue;
+            }
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if cmd.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Pids of live `broctld __supervisor` processes whose command line names `runtime_dir`.
+pub fn supervisors_of(runtime_dir: &Path) -> Vec<u32> {
+    let needle = runtime_dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.contains(&needle.as_bytes()) && args.contains(&&b"__supervisor"[..]) && pid_alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits for `child` at most `limit`; kills it and returns None on timeout.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output of one Main.
+
+/// What one `broctld` Main printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: Vec<String>,
+}
+
+impl Output {
+    /// Panics with everything printed unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "`broctld {}` exited with {:?} (signal {:?}), expected {code}\nstdout:\n{}\nstderr:\n{}",
+            self.args.join(" "),
+            self.code,
+            self.signal,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless it exited 0.
+    pub fn ok(&self) -> &Self {
+        self.expect_code(0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status.
+
+/// One node as `status --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub uptime_ms: Option<u64>,
+    pub restarts: u64,
+    pub exit_code: Option<i64>,
+    pub exit_signal: Option<i64>,
+}
+
+/// Parses the output of `status --json`.
+pub fn parse_status(json: &str) -> BTreeMap<String, NodeView> {
+    let v: Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("status --json printed invalid JSON ({e}):\n{json}"));
+    let arr = v.as_array().expect("status --json prints an array");
+    let mut out = BTreeMap::new();
+    for n in arr {
+        let name = n["name"].as_str().expect("name").to_owned();
+        let view = NodeView {
+            name: name.clone(),
+            state: n["state"].as_str().expect("state").to_owned(),
+            pid: n["pid"].as_u64().map(|p| p as u32),
+            uptime_ms: n["uptime_ms"].as_u64(),
+            restarts: n["restarts"].as_u64().expect("restarts"),
+            exit_code: n["last_exit"].get("code").and_then(Value::as_i64),
+            exit_signal: n["last_exit"].get("signal").and_then(Value::as_i64),
+        };
+        out.insert(name, view);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fixture.
+
+/// A private broctld instance for one test.
+pub struct Cluster {
+    pub id: usize,
+    pub name: String,
+    /// The test's temp dir (holds the config, the runtime dir, node spools and Main outputs).
+    pub root: PathBuf,
+    /// `--runtime-dir`.
+    pub runtime: PathBuf,
+    /// `--instance`.
+    pub instance: String,
+    /// `--config`.
+    pub config: PathBuf,
+    runs: AtomicUsize,
+    background: Mutex<Vec<Child>>,
+    watchdog: Option<Watchdog>,
+}
+
+impl Cluster {
+    /// A cluster for test `name` whose config is `config` with every `@NODE@` replaced by the
+    /// absolute path of `broctld-node`. Nothing is started.
+    pub fn new(name: &str, config: &str) -> Cluster {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let short: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(24)
+            .collect();
+        let instance = format!("{short}-{pid}-{id}");
+        let root = std::env::temp_dir().join(format!("broctld-it-{pid}-{id}-{short}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("out")).expect("create test dir");
+        let runtime = root.join("run");
+        let config_path = root.join("broctld.toml");
+        let c = Cluster {
+            id,
+            name: name.to_owned(),
+            root,
+            runtime,
+            instance,
+            config: config_path,
+            runs: AtomicUsize::new(0),
+            background: Mutex::new(Vec::new()),
+            watchdog: Some(Watchdog::new(name, WATCHDOG)),
+        };
+        c.write_config(config);
+        c
+    }
+
+    /// The example config (`examples/broctld.toml`) with `broctld-node` by absolute path.
+    pub fn example(name: &str) -> Cluster {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/broctld.toml");
+        let text = std::fs::read_to_string(&path).expect("read examples/broctld.toml");
+        assert!(text.contains("\"broctld-node\""));
+        Cluster::new(name, &text.replace("\"broctld-node\"", "\"@NODE@\""))
+    }
+
+    /// Rewrites the config file.
+    pub fn write_config(&self, config: &str) {
+        let text = config.replace("@NODE@", &node_bin().to_string_lossy());
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// The library's view of this instance.
+    pub fn instance(&self) -> broctld::instance::Instance {
+        broctld::instance::Instance::new(&self.instance, &self.runtime).expect("valid instance")
+    }
+
+    /// `/dev/shm/...` of this instance's region.
+    pub fn shm_path(&self) -> PathBuf {
+        PathBuf::from("/dev/shm").join(self.instance().shm_name().trim_start_matches('/'))
+    }
+
+    /// `RUNTIME/INSTANCE`.
+    pub fn instance_dir(&self) -> PathBuf {
+        self.runtime.join(&self.instance)
+    }
+
+    /// The Supervisor's pid from the lock file, if the file says one.
+    pub fn lock_pid(&self) -> Option<u32> {
+        let s = std::fs::read_to_string(self.instance_dir().join("supervisor.lock")).ok()?;
+        s.split_ascii_whitespace().next()?.parse().ok()
+    }
+
+    /// The live Supervisor's pid (from the lock file), recorded for cleanup.
+    pub fn supervisor_pid(&self) -> u32 {
+        let pid = self.lock_pid().unwrap_or_else(|| {
+            panic!(
+                "no Supervisor pid in {}",
+                self.instance_dir().join("supervisor.lock").display()
+            )
+        });
+        track(self.id, pid, false);
+        pid
+    }
+
+    /// The Supervisor's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.instance_dir().join("supervisor.log")).unwrap_or_default()
+    }
+
+    /// A `broctld` command with this cluster's global options.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(broctld_bin());
+        cmd.arg("--runtime-dir")
+            .arg(&self.runtime)
+            .arg("--instance")
+            .arg(&self.instance)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.root)
+            .env_remove("BROCTLD_RUNTIME_DIR");
+        cmd
+    }
+
+    fn out_files(&self) -> (PathBuf, PathBuf) {
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        (
+            self.root.join("out").join(format!("{n}.stdout")),
+            self.root.join("out").join(format!("{n}.stderr")),
+        )
+    }
+
+    /// Runs `broctld ARGS` (stdin: `input`) and waits for it, at most [`MAIN_TIMEOUT`].
+    pub fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        let (o, e) = self.out_files();
+        let mut cmd = self.command(args);
+        cmd.stdout(std::fs::File::create(&o).expect("stdout file"))
+            .stderr(std::fs::File::create(&e).expect("stderr file"))
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().expect("run broctld");
+        track(self.id, child.id(), false);
+        if let Some(text) = input {
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin.write_all(text.as_bytes()).expect("write to the shell");
+        }
+        let status = wait_child(&mut child, MAIN_TIMEOUT);
+        let stdout = std::fs::read_to_string(&o).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&e).unwrap_or_default();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let Some(status) = status else {
+            panic!(
+                "`broctld {}` did not finish within {MAIN_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\nsupervisor log:\n{}",
+                args.join(" "),
+                self.log()
+            );
+        };
+        use std::os::unix::process::ExitStatusExt;
+        Output {
+            code: status.code(),
+            signal: status.signal(),
+            stdout,
+            stderr,
+            args,
+        }
+    }
+
+    /// Runs `broctld ARGS` and waits for it.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_input(args, None)
+    }
+
+    /// Starts `broctld ARGS` in the background (output to files); killed on drop if still
+    /// running.
+    pub fn spawn_main(&self, args: &[&str]) -> u32 {
+        let (o, e) = self.out_files();
+        let mut cmd = self.command(args);
+        cmd.stdout(std::fs::File::create(o).expect("stdout file"))
+            .stderr(std::fs::File::create(e).expect("stderr file"))
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("run broctld");
+        let pid = child.id();
+        track(self.id, pid, false);
+        self.background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        pid
+    }
+
+    /// Waits for the background Main `pid` to exit (at most `limit`) and returns its status.
+    pub fn wait_main(&self, pid: u32, limit: Duration) -> ExitStatus {
+        let mut bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        let child = bg
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .unwrap_or_else(|| panic!("no background Main with pid {pid}"));
+        match wait_child(child, limit) {
+            Some(st) => st,
+            None => panic!(
+                "background Main {pid} did not exit within {limit:?}; supervisor log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// `broctld start`, which must succeed; records the Supervisor and node pids.
+    pub fn start(&self) -> BTreeMap<String, NodeView> {
+        self.run(&["start"]).ok();
+        self.supervisor_pid();
+        self.status()
+    }
+
+    /// `broctld status --json` (exit 0 or 3), parsed; records every pid it shows.
+    pub fn status(&self) -> BTreeMap<String, NodeView> {
+        let out = self.run(&["status", "--json"]);
+        assert!(
+            matches!(out.code, Some(0) | Some(3)),
+            "`status --json` failed: {out:?}\nsupervisor log:\n{}",
+            self.log()
+        );
+        let nodes = parse_status(&out.stdout);
+        for n in nodes.values() {
+            if let Some(pid) = n.pid {
+                track(self.id, pid, true);
+            }
+        }
+        nodes
+    }
+
+    /// Polls `status --json` until `pred` holds for the snapshot; returns it. Panics after
+    /// `limit` with the last snapshot and the Supervisor's log.
+    pub fn wait_status(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut pred: impl FnMut(&BTreeMap<String, NodeView>) -> bool,
+    ) -> BTreeMap<String, NodeView> {
+        let last = std::cell::RefCell::new(BTreeMap::new());
+        wait_for(
+            limit,
+            what,
+            || {
+                let s = self.status();
+                let ok = pred(&s);
+                *last.borrow_mut() = s.clone();
+                ok.then_some(s)
+            },
+            || format!("{:#?}\nsupervisor log:\n{}", last.borrow(), self.log()),
+        )
+    }
+
+    /// A library client attached to the running Supervisor.
+    pub fn client(&self) -> broctld::client::Client {
+        broctld::client::Client::attach(&self.instance()).unwrap_or_else(|e| {
+            panic!("attach: {e}\nsupervisor log:\n{}", self.log())
+        })
+    }
+
+    /// Records every process of this cluster found in /proc (nodes by their environment, the
+    /// Supervisor and Mains by their command line).
+    pub fn track_from_proc(&self) -> Vec<u32> {
+        let pids = scan_proc(&self.instance, &self.runtime.to_string_lossy());
+        for &p in &pids {
+            track(self.id, p, true);
+        }
+        pids
+    }
+
+    /// Runs `shutdown`, then kills everything ever seen, then removes the files. Idempotent.
+    fn cleanup(&mut self) {
+        if let Some(pid) = self.lock_pid() {
+            track(self.id, pid, false);
+            if pid_alive(pid) {
+                // SAFETY: a SIGSTOPped Supervisor must be able to run its shutdown.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+            }
+        }
+        self.track_from_proc();
+        if self.lock_pid().is_some() {
+            let (o, e) = self.out_files();
+            if let (Ok(o), Ok(e)) = (std::fs::File::create(o), std::fs::File::create(e)) {
+                if let Ok(mut child) = self
+                    .command(&["shutdown"])
+                    .stdout(o)
+                    .stderr(e)
+                    .stdin(Stdio::null())
+                    .spawn()
+                {
+                    track(self.id, child.id(), false);
+                    let _ = wait_child(&mut child, Duration::from_secs(15));
+                }
+            }
+        }
+        for mut c in self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.track_from_proc();
+        let all = tracked(self.id);
+        for t in &all {
+            kill_tracked(*t);
+        }
+        // Killed processes may stay zombies of pid 1 for a moment; do not wait forever.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && all.iter().any(|t| start_time(t.pid) == Some(t.start))
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let shm = self.instance().shm_name();
+        let _ = broctld::shm::Region::unlink(&shm);
+        let _ = std::fs::remove_dir_all(&self.root);
+        lock_registry().remove(&self.id);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.cleanup();
+        drop(self.watchdog.take());
+    }
+}
+
+/// Names of processes grouped by state, for messages.
+pub fn describe_pids(pids: &[u32]) -> String {
+    let mut m: HashMap<u32, String> = HashMap::new();
+    for &p in pids {
+        m.insert(
+            p,
+            match proc_state(p) {
+                None => "gone".into(),
+                Some(s) => format!("state {s}, parent {:?}", parent_pid(p)),
+            },
+        );
+    }
+    format!("{m:?}")
+}
