@@ -104,6 +104,9 @@ pub struct Policy {
     pub ready_after: Duration,
     /// File descriptor number (3..=1023) on which the node writes a newline when ready.
     pub ready_fd: Option<i32>,
+    /// How long an ordered start waits for this node to be ready before starting the next
+    /// stage anyway (the node itself keeps running, still `starting`).
+    pub ready_timeout: Duration,
 }
 
 impl Default for Policy {
@@ -111,7 +114,7 @@ impl Default for Policy {
     /// `autostart = true`, `restart_delay_ms = 100`, `restart_delay_max_ms = 30000`,
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
-    /// no `ready_fd`.
+    /// no `ready_fd`, `ready_timeout_ms = 10000`.
     fn default() -> Self {
         Policy {
             restart: RestartPolicy::Always,
@@ -127,6 +130,7 @@ impl Default for Policy {
             quick_death: Duration::from_millis(1_000),
             ready_after: Duration::ZERO,
             ready_fd: None,
+            ready_timeout: Duration::from_millis(10_000),
         }
     }
 }
@@ -458,7 +462,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 2] = ["defaults", "node"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 13] = [
+const POLICY_KEYS: [&str; 14] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -472,6 +476,7 @@ const POLICY_KEYS: [&str; 13] = [
     "quick_death_ms",
     "ready_after_ms",
     "ready_fd",
+    "ready_timeout_ms",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -1101,6 +1106,7 @@ impl Checker<'_> {
             "quick_death_ms" => read_ms(item, 0).map(|v| p.quick_death = v),
             "ready_after_ms" => read_ms(item, 0).map(|v| p.ready_after = v),
             "ready_fd" => read_ready_fd(item).map(|v| p.ready_fd = Some(v)),
+            "ready_timeout_ms" => read_ms(item, 1).map(|v| p.ready_timeout = v),
             "env" => read_env(item).map(|env| draft.env.extend(env)),
             _ => return Ok(false),
         };

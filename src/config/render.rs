@@ -118,6 +118,7 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("give_up_window_ms = {}", ms(p.give_up_window)),
         format!("quick_death_ms = {}", ms(p.quick_death)),
         format!("ready_after_ms = {}", ms(p.ready_after)),
+        format!("ready_timeout_ms = {}", ms(p.ready_timeout)),
     ];
     for line in lines {
         out.push_str(&line);

@@ -143,6 +143,7 @@ fn full_config() {
             quick_death: ms(2000),
             ready_after: ms(300),
             ready_fd: Some(4),
+            ready_timeout: ms(10000),
         }
     );
 
@@ -178,6 +179,7 @@ fn full_config() {
             quick_death: ms(0),
             ready_after: ms(0),
             ready_fd: Some(1023),
+            ready_timeout: ms(10000),
         }
     );
     assert!(cfg.node("nope").is_none());

@@ -5,6 +5,7 @@
 //! nearest timer (a restart delay, a stop timeout, a readiness delay). With no timer pending it
 //! sleeps without a timeout: an idle Supervisor makes no syscalls at all.
 
+pub mod crash;
 pub mod node;
 pub mod policy;
 pub mod reaper;
@@ -24,7 +25,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use node::Node;
+use node::{Node, Queue};
 use policy::Decision;
 use std::collections::HashMap;
 use std::fs::File;
@@ -305,11 +306,10 @@ impl Supervisor {
             self.nodes.len(),
             self.shared.path().display()
         );
-        for i in self.start_order((0..self.nodes.len()).collect()) {
-            if self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none() {
-                self.spawn(i, false);
-            }
-        }
+        let autostart: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none())
+            .collect();
+        self.queue_start(autostart);
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
     }
@@ -417,6 +417,7 @@ impl Supervisor {
                 self.scan_mailbox();
             }
             self.fire_timers();
+            self.advance_queues();
             if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
                 self.drop_retired();
             }
@@ -449,11 +450,40 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        self.nodes.iter().filter_map(|n| n.deadline).min()
+        let queued = self.nodes.iter().any(|n| n.queue.is_some());
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                let ready_by = if queued && n.state == NodeState::Starting && !n.ready_timed_out {
+                    n.ready_by
+                } else {
+                    None
+                };
+                [n.deadline, ready_by]
+            })
+            .flatten()
+            .min()
     }
 
     fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
+        for i in 0..self.nodes.len() {
+            if let Some(t) = self.nodes[i].ready_by {
+                if t <= now
+                    && self.nodes[i].state == NodeState::Starting
+                    && !self.nodes[i].ready_timed_out
+                {
+                    self.nodes[i].ready_timed_out = true;
+                    if self.nodes.iter().any(|n| n.queue.is_some()) {
+                        log!(
+                            "node {}: not ready after {} ms; the next stage starts anyway",
+                            self.nodes[i].spec.name,
+                            self.nodes[i].spec.policy.ready_timeout.as_millis()
+                        );
+                    }
+                }
+            }
+        }
         for i in 0..self.nodes.len() {
             let Some(d) = self.nodes[i].deadline else {
                 continue;
@@ -546,6 +576,8 @@ impl Supervisor {
                     Err(e) => log!("node {name}: pidfd_open({pid}): {e}; relying on SIGCHLD"),
                 }
                 let ready_after = n.spec.policy.ready_after;
+                n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
+                n.ready_timed_out = false;
                 if n.ready_pipe.is_some() {
                     n.state = NodeState::Starting;
                     n.deadline = None;
@@ -658,7 +690,11 @@ impl Supervisor {
         n.last_exit = Some(exit);
         self.drop_ready_pipe(i);
         let n = &mut self.nodes[i];
-        let was_stopping = n.state == NodeState::Stopping;
+        let was_stopping =
+            n.state == NodeState::Stopping || matches!(n.queue, Some(Queue::Stop { .. }));
+        if matches!(n.queue, Some(Queue::Stop { .. })) {
+            n.queue = None;
+        }
         // Leftovers of the node's process group (background jobs) do not outlive a stop.
         if was_stopping {
             let _ = spawn::signal_group(pid, libc::SIGKILL);
@@ -666,6 +702,11 @@ impl Supervisor {
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);
         self.event(ev);
+        // The crash report is written after the replacement is spawned: restart latency first.
+        let crash = (!was_stopping && exit.is_failure() && !matches!(exit, Exit::Unknown)).then(|| {
+            let n = &self.nodes[i];
+            (n.spec.clone(), now.saturating_sub(n.started_mono_ns) / 1_000_000)
+        });
         if was_stopping {
             if self.nodes[i].start_after_exit && !self.shutting_down {
                 self.spawn(i, true);
@@ -678,6 +719,35 @@ impl Supervisor {
             return;
         }
         self.after_end(i, exit, now);
+        if let Some((spec, uptime_ms)) = crash {
+            self.write_crash_report(&spec, pid, exit, uptime_ms);
+        }
+    }
+
+    fn write_crash_report(&self, spec: &crate::config::NodeSpec, pid: u32, exit: Exit, uptime_ms: u64) {
+        let instance = self.instance.name();
+        let env = [("BROCTLD_NODE", spec.name.as_str()), ("BROCTLD_INSTANCE", instance)];
+        let report = crash::Crash {
+            spec,
+            instance,
+            pid,
+            exit,
+            uptime_ms,
+            extra_env: &env,
+        };
+        match crash::write(&report) {
+            Ok(p) => log!(
+                "node {}: pid {pid} {}; crash report {}",
+                spec.name,
+                exit.describe(),
+                p.display()
+            ),
+            Err(e) => log!(
+                "node {}: pid {pid} {}; cannot write crash report: {e}",
+                spec.name,
+                exit.describe()
+            ),
+        }
     }
 
     /// Applies the restart policy to a node whose process ended on its own (or never started).
@@ -788,6 +858,20 @@ impl Supervisor {
             );
         }
         self.config_dir = config.dir.clone();
+        // Queues hold node indices, which a reload reorders: settle them now.
+        for i in 0..self.nodes.len() {
+            match self.nodes[i].queue.take() {
+                Some(Queue::Start { was_failed, .. }) => {
+                    if was_failed {
+                        let n = &mut self.nodes[i];
+                        n.history.reset(&n.spec.policy);
+                    }
+                    self.spawn(i, false);
+                }
+                Some(Queue::Stop { .. }) if self.nodes[i].pid.is_some() => self.stop_node(i),
+                _ => {}
+            }
+        }
         let mut old: HashMap<String, Node> = HashMap::new();
         let mut kept_retiring = Vec::new();
         for n in self.nodes.drain(..) {
@@ -916,6 +1000,141 @@ impl Supervisor {
         }
     }
 
+    /// Starts `nodes` in stages: a node spawns once every node it must follow (its
+    /// `start_after`, and every selected node of an earlier role: loggers, managers, proxies,
+    /// workers, others) is ready, has failed, or has been `starting` for its `ready_timeout_ms`.
+    fn queue_start(&mut self, nodes: Vec<usize>) {
+        let order = self.start_order(nodes);
+        let mut queued = Vec::new();
+        for &i in &order {
+            let n = &mut self.nodes[i];
+            if n.retiring {
+                continue;
+            }
+            match n.state {
+                NodeState::Stopped | NodeState::Failed | NodeState::Backoff => {}
+                NodeState::Running | NodeState::Starting => {
+                    if matches!(n.queue, Some(Queue::Stop { .. })) {
+                        n.queue = None; // a queued stop is cancelled by a start
+                    }
+                    continue;
+                }
+                NodeState::Stopping => {
+                    n.start_after_exit = true;
+                    continue;
+                }
+            }
+            let was_failed = n.state == NodeState::Failed;
+            n.deadline = None;
+            n.state = NodeState::Starting;
+            n.queue = Some(Queue::Start {
+                after: Vec::new(),
+                was_failed,
+            });
+            queued.push(i);
+        }
+        for &i in &queued {
+            let rank = self.nodes[i].spec.node_type.start_rank();
+            let after: Vec<usize> = queued
+                .iter()
+                .copied()
+                .filter(|&j| {
+                    j != i
+                        && (self.nodes[j].spec.node_type.start_rank() < rank
+                            || self.nodes[i].spec.start_after.contains(&self.nodes[j].spec.name))
+                })
+                .collect();
+            if let Some(Queue::Start { after: a, .. }) = &mut self.nodes[i].queue {
+                *a = after;
+            }
+            self.publish(i);
+        }
+        self.advance_queues();
+    }
+
+    /// Stops `nodes` in reverse stages: a node gets its stop signal once every selected node
+    /// that would start after it has no process left.
+    fn queue_stop(&mut self, nodes: Vec<usize>) {
+        let mut stopping = Vec::new();
+        for &i in &nodes {
+            let n = &mut self.nodes[i];
+            n.start_after_exit = false;
+            if matches!(n.queue, Some(Queue::Start { .. })) || n.pid.is_none() {
+                self.stop_node(i); // nothing to wait for: settle it now
+                continue;
+            }
+            if n.state == NodeState::Stopping {
+                continue;
+            }
+            n.queue = Some(Queue::Stop { after: Vec::new() });
+            stopping.push(i);
+        }
+        for &i in &stopping {
+            let rank = self.nodes[i].spec.node_type.start_rank();
+            let name = self.nodes[i].spec.name.clone();
+            let after: Vec<usize> = stopping
+                .iter()
+                .copied()
+                .filter(|&j| {
+                    j != i
+                        && (self.nodes[j].spec.node_type.start_rank() > rank
+                            || self.nodes[j].spec.start_after.contains(&name))
+                })
+                .collect();
+            if let Some(Queue::Stop { after: a }) = &mut self.nodes[i].queue {
+                *a = after;
+            }
+        }
+        self.advance_queues();
+    }
+
+    /// Whether node `j` no longer holds up a queued start.
+    fn start_settled(&self, j: usize) -> bool {
+        let n = &self.nodes[j];
+        match n.state {
+            _ if matches!(n.queue, Some(Queue::Start { .. })) => false,
+            NodeState::Starting => n.pid.is_some() && n.ready_timed_out,
+            _ => true,
+        }
+    }
+
+    /// Dequeues every queued start or stop whose wait is over.
+    fn advance_queues(&mut self) {
+        loop {
+            let mut progressed = false;
+            for i in 0..self.nodes.len() {
+                match self.nodes[i].queue.clone() {
+                    Some(Queue::Start { after, was_failed })
+                        if after.iter().all(|&j| self.start_settled(j)) =>
+                    {
+                        let n = &mut self.nodes[i];
+                        n.queue = None;
+                        if was_failed {
+                            n.history.reset(&n.spec.policy);
+                        }
+                        self.spawn(i, false);
+                        progressed = true;
+                    }
+                    Some(Queue::Stop { after })
+                        if after
+                            .iter()
+                            .all(|&j| self.nodes[j].pid.is_none() && self.nodes[j].queue.is_none()) =>
+                    {
+                        self.nodes[i].queue = None;
+                        if self.nodes[i].pid.is_some() {
+                            self.stop_node(i);
+                        }
+                        progressed = true;
+                    }
+                    _ => {}
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
     fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         if n.retiring {
@@ -938,6 +1157,14 @@ impl Supervisor {
         let now = clock::monotonic_ns();
         let n = &mut self.nodes[i];
         n.start_after_exit = false;
+        n.queue = None;
+        if n.pid.is_none() && n.state == NodeState::Starting {
+            // A queued start that never spawned.
+            n.state = NodeState::Stopped;
+            self.publish(i);
+            self.event(Event::now(EventKind::Stopped, i as u16, 0));
+            return;
+        }
         match (n.state, n.pid) {
             (NodeState::Running | NodeState::Starting, Some(pid)) => {
                 let sig = n.spec.policy.stop_signal;
@@ -968,13 +1195,23 @@ impl Supervisor {
     }
 
     fn restart_node(&mut self, i: usize) {
-        match self.nodes[i].state {
-            NodeState::Running | NodeState::Starting => {
+        match (self.nodes[i].state, self.nodes[i].pid) {
+            (NodeState::Running | NodeState::Starting, Some(_)) => {
                 self.stop_node(i);
                 self.nodes[i].start_after_exit = true;
             }
-            NodeState::Stopping => self.nodes[i].start_after_exit = true,
-            _ => self.start_node(i),
+            (NodeState::Stopping, _) => self.nodes[i].start_after_exit = true,
+            _ => {
+                let n = &mut self.nodes[i];
+                if let Some(Queue::Start { was_failed: true, .. }) = n.queue {
+                    n.history.reset(&n.spec.policy);
+                }
+                n.queue = None;
+                if n.state == NodeState::Starting {
+                    n.state = NodeState::Stopped; // a queued start: start it now
+                }
+                self.start_node(i);
+            }
         }
     }
 
@@ -988,9 +1225,7 @@ impl Supervisor {
             .state
             .store(SupervisorState::ShuttingDown as u32, Ordering::Release);
         crate::sys::futex::wake(&self.shared.header().state, i32::MAX);
-        for i in 0..self.nodes.len() {
-            self.stop_node(i);
-        }
+        self.queue_stop((0..self.nodes.len()).collect());
     }
 
     fn scan_mailbox(&mut self) {
@@ -1051,12 +1286,11 @@ impl Supervisor {
         match op {
             Opcode::Ping => (ReplyStatus::Ok, "pong".into()),
             Opcode::Start => {
-                let order = self.start_order(nodes);
-                order.into_iter().for_each(|i| self.start_node(i));
+                self.queue_start(nodes);
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Stop => {
-                nodes.into_iter().for_each(|i| self.stop_node(i));
+                self.queue_stop(nodes);
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Restart => {

@@ -6,6 +6,23 @@ use crate::config::NodeSpec;
 use crate::protocol::node::{Exit, NodeRecord, NodeState};
 use std::os::fd::OwnedFd;
 
+/// A start or stop waiting for other nodes (an ordered start or stop of several nodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queue {
+    /// Spawn once every node in `after` is ready (or not coming, or past its ready timeout).
+    Start {
+        /// Node indices to wait for.
+        after: Vec<usize>,
+        /// The node was `failed` before: forget its quick deaths when it starts.
+        was_failed: bool,
+    },
+    /// Send the stop signal once every node in `after` has no process left.
+    Stop {
+        /// Node indices to wait for.
+        after: Vec<usize>,
+    },
+}
+
 /// One supervised node.
 #[derive(Debug)]
 pub struct Node {
@@ -43,6 +60,12 @@ pub struct Node {
     pub ready_pipe: Option<std::fs::File>,
     /// Removed from the config by a reload: stopping, then dropped from the table.
     pub retiring: bool,
+    /// A queued start or stop.
+    pub queue: Option<Queue>,
+    /// While `starting`: when an ordered start stops waiting for it (mono ns).
+    pub ready_by: Option<u64>,
+    /// `ready_by` has passed without the node becoming ready.
+    pub ready_timed_out: bool,
 }
 
 impl Node {
@@ -66,6 +89,9 @@ impl Node {
             killed: false,
             ready_pipe: None,
             retiring: false,
+            queue: None,
+            ready_by: None,
+            ready_timed_out: false,
         }
     }
 
@@ -81,12 +107,19 @@ impl Node {
             started_wall_ms: self.started_wall_ms,
             restarts: self.restarts,
             last_exit: self.last_exit,
-            deadline_mono_ns: self.deadline.unwrap_or(0),
+            // In `starting`, Mains see when waiting for readiness ends.
+            deadline_mono_ns: match self.state {
+                NodeState::Starting => self.deadline.or(self.ready_by).unwrap_or(0),
+                _ => self.deadline.unwrap_or(0),
+            },
         }
     }
 
-    /// Whether the node is at rest (no process, no timer): what shutdown waits for.
+    /// Whether the node is at rest (no process, no timer, nothing queued): what shutdown waits
+    /// for.
     pub fn is_down(&self) -> bool {
-        self.pid.is_none() && matches!(self.state, NodeState::Stopped | NodeState::Failed)
+        self.pid.is_none()
+            && self.queue.is_none()
+            && matches!(self.state, NodeState::Stopped | NodeState::Failed)
     }
 }

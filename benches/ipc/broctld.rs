@@ -1,0 +1,376 @@
+//! broctld's own figures, against a real Supervisor process: the command round trip through
+//! the mailbox, status snapshots at N = 1, 64 and 1024 nodes, and reading the event ring.
+//!
+//! Each instance lives in a fresh temp dir (runtime dir, config, node output) with a unique
+//! name. Its Supervisor is the real `broctld` binary that Cargo builds for this bench
+//! (`CARGO_BIN_EXE_broctld`), run in its internal `__supervisor` mode as a direct child of the
+//! bench (the same code a first Main starts detached), so the bench owns its lifetime: it is
+//! shut down through the mailbox at the end, and gets SIGTERM if the bench dies.
+
+use crate::peer::{CpuSet, Cpus, Pin};
+use crate::summary;
+use broctld::client::{Client, ClientError};
+use broctld::instance::Instance;
+use broctld::protocol::mailbox::Opcode;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The broctld executable Cargo built for this bench.
+pub fn broctld_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_broctld"))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running instance: temp dir, Supervisor process, attached client.
+pub struct Live {
+    dir: PathBuf,
+    instance: Instance,
+    config: PathBuf,
+    supervisor: Child,
+    /// The attached client (this process is a Main).
+    pub client: Client,
+}
+
+fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe and takes plain integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, sig);
+            Ok(())
+        });
+    }
+}
+
+impl Live {
+    /// Starts a Supervisor for `nodes` nodes running `sleep 3600` (started at once if
+    /// `autostart`, else left stopped) and attaches to it.
+    pub fn start(label: &str, nodes: usize, autostart: bool) -> Live {
+        let dir = std::env::temp_dir().join(format!(
+            "broctld-bench-{}-{label}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the bench temp dir");
+        let config = dir.join("broctld.toml");
+        let mut text = format!("[defaults]\nautostart = {autostart}\n");
+        for i in 0..nodes {
+            text.push_str(&format!(
+                "\n[[node]]\nname = \"worker-{i:04}\"\ntype = \"worker\"\ncommand = [\"sleep\", \"3600\"]\n"
+            ));
+        }
+        std::fs::write(&config, text).expect("writing the bench config");
+        let instance = Instance::new(&format!("bench-{label}"), &dir.join("run"))
+            .expect("instance name");
+        let log = std::fs::File::create(dir.join("supervisor.out")).expect("log file");
+        let mut cmd = Command::new(broctld_bin());
+        cmd.arg("--instance")
+            .arg(instance.name())
+            .arg("--runtime-dir")
+            .arg(instance.runtime_dir())
+            .arg("--config")
+            .arg(&config)
+            .arg("__supervisor")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        die_with_parent(&mut cmd, libc::SIGTERM);
+        let mut supervisor = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run {}: {e}", broctld_bin().display())
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match Client::attach(&instance) {
+                Ok(c) => break c,
+                Err(ClientError::NotRunning { .. }) if Instant::now() < deadline => {
+                    if let Ok(Some(st)) = supervisor.try_wait() {
+                        panic!(
+                            "the Supervisor exited ({st}) during startup:\n{}",
+                            std::fs::read_to_string(dir.join("supervisor.out")).unwrap_or_default()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("cannot attach to the bench Supervisor: {e}"),
+            }
+        };
+        let live = Live {
+            dir,
+            instance,
+            config,
+            supervisor,
+            client,
+        };
+        if autostart {
+            // Wait until every node runs, so the benches see a settled Supervisor.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while live.client.status().iter().any(|n| n.pid.is_none()) {
+                assert!(Instant::now() < deadline, "nodes did not start in 60 s");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        live
+    }
+
+    /// The Supervisor's pid.
+    pub fn pid(&self) -> u32 {
+        self.supervisor.id()
+    }
+
+    /// A `broctld` command line for this instance.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(broctld_bin());
+        cmd.arg("--instance")
+            .arg(self.instance.name())
+            .arg("--runtime-dir")
+            .arg(self.instance.runtime_dir())
+            .arg("--config")
+            .arg(&self.config);
+        cmd
+    }
+
+    /// The temp dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.client.command(Opcode::Shutdown, &[], 0, TIMEOUT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.supervisor.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    let _ = self.supervisor.kill();
+                    let _ = self.supervisor.wait();
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ping(client: &Client) {
+    client
+        .command(Opcode::Ping, &[], 0, TIMEOUT)
+        .expect("ping through the mailbox");
+}
+
+/// Command round trips, then the event ring (which the pings have filled).
+pub fn mailbox_and_ring(c: &mut Criterion, cpus: &Cpus) {
+    let live = Live::start("ping", 2, true);
+    let sup = live.pid();
+    let mut g = c.benchmark_group("mailbox");
+    for pin in Pin::ALL {
+        let Some((mine, theirs)) = pin.sets(cpus) else {
+            eprintln!("mailbox/ping/{}: skipped (needs two CPUs)", pin.label());
+            continue;
+        };
+        mine.apply(0).expect("pinning the bench");
+        theirs
+            .apply_all_threads(sup)
+            .expect("pinning the Supervisor");
+        let id = format!("mailbox/ping/{}", pin.label());
+        g.bench_function(BenchmarkId::new("ping", pin.label()), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    ping(&live.client);
+                }
+                summary::ran(&id);
+                t.elapsed()
+            })
+        });
+        cpus.restore();
+        let _ = cpus.original.apply_all_threads(sup);
+    }
+
+    // Several Mains at once: other `broctld ping` processes keep the Supervisor busy while this
+    // one measures its own round trips. Unpinned.
+    for others in [1usize, 3] {
+        let mut load: Vec<Child> = (0..others)
+            .map(|_| {
+                let mut cmd = live.cli();
+                cmd.args(["ping", "-n", "100000000"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                die_with_parent(&mut cmd, libc::SIGKILL);
+                cmd.spawn().expect("starting a load Main")
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let id = format!("mailbox/ping-busy/{others}");
+        g.bench_function(BenchmarkId::new("ping-busy", others), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    ping(&live.client);
+                }
+                summary::ran(&id);
+                t.elapsed()
+            })
+        });
+        for mut l in load.drain(..) {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+    }
+    g.finish();
+
+    // The ring: make sure it is full, then read it all, and poll it with nothing new.
+    let cap = live.client.shared().ring().capacity();
+    while live.client.event_head() < cap + 16 {
+        ping(&live.client);
+    }
+    let mut g = c.benchmark_group("ring");
+    g.throughput(Throughput::Elements(cap));
+    let id = format!("ring/read-all/{cap}");
+    g.bench_function(BenchmarkId::new("read-all", cap), |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let mut cursor = live.client.oldest_event();
+                let mut n = 0u64;
+                while let Some(ev) = live.client.next_event(&mut cursor) {
+                    black_box(ev);
+                    n += 1;
+                }
+                assert!(n >= cap - 1, "read only {n} events");
+            }
+            summary::ran(&id);
+            t.elapsed()
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(BenchmarkId::new("poll-empty", 1), |b| {
+        b.iter_custom(|iters| {
+            let mut cursor = live.client.event_head();
+            let t = Instant::now();
+            for _ in 0..iters {
+                black_box(live.client.next_event(black_box(&mut cursor)));
+            }
+            summary::ran("ring/poll-empty/1");
+            t.elapsed()
+        })
+    });
+    g.finish();
+    drop(live);
+}
+
+/// Runs `f` 100 000 times in a forked child under seccomp strict mode, where any syscall but
+/// read, write, exit and sigreturn kills the process: proof that `f` makes no syscall.
+fn no_syscall(what: &str, f: &dyn Fn()) {
+    const CALLS: u32 = 100_000;
+    for _ in 0..1000 {
+        f();
+    }
+    // SAFETY: the bench is single-threaded here; the child runs `f` (which touches only the
+    // shared mapping and the heap it inherited) and leaves with the raw exit syscall.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        for _ in 0..100 {
+            f();
+        }
+        // SAFETY: plain integers; SYS_exit is the one way out strict mode allows.
+        unsafe {
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_STRICT) != 0 {
+                libc::_exit(2);
+            }
+            for _ in 0..CALLS {
+                f();
+            }
+            libc::syscall(libc::SYS_exit, 0);
+        }
+        unreachable!();
+    }
+    let mut st = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    let line = if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
+        format!("{what}: no syscall in {CALLS} calls (ran under seccomp strict mode, where any syscall but read/write/exit kills the process)")
+    } else if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL {
+        format!("{what}: MADE A SYSCALL (killed under seccomp strict mode)")
+    } else {
+        format!("{what}: seccomp check inconclusive (wait status {st:#x})")
+    };
+    summary::note(line);
+}
+
+/// Status snapshots of every node at N = 1, 64 and 1024, through the client's code path.
+pub fn status(c: &mut Criterion) {
+    let mut g = c.benchmark_group("status");
+    for n in [1usize, 64, 1024] {
+        // Nodes are configured but left stopped: a record costs the same to read whatever its
+        // state, and 1024 idle `sleep`s would only add noise.
+        let live = Live::start(&format!("status-{n}"), n, false);
+        let client = &live.client;
+        assert_eq!(client.status().len(), n);
+        g.throughput(Throughput::Elements(n as u64));
+        let raw = || {
+            let shared = client.shared();
+            let cells = shared.node_cells();
+            for cell in &cells[..shared.node_count()] {
+                black_box(cell.read());
+            }
+        };
+        let id = format!("status/raw/{n}");
+        g.bench_function(BenchmarkId::new("raw", n), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    raw();
+                }
+                summary::ran(&id);
+                t.elapsed()
+            })
+        });
+        let mut records = Vec::with_capacity(n);
+        let id = format!("status/records/{n}");
+        g.bench_function(BenchmarkId::new("records", n), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    client.records_into(&mut records);
+                    black_box(&records);
+                }
+                summary::ran(&id);
+                t.elapsed()
+            })
+        });
+        let id = format!("status/client/{n}");
+        g.bench_function(BenchmarkId::new("client", n), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    black_box(client.status());
+                }
+                summary::ran(&id);
+                t.elapsed()
+            })
+        });
+        if n == 64 {
+            no_syscall("status/raw/64 (seqlock copy of 64 records)", &raw);
+            no_syscall("status/client/64 (`Client::status()`)", &|| {
+                black_box(client.status());
+            });
+        }
+        drop(live);
+    }
+    g.finish();
+}
+
+/// Unused helper kept for symmetry with the pinned floors.
+#[allow(dead_code)]
+pub fn pin_supervisor(live: &Live, set: &CpuSet) {
+    let _ = set.apply_all_threads(live.pid());
+}
