@@ -46,7 +46,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if missed > 0 {
                 println!("({missed} events missed)");
             }
-            println!("#{seq} {} node={} pid={}", ev.kind.as_str(), ev.node, ev.pid);
+            println!(
+                "#{seq} {} node={} pid={}",
+                ev.kind.as_str(),
+                ev.node,
+                ev.pid
+            );
         }
         client.wait_event(head, until.saturating_duration_since(Instant::now()));
     }

@@ -115,7 +115,9 @@ fn second_supervisor_for_an_instance_is_refused() {
     let after = c.status();
     assert_eq!(after["solo"].pid, before["solo"].pid);
     assert_eq!(after["solo"].restarts, 0);
-    assert_eq!(c.client().supervisor_pid(), sup);
+    let client = c.client();
+    assert_eq!(client.supervisor_pid(), sup);
+    assert_eq!(client.generation(), 1, "the region was not taken over");
 }
 
 #[test]
@@ -151,7 +153,10 @@ command = ["@NODE@", "--interval", "1s"]
     // itself such a process (a node's own children do not count).
     let is_node = |p: u32| {
         std::fs::read(format!("/proc/{p}/environ"))
-            .map(|e| e.split(|b| *b == 0).any(|v| v.starts_with(b"BROCTLD_NODE=")))
+            .map(|e| {
+                e.split(|b| *b == 0)
+                    .any(|v| v.starts_with(b"BROCTLD_NODE="))
+            })
             .unwrap_or(false)
     };
     let family: Vec<u32> = c
@@ -170,7 +175,11 @@ command = ["@NODE@", "--interval", "1s"]
     seen.sort();
     assert_eq!(seen, shown, "node processes: {}", describe_pids(&nodes));
     let client = c.client();
-    assert_eq!(client.generation(), 1, "one Supervisor ever took the region");
+    assert_eq!(
+        client.generation(),
+        1,
+        "one Supervisor ever took the region"
+    );
 }
 
 /// A snapshot of a file for "left untouched".
@@ -207,21 +216,28 @@ fn refused_region(test: &str, prepare: impl FnOnce(&Shared, &Path), needle: &str
     let c = Cluster::new(test, ONE_NODE);
     let name = c.instance().shm_name();
     let path = c.shm_path();
-    let _planted = Planted(name.clone());
+    let planted = Planted(name.clone());
     {
         let shared = Shared::create(&name, Geometry::default()).expect("plant a region");
         prepare(&shared, &path);
     }
     let before = file_state(&path);
     let out = c.run(&["start"]);
-    assert_ne!(out.code, Some(0), "start succeeded over a bad region: {out:?}");
+    assert_ne!(
+        out.code,
+        Some(0),
+        "start succeeded over a bad region: {out:?}"
+    );
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains(&path.display().to_string()),
         "the error names {}:\n{all}",
         path.display()
     );
-    assert!(out.stderr.contains(needle), "the error says {needle:?}:\n{all}");
+    assert!(
+        out.stderr.contains(needle),
+        "the error says {needle:?}:\n{all}"
+    );
     let after = file_state(&path);
     assert!(
         before == after,
@@ -242,6 +258,7 @@ fn refused_region(test: &str, prepare: impl FnOnce(&Shared, &Path), needle: &str
     let st = c.run(&["status"]);
     st.expect_code(3);
     std::fs::remove_file(&path).expect("remove the planted region");
+    drop(planted);
     // With the bad region gone, the same instance starts fine.
     let s = c.start();
     assert_eq!(s["solo"].state, "running");

@@ -13,7 +13,7 @@
 //!   (as a Supervisor's reply does).
 
 use crate::peer::{read1, write1, Cpus, Peer, Pin, SharedPage, BELL, SPIN, STOP, WORD};
-use crate::summary;
+use crate::summary::{self, Filter};
 use broctld::sys::futex;
 use criterion::{BenchmarkId, Criterion};
 use std::ffi::CString;
@@ -32,13 +32,14 @@ fn pipe() -> [libc::c_int; 2] {
 }
 
 /// Runs all floors, in every pinning this machine allows.
-pub fn bench(c: &mut Criterion, cpus: &Cpus) {
+pub fn bench(c: &mut Criterion, cpus: &Cpus, filter: &Filter) {
     let mut g = c.benchmark_group("floor");
     for pin in Pin::ALL {
         let Some((mine, theirs)) = pin.sets(cpus) else {
             eprintln!("floor/*/{}: skipped (needs two CPUs)", pin.label());
             continue;
         };
+        let want = |name: &str| filter.any(&[format!("floor/{name}/{}", pin.label())]);
         let run = |g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
                    name: &str,
                    rt: &mut dyn FnMut(u64) -> Duration| {
@@ -56,7 +57,7 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
 
         // Spin: skipped on one CPU, where each hand-over waits for the other side's timeslice
         // to end (milliseconds), which measures the scheduler tick, not a floor.
-        if pin != Pin::SameCpu {
+        if pin != Pin::SameCpu && want("spin") {
             let page = SharedPage::new();
             let peer = Peer::fork(theirs, &[], &[], &[], || {
                 let w = page.u64(SPIN);
@@ -81,7 +82,7 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
                     while w.load(Ordering::Acquire) != next + 1 {
                         std::hint::spin_loop();
                         spins += 1;
-                        if spins % (1 << 24) == 0 {
+                        if spins.is_multiple_of(1 << 24) {
                             assert!(peer.alive(), "spin peer died");
                         }
                     }
@@ -94,7 +95,7 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
         }
 
         // Futex: the word is odd while the peer has to answer, even once it has.
-        {
+        if want("futex") {
             let page = SharedPage::new();
             let peer = Peer::fork(theirs, &[], &[], &[], || {
                 let w = page.u32(WORD);
@@ -137,7 +138,7 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
         }
 
         // Pipe.
-        {
+        if want("pipe") {
             let down = pipe();
             let up = pipe();
             let peer = Peer::fork(
@@ -165,7 +166,7 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
 
         // FIFO: two named pipes, opened in the same order on both sides so neither open blocks
         // forever.
-        {
+        if want("fifo") {
             let dir = std::env::temp_dir().join(format!(
                 "broctld-bench-fifo-{}-{}",
                 std::process::id(),
@@ -216,7 +217,7 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
         }
 
         // Unix stream socket pair.
-        {
+        if want("unix") {
             let mut sv = [0; 2];
             // SAFETY: a two-int out-array.
             let r = unsafe {
@@ -247,9 +248,10 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
 
         // Doorbell: the Main side swaps the bell flag and writes a byte only on 0 -> 1, then
         // sleeps on the futex word; the peer sleeps in edge-triggered epoll on the FIFO (opened
-        // O_RDWR | O_NONBLOCK, as the Supervisor opens its doorbell), drains it, clears the
-        // flag, answers through the word and wakes the Main.
-        {
+        // O_RDWR | O_NONBLOCK, as the Supervisor opens its doorbell), drains it (one read unless
+        // the read fills the buffer), clears the flag, answers through the word and wakes the
+        // Main: five syscalls per round trip, as broctld's own.
+        if want("doorbell") {
             let page = SharedPage::new();
             let dir = std::env::temp_dir().join(format!(
                 "broctld-bench-bell-{}-{}",
@@ -294,8 +296,11 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus) {
                     if n <= 0 {
                         continue;
                     }
-                    // SAFETY: reading into a live buffer until EAGAIN.
-                    while unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                    // Drain as `fifo::drain` does: a short read means the pipe is empty.
+                    // SAFETY: reading into a live buffer.
+                    while unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) }
+                        == buf.len() as isize
+                    {}
                     bell.store(0, Ordering::SeqCst);
                     let v = w.load(Ordering::Acquire);
                     if v % 2 == 1 {

@@ -34,9 +34,10 @@ fn main() {
         cpus.list[0],
         cpus.list.iter().take(2).collect::<Vec<_>>()
     ));
-    floors::bench(&mut c, &cpus);
-    broctld::mailbox_and_ring(&mut c, &cpus);
-    broctld::status(&mut c);
+    let filter = summary::Filter::from_args();
+    floors::bench(&mut c, &cpus, &filter);
+    broctld::mailbox_and_ring(&mut c, &cpus, &filter);
+    broctld::status(&mut c, &filter);
     c.final_summary();
     summary::report(since);
 }

@@ -95,8 +95,14 @@ impl Cpus {
         // SAFETY: plain data, then filled by the kernel.
         let mut s: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: a valid out-pointer and its size.
-        let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut s) };
-        assert_eq!(r, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        let r =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut s) };
+        assert_eq!(
+            r,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
         let list = (0..libc::CPU_SETSIZE as usize)
             // SAFETY: i is below CPU_SETSIZE.
             .filter(|&i| unsafe { libc::CPU_ISSET(i, &s) })
@@ -141,13 +147,17 @@ impl SharedPage {
                 0,
             )
         };
-        assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        assert!(
+            p != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
         SharedPage { ptr: p.cast() }
     }
 
     /// The 64-bit atomic at `off`.
     pub fn u64(&self, off: usize) -> &AtomicU64 {
-        assert!(off + 8 <= 4096 && off % 8 == 0);
+        assert!(off + 8 <= 4096 && off.is_multiple_of(8));
         // SAFETY: in bounds, aligned, and the page lives as long as `self`; every access to it
         // from either process is atomic.
         unsafe { &*(self.ptr.add(off) as *const AtomicU64) }
@@ -155,7 +165,7 @@ impl SharedPage {
 
     /// The 32-bit atomic at `off`.
     pub fn u32(&self, off: usize) -> &AtomicU32 {
-        assert!(off + 4 <= 4096 && off % 4 == 0);
+        assert!(off + 4 <= 4096 && off.is_multiple_of(4));
         // SAFETY: as for `u64`.
         unsafe { &*(self.ptr.add(off) as *const AtomicU32) }
     }

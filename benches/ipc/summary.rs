@@ -11,6 +11,80 @@ use std::time::SystemTime;
 static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Criterion options that take a value (so the word after them is not the filter).
+const VALUE_OPTIONS: &[&str] = &[
+    "-c",
+    "--color",
+    "-s",
+    "--save-baseline",
+    "-b",
+    "--baseline",
+    "--baseline-lenient",
+    "--format",
+    "--profile-time",
+    "--load-baseline",
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--plotting-backend",
+    "--output-format",
+];
+
+/// The bench filter given on the command line, as criterion reads it: a regex, or an exact id
+/// with `--exact`. Lets the bench skip the setup (forks, Supervisors) of groups it won't run.
+pub struct Filter {
+    re: Option<regex::Regex>,
+    exact: Option<String>,
+}
+
+impl Filter {
+    /// Parses this process's arguments.
+    pub fn from_args() -> Filter {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let exact = args.iter().any(|a| a == "--exact");
+        let mut filter = None;
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            if VALUE_OPTIONS.contains(&a.as_str()) {
+                i += 2;
+                continue;
+            }
+            if !a.starts_with('-') && filter.is_none() {
+                filter = Some(a.clone());
+            }
+            i += 1;
+        }
+        match filter {
+            None => Filter {
+                re: None,
+                exact: None,
+            },
+            Some(f) if exact => Filter {
+                re: None,
+                exact: Some(f),
+            },
+            Some(f) => Filter {
+                re: regex::Regex::new(&f).ok(),
+                exact: None,
+            },
+        }
+    }
+
+    /// Whether any of `ids` will run.
+    pub fn any(&self, ids: &[String]) -> bool {
+        ids.iter().any(|id| match (&self.re, &self.exact) {
+            (_, Some(e)) => id == e,
+            (Some(re), None) => re.is_match(id),
+            (None, None) => true,
+        })
+    }
+}
+
 /// Records that bench `id` (`group/function/parameter`) ran in this process.
 pub fn ran(id: &str) {
     let mut r = RAN.lock().unwrap();
@@ -124,7 +198,9 @@ pub fn report(since: SystemTime) {
     if est.is_empty() {
         out.push_str("No criterion estimates from this run (test mode, a filter that matched nothing, or a different criterion output dir).\n");
     } else {
-        out.push_str("| bench | what it measures | median | 95% CI of the median |\n|---|---|---:|---|\n");
+        out.push_str(
+            "| bench | what it measures | median | 95% CI of the median |\n|---|---|---:|---|\n",
+        );
         for id in &ran {
             let Some(e) = est.get(id) else { continue };
             let mut median = fmt_ns(e.median);

@@ -51,6 +51,58 @@ pub enum Cmd {
     },
     /// `upgrade-supervisor`.
     Upgrade,
+    /// `events [-f] [--since SEQ] [-n N] [--json]`.
+    Events {
+        /// Follow: keep printing new events until interrupted.
+        follow: bool,
+        /// Start at this event number (default: where a Main last stopped looking).
+        since: Option<u64>,
+        /// Only the last N events.
+        last: Option<usize>,
+        /// JSON lines.
+        json: bool,
+    },
+    /// `logs NODE [-n N] [-f] [--stderr] [--json]`.
+    Logs {
+        /// The node (a name or a pattern that selects exactly one).
+        node: String,
+        /// Lines of the tail.
+        lines: usize,
+        /// Follow the file.
+        follow: bool,
+        /// The stderr file instead of stdout.
+        stderr: bool,
+        /// JSON output.
+        json: bool,
+    },
+    /// `diag [NODE...] [--json]`.
+    Diag {
+        /// Selection.
+        nodes: Vec<String>,
+        /// JSON output.
+        json: bool,
+    },
+    /// `top [NODE...] [--json]`.
+    Top {
+        /// Selection.
+        nodes: Vec<String>,
+        /// JSON output.
+        json: bool,
+    },
+    /// `nodes [NODE...] [--json]`.
+    Nodes {
+        /// Selection.
+        nodes: Vec<String>,
+        /// JSON output.
+        json: bool,
+    },
+    /// `config [--json]`.
+    ShowConfig {
+        /// JSON output.
+        json: bool,
+    },
+    /// `daemon`: a foreground Main for a service manager.
+    Daemon,
     /// `help [COMMAND]`.
     Help(Option<String>),
     /// The internal Supervisor mode.
@@ -72,8 +124,34 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("reload", "", "re-read the config; start added nodes, stop removed ones, restart changed ones; others keep their pid"),
     ("signal", "SIG NODE...", "send a signal (name like HUP or a number) to nodes"),
     ("upgrade-supervisor", "", "re-execute the Supervisor's (possibly new) binary in place; no node restarts"),
+    ("events", "[-f] [--since SEQ] [-n N] [--json]", "what happened (node started, died, restarted; commands), since this instance's Mains last looked; -f follows"),
+    ("logs", "NODE [-n N] [-f] [--stderr] [--json]", "the last N (default 20) lines of a node's stdout (or stderr) file; -f follows"),
+    ("diag", "[NODE...] [--json]", "crash reports written when a node died: the latest in full for one node, a list for several"),
+    ("top", "[NODE...] [--json]", "pid, cpu %, memory, threads and uptime of each node's processes"),
+    ("nodes", "[NODE...] [--json]", "the configured nodes and their settings"),
+    ("config", "[--json]", "the effective config: every key explicit, defaults applied, paths absolute"),
+    ("daemon", "", "run in the foreground for a service manager (systemd Type=notify): SIGHUP reloads, SIGTERM shuts down"),
     ("help", "[COMMAND]", "this list, or one command's help"),
 ];
+
+/// The options each command takes (for completion and `help`).
+pub fn command_options(cmd: &str) -> &'static [&'static str] {
+    match cmd {
+        "status" | "diag" | "top" | "nodes" | "config" => &["--json"],
+        "ping" => &["-n"],
+        "events" => &["-f", "--follow", "--since", "-n", "--json"],
+        "logs" => &["-n", "-f", "--follow", "--stderr", "--json"],
+        _ => &[],
+    }
+}
+
+/// Whether the command's arguments are node selections (for completion).
+pub fn takes_nodes(cmd: &str) -> bool {
+    matches!(
+        cmd,
+        "start" | "stop" | "restart" | "status" | "signal" | "logs" | "diag" | "top" | "nodes"
+    )
+}
 
 /// NODE may be a name, a glob (`worker-*`), a type in the plural (`workers`, `proxies`,
 /// `loggers`, `managers`, `standalones`, `others`) or `all`.
@@ -191,17 +269,83 @@ pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
         }
         "signal" => {
             let Some(sig) = rest.first() else {
-                return Err(UsageError("signal needs a signal and at least one NODE".into()));
+                return Err(UsageError(
+                    "signal needs a signal and at least one NODE".into(),
+                ));
             };
             let signal = crate::config::signal_from_name(sig)
                 .ok_or_else(|| UsageError(format!("signal: unknown signal '{sig}'")))?;
             if rest.len() < 2 {
-                return Err(UsageError("signal needs at least one NODE (or 'all')".into()));
+                return Err(UsageError(
+                    "signal needs at least one NODE (or 'all')".into(),
+                ));
             }
             Cmd::Signal {
                 signal,
                 nodes: nodes(&rest[1..])?,
             }
+        }
+        "events" => {
+            let mut o = Opts::parse(
+                first,
+                rest,
+                &["-f", "--follow", "--json"],
+                &["--since", "-n"],
+            )?;
+            o.no_positionals()?;
+            Cmd::Events {
+                follow: o.flag("-f") || o.flag("--follow"),
+                since: o.number("--since")?,
+                last: o.number::<usize>("-n")?,
+                json: o.flag("--json"),
+            }
+        }
+        "logs" => {
+            let mut o = Opts::parse(
+                first,
+                rest,
+                &["-f", "--follow", "--stderr", "--json"],
+                &["-n"],
+            )?;
+            let node = match o.positionals.as_slice() {
+                [one] => one.clone(),
+                [] => return Err(UsageError("logs needs a NODE".into())),
+                more => {
+                    return Err(UsageError(format!(
+                        "logs takes one NODE, got {}",
+                        more.join(" ")
+                    )))
+                }
+            };
+            o.positionals.clear();
+            Cmd::Logs {
+                node,
+                lines: o.number("-n")?.unwrap_or(20),
+                follow: o.flag("-f") || o.flag("--follow"),
+                stderr: o.flag("--stderr"),
+                json: o.flag("--json"),
+            }
+        }
+        "diag" | "top" | "nodes" => {
+            let o = Opts::parse(first, rest, &["--json"], &[])?;
+            let json = o.flag("--json");
+            let nodes = o.positionals;
+            match first.as_str() {
+                "diag" => Cmd::Diag { nodes, json },
+                "top" => Cmd::Top { nodes, json },
+                _ => Cmd::Nodes { nodes, json },
+            }
+        }
+        "config" => {
+            let mut o = Opts::parse(first, rest, &["--json"], &[])?;
+            o.no_positionals()?;
+            Cmd::ShowConfig {
+                json: o.flag("--json"),
+            }
+        }
+        "daemon" => {
+            none(rest)?;
+            Cmd::Daemon
         }
         "help" => Cmd::Help(rest.first().cloned()),
         "__supervisor" => {
@@ -229,6 +373,77 @@ pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
             )))
         }
     })
+}
+
+/// A command's words sorted into flags, options with a value, and the rest.
+struct Opts {
+    cmd: String,
+    flags: Vec<String>,
+    values: Vec<(String, String)>,
+    positionals: Vec<String>,
+}
+
+impl Opts {
+    fn parse(
+        cmd: &str,
+        words: &[String],
+        flags: &[&str],
+        valued: &[&str],
+    ) -> Result<Opts, UsageError> {
+        let mut o = Opts {
+            cmd: cmd.to_owned(),
+            flags: Vec::new(),
+            values: Vec::new(),
+            positionals: Vec::new(),
+        };
+        let mut i = 0;
+        while i < words.len() {
+            let w = words[i].as_str();
+            let key = w.split_once('=').map_or(w, |(k, _)| k);
+            if flags.contains(&w) {
+                o.flags.push(w.to_owned());
+            } else if valued.contains(&key) {
+                let v = take_value(words, &mut i, key)?;
+                o.values.push((key.to_owned(), v));
+            } else if let Some(v) = w.strip_prefix("-n").filter(|v| {
+                valued.contains(&"-n") && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+            }) {
+                o.values.push(("-n".to_owned(), v.to_owned())); // -n20, as tail takes it
+            } else if w.starts_with('-') && w.len() > 1 {
+                return Err(UsageError(format!(
+                    "{cmd}: unknown option '{w}' (see `broctld help {cmd}`)"
+                )));
+            } else {
+                o.positionals.push(w.to_owned());
+            }
+            i += 1;
+        }
+        Ok(o)
+    }
+
+    fn flag(&self, f: &str) -> bool {
+        self.flags.iter().any(|x| x == f)
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, UsageError> {
+        match self.values.iter().rev().find(|(k, _)| k == key) {
+            None => Ok(None),
+            Some((_, v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| UsageError(format!("{}: {key} takes a number, got '{v}'", self.cmd))),
+        }
+    }
+
+    fn no_positionals(&mut self) -> Result<(), UsageError> {
+        match self.positionals.first() {
+            Some(w) => Err(UsageError(format!(
+                "{}: unexpected '{w}' (see `broctld help {}`)",
+                self.cmd, self.cmd
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Splits a shell line into words, honouring single and double quotes.
@@ -301,6 +516,63 @@ mod tests {
             .0
             .contains("unknown command"));
         assert_eq!(parse_command(&w("ping -n 5")).unwrap(), Cmd::Ping(5));
+    }
+
+    #[test]
+    fn operations_parse() {
+        assert_eq!(
+            parse_command(&w("events -f --since 12 --json")).unwrap(),
+            Cmd::Events {
+                follow: true,
+                since: Some(12),
+                last: None,
+                json: true
+            }
+        );
+        assert_eq!(
+            parse_command(&w("events -n5")).unwrap(),
+            Cmd::Events {
+                follow: false,
+                since: None,
+                last: Some(5),
+                json: false
+            }
+        );
+        assert!(parse_command(&w("events --since x")).is_err());
+        assert!(parse_command(&w("events worker-1")).is_err());
+        assert_eq!(
+            parse_command(&w("logs worker-1 -n 50 --stderr -f")).unwrap(),
+            Cmd::Logs {
+                node: "worker-1".into(),
+                lines: 50,
+                follow: true,
+                stderr: true,
+                json: false
+            }
+        );
+        assert!(parse_command(&w("logs")).is_err());
+        assert!(parse_command(&w("logs a b")).is_err());
+        assert_eq!(
+            parse_command(&w("top workers --json")).unwrap(),
+            Cmd::Top {
+                nodes: w("workers"),
+                json: true
+            }
+        );
+        assert_eq!(
+            parse_command(&w("diag worker-1")).unwrap(),
+            Cmd::Diag {
+                nodes: w("worker-1"),
+                json: false
+            }
+        );
+        assert_eq!(
+            parse_command(&w("config --json")).unwrap(),
+            Cmd::ShowConfig { json: true }
+        );
+        assert!(parse_command(&w("config x")).is_err());
+        assert!(parse_command(&w("nodes --frob")).is_err());
+        assert_eq!(parse_command(&w("daemon")).unwrap(), Cmd::Daemon);
     }
 
     #[test]

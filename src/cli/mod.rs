@@ -2,10 +2,17 @@
 //! Supervisor mode (`__supervisor`), so that one installed executable is the whole daemon.
 
 pub mod args;
+pub mod daemon;
+pub mod events;
+pub mod interrupt;
+pub mod mainlog;
 pub mod output;
+pub mod progress;
 pub mod select;
 pub mod session;
 pub mod shell;
+pub mod style;
+pub mod top;
 
 use crate::instance::Instance;
 use args::{parse_command, split_globals, Cmd, COMMANDS, NODE_HELP};
@@ -30,7 +37,9 @@ fn usage() -> String {
     }
     s.push_str(&format!(
         "\n{NODE_HELP}\n\nexit status: 0 success, 1 the command failed, 2 bad usage or config,\n\
-         3 `status`: a selected node is not running.\n"
+         3 `status`: a selected node is not running.\n\n\
+         environment: NO_COLOR (no colors), XDG_STATE_HOME (the shell's history),\n\
+         BROCTLD_RUNTIME_DIR, NOTIFY_SOCKET (set by systemd for `daemon`).\n"
     ));
     s
 }
@@ -84,16 +93,38 @@ pub fn main(args: Vec<String>) -> i32 {
         };
         return crate::supervisor::main(instance, config, notify_fd);
     }
+    if let Some(Cmd::Daemon) = cmd {
+        return daemon::run(instance, globals.config.clone());
+    }
     let mut session = Session::new(instance, globals.config.clone());
     match cmd {
         None => shell::run(&mut session),
-        Some(cmd) => match session.run(&cmd) {
-            Ok(Outcome::Status(code)) => code,
-            Ok(_) => 0,
-            Err(e) => {
-                eprintln!("broctld: {e}");
-                e.exit_code()
+        Some(cmd) => {
+            let (code, result, _) = run_logged(&mut session, &cmd);
+            if !matches!(cmd, Cmd::Help(_)) {
+                mainlog::append(session.instance(), &words.join(" "), &result);
             }
-        },
+            code
+        }
+    }
+}
+
+/// Runs one command, prints its error if any, and returns its exit status, a one-line result
+/// for Main's log, and the outcome (None if it failed).
+pub fn run_logged(session: &mut Session, cmd: &Cmd) -> (i32, String, Option<Outcome>) {
+    let r = session.run(cmd);
+    let note = session.take_note();
+    let with_note = |head: String| match &note {
+        Some(n) => format!("{head}: {n}"),
+        None => head,
+    };
+    match r {
+        Ok(o @ Outcome::Status(code)) => (code, with_note(format!("exit {code}")), Some(o)),
+        Ok(o) => (0, with_note("ok".into()), Some(o)),
+        Err(e) => {
+            eprintln!("broctld: {e}");
+            let code = e.exit_code();
+            (code, format!("failed (exit {code}): {e}"), None)
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! Rendering node status: an aligned table for people, JSON for scripts.
+//! Rendering node status and settings: aligned tables for people, JSON for scripts.
 
+use super::style::{code, state_color, table, Cell, Style};
 use crate::client::NodeStatus;
-use crate::protocol::node::Exit;
+use crate::config::NodeSpec;
+use crate::protocol::node::{Exit, NodeState};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -16,6 +18,22 @@ pub fn duration(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+/// A configured limit: `10s`, `1.5s`, `500ms`, `2m`.
+pub fn limit(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0".into()
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms > 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -40,7 +58,8 @@ pub fn json_str(s: &str) -> String {
     o
 }
 
-fn exit_json(e: Option<Exit>) -> String {
+/// An exit as a JSON object (`null` for none).
+pub fn exit_json(e: Option<Exit>) -> String {
     match e {
         None => "null".into(),
         Some(Exit::Code(c)) => format!("{{\"code\": {c}, \"signal\": null}}"),
@@ -78,8 +97,8 @@ pub fn status_json(nodes: &[NodeStatus]) -> String {
     o
 }
 
-/// The aligned table `status` prints.
-pub fn status_table(nodes: &[NodeStatus]) -> String {
+/// The aligned table `status` prints (states colored with `style`).
+pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
     let header = [
         "NAME",
         "TYPE",
@@ -89,55 +108,144 @@ pub fn status_table(nodes: &[NodeStatus]) -> String {
         "RESTARTS",
         "LAST EXIT",
     ];
-    let rows: Vec<[String; 7]> = nodes
+    let rows: Vec<Vec<Cell>> = nodes
         .iter()
         .map(|n| {
             let mut state = n.state.as_str().to_owned();
             if let Some(d) = n.deadline_in {
-                if matches!(
-                    n.state,
-                    crate::protocol::node::NodeState::Backoff
-                        | crate::protocol::node::NodeState::Stopping
-                ) {
+                if matches!(n.state, NodeState::Backoff | NodeState::Stopping) {
                     state = format!("{state} ({})", duration(d));
                 }
             }
-            [
-                n.name.clone(),
-                n.node_type.as_str().to_owned(),
-                state,
-                n.pid.map_or("-".into(), |p| p.to_string()),
-                n.uptime.map_or("-".into(), duration),
-                n.restarts.to_string(),
-                n.last_exit.map_or("-".into(), Exit::describe),
+            if n.state == NodeState::Starting && n.pid.is_none() {
+                state.push_str(" (queued)");
+            }
+            let exit_color = match n.last_exit {
+                Some(e) if e.is_failure() => code::RED,
+                _ => "",
+            };
+            vec![
+                Cell::new(n.name.clone()),
+                Cell::new(n.node_type.as_str()),
+                Cell::colored(state, state_color(n.state.as_str())),
+                Cell::new(n.pid.map_or("-".into(), |p| p.to_string())),
+                Cell::new(n.uptime.map_or("-".into(), duration)),
+                Cell::new(n.restarts.to_string()),
+                Cell::colored(n.last_exit.map_or("-".into(), Exit::describe), exit_color),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
+    table(&header, &rows, style)
+}
+
+/// A JSON array of strings.
+pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| json_str(s.as_ref())).collect();
+    format!("[{}]", inner.join(", "))
+}
+
+/// One node's configured settings as a JSON object (what `nodes --json` and `config --json`
+/// print for each node).
+pub fn spec_json(n: &NodeSpec) -> String {
+    let p = &n.policy;
+    let env: Vec<String> = n
+        .env
+        .iter()
+        .map(|(k, v)| format!("{}: {}", json_str(k), json_str(v)))
+        .collect();
+    format!(
+        "{{\"name\": {}, \"type\": {}, \"command\": {}, \"cwd\": {}, \"stdout\": {}, \"stderr\": {}, \"env\": {{{}}}, \"cpu_affinity\": [{}], \"start_after\": {}, \"autostart\": {}, \"restart\": {}, \"stop_signal\": {}, \"stop_timeout_ms\": {}, \"restart_delay_ms\": {}, \"restart_delay_factor\": {}, \"restart_delay_max_ms\": {}, \"restart_reset_ms\": {}, \"quick_death_ms\": {}, \"give_up_after\": {}, \"give_up_window_ms\": {}, \"ready_after_ms\": {}, \"ready_fd\": {}, \"ready_timeout_ms\": {}}}",
+        json_str(&n.name),
+        json_str(n.node_type.as_str()),
+        json_list(&n.command),
+        json_str(&n.cwd.to_string_lossy()),
+        json_str(&n.stdout.to_string_lossy()),
+        json_str(&n.stderr.to_string_lossy()),
+        env.join(", "),
+        n.cpu_affinity
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        json_list(&n.start_after),
+        p.autostart,
+        json_str(p.restart.as_str()),
+        json_str(&format!("SIG{}", crate::config::signal_name(p.stop_signal))),
+        p.stop_timeout.as_millis(),
+        p.restart_delay.as_millis(),
+        p.restart_delay_factor,
+        p.restart_delay_max.as_millis(),
+        p.restart_reset.as_millis(),
+        p.quick_death.as_millis(),
+        p.give_up_after,
+        p.give_up_window.as_millis(),
+        p.ready_after.as_millis(),
+        p.ready_fd.map_or("null".into(), |f| f.to_string()),
+        p.ready_timeout.as_millis(),
+    )
+}
+
+/// `sh`-style quoting of one word, for showing command lines.
+pub fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
-    let mut o = String::new();
-    let line = |o: &mut String, cells: &[&str]| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
-            }
-        }
-        o.push_str(l.trim_end());
-        o.push('\n');
-    };
-    line(&mut o, &header);
-    for r in &rows {
-        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
-        line(&mut o, &cells);
-    }
-    o
+}
+
+/// The aligned table `nodes` prints.
+pub fn nodes_table(nodes: &[&NodeSpec], style: Style) -> String {
+    let header = [
+        "NAME",
+        "TYPE",
+        "AUTOSTART",
+        "RESTART",
+        "STOP",
+        "READY",
+        "START AFTER",
+        "COMMAND",
+    ];
+    let rows: Vec<Vec<Cell>> = nodes
+        .iter()
+        .map(|n| {
+            let p = &n.policy;
+            let ready = match p.ready_fd {
+                Some(fd) => format!("fd {fd}"),
+                None if p.ready_after.is_zero() => "at once".into(),
+                None => format!("after {}", limit(p.ready_after)),
+            };
+            vec![
+                Cell::new(n.name.clone()),
+                Cell::new(n.node_type.as_str()),
+                Cell::new(if p.autostart { "yes" } else { "no" }),
+                Cell::new(p.restart.as_str()),
+                Cell::new(format!(
+                    "SIG{} {}",
+                    crate::config::signal_name(p.stop_signal),
+                    limit(p.stop_timeout)
+                )),
+                Cell::new(ready),
+                Cell::new(if n.start_after.is_empty() {
+                    "-".to_owned()
+                } else {
+                    n.start_after.join(",")
+                }),
+                Cell::new(
+                    n.command
+                        .iter()
+                        .map(|a| shell_quote(a))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+            ]
+        })
+        .collect();
+    table(&header, &rows, style)
 }
 
 #[cfg(test)]

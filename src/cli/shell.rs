@@ -1,58 +1,531 @@
 //! The interactive control shell: one command per line, the same words as one-shot use.
+//!
+//! On a terminal it is a line editor (rustyline): history kept across sessions, Tab completes
+//! commands, options and node names, Ctrl-C cancels the line, Ctrl-D leaves (the Supervisor and
+//! every node keep running). The prompt shows the instance and the Supervisor's state. A thread
+//! follows the event ring and announces what happens (a node died and was restarted, another
+//! operator stopped a node) above the prompt without disturbing the line being typed. On open,
+//! the shell shows what happened while no Main was looking.
+//!
+//! With stdin or stdout not a terminal (a script piping commands in), it reads plain lines and
+//! prints a plain prompt; nothing is announced.
 
-use super::args::{parse_command, split_line};
+use super::args::{command_options, parse_command, split_line, takes_nodes, Cmd, COMMANDS};
+use super::events::{self, Names, Seen};
 use super::session::{Outcome, Session};
+use super::style::{code, Style};
+use super::{interrupt, mainlog};
+use crate::client::Client;
+use crate::config::NodeType;
+use crate::instance::Instance;
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::FileHistory;
+use rustyline::validate::Validator;
+use rustyline::{CompletionType, Context, Editor, ExternalPrinter, Helper};
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Runs the shell on stdin until `exit`/`quit`/`detach`, end of input, or `shutdown`.
+/// Events shown on open, at most; older ones are counted.
+pub const AWAY_LINES: usize = 20;
+
+/// Runs the shell until `exit`/`quit`/`detach`, Ctrl-D or end of input, or `shutdown`.
 pub fn run(session: &mut Session) -> i32 {
-    let tty = std::io::stdin().is_terminal();
-    let name = session.instance().name().to_owned();
-    if tty {
-        match session.client() {
-            Some(c) => println!(
-                "broctld: attached to instance '{name}' (Supervisor pid {}); `help` lists commands, `exit` leaves everything running",
-                c.supervisor_pid()
-            ),
-            None => println!(
-                "broctld: no Supervisor runs for instance '{name}'; `start` launches it, `help` lists commands"
-            ),
-        }
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        run_interactive(session)
+    } else {
+        run_plain(session)
     }
+}
+
+/// Runs one line; `Some(code)` when the shell should end.
+fn run_line(session: &mut Session, line: &str) -> Option<i32> {
+    let words = match split_line(line) {
+        Ok(w) if w.is_empty() => return None,
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("broctld: {e}");
+            return None;
+        }
+    };
+    let cmd = match parse_command(&words) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("broctld: {e}");
+            return None;
+        }
+    };
+    if cmd == Cmd::Daemon {
+        eprintln!("broctld: `daemon` runs on its own (`broctld daemon`), not in the shell");
+        return None;
+    }
+    interrupt::clear();
+    let (_, result, outcome) = super::run_logged(session, &cmd);
+    if !matches!(cmd, Cmd::Help(_)) {
+        mainlog::append(
+            session.instance(),
+            &format!("shell: {}", words.join(" ")),
+            &result,
+        );
+    }
+    match outcome {
+        // `shutdown` ends the shell too: the Supervisor is gone.
+        Some(Outcome::Detach | Outcome::ShutDown) => Some(0),
+        _ => None,
+    }
+}
+
+fn run_plain(session: &mut Session) -> i32 {
+    let name = session.instance().name().to_owned();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
-        let state = if session.client().is_some() {
-            "attached"
-        } else {
-            "no supervisor"
-        };
+        let state = session.supervisor_word();
         print!("broctld[{name}|{state}]> ");
         let _ = std::io::stdout().flush();
         let Some(Ok(line)) = lines.next() else {
             println!();
             return 0;
         };
-        let words = match split_line(&line) {
-            Ok(w) if w.is_empty() => continue,
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("broctld: {e}");
-                continue;
-            }
-        };
-        let cmd = match parse_command(&words) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("broctld: {e}");
-                continue;
-            }
-        };
-        match session.run(&cmd) {
-            Ok(Outcome::Detach) => return 0,
-            Ok(Outcome::ShutDown) => return 0,
-            Ok(_) => {}
-            Err(e) => eprintln!("broctld: {e}"),
+        if let Some(code) = run_line(session, &line) {
+            return code;
         }
+    }
+}
+
+/// Where the shell keeps its history: `$XDG_STATE_HOME/broctld/history-INSTANCE` if that is
+/// set, else `RUNTIME/INSTANCE/history`.
+pub fn history_path(instance: &Instance) -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) if PathBuf::from(&d).is_absolute() => PathBuf::from(d)
+            .join("broctld")
+            .join(format!("history-{}", instance.name())),
+        _ => instance.dir().join("history"),
+    }
+}
+
+fn prompt_color(word: &str) -> &'static str {
+    match word {
+        "attached" => code::GREEN,
+        "gone" => code::BOLD_RED,
+        "restarting" | "shutting down" => code::YELLOW,
+        _ => code::DIM,
+    }
+}
+
+const SIGNAL_NAMES: &[&str] = &[
+    "HUP", "INT", "QUIT", "USR1", "USR2", "TERM", "KILL", "CONT", "STOP", "ALRM", "WINCH",
+];
+
+/// Tab completion: commands, their options, node names, roles and signal names.
+pub struct ShellHelper {
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+impl ShellHelper {
+    /// What `word` may complete to, given the words before it on the line.
+    pub fn candidates(&self, before: &[&str], word: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        match before.first() {
+            None => {
+                out.extend(COMMANDS.iter().map(|c| c.0.to_owned()));
+                out.extend(["exit", "quit"].map(String::from));
+            }
+            Some(&"help") if before.len() == 1 => {
+                out.extend(COMMANDS.iter().map(|c| c.0.to_owned()));
+            }
+            Some(&"signal") if before.len() == 1 => {
+                out.extend(SIGNAL_NAMES.iter().map(|s| s.to_string()));
+            }
+            Some(cmd) => {
+                if word.starts_with('-') {
+                    out.extend(command_options(cmd).iter().map(|s| s.to_string()));
+                } else if takes_nodes(cmd) {
+                    out.extend(self.names.lock().map(|n| n.clone()).unwrap_or_default());
+                    out.extend(NodeType::ALL.iter().map(|t| t.plural().to_owned()));
+                    out.push("all".into());
+                }
+            }
+        }
+        out.retain(|c| c.starts_with(word));
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+impl Completer for ShellHelper {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let before = &line[..pos];
+        let start = before
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let words: Vec<&str> = before[..start].split_whitespace().collect();
+        let cands = self
+            .candidates(&words, &before[start..])
+            .into_iter()
+            .map(|c| Pair {
+                display: c.clone(),
+                replacement: format!("{c} "),
+            })
+            .collect();
+        Ok((start, cands))
+    }
+}
+
+impl Hinter for ShellHelper {
+    type Hint = String;
+}
+
+impl Highlighter for ShellHelper {}
+
+impl Validator for ShellHelper {}
+
+impl Helper for ShellHelper {}
+
+/// Shared between the shell and its announcer thread.
+struct AnnounceState {
+    stop: AtomicBool,
+    /// Events numbered below this happened while a command of ours ran: only notable ones
+    /// are announced (the command itself reports the rest).
+    quiet_until: AtomicU64,
+    /// The command showed the events itself: do not announce the notable ones it held.
+    drop_held: AtomicBool,
+    /// The announcer's position, for `main.seen`.
+    region: AtomicU64,
+    next: AtomicU64,
+}
+
+/// Follows the event ring in a thread and prints through rustyline's external printer.
+struct Announcer {
+    state: Arc<AnnounceState>,
+}
+
+impl Announcer {
+    fn start(
+        instance: Instance,
+        printer: Option<Box<dyn ExternalPrinter + Send>>,
+        style: Style,
+        start: Option<Seen>,
+    ) -> Announcer {
+        let state = Arc::new(AnnounceState {
+            stop: AtomicBool::new(false),
+            quiet_until: AtomicU64::new(0),
+            drop_held: AtomicBool::new(false),
+            region: AtomicU64::new(start.map_or(0, |s| s.region)),
+            next: AtomicU64::new(start.map_or(0, |s| s.next)),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || announce_loop(instance, printer, style, st));
+        Announcer { state }
+    }
+
+    /// A command starts: hold back the events it causes.
+    fn command_starts(&self) {
+        self.state.quiet_until.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Back at the prompt: events from `head` on are announced in full; `shown` if the
+    /// command printed the events itself.
+    fn command_ends(&self, head: u64, shown: bool) {
+        if shown {
+            self.state.drop_held.store(true, Ordering::SeqCst);
+        }
+        self.state.quiet_until.store(head, Ordering::SeqCst);
+    }
+
+    fn seen(&self) -> Option<Seen> {
+        let region = self.state.region.load(Ordering::SeqCst);
+        (region != 0).then(|| Seen {
+            region,
+            next: self.state.next.load(Ordering::SeqCst),
+        })
+    }
+
+    fn stop(&self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn announce_loop(
+    instance: Instance,
+    mut printer: Option<Box<dyn ExternalPrinter + Send>>,
+    style: Style,
+    st: Arc<AnnounceState>,
+) {
+    let mut say = |text: String| {
+        if st.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match printer.as_mut() {
+            Some(p) => {
+                let _ = p.print(format!("{text}\n"));
+            }
+            None => println!("{text}"),
+        }
+    };
+    let mut client: Option<Client> = None;
+    let mut held: Vec<String> = Vec::new();
+    let mut was_attached = false;
+    while !st.stop.load(Ordering::SeqCst) {
+        let alive = client.as_ref().is_some_and(Client::supervisor_alive);
+        if !alive {
+            if let Some(c) = client.take() {
+                let msg = match c.supervisor_state() {
+                    Some(crate::protocol::layout::SupervisorState::Exited) => format!(
+                        "** the Supervisor (pid {}) exited",
+                        c.supervisor_pid()
+                    ),
+                    _ => format!(
+                        "** the Supervisor (pid {}) is gone; its nodes keep running, and the next command starts a new Supervisor that adopts them",
+                        c.supervisor_pid()
+                    ),
+                };
+                say(style.paint(code::BOLD_RED, &msg));
+            }
+            match Client::attach(&instance) {
+                Ok(c) => {
+                    let region = events::region_id(&c);
+                    if st.region.load(Ordering::SeqCst) != region {
+                        // A region we have not followed: from its start if we saw its
+                        // predecessor die, else from now.
+                        let from = if was_attached {
+                            c.oldest_event()
+                        } else {
+                            c.event_head()
+                        };
+                        st.region.store(region, Ordering::SeqCst);
+                        st.next.store(from, Ordering::SeqCst);
+                    }
+                    if was_attached {
+                        say(style.paint(
+                            code::BOLD,
+                            &format!(
+                                "** attached to the Supervisor pid {} (generation {})",
+                                c.supervisor_pid(),
+                                c.generation()
+                            ),
+                        ));
+                    }
+                    was_attached = true;
+                    client = Some(c);
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let mut cursor = st.next.load(Ordering::SeqCst);
+        let names = Names::of(c);
+        let capacity = c.shared().ring().capacity();
+        while let Some((seq, ev, missed)) = c.next_event(&mut cursor) {
+            if missed > 0 {
+                say(format!("** {}", events::missed_note(missed, capacity)));
+            }
+            let line = format!("** {}", events::short_line(&ev, &names, style));
+            if seq >= st.quiet_until.load(Ordering::SeqCst) {
+                say(line);
+            } else if events::is_notable(&ev) {
+                held.push(line);
+            }
+        }
+        st.next.store(cursor, Ordering::SeqCst);
+        if st.quiet_until.load(Ordering::SeqCst) != u64::MAX {
+            if st.drop_held.swap(false, Ordering::SeqCst) {
+                held.clear(); // the command itself showed them (`events`)
+            }
+            for l in held.drain(..) {
+                say(l);
+            }
+        }
+        c.wait_event(cursor, Duration::from_millis(250));
+    }
+}
+
+/// Prints what happened since this instance's Mains last looked (at most [`AWAY_LINES`]
+/// events), and returns the position after it.
+fn show_while_away(client: &Client, style: Style) -> Seen {
+    let region = events::region_id(client);
+    let head = client.event_head();
+    let saved = events::load_seen(client.instance());
+    let (mut cursor, note) = events::since_last_seen(client);
+    if saved.is_none() {
+        return Seen { region, next: head };
+    }
+    let names = Names::of(client);
+    let mut lines = Vec::new();
+    let mut missed_total = 0;
+    while let Some((seq, ev, missed)) = client.next_event(&mut cursor) {
+        missed_total += missed;
+        lines.push(events::line(seq, &ev, &names, style));
+    }
+    if lines.is_empty() && missed_total == 0 && note.is_none() {
+        return Seen {
+            region,
+            next: cursor,
+        };
+    }
+    println!("while no Main was looking:");
+    if let Some(n) = note {
+        println!("  ({n})");
+    }
+    if missed_total > 0 {
+        println!(
+            "  ({})",
+            events::missed_note(missed_total, client.shared().ring().capacity())
+        );
+    }
+    if lines.len() > AWAY_LINES {
+        println!(
+            "  ... {} earlier event(s) (`events --since {}` lists them)",
+            lines.len() - AWAY_LINES,
+            head.saturating_sub(lines.len() as u64)
+        );
+    }
+    for l in &lines[lines.len().saturating_sub(AWAY_LINES)..] {
+        println!("  {l}");
+    }
+    Seen {
+        region,
+        next: cursor,
+    }
+}
+
+fn run_interactive(session: &mut Session) -> i32 {
+    interrupt::install();
+    let style = Style::stdout();
+    let name = session.instance().name().to_owned();
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let config = rustyline::Config::builder()
+        .auto_add_history(true)
+        .max_history_size(1000)
+        .and_then(|b| b.history_ignore_dups(true))
+        .map(|b| {
+            b.history_ignore_space(true)
+                .completion_type(CompletionType::List)
+                .build()
+        })
+        .unwrap_or_default();
+    let mut ed: Editor<ShellHelper, FileHistory> = match Editor::with_config(config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("broctld: cannot use the terminal ({e}); reading plain lines");
+            return run_plain(session);
+        }
+    };
+    ed.set_helper(Some(ShellHelper {
+        names: names.clone(),
+    }));
+    let history = history_path(session.instance());
+    if let Some(dir) = history.parent() {
+        if dir.starts_with(session.instance().dir()) {
+            let _ = session.instance().ensure_dirs();
+        } else {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let _ = ed.load_history(&history);
+    let start = match session.client() {
+        Some(c) => {
+            println!(
+                "broctld: attached to '{name}' (Supervisor pid {}). `help` lists commands; Ctrl-D leaves everything running.",
+                c.supervisor_pid()
+            );
+            let seen = show_while_away(c, style);
+            events::save_seen(session.instance(), seen);
+            Some(seen)
+        }
+        None => {
+            println!(
+                "broctld: no Supervisor runs for instance '{name}'; `start` launches it, `help` lists commands"
+            );
+            None
+        }
+    };
+    let printer: Option<Box<dyn ExternalPrinter + Send>> = ed
+        .create_external_printer()
+        .ok()
+        .map(|p| Box::new(p) as Box<dyn ExternalPrinter + Send>);
+    let announcer = Announcer::start(session.instance().clone(), printer, style, start);
+    let mut last_was_events = false;
+    let code = loop {
+        if let Ok(mut n) = names.lock() {
+            *n = session.node_names();
+        }
+        let word = session.supervisor_word();
+        let raw = format!("broctld[{name}|{word}]> ");
+        let styled = if style.color {
+            format!(
+                "broctld[{name}|{}]> ",
+                style.paint(prompt_color(word), word)
+            )
+        } else {
+            raw.clone()
+        };
+        announcer.command_ends(session.event_head_if_attached(), last_was_events);
+        match ed.readline(&(raw.as_str(), styled.as_str())) {
+            Ok(line) => {
+                announcer.command_starts();
+                last_was_events = line.split_whitespace().next() == Some("events");
+                let _ = ed.append_history(&history);
+                if let Some(code) = run_line(session, &line) {
+                    break code;
+                }
+            }
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => {
+                println!("detached: the Supervisor and every node keep running");
+                mainlog::append(session.instance(), "shell: Ctrl-D", "detached");
+                break 0;
+            }
+            Err(e) => {
+                eprintln!("broctld: reading the terminal: {e}");
+                break 1;
+            }
+        }
+    };
+    announcer.stop();
+    if let Some(seen) = announcer.seen() {
+        if session.supervisor_word() != "no supervisor" {
+            events::save_seen(session.instance(), seen);
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_offers_commands_options_and_nodes() {
+        let h = ShellHelper {
+            names: Arc::new(Mutex::new(vec!["worker-1".into(), "worker-2".into()])),
+        };
+        assert_eq!(h.candidates(&[], "sta"), vec!["start", "status"]);
+        assert_eq!(
+            h.candidates(&["stop"], "wor"),
+            vec!["worker-1", "worker-2", "workers"]
+        );
+        assert_eq!(h.candidates(&["status"], "--j"), vec!["--json"]);
+        assert_eq!(h.candidates(&["signal"], "HU"), vec!["HUP"]);
+        assert_eq!(h.candidates(&["help"], "di"), vec!["diag"]);
+        assert!(h.candidates(&["ping"], "w").is_empty());
     }
 }

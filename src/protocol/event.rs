@@ -41,6 +41,8 @@ pub enum EventKind {
     OrphanReaped = 15,
     /// A signal was delivered to a node on request (`a` = signal).
     Signaled = 16,
+    /// `upgrade-supervisor` could not re-execute (`a` = errno); the old program runs on.
+    UpgradeFailed = 17,
 }
 
 impl EventKind {
@@ -64,6 +66,7 @@ impl EventKind {
             14 => Adopted,
             15 => OrphanReaped,
             16 => Signaled,
+            17 => UpgradeFailed,
             _ => return None,
         })
     }
@@ -88,6 +91,7 @@ impl EventKind {
             Adopted => "adopted",
             OrphanReaped => "orphan-reaped",
             Signaled => "signaled",
+            UpgradeFailed => "upgrade-failed",
         }
     }
 }

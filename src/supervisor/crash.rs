@@ -85,7 +85,12 @@ pub fn write(c: &Crash<'_>) -> std::io::Result<PathBuf> {
     let _ = writeln!(
         r,
         "command: {}",
-        c.spec.command.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+        c.spec
+            .command
+            .iter()
+            .map(|a| quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let _ = writeln!(r, "cwd: {}", c.spec.cwd.display());
     let _ = writeln!(r, "\n== environment ==");

@@ -10,6 +10,7 @@ pub mod node;
 pub mod policy;
 pub mod reaper;
 pub mod spawn;
+pub mod upgrade;
 
 use crate::config::{Config, ConfigError};
 use crate::instance::{Instance, InstanceError};
@@ -120,7 +121,13 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
     // SAFETY: the fd was handed to us by the Main that spawned us, open and otherwise unused;
     // taking ownership closes it once we are done with it.
     let mut notify = notify_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
-    let mut sup = match Supervisor::start(instance, &config_path) {
+    // Set by a predecessor that re-executed into us (`upgrade-supervisor`): the lock fd we hold.
+    let inherited_lock = std::env::var(upgrade::LOCK_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok());
+    // Single-threaded still: nothing can read the environment concurrently.
+    std::env::remove_var(upgrade::LOCK_FD_ENV);
+    let mut sup = match Supervisor::start(instance, &config_path, inherited_lock) {
         Ok(s) => s,
         Err(e) => {
             log!("supervisor not started: {e}");
@@ -147,6 +154,8 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
 /// The Supervisor's state.
 pub struct Supervisor {
     instance: Instance,
+    exe: PathBuf,
+    upgrade_requested: bool,
     config_path: PathBuf,
     config_dir: PathBuf,
     shared: Shared,
@@ -163,7 +172,11 @@ pub struct Supervisor {
 impl Supervisor {
     /// Takes the instance lock, loads the config, creates (or takes over) the region, adopts
     /// surviving nodes, starts autostart nodes, and is then ready to [`run`](Self::run).
-    pub fn start(instance: Instance, config_path: &Path) -> Result<Supervisor, SupervisorError> {
+    pub fn start(
+        instance: Instance,
+        config_path: &Path,
+        inherited_lock: Option<RawFd>,
+    ) -> Result<Supervisor, SupervisorError> {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
         crate::syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
             .map_err(io_err("prctl(PR_SET_CHILD_SUBREAPER)"))?;
@@ -175,10 +188,12 @@ impl Supervisor {
                 .map_err(io_err("current dir"))?
                 .join(config_path)
         };
-        let lock = match lockfile::LockFile::acquire(
-            &instance.lock_path(),
-            &config_abs.display().to_string(),
-        ) {
+        let info = config_abs.display().to_string();
+        let lock = match inherited_lock {
+            Some(fd) => lockfile::LockFile::inherit(fd, &instance.lock_path(), &info),
+            None => lockfile::LockFile::acquire(&instance.lock_path(), &info),
+        };
+        let lock = match lock {
             Ok(l) => l,
             Err(lockfile::LockError::Held { pid, .. }) => {
                 return Err(SupervisorError::AlreadyRunning {
@@ -199,11 +214,34 @@ impl Supervisor {
         let (shared, survivors) = match Shared::create(&name, Geometry::default()) {
             Ok(s) => (s, HashMap::new()),
             Err(ProtocolError::Region(RegionError::Exists { .. })) => {
-                // We hold the lock, so whoever made this region is dead. Validate before
-                // touching anything; refuse (and touch nothing) if it is not ours.
-                let s = Shared::open(&name)?;
-                let survivors = survivors(&s);
-                (s, survivors)
+                // We hold the lock, so whoever made this region is dead (or is our own previous
+                // program image). Validate before touching anything; refuse (and touch nothing)
+                // if it is not ours.
+                match Shared::open(&name) {
+                    Ok(s) => {
+                        let survivors = survivors(&s);
+                        (s, survivors)
+                    }
+                    Err(
+                        e @ (ProtocolError::Version { .. }
+                        | ProtocolError::Layout { .. }
+                        | ProtocolError::Geometry { .. }),
+                    ) if inherited_lock.is_some() => {
+                        // An upgrade to a binary with another layout: never read the old
+                        // region; rebuild from the layout-independent handoff.
+                        let handoff = instance.dir().join("handoff");
+                        let survivors = upgrade::read_handoff(&handoff).map_err(|source| {
+                            SupervisorError::Io {
+                                what: "reading the upgrade handoff",
+                                source,
+                            }
+                        })?;
+                        log!("upgrade: old region not readable by this build ({e}); starting a new generation from the handoff");
+                        let _ = crate::shm::Region::unlink(&name);
+                        (Shared::create(&name, Geometry::default())?, survivors)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Err(e) => return Err(e.into()),
         };
@@ -228,6 +266,8 @@ impl Supervisor {
 
         let slots = shared.geometry().slots;
         let mut sup = Supervisor {
+            exe: std::env::current_exe().map_err(io_err("finding our own executable"))?,
+            upgrade_requested: false,
             instance,
             config_path: config.path.clone(),
             config_dir: config.dir.clone(),
@@ -242,6 +282,11 @@ impl Supervisor {
             slot_seen: vec![0; slots],
         };
         sup.take_over(survivors);
+        // Children that ended while no loop listened (during an upgrade's exec).
+        for (pid, exit) in reaper::reap_all() {
+            sup.on_exit(pid, exit);
+        }
+        let _ = std::fs::remove_file(sup.instance.dir().join("handoff"));
         Ok(sup)
     }
 
@@ -324,7 +369,7 @@ impl Supervisor {
             }
         };
         // The pidfd is race-free from here on; recheck identity now that we hold it.
-        if !procstat::is_alive(pid, rec.pid_start) {
+        if !is_survivor(pid, rec.pid_start) {
             return;
         }
         let token = Token(NODE_BASE + 2 * i);
@@ -336,11 +381,13 @@ impl Supervisor {
             log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
             return;
         }
+        let own_child = procstat::parent(pid) == Some(std::process::id());
         let n = &mut self.nodes[i];
         n.pid = Some(pid);
         n.pidfd = Some(fd);
         n.pid_start = rec.pid_start;
-        n.adopted = true;
+        // After an in-place upgrade the nodes are still our children: reap them as usual.
+        n.adopted = !own_child;
         n.started_mono_ns = rec.started_mono_ns;
         n.started_wall_ms = rec.started_wall_ms;
         n.restarts = rec.restarts;
@@ -415,6 +462,9 @@ impl Supervisor {
                 let _ = fifo::drain(&self.bell);
                 self.shared.header().bell.store(0, Ordering::SeqCst);
                 self.scan_mailbox();
+                if std::mem::take(&mut self.upgrade_requested) {
+                    self.reexec();
+                }
             }
             self.fire_timers();
             self.advance_queues();
@@ -422,6 +472,41 @@ impl Supervisor {
                 self.drop_retired();
             }
         }
+    }
+
+    /// Re-executes our binary in place; returns only if that failed (and then runs on as before).
+    fn reexec(&mut self) {
+        let handoff = self.instance.dir().join("handoff");
+        let records: Vec<NodeRecord> = self.nodes.iter().map(Node::record).collect();
+        let Some(lock_fd) = self.lock.as_ref().map(|l| l.file().as_raw_fd()) else {
+            return;
+        };
+        let fail = |sup: &mut Supervisor, what: &str, e: io::Error| {
+            log!("upgrade-supervisor failed ({what}: {e}); running on unchanged");
+            let _ = crate::sys::fdflags::set_cloexec(lock_fd, true);
+            let _ = std::fs::remove_file(sup.instance.dir().join("handoff"));
+            let mut ev = Event::now(EventKind::UpgradeFailed, NO_NODE, std::process::id());
+            ev.a = e.raw_os_error().unwrap_or(0) as u64;
+            sup.event(ev);
+        };
+        if let Err(e) = upgrade::write_handoff(&handoff, &records) {
+            return fail(self, "writing the handoff", e);
+        }
+        if let Err(e) = crate::sys::fdflags::set_cloexec(lock_fd, false) {
+            return fail(self, "keeping the lock across exec", e);
+        }
+        let args = vec![
+            "--instance".to_string(),
+            self.instance.name().to_string(),
+            "--runtime-dir".to_string(),
+            self.instance.runtime_dir().display().to_string(),
+            "--config".to_string(),
+            self.config_path.display().to_string(),
+            "__supervisor".to_string(),
+        ];
+        log!("upgrade-supervisor: re-executing {}", self.exe.display());
+        let e = upgrade::exec(&self.exe, &args, lock_fd);
+        fail(self, "execve", e);
     }
 
     fn drain_signals(&mut self, reap: &mut bool) {
@@ -532,7 +617,9 @@ impl Supervisor {
         self.drop_ready_pipe(i);
         let ready_fd = self.nodes[i].spec.policy.ready_fd;
         let pipe = match ready_fd {
-            Some(_) => match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+            Some(_) => match nix::unistd::pipe2(
+                nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
+            ) {
                 Ok((r, w)) => Some((File::from(r), w)),
                 Err(e) => {
                     log!("node {name}: cannot create its readiness pipe: {e}; it will count as ready at once");
@@ -614,14 +701,19 @@ impl Supervisor {
 
     fn drop_ready_pipe(&mut self, i: usize) {
         if let Some(r) = self.nodes[i].ready_pipe.take() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&r.as_raw_fd()));
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&r.as_raw_fd()));
         }
     }
 
     /// Reads a node's readiness pipe: a newline means ready (s6's notification-fd protocol).
     /// End of file without one means the node closed it without ever being ready.
     fn check_ready(&mut self, i: usize) {
-        let Some(r) = self.nodes[i].ready_pipe.as_ref() else { return };
+        let Some(r) = self.nodes[i].ready_pipe.as_ref() else {
+            return;
+        };
         let mut buf = [0u8; 64];
         let mut ready = false;
         let mut closed = false;
@@ -703,10 +795,14 @@ impl Supervisor {
         ev.exit = Some(exit);
         self.event(ev);
         // The crash report is written after the replacement is spawned: restart latency first.
-        let crash = (!was_stopping && exit.is_failure() && !matches!(exit, Exit::Unknown)).then(|| {
-            let n = &self.nodes[i];
-            (n.spec.clone(), now.saturating_sub(n.started_mono_ns) / 1_000_000)
-        });
+        let crash =
+            (!was_stopping && exit.is_failure() && !matches!(exit, Exit::Unknown)).then(|| {
+                let n = &self.nodes[i];
+                (
+                    n.spec.clone(),
+                    now.saturating_sub(n.started_mono_ns) / 1_000_000,
+                )
+            });
         if was_stopping {
             if self.nodes[i].start_after_exit && !self.shutting_down {
                 self.spawn(i, true);
@@ -724,9 +820,18 @@ impl Supervisor {
         }
     }
 
-    fn write_crash_report(&self, spec: &crate::config::NodeSpec, pid: u32, exit: Exit, uptime_ms: u64) {
+    fn write_crash_report(
+        &self,
+        spec: &crate::config::NodeSpec,
+        pid: u32,
+        exit: Exit,
+        uptime_ms: u64,
+    ) {
         let instance = self.instance.name();
-        let env = [("BROCTLD_NODE", spec.name.as_str()), ("BROCTLD_INSTANCE", instance)];
+        let env = [
+            ("BROCTLD_NODE", spec.name.as_str()),
+            ("BROCTLD_INSTANCE", instance),
+        ];
         let report = crash::Crash {
             spec,
             instance,
@@ -854,7 +959,10 @@ impl Supervisor {
         if config.nodes.len() + retiring > MAX_NODES {
             return (
                 ReplyStatus::Rejected,
-                format!("nothing changed: {} nodes is more than {MAX_NODES}", config.nodes.len()),
+                format!(
+                    "nothing changed: {} nodes is more than {MAX_NODES}",
+                    config.nodes.len()
+                ),
             );
         }
         self.config_dir = config.dir.clone();
@@ -934,8 +1042,15 @@ impl Supervisor {
         self.drop_retired();
         let h = self.shared.header();
         h.config_epoch.fetch_add(1, Ordering::Release);
-        let unchanged = self.nodes.iter().filter(|n| !n.retiring).count() - added.len() - changed.len();
-        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        let unchanged =
+            self.nodes.iter().filter(|n| !n.retiring).count() - added.len() - changed.len();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
         let msg = format!(
             "added {} changed {} removed {} unchanged {unchanged}",
             list(&added),
@@ -1012,7 +1127,9 @@ impl Supervisor {
                 continue;
             }
             match n.state {
-                NodeState::Stopped | NodeState::Failed | NodeState::Backoff => {}
+                NodeState::Stopped | NodeState::Failed => {}
+                // Already coming back: its restart delay stands (a start must not bypass it).
+                NodeState::Backoff => continue,
                 NodeState::Running | NodeState::Starting => {
                     if matches!(n.queue, Some(Queue::Stop { .. })) {
                         n.queue = None; // a queued stop is cancelled by a start
@@ -1041,7 +1158,10 @@ impl Supervisor {
                 .filter(|&j| {
                     j != i
                         && (self.nodes[j].spec.node_type.start_rank() < rank
-                            || self.nodes[i].spec.start_after.contains(&self.nodes[j].spec.name))
+                            || self.nodes[i]
+                                .spec
+                                .start_after
+                                .contains(&self.nodes[j].spec.name))
                 })
                 .collect();
             if let Some(Queue::Start { after: a, .. }) = &mut self.nodes[i].queue {
@@ -1116,9 +1236,9 @@ impl Supervisor {
                         progressed = true;
                     }
                     Some(Queue::Stop { after })
-                        if after
-                            .iter()
-                            .all(|&j| self.nodes[j].pid.is_none() && self.nodes[j].queue.is_none()) =>
+                        if after.iter().all(|&j| {
+                            self.nodes[j].pid.is_none() && self.nodes[j].queue.is_none()
+                        }) =>
                     {
                         self.nodes[i].queue = None;
                         if self.nodes[i].pid.is_some() {
@@ -1141,7 +1261,8 @@ impl Supervisor {
             return;
         }
         match n.state {
-            NodeState::Stopped | NodeState::Failed | NodeState::Backoff => {
+            NodeState::Backoff => {}
+            NodeState::Stopped | NodeState::Failed => {
                 if n.state == NodeState::Failed {
                     n.history.reset(&n.spec.policy);
                 }
@@ -1203,7 +1324,10 @@ impl Supervisor {
             (NodeState::Stopping, _) => self.nodes[i].start_after_exit = true,
             _ => {
                 let n = &mut self.nodes[i];
-                if let Some(Queue::Start { was_failed: true, .. }) = n.queue {
+                if let Some(Queue::Start {
+                    was_failed: true, ..
+                }) = n.queue
+                {
                     n.history.reset(&n.spec.policy);
                 }
                 n.queue = None;
@@ -1299,10 +1423,16 @@ impl Supervisor {
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Reload => self.reload(),
-            Opcode::Upgrade => (
-                ReplyStatus::Rejected,
-                "upgrade-supervisor is not available in this build".into(),
-            ),
+            Opcode::Upgrade => match upgrade::check_executable(&self.exe) {
+                Ok(()) => {
+                    self.upgrade_requested = true;
+                    (ReplyStatus::Ok, format!("re-executing {}", self.exe.display()))
+                }
+                Err(e) => (
+                    ReplyStatus::Rejected,
+                    format!("cannot re-execute {}: {e}", self.exe.display()),
+                ),
+            },
             Opcode::Shutdown => {
                 log!("shutdown requested");
                 self.begin_shutdown();
@@ -1377,10 +1507,21 @@ fn survivors(shared: &Shared) -> HashMap<String, NodeRecord> {
             continue;
         };
         if let Some(pid) = rec.pid {
-            if procstat::is_alive(pid, rec.pid_start) {
+            if is_survivor(pid, rec.pid_start) {
                 out.insert(rec.name.clone(), rec);
             }
         }
     }
     out
+}
+
+/// Whether `pid` with this start time is a node to adopt: alive, or a zombie that is our own
+/// child (it died during an upgrade's exec; reaping it gives its real exit status).
+fn is_survivor(pid: u32, start: u64) -> bool {
+    match procstat::stat(pid) {
+        Ok(Some((st, s))) if s == start => {
+            !matches!(st, 'Z' | 'X') || procstat::parent(pid) == Some(std::process::id())
+        }
+        _ => false,
+    }
 }

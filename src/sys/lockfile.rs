@@ -122,6 +122,51 @@ impl LockFile {
         }
     }
 
+    /// Takes over a lock this process already holds through `fd`, inherited across `execve`
+    /// (an in-place upgrade). Checks that `fd` is the file at `path` and that the lock is ours.
+    pub fn inherit(fd: std::os::fd::RawFd, path: &Path, info: &str) -> Result<LockFile, LockError> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the previous program image handed this fd to us by number (it cleared
+        // CLOEXEC on it just before exec); nothing else in this image owns it.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let st = checked::verify(path, &file, Kind::File, 0o077)?;
+        let io_err = |source| LockError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) == st.ino => {}
+            _ => {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the inherited lock fd is not the instance's lock file",
+                )))
+            }
+        }
+        // Same open file description: succeeds at once if (and only if) we hold it.
+        if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
+            let (pid, _, _) = read_holder(&mut file);
+            return Err(LockError::Held {
+                path: path.to_owned(),
+                pid,
+            });
+        }
+        crate::sys::fdflags::set_cloexec(fd, true).map_err(io_err)?;
+        let line = format!(
+            "{} {}\n{}\n",
+            std::process::id(),
+            super::procstat::own_start_time(),
+            info.replace('\n', " ")
+        );
+        file.set_len(0).map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
+        file.write_all(line.as_bytes()).map_err(io_err)?;
+        Ok(LockFile {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
     /// Tells whether a live process holds the lock at `path`, without taking it for long.
     pub fn probe(path: &Path) -> Result<Probe, CheckError> {
         let (mut file, _) = match checked::open(path, libc::O_RDONLY, 0, Kind::File, 0o077) {

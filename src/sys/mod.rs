@@ -22,6 +22,7 @@ macro_rules! syscall {
 
 pub mod checked;
 pub mod clock;
+pub mod fdflags;
 pub mod fifo;
 pub mod futex;
 pub mod lockfile;

@@ -19,6 +19,13 @@ pub fn stat(pid: u32) -> io::Result<Option<(char, u64)>> {
     Ok(parse_state(&text).zip(parse_start_time(&text)))
 }
 
+/// The parent pid (field 4) of `pid`, if it exists.
+pub fn parent(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// Extracts the state letter (field 3) from the text of a `/proc/PID/stat` file.
 pub fn parse_state(stat: &str) -> Option<char> {
     let after = &stat[stat.rfind(')')? + 1..];

@@ -30,10 +30,7 @@ pub fn broctld_bin() -> PathBuf {
 
 /// The `broctld-node` stand-in for a Zeek node, by absolute path.
 pub fn node_bin() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_broctld-node") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from("/tmp/fake-node.sh"),
-    }
+    PathBuf::from(env!("CARGO_BIN_EXE_broctld-node"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,6 +56,16 @@ fn lock_registry() -> std::sync::MutexGuard<'static, BTreeMap<usize, BTreeSet<Tr
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
+/// Files to remove if the watchdog fires: per owner, a shm name and a temp dir.
+fn leftovers() -> &'static Mutex<BTreeMap<usize, (String, PathBuf)>> {
+    static L: OnceLock<Mutex<BTreeMap<usize, (String, PathBuf)>>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+fn lock_leftovers() -> std::sync::MutexGuard<'static, BTreeMap<usize, (String, PathBuf)>> {
+    leftovers().lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Records `pid` under the owner `owner` (a cluster or guard id) so cleanup and the watchdog
 /// can kill it later. A pid that is already gone is ignored.
 pub fn track(owner: usize, pid: u32, group: bool) {
@@ -66,7 +73,10 @@ pub fn track(owner: usize, pid: u32, group: bool) {
         return;
     }
     if let Some(start) = start_time(pid) {
-        lock_registry().entry(owner).or_default().insert(Tracked { pid, start, group });
+        lock_registry()
+            .entry(owner)
+            .or_default()
+            .insert(Tracked { pid, start, group });
     }
 }
 
@@ -100,6 +110,10 @@ fn kill_everything_recorded() {
         }
         kill_tracked(t);
     }
+    for (shm, dir) in lock_leftovers().values() {
+        let _ = broctld::shm::Region::unlink(shm);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A watchdog for one test: if it is not dropped within `limit`, every recorded process (of
@@ -115,7 +129,9 @@ impl Watchdog {
         let what = what.to_owned();
         let thread = std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!(
+                // Straight to fd 2: the test harness would swallow eprintln! output on abort.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "WATCHDOG: test '{what}' ran longer than {limit:?}; killing every recorded process and aborting"
                 );
                 kill_everything_recorded();
@@ -258,7 +274,10 @@ pub fn supervisors_of(runtime_dir: &Path) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.contains(&needle.as_bytes()) && args.contains(&&b"__supervisor"[..]) && pid_alive(pid) {
+        if args.contains(&needle.as_bytes())
+            && args.contains(&&b"__supervisor"[..])
+            && pid_alive(pid)
+        {
             out.push(pid);
         }
     }
@@ -403,6 +422,7 @@ impl Cluster {
             background: Mutex::new(Vec::new()),
             watchdog: Some(Watchdog::new(name, WATCHDOG)),
         };
+        lock_leftovers().insert(id, (c.instance().shm_name(), c.root.clone()));
         c.write_config(config);
         c
     }
@@ -417,6 +437,13 @@ impl Cluster {
 
     /// Rewrites the config file.
     pub fn write_config(&self, config: &str) {
+        if config.contains("@NODE@") {
+            assert!(
+                node_bin().exists(),
+                "{} does not exist: the broctld-node test program (src/bin/broctld-node.rs) is not built",
+                node_bin().display()
+            );
+        }
         let text = config.replace("@NODE@", &node_bin().to_string_lossy());
         std::fs::write(&self.config, text).expect("write config");
     }
@@ -497,7 +524,9 @@ impl Cluster {
         track(self.id, child.id(), false);
         if let Some(text) = input {
             let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin.write_all(text.as_bytes()).expect("write to the shell");
+            stdin
+                .write_all(text.as_bytes())
+                .expect("write to the shell");
         }
         let status = wait_child(&mut child, MAIN_TIMEOUT);
         let stdout = std::fs::read_to_string(&o).unwrap_or_default();
@@ -607,9 +636,8 @@ impl Cluster {
 
     /// A library client attached to the running Supervisor.
     pub fn client(&self) -> broctld::client::Client {
-        broctld::client::Client::attach(&self.instance()).unwrap_or_else(|e| {
-            panic!("attach: {e}\nsupervisor log:\n{}", self.log())
-        })
+        broctld::client::Client::attach(&self.instance())
+            .unwrap_or_else(|e| panic!("attach: {e}\nsupervisor log:\n{}", self.log()))
     }
 
     /// Records every process of this cluster found in /proc (nodes by their environment, the
@@ -661,10 +689,13 @@ impl Cluster {
         for t in &all {
             kill_tracked(*t);
         }
-        // Killed processes may stay zombies of pid 1 for a moment; do not wait forever.
+        // Wait (bounded) until each is dead; a zombie of pid 1 is dead enough (pid 1 reaps
+        // orphans lazily here).
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
-            && all.iter().any(|t| start_time(t.pid) == Some(t.start))
+            && all
+                .iter()
+                .any(|t| start_time(t.pid) == Some(t.start) && pid_alive(t.pid))
         {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -672,6 +703,7 @@ impl Cluster {
         let _ = broctld::shm::Region::unlink(&shm);
         let _ = std::fs::remove_dir_all(&self.root);
         lock_registry().remove(&self.id);
+        lock_leftovers().remove(&self.id);
     }
 }
 

@@ -1,0 +1,427 @@
+//! `broctld-node`: a stand-in for a Zeek instance in broctld's example
+//! configuration and tests.
+//!
+//! It runs until told otherwise and prints a timestamped heartbeat line to
+//! stdout every `--interval`. It reacts to signals the way a supervised
+//! daemon would (SIGHUP is logged, SIGTERM/SIGINT stop it after an optional
+//! `--stop-delay`, or are ignored with `--ignore-term`), and can misbehave on
+//! request: exit by itself (`--exit-after`), fail at start (`--fail-start`),
+//! announce readiness late (`--ready-fd`, `--ready-delay`) or leave a
+//! grandchild process behind (`--spawn-child`).
+//!
+//! Signals are blocked with `sigprocmask` and consumed synchronously with
+//! `sigtimedwait`, whose timeout is the time left until the next monotonic
+//! deadline, so the program never polls. Write errors on stdout and stderr
+//! are ignored, so a closed or broken stdout does not stop it.
+
+use std::io::Write;
+use std::ops::RangeInclusive;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Usage text printed by `--help`.
+const USAGE: &str = "\
+usage: broctld-node [OPTIONS]
+
+A stand-in for a Zeek node: prints heartbeats until stopped by a signal.
+
+options:
+  --name NAME            name shown in every line (default: $BROCTLD_NODE, else broctld-node)
+  --interval DURATION    time between heartbeat lines (default: 1s)
+  --stop-delay DURATION  wait this long after SIGTERM/SIGINT before exiting 0 (default: 0)
+  --ignore-term          log SIGTERM and SIGINT but keep running (only SIGKILL ends it)
+  --exit-after DURATION  exit by itself after DURATION
+  --exit-code N          exit status used by --exit-after, 0-255 (default: 1)
+  --fail-start           print 'failing at start' to stderr and exit 1 at once
+  --ready-fd N           once started, write \"\\n\" to file descriptor N and close it
+  --ready-delay DURATION wait this long before the readiness notification (default: 0)
+  --spawn-child          start a second copy of itself in the background and leave it
+  -h, --help             print this help and exit
+
+DURATION is an integer followed by ms, s, m or h (250ms, 1s, 2m); a bare integer means seconds.
+Options accept both '--opt value' and '--opt=value'.
+";
+
+/// Hint appended to every duration parse error.
+const DURATION_HINT: &str = "expected a duration like 500ms, 2s, 1m";
+
+/// Everything the command line can ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Options {
+    /// Name shown in every output line.
+    name: String,
+    /// Time between two heartbeat lines; never zero.
+    interval: Duration,
+    /// Delay between SIGTERM/SIGINT and the exit.
+    stop_delay: Duration,
+    /// Log SIGTERM/SIGINT and keep running.
+    ignore_term: bool,
+    /// Exit by itself after this long, if set.
+    exit_after: Option<Duration>,
+    /// Status used when `exit_after` fires.
+    exit_code: i32,
+    /// Fail immediately with status 1.
+    fail_start: bool,
+    /// File descriptor to notify of readiness, if any.
+    ready_fd: Option<i32>,
+    /// Delay before the readiness notification.
+    ready_delay: Duration,
+    /// Start one background copy of this program.
+    spawn_child: bool,
+}
+
+/// What the command line asks the program to do.
+#[derive(Debug)]
+enum Parsed {
+    /// Print the usage text and exit 0.
+    Help,
+    /// Run with these options.
+    Run(Options),
+}
+
+/// Parses a DURATION: an integer followed by `ms`, `s`, `m` or `h`, or a bare
+/// integer meaning seconds.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+}
+
+/// Formats the "bad value" error for `option`.
+fn bad_value(value: &str, option: &str, expected: &str) -> String {
+    format!("bad value '{value}' for {option}: {expected}")
+}
+
+/// Parses the DURATION `value` given to `option`.
+fn duration_arg(value: &str, option: &str) -> Result<Duration, String> {
+    parse_duration(value).ok_or_else(|| bad_value(value, option, DURATION_HINT))
+}
+
+/// Parses the integer `value` given to `option`, which must lie in `range`.
+fn int_arg(
+    value: &str,
+    option: &str,
+    range: RangeInclusive<i32>,
+    expected: &str,
+) -> Result<i32, String> {
+    let n = value.parse::<i32>().ok().filter(|n| range.contains(n));
+    n.ok_or_else(|| bad_value(value, option, expected))
+}
+
+/// Parses the arguments after the program name.
+fn parse(args: &[String]) -> Result<Parsed, String> {
+    let env_name = std::env::var("BROCTLD_NODE").ok().filter(|n| !n.is_empty());
+    let mut opts = Options {
+        name: env_name.unwrap_or_else(|| "broctld-node".to_string()),
+        interval: Duration::from_secs(1),
+        stop_delay: Duration::ZERO,
+        ignore_term: false,
+        exit_after: None,
+        exit_code: 1,
+        fail_start: false,
+        ready_fd: None,
+        ready_delay: Duration::ZERO,
+        spawn_child: false,
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let (option, inline) = match arg.split_once('=') {
+            Some((o, v)) if o.starts_with("--") => (o, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let is_flag = matches!(
+            option,
+            "-h" | "--help" | "--ignore-term" | "--fail-start" | "--spawn-child"
+        );
+        if is_flag && inline.is_some() {
+            return Err(format!("option {option} takes no value"));
+        }
+        // The value is `--opt=value`'s inline part, else the next argument.
+        let mut value = || {
+            (inline.clone().or_else(|| iter.next().cloned()))
+                .ok_or_else(|| format!("missing value for {option}"))
+        };
+        match option {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--ignore-term" => opts.ignore_term = true,
+            "--fail-start" => opts.fail_start = true,
+            "--spawn-child" => opts.spawn_child = true,
+            "--name" => {
+                opts.name = value()?;
+                if opts.name.is_empty() {
+                    return Err(bad_value("", option, "expected a non-empty name"));
+                }
+            }
+            "--interval" => {
+                let v = value()?;
+                opts.interval = duration_arg(&v, option)?;
+                if opts.interval.is_zero() {
+                    return Err(bad_value(&v, option, "must be greater than zero"));
+                }
+            }
+            "--stop-delay" => opts.stop_delay = duration_arg(&value()?, option)?,
+            "--exit-after" => opts.exit_after = Some(duration_arg(&value()?, option)?),
+            "--ready-delay" => opts.ready_delay = duration_arg(&value()?, option)?,
+            "--exit-code" => {
+                let expected = "expected an integer from 0 to 255";
+                opts.exit_code = int_arg(&value()?, option, 0..=255, expected)?;
+            }
+            "--ready-fd" => {
+                // 0, 1 and 2 are stdio, which the notification would close.
+                let expected = "expected a file descriptor number of 3 or more";
+                opts.ready_fd = Some(int_arg(&value()?, option, 3..=i32::MAX, expected)?);
+            }
+            _ => return Err(format!("unknown option '{arg}' (see --help)")),
+        }
+    }
+    Ok(Parsed::Run(opts))
+}
+
+/// Formats the current UTC wall-clock time as `2026-11-24T17:12:36.123Z`.
+fn timestamp() -> String {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant), for days since 1970-01-01 >= 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem / 60 % 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Writes one timestamped line to stdout and flushes it; errors are ignored.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{} {line}", timestamp());
+    let _ = stdout.flush();
+}
+
+/// Writes one timestamped line to stderr; errors are ignored.
+fn err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{} {line}", timestamp());
+}
+
+/// The set of signals the program handles synchronously.
+fn handled_signals() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `sigemptyset` fully initialises the set it is given, and the
+    // pointer refers to writable storage of the right type; `sigaddset` is
+    // then called on that initialised set with valid signal numbers, which
+    // cannot fail.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        set.assume_init()
+    }
+}
+
+/// Blocks the handled signals so that they stay pending until taken by
+/// [`wait_signal`]. Called while the process is still single-threaded.
+fn block_signals(set: &libc::sigset_t) {
+    // SAFETY: `set` is an initialised signal set and a null old-set pointer
+    // is allowed; the process has a single thread at this point, so
+    // `sigprocmask` is well defined.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
+    if rc != 0 {
+        err(&format!("sigprocmask: {}", std::io::Error::last_os_error()));
+    }
+}
+
+/// Waits for one of the blocked signals for at most `timeout` (forever if
+/// `None`). Returns the signal number, or `None` on timeout or interruption.
+fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: `set` is an initialised signal set, a null `siginfo_t` pointer
+    // is allowed, and `ts_ptr` is either null (wait forever) or points to a
+    // valid normalised `timespec` that outlives the call.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), ts_ptr) };
+    if sig > 0 {
+        return Some(sig);
+    }
+    match std::io::Error::last_os_error() {
+        // EAGAIN is a timeout, EINTR an interruption by another signal (e.g.
+        // SIGCONT): both simply make the caller re-check its deadlines.
+        e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => {}
+        // Not expected (the timeout is always valid); pause so as not to spin.
+        e => {
+            err(&format!("sigtimedwait: {e}"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    None
+}
+
+/// Writes the readiness newline to `fd` and closes it, or warns if it fails.
+fn notify_ready(fd: i32, name: &str) {
+    // SAFETY: F_GETFD only queries descriptor flags; it is harmless on any
+    // integer and reports EBADF if `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        let e = std::io::Error::last_os_error();
+        err(&format!(
+            "{name} warning: --ready-fd {fd} is not open ({e}), continuing"
+        ));
+        return;
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to us by the
+    // command line for this purpose; the buffer is a valid 1-byte slice.
+    let written = unsafe { libc::write(fd, b"\n".as_ptr().cast(), 1) };
+    if written != 1 {
+        let e = std::io::Error::last_os_error();
+        err(&format!(
+            "{name} warning: write to --ready-fd {fd} failed ({e})"
+        ));
+    }
+    // SAFETY: the descriptor is owned by this program per --ready-fd and no
+    // Rust object wraps it, so closing it cannot invalidate anything else.
+    unsafe { libc::close(fd) };
+}
+
+/// Starts a second copy of this program in the background, not waited for.
+fn spawn_child(opts: &Options) {
+    let result = Command::new("/proc/self/exe")
+        .arg0("broctld-node")
+        .arg("--name")
+        .arg(format!("{}-child", opts.name))
+        .arg("--interval")
+        .arg(format!("{}ms", opts.interval.as_millis()))
+        .stdin(Stdio::null())
+        .spawn();
+    match result {
+        Ok(child) => out(&format!("{} spawned child pid={}", opts.name, child.id())),
+        Err(e) => err(&format!("{} warning: cannot spawn child: {e}", opts.name)),
+    }
+}
+
+/// Runs the node until a signal or `--exit-after` ends it; returns the exit status.
+fn run(opts: &Options, args: &[String]) -> i32 {
+    let (name, pid) = (&opts.name, std::process::id());
+    if opts.fail_start {
+        err(&format!("{name} failing at start"));
+        return 1;
+    }
+    let signals = handled_signals();
+    block_signals(&signals);
+    if let Some(fd) = opts.ready_fd {
+        // SAFETY: F_SETFD on a descriptor number only changes its
+        // close-on-exec flag (EBADF if closed, reported later); it keeps the
+        // readiness pipe out of a spawned child.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    out(&format!("{name} pid={pid} started args={}", args.join(" ")));
+    err(&format!("{name} pid={pid} stderr ready"));
+    if opts.spawn_child {
+        spawn_child(opts);
+    }
+
+    let start = Instant::now();
+    // A deadline of `None` is never reached (too far away to represent).
+    let mut next_heartbeat = start.checked_add(opts.interval);
+    let mut ready_at = opts
+        .ready_fd
+        .and_then(|_| start.checked_add(opts.ready_delay));
+    let exit_at = opts.exit_after.and_then(|d| start.checked_add(d));
+    // Set on SIGTERM/SIGINT; `stop_at` is `None` if the delay is unrepresentable.
+    let mut stopping = false;
+    let mut stop_at: Option<Instant> = None;
+    let mut beats: u64 = 0;
+    loop {
+        let now = Instant::now();
+        if stop_at.is_some_and(|t| now >= t) {
+            return 0;
+        }
+        if exit_at.is_some_and(|t| now >= t) {
+            out(&format!("{name} exiting with code {}", opts.exit_code));
+            return opts.exit_code;
+        }
+        if let (Some(fd), Some(t)) = (opts.ready_fd, ready_at) {
+            if now >= t {
+                notify_ready(fd, name);
+                ready_at = None;
+            }
+        }
+        if let Some(t) = next_heartbeat.filter(|t| now >= *t) {
+            beats += 1;
+            out(&format!("{name} pid={pid} heartbeat={beats}"));
+            // Skip missed beats (e.g. after SIGSTOP) instead of bursting.
+            let next = t.checked_add(opts.interval).filter(|n| *n > now);
+            next_heartbeat = next.or_else(|| now.checked_add(opts.interval));
+        }
+        let next_deadline = [next_heartbeat, ready_at, exit_at, stop_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = next_deadline.map(|t| t.saturating_duration_since(Instant::now()));
+        let Some(sig) = wait_signal(&signals, timeout) else {
+            continue;
+        };
+        if sig == libc::SIGHUP {
+            out(&format!("{name} got SIGHUP, continuing"));
+            continue;
+        }
+        let sig_name = if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        if opts.ignore_term {
+            out(&format!("{name} got {sig_name}, ignoring"));
+            continue;
+        }
+        out(&format!("{name} got {sig_name}, exiting"));
+        if !stopping {
+            // Heartbeats go on during the stop delay, like a draining node.
+            stopping = true;
+            stop_at = Instant::now().checked_add(opts.stop_delay);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse(&args) {
+        Ok(Parsed::Help) => {
+            let _ = std::io::stdout().write_all(USAGE.as_bytes());
+        }
+        Ok(Parsed::Run(opts)) => std::process::exit(run(&opts, &args)),
+        Err(message) => {
+            let _ = writeln!(std::io::stderr(), "broctld-node: {message}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The event ring as lines for people and JSON for scripts, and where this instance's Mains
+//! last stopped looking (`RUNTIME/INSTANCE/main.seen`), so that a Main that comes back shows
+//! what happened while it was away.
+
+use super::output::{exit_json, json_str};
+use super::style::{event_color, Style};
+use crate::client::Client;
+use crate::instance::Instance;
+use crate::protocol::event::{Event, EventKind, NO_NODE};
+use crate::protocol::mailbox::Opcode;
+use crate::protocol::node::Exit;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+/// Node names by table index, to label events.
+#[derive(Debug, Clone, Default)]
+pub struct Names(pub Vec<String>);
+
+impl Names {
+    /// The names of the nodes in `client`'s table.
+    pub fn of(client: &Client) -> Names {
+        let mut v = Vec::new();
+        for n in client.status() {
+            if v.len() <= n.index {
+                v.resize(n.index + 1, String::new());
+            }
+            v[n.index] = n.name;
+        }
+        Names(v)
+    }
+
+    /// The label of node index `i` (`-` for none).
+    pub fn label(&self, i: u16) -> String {
+        if i == NO_NODE {
+            return "-".into();
+        }
+        match self.0.get(i as usize) {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => format!("#{i}"),
+        }
+    }
+}
+
+fn sig(n: u64) -> String {
+    format!("SIG{}", crate::config::signal_name(n as i32))
+}
+
+/// What an event says beyond its kind and node.
+pub fn detail(ev: &Event) -> String {
+    let pid = ev.pid;
+    let exit = ev.exit.map(Exit::describe).unwrap_or_default();
+    match ev.kind {
+        EventKind::SupervisorStarted => format!("pid {pid}, generation {}", ev.a),
+        EventKind::SupervisorExiting => format!("pid {pid}"),
+        EventKind::Spawned if ev.a > 0 => format!("pid {pid} (restart {})", ev.a),
+        EventKind::Spawned | EventKind::Ready => format!("pid {pid}"),
+        EventKind::Exited | EventKind::OrphanReaped => format!("pid {pid}, {exit}"),
+        EventKind::Backoff => format!("next start in {} ms", ev.a),
+        EventKind::Failed => format!("gave up after {} quick deaths; `start` tries again", ev.a),
+        EventKind::Stopping => format!("pid {pid}, {} sent, SIGKILL after {} ms", sig(ev.a), ev.b),
+        EventKind::Killed => {
+            format!("pid {pid}, SIGKILL sent: still running after its stop timeout")
+        }
+        EventKind::Stopped => String::new(),
+        EventKind::SpawnFailed => exit,
+        EventKind::CommandApplied => {
+            let op = Opcode::from_u32((ev.b & 0xffff_ffff) as u32).map_or("?", Opcode::as_str);
+            let result = match ev.exit {
+                Some(Exit::Code(0)) => "ok",
+                Some(Exit::Code(1)) => "rejected",
+                Some(Exit::Code(2)) => "unsupported",
+                _ => "?",
+            };
+            format!(
+                "{op} from pid {} (command seq {}): {result}",
+                ev.b >> 32,
+                ev.a
+            )
+        }
+        EventKind::SlotReclaimed => format!(
+            "mailbox slot {} of pid {} reclaimed (command seq {})",
+            ev.b & 0xffff_ffff,
+            ev.b >> 32,
+            ev.a
+        ),
+        EventKind::Adopted => format!("pid {pid} (it outlived its Supervisor)"),
+        EventKind::Signaled => format!("pid {pid}, {}", sig(ev.a)),
+        EventKind::UpgradeFailed => format!(
+            "pid {pid}: re-executing failed ({}); the old program runs on",
+            std::io::Error::from_raw_os_error(ev.a as i32)
+        ),
+    }
+}
+
+/// One event as a line: time, sequence number, node, what happened, details.
+pub fn line(seq: u64, ev: &Event, names: &Names, style: Style) -> String {
+    let kind = ev.kind.as_str();
+    let padded = format!("{kind:<19}");
+    let d = detail(ev);
+    let s = format!(
+        "{}  #{:<5} {:<12} {}{}",
+        crate::sys::clock::format_wall_ms(ev.wall_ms),
+        seq,
+        names.label(ev.node),
+        style.paint(event_color(kind), &padded),
+        d
+    );
+    s.trim_end().to_owned()
+}
+
+/// One event as a short line for announcements in the shell: `18:15:58 worker-2 exited:
+/// pid 17710, signal 9 (KILL)`.
+pub fn short_line(ev: &Event, names: &Names, style: Style) -> String {
+    let t = crate::sys::clock::format_wall_ms(ev.wall_ms);
+    let hms = t.get(11..19).unwrap_or(&t);
+    let kind = ev.kind.as_str();
+    let d = detail(ev);
+    let node = if ev.node == NO_NODE {
+        String::new()
+    } else {
+        format!("{} ", names.label(ev.node))
+    };
+    format!(
+        "{hms} {node}{}{}{d}",
+        style.paint(event_color(kind), kind),
+        if d.is_empty() { "" } else { ": " }
+    )
+}
+
+/// One event as a JSON object on one line.
+pub fn json(seq: u64, ev: &Event, names: &Names) -> String {
+    format!(
+        "{{\"seq\": {seq}, \"time\": {}, \"wall_ms\": {}, \"node\": {}, \"kind\": {}, \"pid\": {}, \"exit\": {}, \"a\": {}, \"b\": {}, \"detail\": {}}}",
+        json_str(&crate::sys::clock::format_wall_ms(ev.wall_ms)),
+        ev.wall_ms,
+        if ev.node == NO_NODE {
+            "null".to_owned()
+        } else {
+            json_str(&names.label(ev.node))
+        },
+        json_str(ev.kind.as_str()),
+        if ev.pid == 0 {
+            "null".to_owned()
+        } else {
+            ev.pid.to_string()
+        },
+        exit_json(ev.exit),
+        ev.a,
+        ev.b,
+        json_str(&detail(ev)),
+    )
+}
+
+/// Whether an event is worth announcing even when the shell's own command caused nearby
+/// events: something went wrong or the Supervisor changed.
+pub fn is_notable(ev: &Event) -> bool {
+    match ev.kind {
+        EventKind::Exited => ev.exit.is_some_and(Exit::is_failure),
+        EventKind::Backoff
+        | EventKind::Failed
+        | EventKind::Killed
+        | EventKind::SpawnFailed
+        | EventKind::SlotReclaimed
+        | EventKind::Adopted
+        | EventKind::OrphanReaped
+        | EventKind::SupervisorStarted
+        | EventKind::SupervisorExiting => true,
+        _ => false,
+    }
+}
+
+/// Where a Main last stopped reading: the region's creation time (which tells a recreated
+/// region apart) and the next event number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// `created_wall_ms` of the region.
+    pub region: u64,
+    /// The first event not yet seen.
+    pub next: u64,
+}
+
+fn seen_path(instance: &Instance) -> PathBuf {
+    instance.dir().join("main.seen")
+}
+
+/// Reads `main.seen` (None if absent or unreadable).
+pub fn load_seen(instance: &Instance) -> Option<Seen> {
+    let text = std::fs::read_to_string(seen_path(instance)).ok()?;
+    let mut it = text.split_ascii_whitespace();
+    Some(Seen {
+        region: it.next()?.parse().ok()?,
+        next: it.next()?.parse().ok()?,
+    })
+}
+
+/// Writes `main.seen` (atomically: a temp file renamed over it). Errors are ignored: it is
+/// a convenience.
+pub fn save_seen(instance: &Instance, seen: Seen) {
+    if load_seen(instance).is_some_and(|old| old.region == seen.region && old.next >= seen.next) {
+        return; // another Main already looked further
+    }
+    let path = seen_path(instance);
+    let tmp = instance
+        .dir()
+        .join(format!("main.seen.{}", std::process::id()));
+    if std::fs::write(&tmp, format!("{} {}\n", seen.region, seen.next)).is_ok()
+        && std::fs::rename(&tmp, &path).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Removes `main.seen` (after a shutdown: the region and its events are gone).
+pub fn forget_seen(instance: &Instance) {
+    let _ = std::fs::remove_file(seen_path(instance));
+}
+
+/// The identity of the client's region.
+pub fn region_id(client: &Client) -> u64 {
+    client
+        .shared()
+        .header()
+        .created_wall_ms
+        .load(Ordering::Relaxed)
+}
+
+/// Where to start reading to show what happened since this instance's Mains last looked, and
+/// a note to print first if the saved position no longer applies.
+pub fn since_last_seen(client: &Client) -> (u64, Option<String>) {
+    let head = client.event_head();
+    let oldest = client.oldest_event();
+    match load_seen(client.instance()) {
+        None => (oldest, None),
+        Some(s) if s.region != region_id(client) || s.next > head => (
+            oldest,
+            Some(
+                "the Supervisor's region was created anew since a Main last looked: showing every event it holds"
+                    .into(),
+            ),
+        ),
+        Some(s) => (s.next, None),
+    }
+}
+
+/// The note printed when the ring overran a reader.
+pub fn missed_note(missed: u64, capacity: u64) -> String {
+    format!(
+        "{missed} event(s) were overwritten before they could be read (the ring holds the last {capacity})"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_the_node_and_say_what_happened() {
+        let mut ev = Event::now(EventKind::Exited, 1, 4242);
+        ev.exit = Some(Exit::Signal {
+            signal: 9,
+            core: false,
+        });
+        let names = Names(vec!["logger-1".into(), "worker-1".into()]);
+        let l = line(7, &ev, &names, Style::plain());
+        assert!(l.contains("#7"), "{l}");
+        assert!(l.contains("worker-1"), "{l}");
+        assert!(l.contains("exited"), "{l}");
+        assert!(l.contains("pid 4242, signal 9 (KILL)"), "{l}");
+        let j = json(7, &ev, &names);
+        assert!(j.contains("\"node\": \"worker-1\""), "{j}");
+        assert!(j.contains("\"signal\": 9"), "{j}");
+        assert!(is_notable(&ev));
+        let mut stop = Event::now(EventKind::Stopping, 0, 5);
+        stop.a = 15;
+        stop.b = 10_000;
+        assert_eq!(detail(&stop), "pid 5, SIGTERM sent, SIGKILL after 10000 ms");
+        assert!(!is_notable(&stop));
+        assert_eq!(names.label(NO_NODE), "-");
+        assert_eq!(names.label(9), "#9");
+    }
+}

@@ -1,0 +1,96 @@
+//! Main's own log, `RUNTIME/INSTANCE/main.log`: one line per command a Main ran (one-shot, in
+//! the shell, or by the daemon) with its result, `TIMESTAMP [PID] WHAT: RESULT`. Appended with
+//! one `write` per line (`O_APPEND` keeps lines of several Mains whole). When it passes
+//! [`ROTATE_AT`] it becomes `main.log.1` (and `.1` becomes `.2`, `.2` becomes `.3`; the oldest is
+//! dropped), so at most [`KEEP`] old files are kept.
+
+use crate::instance::Instance;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Size at which the log is rotated.
+pub const ROTATE_AT: u64 = 1024 * 1024;
+/// Rotated files kept.
+pub const KEEP: usize = 3;
+
+/// The log's path.
+pub fn path(instance: &Instance) -> PathBuf {
+    instance.dir().join("main.log")
+}
+
+fn rotated(p: &Path, n: usize) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// Rotates `p` if it is at least `limit` bytes long.
+pub fn rotate_if_needed(p: &Path, limit: u64, keep: usize) {
+    let Ok(meta) = std::fs::metadata(p) else {
+        return;
+    };
+    if meta.len() < limit {
+        return;
+    }
+    // Another Main may rotate at the same moment: every rename failing is harmless.
+    for n in (1..keep).rev() {
+        let _ = std::fs::rename(rotated(p, n), rotated(p, n + 1));
+    }
+    let _ = std::fs::rename(p, rotated(p, 1));
+}
+
+/// Appends one line to the instance's log. Nothing happens if the runtime dir cannot be used
+/// (the command itself reports that).
+pub fn append(instance: &Instance, what: &str, result: &str) {
+    if !instance.dir().is_dir() && instance.ensure_dirs().is_err() {
+        return;
+    }
+    let p = path(instance);
+    rotate_if_needed(&p, ROTATE_AT, KEEP);
+    let one_line = |s: &str| s.replace('\n', " | ");
+    let line = format!(
+        "{} [{}] {}: {}\n",
+        crate::sys::clock::format_wall_ms(crate::sys::clock::wall_ms()),
+        std::process::id(),
+        one_line(what),
+        one_line(result)
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&p)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_three_old_files() {
+        let dir = std::env::temp_dir().join(format!("broctld-mainlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("main.log");
+        for i in 0..6 {
+            std::fs::write(&p, format!("generation {i}\n")).unwrap();
+            rotate_if_needed(&p, 1, KEEP);
+        }
+        assert!(!p.exists());
+        assert_eq!(
+            std::fs::read_to_string(rotated(&p, 1)).unwrap(),
+            "generation 5\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rotated(&p, 3)).unwrap(),
+            "generation 3\n"
+        );
+        assert!(!rotated(&p, 4).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
