@@ -56,6 +56,9 @@ pub fn detail(ev: &Event) -> String {
         EventKind::Spawned | EventKind::Ready => format!("pid {pid}"),
         EventKind::Exited | EventKind::OrphanReaped => format!("pid {pid}, {exit}"),
         EventKind::Backoff => format!("next start in {} ms", ev.a),
+        EventKind::Failed if ev.a == 0 => {
+            "not restarted (its restart policy); `start` starts it".into()
+        }
         EventKind::Failed => format!("gave up after {} quick deaths; `start` tries again", ev.a),
         EventKind::Stopping => format!("pid {pid}, {} sent, SIGKILL after {} ms", sig(ev.a), ev.b),
         EventKind::Killed => {

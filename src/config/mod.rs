@@ -107,6 +107,22 @@ pub struct Policy {
     /// How long an ordered start waits for this node to be ready before starting the next
     /// stage anyway (the node itself keeps running, still `starting`).
     pub ready_timeout: Duration,
+    /// stdout/stderr files at least this big are rotated when the node (re)starts (0 = never).
+    pub log_max_bytes: u64,
+    /// Rotated files kept (`NAME.1` .. `NAME.N`).
+    pub log_keep: u32,
+    /// Run as this user (the Supervisor must be root); checked to exist at load time.
+    pub user: Option<String>,
+    /// Run with this group (default: the user's primary group).
+    pub group: Option<String>,
+    /// The node's umask.
+    pub umask: Option<u32>,
+    /// `RLIMIT_NOFILE` (u64::MAX = unlimited).
+    pub rlimit_nofile: Option<u64>,
+    /// `RLIMIT_CORE` (u64::MAX = unlimited).
+    pub rlimit_core: Option<u64>,
+    /// `RLIMIT_MEMLOCK` (u64::MAX = unlimited).
+    pub rlimit_memlock: Option<u64>,
 }
 
 impl Default for Policy {
@@ -114,7 +130,8 @@ impl Default for Policy {
     /// `autostart = true`, `restart_delay_ms = 100`, `restart_delay_max_ms = 30000`,
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
-    /// no `ready_fd`, `ready_timeout_ms = 10000`.
+    /// no `ready_fd`, `ready_timeout_ms = 10000`, `log_max_bytes = 67108864` (64 MiB),
+    /// `log_keep = 5`, and no user, group, umask or rlimits (inherited from the Supervisor).
     fn default() -> Self {
         Policy {
             restart: RestartPolicy::Always,
@@ -131,6 +148,14 @@ impl Default for Policy {
             ready_after: Duration::ZERO,
             ready_fd: None,
             ready_timeout: Duration::from_millis(10_000),
+            log_max_bytes: 64 << 20,
+            log_keep: 5,
+            user: None,
+            group: None,
+            umask: None,
+            rlimit_nofile: None,
+            rlimit_core: None,
+            rlimit_memlock: None,
         }
     }
 }
@@ -462,7 +487,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 2] = ["defaults", "node"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 14] = [
+const POLICY_KEYS: [&str; 22] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -477,6 +502,14 @@ const POLICY_KEYS: [&str; 14] = [
     "ready_after_ms",
     "ready_fd",
     "ready_timeout_ms",
+    "log_max_bytes",
+    "log_keep",
+    "user",
+    "group",
+    "umask",
+    "rlimit_nofile",
+    "rlimit_core",
+    "rlimit_memlock",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -730,6 +763,50 @@ fn read_factor(item: &Item) -> Result<f64, Bad> {
             "expected a finite number >= 1.0, got {}",
             describe(&item.value)
         )))
+    }
+}
+
+fn read_u64(item: &Item) -> Result<u64, Bad> {
+    match item.value {
+        Raw::Int(n) if n >= 0 => Ok(n as u64),
+        ref other => Err(Bad::new(format!(
+            "expected a whole number of bytes (0 or more), got {}",
+            describe(other)
+        ))),
+    }
+}
+
+/// An octal umask as a string (`"027"`), or a number read as written in octal.
+fn read_umask(item: &Item) -> Result<u32, Bad> {
+    let text = match &item.value {
+        Raw::Str(s) => s.clone(),
+        Raw::Int(n) => n.to_string(),
+        other => {
+            return Err(Bad::new(format!(
+                "expected an octal umask like \"027\", got {}",
+                describe(other)
+            )))
+        }
+    };
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|v| *v <= 0o777)
+        .ok_or_else(|| {
+            Bad::new(format!(
+                "expected an octal umask from \"000\" to \"777\", got \"{text}\""
+            ))
+        })
+}
+
+/// A resource limit: a whole number, or "unlimited" (stored as u64::MAX).
+fn read_rlimit(item: &Item) -> Result<u64, Bad> {
+    match &item.value {
+        Raw::Int(n) if *n >= 0 => Ok(*n as u64),
+        Raw::Str(s) if s == "unlimited" => Ok(u64::MAX),
+        other => Err(Bad::new(format!(
+            "expected a whole number or \"unlimited\", got {}",
+            describe(other)
+        ))),
     }
 }
 
@@ -1107,6 +1184,43 @@ impl Checker<'_> {
             "ready_after_ms" => read_ms(item, 0).map(|v| p.ready_after = v),
             "ready_fd" => read_ready_fd(item).map(|v| p.ready_fd = Some(v)),
             "ready_timeout_ms" => read_ms(item, 1).map(|v| p.ready_timeout = v),
+            "log_max_bytes" => read_u64(item).map(|v| p.log_max_bytes = v),
+            "log_keep" => read_u32(item).and_then(|v| {
+                if v == 0 || v > 1000 {
+                    Err(Bad::new(format!(
+                        "expected 1 to 1000 rotated files, got {v}"
+                    )))
+                } else {
+                    {
+                        p.log_keep = v;
+                        Ok(())
+                    }
+                }
+            }),
+            "user" => read_string(item, "a user name").and_then(|u| {
+                if crate::sys::account::user(&u).is_none() {
+                    Err(Bad::new(format!("no such user '{u}' on this system")))
+                } else {
+                    {
+                        p.user = Some(u);
+                        Ok(())
+                    }
+                }
+            }),
+            "group" => read_string(item, "a group name").and_then(|g| {
+                if crate::sys::account::group(&g).is_none() {
+                    Err(Bad::new(format!("no such group '{g}' on this system")))
+                } else {
+                    {
+                        p.group = Some(g);
+                        Ok(())
+                    }
+                }
+            }),
+            "umask" => read_umask(item).map(|v| p.umask = Some(v)),
+            "rlimit_nofile" => read_rlimit(item).map(|v| p.rlimit_nofile = Some(v)),
+            "rlimit_core" => read_rlimit(item).map(|v| p.rlimit_core = Some(v)),
+            "rlimit_memlock" => read_rlimit(item).map(|v| p.rlimit_memlock = Some(v)),
             "env" => read_env(item).map(|env| draft.env.extend(env)),
             _ => return Ok(false),
         };

@@ -119,7 +119,35 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("quick_death_ms = {}", ms(p.quick_death)),
         format!("ready_after_ms = {}", ms(p.ready_after)),
         format!("ready_timeout_ms = {}", ms(p.ready_timeout)),
+        format!("log_max_bytes = {}", p.log_max_bytes),
+        format!("log_keep = {}", p.log_keep),
     ];
+    let mut lines = lines.to_vec();
+    if let Some(u) = &p.user {
+        lines.push(format!("user = {}", string(u)));
+    }
+    if let Some(g) = &p.group {
+        lines.push(format!("group = {}", string(g)));
+    }
+    if let Some(m) = p.umask {
+        lines.push(format!("umask = \"{m:03o}\""));
+    }
+    let limit = |v: u64| {
+        if v == u64::MAX {
+            "\"unlimited\"".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    for (k, v) in [
+        ("rlimit_nofile", p.rlimit_nofile),
+        ("rlimit_core", p.rlimit_core),
+        ("rlimit_memlock", p.rlimit_memlock),
+    ] {
+        if let Some(v) = v {
+            lines.push(format!("{k} = {}", limit(v)));
+        }
+    }
     for line in lines {
         out.push_str(&line);
         out.push('\n');

@@ -144,6 +144,7 @@ fn full_config() {
             ready_after: ms(300),
             ready_fd: Some(4),
             ready_timeout: ms(10000),
+            ..Policy::default()
         }
     );
 
@@ -180,6 +181,7 @@ fn full_config() {
             ready_after: ms(0),
             ready_fd: Some(1023),
             ready_timeout: ms(10000),
+            ..Policy::default()
         }
     );
     assert!(cfg.node("nope").is_none());
@@ -917,8 +919,17 @@ stdout = "o'\"ut.log"
 fn to_toml_writes_every_key() {
     let cfg = ok(&node("n"));
     let text = cfg.to_toml();
+    let optional = [
+        "ready_fd",
+        "user",
+        "group",
+        "umask",
+        "rlimit_nofile",
+        "rlimit_core",
+        "rlimit_memlock",
+    ];
     for key in node_keys() {
-        if key != "ready_fd" {
+        if !optional.contains(&key) {
             assert!(
                 text.contains(&format!("\n{key} = ")),
                 "{key} missing in\n{text}"
@@ -994,4 +1005,41 @@ fn signals() {
     assert_eq!(signal_name(libc::SIGSEGV), "SEGV");
     assert_eq!(signal_name(40), "40");
     assert_eq!(signal_from_name(&signal_name(40)), Some(40));
+}
+
+#[test]
+fn accounts_umask_and_rlimits_parse_and_round_trip() {
+    let cfg = ok(r#"
+[defaults]
+umask = "027"
+rlimit_core = "unlimited"
+[[node]]
+name = "n"
+command = ["x"]
+user = "root"
+group = "root"
+rlimit_nofile = 4096
+rlimit_memlock = 0
+log_max_bytes = 1024
+log_keep = 2
+"#);
+    let p = &cfg.nodes[0].policy;
+    assert_eq!(p.umask, Some(0o027));
+    assert_eq!(p.rlimit_core, Some(u64::MAX));
+    assert_eq!(p.rlimit_nofile, Some(4096));
+    assert_eq!(p.user.as_deref(), Some("root"));
+    assert_eq!((p.log_max_bytes, p.log_keep), (1024, 2));
+    assert_round_trip(&cfg);
+}
+
+#[test]
+fn unknown_user_and_bad_umask_name_line_and_key() {
+    let e = err("[[node]]\nname = \"n\"\ncommand = [\"x\"]\nuser = \"no-such-user-xyz\"\n");
+    assert_eq!((e.line(), e.key()), (Some(4), Some("user")));
+    assert!(
+        e.to_string().contains("no such user 'no-such-user-xyz'"),
+        "{e}"
+    );
+    let e = err("[[node]]\nname = \"n\"\ncommand = [\"x\"]\numask = \"999\"\n");
+    assert_eq!((e.line(), e.key()), (Some(4), Some("umask")));
 }

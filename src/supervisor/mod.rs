@@ -65,6 +65,17 @@ pub enum SupervisorError {
     /// The region is not ours or not understood.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A node could not be started at all (no partial start: nothing was started).
+    #[error("{path}:{line}: {source}; nothing was started")]
+    Preflight {
+        /// The config file.
+        path: PathBuf,
+        /// The node's line.
+        line: usize,
+        /// What is wrong.
+        #[source]
+        source: spawn::SpawnError,
+    },
     /// More nodes than the table holds.
     #[error("config has {count} nodes; broctld supervises at most {max} per instance: split them over several instances")]
     TooManyNodes {
@@ -204,6 +215,7 @@ impl Supervisor {
             Err(e) => return Err(e.into()),
         };
         let config = Config::load(config_path)?;
+        preflight(&config)?;
         if config.nodes.len() > MAX_NODES {
             return Err(SupervisorError::TooManyNodes {
                 count: config.nodes.len(),
@@ -608,6 +620,35 @@ impl Supervisor {
             ("BROCTLD_INSTANCE", instance.as_str()),
         ];
         let now = clock::monotonic_ns();
+        // The node's own lock: while a copy of it (or a child it left) holds it, no second copy
+        // starts. The node inherits it as fd 3 (4 if its ready_fd is 3).
+        let mut lock = match self.node_lock(i) {
+            Ok(l) => l,
+            Err((pid, start)) => {
+                if is_survivor(pid, start) && !self.by_pid.contains_key(&pid) {
+                    let mut rec = self.nodes[i].record();
+                    rec.pid = Some(pid);
+                    rec.pid_start = start;
+                    rec.started_mono_ns = now;
+                    rec.started_wall_ms = clock::wall_ms();
+                    log!("node {name}: a copy (pid {pid}) already holds its lock; adopting it instead of starting another");
+                    self.nodes[i].start_after_exit = false;
+                    self.adopt(i, &rec);
+                    if self.nodes[i].pid == Some(pid) {
+                        self.publish(i);
+                        return;
+                    }
+                }
+                if self.nodes[i].state != NodeState::Backoff {
+                    log!("node {name}: its lock is still held by a leftover process; retrying every 50 ms");
+                }
+                let n = &mut self.nodes[i];
+                n.state = NodeState::Backoff;
+                n.deadline = Some(now + 50_000_000);
+                self.publish(i);
+                return;
+            }
+        };
         if again {
             self.nodes[i].restarts = self.nodes[i].restarts.saturating_add(1);
         }
@@ -628,11 +669,18 @@ impl Supervisor {
             },
             None => None,
         };
-        let pass = match (&pipe, ready_fd) {
-            (Some((_, w)), Some(target)) => Some((w.as_raw_fd(), target)),
-            _ => None,
-        };
-        let result = spawn::spawn(&self.nodes[i].spec, &self.config_dir, &env, pass);
+        let mut pass = Vec::new();
+        if let (Some((_, w)), Some(target)) = (&pipe, ready_fd) {
+            pass.push((w.as_raw_fd(), target));
+        }
+        let lock_target = if ready_fd == Some(3) { 4 } else { 3 };
+        let lock_target_text = lock_target.to_string();
+        let mut env = env.to_vec();
+        if let Some(l) = &lock {
+            pass.push((l.file().as_raw_fd(), lock_target));
+            env.push(("BROCTLD_LOCK_FD", lock_target_text.as_str()));
+        }
+        let result = spawn::spawn(&self.nodes[i].spec, &self.config_dir, &env, &pass);
         let ready_rd = pipe.map(|(r, _w)| r); // the write end closes here: only the child has it
         match result {
             Ok(pid) => {
@@ -649,6 +697,11 @@ impl Supervisor {
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
                 n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                if let Some(l) = lock.as_mut() {
+                    let _ = l.write_holder(pid, n.pid_start);
+                }
+                // Our copy of the lock fd closes here; the node's copy keeps the lock.
+                drop(lock.take());
                 n.started_mono_ns = now;
                 n.started_wall_ms = clock::wall_ms();
                 match pidfd::open(pid) {
@@ -695,6 +748,32 @@ impl Supervisor {
                 ev.exit = Some(exit);
                 self.event(ev);
                 self.after_end(i, exit, now);
+            }
+        }
+    }
+
+    /// Takes node `i`'s lock file, `Ok(None)` if it cannot be used (logged; the node starts
+    /// without one), or the holder's pid and start time if someone holds it.
+    fn node_lock(&self, i: usize) -> Result<Option<lockfile::LockFile>, (u32, u64)> {
+        let dir = self.instance.dir().join("nodes");
+        if let Err(e) = crate::sys::checked::private_dir(&dir) {
+            log!("node locks: {e}");
+            return Ok(None);
+        }
+        let path = dir.join(format!("{}.lock", self.nodes[i].spec.name));
+        match lockfile::LockFile::acquire(&path, "") {
+            Ok(l) => Ok(Some(l)),
+            Err(lockfile::LockError::Held { .. }) => match lockfile::LockFile::probe(&path) {
+                Ok(lockfile::Probe::Held { pid, start, .. }) => Err((pid, start)),
+                // Released in between: try again next time round.
+                _ => Err((0, 0)),
+            },
+            Err(e) => {
+                log!(
+                    "node {}: lock file: {e}; starting it without one",
+                    self.nodes[i].spec.name
+                );
+                Ok(None)
             }
         }
     }
@@ -787,9 +866,11 @@ impl Supervisor {
         if matches!(n.queue, Some(Queue::Stop { .. })) {
             n.queue = None;
         }
-        // Leftovers of the node's process group (background jobs) do not outlive a stop.
-        if was_stopping {
-            let _ = spawn::signal_group(pid, libc::SIGKILL);
+        // Leftovers of the node's process group (background jobs) do not outlive it: not after
+        // a stop, and not before its replacement starts (they would hold its lock, and a
+        // restarted node must not find stale children of its predecessor).
+        if !matches!(exit, Exit::Unknown) || was_stopping {
+            let _ = spawn::signal_group_only(pid, libc::SIGKILL);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);
@@ -954,6 +1035,9 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => return (ReplyStatus::Rejected, format!("nothing changed: {e}")),
         };
+        if let Err(e) = preflight(&config) {
+            return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
+        }
         let live = self.nodes.iter().filter(|n| !n.retiring).count();
         let retiring = self.nodes.len() - live;
         if config.nodes.len() + retiring > MAX_NODES {
@@ -1426,7 +1510,10 @@ impl Supervisor {
             Opcode::Upgrade => match upgrade::check_executable(&self.exe) {
                 Ok(()) => {
                     self.upgrade_requested = true;
-                    (ReplyStatus::Ok, format!("re-executing {}", self.exe.display()))
+                    (
+                        ReplyStatus::Ok,
+                        format!("re-executing {}", self.exe.display()),
+                    )
                 }
                 Err(e) => (
                     ReplyStatus::Rejected,
@@ -1492,11 +1579,33 @@ impl Supervisor {
         }
         let _ = crate::shm::Region::unlink(self.shared.name());
         let _ = std::fs::remove_file(self.instance.bell_path());
+        // Node locks: remove each one nobody holds (a node that outlived us keeps its own).
+        let nodes_dir = self.instance.dir().join("nodes");
+        if let Ok(rd) = std::fs::read_dir(&nodes_dir) {
+            for e in rd.flatten() {
+                if let Ok(l) = lockfile::LockFile::acquire(&e.path(), "") {
+                    l.remove();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&nodes_dir);
         log!("supervisor exiting: every node stopped, runtime files removed");
         if let Some(lock) = self.lock.take() {
             lock.remove();
         }
     }
+}
+
+/// Refuses a config with a node that cannot be started at all, naming its line.
+fn preflight(config: &Config) -> Result<(), SupervisorError> {
+    for spec in &config.nodes {
+        spawn::preflight(spec, &config.dir).map_err(|source| SupervisorError::Preflight {
+            path: config.path.clone(),
+            line: spec.line,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Nodes recorded in a predecessor's region whose process (pid and start time) still lives.

@@ -144,14 +144,54 @@ fn open_append(node: &str, path: &Path) -> Result<File, SpawnError> {
         })
 }
 
-/// Spawns `spec`. `extra_env` is added after the configured env; `pass_fd`, if given as
-/// `(fd, target)`, is duplicated to fd number `target` (3 or more) in the child and left open
-/// across exec. Returns the child's pid; the caller reaps it.
+/// Checks, before anything starts, that `spec` can be started: its program resolves and its
+/// working directory can be created.
+pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
+    resolve_program(&spec.name, &spec.command[0], config_dir)?;
+    std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
+        node: spec.name.clone(),
+        what: "create working directory",
+        path: spec.cwd.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Renames `path` to `path.1` (and `path.1` to `path.2`, ... up to `path.keep`, the oldest
+/// dropped) if it is at least `max` bytes. `max == 0` never rotates.
+pub fn rotate(path: &Path, max: u64, keep: u32) -> io::Result<bool> {
+    if max == 0 || keep == 0 {
+        return Ok(false);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() >= max => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let numbered = |k: u32| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{k}"));
+        PathBuf::from(s)
+    };
+    for k in (1..keep).rev() {
+        let from = numbered(k);
+        if from.exists() {
+            std::fs::rename(&from, numbered(k + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))?;
+    Ok(true)
+}
+
+/// Spawns `spec`. `extra_env` is added after the configured env; each `(fd, target)` in `pass`
+/// is duplicated to fd number `target` (3 or more) in the child and left open across exec.
+/// Returns the child's pid; the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
-    pass_fd: Option<(RawFd, RawFd)>,
+    pass: &[(RawFd, RawFd)],
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
     std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
@@ -161,6 +201,19 @@ pub fn spawn(
         source,
     })?;
     let program = resolve_program(node, &spec.command[0], config_dir)?;
+    let policy = &spec.policy;
+    let mut outputs = vec![&spec.stdout];
+    if spec.stderr != spec.stdout {
+        outputs.push(&spec.stderr);
+    }
+    for p in outputs {
+        rotate(p, policy.log_max_bytes, policy.log_keep).map_err(|source| SpawnError::Prepare {
+            node: node.into(),
+            what: "rotate",
+            path: p.clone(),
+            source,
+        })?;
+    }
     let stdout = open_append(node, &spec.stdout)?;
     let stderr = open_append(node, &spec.stderr)?;
 
@@ -188,10 +241,59 @@ pub fn spawn(
         }
     }
     let want_affinity = !spec.cpu_affinity.is_empty();
+    let limit = |v: u64| {
+        if v == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            v as libc::rlim_t
+        }
+    };
+    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)> = [
+        (libc::RLIMIT_NOFILE, policy.rlimit_nofile),
+        (libc::RLIMIT_CORE, policy.rlimit_core),
+        (libc::RLIMIT_MEMLOCK, policy.rlimit_memlock),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, limit(v))))
+    .collect();
+    let umask = policy.umask;
+    // Credentials, resolved now (the databases are not async-signal-safe).
+    let creds: Option<(u32, u32, Vec<libc::gid_t>)> = match (&policy.user, &policy.group) {
+        (None, None) => None,
+        (user, group) => {
+            let (uid, primary) = match user {
+                Some(u) => crate::sys::account::user(u).ok_or_else(|| SpawnError::Prepare {
+                    node: node.into(),
+                    what: "find user",
+                    path: PathBuf::from(u),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                })?,
+                // SAFETY: getuid/getgid cannot fail.
+                None => unsafe { (libc::getuid(), libc::getgid()) },
+            };
+            let gid = match group {
+                Some(g) => crate::sys::account::group(g).ok_or_else(|| SpawnError::Prepare {
+                    node: node.into(),
+                    what: "find group",
+                    path: PathBuf::from(g),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                })?,
+                None => primary,
+            };
+            let groups = match user {
+                Some(u) => crate::sys::account::groups_of(u, gid),
+                None => vec![gid],
+            };
+            Some((uid, gid, groups))
+        }
+    };
+    let pass: Vec<(RawFd, RawFd)> = pass.to_vec();
+    let dup_floor = pass.iter().map(|p| p.1).max().unwrap_or(2) + 1;
 
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (setsid, sigaction via signal, sigprocmask, sched_setaffinity,
-    // close_range, dup2, fcntl) on values prepared before the fork; it allocates nothing.
+    // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, setrlimit,
+    // umask, close_range, fcntl, dup2, setgroups, setgid, setuid) on values prepared before the
+    // fork; it reads the captured vectors but allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Own session and process group: not in the Supervisor's group, no controlling tty.
@@ -219,11 +321,37 @@ pub fn spawn(
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            if let Some((fd, target)) = pass_fd {
-                if fd == target {
-                    let fl = libc::fcntl(fd, libc::F_GETFD);
-                    libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, target) < 0 {
+            for &(resource, value) in &rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &lim) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
+            // Passed fds: first out of the way of every target (a source may sit on another's
+            // target number), then onto their targets; dup2 clears CLOEXEC on the new fd.
+            let mut tmp = [-1; 8];
+            for (k, &(src, _)) in pass.iter().enumerate().take(tmp.len()) {
+                tmp[k] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, dup_floor);
+                if tmp[k] < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (k, &(_, target)) in pass.iter().enumerate().take(tmp.len()) {
+                if libc::dup2(tmp[k], target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, gid, groups)) = &creds {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0
+                {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -246,6 +374,13 @@ pub fn signal_group(pid: u32, sig: i32) -> io::Result<()> {
         // SAFETY: as above, for the single process.
         Err(_) => crate::syscall!(kill(pid as libc::pid_t, sig)).map(|_| ()),
     }
+}
+
+/// Sends `sig` to process group `pgid` only (never to a lone pid: use this after the leader
+/// was reaped, when its pid may already belong to someone else).
+pub fn signal_group_only(pgid: u32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill with a negative pid signals a process group; no memory is involved.
+    crate::syscall!(kill(-(pgid as libc::pid_t), sig)).map(|_| ())
 }
 
 /// Sends `sig` to the process alone.

@@ -67,7 +67,8 @@ pub fn read_handoff(path: &Path) -> io::Result<HashMap<String, NodeRecord>> {
             NodeRecord {
                 name: f[0].to_owned(),
                 node_type: 0,
-                state: NodeState::from_code(f[9].parse().unwrap_or(0)).unwrap_or(NodeState::Running),
+                state: NodeState::from_code(f[9].parse().unwrap_or(0))
+                    .unwrap_or(NodeState::Running),
                 pid: (pid != 0).then_some(pid as u32),
                 pid_start: start,
                 started_mono_ns: mono,

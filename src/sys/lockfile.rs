@@ -186,6 +186,14 @@ impl LockFile {
         Ok(Probe::Held { pid, start, info })
     }
 
+    /// Replaces the holder line with another process's pid and start time (a node that holds
+    /// the lock through an inherited fd).
+    pub fn write_holder(&mut self, pid: u32, start: u64) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(format!("{pid} {start}\n").as_bytes())
+    }
+
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -20,6 +20,7 @@ macro_rules! syscall {
     }};
 }
 
+pub mod account;
 pub mod checked;
 pub mod clock;
 pub mod fdflags;
