@@ -590,3 +590,31 @@ fn main_log_records_each_command_and_its_result() {
         );
     }
 }
+
+#[test]
+fn long_operations_print_plain_progress_lines_on_stderr_when_not_on_a_terminal() {
+    let c = Cluster::new(
+        "ops_progress",
+        r#"
+[[node]]
+name = "slow"
+command = ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]
+stop_timeout_ms = 2500
+"#,
+    );
+    c.start();
+    let out = c.run(&["stop", "slow"]);
+    out.ok();
+    assert_eq!(out.stdout, "slow: stopped\n", "results only on stdout");
+    assert!(
+        out.stderr.contains("stopping slow: SIGTERM sent, ")
+            && out.stderr.contains(" of 2.5 s (0/1 stopped)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\r') && !out.stderr.contains('\x1b'),
+        "plain lines: {:?}",
+        out.stderr
+    );
+}

@@ -27,6 +27,8 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .nresamples(20_000)
         .configure_from_args();
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = load();
     let cpus = peer::Cpus::current();
     summary::note(format!(
         "CPUs available to the bench: {:?}; same-cpu pins both sides to CPU {}, cross-cpu pins them to CPUs {:?}",
@@ -39,5 +41,10 @@ fn main() {
     broctld::mailbox_and_ring(&mut c, &cpus, &filter);
     broctld::status(&mut c, &filter);
     c.final_summary();
+    summary::note(format!(
+        "/proc/loadavg before the benches: {}; after: {} (other work on the machine shows here)",
+        load_before.trim(),
+        load().trim()
+    ));
     summary::report(since);
 }

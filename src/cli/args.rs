@@ -134,6 +134,40 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("help", "[COMMAND]", "this list, or one command's help"),
 ];
 
+/// The command list as `help` prints it: `name args` then the summary, aligned; a long
+/// `name args` puts its summary on the next line.
+pub fn command_list() -> String {
+    let mut s = String::new();
+    for (name, args, what) in COMMANDS {
+        let head = if args.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} {args}")
+        };
+        if head.len() <= 28 {
+            s.push_str(&format!("  {head:<28} {what}\n"));
+        } else {
+            s.push_str(&format!("  {head}\n  {:<28} {what}\n", ""));
+        }
+    }
+    s
+}
+
+/// More about a command, for `help COMMAND`.
+pub fn command_details(cmd: &str) -> &'static str {
+    match cmd {
+        "status" => "  Exit status 3 when a selected node is not running (as zeekctl's status).",
+        "events" => "  Without --since: what happened since a Main of this instance last looked (kept in\n  RUNTIME/INSTANCE/main.seen), or everything the ring holds on a first look. -n N: the last\n  N only. Says how many events the ring overwrote before they could be read. Ctrl-C ends -f.",
+        "logs" => "  The node's stdout file (its `stdout` setting), or its stderr file with --stderr.\n  -f follows appended lines until Ctrl-C, across truncation and rotation.",
+        "diag" => "  Reports are written by the Supervisor into the node's cwd when the node ends abnormally\n  (non-zero exit or a signal, not during a stop): time, exit or signal, core dumped, the\n  command line, environment, limits, and the last 100 lines of stderr and stdout.",
+        "top" => "  CPU % is measured over 0.3 s; figures add up the node's whole process group.",
+        "reload" => "  A config that does not load changes nothing and says why (exit status 2).",
+        "daemon" => "  For systemd Type=notify (see contrib/broctld.service and docs/operations.md): READY=1 once\n  the autostart nodes are up; SIGHUP reloads; SIGTERM stops every node in reverse order,\n  then the Supervisor, then itself; SIGUSR1 exits leaving everything running (a restart of\n  the Main); SIGUSR2 re-executes the daemon in place. A Supervisor that dies is replaced at\n  once and adopts the running nodes.",
+        "detach" => "  In the shell, Ctrl-D does the same.",
+        _ => "",
+    }
+}
+
 /// The options each command takes (for completion and `help`).
 pub fn command_options(cmd: &str) -> &'static [&'static str] {
     match cmd {

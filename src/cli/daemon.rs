@@ -10,6 +10,9 @@
 //!   nothing and is logged.
 //! * SIGTERM or SIGINT: the ordered OS shutdown: every node in reverse start order, then the
 //!   Supervisor, then the daemon itself (`STOPPING=1`).
+//! * SIGUSR1: the daemon exits (status 0) and leaves the Supervisor and every node running:
+//!   a restart of the Main alone. `contrib/broctld.service` sets `RestartKillSignal=SIGUSR1`,
+//!   so `systemctl restart broctld` replaces only the Main, and the next daemon attaches.
 //! * SIGUSR2: the daemon re-executes its (possibly upgraded) binary in place, same pid, so a
 //!   service manager sees nothing; no node and not the Supervisor is touched.
 //!
@@ -156,6 +159,7 @@ fn blocked_signals() -> SigSet {
         Signal::SIGHUP,
         Signal::SIGTERM,
         Signal::SIGINT,
+        Signal::SIGUSR1,
         Signal::SIGUSR2,
     ] {
         set.add(s);
@@ -206,7 +210,13 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
         eprintln!("broctld: daemon: epoll_ctl: {e}");
         return 1;
     }
-    let config_path = match find_config(config_arg.as_deref()) {
+    // A running Supervisor's recorded config wins; else --config or the default places.
+    let had_supervisor = Client::attach(&instance).ok();
+    let spawned = had_supervisor.is_none();
+    let recorded = had_supervisor
+        .as_ref()
+        .and_then(|c| c.config_path().map(Path::to_owned));
+    let mut config_path = match recorded.map_or_else(|| find_config(config_arg.as_deref()), Ok) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("broctld: {e}");
@@ -219,11 +229,17 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
         Err(e) => {
             eprintln!("broctld: {e}");
             notify.status(&format!("bad config: {e}"));
-            return 2;
+            if had_supervisor.is_none() {
+                return 2;
+            }
+            // The running Supervisor loaded an earlier version; carry on with its table.
+            Config {
+                path: config_path.clone(),
+                dir: PathBuf::from("/"),
+                nodes: Vec::new(),
+            }
         }
     };
-    let had_supervisor = Client::attach(&instance).ok();
-    let spawned = had_supervisor.is_none();
     let mut client = match had_supervisor {
         Some(c) => c,
         None => match Client::attach_or_spawn(&instance, &config_path) {
@@ -244,17 +260,9 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
             if spawned { "started" } else { "attached to" },
             client.supervisor_pid(),
             instance.name(),
-            client.config_path().map_or_else(
-                || config_path.display().to_string(),
-                |p| p.display().to_string()
-            )
+            config_path.display()
         ),
     );
-    if let Some(p) = client.config_path() {
-        if let Ok(c) = Config::load(p) {
-            config = c;
-        }
-    }
     let mut pidfd = watch(&poll, &client);
     let mut ready_sent = false;
     let ready_by = Instant::now()
@@ -284,7 +292,10 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
         }
         let timeout = match (ready_sent, respawn_at) {
             (_, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+            // Waiting for the autostart nodes, or no pidfd (it could not be opened): look
+            // every 100 ms.
             (false, None) => Some(Duration::from_millis(100)),
+            (true, None) if pidfd.is_none() => Some(Duration::from_millis(100)),
             (true, None) => None,
         };
         if let Err(e) = poll.poll(&mut events, timeout) {
@@ -324,6 +335,17 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
                         config = c;
                     }
                 }
+                libc::SIGUSR1 => {
+                    say(
+                        &instance,
+                        &format!(
+                            "SIGUSR1: exiting; the Supervisor (pid {}) and every node keep running for the next Main",
+                            client.supervisor_pid()
+                        ),
+                    );
+                    notify.send("STOPPING=1\nSTATUS=Main restarting; the nodes keep running");
+                    return 0;
+                }
                 libc::SIGUSR2 => reexec(&instance, &notify),
                 _ => {}
             }
@@ -352,6 +374,9 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
             match Client::attach_or_spawn(&instance, &config_path) {
                 Ok(c) => {
                     client = c;
+                    if let Some(p) = client.config_path() {
+                        config_path = p.to_owned();
+                    }
                     pidfd = watch(&poll, &client);
                     respawn_delay = Duration::from_millis(500);
                     let running = client.status().iter().filter(|n| n.pid.is_some()).count();

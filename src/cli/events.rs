@@ -60,7 +60,11 @@ pub fn detail(ev: &Event) -> String {
             "not restarted (its restart policy); `start` starts it".into()
         }
         EventKind::Failed => format!("gave up after {} quick deaths; `start` tries again", ev.a),
-        EventKind::Stopping => format!("pid {pid}, {} sent, SIGKILL after {} ms", sig(ev.a), ev.b),
+        EventKind::Stopping => format!(
+            "pid {pid}, {} sent, SIGKILL after {}",
+            sig(ev.a),
+            super::output::limit(std::time::Duration::from_millis(ev.b))
+        ),
         EventKind::Killed => {
             format!("pid {pid}, SIGKILL sent: still running after its stop timeout")
         }
@@ -167,7 +171,8 @@ pub fn is_notable(ev: &Event) -> bool {
         | EventKind::Adopted
         | EventKind::OrphanReaped
         | EventKind::SupervisorStarted
-        | EventKind::SupervisorExiting => true,
+        | EventKind::SupervisorExiting
+        | EventKind::UpgradeFailed => true,
         _ => false,
     }
 }
@@ -276,7 +281,7 @@ mod tests {
         let mut stop = Event::now(EventKind::Stopping, 0, 5);
         stop.a = 15;
         stop.b = 10_000;
-        assert_eq!(detail(&stop), "pid 5, SIGTERM sent, SIGKILL after 10000 ms");
+        assert_eq!(detail(&stop), "pid 5, SIGTERM sent, SIGKILL after 10s");
         assert!(!is_notable(&stop));
         assert_eq!(names.label(NO_NODE), "-");
         assert_eq!(names.label(9), "#9");

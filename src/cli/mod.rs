@@ -15,7 +15,7 @@ pub mod style;
 pub mod top;
 
 use crate::instance::Instance;
-use args::{parse_command, split_globals, Cmd, COMMANDS, NODE_HELP};
+use args::{parse_command, split_globals, Cmd, NODE_HELP};
 use session::{Outcome, Session};
 
 fn usage() -> String {
@@ -32,9 +32,7 @@ fn usage() -> String {
          \x20 -h, --help            this help\n\
          \x20 -V, --version         print the version\n\ncommands:\n",
     );
-    for (name, a, what) in COMMANDS {
-        s.push_str(&format!("  {:<28} {what}\n", format!("{name} {a}")));
-    }
+    s.push_str(&args::command_list());
     s.push_str(&format!(
         "\n{NODE_HELP}\n\nexit status: 0 success, 1 the command failed, 2 bad usage or config,\n\
          3 `status`: a selected node is not running.\n\n\

@@ -278,10 +278,23 @@ fn announce_loop(
             None => println!("{text}"),
         }
     };
+    // While a command of ours runs, only notable things are kept, and shown after it.
+    let quiet = || st.quiet_until.load(Ordering::SeqCst) == u64::MAX;
     let mut client: Option<Client> = None;
-    let mut held: Vec<String> = Vec::new();
+    // Lines to show, with the event number they come from (None: about the Supervisor).
+    let mut held: Vec<(Option<u64>, String)> = Vec::new();
     let mut was_attached = false;
     while !st.stop.load(Ordering::SeqCst) {
+        if !quiet() {
+            if st.drop_held.swap(false, Ordering::SeqCst) {
+                // The command itself showed the events that happened while it ran (`events`).
+                let from = st.quiet_until.load(Ordering::SeqCst);
+                held.retain(|(seq, _)| seq.is_none_or(|n| n >= from));
+            }
+            for (_, l) in held.drain(..) {
+                say(l);
+            }
+        }
         let alive = client.as_ref().is_some_and(Client::supervisor_alive);
         if !alive {
             if let Some(c) = client.take() {
@@ -295,7 +308,8 @@ fn announce_loop(
                         c.supervisor_pid()
                     ),
                 };
-                say(style.paint(code::BOLD_RED, &msg));
+                held.push((None, style.paint(code::BOLD_RED, &msg)));
+                continue;
             }
             match Client::attach(&instance) {
                 Ok(c) => {
@@ -312,17 +326,21 @@ fn announce_loop(
                         st.next.store(from, Ordering::SeqCst);
                     }
                     if was_attached {
-                        say(style.paint(
-                            code::BOLD,
-                            &format!(
-                                "** attached to the Supervisor pid {} (generation {})",
-                                c.supervisor_pid(),
-                                c.generation()
+                        held.push((
+                            None,
+                            style.paint(
+                                code::BOLD,
+                                &format!(
+                                    "** attached to the Supervisor pid {} (generation {})",
+                                    c.supervisor_pid(),
+                                    c.generation()
+                                ),
                             ),
                         ));
                     }
                     was_attached = true;
                     client = Some(c);
+                    continue;
                 }
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(250));
@@ -336,23 +354,19 @@ fn announce_loop(
         let capacity = c.shared().ring().capacity();
         while let Some((seq, ev, missed)) = c.next_event(&mut cursor) {
             if missed > 0 {
-                say(format!("** {}", events::missed_note(missed, capacity)));
+                held.push((
+                    None,
+                    format!("** {}", events::missed_note(missed, capacity)),
+                ));
             }
             let line = format!("** {}", events::short_line(&ev, &names, style));
-            if seq >= st.quiet_until.load(Ordering::SeqCst) {
-                say(line);
-            } else if events::is_notable(&ev) {
-                held.push(line);
+            if seq >= st.quiet_until.load(Ordering::SeqCst) || events::is_notable(&ev) {
+                held.push((Some(seq), line));
             }
         }
         st.next.store(cursor, Ordering::SeqCst);
-        if st.quiet_until.load(Ordering::SeqCst) != u64::MAX {
-            if st.drop_held.swap(false, Ordering::SeqCst) {
-                held.clear(); // the command itself showed them (`events`)
-            }
-            for l in held.drain(..) {
-                say(l);
-            }
+        if !held.is_empty() && !quiet() {
+            continue; // show them now
         }
         c.wait_event(cursor, Duration::from_millis(250));
     }
@@ -444,7 +458,7 @@ fn run_interactive(session: &mut Session) -> i32 {
     let start = match session.client() {
         Some(c) => {
             println!(
-                "broctld: attached to '{name}' (Supervisor pid {}). `help` lists commands; Ctrl-D leaves everything running.",
+                "broctld: attached to '{name}' (Supervisor pid {}); `help` lists commands, Ctrl-D leaves",
                 c.supervisor_pid()
             );
             let seen = show_while_away(c, style);

@@ -374,8 +374,28 @@ impl Client {
             mailbox::abandon(slot, self.pid);
             return Err(e);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match mailbox::wait_done(slot, self.pid, left) {
+        // Wait; if the command is still not taken after a while, ring again unconditionally: a
+        // Main killed between raising the bell flag and writing its byte leaves the flag up with
+        // nothing in the FIFO, and coalescing would then never ring again.
+        let mut patience = Duration::from_millis(50);
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match mailbox::wait_done(slot, self.pid, left.min(patience)) {
+                Err(WaitError::TimedOut) if !left.is_zero() && left > patience => {
+                    let v = slot.state.load(Ordering::Acquire);
+                    if v == mailbox::SlotState::Submitted.word(self.pid) {
+                        self.shared.header().bell.store(1, Ordering::SeqCst);
+                        fifo::ring(&self.bell).map_err(|source| ClientError::Io {
+                            what: "ringing the doorbell",
+                            source,
+                        })?;
+                    }
+                    patience = (patience * 2).min(Duration::from_secs(1));
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(()) => Ok(mailbox::take_reply(slot)),
             Err(WaitError::TimedOut) => {
                 // Withdraw it if the Supervisor has not taken it: then it was never applied.

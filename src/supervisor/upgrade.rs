@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Environment variable carrying the inherited lock fd number to the new program.
 pub const LOCK_FD_ENV: &str = "BROCTLD_UPGRADE_LOCK_FD";
@@ -92,7 +92,7 @@ pub fn check_executable(exe: &Path) -> io::Result<()> {
 
 /// Replaces this program with `exe` running `args`; returns only if `execve` failed. The
 /// signal mask (our loop's signals stay blocked) and every fd without `FD_CLOEXEC` survive.
-pub fn exec(exe: &PathBuf, args: &[String], lock_fd: i32) -> io::Error {
+pub fn exec(exe: &Path, args: &[String], lock_fd: i32) -> io::Error {
     let Ok(path) = CString::new(exe.as_os_str().as_bytes()) else {
         return io::Error::new(io::ErrorKind::InvalidInput, "NUL in path");
     };

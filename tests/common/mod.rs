@@ -728,3 +728,306 @@ pub fn describe_pids(pids: &[u32]) -> String {
     }
     format!("{m:?}")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault-injection helpers (tests/fault_*.rs, tests/hygiene_*.rs, tests/fuzz_*.rs).
+
+/// A count from the environment (`BROCTLD_FAULT_KILLS=20`), else `ci`. The CI variant of each
+/// fault test uses the small default; `scripts/reliability.sh` sets the full counts.
+pub fn env_count(var: &str, ci: u64) -> u64 {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?} is not a number")),
+        Err(_) => ci,
+    }
+}
+
+/// Prints one figure for `scripts/reliability.sh` to collect (`FIGURE test key=value`).
+pub fn figure(test: &str, key: &str, value: impl std::fmt::Display) {
+    // Straight to fd 1 so it shows with --nocapture and the harness does not reorder it.
+    let _ = writeln!(std::io::stdout(), "FIGURE {test} {key}={value}");
+}
+
+/// A small seeded PRNG (xorshift64*): every random choice of a fault test comes from it, so a
+/// failure can be replayed with the printed seed (`BROCTLD_FAULT_SEED=N`).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `BROCTLD_FAULT_SEED` if set, else from the clock; prints the seed.
+    pub fn from_env(test: &str) -> Rng {
+        let seed = match std::env::var("BROCTLD_FAULT_SEED") {
+            Ok(v) => v.trim().parse().expect("BROCTLD_FAULT_SEED is a number"),
+            Err(_) => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+            }
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test}: seed {seed} (replay with BROCTLD_FAULT_SEED={seed})"
+        );
+        figure(test, "seed", seed);
+        Rng::new(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `num/den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.below(den) < num
+    }
+
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// One process found in /proc by its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub state: char,
+    pub start: u64,
+}
+
+/// Every process whose environment carries `BROCTLD_INSTANCE=instance`, by its
+/// `BROCTLD_NODE` value (nodes and everything they forked that kept the environment), zombies
+/// included (their environment is gone, so they are found by `zombie_children`).
+pub fn node_procs(instance: &str) -> BTreeMap<String, Vec<NodeProc>> {
+    let inst = format!("BROCTLD_INSTANCE={instance}");
+    let me = std::process::id();
+    let mut out: BTreeMap<String, Vec<NodeProc>> = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if !vars.contains(&inst.as_bytes()) {
+            continue;
+        }
+        let Some(name) = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(b"BROCTLD_NODE=".as_slice()))
+        else {
+            continue;
+        };
+        let (Some(state), Some(ppid), Some(start)) =
+            (proc_state(pid), parent_pid(pid), start_time(pid))
+        else {
+            continue;
+        };
+        out.entry(String::from_utf8_lossy(name).into_owned())
+            .or_default()
+            .push(NodeProc {
+                pid,
+                ppid,
+                state,
+                start,
+            });
+    }
+    out
+}
+
+/// Live (not zombie) copies of each node: processes of `node_procs` that lead their own
+/// process group and whose parent is not itself a process of the same node (a node's
+/// grandchildren share its group, and one that made a group of its own is still its child).
+pub fn node_leaders(instance: &str) -> BTreeMap<String, Vec<u32>> {
+    node_procs(instance)
+        .into_iter()
+        .map(|(k, v)| {
+            let family: BTreeSet<u32> = v.iter().map(|p| p.pid).collect();
+            let pids = v
+                .iter()
+                .filter(|p| {
+                    p.state != 'Z'
+                        && p.state != 'X'
+                        && pgid(p.pid) == Some(p.pid)
+                        && !family.contains(&p.ppid)
+                })
+                .map(|p| p.pid)
+                .collect();
+            (k, pids)
+        })
+        .collect()
+}
+
+/// Node names that have more than one live leader: running twice.
+pub fn duplicates(instance: &str) -> BTreeMap<String, Vec<u32>> {
+    node_leaders(instance)
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .collect()
+}
+
+/// The process group (field 5 of /proc/PID/stat).
+pub fn pgid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_ascii_whitespace().nth(2)?.parse().ok()
+}
+
+/// utime + stime (fields 14 and 15) of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_ascii_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a constant.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
+/// Zombie processes whose parent is `parent`.
+pub fn zombie_children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if proc_state(pid) == Some('Z') && parent_pid(pid) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The fd numbers a process has open (from /proc/PID/fd).
+pub fn open_fds(pid: u32) -> Option<Vec<i32>> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Some(v)
+}
+
+/// Everything the event ring says, followed across Supervisor restarts (same region, new
+/// generation) and across regions (a shutdown and a new start make a new ring): call
+/// [`EventLog::poll`] often enough that the ring never laps it; `missed` counts what it lost.
+pub struct EventLog {
+    shm_name: String,
+    shm_path: PathBuf,
+    shared: Option<(broctld::protocol::Shared, u64)>,
+    cursor: u64,
+    /// (region number, seq, event), oldest first; the region number grows with each new region.
+    pub events: Vec<(u32, u64, broctld::protocol::event::Event)>,
+    /// Events overwritten before they were read, or torn.
+    pub missed: u64,
+    region_no: u32,
+}
+
+impl EventLog {
+    pub fn new(c: &Cluster) -> EventLog {
+        EventLog {
+            shm_name: c.instance().shm_name(),
+            shm_path: c.shm_path(),
+            shared: None,
+            cursor: 0,
+            events: Vec::new(),
+            missed: 0,
+            region_no: 0,
+        }
+    }
+
+    fn inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.shm_path).ok().map(|m| m.ino())
+    }
+
+    /// Reads every new event.
+    pub fn poll(&mut self) {
+        let ino = self.inode();
+        let stale = match (&self.shared, ino) {
+            (Some((_, have)), Some(now)) => *have != now,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if stale {
+            // Drain the old mapping first (it stays valid after an unlink).
+            self.drain();
+            if let Ok(s) = broctld::protocol::Shared::open(&self.shm_name) {
+                self.shared = Some((s, ino.unwrap_or(0)));
+                self.cursor = 0;
+                self.region_no += 1;
+            }
+        }
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        use broctld::protocol::event::Event;
+        use broctld::shm::ring::Next;
+        let Some((s, _)) = &self.shared else { return };
+        let ring = s.ring();
+        loop {
+            match ring.next(&mut self.cursor) {
+                Next::Empty => break,
+                Next::Event { seq, words, missed } => {
+                    self.missed += missed;
+                    match Event::decode(&words) {
+                        Some(ev) => self.events.push((self.region_no, seq, ev)),
+                        None => self.missed += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events of one kind.
+    pub fn of(
+        &self,
+        kind: broctld::protocol::event::EventKind,
+    ) -> Vec<broctld::protocol::event::Event> {
+        self.events
+            .iter()
+            .filter(|(_, _, e)| e.kind == kind)
+            .map(|(_, _, e)| *e)
+            .collect()
+    }
+}
+
+/// Waits (bounded) until `pred` holds, sleeping `step` between tries; returns whether it held.
+pub fn eventually(limit: Duration, step: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if pred() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(step);
+    }
+}

@@ -1,0 +1,562 @@
+//! The operator's read-mostly commands: `events`, `logs`, `diag`, `top`, `nodes`, `config`.
+
+use super::{CliError, Outcome, Session};
+use crate::cli::events::{self, Names, Seen};
+use crate::cli::output;
+use crate::cli::select;
+use crate::cli::style::{code, state_color, Cell, Style};
+use crate::cli::{interrupt, top};
+use crate::client::{Client, NodeStatus};
+use crate::config::{Config, NodeSpec};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+impl Session {
+    pub(super) fn events(
+        &mut self,
+        follow: bool,
+        since: Option<u64>,
+        last: Option<usize>,
+        json: bool,
+    ) -> Result<Outcome, CliError> {
+        self.require_client()?;
+        // Following owns its own attachment: it re-attaches when a new Supervisor takes over,
+        // and never starts one itself.
+        let mut client = Client::attach(&self.instance)?;
+        let style = self.style;
+        let head = client.event_head();
+        let (mut cursor, note) = match since {
+            Some(s) => (s, None),
+            None if last.is_some() => (client.oldest_event(), None),
+            None => events::since_last_seen(&client),
+        };
+        if let Some(n) = last {
+            cursor = cursor.max(head.saturating_sub(n as u64));
+        }
+        if let Some(n) = note {
+            eprintln!("broctld: {n}");
+        }
+        if follow {
+            interrupt::install();
+        }
+        let capacity = client.shared().ring().capacity();
+        let mut shown = 0u64;
+        let mut missed_total = 0u64;
+        let mut region = events::region_id(&client);
+        let mut names = Names::of(&client);
+        loop {
+            while let Some((seq, ev, missed)) = client.next_event(&mut cursor) {
+                if missed > 0 {
+                    missed_total += missed;
+                    eprintln!("broctld: {}", events::missed_note(missed, capacity));
+                }
+                if ev.node != crate::protocol::event::NO_NODE && ev.node as usize >= names.0.len() {
+                    names = Names::of(&client);
+                }
+                if json {
+                    println!("{}", events::json(seq, &ev, &names));
+                } else {
+                    println!("{}", events::line(seq, &ev, &names, style));
+                }
+                shown += 1;
+                if ev.kind == crate::protocol::event::EventKind::CommandApplied {
+                    names = Names::of(&client);
+                }
+            }
+            events::save_seen(
+                &self.instance,
+                Seen {
+                    region,
+                    next: cursor,
+                },
+            );
+            if !follow {
+                break;
+            }
+            if interrupt::pending() {
+                break;
+            }
+            if !client.supervisor_alive() {
+                eprintln!(
+                    "broctld: the Supervisor (pid {}) is gone; waiting for a new one",
+                    client.supervisor_pid()
+                );
+                loop {
+                    if interrupt::pending() {
+                        return Ok(Outcome::Done);
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                    if let Ok(c) = Client::attach(&self.instance) {
+                        client = c;
+                        break;
+                    }
+                }
+                if events::region_id(&client) != region {
+                    region = events::region_id(&client);
+                    cursor = client.oldest_event();
+                }
+                names = Names::of(&client);
+                eprintln!(
+                    "broctld: following the Supervisor pid {} (generation {})",
+                    client.supervisor_pid(),
+                    client.generation()
+                );
+                continue;
+            }
+            client.wait_event(cursor, Duration::from_millis(250));
+        }
+        if shown == 0 && !follow && !json {
+            eprintln!(
+                "broctld: no new events (#{} is the next; `events --since 0` shows the {} held)",
+                cursor,
+                cursor - client.oldest_event().min(cursor)
+            );
+        }
+        self.note(format!(
+            "{shown} event(s) shown{}",
+            if missed_total > 0 {
+                format!(", {missed_total} missed")
+            } else {
+                String::new()
+            }
+        ));
+        Ok(Outcome::Done)
+    }
+
+    /// The one configured node that `word` names.
+    fn one_node(&mut self, word: &str) -> Result<NodeSpec, CliError> {
+        let config = self.load_config()?;
+        let idx = select::select(&config.nodes, &[word.to_owned()]).map_err(CliError::Usage)?;
+        match idx.as_slice() {
+            [i] => Ok(config.nodes[*i].clone()),
+            [] => Err(CliError::Usage(format!("no node matches '{word}'"))),
+            more => Err(CliError::Usage(format!(
+                "'{word}' names {} nodes ({}); name one",
+                more.len(),
+                more.iter()
+                    .map(|&i| config.nodes[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    pub(super) fn logs(
+        &mut self,
+        word: &str,
+        lines: usize,
+        follow: bool,
+        stderr: bool,
+        json: bool,
+    ) -> Result<Outcome, CliError> {
+        if json && follow {
+            return Err(CliError::Usage(
+                "logs: --json prints the tail once; it does not go with -f".into(),
+            ));
+        }
+        let spec = self.one_node(word)?;
+        let path = if stderr { &spec.stderr } else { &spec.stdout };
+        let tail = match crate::supervisor::crash::tail(path, lines) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !json {
+                    eprintln!(
+                        "broctld: {} has written nothing to {} yet",
+                        spec.name,
+                        path.display()
+                    );
+                }
+                Vec::new()
+            }
+            Err(e) => {
+                return Err(CliError::Failed(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        if json {
+            println!(
+                "{{\"node\": {}, \"file\": {}, \"lines\": {}}}",
+                output::json_str(&spec.name),
+                output::json_str(&path.to_string_lossy()),
+                output::json_list(&tail)
+            );
+        } else {
+            for l in &tail {
+                println!("{l}");
+            }
+        }
+        self.note(format!(
+            "{} line(s) of {}{}",
+            tail.len(),
+            path.display(),
+            if follow { ", following" } else { "" }
+        ));
+        if follow {
+            interrupt::install();
+            follow_file(path)?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn diag(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
+        let config = self.load_config()?;
+        let idx = select::select(&config.nodes, words).map_err(CliError::Usage)?;
+        let chosen: Vec<&NodeSpec> = idx.iter().map(|&i| &config.nodes[i]).collect();
+        let reports: Vec<(&NodeSpec, Vec<CrashInfo>)> = chosen
+            .iter()
+            .map(|n| {
+                let mut v: Vec<CrashInfo> = crate::supervisor::crash::list(&n.cwd)
+                    .into_iter()
+                    .map(|p| CrashInfo::read(&p))
+                    .collect();
+                v.reverse(); // newest first
+                (*n, v)
+            })
+            .collect();
+        let total: usize = reports.iter().map(|(_, v)| v.len()).sum();
+        self.note(format!("{total} crash report(s)"));
+        if json {
+            let items: Vec<String> = reports
+                .iter()
+                .map(|(n, v)| {
+                    let list: Vec<String> = v.iter().map(CrashInfo::json).collect();
+                    let latest = v
+                        .first()
+                        .and_then(|c| std::fs::read_to_string(&c.path).ok())
+                        .map_or("null".into(), |t| output::json_str(&t));
+                    format!(
+                        "\n  {{\"node\": {}, \"dir\": {}, \"reports\": [{}], \"latest\": {}}}",
+                        output::json_str(&n.name),
+                        output::json_str(&n.cwd.to_string_lossy()),
+                        list.join(", "),
+                        latest
+                    )
+                })
+                .collect();
+            println!(
+                "[{}{}]",
+                items.join(","),
+                if items.is_empty() { "" } else { "\n" }
+            );
+            return Ok(Outcome::Done);
+        }
+        if let [(n, v)] = reports.as_slice() {
+            let Some(latest) = v.first() else {
+                println!(
+                    "no crash report for {} in {}: it has not died abnormally since reports were kept",
+                    n.name,
+                    n.cwd.display()
+                );
+                return Ok(Outcome::Done);
+            };
+            println!(
+                "{} {} (latest of {}):",
+                self.style.paint(code::BOLD, "crash report"),
+                latest.path.display(),
+                v.len()
+            );
+            let text = std::fs::read_to_string(&latest.path).map_err(|e| {
+                CliError::Failed(format!("cannot read {}: {e}", latest.path.display()))
+            })?;
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            if v.len() > 1 {
+                println!("\nolder reports of {}:", n.name);
+                print!("{}", crash_table(&v[1..], None, self.style));
+            }
+            return Ok(Outcome::Done);
+        }
+        let rows: Vec<(String, &CrashInfo, usize)> = reports
+            .iter()
+            .filter_map(|(n, v)| v.first().map(|c| (n.name.clone(), c, v.len())))
+            .collect();
+        if rows.is_empty() {
+            println!("no crash reports for {} node(s)", chosen.len());
+            return Ok(Outcome::Done);
+        }
+        let infos: Vec<CrashInfo> = rows.iter().map(|(_, c, _)| (*c).clone()).collect();
+        let labels: Vec<(String, usize)> = rows.iter().map(|(n, _, k)| (n.clone(), *k)).collect();
+        print!("{}", crash_table(&infos, Some(&labels), self.style));
+        println!("(`diag NODE` prints a node's latest report in full)");
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn top(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
+        let Some(client) = self.client() else {
+            if json {
+                println!("[]");
+            } else {
+                println!(
+                    "no Supervisor is running for instance '{}': no node runs",
+                    self.instance.name()
+                );
+            }
+            return Ok(Outcome::Done);
+        };
+        let nodes = client.status();
+        let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
+        let chosen: Vec<&NodeStatus> = idx.iter().map(|&i| &nodes[i]).collect();
+        let leaders: Vec<u32> = chosen.iter().filter_map(|n| n.pid).collect();
+        let usage = top::measure(&leaders, Duration::from_millis(300));
+        // Uptimes after the sampling pause.
+        let fresh: HashMap<usize, NodeStatus> =
+            client.status().into_iter().map(|n| (n.index, n)).collect();
+        self.note(format!("{} node(s) measured", leaders.len()));
+        if json {
+            let items: Vec<String> = chosen
+                .iter()
+                .map(|n| {
+                    let n = fresh.get(&n.index).unwrap_or(n);
+                    let u = n.pid.and_then(|p| usage.get(&p));
+                    format!(
+                        "\n  {{\"name\": {}, \"state\": {}, \"pid\": {}, \"procs\": {}, \"cpu_percent\": {}, \"rss_bytes\": {}, \"threads\": {}, \"uptime_ms\": {}}}",
+                        output::json_str(&n.name),
+                        output::json_str(n.state.as_str()),
+                        n.pid.map_or("null".into(), |p| p.to_string()),
+                        u.map_or("null".into(), |u| u.procs.to_string()),
+                        u.map_or("null".into(), |u| format!("{:.1}", u.cpu_percent)),
+                        u.map_or("null".into(), |u| u.rss_bytes.to_string()),
+                        u.map_or("null".into(), |u| u.threads.to_string()),
+                        n.uptime.map_or("null".into(), |d| d.as_millis().to_string()),
+                    )
+                })
+                .collect();
+            println!(
+                "[{}{}]",
+                items.join(","),
+                if items.is_empty() { "" } else { "\n" }
+            );
+            return Ok(Outcome::Done);
+        }
+        let rows: Vec<Vec<Cell>> = chosen
+            .iter()
+            .map(|n| {
+                let n = fresh.get(&n.index).unwrap_or(n);
+                let u = n.pid.and_then(|p| usage.get(&p));
+                let dash = || Cell::new("-");
+                vec![
+                    Cell::new(n.name.clone()),
+                    Cell::colored(n.state.as_str(), state_color(n.state.as_str())),
+                    n.pid.map_or_else(dash, |p| Cell::new(p.to_string())),
+                    u.map_or_else(dash, |u| Cell::new(u.procs.to_string())),
+                    u.map_or_else(dash, |u| Cell::new(format!("{:.1}", u.cpu_percent))),
+                    u.map_or_else(dash, |u| Cell::new(top::bytes(u.rss_bytes))),
+                    u.map_or_else(dash, |u| Cell::new(u.threads.to_string())),
+                    n.uptime
+                        .map_or_else(dash, |d| Cell::new(output::duration(d))),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            crate::cli::style::table(
+                &["NAME", "STATE", "PID", "PROCS", "CPU%", "RSS", "THREADS", "UPTIME"],
+                &rows,
+                self.style
+            )
+        );
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn nodes(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
+        let config = self.load_config()?;
+        let idx = select::select(&config.nodes, words).map_err(CliError::Usage)?;
+        let chosen: Vec<&NodeSpec> = idx.iter().map(|&i| &config.nodes[i]).collect();
+        self.warn_if_config_differs(&config);
+        self.note(format!("{} node(s) listed", chosen.len()));
+        if json {
+            let items: Vec<String> = chosen
+                .iter()
+                .map(|n| format!("\n  {}", output::spec_json(n)))
+                .collect();
+            println!(
+                "[{}{}]",
+                items.join(","),
+                if items.is_empty() { "" } else { "\n" }
+            );
+        } else {
+            print!("{}", output::nodes_table(&chosen, self.style));
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn show_config(&mut self, json: bool) -> Result<Outcome, CliError> {
+        let config = self.load_config()?;
+        self.warn_if_config_differs(&config);
+        self.note(format!("{}", config.path.display()));
+        if json {
+            let items: Vec<String> = config
+                .nodes
+                .iter()
+                .map(|n| format!("\n    {}", output::spec_json(n)))
+                .collect();
+            println!(
+                "{{\n  \"path\": {},\n  \"dir\": {},\n  \"nodes\": [{}{}]\n}}",
+                output::json_str(&config.path.to_string_lossy()),
+                output::json_str(&config.dir.to_string_lossy()),
+                items.join(","),
+                if items.is_empty() { "" } else { "\n  " }
+            );
+        } else {
+            println!(
+                "# effective config of instance '{}' from {}",
+                self.instance.name(),
+                config.path.display()
+            );
+            println!("# (every key explicit: defaults applied, paths absolute)");
+            print!("{}", config.to_toml());
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Says so on stderr when the config file names other nodes than the running table (it
+    /// was edited and not yet reloaded).
+    fn warn_if_config_differs(&mut self, config: &Config) {
+        let Some(client) = self.client() else { return };
+        let mut running: Vec<String> = client.status().into_iter().map(|n| n.name).collect();
+        let mut file: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
+        running.sort();
+        file.sort();
+        if running != file {
+            eprintln!(
+                "broctld: {} names other nodes than the Supervisor runs; `reload` applies it",
+                config.path.display()
+            );
+        }
+    }
+}
+
+/// What the first lines of a crash report say.
+#[derive(Debug, Clone, Default)]
+struct CrashInfo {
+    path: PathBuf,
+    time: String,
+    pid: String,
+    exit: String,
+    core: String,
+}
+
+impl CrashInfo {
+    fn read(path: &Path) -> CrashInfo {
+        let mut c = CrashInfo {
+            path: path.to_owned(),
+            ..CrashInfo::default()
+        };
+        let mut head = String::new();
+        if let Ok(f) = std::fs::File::open(path) {
+            let _ = f.take(4096).read_to_string(&mut head);
+        }
+        for l in head.lines().take(20) {
+            if let Some((k, v)) = l.split_once(": ") {
+                match k {
+                    "time" => c.time = v.to_owned(),
+                    "pid" => c.pid = v.to_owned(),
+                    "exit" => c.exit = v.to_owned(),
+                    "core dumped" => c.core = v.to_owned(),
+                    _ => {}
+                }
+            }
+        }
+        c
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"path\": {}, \"time\": {}, \"pid\": {}, \"exit\": {}, \"core_dumped\": {}}}",
+            output::json_str(&self.path.to_string_lossy()),
+            output::json_str(&self.time),
+            self.pid
+                .parse::<u32>()
+                .map_or("null".into(), |p| p.to_string()),
+            output::json_str(&self.exit),
+            self.core == "yes"
+        )
+    }
+}
+
+fn crash_table(infos: &[CrashInfo], labels: Option<&[(String, usize)]>, style: Style) -> String {
+    let mut header = vec!["TIME", "PID", "EXIT", "CORE", "REPORT"];
+    if labels.is_some() {
+        header.splice(0..0, ["NODE", "REPORTS"]);
+    }
+    let rows: Vec<Vec<Cell>> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut r = vec![
+                Cell::new(c.time.clone()),
+                Cell::new(c.pid.clone()),
+                Cell::colored(c.exit.clone(), code::RED),
+                Cell::new(if c.core.is_empty() {
+                    "-".into()
+                } else {
+                    c.core.clone()
+                }),
+                Cell::new(c.path.display().to_string()),
+            ];
+            if let Some(l) = labels {
+                r.splice(
+                    0..0,
+                    [Cell::new(l[i].0.clone()), Cell::new(l[i].1.to_string())],
+                );
+            }
+            r
+        })
+        .collect();
+    crate::cli::style::table(&header, &rows, style)
+}
+
+/// Prints what is appended to `path` until Ctrl-C: polls its size every 200 ms, starts over
+/// when it is truncated or replaced (rotated), and waits for it if it does not exist yet.
+fn follow_file(path: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let open = |from_end: bool| -> Option<(std::fs::File, u64, u64)> {
+        let mut f = std::fs::File::open(path).ok()?;
+        let meta = f.metadata().ok()?;
+        let pos = if from_end { meta.len() } else { 0 };
+        f.seek(SeekFrom::Start(pos)).ok()?;
+        Some((f, pos, meta.ino()))
+    };
+    let mut cur = open(true);
+    let mut partial = Vec::new();
+    let out = std::io::stdout();
+    loop {
+        if interrupt::pending() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let meta = std::fs::metadata(path).ok();
+        match (&mut cur, &meta) {
+            (None, Some(_)) => cur = open(false),
+            (Some((_, pos, ino)), Some(m)) if m.ino() != *ino || m.len() < *pos => {
+                eprintln!(
+                    "broctld: {} was truncated or replaced; reading it from the start",
+                    path.display()
+                );
+                partial.clear();
+                cur = open(false);
+            }
+            _ => {}
+        }
+        let Some((f, pos, _)) = cur.as_mut() else {
+            continue;
+        };
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_ok() && !buf.is_empty() {
+            *pos += buf.len() as u64;
+            partial.extend_from_slice(&buf);
+            if let Some(last_nl) = partial.iter().rposition(|b| *b == b'\n') {
+                let mut o = out.lock();
+                let _ = o.write_all(&partial[..=last_nl]);
+                let _ = o.flush();
+                partial.drain(..=last_nl);
+            }
+        }
+    }
+}

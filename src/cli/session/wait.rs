@@ -1,0 +1,211 @@
+//! Waiting for nodes to reach a state, with progress on stderr, and reporting the result.
+
+use super::{CliError, Outcome};
+use crate::cli::interrupt;
+use crate::cli::progress::{self, Progress};
+use crate::client::{Client, NodeStatus};
+use crate::config::NodeSpec;
+use crate::protocol::node::NodeState;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What a wait is for, to word its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verb {
+    /// `start`.
+    Start,
+    /// `stop` and `shutdown`.
+    Stop,
+    /// `restart`.
+    Restart,
+    /// `reload`.
+    Reload,
+}
+
+impl Verb {
+    fn done_word(self) -> &'static str {
+        match self {
+            Verb::Start => "running",
+            Verb::Stop => "stopped",
+            Verb::Restart => "restarted",
+            Verb::Reload => "settled",
+        }
+    }
+}
+
+/// Whether a node has been `starting` (spawned, not yet ready) for longer than its
+/// `ready_timeout_ms`: an ordered start no longer waits for it.
+pub(super) fn not_ready_in_time(n: &NodeStatus, specs: &HashMap<String, NodeSpec>) -> bool {
+    n.state == NodeState::Starting
+        && n.pid.is_some()
+        && specs
+            .get(&n.name)
+            .is_some_and(|s| n.uptime.unwrap_or_default() > s.policy.ready_timeout)
+}
+
+/// One progress line: the node that holds things up and why, then how many are done.
+pub(super) fn progress_text(
+    verb: Verb,
+    sel: &[NodeStatus],
+    specs: &HashMap<String, NodeSpec>,
+    done: impl Fn(&NodeStatus) -> bool,
+) -> String {
+    let finished = sel.iter().filter(|n| done(n)).count();
+    let pending: Vec<&NodeStatus> = sel.iter().filter(|n| !done(n)).collect();
+    let rank = |n: &NodeStatus| match (n.state, n.pid) {
+        (NodeState::Stopping, _) => 0,
+        (NodeState::Starting, Some(_)) => 1,
+        (NodeState::Backoff, _) => 2,
+        (NodeState::Starting, None) => 3,
+        _ => 4,
+    };
+    let what = match pending.iter().min_by_key(|n| rank(n)) {
+        None => "done".to_owned(),
+        Some(n) => {
+            let spec = specs.get(&n.name);
+            match (n.state, n.pid) {
+                (NodeState::Stopping, _) => {
+                    let (sig, timeout) = spec.map_or(("stop signal".to_owned(), None), |s| {
+                        (
+                            format!("SIG{}", crate::config::signal_name(s.policy.stop_signal)),
+                            Some(s.policy.stop_timeout),
+                        )
+                    });
+                    match (timeout, n.deadline_in) {
+                        (Some(t), Some(left)) => format!(
+                            "stopping {}: {sig} sent, {} of {}",
+                            n.name,
+                            progress::secs(t.saturating_sub(left)),
+                            progress::limit(t)
+                        ),
+                        (_, Some(left)) => format!(
+                            "stopping {}: {sig} sent, SIGKILL in {}",
+                            n.name,
+                            progress::secs(left)
+                        ),
+                        _ => format!("stopping {}: {sig} sent", n.name),
+                    }
+                }
+                (NodeState::Starting, Some(_)) => {
+                    let up = n.uptime.unwrap_or_default();
+                    match spec.map(|s| &s.policy) {
+                        Some(p) if p.ready_fd.is_some() => format!(
+                            "starting {}: waiting for it to say it is ready, {} of {}",
+                            n.name,
+                            progress::secs(up),
+                            progress::limit(p.ready_timeout)
+                        ),
+                        Some(p) => format!(
+                            "starting {}: ready after {}, {} so far",
+                            n.name,
+                            progress::limit(p.ready_after),
+                            progress::secs(up)
+                        ),
+                        None => format!("starting {}: {}", n.name, progress::secs(up)),
+                    }
+                }
+                (NodeState::Backoff, _) => format!(
+                    "{}: died, next start in {}",
+                    n.name,
+                    progress::secs(n.deadline_in.unwrap_or_default())
+                ),
+                (NodeState::Starting, None) => {
+                    format!("{}: queued until the earlier stages are ready", n.name)
+                }
+                (state, _) => format!("{}: {}", n.name, state.as_str()),
+            }
+        }
+    };
+    format!("{what} ({finished}/{} {})", sel.len(), verb.done_word())
+}
+
+/// Waits until every selected node satisfies `done`, the Supervisor dies, Ctrl-C (in the
+/// shell), or the time runs out, showing progress on stderr. The limit stretches to cover a
+/// node's published deadline (a stop timeout, a restart delay), up to two minutes in all.
+/// Returns the nodes as last seen and whether Ctrl-C ended the wait.
+pub(super) fn wait_nodes(
+    client: &Client,
+    idx: &[usize],
+    base: Duration,
+    verb: Verb,
+    specs: &HashMap<String, NodeSpec>,
+    done: impl Fn(&NodeStatus) -> bool,
+) -> (Vec<NodeStatus>, bool) {
+    let start = Instant::now();
+    let mut progress = Progress::new();
+    // A queued stage waits for the ready timeout of the stage before it.
+    let ready_wait = specs
+        .values()
+        .map(|s| s.policy.ready_timeout)
+        .max()
+        .unwrap_or_default();
+    loop {
+        let head = client.event_head();
+        let all = client.status();
+        let sel: Vec<NodeStatus> = all.into_iter().filter(|n| idx.contains(&n.index)).collect();
+        if sel.iter().all(&done) {
+            progress.clear();
+            return (sel, false);
+        }
+        progress.update(&progress_text(verb, &sel, specs, &done));
+        let mut limit = base;
+        for n in &sel {
+            if let Some(d) = n.deadline_in {
+                limit = limit.max(start.elapsed() + d + Duration::from_secs(5));
+            }
+            if n.state == NodeState::Starting {
+                limit = limit.max(ready_wait * 6);
+            }
+        }
+        let limit = limit.min(Duration::from_secs(120));
+        if start.elapsed() >= limit || !client.supervisor_alive() {
+            progress.clear();
+            return (sel, false);
+        }
+        if interrupt::installed() && interrupt::pending() {
+            progress.clear();
+            return (sel, true);
+        }
+        let left = limit - start.elapsed();
+        client.wait_event(head, left.min(Duration::from_millis(250)));
+    }
+}
+
+pub(super) fn report(
+    nodes: &[NodeStatus],
+    verb: &str,
+    interrupted: bool,
+    ok: impl Fn(&NodeStatus) -> bool,
+) -> Result<Outcome, CliError> {
+    let mut bad = Vec::new();
+    for n in nodes {
+        if ok(n) {
+            match n.pid {
+                Some(pid) => println!("{}: {} (pid {pid})", n.name, n.state.as_str()),
+                None => println!("{}: {}", n.name, n.state.as_str()),
+            }
+        } else {
+            let why = n
+                .last_exit
+                .map(|e| format!(", last exit: {}", e.describe()))
+                .unwrap_or_default();
+            println!("{}: not {verb}: {}{why}", n.name, n.state.as_str());
+            bad.push(n.name.clone());
+        }
+    }
+    if bad.is_empty() {
+        Ok(Outcome::Done)
+    } else if interrupted {
+        Err(CliError::Failed(format!(
+            "stopped waiting (Ctrl-C) with {} node(s) not yet {verb}: {}; the Supervisor carries on, see `status`",
+            bad.len(),
+            bad.join(", ")
+        )))
+    } else {
+        Err(CliError::Failed(format!(
+            "{} node(s) not {verb}: {}; see `broctld status` and the node's stderr file",
+            bad.len(),
+            bad.join(", ")
+        )))
+    }
+}
