@@ -3,7 +3,7 @@
 //! applied once or not at all, which the next Main can tell from the `command` events (command
 //! seq, opcode and origin pid).
 //!
-//! CI runs `BROCTLD_FAULT_MAIN_COMMANDS` (default 40) killed-or-not commands; the full run
+//! CI runs `BROCTLD_FAULT_MAIN_COMMANDS` (default 100) killed-or-not commands; the full run
 //! (`scripts/reliability.sh`) 500.
 
 mod common;
@@ -178,13 +178,11 @@ struct Run {
     op: Option<Opcode>,
     /// How it was treated: "natural", "killed", "killed-in-flight".
     how: &'static str,
-    /// Its exit code, if it exited by itself.
-    code: Option<i32>,
 }
 
 #[test]
 fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
-    let total = env_count("BROCTLD_FAULT_MAIN_COMMANDS", 40);
+    let total = env_count("BROCTLD_FAULT_MAIN_COMMANDS", 100);
     let mut rng = Rng::from_env("fault_main");
     let c = Cluster::new("main_kills", FIVE);
     c.start();
@@ -193,6 +191,7 @@ fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
     let names = ["logger-1", "manager", "proxy-1", "worker-1", "worker-2"];
     let mut runs: Vec<Run> = Vec::new();
     let started = Instant::now();
+    let mut slow = 0u64;
     for k in 0..total {
         let (words, op): (Vec<String>, Option<Opcode>) = match rng.below(20) {
             0..=3 => (vec!["status".into()], None),
@@ -213,7 +212,12 @@ fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
             _ => (vec!["shutdown".into()], Some(Opcode::Shutdown)),
         };
         let args: Vec<&str> = words.iter().map(String::as_str).collect();
-        let sup = c.lock_pid().filter(|p| pid_alive(*p));
+        let round = Instant::now();
+        // A Supervisor that serves (not one shutting down or exiting: pausing one that has
+        // unlinked its region would only make the next Main wait for it).
+        let serving = broctld::protocol::Shared::open(&c.instance().shm_name())
+            .is_ok_and(|s| s.state() == Some(broctld::protocol::layout::SupervisorState::Ready));
+        let sup = c.lock_pid().filter(|p| pid_alive(*p) && serving);
         // One in four commands is caught in flight: the Supervisor is paused, the Main submits,
         // is killed while waiting, and the Supervisor resumes. It must be applied exactly once.
         let in_flight = op.is_some() && sup.is_some() && rng.chance(1, 4);
@@ -233,7 +237,13 @@ fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
         } else {
             main = c.spawn_main(&args);
             if rng.chance(3, 4) {
-                std::thread::sleep(Duration::from_millis(rng.below(300)));
+                // A Main lives some 5-20 ms: most kills land inside that, some later.
+                let us = if rng.chance(3, 4) {
+                    rng.below(12_000)
+                } else {
+                    rng.below(300_000)
+                };
+                std::thread::sleep(Duration::from_micros(us));
                 sigkill(main);
                 how = "killed";
             } else {
@@ -247,9 +257,16 @@ fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
             words: words.clone(),
             op,
             how: if killed { how } else { "natural" },
-            code: st.code(),
         });
         log.poll();
+        if round.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "slow: `broctld {}` ({how}) took {:?}",
+                words.join(" "),
+                round.elapsed()
+            );
+            slow += 1;
+        }
         if k % 10 == 9 {
             // Never wedged: a fresh Main gets a command through (starting a Supervisor if the
             // last shutdown went through).
@@ -323,9 +340,8 @@ fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
                 "a submitted command of a killed Main was not applied: {r:?}"
             );
         }
-        if r.how == "natural" && r.code == Some(0) && r.op.is_some() {
-            assert_eq!(applied.len(), 1, "a Main that succeeded: {r:?}");
-        }
+        // (A Main that succeeded may have had nothing to send: `stop` of a stopped node,
+        // `shutdown` with no Supervisor.)
         let e = outcome.entry(r.how).or_default();
         if applied.is_empty() {
             e.1 += 1;
@@ -365,5 +381,6 @@ fn kill_9_main_at_random_points_never_wedges_or_applies_a_command_twice() {
     }
     figure(t, "applied_twice", twice.len());
     figure(t, "commands_applied_total", by_seq.len());
+    figure(t, "mains_slower_than_2s", slow);
     figure(t, "seconds", started.elapsed().as_secs());
 }

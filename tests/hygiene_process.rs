@@ -192,8 +192,12 @@ ready_fd = 3
             "{name}: fd {want_fd} is its lock"
         );
         assert_eq!(
-            std::fs::read_to_string(&lock).unwrap(),
-            format!("{pid} {}\n", start_time(pid).unwrap()),
+            std::fs::read_to_string(&lock)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            format!("{pid} {}", start_time(pid).unwrap()),
             "{name}: the lock file says PID STARTTIME"
         );
         use std::os::unix::fs::MetadataExt;
@@ -255,7 +259,7 @@ fn many_restarts_leave_no_zombie_and_no_leaked_fd() {
     assert!(matches!(out.code, Some(0) | Some(1)), "{out:?}");
     // Sample each new process's fds while it lives.
     let mut seen: BTreeSet<u32> = BTreeSet::new();
-    let mut bad: BTreeMap<u32, Vec<i32>> = BTreeMap::new();
+    let mut bad: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut sampled = 0u64;
     let mut restarts = 0u64;
     let deadline = Instant::now() + Duration::from_secs(100);
@@ -284,13 +288,38 @@ fn many_restarts_leave_no_zombie_and_no_leaked_fd() {
                             sampled += 1;
                             if fds != [0, 1, 2, 3] {
                                 // /proc shows the new program a moment before exec has closed
-                                // the close-on-exec fds: look again once exec is surely done.
+                                // the close-on-exec fds (longer on a loaded machine): judge
+                                // only an extra fd that stays while the process lives on.
                                 let st0 = start_time(pid);
-                                std::thread::sleep(Duration::from_millis(2));
-                                if let Some(again) = open_fds(pid) {
-                                    if start_time(pid) == st0 && again != [0, 1, 2, 3] {
-                                        bad.insert(pid, again);
+                                let mut extra = None;
+                                for _ in 0..20 {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                    match open_fds(pid) {
+                                        Some(f)
+                                            if start_time(pid) == st0
+                                                && pid_alive(pid)
+                                                && f != [0, 1, 2, 3] =>
+                                        {
+                                            let links: Vec<String> = f
+                                                .iter()
+                                                .map(|fd| {
+                                                    let l = std::fs::read_link(format!(
+                                                        "/proc/{pid}/fd/{fd}"
+                                                    ))
+                                                    .unwrap_or_default();
+                                                    format!("{fd}->{}", l.display())
+                                                })
+                                                .collect();
+                                            extra = Some(links);
+                                        }
+                                        _ => {
+                                            extra = None;
+                                            break;
+                                        }
                                     }
+                                }
+                                if let Some(links) = extra {
+                                    bad.insert(pid, links);
                                 }
                             }
                         }
@@ -353,7 +382,7 @@ fn many_restarts_leave_no_zombie_and_no_leaked_fd() {
     figure(t, "supervisor_fds_before", fds_before.len());
     figure(t, "supervisor_fds_after", fds_after.len());
     figure(t, "zombies", zombie_children(sup).len());
-    figure(t, "seconds", t0.elapsed().as_secs());
+    figure(t, "ms", t0.elapsed().as_millis());
     assert_eq!(log.missed, 0);
 }
 
@@ -422,7 +451,7 @@ fn a_hundred_nodes_failing_at_start_are_throttled_and_the_others_are_untouched()
         storm_ticks * 1000 * 100 / hz / spawns,
     );
     figure(t, "supervisor_cpu_ms_idle_1s", idle_ticks * 1000 / hz);
-    figure(t, "seconds", t0.elapsed().as_secs());
+    figure(t, "ms", t0.elapsed().as_millis());
     // Generous bounds that only a busy loop would break: the backoff waits (100 + 200 + 400
     // + 800 ms at least) are spent asleep, so the Supervisor cannot have been on a CPU for the
     // whole storm; and an idle Supervisor uses (next to) nothing.
@@ -435,5 +464,91 @@ fn a_hundred_nodes_failing_at_start_are_throttled_and_the_others_are_untouched()
         idle_ticks * 1000 / hz <= 50,
         "the Supervisor used {} ms of CPU in 1 s idle",
         idle_ticks * 1000 / hz
+    );
+}
+
+/// The same, without processes: a node that died 5 ms after its start, but whose death the
+/// Supervisor only got round to 150 ms later (busy spawning a hundred others), is a quick death
+/// all the same, and the delay before its next start must grow ("multiplied after each quick
+/// restart", README).
+#[test]
+#[ignore = "bug: src/supervisor/policy.rs decide grows the delay only when the restart must wait (`due > now`); a quick death reaped later than the current delay restarts at once and the delay stays at restart_delay_ms"]
+fn a_quick_death_reaped_late_still_grows_the_restart_delay() {
+    use broctld::supervisor::policy::{decide, Decision, History};
+    let policy = broctld::config::Policy {
+        restart_delay: Duration::from_millis(100),
+        restart_delay_factor: 2.0,
+        quick_death: Duration::from_secs(5),
+        give_up_after: 0,
+        ..Default::default()
+    };
+    let mut h = History::new(&policy);
+    let ms = 1_000_000u64;
+    let mut started = 0u64;
+    let mut starts = vec![0u64];
+    for _ in 0..4 {
+        // Died 5 ms after its start; reaped 150 ms after its start.
+        let now = started + 150 * ms;
+        let next = match decide(&policy, &mut h, Exit::Code(1), started, now) {
+            Decision::RestartAt(at) => at.max(now),
+            d => panic!("{d:?}"),
+        };
+        starts.push(next);
+        started = next;
+    }
+    let gaps: Vec<u64> = starts.windows(2).map(|w| (w[1] - w[0]) / ms).collect();
+    // 100, 200, 400, 800 ms between starts (each at least the reap latency).
+    assert!(
+        gaps.iter()
+            .enumerate()
+            .all(|(k, g)| *g >= (100u64 << k).max(150)),
+        "gaps between starts: {gaps:?} ms"
+    );
+}
+
+/// The backoff holds under load: in a storm of nodes failing at start, each one still waits
+/// `restart_delay_ms` x 2^k between its starts (100, 200, 400, 800 ms), as one failing node
+/// alone does (`cluster.rs: fail_start_node_ends_failed_after_give_up_after_with_growing_backoff`).
+#[test]
+#[ignore = "bug (shows under load, e.g. beside other tests; see a_quick_death_reaped_late_still_grows_the_restart_delay): src/supervisor/policy.rs decide grows the delay only when the restart must wait, and the Supervisor dates a death when it reaps it"]
+fn a_storm_of_failing_nodes_still_waits_the_growing_restart_delay() {
+    let n = 100;
+    let mut cfg = String::from(
+        "[defaults]\nrestart_delay_ms = 100\nrestart_delay_factor = 2.0\nquick_death_ms = 5000\ngive_up_after = 5\ngive_up_window_ms = 60000\n",
+    );
+    for i in 0..n {
+        cfg.push_str(&format!(
+            "\n[[node]]\nname = \"bad{i:03}\"\ncommand = [\"@NODE@\", \"--fail-start\"]\n"
+        ));
+    }
+    let c = Cluster::new("fail_storm_gaps", &cfg);
+    let _ = c.run(&["start"]);
+    c.supervisor_pid();
+    c.wait_status(Duration::from_secs(60), "every node failed", |s| {
+        s.values().all(|v| v.state == "failed")
+    });
+    let mut log = EventLog::new(&c);
+    log.poll();
+    let mut short = Vec::new();
+    for node in 0..n as u16 {
+        let starts: Vec<u64> = log
+            .of(EventKind::Spawned)
+            .iter()
+            .filter(|e| e.node == node)
+            .map(|e| e.mono_ns / 1_000_000)
+            .collect();
+        for (k, w) in starts.windows(2).enumerate() {
+            let want = 100u64 << k;
+            // Spawned is stamped after the fork, the delay runs from before it: allow 10%.
+            if (w[1] - w[0]) * 10 < want * 9 {
+                short.push((node, k, w[1] - w[0], want));
+            }
+        }
+    }
+    assert!(
+        short.is_empty(),
+        "{} gaps shorter than the delay (node, k, gap ms, delay ms), e.g. {:?}",
+        short.len(),
+        &short[..short.len().min(8)]
     );
 }

@@ -7,6 +7,7 @@
 //! bench (the same code a first Main starts detached), so the bench owns its lifetime: it is
 //! shut down through the mailbox at the end, and gets SIGTERM if the bench dies.
 
+use crate::floors::{DoorbellEcho, PipeEcho};
 use crate::peer::{Cpus, Pin};
 use crate::summary::{self, Filter};
 use broctld::client::{Client, ClientError};
@@ -401,6 +402,19 @@ pub fn status(c: &mut Criterion, filter: &Filter) {
                 t.elapsed()
             })
         });
+        let mut snapshot = Vec::with_capacity(n);
+        let id = format!("status/into/{n}");
+        g.bench_function(BenchmarkId::new("into", n), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    client.status_into(&mut snapshot);
+                    black_box(&snapshot);
+                }
+                summary::ran(&id);
+                t.elapsed()
+            })
+        });
         let id = format!("status/client/{n}");
         g.bench_function(BenchmarkId::new("client", n), |b| {
             b.iter_custom(|iters| {
@@ -422,8 +436,79 @@ pub fn status(c: &mut Criterion, filter: &Filter) {
             no_syscall("status/client/64 (`Client::status()`)", &|| {
                 black_box(client.status());
             });
+            let snap = std::cell::RefCell::new(Vec::with_capacity(64));
+            no_syscall("status/into/64 (`Client::status_into`)", &|| {
+                client.status_into(&mut snap.borrow_mut());
+                black_box(&snap);
+            });
         }
         drop(live);
     }
     g.finish();
+}
+
+/// Interleaved ("paired") ratios, robust to load that comes and goes on a shared machine:
+/// criterion measures each bench in its own few seconds, so a floor and broctld may see
+/// different background load. Here the pipe floor, the doorbell floor and broctld's ping run in
+/// alternating blocks against peers that all live at once, pinned the same way, and the ratio
+/// is taken block by block; the summary reports the median and quartiles of those ratios.
+pub fn paired(cpus: &Cpus, filter: &Filter) {
+    const ROUNDS: usize = 41;
+    let pins: Vec<Pin> = [Pin::SameCpu, Pin::CrossCpu]
+        .into_iter()
+        .filter(|p| filter.any(&[format!("paired/{}", p.label())]))
+        .collect();
+    if pins.is_empty() {
+        return;
+    }
+    let live = Live::start("paired", 2, true);
+    let sup = live.pid();
+    for pin in pins {
+        let Some((mine, theirs)) = pin.sets(cpus) else {
+            continue;
+        };
+        mine.apply(0).expect("pinning the bench");
+        theirs
+            .apply_all_threads(sup)
+            .expect("pinning the Supervisor");
+        let pipe = PipeEcho::new(theirs);
+        let bell = DoorbellEcho::new(theirs, &format!("paired-{}", pin.label()));
+        // About 5 ms per block on one CPU, 25 ms across two.
+        let block = if pin == Pin::SameCpu { 2000 } else { 500 };
+        let time = |what: usize| {
+            let t = Instant::now();
+            for _ in 0..block {
+                match what {
+                    0 => pipe.round_trip(),
+                    1 => bell.round_trip(),
+                    _ => ping(&live.client),
+                }
+            }
+            t.elapsed().as_nanos() as f64 / block as f64
+        };
+        for w in 0..3 {
+            time(w);
+        }
+        let mut per = [Vec::new(), Vec::new(), Vec::new()];
+        for r in 0..ROUNDS {
+            for k in 0..3 {
+                let w = (r + k) % 3;
+                per[w].push(time(w));
+            }
+        }
+        let over_pipe: Vec<f64> = (0..ROUNDS).map(|i| per[2][i] / per[0][i]).collect();
+        let over_bell: Vec<f64> = (0..ROUNDS).map(|i| per[2][i] / per[1][i]).collect();
+        let label = pin.label();
+        summary::paired(format!("paired/{label}/ping-over-pipe"), &over_pipe);
+        summary::paired(format!("paired/{label}/ping-over-doorbell"), &over_bell);
+        summary::paired(format!("paired/{label}/ping-ns"), &per[2]);
+        summary::paired(format!("paired/{label}/pipe-ns"), &per[0]);
+        summary::paired(format!("paired/{label}/doorbell-ns"), &per[1]);
+        summary::ran(&format!("paired/{label}"));
+        drop(bell);
+        drop(pipe);
+        cpus.restore();
+        let _ = cpus.original.apply_all_threads(sup);
+    }
+    drop(live);
 }

@@ -12,11 +12,12 @@
 //!   the peer waits for in edge-triggered epoll (as the Supervisor does), and a futex wake back
 //!   (as a Supervisor's reply does).
 
-use crate::peer::{read1, write1, Cpus, Peer, Pin, SharedPage, BELL, SPIN, STOP, WORD};
+use crate::peer::{read1, write1, CpuSet, Cpus, Peer, Pin, SharedPage, BELL, SPIN, STOP, WORD};
 use crate::summary::{self, Filter};
 use broctld::sys::futex;
 use criterion::{BenchmarkId, Criterion};
 use std::ffi::CString;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,150 @@ fn pipe() -> [libc::c_int; 2] {
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
     assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
     fds
+}
+
+/// A forked peer echoing one byte at a time over two pipes.
+pub struct PipeEcho {
+    _peer: Peer,
+    wr: libc::c_int,
+    rd: libc::c_int,
+}
+
+impl PipeEcho {
+    /// Forks the echo peer onto `cpus`.
+    pub fn new(cpus: CpuSet) -> PipeEcho {
+        let down = pipe();
+        let up = pipe();
+        let peer = Peer::fork(
+            cpus,
+            &[down[1], up[0]],
+            &[down[0], up[1]],
+            &[down[1], up[0]],
+            || {
+                while read1(down[0]) {
+                    if !write1(up[1]) {
+                        return;
+                    }
+                }
+            },
+        );
+        PipeEcho {
+            _peer: peer,
+            wr: down[1],
+            rd: up[0],
+        }
+    }
+
+    /// One round trip.
+    pub fn round_trip(&self) {
+        assert!(write1(self.wr) && read1(self.rd), "pipe peer died");
+    }
+}
+
+/// A forked peer answering like broctld's Supervisor: it sleeps in edge-triggered epoll on a
+/// FIFO (opened `O_RDWR | O_NONBLOCK`, as the Supervisor opens its doorbell), drains it (one
+/// read unless the read fills the buffer), clears the bell flag, answers through a futex word
+/// and wakes the Main; the Main swaps the flag and writes a byte only on 0 -> 1, then sleeps on
+/// the word. Five syscalls per round trip, as broctld's own.
+pub struct DoorbellEcho {
+    page: SharedPage,
+    peer: Peer,
+    wr: libc::c_int,
+    dir: PathBuf,
+}
+
+impl DoorbellEcho {
+    /// Forks the peer onto `cpus`; `label` makes its FIFO's dir unique.
+    pub fn new(cpus: CpuSet, label: &str) -> DoorbellEcho {
+        let page = SharedPage::new();
+        let dir =
+            std::env::temp_dir().join(format!("broctld-bench-bell-{}-{label}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("doorbell dir");
+        let path = CString::new(dir.join("doorbell").to_str().unwrap()).unwrap();
+        // SAFETY: NUL-terminated path; fds checked below.
+        let (rd, wr, ep) = unsafe {
+            assert_eq!(libc::mkfifo(path.as_ptr(), 0o600), 0, "mkfifo");
+            let rd = libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            );
+            let wr = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            );
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: 1,
+            };
+            assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, rd, &mut ev), 0);
+            (rd, wr, ep)
+        };
+        assert!(rd >= 0 && wr >= 0 && ep >= 0, "doorbell fds");
+        let peer = Peer::fork(cpus, &[wr], &[rd, ep], &[wr], || {
+            let w = page.u32(WORD);
+            let bell = page.u32(BELL);
+            let stop = page.u32(STOP);
+            // SAFETY: plain data.
+            let mut evs: [libc::epoll_event; 4] = unsafe { std::mem::zeroed() };
+            let mut buf = [0u8; 256];
+            loop {
+                // SAFETY: a live epoll fd and event buffer.
+                let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 1000) };
+                if stop.load(Ordering::Acquire) != 0 {
+                    return;
+                }
+                if n <= 0 {
+                    continue;
+                }
+                // Drain as `fifo::drain` does: a short read means the pipe is empty.
+                // SAFETY: reading into a live buffer.
+                while unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) }
+                    == buf.len() as isize
+                {}
+                bell.store(0, Ordering::SeqCst);
+                let v = w.load(Ordering::Acquire);
+                if v % 2 == 1 {
+                    w.store(v.wrapping_add(1), Ordering::Release);
+                    futex::wake(w, i32::MAX);
+                }
+            }
+        });
+        DoorbellEcho {
+            page,
+            peer,
+            wr,
+            dir,
+        }
+    }
+
+    /// One round trip.
+    pub fn round_trip(&self) {
+        let w = self.page.u32(WORD);
+        let bell = self.page.u32(BELL);
+        let sent = w.load(Ordering::Relaxed).wrapping_add(1);
+        w.store(sent, Ordering::SeqCst);
+        if bell.swap(1, Ordering::SeqCst) == 0 {
+            assert!(write1(self.wr), "doorbell write");
+        }
+        loop {
+            let v = w.load(Ordering::Acquire);
+            if v != sent {
+                break;
+            }
+            if matches!(futex::wait(w, v, Some(CHECK)), Ok(futex::Wake::TimedOut)) {
+                assert!(self.peer.alive(), "doorbell peer died");
+            }
+        }
+    }
+}
+
+impl Drop for DoorbellEcho {
+    fn drop(&mut self) {
+        self.page.u32(STOP).store(1, Ordering::Release);
+        write1(self.wr);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Runs all floors, in every pinning this machine allows.
@@ -139,29 +284,15 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus, filter: &Filter) {
 
         // Pipe.
         if want("pipe") {
-            let down = pipe();
-            let up = pipe();
-            let peer = Peer::fork(
-                theirs,
-                &[down[1], up[0]],
-                &[down[0], up[1]],
-                &[down[1], up[0]],
-                || {
-                    while read1(down[0]) {
-                        if !write1(up[1]) {
-                            return;
-                        }
-                    }
-                },
-            );
+            let echo = PipeEcho::new(theirs);
             run(&mut g, "pipe", &mut |iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    assert!(write1(down[1]) && read1(up[0]), "pipe peer died");
+                    echo.round_trip();
                 }
                 t.elapsed()
             });
-            drop(peer);
+            drop(echo);
         }
 
         // FIFO: two named pipes, opened in the same order on both sides so neither open blocks
@@ -246,95 +377,17 @@ pub fn bench(c: &mut Criterion, cpus: &Cpus, filter: &Filter) {
             drop(peer);
         }
 
-        // Doorbell: the Main side swaps the bell flag and writes a byte only on 0 -> 1, then
-        // sleeps on the futex word; the peer sleeps in edge-triggered epoll on the FIFO (opened
-        // O_RDWR | O_NONBLOCK, as the Supervisor opens its doorbell), drains it (one read unless
-        // the read fills the buffer), clears the flag, answers through the word and wakes the
-        // Main: five syscalls per round trip, as broctld's own.
+        // Doorbell: broctld's transport with no protocol (see `DoorbellEcho`).
         if want("doorbell") {
-            let page = SharedPage::new();
-            let dir = std::env::temp_dir().join(format!(
-                "broctld-bench-bell-{}-{}",
-                std::process::id(),
-                pin.label()
-            ));
-            std::fs::create_dir_all(&dir).expect("doorbell dir");
-            let path = CString::new(dir.join("doorbell").to_str().unwrap()).unwrap();
-            // SAFETY: NUL-terminated path; fds checked below.
-            let (rd, wr, ep) = unsafe {
-                assert_eq!(libc::mkfifo(path.as_ptr(), 0o600), 0, "mkfifo");
-                let rd = libc::open(
-                    path.as_ptr(),
-                    libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-                );
-                let wr = libc::open(
-                    path.as_ptr(),
-                    libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-                );
-                let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-                let mut ev = libc::epoll_event {
-                    events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-                    u64: 1,
-                };
-                assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, rd, &mut ev), 0);
-                (rd, wr, ep)
-            };
-            assert!(rd >= 0 && wr >= 0 && ep >= 0, "doorbell fds");
-            let peer = Peer::fork(theirs, &[wr], &[rd, ep], &[wr], || {
-                let w = page.u32(WORD);
-                let bell = page.u32(BELL);
-                let stop = page.u32(STOP);
-                // SAFETY: plain data.
-                let mut evs: [libc::epoll_event; 4] = unsafe { std::mem::zeroed() };
-                let mut buf = [0u8; 256];
-                loop {
-                    // SAFETY: a live epoll fd and event buffer.
-                    let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 1000) };
-                    if stop.load(Ordering::Acquire) != 0 {
-                        return;
-                    }
-                    if n <= 0 {
-                        continue;
-                    }
-                    // Drain as `fifo::drain` does: a short read means the pipe is empty.
-                    // SAFETY: reading into a live buffer.
-                    while unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) }
-                        == buf.len() as isize
-                    {}
-                    bell.store(0, Ordering::SeqCst);
-                    let v = w.load(Ordering::Acquire);
-                    if v % 2 == 1 {
-                        w.store(v.wrapping_add(1), Ordering::Release);
-                        futex::wake(w, i32::MAX);
-                    }
-                }
-            });
-            let w = page.u32(WORD);
-            let bell = page.u32(BELL);
+            let echo = DoorbellEcho::new(theirs, pin.label());
             run(&mut g, "doorbell", &mut |iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    let sent = w.load(Ordering::Relaxed).wrapping_add(1);
-                    w.store(sent, Ordering::SeqCst);
-                    if bell.swap(1, Ordering::SeqCst) == 0 {
-                        assert!(write1(wr), "doorbell write");
-                    }
-                    loop {
-                        let v = w.load(Ordering::Acquire);
-                        if v != sent {
-                            break;
-                        }
-                        if matches!(futex::wait(w, v, Some(CHECK)), Ok(futex::Wake::TimedOut)) {
-                            assert!(peer.alive(), "doorbell peer died");
-                        }
-                    }
+                    echo.round_trip();
                 }
                 t.elapsed()
             });
-            page.u32(STOP).store(1, Ordering::Release);
-            write1(wr);
-            drop(peer);
-            let _ = std::fs::remove_dir_all(&dir);
+            drop(echo);
         }
     }
     g.finish();

@@ -40,6 +40,7 @@ fn main() {
     floors::bench(&mut c, &cpus, &filter);
     broctld::mailbox_and_ring(&mut c, &cpus, &filter);
     broctld::status(&mut c, &filter);
+    broctld::paired(&cpus, &filter);
     c.final_summary();
     summary::note(format!(
         "/proc/loadavg before the benches: {}; after: {} (other work on the machine shows here)",

@@ -10,6 +10,18 @@ use std::time::SystemTime;
 
 static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static PAIRED: Mutex<Vec<(String, [f64; 3])>> = Mutex::new(Vec::new());
+
+/// Records a paired series (see `broctld::paired`) by its median and quartiles.
+pub fn paired(id: String, values: &[f64]) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    PAIRED
+        .lock()
+        .unwrap()
+        .push((id, [q(0.5), q(0.25), q(0.75)]));
+}
 
 /// Criterion options that take a value (so the word after them is not the filter).
 const VALUE_OPTIONS: &[&str] = &[
@@ -177,7 +189,8 @@ fn describe(id: &str) -> String {
         ),
         ["status", "raw", n] => format!("seqlock copy of {n} node record(s), no decoding"),
         ["status", "records", n] => format!("`Client::records_into` for {n} node(s) (decoded records)"),
-        ["status", "client", n] => format!("`Client::status()` for {n} node(s) (what `broctld status` reads)"),
+        ["status", "client", n] => format!("`Client::status()` for {n} node(s) (what `broctld status` reads; allocates)"),
+        ["status", "into", n] => format!("`Client::status_into` for {n} node(s) (same snapshot, buffers reused)"),
         ["ring", "read-all", n] => format!("read {n} events from the ring with `Client::next_event`"),
         ["ring", "poll-empty", _] => "`Client::next_event` with nothing new".into(),
         _ => String::new(),
@@ -224,8 +237,7 @@ pub fn report(since: SystemTime) {
                 fmt_ns(e.hi)
             ));
         }
-        out.push_str("\nbroctld's command round trip as a ratio to each floor of the same pinning, same run:\n\n");
-        out.push_str("| pinning | ping median | ÷ pipe | ÷ fifo | ÷ futex | ÷ unix | ÷ doorbell | ÷ spin |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        let mut ratios = String::new();
         for pin in ["unpinned", "same-cpu", "cross-cpu"] {
             let Some(p) = est.get(&format!("mailbox/ping/{pin}")) else {
                 continue;
@@ -237,8 +249,42 @@ pub fn report(since: SystemTime) {
                     None => row.push_str(" - |"),
                 }
             }
-            out.push_str(&row);
-            out.push('\n');
+            ratios.push_str(&row);
+            ratios.push('\n');
+        }
+        if !ratios.is_empty() {
+            out.push_str("\nbroctld's command round trip as a ratio to each floor of the same pinning, same run:\n\n");
+            out.push_str("| pinning | ping median | ÷ pipe | ÷ fifo | ÷ futex | ÷ unix | ÷ doorbell | ÷ spin |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str(&ratios);
+        }
+    }
+    let paired = PAIRED.lock().unwrap();
+    let get = |id: String| paired.iter().find(|(k, _)| *k == id).map(|(_, v)| *v);
+    if !paired.is_empty() {
+        out.push_str("\nThe same ratio, paired: the pipe floor, the doorbell floor and broctld's ping in 41 interleaved blocks against peers that live at once (2000 round trips per block on one CPU, 500 across two), the ratio taken block by block; median and quartiles of those ratios. Load that comes and goes on the machine hits both sides of each ratio alike.\n\n");
+        out.push_str("| pinning | ping | pipe | doorbell | ping ÷ pipe | ping ÷ doorbell |\n|---|---:|---:|---:|---:|---:|\n");
+        for pin in ["same-cpu", "cross-cpu"] {
+            let (Some(p), Some(f), Some(d), Some(rp), Some(rd)) = (
+                get(format!("paired/{pin}/ping-ns")),
+                get(format!("paired/{pin}/pipe-ns")),
+                get(format!("paired/{pin}/doorbell-ns")),
+                get(format!("paired/{pin}/ping-over-pipe")),
+                get(format!("paired/{pin}/ping-over-doorbell")),
+            ) else {
+                continue;
+            };
+            out.push_str(&format!(
+                "| {pin} | {} | {} | {} | {:.2} ({:.2} .. {:.2}) | {:.2} ({:.2} .. {:.2}) |\n",
+                fmt_ns(p[0]),
+                fmt_ns(f[0]),
+                fmt_ns(d[0]),
+                rp[0],
+                rp[1],
+                rp[2],
+                rd[0],
+                rd[1],
+                rd[2]
+            ));
         }
     }
     let notes = NOTES.lock().unwrap();
@@ -248,11 +294,14 @@ pub fn report(since: SystemTime) {
             out.push_str(&format!("- {n}\n"));
         }
     }
-    out.push_str("\nRaw (id median_ns ci_low_ns ci_high_ns):\n\n```\n");
+    out.push_str("\nRaw (criterion: id median_ns ci_low_ns ci_high_ns; paired: id median q1 q3, ns or ratio):\n\n```\n");
     for id in &ran {
         if let Some(e) = est.get(id) {
             out.push_str(&format!("{id} {:.1} {:.1} {:.1}\n", e.median, e.lo, e.hi));
         }
+    }
+    for (id, v) in paired.iter() {
+        out.push_str(&format!("{id} {:.3} {:.3} {:.3}\n", v[0], v[1], v[2]));
     }
     out.push_str("```\n");
     println!("\n== broctld bench summary (criterion medians of this run) ==\n\n{out}");

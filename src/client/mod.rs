@@ -137,6 +137,58 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// Overwrites this entry from a record's words (untrusted), reusing the name buffer.
+    /// Returns false for words out of range.
+    fn fill(
+        &mut self,
+        index: usize,
+        w: &[u64; crate::protocol::layout::NODE_WORDS],
+        now_mono: u64,
+    ) -> bool {
+        use crate::protocol::node::NAME_MAX;
+        let Some(state) = NodeState::from_code((w[0] & 0xff) as u8) else {
+            return false;
+        };
+        let n = (w[6] as usize).min(NAME_MAX);
+        let words = n.div_ceil(8);
+        // Names are ASCII ([A-Za-z0-9_.-]); anything else is refused rather than decoded.
+        if w[7..7 + words]
+            .iter()
+            .any(|x| x & 0x8080_8080_8080_8080 != 0)
+        {
+            return false;
+        }
+        let mut bytes = [0u8; NAME_MAX];
+        for (k, chunk) in bytes.chunks_exact_mut(8).take(words).enumerate() {
+            chunk.copy_from_slice(&w[7 + k].to_le_bytes());
+        }
+        let Ok(name) = std::str::from_utf8(&bytes[..n]) else {
+            return false;
+        };
+        if self.name != name {
+            self.name.clear();
+            self.name.push_str(name);
+        }
+        let pid = (w[1] & 0xffff_ffff) as u32;
+        let started = w[3];
+        self.index = index;
+        self.node_type = NodeType::from_code(((w[0] >> 8) & 0xff) as u8).unwrap_or(NodeType::Other);
+        self.state = state;
+        self.pid = (pid != 0).then_some(pid);
+        self.uptime = self
+            .pid
+            .map(|_| Duration::from_nanos(now_mono.saturating_sub(started)));
+        self.restarts = (w[0] >> 32) as u32;
+        self.last_exit = Exit::decode(
+            ((w[0] >> 16) & 0xff) as u8,
+            (w[1] >> 32) as u32 as i32,
+            (w[0] >> 24) & 0xff != 0,
+        );
+        self.started_wall_ms = w[4];
+        self.deadline_in = (w[5] != 0).then(|| Duration::from_nanos(w[5].saturating_sub(now_mono)));
+        true
+    }
+
     fn from_record(index: usize, r: NodeRecord, now_mono: u64) -> NodeStatus {
         let uptime = r
             .pid
@@ -161,9 +213,11 @@ impl NodeStatus {
 pub struct Client {
     instance: Instance,
     shared: Shared,
-    bell: File,
+    /// The doorbell's write end, opened on first use (a status read never needs it).
+    bell: std::sync::OnceLock<File>,
     pid: u32,
-    start: u64,
+    /// Our own start time (slot ownership), read on first use.
+    start: std::sync::OnceLock<u64>,
     supervisor_pid: u32,
     supervisor_start: u64,
     config_path: Option<PathBuf>,
@@ -189,13 +243,24 @@ impl Client {
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let config_path = match LockFile::probe(&instance.lock_path())? {
+            let (config_path, holder) = match LockFile::probe(&instance.lock_path())? {
                 Probe::Free => return Err(not_running()),
-                Probe::Held { info, .. } => (!info.is_empty()).then(|| PathBuf::from(info)),
+                Probe::Held { info, pid, start } => (
+                    (!info.is_empty()).then(|| PathBuf::from(info)),
+                    (pid, start),
+                ),
             };
             let shared = match Shared::open(&instance.shm_name()) {
                 Ok(s) => Some(s),
                 Err(ProtocolError::Region(RegionError::Missing { .. })) => None,
+                // A Supervisor that holds the lock may be creating the region right now: empty,
+                // or its magic not yet stored. Wait for it (bounded) rather than refuse.
+                Err(ProtocolError::Region(RegionError::Size { size: 0, .. }))
+                | Err(ProtocolError::Magic { found: 0, .. })
+                    if Instant::now() < deadline =>
+                {
+                    None
+                }
                 Err(e) => return Err(e.into()),
             };
             if let Some(shared) = shared {
@@ -203,22 +268,17 @@ impl Client {
                 let state = SupervisorState::from_u32(h.state.load(Ordering::Acquire));
                 let sup_pid = h.owner_pid.load(Ordering::Relaxed);
                 let sup_start = h.owner_start.load(Ordering::Relaxed);
-                let live = procstat::is_alive(sup_pid, sup_start);
+                // The lock is held by a live process (the kernel drops it at death); if that
+                // holder is the region's owner, the owner lives: no /proc read needed.
+                let live = holder == (sup_pid, sup_start) || procstat::is_alive(sup_pid, sup_start);
                 match state {
                     Some(SupervisorState::Ready | SupervisorState::ShuttingDown) if live => {
-                        let bell = match fifo::open_writer(&instance.bell_path()) {
-                            Ok(b) => b,
-                            Err(e) if e.os_error() == Some(libc::ENXIO) => {
-                                None.ok_or_else(not_running)?
-                            }
-                            Err(e) => return Err(e.into()),
-                        };
                         return Ok(Client {
                             instance: instance.clone(),
                             shared,
-                            bell,
+                            bell: std::sync::OnceLock::new(),
                             pid: std::process::id(),
-                            start: procstat::own_start_time(),
+                            start: std::sync::OnceLock::new(),
                             supervisor_pid: sup_pid,
                             supervisor_start: sup_start,
                             config_path,
@@ -291,15 +351,45 @@ impl Client {
             .collect()
     }
 
-    /// Raw records of every node into `out` (cleared first): the cheapest status read.
+    /// Raw records of every node into `out`, reusing its entries' name buffers: after the
+    /// first call this allocates nothing (and, like every status read, makes no syscall).
     pub fn records_into(&self, out: &mut Vec<NodeRecord>) {
-        out.clear();
         let cells = self.shared.node_cells();
+        let mut k = 0;
         for cell in &cells[..self.shared.node_count()] {
-            if let Some(r) = cell.read().and_then(|w| NodeRecord::decode(&w)) {
-                out.push(r);
+            let Some(w) = cell.read() else { continue };
+            if k == out.len() {
+                match NodeRecord::decode(&w) {
+                    Some(r) => out.push(r),
+                    None => continue,
+                }
+            } else if !NodeRecord::decode_into(&w, &mut out[k]) {
+                continue;
             }
+            k += 1;
         }
+        out.truncate(k);
+    }
+
+    /// [`Client::status`] into `out`, reusing its allocations: what a program that reads status
+    /// in a loop should call. After the first call it allocates nothing.
+    pub fn status_into(&self, out: &mut Vec<NodeStatus>) {
+        let now = clock::monotonic_ns();
+        let cells = self.shared.node_cells();
+        let mut k = 0;
+        for (i, cell) in cells[..self.shared.node_count()].iter().enumerate() {
+            let Some(w) = cell.read() else { continue };
+            if k == out.len() {
+                let Some(r) = NodeRecord::decode(&w) else {
+                    continue;
+                };
+                out.push(NodeStatus::from_record(i, r, now));
+            } else if !out[k].fill(i, &w, now) {
+                continue;
+            }
+            k += 1;
+        }
+        out.truncate(k);
     }
 
     /// The index of the node called `name`.
@@ -310,9 +400,30 @@ impl Client {
             .map(|n| n.index)
     }
 
+    fn bell(&self) -> Result<&File, ClientError> {
+        if let Some(b) = self.bell.get() {
+            return Ok(b);
+        }
+        let b = match fifo::open_writer(&self.instance.bell_path()) {
+            Ok(b) => b,
+            Err(e) if e.os_error() == Some(libc::ENXIO) => {
+                return Err(ClientError::Gone {
+                    pid: self.supervisor_pid,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(self.bell.get_or_init(|| b))
+    }
+
+    fn own_start(&self) -> u64 {
+        *self.start.get_or_init(procstat::own_start_time)
+    }
+
     fn ring_bell(&self) -> Result<(), ClientError> {
+        let bell = self.bell()?;
         if self.shared.header().bell.swap(1, Ordering::SeqCst) == 0 {
-            fifo::ring(&self.bell).map_err(|e| {
+            fifo::ring(bell).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EPIPE) {
                     ClientError::Gone {
                         pid: self.supervisor_pid,
@@ -353,7 +464,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let slots = self.shared.slots();
         let idx = loop {
-            if let Some(i) = mailbox::claim(slots, self.pid, self.start) {
+            if let Some(i) = mailbox::claim(slots, self.pid, self.own_start()) {
                 break i;
             }
             // Full: ring so the Supervisor reclaims slots of dead Mains, then retry.
@@ -385,7 +496,7 @@ impl Client {
                     let v = slot.state.load(Ordering::Acquire);
                     if v == mailbox::SlotState::Submitted.word(self.pid) {
                         self.shared.header().bell.store(1, Ordering::SeqCst);
-                        fifo::ring(&self.bell).map_err(|source| ClientError::Io {
+                        fifo::ring(self.bell()?).map_err(|source| ClientError::Io {
                             what: "ringing the doorbell",
                             source,
                         })?;

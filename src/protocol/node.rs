@@ -169,31 +169,52 @@ impl NodeRecord {
     /// Unpacks words read from shared memory; `None` if anything is out of range (the words are
     /// untrusted).
     pub fn decode(w: &[u64; NODE_WORDS]) -> Option<NodeRecord> {
-        let state = NodeState::from_code((w[0] & 0xff) as u8)?;
-        let node_type = ((w[0] >> 8) & 0xff) as u8;
+        let mut r = NodeRecord {
+            name: String::new(),
+            node_type: 0,
+            state: NodeState::Stopped,
+            pid: None,
+            pid_start: 0,
+            started_mono_ns: 0,
+            started_wall_ms: 0,
+            restarts: 0,
+            last_exit: None,
+            deadline_mono_ns: 0,
+        };
+        Self::decode_into(w, &mut r).then_some(r)
+    }
+
+    /// Like [`NodeRecord::decode`], into an existing record whose name buffer is reused (no
+    /// allocation once it is big enough). Returns false, leaving `out` unspecified, for words
+    /// out of range.
+    pub fn decode_into(w: &[u64; NODE_WORDS], out: &mut NodeRecord) -> bool {
+        let Some(state) = NodeState::from_code((w[0] & 0xff) as u8) else {
+            return false;
+        };
+        let n = (w[6] as usize).min(NAME_MAX);
+        let mut bytes = [0u8; NAME_MAX];
+        for (k, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&w[7 + k].to_le_bytes());
+        }
+        let Ok(name) = std::str::from_utf8(&bytes[..n]) else {
+            return false;
+        };
+        out.name.clear();
+        out.name.push_str(name);
         let kind = ((w[0] >> 16) & 0xff) as u8;
         let core = (w[0] >> 24) & 0xff != 0;
-        let restarts = (w[0] >> 32) as u32;
         let pid = (w[1] & 0xffff_ffff) as u32;
         let value = (w[1] >> 32) as u32 as i32;
-        let n = (w[6] as usize).min(NAME_MAX);
-        let mut bytes = Vec::with_capacity(n);
-        for i in 0..n {
-            bytes.push((w[7 + i / 8] >> (8 * (i % 8))) as u8);
-        }
-        let name = String::from_utf8(bytes).ok()?;
-        Some(NodeRecord {
-            name,
-            node_type,
-            state,
-            pid: (pid != 0).then_some(pid),
-            pid_start: w[2],
-            started_mono_ns: w[3],
-            started_wall_ms: w[4],
-            restarts,
-            last_exit: Exit::decode(kind, value, core),
-            deadline_mono_ns: w[5],
-        })
+        out.node_type = ((w[0] >> 8) & 0xff) as u8;
+        out.state = state;
+        out.pid = (pid != 0).then_some(pid);
+        out.pid_start = w[2];
+        out.started_mono_ns = w[3];
+        out.started_wall_ms = w[4];
+        out.restarts = (w[0] >> 32) as u32;
+        out.last_exit = Exit::decode(kind, value, core);
+        out.deadline_mono_ns = w[5];
+        true
     }
 }
 

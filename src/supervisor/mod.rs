@@ -680,7 +680,15 @@ impl Supervisor {
             pass.push((l.file().as_raw_fd(), lock_target));
             env.push(("BROCTLD_LOCK_FD", lock_target_text.as_str()));
         }
-        let result = spawn::spawn(&self.nodes[i].spec, &self.config_dir, &env, &pass);
+        let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
+        let result = spawn::spawn(
+            &self.nodes[i].spec,
+            &self.config_dir,
+            &env,
+            &pass,
+            &mut prepared,
+        );
+        self.nodes[i].prepared = prepared;
         let ready_rd = pipe.map(|(r, _w)| r); // the write end closes here: only the child has it
         match result {
             Ok(pid) => {
@@ -761,7 +769,7 @@ impl Supervisor {
             return Ok(None);
         }
         let path = dir.join(format!("{}.lock", self.nodes[i].spec.name));
-        match lockfile::LockFile::acquire(&path, "") {
+        match lockfile::LockFile::acquire_quiet(&path) {
             Ok(l) => Ok(Some(l)),
             Err(lockfile::LockError::Held { .. }) => match lockfile::LockFile::probe(&path) {
                 Ok(lockfile::Probe::Held { pid, start, .. }) => Err((pid, start)),
@@ -1085,6 +1093,7 @@ impl Supervisor {
                         changed.push(spec.name.clone());
                         let running = n.pid.is_some();
                         n.spec = spec;
+                        n.prepared = spawn::Prepared::default();
                         n.history = policy::History::new(&n.spec.policy);
                         if running {
                             to_restart.push(self.nodes.len());

@@ -66,6 +66,8 @@ pub struct Node {
     pub ready_by: Option<u64>,
     /// `ready_by` has passed without the node becoming ready.
     pub ready_timed_out: bool,
+    /// What earlier spawns resolved and created (reset when the spec changes or a spawn fails).
+    pub prepared: super::spawn::Prepared,
 }
 
 impl Node {
@@ -92,6 +94,7 @@ impl Node {
             queue: None,
             ready_by: None,
             ready_timed_out: false,
+            prepared: super::spawn::Prepared::default(),
         }
     }
 

@@ -121,8 +121,8 @@ pub fn resolve_program(
     })
 }
 
-fn open_append(node: &str, path: &Path) -> Result<File, SpawnError> {
-    if let Some(parent) = path.parent() {
+fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnError> {
+    if let Some(parent) = path.parent().filter(|_| prepare) {
         std::fs::create_dir_all(parent).map_err(|source| SpawnError::Prepare {
             node: node.into(),
             what: "create the folder of",
@@ -184,23 +184,70 @@ pub fn rotate(path: &Path, max: u64, keep: u32) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Signals whose disposition this process inherited as ignored (`SIG_IGN` survives `execve`,
+/// unlike handlers): the only ones a child must reset. Read once.
+fn ignored_signals() -> &'static [i32] {
+    static IGNORED: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+    IGNORED.get_or_init(|| {
+        (1..libc::SIGRTMAX())
+            .filter(|&sig| {
+                // SAFETY: sigaction with a null new action only reads the current one.
+                let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+                let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+                r == 0 && old.sa_sigaction == libc::SIG_IGN
+            })
+            .collect()
+    })
+}
+
+/// What a spawn may skip because an earlier spawn of the same node already did it.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// The program as resolved last time.
+    pub program: Option<PathBuf>,
+    /// The working directory and the output files' folders exist.
+    pub dirs: bool,
+}
+
 /// Spawns `spec`. `extra_env` is added after the configured env; each `(fd, target)` in `pass`
 /// is duplicated to fd number `target` (3 or more) in the child and left open across exec.
-/// Returns the child's pid; the caller reaps it.
+/// `prepared` caches the program's resolution and the directories between spawns (it is
+/// cleared when a spawn fails). Returns the child's pid; the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
+    prepared: &mut Prepared,
+) -> Result<u32, SpawnError> {
+    let r = spawn_prepared(spec, config_dir, extra_env, pass, prepared);
+    if r.is_err() {
+        *prepared = Prepared::default();
+    }
+    r
+}
+
+fn spawn_prepared(
+    spec: &NodeSpec,
+    config_dir: &Path,
+    extra_env: &[(&str, &str)],
+    pass: &[(RawFd, RawFd)],
+    prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
-    std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
-        node: node.into(),
-        what: "create working directory",
-        path: spec.cwd.clone(),
-        source,
-    })?;
-    let program = resolve_program(node, &spec.command[0], config_dir)?;
+    if !prepared.dirs {
+        std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
+            node: node.into(),
+            what: "create working directory",
+            path: spec.cwd.clone(),
+            source,
+        })?;
+    }
+    let program = match &prepared.program {
+        Some(p) => p.clone(),
+        None => resolve_program(node, &spec.command[0], config_dir)?,
+    };
+    prepared.program = Some(program.clone());
     let policy = &spec.policy;
     let mut outputs = vec![&spec.stdout];
     if spec.stderr != spec.stdout {
@@ -214,8 +261,10 @@ pub fn spawn(
             source,
         })?;
     }
-    let stdout = open_append(node, &spec.stdout)?;
-    let stderr = open_append(node, &spec.stderr)?;
+    let stdout = open_append(node, &spec.stdout, !prepared.dirs)?;
+    let stderr = open_append(node, &spec.stderr, !prepared.dirs)?;
+    prepared.dirs = true;
+    let ignored = ignored_signals();
 
     let mut cmd = Command::new(&program);
     cmd.arg0(&spec.command[0])
@@ -300,10 +349,9 @@ pub fn spawn(
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            for sig in 1..libc::SIGRTMAX() {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
+            // Handlers are reset by execve itself; only ignored signals stay ignored.
+            for &sig in ignored {
+                libc::signal(sig, libc::SIG_DFL);
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);

@@ -86,6 +86,26 @@ impl LockFile {
     /// writes `pid start_time` and then `info` on a second line into it. Fails with
     /// [`LockError::Held`] if a live process has it.
     pub fn acquire(path: &Path, info: &str) -> Result<LockFile, LockError> {
+        let mut l = Self::acquire_quiet(path)?;
+        let line = format!(
+            "{} {}\n{}\n",
+            std::process::id(),
+            super::procstat::own_start_time(),
+            info.replace('\n', " ")
+        );
+        let io_err = |source| LockError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        l.file.set_len(0).map_err(io_err)?;
+        l.file.rewind().map_err(io_err)?;
+        l.file.write_all(line.as_bytes()).map_err(io_err)?;
+        Ok(l)
+    }
+
+    /// Like [`LockFile::acquire`] but writes nothing (the caller writes the holder later, e.g.
+    /// with [`LockFile::write_holder`]).
+    pub fn acquire_quiet(path: &Path) -> Result<LockFile, LockError> {
         loop {
             let (mut file, st) =
                 checked::open(path, libc::O_RDWR | libc::O_CREAT, 0o600, Kind::File, 0o077)?;
@@ -106,15 +126,6 @@ impl LockFile {
                 Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) == st.ino => {}
                 _ => continue,
             }
-            let line = format!(
-                "{} {}\n{}\n",
-                std::process::id(),
-                super::procstat::own_start_time(),
-                info.replace('\n', " ")
-            );
-            file.set_len(0).map_err(io_err)?;
-            file.rewind().map_err(io_err)?;
-            file.write_all(line.as_bytes()).map_err(io_err)?;
             return Ok(LockFile {
                 file,
                 path: path.to_owned(),
@@ -189,9 +200,10 @@ impl LockFile {
     /// Replaces the holder line with another process's pid and start time (a node that holds
     /// the lock through an inherited fd).
     pub fn write_holder(&mut self, pid: u32, start: u64) -> io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.rewind()?;
-        self.file.write_all(format!("{pid} {start}\n").as_bytes())
+        // Fixed width, so one pwrite replaces the previous holder without a truncate.
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(format!("{pid:>10} {start:>20}\n").as_bytes(), 0)
     }
 
     /// The lock file's path.
