@@ -119,7 +119,6 @@ fn a_symlinked_runtime_dir_is_refused_and_its_target_untouched() {
 /// ... and the refusal says what the path is: a symbolic link (the design's promise), not
 /// "a non-directory".
 #[test]
-#[ignore = "bug: src/sys/checked.rs private_dir reports a symlinked dir as 'a non-directory, expected a directory' (ENOTDIR from O_DIRECTORY|O_NOFOLLOW), not as CheckError::Symlink"]
 fn a_symlinked_runtime_dir_is_reported_as_a_symbolic_link() {
     let c = Cluster::new("rt_link_msg", ONE);
     let target = c.root.join("elsewhere");
@@ -145,7 +144,6 @@ fn an_instance_dir_of_another_user_is_refused() {
 
 /// Nothing is written into an instance dir that failed its checks (here: writable by others).
 #[test]
-#[ignore = "bug: src/cli/mainlog.rs append writes (and rotates) main.log in an existing instance dir without checking its owner or mode (ensure_dirs runs only when the dir is missing)"]
 fn nothing_is_written_into_an_instance_dir_that_fails_its_checks() {
     let c = Cluster::new("inst_write", ONE);
     std::fs::create_dir_all(c.instance_dir()).unwrap();
@@ -164,7 +162,6 @@ fn nothing_is_written_into_an_instance_dir_that_fails_its_checks() {
 /// The runtime dir is checked on every open, not only when the Supervisor starts: a Main
 /// refuses an instance dir that became writable by others while a Supervisor ran.
 #[test]
-#[ignore = "bug: src/client/mod.rs Client::attach never checks the runtime or instance dir (only the Supervisor and spawn_supervisor call Instance::ensure_dirs)"]
 fn a_main_refuses_an_instance_dir_made_world_writable_while_running() {
     let c = Cluster::new("inst_mode_live", ONE);
     let before = c.start();
@@ -274,7 +271,6 @@ fn a_squatted_doorbell_is_refused() {
 /// A Supervisor that refuses to start (here: a squatted doorbell) leaves nothing behind: it
 /// creates the region before it opens the doorbell, and must remove it again.
 #[test]
-#[ignore = "bug: src/supervisor/mod.rs Supervisor::start creates the region before the doorbell FIFO and does not unlink it when a later step (fifo::create_reader, signalfd, epoll) fails"]
 fn a_start_refused_for_its_doorbell_leaves_no_region() {
     let c = Cluster::new("bell_region", ONE);
     let bell = in_instance(&c, "doorbell");
@@ -314,7 +310,6 @@ fn a_main_refuses_a_doorbell_swapped_for_a_symlink() {
 /// The Supervisor's log is in the instance dir (ours, 0700); a symlink planted there is not
 /// followed to append to another file.
 #[test]
-#[ignore = "bug: src/client/spawn.rs spawn_supervisor opens RUNTIME/INSTANCE/supervisor.log without O_NOFOLLOW or checks (as does src/cli/mainlog.rs for main.log)"]
 fn a_symlinked_supervisor_log_is_not_followed() {
     let c = Cluster::new("log_link", ONE);
     let log = in_instance(&c, "supervisor.log");

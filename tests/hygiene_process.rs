@@ -472,7 +472,6 @@ fn a_hundred_nodes_failing_at_start_are_throttled_and_the_others_are_untouched()
 /// all the same, and the delay before its next start must grow ("multiplied after each quick
 /// restart", README).
 #[test]
-#[ignore = "bug: src/supervisor/policy.rs decide grows the delay only when the restart must wait (`due > now`); a quick death reaped later than the current delay restarts at once and the delay stays at restart_delay_ms"]
 fn a_quick_death_reaped_late_still_grows_the_restart_delay() {
     use broctld::supervisor::policy::{decide, Decision, History};
     let policy = broctld::config::Policy {
@@ -510,7 +509,6 @@ fn a_quick_death_reaped_late_still_grows_the_restart_delay() {
 /// `restart_delay_ms` x 2^k between its starts (100, 200, 400, 800 ms), as one failing node
 /// alone does (`cluster.rs: fail_start_node_ends_failed_after_give_up_after_with_growing_backoff`).
 #[test]
-#[ignore = "bug (shows under load, e.g. beside other tests; see a_quick_death_reaped_late_still_grows_the_restart_delay): src/supervisor/policy.rs decide grows the delay only when the restart must wait, and the Supervisor dates a death when it reaps it"]
 fn a_storm_of_failing_nodes_still_waits_the_growing_restart_delay() {
     let n = 100;
     let mut cfg = String::from(

@@ -182,7 +182,6 @@ command = ["sleep", "600"]
 /// A node confined to `nobody` still owns the folder it must write in: when the Supervisor
 /// creates a node's `cwd`, the node's user can write there (Zeek writes its logs in its cwd).
 #[test]
-#[ignore = "bug: src/supervisor/spawn.rs spawn/preflight create the cwd as root 0755, so a node with `user` cannot write its own working directory"]
 fn a_confined_node_can_write_the_cwd_the_supervisor_created_for_it() {
     if !root() {
         return;
@@ -210,7 +209,6 @@ group = "nogroup"
 /// not be able to make the root Supervisor adopt (and later signal) another user's process by
 /// writing that process's pid and start time into its lock file.
 #[test]
-#[ignore = "bug: src/supervisor/mod.rs Supervisor::spawn adopts whatever pid+start time the node lock file names (written by the node itself through its inherited fd), so a node confined to another user makes the root Supervisor adopt and signal any process"]
 fn a_node_cannot_make_the_supervisor_adopt_a_foreign_process_through_its_lock_file() {
     if !root() {
         return;

@@ -6,7 +6,6 @@
 
 use crate::instance::Instance;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Size at which the log is rotated.
@@ -43,7 +42,8 @@ pub fn rotate_if_needed(p: &Path, limit: u64, keep: usize) {
 /// Appends one line to the instance's log. Nothing happens if the runtime dir cannot be used
 /// (the command itself reports that).
 pub fn append(instance: &Instance, what: &str, result: &str) {
-    if !instance.dir().is_dir() && instance.ensure_dirs().is_err() {
+    // Checked every time: never write into a runtime dir someone else controls.
+    if instance.ensure_dirs().is_err() {
         return;
     }
     let p = path(instance);
@@ -56,13 +56,7 @@ pub fn append(instance: &Instance, what: &str, result: &str) {
         one_line(what),
         one_line(result)
     );
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&p)
-    {
+    if let Ok(mut f) = crate::sys::checked::open_log(&p) {
         let _ = f.write_all(line.as_bytes());
     }
 }

@@ -588,10 +588,21 @@ impl Session {
         let client = self.require_client()?;
         let generation = client.generation();
         let pid = client.supervisor_pid();
+        let mut cursor = client.event_head();
         let reply = client.command(Opcode::Upgrade, &[], 0, REPLY_TIMEOUT)?;
-        // The new program takes the region over: the generation goes up, the pid stays.
+        // The new program takes the region over: the generation goes up, the pid stays. If the
+        // exec fails, the old program says so in the event ring and runs on.
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.generation() == generation {
+            while let Some((_, ev, _)) = client.next_event(&mut cursor) {
+                if ev.kind == crate::protocol::event::EventKind::UpgradeFailed {
+                    return Err(CliError::Failed(format!(
+                        "the Supervisor (pid {pid}) could not re-execute {}: {}; it runs on unchanged",
+                        reply.message.trim_start_matches("re-executing "),
+                        std::io::Error::from_raw_os_error(ev.a as i32)
+                    )));
+                }
+            }
             if Instant::now() >= deadline || !client.supervisor_alive() {
                 return Err(CliError::Failed(format!(
                     "the Supervisor (pid {pid}) did not come back after re-executing ({}); see {}",

@@ -240,6 +240,9 @@ impl Client {
             instance: instance.name().to_owned(),
             dir: instance.runtime_dir().to_owned(),
         };
+        // The runtime and instance dirs must be ours and private before anything in them is
+        // trusted (a Main must not talk to a Supervisor someone planted there).
+        instance.ensure_dirs()?;
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

@@ -4,10 +4,8 @@
 
 use super::ClientError;
 use crate::instance::Instance;
-use std::fs::OpenOptions;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -33,15 +31,9 @@ pub fn spawn_supervisor(
             .join(config)
     };
     let log_path = instance.log_path();
-    let log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&log_path)
-        .map_err(|source| ClientError::Spawn {
-            message: format!("cannot open its log {}: {source}", log_path.display()),
-        })?;
+    let log = crate::sys::checked::open_log(&log_path).map_err(|e| ClientError::Spawn {
+        message: format!("cannot open its log: {e}"),
+    })?;
     let (mut rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map(|(r, w)| (std::fs::File::from(r), w))
         .map_err(|e| io("pipe2")(e.into()))?;

@@ -73,8 +73,12 @@ impl<'a, const W: usize> Ring<'a, W> {
     pub fn push(&self, words: &[u64; W]) -> u64 {
         let n = self.head.head.load(Ordering::Relaxed);
         let e = &self.entries[(n & self.mask) as usize];
-        e.write_stamped(2 * n + 1, 2 * n + 2, words);
-        self.head.head.store(n + 1, Ordering::Release);
+        e.write_stamped(
+            n.wrapping_mul(2).wrapping_add(1),
+            n.wrapping_mul(2).wrapping_add(2),
+            words,
+        );
+        self.head.head.store(n.wrapping_add(1), Ordering::Release);
         self.head.notify.fetch_add(1, Ordering::SeqCst);
         if self.head.waiters.load(Ordering::SeqCst) > 0 {
             futex::wake(&self.head.notify, i32::MAX);
@@ -103,8 +107,8 @@ impl<'a, const W: usize> Ring<'a, W> {
             let n = *cursor;
             let e = &self.entries[(n & self.mask) as usize];
             if let (s, Some(words)) = e.try_read() {
-                if s == 2 * n + 2 {
-                    *cursor = n + 1;
+                if s == n.wrapping_mul(2).wrapping_add(2) {
+                    *cursor = n.wrapping_add(1);
                     return Next::Event {
                         seq: n,
                         words,
@@ -115,7 +119,7 @@ impl<'a, const W: usize> Ring<'a, W> {
             tries += 1;
             if tries >= super::seqlock::READ_TRIES {
                 missed += 1;
-                *cursor = n + 1;
+                *cursor = n.wrapping_add(1);
                 tries = 0;
             }
             std::hint::spin_loop();

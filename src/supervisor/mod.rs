@@ -222,6 +222,27 @@ impl Supervisor {
                 max: MAX_NODES,
             });
         }
+        // Everything that can fail goes before the region exists, so a failed start leaves no
+        // region behind.
+        let bell = fifo::create_reader(&instance.bell_path())
+            .map_err(|e| SupervisorError::Instance(InstanceError::Dir(e)))?;
+        let signals = SignalFd::with_flags(
+            &loop_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(nix_err("signalfd"))?;
+        let poll = Poll::new().map_err(io_err("epoll_create"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(io_err("epoll_ctl(signalfd)"))?;
+        poll.registry()
+            .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
+            .map_err(io_err("epoll_ctl(doorbell)"))?;
+
         let name = instance.shm_name();
         let (shared, survivors) = match Shared::create(&name, Geometry::default()) {
             Ok(s) => (s, HashMap::new()),
@@ -231,8 +252,8 @@ impl Supervisor {
                 // if it is not ours.
                 match Shared::open(&name) {
                     Ok(s) => {
-                        let survivors = survivors(&s);
-                        (s, survivors)
+                        let previous = previous_records(&s);
+                        (s, previous)
                     }
                     Err(
                         e @ (ProtocolError::Version { .. }
@@ -257,25 +278,6 @@ impl Supervisor {
             }
             Err(e) => return Err(e.into()),
         };
-        let bell = fifo::create_reader(&instance.bell_path())
-            .map_err(|e| SupervisorError::Instance(InstanceError::Dir(e)))?;
-        let signals = SignalFd::with_flags(
-            &loop_signals(),
-            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-        )
-        .map_err(nix_err("signalfd"))?;
-        let poll = Poll::new().map_err(io_err("epoll_create"))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&signals.as_raw_fd()),
-                SIGNALS,
-                Interest::READABLE,
-            )
-            .map_err(io_err("epoll_ctl(signalfd)"))?;
-        poll.registry()
-            .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
-            .map_err(io_err("epoll_ctl(doorbell)"))?;
-
         let slots = shared.geometry().slots;
         let mut sup = Supervisor {
             exe: std::env::current_exe().map_err(io_err("finding our own executable"))?,
@@ -302,8 +304,10 @@ impl Supervisor {
         Ok(sup)
     }
 
-    /// Publishes ownership, adopts survivors, and starts autostart nodes.
-    fn take_over(&mut self, mut survivors: HashMap<String, NodeRecord>) {
+    /// Publishes ownership, takes over what a predecessor recorded (`previous`: its nodes by
+    /// name) — adopting survivors, keeping stopped and failed nodes down, carrying restart
+    /// counts and last exits over — and starts the autostart nodes that should run.
+    fn take_over(&mut self, mut previous: HashMap<String, NodeRecord>) {
         let h = self.shared.header();
         let generation = h.generation.load(Ordering::Relaxed) + 1;
         h.generation.store(generation, Ordering::Relaxed);
@@ -324,12 +328,35 @@ impl Supervisor {
                 );
             }
         }
-        for i in 0..self.nodes.len() {
-            if let Some(rec) = survivors.remove(&self.nodes[i].spec.name) {
+        let mut held_down = vec![false; self.nodes.len()];
+        for (i, down) in held_down.iter_mut().enumerate() {
+            let Some(rec) = previous.remove(&self.nodes[i].spec.name) else {
+                continue;
+            };
+            self.nodes[i].restarts = rec.restarts;
+            self.nodes[i].last_exit = rec.last_exit;
+            if rec.pid.is_some_and(|p| is_survivor(p, rec.pid_start)) {
                 self.adopt(i, &rec);
+                continue;
+            }
+            // No process: what the operator (or the give-up rule) decided stands. A node that
+            // was being stopped ends stopped; one that died meanwhile is started below.
+            match rec.state {
+                NodeState::Stopped | NodeState::Stopping => {
+                    self.nodes[i].state = NodeState::Stopped;
+                    *down = true;
+                }
+                NodeState::Failed => {
+                    self.nodes[i].state = NodeState::Failed;
+                    *down = true;
+                }
+                _ => {}
             }
         }
-        for (name, rec) in survivors {
+        for (name, rec) in previous
+            .into_iter()
+            .filter(|(_, r)| r.pid.is_some_and(|p| is_survivor(p, r.pid_start)))
+        {
             log!(
                 "node {name} (pid {}) survived the previous Supervisor but is not in the config; it is left running unsupervised",
                 rec.pid.unwrap_or(0)
@@ -364,7 +391,9 @@ impl Supervisor {
             self.shared.path().display()
         );
         let autostart: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none())
+            .filter(|&i| {
+                self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none() && !held_down[i]
+            })
             .collect();
         self.queue_start(autostart);
         // Commands queued while no Supervisor listened.
@@ -624,8 +653,22 @@ impl Supervisor {
         // starts. The node inherits it as fd 3 (4 if its ready_fd is 3).
         let mut lock = match self.node_lock(i) {
             Ok(l) => l,
-            Err((pid, start)) => {
-                if is_survivor(pid, start) && !self.by_pid.contains_key(&pid) {
+            Err((file_pid, file_start)) => {
+                // The file may not name the holder (a Supervisor killed between the fork and
+                // writing it): then look for the node itself.
+                let (pid, start) = if is_survivor(file_pid, file_start) {
+                    (file_pid, file_start)
+                } else {
+                    find_node_process(&name, self.instance.name(), &self.nodes[i].spec.command)
+                        .unwrap_or((0, 0))
+                };
+                // Only a process that is this node of this instance (its environment says so)
+                // is adopted: the lock file is writable through the node's fd, so its content
+                // alone must not make us adopt (and later signal) an arbitrary process.
+                if is_survivor(pid, start)
+                    && !self.by_pid.contains_key(&pid)
+                    && is_node_process(pid, &name, self.instance.name())
+                {
                     let mut rec = self.nodes[i].record();
                     rec.pid = Some(pid);
                     rec.pid_start = start;
@@ -710,6 +753,9 @@ impl Supervisor {
                 }
                 // Our copy of the lock fd closes here; the node's copy keeps the lock.
                 drop(lock.take());
+                // Started = exec succeeded (spawn returns after it), not when we began: under
+                // load a spawn can wait, and delays are measured between real starts.
+                let now = clock::monotonic_ns();
                 n.started_mono_ns = now;
                 n.started_wall_ms = clock::wall_ms();
                 match pidfd::open(pid) {
@@ -1617,20 +1663,57 @@ fn preflight(config: &Config) -> Result<(), SupervisorError> {
     Ok(())
 }
 
-/// Nodes recorded in a predecessor's region whose process (pid and start time) still lives.
-fn survivors(shared: &Shared) -> HashMap<String, NodeRecord> {
-    let mut out = HashMap::new();
-    for cell in &shared.node_cells()[..shared.node_count()] {
-        let Some(rec) = cell.read().and_then(|w| NodeRecord::decode(&w)) else {
+/// Every node a predecessor recorded in its region, by name (untrusted words: records that do
+/// not decode are skipped).
+fn previous_records(shared: &Shared) -> HashMap<String, NodeRecord> {
+    shared.node_cells()[..shared.node_count()]
+        .iter()
+        .filter_map(|cell| cell.read().and_then(|w| NodeRecord::decode(&w)))
+        .map(|rec| (rec.name.clone(), rec))
+        .collect()
+}
+
+/// Whether process `pid` carries this node's identity in its environment (as every node
+/// broctld starts does: `BROCTLD_NODE` and `BROCTLD_INSTANCE`).
+fn is_node_process(pid: u32, node: &str, instance: &str) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want_node = format!("BROCTLD_NODE={node}");
+    let want_instance = format!("BROCTLD_INSTANCE={instance}");
+    let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+    vars.contains(&want_node.as_bytes()) && vars.contains(&want_instance.as_bytes())
+}
+
+/// Finds a running copy of a node: a process-group leader (every node leads its own group;
+/// anything it forked does not) whose environment names this node and instance. Scans /proc:
+/// used only when a node's lock is held by a process its lock file does not name.
+fn find_node_process(node: &str, instance: &str, command: &[String]) -> Option<(u32, u64)> {
+    let want: Vec<u8> = command.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if let Some(pid) = rec.pid {
-            if is_survivor(pid, rec.pid_start) {
-                out.insert(rec.name.clone(), rec);
+        // SAFETY: getpgid takes a pid and returns its group or -1.
+        if unsafe { libc::getpgid(pid as libc::pid_t) } != pid as libc::pid_t {
+            continue;
+        }
+        // Its command line must be the node's command (a child that escaped into its own
+        // group with the node's environment is not the node).
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let same_args = argv
+            .split(|b| *b == 0)
+            .skip(1)
+            .eq(want.split(|b| *b == 0).skip(1));
+        if same_args && is_node_process(pid, node, instance) {
+            if let Ok(Some(start)) = procstat::start_time(pid) {
+                if is_survivor(pid, start) {
+                    return Some((pid, start));
+                }
             }
         }
     }
-    out
+    None
 }
 
 /// Whether `pid` with this start time is a node to adopt: alive, or a zombie that is our own

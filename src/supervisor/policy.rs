@@ -3,8 +3,9 @@
 //!
 //! The delay is measured between successive *starts* (as s6 does), not from the death: a node
 //! that ran longer than the current delay is restarted at once, so a long-running node that is
-//! killed is replaced immediately; a node that dies quickly waits out the rest of the delay,
-//! which then grows by `restart_delay_factor` up to `restart_delay_max`. A run of at least
+//! killed is replaced immediately; a node that dies quickly waits out the rest of the delay.
+//! Each quick death (a run shorter than `quick_death`) multiplies the delay by
+//! `restart_delay_factor`, up to `restart_delay_max`. A run of at least
 //! `restart_reset` resets the delay. `give_up_after` deaths shorter than `quick_death` within
 //! `give_up_window` end in `failed`.
 
@@ -102,15 +103,14 @@ pub fn decide(
         delay = delay.max(Duration::from_millis(100));
     }
     let due = started.saturating_add(ns(delay));
-    if due > now {
-        // Throttled: the next quick death waits longer.
+    if run < ns(policy.quick_death) {
+        // A quick death: the next one waits longer. (Judged against `quick_death`, so a death
+        // that the Supervisor reaped late, while busy, still counts as quick.)
         let grown = history.delay.as_secs_f64() * policy.restart_delay_factor;
         history.delay = Duration::from_secs_f64(grown.min(policy.restart_delay_max.as_secs_f64()))
             .max(policy.restart_delay.min(policy.restart_delay_max));
-        Decision::RestartAt(due)
-    } else {
-        Decision::RestartAt(now)
     }
+    Decision::RestartAt(due.max(now))
 }
 
 #[cfg(test)]

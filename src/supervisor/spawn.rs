@@ -148,12 +148,32 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// working directory can be created.
 pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
     resolve_program(&spec.name, &spec.command[0], config_dir)?;
-    std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
+    prepare_cwd(spec)
+}
+
+/// Creates the node's working directory if missing; one created for a node that runs as
+/// another `user` is given to that user (it must be able to write its own folder).
+fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
+    let err = |what, source| SpawnError::Prepare {
         node: spec.name.clone(),
-        what: "create working directory",
+        what,
         path: spec.cwd.clone(),
         source,
-    })?;
+    };
+    if spec.cwd.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&spec.cwd).map_err(|e| err("create working directory", e))?;
+    let policy = &spec.policy;
+    if let Some((uid, primary)) = policy.user.as_deref().and_then(crate::sys::account::user) {
+        let gid = policy
+            .group
+            .as_deref()
+            .and_then(crate::sys::account::group)
+            .unwrap_or(primary);
+        std::os::unix::fs::chown(&spec.cwd, Some(uid), Some(gid))
+            .map_err(|e| err("give the working directory to the node's user", e))?;
+    }
     Ok(())
 }
 
@@ -236,12 +256,7 @@ fn spawn_prepared(
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
     if !prepared.dirs {
-        std::fs::create_dir_all(&spec.cwd).map_err(|source| SpawnError::Prepare {
-            node: node.into(),
-            what: "create working directory",
-            path: spec.cwd.clone(),
-            source,
-        })?;
+        prepare_cwd(spec)?;
     }
     let program = match &prepared.program {
         Some(p) => p.clone(),

@@ -234,6 +234,11 @@ pub fn open(
 /// missing parents) with mode 0700 if needed. A symlink is refused.
 pub fn private_dir(dir: &Path) -> Result<(), CheckError> {
     match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(CheckError::Symlink {
+                path: dir.to_owned(),
+            })
+        }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             use std::os::unix::fs::DirBuilderExt;
@@ -266,4 +271,17 @@ pub fn private_dir(dir: &Path) -> Result<(), CheckError> {
         },
     )?;
     Ok(())
+}
+
+/// Opens (creating, mode 0600) a log file for appending, refusing a symlink, another owner, or
+/// a file others may write.
+pub fn open_log(path: &Path) -> Result<File, CheckError> {
+    let (f, _) = open(
+        path,
+        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+        0o600,
+        Kind::File,
+        0o022,
+    )?;
+    Ok(f)
 }
