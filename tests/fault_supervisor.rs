@@ -79,41 +79,14 @@ fn lingering_zombies(pids: &BTreeSet<u32>, limit: Duration) -> Vec<(u32, Option<
     stuck()
 }
 
-/// Whether to fail on the known bug of `a_node_spawned_just_before_the_supervisor_died_is_found_
-/// through_its_lock` (BROCTLD_FAULT_STRICT=1), rather than count it and recover from it.
-fn strict() -> bool {
-    std::env::var("BROCTLD_FAULT_STRICT").is_ok_and(|v| v == "1")
-}
-
 /// Waits until every node runs; on a timeout, says what each other node is doing: its
 /// record, its processes, its lock file and what the log says about it.
-///
-/// Known bug (see `a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock`):
-/// a Supervisor killed between spawning a node and writing the child's pid into the node's
-/// lock leaves a copy its successor never adopts: the node shows `backoff` with no pid while
-/// the copy runs and holds the lock. Unless BROCTLD_FAULT_STRICT=1, such copies are counted in
-/// `unsupervised`, killed (as an operator would), and the node then starts normally; they are
-/// never a second copy (the lock is held), so the duplicate checks stand either way.
-fn settle(c: &Cluster, unsupervised: &mut BTreeSet<(String, u32)>) -> BTreeMap<String, NodeView> {
+fn settle(c: &Cluster) -> BTreeMap<String, NodeView> {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = c.status();
         if all_running(&s) {
             return s;
-        }
-        if !strict() {
-            let leaders = node_leaders(&c.instance);
-            for (name, n) in &s {
-                if n.state == "backoff" && n.pid.is_none() {
-                    for &p in leaders.get(name).into_iter().flatten() {
-                        if unsupervised.insert((name.clone(), p)) {
-                            eprintln!("KNOWN BUG: {name} runs as pid {p} but its Supervisor waits for its lock; killing it");
-                        }
-                        // SAFETY: kill of a process group we found by its environment.
-                        unsafe { libc::kill(-(p as libc::pid_t), libc::SIGKILL) };
-                    }
-                }
-            }
         }
         if Instant::now() >= deadline {
             let procs = node_procs(&c.instance);
@@ -164,7 +137,6 @@ fn supervisor_killed_at_random_moments_never_restarts_or_duplicates_a_node() {
     let mut sups: Vec<u32> = vec![c.supervisor_pid()];
     let (mut storms, mut stops, mut storm_kills, mut max_dups) = (0u64, 0u64, 0u64, 0usize);
     let mut takeover_kills = 0u64;
-    let mut unsupervised: BTreeSet<(String, u32)> = BTreeSet::new();
     // A `daemon` Main watches too: it notices the death and races the `status` Main below to
     // start the next Supervisor (one wins the lock; the other attaches).
     let daemon = c.spawn_main(&["daemon"]);
@@ -242,15 +214,13 @@ fn supervisor_killed_at_random_moments_never_restarts_or_duplicates_a_node() {
                         // again so the next round has a full cluster.
             let mut a = vec!["start"];
             a.extend(nodes.iter().map(String::as_str));
-            let main = c.spawn_main(&a);
-            // Bounded: with the known bug (see `settle`) it waits for a node that never comes.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while pid_alive(main) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            sigkill(main);
-            c.wait_main(main, WAIT);
-            settle(&c, &mut unsupervised);
+            let out = c.run(&a);
+            assert!(
+                matches!(out.code, Some(0) | Some(1)),
+                "kill {k}: {out:?}\n{}",
+                c.log()
+            );
+            settle(&c);
         }
         let d = duplicates(&c.instance);
         max_dups = max_dups.max(d.len());
@@ -263,8 +233,7 @@ fn supervisor_killed_at_random_moments_never_restarts_or_duplicates_a_node() {
         log.poll();
     }
     // Settle: every node runs, exactly once.
-    let last = settle(&c, &mut unsupervised);
-    touched.extend(unsupervised.iter().map(|(n, _)| n.clone()));
+    let last = settle(&c);
     let d = duplicates(&c.instance);
     assert!(d.is_empty(), "nodes running twice: {d:?}");
     let leaders = node_leaders(&c.instance);
@@ -359,7 +328,6 @@ fn supervisor_killed_at_random_moments_never_restarts_or_duplicates_a_node() {
     figure(t, "node_spawns_observed", restarts_observed);
     figure(t, "adopted_events", adopted.len());
     figure(t, "exits_status_unknown", unknown_exits);
-    figure(t, "known_bug_unsupervised_copies", unsupervised.len());
     figure(t, "duplicates", max_dups);
     figure(t, "zombies", z.len());
     figure(t, "ms", t0.elapsed().as_millis());
