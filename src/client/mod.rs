@@ -29,7 +29,7 @@ use crate::instance::{Instance, InstanceError};
 use crate::protocol::event::Event;
 use crate::protocol::layout::SupervisorState;
 use crate::protocol::mailbox::{self, Opcode, Reply, ReplyStatus, Request, WaitError};
-use crate::protocol::node::{Exit, NodeRecord, NodeState};
+use crate::protocol::node::{decode_name_into, Exit, NodeRecord, NodeState, RecordFields};
 use crate::protocol::{ProtocolError, Shared};
 use crate::shm::ring::Next;
 use crate::shm::RegionError;
@@ -145,67 +145,48 @@ impl NodeStatus {
         w: &[u64; crate::protocol::layout::NODE_WORDS],
         now_mono: u64,
     ) -> bool {
-        use crate::protocol::node::NAME_MAX;
-        let Some(state) = NodeState::from_code((w[0] & 0xff) as u8) else {
+        let Some(f) = RecordFields::decode(w) else {
             return false;
         };
-        let n = (w[6] as usize).min(NAME_MAX);
-        let words = n.div_ceil(8);
-        // Names are ASCII ([A-Za-z0-9_.-]); anything else is refused rather than decoded.
-        if w[7..7 + words]
-            .iter()
-            .any(|x| x & 0x8080_8080_8080_8080 != 0)
-        {
+        if !decode_name_into(w, &mut self.name) {
             return false;
         }
-        let mut bytes = [0u8; NAME_MAX];
-        for (k, chunk) in bytes.chunks_exact_mut(8).take(words).enumerate() {
-            chunk.copy_from_slice(&w[7 + k].to_le_bytes());
-        }
-        let Ok(name) = std::str::from_utf8(&bytes[..n]) else {
-            return false;
-        };
-        if self.name != name {
-            self.name.clear();
-            self.name.push_str(name);
-        }
-        let pid = (w[1] & 0xffff_ffff) as u32;
-        let started = w[3];
-        self.index = index;
-        self.node_type = NodeType::from_code(((w[0] >> 8) & 0xff) as u8).unwrap_or(NodeType::Other);
-        self.state = state;
-        self.pid = (pid != 0).then_some(pid);
-        self.uptime = self
-            .pid
-            .map(|_| Duration::from_nanos(now_mono.saturating_sub(started)));
-        self.restarts = (w[0] >> 32) as u32;
-        self.last_exit = Exit::decode(
-            ((w[0] >> 16) & 0xff) as u8,
-            (w[1] >> 32) as u32 as i32,
-            (w[0] >> 24) & 0xff != 0,
-        );
-        self.started_wall_ms = w[4];
-        self.deadline_in = (w[5] != 0).then(|| Duration::from_nanos(w[5].saturating_sub(now_mono)));
+        self.set(index, f, now_mono);
         true
     }
 
     fn from_record(index: usize, r: NodeRecord, now_mono: u64) -> NodeStatus {
-        let uptime = r
-            .pid
-            .map(|_| Duration::from_nanos(now_mono.saturating_sub(r.started_mono_ns)));
-        NodeStatus {
+        let f = r.fields();
+        let mut n = NodeStatus {
             index,
             name: r.name,
-            node_type: NodeType::from_code(r.node_type).unwrap_or(NodeType::Other),
-            state: r.state,
-            pid: r.pid,
-            uptime,
-            restarts: r.restarts,
-            last_exit: r.last_exit,
-            started_wall_ms: r.started_wall_ms,
-            deadline_in: (r.deadline_mono_ns != 0)
-                .then(|| Duration::from_nanos(r.deadline_mono_ns.saturating_sub(now_mono))),
-        }
+            node_type: NodeType::Other,
+            state: NodeState::Stopped,
+            pid: None,
+            uptime: None,
+            restarts: 0,
+            last_exit: None,
+            started_wall_ms: 0,
+            deadline_in: None,
+        };
+        n.set(index, f, now_mono);
+        n
+    }
+
+    /// Sets every field but the name from a record's fields, in place.
+    fn set(&mut self, index: usize, f: RecordFields, now_mono: u64) {
+        self.index = index;
+        self.node_type = NodeType::from_code(f.node_type).unwrap_or(NodeType::Other);
+        self.state = f.state;
+        self.pid = f.pid;
+        self.uptime = f
+            .pid
+            .map(|_| Duration::from_nanos(now_mono.saturating_sub(f.started_mono_ns)));
+        self.restarts = f.restarts;
+        self.last_exit = f.last_exit;
+        self.started_wall_ms = f.started_wall_ms;
+        self.deadline_in = (f.deadline_mono_ns != 0)
+            .then(|| Duration::from_nanos(f.deadline_mono_ns.saturating_sub(now_mono)));
     }
 }
 

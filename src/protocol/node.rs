@@ -169,8 +169,14 @@ impl NodeRecord {
     /// Unpacks words read from shared memory; `None` if anything is out of range (the words are
     /// untrusted).
     pub fn decode(w: &[u64; NODE_WORDS]) -> Option<NodeRecord> {
-        let mut r = NodeRecord {
-            name: String::new(),
+        let mut r = NodeRecord::blank(String::new());
+        Self::decode_into(w, &mut r).then_some(r)
+    }
+
+    /// A stopped, never-started record called `name` (what an all-zero record decodes to).
+    pub fn blank(name: String) -> NodeRecord {
+        NodeRecord {
+            name,
             node_type: 0,
             state: NodeState::Stopped,
             pid: None,
@@ -180,42 +186,121 @@ impl NodeRecord {
             restarts: 0,
             last_exit: None,
             deadline_mono_ns: 0,
-        };
-        Self::decode_into(w, &mut r).then_some(r)
+        }
     }
 
     /// Like [`NodeRecord::decode`], into an existing record whose name buffer is reused (no
     /// allocation once it is big enough). Returns false, leaving `out` unspecified, for words
     /// out of range.
     pub fn decode_into(w: &[u64; NODE_WORDS], out: &mut NodeRecord) -> bool {
-        let Some(state) = NodeState::from_code((w[0] & 0xff) as u8) else {
+        let Some(f) = RecordFields::decode(w) else {
             return false;
         };
-        let n = (w[6] as usize).min(NAME_MAX);
-        let mut bytes = [0u8; NAME_MAX];
-        for (k, chunk) in bytes.chunks_exact_mut(8).enumerate() {
-            chunk.copy_from_slice(&w[7 + k].to_le_bytes());
+        if !decode_name_into(w, &mut out.name) {
+            return false;
         }
-        let Ok(name) = std::str::from_utf8(&bytes[..n]) else {
-            return false;
-        };
-        out.name.clear();
-        out.name.push_str(name);
-        let kind = ((w[0] >> 16) & 0xff) as u8;
-        let core = (w[0] >> 24) & 0xff != 0;
-        let pid = (w[1] & 0xffff_ffff) as u32;
-        let value = (w[1] >> 32) as u32 as i32;
-        out.node_type = ((w[0] >> 8) & 0xff) as u8;
-        out.state = state;
-        out.pid = (pid != 0).then_some(pid);
-        out.pid_start = w[2];
-        out.started_mono_ns = w[3];
-        out.started_wall_ms = w[4];
-        out.restarts = (w[0] >> 32) as u32;
-        out.last_exit = Exit::decode(kind, value, core);
-        out.deadline_mono_ns = w[5];
+        out.set_fields(f);
         true
     }
+
+    /// Everything but the name.
+    pub fn fields(&self) -> RecordFields {
+        RecordFields {
+            node_type: self.node_type,
+            state: self.state,
+            pid: self.pid,
+            pid_start: self.pid_start,
+            started_mono_ns: self.started_mono_ns,
+            started_wall_ms: self.started_wall_ms,
+            restarts: self.restarts,
+            last_exit: self.last_exit,
+            deadline_mono_ns: self.deadline_mono_ns,
+        }
+    }
+
+    fn set_fields(&mut self, f: RecordFields) {
+        self.node_type = f.node_type;
+        self.state = f.state;
+        self.pid = f.pid;
+        self.pid_start = f.pid_start;
+        self.started_mono_ns = f.started_mono_ns;
+        self.started_wall_ms = f.started_wall_ms;
+        self.restarts = f.restarts;
+        self.last_exit = f.last_exit;
+        self.deadline_mono_ns = f.deadline_mono_ns;
+    }
+}
+
+/// A node record's fields other than its name (so a reader can decode them without touching a
+/// `String`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordFields {
+    /// `config::NodeType` code.
+    pub node_type: u8,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// The pid, if a process exists.
+    pub pid: Option<u32>,
+    /// The pid's start time.
+    pub pid_start: u64,
+    /// Start, CLOCK_MONOTONIC ns.
+    pub started_mono_ns: u64,
+    /// Start, ms since the epoch.
+    pub started_wall_ms: u64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How the previous process ended.
+    pub last_exit: Option<Exit>,
+    /// Backoff or kill deadline, mono ns (0 if none).
+    pub deadline_mono_ns: u64,
+}
+
+impl RecordFields {
+    /// Unpacks the non-name words of a record (untrusted); `None` for an unknown state.
+    pub fn decode(w: &[u64; NODE_WORDS]) -> Option<RecordFields> {
+        let state = NodeState::from_code((w[0] & 0xff) as u8)?;
+        let pid = (w[1] & 0xffff_ffff) as u32;
+        Some(RecordFields {
+            node_type: ((w[0] >> 8) & 0xff) as u8,
+            state,
+            pid: (pid != 0).then_some(pid),
+            pid_start: w[2],
+            started_mono_ns: w[3],
+            started_wall_ms: w[4],
+            restarts: (w[0] >> 32) as u32,
+            last_exit: Exit::decode(
+                ((w[0] >> 16) & 0xff) as u8,
+                (w[1] >> 32) as u32 as i32,
+                (w[0] >> 24) & 0xff != 0,
+            ),
+            deadline_mono_ns: w[5],
+        })
+    }
+}
+
+/// Decodes a record's name into `out` (reusing its buffer, left alone if unchanged). Names are
+/// ASCII (`[A-Za-z0-9_.-]`): anything else is refused, checked a word at a time.
+pub fn decode_name_into(w: &[u64; NODE_WORDS], out: &mut String) -> bool {
+    let n = (w[6] as usize).min(NAME_MAX);
+    let words = n.div_ceil(8);
+    if w[7..7 + words]
+        .iter()
+        .any(|x| x & 0x8080_8080_8080_8080 != 0)
+    {
+        return false;
+    }
+    let mut bytes = [0u8; NAME_MAX];
+    for (k, chunk) in bytes.chunks_exact_mut(8).take(words).enumerate() {
+        chunk.copy_from_slice(&w[7 + k].to_le_bytes());
+    }
+    let Ok(name) = std::str::from_utf8(&bytes[..n]) else {
+        return false;
+    };
+    if out != name {
+        out.clear();
+        out.push_str(name);
+    }
+    true
 }
 
 #[cfg(test)]

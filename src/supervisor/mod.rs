@@ -244,7 +244,7 @@ impl Supervisor {
             .map_err(io_err("epoll_ctl(doorbell)"))?;
 
         let name = instance.shm_name();
-        let (shared, survivors) = match Shared::create(&name, Geometry::default()) {
+        let (shared, previous) = match Shared::create(&name, Geometry::default()) {
             Ok(s) => (s, HashMap::new()),
             Err(ProtocolError::Region(RegionError::Exists { .. })) => {
                 // We hold the lock, so whoever made this region is dead (or is our own previous
@@ -263,7 +263,7 @@ impl Supervisor {
                         // An upgrade to a binary with another layout: never read the old
                         // region; rebuild from the layout-independent handoff.
                         let handoff = instance.dir().join("handoff");
-                        let survivors = upgrade::read_handoff(&handoff).map_err(|source| {
+                        let previous = upgrade::read_handoff(&handoff).map_err(|source| {
                             SupervisorError::Io {
                                 what: "reading the upgrade handoff",
                                 source,
@@ -271,7 +271,7 @@ impl Supervisor {
                         })?;
                         log!("upgrade: old region not readable by this build ({e}); starting a new generation from the handoff");
                         let _ = crate::shm::Region::unlink(&name);
-                        (Shared::create(&name, Geometry::default())?, survivors)
+                        (Shared::create(&name, Geometry::default())?, previous)
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -295,7 +295,7 @@ impl Supervisor {
             shutting_down: false,
             slot_seen: vec![0; slots],
         };
-        sup.take_over(survivors);
+        sup.take_over(previous);
         // Children that ended while no loop listened (during an upgrade's exec).
         for (pid, exit) in reaper::reap_all() {
             sup.on_exit(pid, exit);
@@ -362,21 +362,8 @@ impl Supervisor {
                 rec.pid.unwrap_or(0)
             );
         }
-        for i in 0..self.nodes.len() {
-            self.publish(i);
-        }
-        // Clear records past our nodes (a shorter config than the predecessor's).
-        let empty = NodeRecord::decode(&[0; crate::protocol::layout::NODE_WORDS])
-            .expect("zeroed record decodes")
-            .encode();
-        for cell in &self.shared.node_cells()
-            [self.nodes.len()..self.shared.node_count().max(self.nodes.len())]
-        {
-            cell.write(&empty);
-        }
-        let h = self.shared.header();
-        h.node_count
-            .store(self.nodes.len() as u32, Ordering::Release);
+        // Every record, and none left over from a predecessor with a longer config.
+        self.publish_all();
         let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
         ev.a = generation;
         self.event(ev);
@@ -1233,11 +1220,9 @@ impl Supervisor {
         }
         let cells = self.shared.node_cells();
         let old = self.shared.node_count();
-        let empty = NodeRecord::decode(&[0; crate::protocol::layout::NODE_WORDS])
-            .expect("zeroed record decodes")
-            .encode();
+        // An all-zero record reads as a stopped node with no name.
         for cell in &cells[self.nodes.len()..old.max(self.nodes.len())] {
-            cell.write(&empty);
+            cell.write(&[0; crate::protocol::layout::NODE_WORDS]);
         }
         self.shared
             .header()
@@ -1720,8 +1705,8 @@ fn find_node_process(node: &str, instance: &str, command: &[String]) -> Option<(
 /// child (it died during an upgrade's exec; reaping it gives its real exit status).
 fn is_survivor(pid: u32, start: u64) -> bool {
     match procstat::stat(pid) {
-        Ok(Some((st, s))) if s == start => {
-            !matches!(st, 'Z' | 'X') || procstat::parent(pid) == Some(std::process::id())
+        Ok(Some(st)) if st.start == start => {
+            !matches!(st.state, 'Z' | 'X') || st.parent == std::process::id()
         }
         _ => false,
     }

@@ -129,18 +129,12 @@ pub struct Stat {
     pub mode: u32,
 }
 
-/// `fstat` on a descriptor.
-pub fn fstat(fd: &impl AsRawFd) -> io::Result<Stat> {
+fn raw_fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     // SAFETY: `st` is plain old data that fstat fills in; a zeroed stat is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a live fd and a valid out-pointer.
     crate::syscall!(fstat(fd.as_raw_fd(), &mut st))?;
-    Ok(Stat {
-        size: st.st_size as u64,
-        ino: st.st_ino,
-        dev: st.st_dev,
-        mode: st.st_mode,
-    })
+    Ok(st)
 }
 
 /// Checks an fstat result: type, owner == our euid, and no permission bits in `forbidden`.
@@ -150,10 +144,7 @@ pub fn verify(
     kind: Kind,
     forbidden: u32,
 ) -> Result<Stat, CheckError> {
-    // SAFETY: `st` is plain old data that fstat fills in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a live fd and a valid out-pointer.
-    crate::syscall!(fstat(fd.as_raw_fd(), &mut st)).map_err(|source| CheckError::Io {
+    let st = raw_fstat(fd).map_err(|source| CheckError::Io {
         path: path.to_owned(),
         source,
     })?;
@@ -189,7 +180,7 @@ pub fn verify(
     })
 }
 
-fn cpath(path: &Path) -> Result<std::ffi::CString, CheckError> {
+pub(crate) fn cpath(path: &Path) -> Result<std::ffi::CString, CheckError> {
     std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| CheckError::Io {
         path: path.to_owned(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),

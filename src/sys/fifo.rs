@@ -9,11 +9,7 @@ use std::path::Path;
 
 /// Creates the FIFO (mode 0600) if missing and opens it for the Supervisor's end.
 pub fn create_reader(path: &Path) -> Result<File, CheckError> {
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
-        .map_err(|_| CheckError::Io {
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
-        })?;
+    let c = checked::cpath(path)?;
     // SAFETY: a NUL-terminated path and a mode.
     match crate::syscall!(mkfifo(c.as_ptr(), 0o600)) {
         Ok(_) => {}

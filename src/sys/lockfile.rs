@@ -87,6 +87,12 @@ impl LockFile {
     /// [`LockError::Held`] if a live process has it.
     pub fn acquire(path: &Path, info: &str) -> Result<LockFile, LockError> {
         let mut l = Self::acquire_quiet(path)?;
+        l.write_self(info)?;
+        Ok(l)
+    }
+
+    /// Replaces the file's content with this process's `pid start_time` and `info`.
+    fn write_self(&mut self, info: &str) -> Result<(), LockError> {
         let line = format!(
             "{} {}\n{}\n",
             std::process::id(),
@@ -94,13 +100,12 @@ impl LockFile {
             info.replace('\n', " ")
         );
         let io_err = |source| LockError::Io {
-            path: path.to_owned(),
+            path: self.path.clone(),
             source,
         };
-        l.file.set_len(0).map_err(io_err)?;
-        l.file.rewind().map_err(io_err)?;
-        l.file.write_all(line.as_bytes()).map_err(io_err)?;
-        Ok(l)
+        self.file.set_len(0).map_err(io_err)?;
+        self.file.rewind().map_err(io_err)?;
+        self.file.write_all(line.as_bytes()).map_err(io_err)
     }
 
     /// Like [`LockFile::acquire`] but writes nothing (the caller writes the holder later, e.g.
@@ -163,19 +168,12 @@ impl LockFile {
             });
         }
         crate::sys::fdflags::set_cloexec(fd, true).map_err(io_err)?;
-        let line = format!(
-            "{} {}\n{}\n",
-            std::process::id(),
-            super::procstat::own_start_time(),
-            info.replace('\n', " ")
-        );
-        file.set_len(0).map_err(io_err)?;
-        file.rewind().map_err(io_err)?;
-        file.write_all(line.as_bytes()).map_err(io_err)?;
-        Ok(LockFile {
+        let mut l = LockFile {
             file,
             path: path.to_owned(),
-        })
+        };
+        l.write_self(info)?;
+        Ok(l)
     }
 
     /// Tells whether a live process holds the lock at `path`, without taking it for long.
