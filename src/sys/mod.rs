@@ -29,4 +29,5 @@ pub mod futex;
 pub mod lockfile;
 pub mod pidfd;
 
+pub mod procscan;
 pub mod procstat;
