@@ -30,6 +30,7 @@ use crate::instance::Instance;
 use crate::protocol::layout::SupervisorState;
 use crate::protocol::mailbox::Opcode;
 use crate::protocol::node::NodeState;
+use crate::sys::lockfile::{LockError, LockFile};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
@@ -167,14 +168,18 @@ fn blocked_signals() -> SigSet {
     set
 }
 
-/// The path to re-execute on SIGUSR2: our executable's path, even if the file was replaced
-/// by an upgrade (then `/proc/self/exe` names the old, deleted file).
-fn exe_path() -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?;
-    let s = p.to_string_lossy();
-    Some(match s.strip_suffix(" (deleted)") {
-        Some(live) => PathBuf::from(live),
-        None => p,
+/// Takes `daemon.lock` for this daemon's life: one daemon Main per instance. Refused (with
+/// the first one's pid) if another daemon holds it.
+fn take_daemon_lock(instance: &Instance) -> Result<LockFile, String> {
+    instance.ensure_dirs().map_err(|e| e.to_string())?;
+    let path = instance.dir().join("daemon.lock");
+    LockFile::acquire(&path, "daemon").map_err(|e| match e {
+        LockError::Held { pid, .. } => format!(
+            "instance '{}' already has a daemon Main (pid {pid}); a second one is refused (talk to the instance with `broctld --instance {} status`)",
+            instance.name(),
+            instance.name()
+        ),
+        other => format!("daemon lock: {other}"),
     })
 }
 
@@ -210,6 +215,16 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
         eprintln!("broctld: daemon: epoll_ctl: {e}");
         return 1;
     }
+    // Held until we exit (or re-execute: the fd is close-on-exec, the new image takes it again).
+    let _daemon_lock = match take_daemon_lock(&instance) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("broctld: daemon: {e}");
+            notify.status(&e);
+            mainlog::append(&instance, "daemon", &format!("refused: {e}"));
+            return 1;
+        }
+    };
     // A running Supervisor's recorded config wins; else --config or the default places.
     let had_supervisor = Client::attach(&instance).ok();
     let spawned = had_supervisor.is_none();
@@ -491,7 +506,7 @@ fn shutdown(instance: &Instance, notify: &Notifier, client: &Client, sig: i32) -
 
 fn reexec(instance: &Instance, notify: &Notifier) {
     use std::os::unix::process::CommandExt;
-    let Some(exe) = exe_path() else {
+    let Ok(exe) = crate::guardian::installed_exe() else {
         say(
             instance,
             "SIGUSR2: cannot find my executable; not re-executing",
