@@ -510,23 +510,25 @@ impl Guardian {
             if pid == 0 {
                 return None;
             }
-            let start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+            let ours = matches!(self.current, Current::Child { pid: sup, .. } if sup == pid);
+            if !ours {
+                // Report first, reap second: a Supervisor that finds the process gone from
+                // /proc then finds its report already in the pipe.
+                let start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                if let Some(r) = Report::from_siginfo(&info, start) {
+                    if self.pending.len() >= PENDING_MAX {
+                        self.pending.pop_front();
+                    }
+                    self.pending.push_back(r.line());
+                    self.flush();
+                }
+            }
             let mut status = 0;
             // SAFETY: reaps this one zombie; a valid out-pointer.
             unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-            match self.current {
-                Current::Child { pid: sup, .. } if sup == pid => {
-                    if let Some(code) = self.on_supervisor_exit(pid, status) {
-                        return Some(code);
-                    }
-                }
-                _ => {
-                    if let Some(r) = Report::from_siginfo(&info, start) {
-                        if self.pending.len() >= PENDING_MAX {
-                            self.pending.pop_front();
-                        }
-                        self.pending.push_back(r.line());
-                    }
+            if ours {
+                if let Some(code) = self.on_supervisor_exit(pid, status) {
+                    return Some(code);
                 }
             }
         }
@@ -552,7 +554,10 @@ impl Guardian {
             log!("guardian: Supervisor pid {pid} {how} before it served; the guardian exits");
             return Some(code.unwrap_or(1));
         }
-        if served {
+        // SIGKILL comes from outside (an operator, the OOM killer), never from a Supervisor
+        // failing to start by itself: replace it at once even if it had not said `ready` yet.
+        let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL;
+        if served || killed {
             log!(
                 "guardian: Supervisor pid {pid} {how} after {:.3} s; starting a new one now",
                 since.elapsed().as_secs_f64()

@@ -328,10 +328,11 @@ impl Supervisor {
             guardian,
             reported: HashMap::new(),
         };
+        // Nothing fails from here on: this config is the running one.
+        sup.save_running_config(&config_text);
         sup.connect_guardian();
         sup.take_over(previous);
         sup.drop_unmatched_reports();
-        sup.save_running_config(&config_text);
         // Children that ended while no loop listened (during an upgrade's exec).
         for (pid, exit) in reaper::reap_all() {
             sup.on_exit(pid, exit);

@@ -62,7 +62,6 @@ pub fn save(dir: &Path, config_path: &Path, text: &str) -> io::Result<()> {
     .map_err(|e| io::Error::other(e.to_string()))?;
     f.write_all(format!("{MAGIC}\n{shown}\n").as_bytes())?;
     f.write_all(text.as_bytes())?;
-    f.sync_data()?;
     std::fs::rename(&tmp, path(dir))
 }
 

@@ -310,8 +310,7 @@ fn internal_processes_of(runtime_dir: &Path, mode: &str) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.contains(&needle.as_bytes()) && args.contains(&mode.as_bytes()) && pid_alive(pid)
-        {
+        if args.contains(&needle.as_bytes()) && args.contains(&mode.as_bytes()) && pid_alive(pid) {
             out.push(pid);
         }
     }
