@@ -41,9 +41,25 @@ pub fn rotate_if_needed(p: &Path, limit: u64, keep: usize) {
     let _ = std::fs::rename(p, rotated(p, 1));
 }
 
-/// Declares that this process's stdout and stderr are the log file `path`, to be rotated.
+/// Declares that this process's stdout and stderr are the log file `path`, to be rotated. Does
+/// nothing if stderr is not that file (e.g. a Supervisor run by hand from a terminal).
 pub fn rotate_with(path: PathBuf) {
-    let _ = ROTATED_FILE.set(path);
+    let is_ours = match (stderr_id(), std::fs::symlink_metadata(&path)) {
+        (Some(ours), Ok(m)) => ours == (m.dev(), m.ino()),
+        _ => false,
+    };
+    if is_ours {
+        let _ = ROTATED_FILE.set(path);
+    }
+}
+
+/// Device and inode of the file on fd 2.
+fn stderr_id() -> Option<(u64, u64)> {
+    // SAFETY: a zeroed stat is a valid out-buffer; fstat of fd 2 only fills it in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 2 and a valid out-pointer.
+    crate::syscall!(fstat(2, &mut st)).ok()?;
+    Some((st.st_dev, st.st_ino))
 }
 
 /// Rotates our log file if it is due, and makes sure stdout and stderr point at the current one.
@@ -51,15 +67,12 @@ fn keep_current() {
     let Some(p) = ROTATED_FILE.get() else {
         return;
     };
-    // SAFETY: a zeroed stat is a valid out-buffer; fstat of fd 2 only fills it in.
-    let mut ours: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fd 2 and a valid out-pointer.
-    if crate::syscall!(fstat(2, &mut ours)).is_err() {
+    let Some(ours) = stderr_id() else {
         return;
-    }
+    };
     let current = std::fs::symlink_metadata(p).ok();
     match current {
-        Some(m) if m.ino() == ours.st_ino && m.dev() == ours.st_dev => {
+        Some(m) if (m.dev(), m.ino()) == ours => {
             if m.len() < ROTATE_AT {
                 return;
             }

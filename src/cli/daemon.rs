@@ -3,9 +3,12 @@
 //! * Attaches to the instance's Supervisor, starting one if none runs (which then autostarts
 //!   the nodes), and reports `READY=1` on `$NOTIFY_SOCKET` once the autostart nodes are up
 //!   (running, or given up on, or past their ready timeout), with a `STATUS=` line.
-//! * Watches the Supervisor with a pidfd: if it dies (not by `shutdown`), a new one is started
-//!   at once and adopts the running nodes. If it exited because another Main ran `shutdown`,
-//!   the daemon exits too.
+//! * One daemon per instance: it holds `daemon.lock` for its life; a second daemon is refused,
+//!   naming the first one's pid.
+//! * Watches the Supervisor with a pidfd: if it dies (not by `shutdown`), its guardian starts a
+//!   new one at once, which adopts the running nodes; the daemon attaches to it (or starts one
+//!   itself if no guardian runs). If it exited because another Main ran `shutdown`, the daemon
+//!   exits too.
 //! * SIGHUP: `reload` (`RELOADING=1`, then `READY=1`). A config that does not load changes
 //!   nothing and is logged.
 //! * SIGTERM or SIGINT: the ordered OS shutdown: every node in reverse start order, then the
@@ -384,7 +387,7 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
             let old = client.supervisor_pid();
             say(
                 &instance,
-                &format!("the Supervisor (pid {old}) died; starting a new one to adopt the nodes"),
+                &format!("the Supervisor (pid {old}) died; attaching to its replacement (started by its guardian, or by us if none runs)"),
             );
             match Client::attach_or_spawn(&instance, &config_path) {
                 Ok(c) => {
