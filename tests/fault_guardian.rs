@@ -332,19 +332,7 @@ fn replacement_without_path_in_env() {
     let before = c.start();
     let sup = c.supervisor_pid();
     // Leave no guardian, so that the next Main starts the whole chain itself.
-    let guardian = the_guardian(&c.runtime);
-    signal(guardian, libc::SIGKILL);
-    let watcher = wait_for(
-        WAIT,
-        "the watch-mode guardian",
-        || {
-            let g = guardians_of(&c.runtime);
-            (g.len() == 1 && g[0] != guardian).then(|| g[0])
-        },
-        || c.log(),
-    );
-    signal(watcher, libc::SIGKILL);
-    wait_until(WAIT, "no guardian", || guardians_of(&c.runtime).is_empty());
+    kill_guardians(&c.runtime);
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     let mut cmd = c.command(&["start"]);

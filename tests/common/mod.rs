@@ -293,6 +293,23 @@ pub fn freeze_guardian(runtime_dir: &Path) -> u32 {
     g
 }
 
+/// Kills the guardian and the watch-mode guardian the Supervisor then starts, so that a dead
+/// Supervisor is replaced only by a Main (as without a guardian).
+pub fn kill_guardians(runtime_dir: &Path) {
+    let first = the_guardian(runtime_dir);
+    signal(first, libc::SIGKILL);
+    let mut watcher = 0;
+    wait_until(Duration::from_secs(10), "the watch-mode guardian", || {
+        let g = guardians_of(runtime_dir);
+        watcher = g.first().copied().unwrap_or(0);
+        g.len() == 1 && watcher != first
+    });
+    signal(watcher, libc::SIGKILL);
+    wait_until(Duration::from_secs(10), "no guardian", || {
+        guardians_of(runtime_dir).is_empty()
+    });
+}
+
 /// Lets a guardian stopped by [`freeze_guardian`] run again.
 pub fn thaw(guardian: u32) {
     signal(guardian, libc::SIGCONT);
