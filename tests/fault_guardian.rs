@@ -321,6 +321,17 @@ fn replacement_supervisor_uses_running_config_when_file_is_broken() {
         s.get("c").is_some_and(|n| n.state == "running")
     });
     assert_eq!(s["a"].pid, before["a"].pid);
+    // With no guardian left, a Main replaces a dead Supervisor the same way: the file is
+    // broken again, and the replacement runs the running config (now with `c`).
+    kill_guardians(&c.runtime);
+    c.write_config("[[node]]\nname = 3\n");
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    c.run(&["status"]);
+    next_supervisor(&c, sup);
+    let after = c.wait_status(WAIT, "all running", all_running);
+    assert_eq!(pids(&after), pids(&s), "{}", c.log());
 }
 
 /// A Supervisor (and its guardian) started by a Main whose environment has no `PATH` still

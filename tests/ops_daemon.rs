@@ -328,6 +328,10 @@ fn second_daemon_main_is_refused() {
     signal(d.id(), libc::SIGTERM);
     let st = wait_child(&mut d, WAIT).expect("the daemon exits");
     assert_eq!(st.code(), Some(0));
+    assert!(
+        !c.instance_dir().join("daemon.lock").exists(),
+        "the daemon left its lock file"
+    );
     // Once it is gone, a daemon may run again.
     let mut d2 = spawn_daemon(&c, &notify);
     notify.expect("READY=1");

@@ -171,19 +171,33 @@ fn blocked_signals() -> SigSet {
     set
 }
 
+/// `daemon.lock`, held for the daemon's life and removed (still held) when it returns. A
+/// re-execution (SIGUSR2) does not return: the fd is close-on-exec and the new image takes the
+/// lock again.
+struct DaemonLock(Option<LockFile>);
+
+impl Drop for DaemonLock {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.remove();
+        }
+    }
+}
+
 /// Takes `daemon.lock` for this daemon's life: one daemon Main per instance. Refused (with
 /// the first one's pid) if another daemon holds it.
-fn take_daemon_lock(instance: &Instance) -> Result<LockFile, String> {
+fn take_daemon_lock(instance: &Instance) -> Result<DaemonLock, String> {
     instance.ensure_dirs().map_err(|e| e.to_string())?;
     let path = instance.dir().join("daemon.lock");
-    LockFile::acquire(&path, "daemon").map_err(|e| match e {
+    let lock = LockFile::acquire(&path, "daemon").map_err(|e| match e {
         LockError::Held { pid, .. } => format!(
             "instance '{}' already has a daemon Main (pid {pid}); a second one is refused (talk to the instance with `broctld --instance {} status`)",
             instance.name(),
             instance.name()
         ),
         other => format!("daemon lock: {other}"),
-    })
+    })?;
+    Ok(DaemonLock(Some(lock)))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (or a `shutdown` from another Main); returns the exit
