@@ -451,3 +451,32 @@ fn supervisor_log_is_rotated() {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("guardian: Supervisor pid"))
     });
 }
+
+/// A new Supervisor that cannot start (here: its doorbell was replaced by a plain file) is
+/// retried with a growing, logged delay; meanwhile every node runs on; once the cause is gone
+/// the next attempt takes over with every node keeping its process.
+#[test]
+fn guardian_backs_off_while_a_supervisor_cannot_start_then_recovers() {
+    let c = Cluster::new("guardian_backoff", TWO);
+    let before = c.start();
+    let sup = c.supervisor_pid();
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let bell = c.instance_dir().join("doorbell");
+    std::fs::remove_file(&bell).unwrap();
+    std::fs::write(&bell, "x").unwrap();
+    thaw(guardian);
+    wait_until(WAIT, "two logged retries", || {
+        let log = c.log();
+        log.contains("trying again in 0.1 s") && log.contains("trying again in 0.2 s")
+    });
+    assert!(c.log().contains("expected a FIFO"), "{}", c.log());
+    assert!(pid_alive(guardian), "the guardian gave up");
+    assert_same_live_nodes(&before, "while no Supervisor can start");
+    std::fs::remove_file(&bell).unwrap();
+    next_supervisor(&c, sup);
+    let after = c.wait_status(WAIT, "all running", all_running);
+    assert_eq!(pids(&after), pids(&before), "{}", c.log());
+    assert_eq!(guardians_of(&c.runtime), vec![guardian]);
+}
