@@ -480,3 +480,42 @@ fn guardian_backs_off_while_a_supervisor_cannot_start_then_recovers() {
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
     assert_eq!(guardians_of(&c.runtime), vec![guardian]);
 }
+
+/// A node being stopped when the Supervisor died, which ends while no Supervisor lives, ends
+/// `stopped` (its exit recorded), not restarted.
+#[test]
+fn a_node_stopping_when_the_supervisor_died_ends_stopped_not_restarted() {
+    let c = Cluster::new(
+        "gap_stop",
+        r#"
+[[node]]
+name = "a"
+command = ["sh", "-c", "trap 'sleep 0.3; exit 7' TERM; while true; do sleep 0.05; done"]
+stop_timeout_ms = 20000
+"#,
+    );
+    let before = c.start();
+    let a = before["a"].pid.unwrap();
+    let client = c.client();
+    let i = client.node_index("a").expect("a");
+    client
+        .command(
+            broctld::protocol::mailbox::Opcode::Stop,
+            &[i],
+            0,
+            Duration::from_secs(10),
+        )
+        .expect("stop a");
+    let sup = c.supervisor_pid();
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "a to end", || proc_state(a) == Some('Z'));
+    assert_eq!(parent_pid(a), Some(guardian));
+    thaw(guardian);
+    next_supervisor(&c, sup);
+    let after = c.wait_status(WAIT, "a stopped", |s| s["a"].state == "stopped");
+    assert_eq!(after["a"].exit_code, Some(7), "{:?}", after["a"]);
+    assert_eq!(after["a"].pid, None);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.status()["a"].state, "stopped", "a was restarted");
+}

@@ -155,7 +155,11 @@ impl Supervisor {
         n.started_wall_ms = rec.started_wall_ms;
         n.restarts = rec.restarts;
         n.last_exit = rec.last_exit;
-        n.state = NodeState::Running;
+        // A node that was being stopped ends stopped; any other is handled by its policy.
+        n.state = match rec.state {
+            NodeState::Stopping => NodeState::Stopping,
+            _ => NodeState::Running,
+        };
         self.by_pid.insert(pid, i);
         log!(
             "node {}: pid {pid} ended while no Supervisor ran ({:?}, reported by the guardian)",
