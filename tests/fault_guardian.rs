@@ -400,6 +400,15 @@ fn fifo_config_does_not_block_supervisor() {
     std::os::unix::fs::symlink("/dev/zero", &c.config).unwrap();
     let e = reload().expect_err("a device config is refused");
     assert!(e.to_string().contains("cannot read config file"), "{e}");
+    // A regular file past 16 MiB (sparse: no disk used) is refused too.
+    std::fs::remove_file(&c.config).unwrap();
+    std::fs::File::create(&c.config)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    reload().expect_err("a huge config is refused");
+    let out = c.run(&["reload"]);
+    assert!(out.stderr.contains("larger than 16 MiB"), "{out:?}");
     // Still serving, and small (kernel's view of its memory).
     let s = c.status();
     assert_eq!(pids(&s), pids(&before));
@@ -411,6 +420,8 @@ fn fifo_config_does_not_block_supervisor() {
         .expect("VmRSS");
     assert!(rss_kb < 64 * 1024, "the Supervisor grew to {rss_kb} kB");
     // A Main reading it is refused the same way, at once.
+    std::fs::remove_file(&c.config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &c.config).unwrap();
     let out = c.run(&["reload"]);
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("device"), "{out:?}");
