@@ -4,24 +4,26 @@
 //! ```no_run
 //! use broctld::client::Client;
 //! use broctld::instance::Instance;
-//! use broctld::protocol::mailbox::Opcode;
-//! use std::time::Duration;
 //!
 //! let instance = Instance::new("default", &Instance::default_runtime_dir())?;
 //! let client = Client::attach(&instance)?;
 //! for node in client.status() {
 //!     println!("{} {} {:?}", node.name, node.state.as_str(), node.pid);
 //! }
-//! let worker = client.node_index("worker-1").expect("configured");
-//! client.command(Opcode::Restart, &[worker], 0, Duration::from_secs(5))?;
+//! client.restart(&["worker-1"])?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Commands name their nodes; the client turns names into table indices tagged with the
+//! table's `config_epoch`, and if a reload renumbered the table before the Supervisor applied
+//! the command (it then refuses it, unapplied), resolves the names again and resends.
 //!
 //! Reading status touches only shared memory (no syscall). A command claims a mailbox slot,
 //! rings the doorbell if it is idle, and sleeps on the slot's futex until the reply is there.
 
 mod spawn;
 
+pub use nix::sys::signal::Signal;
 pub use spawn::spawn_supervisor;
 
 use crate::config::NodeType;
@@ -40,6 +42,9 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// How long the calls by name ([`Client::start`] and so on) wait for the Supervisor's reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +114,54 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A Supervisor holds the instance lock, but its region cannot be used.
+    #[error("the Supervisor of instance '{instance}' (pid {pid}) is running, but its shared memory region {path} {why}; its nodes are still supervised but their state cannot be read. This command asked it to rebuild the region: try again in a moment; if this persists, see {log}, and `kill -9 {pid}` makes the next broctld command start a Supervisor that adopts the running nodes")]
+    RegionLost {
+        /// Instance name.
+        instance: String,
+        /// The lock holder.
+        pid: u32,
+        /// `/dev/shm/NAME`.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+        /// The Supervisor's log.
+        log: String,
+    },
+    /// The region was shrunk under this Main's mapping (SIGBUS caught): what it read since
+    /// means nothing.
+    #[error("the shared memory region {path} was truncated by another process while this Main used it; nothing read from it can be trusted: run the command again (the Supervisor rebuilds the region)")]
+    Damaged {
+        /// `/dev/shm/NAME`.
+        path: PathBuf,
+    },
+    /// No node of that name in the running table.
+    #[error("no node named '{name}' in the running Supervisor's table (see `broctld status`)")]
+    NoSuchNode {
+        /// The name asked for.
+        name: String,
+    },
+    /// The node table kept changing (reloads) while the command was being sent.
+    #[error("{what} was not applied: the node table changed {tries} times (reloads) while it was being sent; try again")]
+    Stale {
+        /// The command.
+        what: &'static str,
+        /// Attempts made.
+        tries: u32,
+    },
+}
+
+impl ClientError {
+    /// Whether the error means the Supervisor certainly did nothing with the command.
+    pub fn not_applied(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Timeout {
+                applied: "taken and may have been applied",
+                ..
+            }
+        )
+    }
 }
 
 /// A node's status as a Main sees it.
@@ -134,6 +187,37 @@ pub struct NodeStatus {
     pub started_wall_ms: u64,
     /// Backoff or kill deadline as time left, if any.
     pub deadline_in: Option<Duration>,
+    /// Whether a live Supervisor stands behind this record. `false`: it is the last state a
+    /// Supervisor recorded, and nothing keeps it true now (see [`NodeStatus::state_word`]).
+    pub verified: bool,
+    /// For an unverified record with a pid: whether that process (pid plus start time) still
+    /// lives, per `/proc` (`None` if it could not be told).
+    pub pid_alive: Option<bool>,
+    /// The recorded pid's start time (clock ticks since boot; 0 if none).
+    pub pid_start: u64,
+}
+
+impl NodeStatus {
+    /// The state to show: the recorded state when a live Supervisor stands behind it,
+    /// `unknown` otherwise.
+    pub fn state_word(&self) -> &'static str {
+        if self.verified {
+            self.state.as_str()
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Marks the record as not backed by a live Supervisor and checks its pid against `/proc`.
+    pub fn unverify(&mut self) {
+        self.verified = false;
+        self.pid_alive = self.pid.map(|p| {
+            procstat::stat(p)
+                .ok()
+                .flatten()
+                .is_some_and(|st| st.start == self.pid_start && !matches!(st.state, 'Z' | 'X'))
+        });
+    }
 }
 
 impl NodeStatus {
@@ -155,12 +239,12 @@ impl NodeStatus {
         true
     }
 
-    fn from_record(index: usize, r: NodeRecord, now_mono: u64) -> NodeStatus {
-        let f = r.fields();
-        let mut n = NodeStatus {
+    /// A stopped node with no history (what a config says when nothing runs).
+    pub fn stopped(index: usize, name: String, node_type: NodeType) -> NodeStatus {
+        NodeStatus {
             index,
-            name: r.name,
-            node_type: NodeType::Other,
+            name,
+            node_type,
             state: NodeState::Stopped,
             pid: None,
             uptime: None,
@@ -168,7 +252,15 @@ impl NodeStatus {
             last_exit: None,
             started_wall_ms: 0,
             deadline_in: None,
-        };
+            verified: true,
+            pid_alive: None,
+            pid_start: 0,
+        }
+    }
+
+    fn from_record(index: usize, r: NodeRecord, now_mono: u64) -> NodeStatus {
+        let f = r.fields();
+        let mut n = NodeStatus::stopped(index, r.name, NodeType::Other);
         n.set(index, f, now_mono);
         n
     }
@@ -187,7 +279,22 @@ impl NodeStatus {
         self.started_wall_ms = f.started_wall_ms;
         self.deadline_in = (f.deadline_mono_ns != 0)
             .then(|| Duration::from_nanos(f.deadline_mono_ns.saturating_sub(now_mono)));
+        self.pid_start = f.pid_start;
+        self.verified = true;
+        self.pid_alive = None;
     }
+}
+
+/// Every node record in `shared`, decoded.
+fn read_status(shared: &Shared) -> Vec<NodeStatus> {
+    let now = clock::monotonic_ns();
+    let cells = shared.node_cells();
+    (0..shared.node_count())
+        .filter_map(|i| {
+            let words = cells[i].read()?;
+            Some(NodeStatus::from_record(i, NodeRecord::decode(&words)?, now))
+        })
+        .collect()
 }
 
 /// A connection to a running Supervisor.
@@ -215,7 +322,9 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Attaches to the instance's running Supervisor: checks the lock, maps and validates the
-    /// region, opens the doorbell. Fails with [`ClientError::NotRunning`] if none runs.
+    /// region, opens the doorbell. Fails with [`ClientError::NotRunning`] if none runs, and with
+    /// [`ClientError::RegionLost`] if one holds the lock but its region is missing, damaged or
+    /// not its own (never "not running": its nodes run on).
     pub fn attach(instance: &Instance) -> Result<Client, ClientError> {
         let not_running = || ClientError::NotRunning {
             instance: instance.name().to_owned(),
@@ -224,8 +333,12 @@ impl Client {
         // The runtime and instance dirs must be ours and private before anything in them is
         // trusted (a Main must not talk to a Supervisor someone planted there).
         instance.ensure_dirs()?;
+        let name = instance.shm_name();
+        let identity = instance.identity();
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(5);
+        let mut asked_repair = false;
         loop {
             let (config_path, holder) = match LockFile::probe(&instance.lock_path())? {
                 Probe::Free => return Err(not_running()),
@@ -234,19 +347,31 @@ impl Client {
                     (pid, start),
                 ),
             };
-            let shared = match Shared::open(&instance.shm_name()) {
-                Ok(s) => Some(s),
-                Err(ProtocolError::Region(RegionError::Missing { .. })) => None,
+            let lost = |path: PathBuf, why: String| ClientError::RegionLost {
+                instance: instance.name().to_owned(),
+                pid: holder.0,
+                path,
+                why,
+                log: instance.log_path().display().to_string(),
+            };
+            let (shared, why) = match Shared::open_owned(&name, &identity) {
+                Ok(s) => (Some(s), None),
+                Err(ProtocolError::Region(RegionError::Missing { path })) => (
+                    None,
+                    Some((path, "does not exist (removed by another program?)".into())),
+                ),
                 // A Supervisor that holds the lock may be creating the region right now: empty,
                 // or its magic not yet stored. Wait for it (bounded) rather than refuse.
-                Err(ProtocolError::Region(RegionError::Size { size: 0, .. }))
-                | Err(ProtocolError::Magic { found: 0, .. })
-                    if Instant::now() < deadline =>
-                {
-                    None
+                Err(ProtocolError::Region(RegionError::Size { size: 0, path, .. }))
+                | Err(ProtocolError::Magic { found: 0, path }) => {
+                    (None, Some((path, "is empty".into())))
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let path = PathBuf::from("/dev/shm").join(name.trim_start_matches('/'));
+                    (None, Some((path, format!("cannot be used ({e})"))))
+                }
             };
+            let mut why = why;
             if let Some(shared) = shared {
                 let h = shared.header();
                 let state = SupervisorState::from_u32(h.state.load(Ordering::Acquire));
@@ -269,14 +394,53 @@ impl Client {
                         });
                     }
                     Some(SupervisorState::Exited) => return Err(not_running()),
+                    _ if !live => {
+                        why = Some((
+                            shared.path().to_owned(),
+                            format!(
+                                "names Supervisor pid {sup_pid}, which is not the lock holder and is not running"
+                            ),
+                        ))
+                    }
                     _ => {}
                 }
             }
-            if Instant::now() >= deadline {
+            if let Some((path, text)) = why {
+                if Instant::now() >= deadline {
+                    return Err(lost(path, text));
+                }
+                // Past the first moments of a start, ask the Supervisor to check its region
+                // (it rebuilds it if it is gone or damaged).
+                if !asked_repair && began.elapsed() >= Duration::from_millis(100) {
+                    asked_repair = true;
+                    if let Ok(bell) = fifo::open_writer(&instance.bell_path()) {
+                        let _ = fifo::ring_repair(&bell);
+                    }
+                }
+            } else if Instant::now() >= deadline {
                 return Err(not_running());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Reads the region an instance's Supervisor left, if any, without a live Supervisor (and
+    /// without a config): every record comes back unverified (see [`NodeStatus::verified`]),
+    /// each recorded pid checked against `/proc`. `Ok(None)` if there is no region.
+    pub fn last_recorded(instance: &Instance) -> Result<Option<Vec<NodeStatus>>, ClientError> {
+        let shared = match Shared::open_owned(&instance.shm_name(), &instance.identity()) {
+            Ok(s) => s,
+            Err(ProtocolError::Region(RegionError::Missing { .. })) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = read_status(&shared);
+        if shared.damaged() {
+            return Err(ClientError::Damaged {
+                path: shared.path().to_owned(),
+            });
+        }
+        out.iter_mut().for_each(NodeStatus::unverify);
+        Ok(Some(out))
     }
 
     /// Attaches to the running Supervisor, or starts one with `config` and attaches to it.
@@ -325,14 +489,22 @@ impl Client {
 
     /// A snapshot of every node. Reads shared memory only.
     pub fn status(&self) -> Vec<NodeStatus> {
-        let now = clock::monotonic_ns();
-        let cells = self.shared.node_cells();
-        (0..self.shared.node_count())
-            .filter_map(|i| {
-                let words = cells[i].read()?;
-                Some(NodeStatus::from_record(i, NodeRecord::decode(&words)?, now))
-            })
-            .collect()
+        read_status(&self.shared)
+    }
+
+    /// The node table's epoch: it changes whenever a reload (or a takeover) renumbers nodes.
+    pub fn config_epoch(&self) -> u32 {
+        self.shared.header().config_epoch.load(Ordering::Acquire)
+    }
+
+    /// Fails with [`ClientError::Damaged`] if the region was truncated under us.
+    pub fn check_damage(&self) -> Result<(), ClientError> {
+        if self.shared.damaged() {
+            return Err(ClientError::Damaged {
+                path: self.shared.path().to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Raw records of every node into `out`, reusing its entries' name buffers: after the
@@ -423,8 +595,10 @@ impl Client {
         Ok(())
     }
 
-    /// Sends `op` for the nodes with `indices` and waits at most `timeout` for the reply.
-    /// A refused command is [`ClientError::Rejected`].
+    /// Sends `op` for the nodes with table `indices` (as numbered now: see
+    /// [`Client::config_epoch`]) and waits at most `timeout` for the reply. A refused command
+    /// is [`ClientError::Rejected`]; prefer the calls by name ([`Client::start`] and so on),
+    /// which survive a reload that renumbers the table.
     pub fn command(
         &self,
         op: Opcode,
@@ -432,7 +606,12 @@ impl Client {
         arg: u64,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
-        let reply = self.send(&Request::new(op, indices.iter().copied(), arg), timeout)?;
+        let epoch = self.config_epoch();
+        let req = Request::new(op, indices.iter().copied(), arg).at_epoch(epoch);
+        self.expect_ok(op, self.send(&req, timeout)?)
+    }
+
+    fn expect_ok(&self, op: Opcode, reply: Reply) -> Result<Reply, ClientError> {
         match reply.status {
             ReplyStatus::Ok => Ok(reply),
             _ => Err(ClientError::Rejected {
@@ -442,8 +621,96 @@ impl Client {
         }
     }
 
+    /// Sends `op` for the nodes called `names` and waits at most `timeout` for the reply. The
+    /// names are resolved against the table and tagged with its epoch; if a reload renumbers
+    /// the table before the Supervisor applies the command, it refuses it unapplied and the
+    /// names are resolved again (a few times at most). An empty `names` means every node.
+    pub fn command_by_name<S: AsRef<str>>(
+        &self,
+        op: Opcode,
+        names: &[S],
+        arg: u64,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        if names.is_empty() {
+            return self.expect_ok(op, self.send(&Request::all(op, arg), timeout)?);
+        }
+        const TRIES: u32 = 8;
+        for _ in 0..TRIES {
+            // The epoch first: a table read after it is at least that new, and a command built
+            // from a newer table is refused as stale rather than applied to the wrong nodes.
+            let epoch = self.config_epoch();
+            let table = self.status();
+            self.check_damage()?;
+            let mut idx = Vec::with_capacity(names.len());
+            for n in names {
+                let n = n.as_ref();
+                match table.iter().find(|s| s.name == n) {
+                    Some(s) => idx.push(s.index),
+                    None => {
+                        return Err(ClientError::NoSuchNode { name: n.to_owned() });
+                    }
+                }
+            }
+            let req = Request::new(op, idx, arg).at_epoch(epoch);
+            let reply = self.send(&req, timeout)?;
+            if reply.status != ReplyStatus::Stale {
+                return self.expect_ok(op, reply);
+            }
+        }
+        Err(ClientError::Stale {
+            what: op.as_str(),
+            tries: TRIES,
+        })
+    }
+
+    /// Starts the named nodes (every node if `names` is empty); waits for the Supervisor's
+    /// answer, not for the nodes to be up (watch [`Client::status`] or the events for that).
+    pub fn start<S: AsRef<str>>(&self, names: &[S]) -> Result<Reply, ClientError> {
+        self.command_by_name(Opcode::Start, names, 0, DEFAULT_TIMEOUT)
+    }
+
+    /// Stops the named nodes (every node if `names` is empty).
+    pub fn stop<S: AsRef<str>>(&self, names: &[S]) -> Result<Reply, ClientError> {
+        self.command_by_name(Opcode::Stop, names, 0, DEFAULT_TIMEOUT)
+    }
+
+    /// Restarts the named nodes (every node if `names` is empty).
+    pub fn restart<S: AsRef<str>>(&self, names: &[S]) -> Result<Reply, ClientError> {
+        self.command_by_name(Opcode::Restart, names, 0, DEFAULT_TIMEOUT)
+    }
+
+    /// Sends `signal` to the named nodes' processes (every node if `names` is empty).
+    pub fn signal<S: AsRef<str>>(&self, names: &[S], signal: Signal) -> Result<Reply, ClientError> {
+        self.command_by_name(Opcode::Signal, names, signal as i32 as u64, DEFAULT_TIMEOUT)
+    }
+
+    /// The status of the node called `name`.
+    pub fn node(&self, name: &str) -> Result<NodeStatus, ClientError> {
+        self.status()
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| ClientError::NoSuchNode {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The name of the node an event is about, if the table has not been renumbered since it
+    /// was written (`None` for events about no node, or from an older table).
+    pub fn event_node_name(&self, ev: &Event) -> Option<String> {
+        if ev.node == crate::protocol::event::NO_NODE || ev.epoch != self.config_epoch() {
+            return None;
+        }
+        let cell = self.shared.node_cells().get(ev.node as usize)?;
+        if ev.node as usize >= self.shared.node_count() {
+            return None;
+        }
+        NodeRecord::decode(&cell.read()?).map(|r| r.name)
+    }
+
     /// Sends a raw request and returns whatever reply comes back.
     pub fn send(&self, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+        self.check_damage()?;
         let what = Opcode::from_u32(req.opcode).map_or("a command", Opcode::as_str);
         let deadline = Instant::now() + timeout;
         let slots = self.shared.slots();
@@ -464,10 +731,17 @@ impl Client {
             .header()
             .next_cmd_seq
             .fetch_add(1, Ordering::Relaxed);
-        mailbox::submit(slot, self.pid, seq, req);
+        if mailbox::submit(slot, self.pid, seq, req).is_err() {
+            self.check_damage()?;
+            return Err(ClientError::Gone {
+                pid: self.supervisor_pid,
+            });
+        }
         if let Err(e) = self.ring_bell() {
-            mailbox::abandon(slot, self.pid);
-            return Err(e);
+            if mailbox::withdraw(slot, self.pid) {
+                return Err(e);
+            }
+            // Taken meanwhile: it is being applied; wait for the reply below.
         }
         // Wait; if the command is still not taken after a while, ring again unconditionally: a
         // Main killed between raising the bell flag and writing its byte leaves the flag up with
@@ -490,33 +764,33 @@ impl Client {
                 other => break other,
             }
         };
-        match result {
-            Ok(()) => Ok(mailbox::take_reply(slot)),
-            Err(WaitError::TimedOut) => {
-                // Withdraw it if the Supervisor has not taken it: then it was never applied.
-                let withdrawn = slot
-                    .state
-                    .compare_exchange(
-                        mailbox::SlotState::Submitted.word(self.pid),
-                        mailbox::SlotState::Free as u32,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok();
-                Err(ClientError::Timeout {
-                    what,
-                    seq,
-                    pid: self.supervisor_pid,
-                    timeout,
-                    applied: if withdrawn {
-                        "withdrawn, not applied"
-                    } else {
-                        "taken and may have been applied"
-                    },
-                    log: self.instance.log_path().display().to_string(),
-                })
+        let result = match result {
+            // Withdraw it if the Supervisor has not taken it: then it is never applied. If it
+            // was taken, it may be applied: give the reply a little longer to come.
+            Err(WaitError::TimedOut) if !mailbox::withdraw(slot, self.pid) => {
+                match mailbox::wait_done(slot, self.pid, timeout.min(Duration::from_secs(2))) {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Some("taken and may have been applied")),
+                }
             }
-            Err(WaitError::Lost) => Err(ClientError::Gone {
+            Err(WaitError::TimedOut) => Err(Some("withdrawn, not applied")),
+            Ok(()) => Ok(()),
+            Err(WaitError::Lost) => Err(None),
+        };
+        self.check_damage()?;
+        match result {
+            Ok(()) => mailbox::take_reply(slot, self.pid).ok_or(ClientError::Gone {
+                pid: self.supervisor_pid,
+            }),
+            Err(Some(applied)) => Err(ClientError::Timeout {
+                what,
+                seq,
+                pid: self.supervisor_pid,
+                timeout,
+                applied,
+                log: self.instance.log_path().display().to_string(),
+            }),
+            Err(None) => Err(ClientError::Gone {
                 pid: self.supervisor_pid,
             }),
         }

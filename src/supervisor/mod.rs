@@ -13,6 +13,7 @@ pub mod policy;
 mod queues;
 pub mod reaper;
 mod reload;
+mod repair;
 pub mod spawn;
 mod takeover;
 pub mod upgrade;
@@ -184,6 +185,10 @@ pub struct Supervisor {
     by_pid: HashMap<u32, usize>,
     shutting_down: bool,
     slot_seen: Vec<u32>,
+    /// The region's generation (kept here: a damaged region cannot be read back).
+    generation: u64,
+    /// A rebuild of the region failed; retried only when a Main asks.
+    repair_failed: bool,
 }
 
 impl Supervisor {
@@ -250,13 +255,14 @@ impl Supervisor {
             .map_err(io_err("epoll_ctl(doorbell)"))?;
 
         let name = instance.shm_name();
-        let (shared, previous) = match Shared::create(&name, Geometry::default()) {
+        let identity = instance.identity();
+        let (shared, previous) = match Shared::create_owned(&name, Geometry::default(), &identity) {
             Ok(s) => (s, HashMap::new()),
             Err(ProtocolError::Region(RegionError::Exists { .. })) => {
                 // We hold the lock, so whoever made this region is dead (or is our own previous
                 // program image). Validate before touching anything; refuse (and touch nothing)
                 // if it is not ours.
-                match Shared::open(&name) {
+                match Shared::open_owned(&name, &identity) {
                     Ok(s) => {
                         let previous = takeover::previous_records(&s);
                         (s, previous)
@@ -277,7 +283,10 @@ impl Supervisor {
                         })?;
                         log!("upgrade: old region not readable by this build ({e}); starting a new generation from the handoff");
                         let _ = crate::shm::Region::unlink(&name);
-                        (Shared::create(&name, Geometry::default())?, previous)
+                        (
+                            Shared::create_owned(&name, Geometry::default(), &identity)?,
+                            previous,
+                        )
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -300,8 +309,11 @@ impl Supervisor {
             by_pid: HashMap::new(),
             shutting_down: false,
             slot_seen: vec![0; slots],
+            generation: 0,
+            repair_failed: false,
         };
         sup.take_over(previous);
+        sup.generation = sup.shared.header().generation.load(Ordering::Relaxed);
         // Children that ended while no loop listened (during an upgrade's exec).
         for (pid, exit) in reaper::reap_all() {
             sup.on_exit(pid, exit);
@@ -371,8 +383,11 @@ impl Supervisor {
                 }
             }
             if bell {
-                let _ = fifo::drain(&self.bell);
+                let repair = fifo::drain_requests(&self.bell).unwrap_or(false);
                 self.shared.header().bell.store(0, Ordering::SeqCst);
+                if repair {
+                    self.check_region();
+                }
                 self.scan_mailbox();
                 if std::mem::take(&mut self.upgrade_requested) {
                     self.reexec();
@@ -383,6 +398,7 @@ impl Supervisor {
             if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
                 self.drop_retired();
             }
+            self.check_damage();
         }
     }
 
@@ -431,7 +447,9 @@ impl Supervisor {
         self.shared.node_cells()[i].write(&self.nodes[i].record().encode());
     }
 
-    fn event(&self, ev: Event) {
+    /// Appends an event, stamped with the table's epoch (so readers name its node right).
+    fn event(&self, mut ev: Event) {
+        ev.epoch = self.shared.header().config_epoch.load(Ordering::Relaxed);
         self.shared.ring().push(&ev.encode());
     }
 
