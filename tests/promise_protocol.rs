@@ -452,3 +452,26 @@ fn ping_leaves_no_events() {
     c.run(&["restart", "worker-1"]).ok();
     assert!(client.event_head() > head);
 }
+
+/// Defect 10 / issue 12: the mailbox's 1024-bit node mask capped an instance at 1024 nodes.
+/// A table of 1,100 nodes starts, and the last one is addressed by name.
+#[test]
+fn more_than_1024_nodes_are_addressed_by_name() {
+    let mut config = String::from("[defaults]\nautostart = false\n");
+    for i in 0..1100 {
+        config.push_str(&format!(
+            "\n[[node]]\nname = \"n-{i}\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n"
+        ));
+    }
+    let c = Cluster::new("over_1024", &config);
+    c.run(&["start", "n-1099"]).ok();
+    c.supervisor_pid();
+    let st = c.status();
+    assert_eq!(st.len(), 1100);
+    let last = &st["n-1099"];
+    assert_eq!(last.state, "running", "{last:?}");
+    assert!(pid_alive(last.pid.unwrap()));
+    assert!(st.values().filter(|n| n.pid.is_some()).count() == 1);
+    c.run(&["stop", "n-1099"]).ok();
+    assert!(!pid_alive(last.pid.unwrap()) || is_zombie(last.pid.unwrap()));
+}
