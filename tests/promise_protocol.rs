@@ -475,3 +475,38 @@ fn more_than_1024_nodes_are_addressed_by_name() {
     c.run(&["stop", "n-1099"]).ok();
     assert!(!pid_alive(last.pid.unwrap()) || is_zombie(last.pid.unwrap()));
 }
+
+/// Issue 13 (library): an embedder follows events by node name across a reload that
+/// renumbers the table; every event is about the node it names (checked against the pids
+/// /proc saw), none is relabelled.
+#[test]
+fn embedder_events_name_their_nodes_across_a_reload() {
+    let c = Cluster::new("embed_events", TWO);
+    let before = c.start();
+    let client = c.client();
+    let mut events = client.events();
+    let first = client.restart(&["worker-2"]).expect("restart worker-2");
+    assert_eq!(first.nodes, vec!["worker-2".to_string()]);
+    c.write_config(TWO_SWAPPED);
+    let summary = client.reload(WAIT).expect("reload");
+    assert!(summary.contains("unchanged"), "{summary}");
+    client.restart(&["worker-1"]).expect("restart worker-1");
+    let mut spawned = Vec::new();
+    while spawned.len() < 2 {
+        let ev = events
+            .next_timeout(WAIT)
+            .unwrap_or_else(|| panic!("no spawn events: {spawned:?}\n{}", c.log()));
+        if ev.kind == EventKind::Spawned {
+            spawned.push((ev.node.clone().expect("named"), ev.pid.expect("a pid")));
+        }
+    }
+    assert_eq!(spawned[0].0, "worker-2");
+    assert_eq!(spawned[1].0, "worker-1");
+    let now = c.status();
+    for (name, pid) in &spawned {
+        assert_eq!(now[name].pid, Some(*pid), "{name}: {now:?}");
+        assert_ne!(before[name].pid, Some(*pid));
+        assert!(pid_alive(*pid));
+    }
+    client.ping(WAIT).expect("ping");
+}

@@ -24,17 +24,8 @@ pub struct Names {
 impl Names {
     /// The names of the nodes in `client`'s table.
     pub fn of(client: &Client) -> Names {
-        // The epoch first: if the table changes while we read it, events of the new epoch
-        // do not match ours and are labelled by index rather than with a wrong name.
-        let epoch = client.config_epoch();
-        let mut v = Vec::new();
-        for n in client.status() {
-            if v.len() <= n.index {
-                v.resize(n.index + 1, String::new());
-            }
-            v[n.index] = n.name;
-        }
-        Names { epoch, names: v }
+        let (epoch, names) = client.names_now();
+        Names { epoch, names }
     }
 
     /// Whether `ev` was written at another table epoch than these names (refresh them).

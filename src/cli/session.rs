@@ -558,7 +558,7 @@ impl Session {
         let client = self.client.as_ref().expect("attached above");
         let pid = client.supervisor_pid();
         let running = client.status().iter().filter(|n| n.pid.is_some()).count();
-        client.command(Opcode::Shutdown, &[], 0, REPLY_TIMEOUT)?;
+        client.shutdown(REPLY_TIMEOUT)?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
         let mut progress = Progress::new();
@@ -605,9 +605,9 @@ impl Session {
                 return Err(CliError::Unchanged(e));
             }
         }
-        let reply = client.command(Opcode::Reload, &[], 0, REPLY_TIMEOUT)?;
-        println!("reloaded: {}", reply.message);
-        self.note(format!("reloaded: {}", reply.message));
+        let summary = client.reload(REPLY_TIMEOUT)?;
+        println!("reloaded: {summary}");
+        self.note(format!("reloaded: {summary}"));
         // Added and changed nodes start (in stages), removed ones stop: show it settle.
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
@@ -653,7 +653,7 @@ impl Session {
         let generation = client.generation();
         let pid = client.supervisor_pid();
         let mut cursor = client.event_head();
-        let reply = client.command(Opcode::Upgrade, &[], 0, REPLY_TIMEOUT)?;
+        let said = client.upgrade_supervisor(REPLY_TIMEOUT)?;
         // The new program takes the region over: the generation goes up, the pid stays. If the
         // exec fails, the old program says so in the event ring and runs on.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -662,7 +662,7 @@ impl Session {
                 if ev.kind == crate::protocol::event::EventKind::UpgradeFailed {
                     return Err(CliError::Failed(format!(
                         "the Supervisor (pid {pid}) could not re-execute {}: {}; it runs on unchanged",
-                        reply.message.trim_start_matches("re-executing "),
+                        said.trim_start_matches("re-executing "),
                         std::io::Error::from_raw_os_error(ev.a as i32)
                     )));
                 }
@@ -670,7 +670,7 @@ impl Session {
             if Instant::now() >= deadline || !client.supervisor_alive() {
                 return Err(CliError::Failed(format!(
                     "the Supervisor (pid {pid}) did not come back after re-executing ({}); see {}",
-                    reply.message,
+                    said,
                     self.instance.log_path().display()
                 )));
             }
@@ -689,9 +689,7 @@ impl Session {
         let client = self.require_client()?;
         let mut times = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let t = Instant::now();
-            client.command(Opcode::Ping, &[], 0, REPLY_TIMEOUT)?;
-            times.push(t.elapsed());
+            times.push(client.ping(REPLY_TIMEOUT)?);
         }
         times.sort();
         let median = times[times.len() / 2];

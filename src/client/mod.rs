@@ -2,17 +2,32 @@
 //! a running Supervisor.
 //!
 //! ```no_run
-//! use broctld::client::Client;
+//! use broctld::client::{Client, EventKind};
 //! use broctld::instance::Instance;
+//! use std::time::Duration;
 //!
 //! let instance = Instance::new("default", &Instance::default_runtime_dir())?;
 //! let client = Client::attach(&instance)?;
 //! for node in client.status() {
 //!     println!("{} {} {:?}", node.name, node.state.as_str(), node.pid);
 //! }
-//! client.restart(&["worker-1"])?;
+//! let mut events = client.events();
+//! let done = client.restart(&["worker-1"])?;
+//! println!("restart of {:?} applied (command #{})", done.nodes, done.seq);
+//! while let Some(ev) = events.next_timeout(Duration::from_secs(5)) {
+//!     println!("{} {:?} {:?}", ev.kind.as_str(), ev.node, ev.pid);
+//!     if ev.kind == EventKind::Ready && ev.node.as_deref() == Some("worker-1") {
+//!         break;
+//!     }
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! What to use: [`Client::attach`] once; [`Client::status`] / [`Client::node`] to read (no
+//! syscall); [`Client::start`], [`Client::stop`], [`Client::restart`], [`Client::signal`] to
+//! act on nodes by name; [`Client::events`] to follow what happens. Errors are
+//! [`ClientError`], one variant per kind of failure. The wire layout (`broctld::protocol`) is
+//! not part of this surface.
 //!
 //! Commands name their nodes; the client turns names into table indices tagged with the
 //! table's `config_epoch`, and if a reload renumbered the table before the Supervisor applied
@@ -23,16 +38,20 @@
 
 mod spawn;
 
+pub use crate::protocol::event::EventKind;
+pub use crate::protocol::layout::SupervisorState;
+pub use crate::protocol::mailbox::Opcode;
+pub use crate::protocol::node::{Exit, NodeState};
 pub use nix::sys::signal::Signal;
 pub use spawn::spawn_supervisor;
 
 use crate::config::NodeType;
 use crate::instance::{Instance, InstanceError};
 use crate::protocol::event::Event;
-use crate::protocol::layout::SupervisorState;
-use crate::protocol::mailbox::{self, Opcode, Reply, ReplyStatus, Request, WaitError};
-use crate::protocol::node::{decode_name_into, Exit, NodeRecord, NodeState, RecordFields};
-use crate::protocol::{ProtocolError, Shared};
+use crate::protocol::mailbox::{self, Reply, ReplyStatus, Request, WaitError};
+use crate::protocol::node::{decode_name_into, NodeRecord, RecordFields};
+pub use crate::protocol::ProtocolError;
+use crate::protocol::Shared;
 use crate::shm::ring::Next;
 use crate::shm::RegionError;
 use crate::sys::checked::CheckError;
@@ -42,6 +61,98 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// A command the Supervisor applied, as the calls by name report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The command's sequence number (its `command` event carries it too).
+    pub seq: u64,
+    /// The nodes it was applied to, by name.
+    pub nodes: Vec<String>,
+    /// What the Supervisor said (often empty).
+    pub message: String,
+}
+
+/// One event, as an embedder sees it: the node it is about named, never a table index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    /// The event's sequence number in the ring.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The node it is about, by name; `None` for events about no node (commands, the
+    /// Supervisor itself), or written under a numbering of the table this reader did not see.
+    pub node: Option<String>,
+    /// The process concerned, if any.
+    pub pid: Option<u32>,
+    /// How a process ended, for exits.
+    pub exit: Option<Exit>,
+    /// When, in ms since the epoch.
+    pub wall_ms: u64,
+    /// Events lost (overwritten before they were read) just before this one.
+    pub missed: u64,
+    /// Kind-specific argument (see [`EventKind`]: a delay, a signal, a sequence number...).
+    pub a: u64,
+    /// Kind-specific argument.
+    pub b: u64,
+}
+
+/// A reader of the event ring that names nodes: see [`Client::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    client: &'a Client,
+    cursor: u64,
+    /// Names by index, and the table epoch they belong to.
+    names: (u32, Vec<String>),
+}
+
+impl Events<'_> {
+    /// The next event if there is one, without waiting.
+    pub fn try_next(&mut self) -> Option<NodeEvent> {
+        let (seq, ev, missed) = self.client.next_event(&mut self.cursor)?;
+        let node = if ev.node == crate::protocol::event::NO_NODE {
+            None
+        } else {
+            if ev.epoch != self.names.0 && ev.epoch == self.client.config_epoch() {
+                self.names = self.client.names_now();
+            }
+            (ev.epoch == self.names.0)
+                .then(|| self.names.1.get(ev.node as usize).cloned())
+                .flatten()
+        };
+        Some(NodeEvent {
+            seq,
+            kind: ev.kind,
+            node,
+            pid: (ev.pid != 0).then_some(ev.pid),
+            exit: ev.exit,
+            wall_ms: ev.wall_ms,
+            missed,
+            a: ev.a,
+            b: ev.b,
+        })
+    }
+
+    /// The next event, waiting at most `timeout` for one.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<NodeEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self.try_next() {
+                return Some(ev);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.client.wait_event(self.cursor, left);
+        }
+    }
+
+    /// The sequence number of the next event this reader will return.
+    pub fn position(&self) -> u64 {
+        self.cursor
+    }
+}
 
 /// How long the calls by name ([`Client::start`] and so on) wait for the Supervisor's reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -483,6 +594,7 @@ impl Client {
     }
 
     /// The mapped region (for benchmarks and diagnostics).
+    #[doc(hidden)]
     pub fn shared(&self) -> &Shared {
         &self.shared
     }
@@ -507,6 +619,7 @@ impl Client {
         Ok(())
     }
 
+    #[doc(hidden)]
     /// Raw records of every node into `out`, reusing its entries' name buffers: after the
     /// first call this allocates nothing (and, like every status read, makes no syscall).
     pub fn records_into(&self, out: &mut Vec<NodeRecord>) {
@@ -595,6 +708,7 @@ impl Client {
         Ok(())
     }
 
+    #[doc(hidden)]
     /// Sends `op` for the nodes with table `indices` (as numbered now: see
     /// [`Client::config_epoch`]) and waits at most `timeout` for the reply. A refused command
     /// is [`ClientError::Rejected`]; prefer the calls by name ([`Client::start`] and so on),
@@ -631,9 +745,16 @@ impl Client {
         names: &[S],
         arg: u64,
         timeout: Duration,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<Applied, ClientError> {
+        let applied = |reply: Reply, nodes: Vec<String>| Applied {
+            seq: reply.seq,
+            nodes,
+            message: reply.message,
+        };
         if names.is_empty() {
-            return self.expect_ok(op, self.send(&Request::all(op, arg), timeout)?);
+            let nodes = self.status().into_iter().map(|n| n.name).collect();
+            let reply = self.expect_ok(op, self.send(&Request::all(op, arg), timeout)?)?;
+            return Ok(applied(reply, nodes));
         }
         const TRIES: u32 = 8;
         for _ in 0..TRIES {
@@ -655,7 +776,8 @@ impl Client {
             let req = Request::new(op, idx, arg).at_epoch(epoch);
             let reply = self.send(&req, timeout)?;
             if reply.status != ReplyStatus::Stale {
-                return self.expect_ok(op, reply);
+                let nodes = names.iter().map(|n| n.as_ref().to_owned()).collect();
+                return Ok(applied(self.expect_ok(op, reply)?, nodes));
             }
         }
         Err(ClientError::Stale {
@@ -666,23 +788,93 @@ impl Client {
 
     /// Starts the named nodes (every node if `names` is empty); waits for the Supervisor's
     /// answer, not for the nodes to be up (watch [`Client::status`] or the events for that).
-    pub fn start<S: AsRef<str>>(&self, names: &[S]) -> Result<Reply, ClientError> {
+    pub fn start<S: AsRef<str>>(&self, names: &[S]) -> Result<Applied, ClientError> {
         self.command_by_name(Opcode::Start, names, 0, DEFAULT_TIMEOUT)
     }
 
     /// Stops the named nodes (every node if `names` is empty).
-    pub fn stop<S: AsRef<str>>(&self, names: &[S]) -> Result<Reply, ClientError> {
+    pub fn stop<S: AsRef<str>>(&self, names: &[S]) -> Result<Applied, ClientError> {
         self.command_by_name(Opcode::Stop, names, 0, DEFAULT_TIMEOUT)
     }
 
     /// Restarts the named nodes (every node if `names` is empty).
-    pub fn restart<S: AsRef<str>>(&self, names: &[S]) -> Result<Reply, ClientError> {
+    pub fn restart<S: AsRef<str>>(&self, names: &[S]) -> Result<Applied, ClientError> {
         self.command_by_name(Opcode::Restart, names, 0, DEFAULT_TIMEOUT)
     }
 
     /// Sends `signal` to the named nodes' processes (every node if `names` is empty).
-    pub fn signal<S: AsRef<str>>(&self, names: &[S], signal: Signal) -> Result<Reply, ClientError> {
+    pub fn signal<S: AsRef<str>>(
+        &self,
+        names: &[S],
+        signal: Signal,
+    ) -> Result<Applied, ClientError> {
         self.command_by_name(Opcode::Signal, names, signal as i32 as u64, DEFAULT_TIMEOUT)
+    }
+
+    /// Follows events from now on (see [`Events`]); [`Client::events_since`] starts earlier.
+    pub fn events(&self) -> Events<'_> {
+        self.events_since(self.event_head())
+    }
+
+    /// Follows events from sequence number `seq` on (the oldest still held if `seq` is older;
+    /// the count of those lost is in the first event's `missed`).
+    pub fn events_since(&self, seq: u64) -> Events<'_> {
+        Events {
+            client: self,
+            cursor: seq,
+            names: self.names_now(),
+        }
+    }
+
+    /// The table's node names by index, with the table epoch they belong to (read before and
+    /// after, so they match): what labels events (see [`NodeEvent::node`]).
+    pub fn names_now(&self) -> (u32, Vec<String>) {
+        loop {
+            let epoch = self.config_epoch();
+            let mut names = Vec::new();
+            for n in self.status() {
+                if names.len() <= n.index {
+                    names.resize(n.index + 1, String::new());
+                }
+                names[n.index] = n.name;
+            }
+            if self.config_epoch() == epoch {
+                return (epoch, names);
+            }
+        }
+    }
+
+    /// One round trip through the mailbox (a liveness check; it leaves no event). Returns how
+    /// long it took.
+    pub fn ping(&self, timeout: Duration) -> Result<Duration, ClientError> {
+        let t = Instant::now();
+        self.expect_ok(
+            Opcode::Ping,
+            self.send(&Request::new(Opcode::Ping, [], 0), timeout)?,
+        )?;
+        Ok(t.elapsed())
+    }
+
+    /// Asks the Supervisor to re-read its config file and apply the difference; returns its
+    /// summary ("added ... changed ... removed ..."). A config that does not load changes
+    /// nothing and is [`ClientError::Rejected`].
+    pub fn reload(&self, timeout: Duration) -> Result<String, ClientError> {
+        let r = self.send(&Request::new(Opcode::Reload, [], 0), timeout)?;
+        Ok(self.expect_ok(Opcode::Reload, r)?.message)
+    }
+
+    /// Asks the Supervisor to stop every node and exit (see
+    /// [`Client::wait_supervisor_exit`]).
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), ClientError> {
+        let r = self.send(&Request::new(Opcode::Shutdown, [], 0), timeout)?;
+        self.expect_ok(Opcode::Shutdown, r).map(|_| ())
+    }
+
+    /// Asks the Supervisor to re-execute its binary in place (same pid, same nodes); returns
+    /// what it said. The generation goes up once the new program serves.
+    pub fn upgrade_supervisor(&self, timeout: Duration) -> Result<String, ClientError> {
+        let r = self.send(&Request::new(Opcode::Upgrade, [], 0), timeout)?;
+        Ok(self.expect_ok(Opcode::Upgrade, r)?.message)
     }
 
     /// The status of the node called `name`.
@@ -695,6 +887,7 @@ impl Client {
             })
     }
 
+    #[doc(hidden)]
     /// The name of the node an event is about, if the table has not been renumbered since it
     /// was written (`None` for events about no node, or from an older table).
     pub fn event_node_name(&self, ev: &Event) -> Option<String> {
@@ -709,6 +902,7 @@ impl Client {
     }
 
     /// Sends a raw request and returns whatever reply comes back.
+    #[doc(hidden)]
     pub fn send(&self, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
         self.check_damage()?;
         let what = Opcode::from_u32(req.opcode).map_or("a command", Opcode::as_str);
@@ -801,6 +995,7 @@ impl Client {
         self.shared.ring().head()
     }
 
+    #[doc(hidden)]
     /// Reads the event at `*cursor` (advancing it): `Some((seq, event, missed))`, or `None` if
     /// there is nothing new. Events the ring overwrote before we read them count in `missed`.
     pub fn next_event(&self, cursor: &mut u64) -> Option<(u64, Event, u64)> {
