@@ -91,6 +91,8 @@ pub struct Session {
     style: Style,
     was_attached: bool,
     note: Option<String>,
+    /// Why the last attach failed (so a command reports it without attaching again).
+    attach_error: Option<ClientError>,
 }
 
 /// Picks the config file: the one given, else `./broctld.toml`, else `/etc/broctld/broctld.toml`.
@@ -119,6 +121,7 @@ impl Session {
             style: Style::stdout(),
             was_attached: false,
             note: None,
+            attach_error: None,
         }
     }
 
@@ -216,9 +219,20 @@ impl Session {
             }
         }
         if self.client.is_none() {
-            self.client = Client::attach(&self.instance).ok();
+            match Client::attach(&self.instance) {
+                Ok(c) => {
+                    self.client = Some(c);
+                    self.attach_error = None;
+                }
+                Err(e) => self.attach_error = Some(e),
+            }
         }
-        if self.client.is_none() && self.region_survives() {
+        // A region without a Supervisor: start one to adopt its nodes. (While one holds the
+        // lock, starting another cannot help: attach's error says what is wrong.)
+        if self.client.is_none()
+            && self.region_survives()
+            && matches!(LockFile::probe(&self.instance.lock_path()), Ok(Probe::Free))
+        {
             self.recover();
         }
         if self.client.is_some() {
@@ -259,11 +273,16 @@ impl Session {
 
     fn require_client(&mut self) -> Result<&Client, CliError> {
         if self.client().is_none() {
-            // Re-run attach to get its precise error.
-            return Err(Client::attach(&self.instance)
-                .map(|_| ())
-                .unwrap_err()
-                .into());
+            // Attach's precise error (run it again if there is none: the recovery may have
+            // failed otherwise).
+            let e = self
+                .attach_error
+                .take()
+                .map_or_else(|| Client::attach(&self.instance).err(), Some);
+            return Err(match e {
+                Some(e) => e.into(),
+                None => CliError::Failed("the Supervisor came back; run the command again".into()),
+            });
         }
         Ok(self.client.as_ref().expect("attached above"))
     }
@@ -373,7 +392,11 @@ impl Session {
             Ok(Probe::Held { .. })
         );
         let why = if held {
-            match Client::attach(&self.instance) {
+            match self
+                .attach_error
+                .take()
+                .map_or_else(|| Client::attach(&self.instance), Err)
+            {
                 Err(e) => e.to_string(),
                 Ok(c) => {
                     // It came up meanwhile.
@@ -420,7 +443,11 @@ impl Session {
     /// The error for a command that needs a Supervisor when none can be reached: names why,
     /// and says that nothing was done.
     fn unreachable(&mut self, what: &str) -> CliError {
-        let why = match Client::attach(&self.instance) {
+        let attached = self
+            .attach_error
+            .take()
+            .map_or_else(|| Client::attach(&self.instance), Err);
+        let why = match attached {
             Err(ClientError::NotRunning { .. }) if self.region_survives() => format!(
                 "the Supervisor of instance '{}' is gone and could not be replaced (see the messages above); its nodes may still run, unsupervised (`broctld status` shows what it last recorded)",
                 self.instance.name()

@@ -447,8 +447,7 @@ impl Client {
         let name = instance.shm_name();
         let identity = instance.identity();
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
-        let began = Instant::now();
-        let deadline = began + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         let mut asked_repair = false;
         loop {
             let (config_path, holder) = match LockFile::probe(&instance.lock_path())? {
@@ -476,6 +475,10 @@ impl Client {
                 Err(ProtocolError::Region(RegionError::Size { size: 0, path, .. }))
                 | Err(ProtocolError::Magic { found: 0, path }) => {
                     (None, Some((path, "is empty".into())))
+                }
+                // Another build's region: no rebuild would help; its error says which binary to use.
+                Err(e @ (ProtocolError::Version { .. } | ProtocolError::Layout { .. })) => {
+                    return Err(e.into())
                 }
                 Err(e) => {
                     let path = PathBuf::from("/dev/shm").join(name.trim_start_matches('/'));
@@ -520,13 +523,11 @@ impl Client {
                 if Instant::now() >= deadline {
                     return Err(lost(path, text));
                 }
-                // Past the first moments of a start, ask the Supervisor to check its region
-                // (it rebuilds it if it is gone or damaged).
-                if !asked_repair && began.elapsed() >= Duration::from_millis(100) {
-                    asked_repair = true;
-                    if let Ok(bell) = fifo::open_writer(&instance.bell_path()) {
-                        let _ = fifo::ring_repair(&bell);
-                    }
+                // Ask the Supervisor to check its region: it rebuilds it if it is gone or
+                // damaged, and ignores the request if it is only still being created.
+                if !asked_repair {
+                    asked_repair = fifo::open_writer(&instance.bell_path())
+                        .is_ok_and(|bell| fifo::ring_repair(&bell).is_ok());
                 }
             } else if Instant::now() >= deadline {
                 return Err(not_running());
