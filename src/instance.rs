@@ -179,6 +179,19 @@ impl Instance {
         format!("/broctld.{uid}.{}.{h:032x}", self.name)
     }
 
+    /// The region's name under ABI 1 (a 32-bit hash of the runtime dir), so that a Supervisor
+    /// upgraded from such a build can remove the region it left.
+    pub fn legacy_shm_name(&self) -> String {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.runtime_dir.as_os_str().as_encoded_bytes() {
+            h ^= *b as u32;
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        format!("/broctld.{uid}.{}.{h:08x}", self.name)
+    }
+
     /// Creates (0700) or checks the runtime dir and the instance dir: directories, ours, not
     /// writable by group or others, not symlinks.
     pub fn ensure_dirs(&self) -> Result<(), InstanceError> {

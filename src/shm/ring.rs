@@ -33,6 +33,15 @@ impl RingHead {
     pub const WAITERS_OFFSET: usize = std::mem::offset_of!(RingHead, waiters);
 }
 
+impl RingHead {
+    /// Wakes every reader sleeping on this head (without a ring view: for a region whose
+    /// entries this build does not know).
+    pub fn wake_all_readers(&self) {
+        self.notify.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&self.notify, i32::MAX);
+    }
+}
+
 /// The longest a reader sleeps in one [`Ring::wait`]: a reader that is not counted in
 /// `waiters` (see [`Ring::push`]) still sees new events within this.
 pub const MAX_WAIT: Duration = Duration::from_millis(250);
@@ -171,7 +180,6 @@ impl<'a, const W: usize> Ring<'a, W> {
 
     /// Wakes everyone sleeping in [`Ring::wait`] (used when the Supervisor exits).
     pub fn wake_all(&self) {
-        self.head.notify.fetch_add(1, Ordering::SeqCst);
-        futex::wake(&self.head.notify, i32::MAX);
+        self.head.wake_all_readers();
     }
 }

@@ -257,6 +257,14 @@ impl Supervisor {
         let name = instance.shm_name();
         let identity = instance.identity();
         let (shared, previous) = match Shared::create_owned(&name, Geometry::default(), &identity) {
+            // An upgrade from a build that named its region otherwise (ABI 1): the nodes are in
+            // the handoff, and the old region is ours to remove.
+            Ok(s) if inherited_lock.is_some() => {
+                let previous =
+                    upgrade::read_handoff(&instance.dir().join("handoff")).unwrap_or_default();
+                repair::retire_legacy_region(&instance);
+                (s, previous)
+            }
             Ok(s) => (s, HashMap::new()),
             Err(ProtocolError::Region(RegionError::Exists { .. })) => {
                 // We hold the lock, so whoever made this region is dead (or is our own previous

@@ -4,6 +4,32 @@
 
 use super::*;
 
+/// After an upgrade from a build that named its region otherwise (ABI 1): tell the Mains still
+/// watching that region that the upgrade happened (its `generation` goes up, which is what an
+/// ABI 1 Main waits for), then remove it. Only a region that says it is broctld's, ABI 1, is
+/// touched; the header's first lines have the same layout in both ABIs.
+pub(super) fn retire_legacy_region(instance: &Instance) {
+    use crate::protocol::layout::{Header, MAGIC, MAX_REGION};
+    let legacy = instance.legacy_shm_name();
+    let Ok(region) = crate::shm::Region::open_existing(&legacy, size_of_header(), MAX_REGION)
+    else {
+        return;
+    };
+    if let Ok(h) = region.get::<Header>(0) {
+        if h.magic.load(Ordering::Acquire) == MAGIC && h.abi_version.load(Ordering::Relaxed) == 1 {
+            h.generation.fetch_add(1, Ordering::Release);
+            h.ring.wake_all_readers();
+        }
+    }
+    if crate::shm::Region::unlink(&legacy).is_ok() {
+        log!("upgrade: removed the region of the previous build ({legacy})");
+    }
+}
+
+fn size_of_header() -> usize {
+    std::mem::size_of::<crate::protocol::layout::Header>()
+}
+
 impl Supervisor {
     /// After every loop turn: a SIGBUS caught in our mapping means the object was truncated
     /// (the mapping now holds private zeroes): rebuild.
