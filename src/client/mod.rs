@@ -278,7 +278,7 @@ impl ClientError {
 /// A node's status as a Main sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeStatus {
-    /// Index in the node table (what commands address).
+    /// Index in the node table. A reload may renumber the table: address nodes by name.
     pub index: usize,
     /// Name.
     pub name: String,
@@ -813,6 +813,8 @@ impl Client {
     }
 
     /// Follows events from now on (see [`Events`]); [`Client::events_since`] starts earlier.
+    /// The reader is bound to this client's region: once [`Client::supervisor_alive`] is false
+    /// (the Supervisor was replaced), attach again and follow the new one.
     pub fn events(&self) -> Events<'_> {
         self.events_since(self.event_head())
     }
