@@ -535,27 +535,37 @@ fn ring_waiters_heal_after_a_reader_is_killed_while_waiting() {
     let ring = r.shared.ring();
     let head = ring.head();
     let ring_ptr = &ring as *const _ as usize;
-    let mut child = Forked::spawn(move || {
-        // SAFETY: the ring (and the mapping it views) was made before fork and lives on in the
-        // child's copy of the address space.
-        let ring = unsafe { &*(ring_ptr as *const broctld::shm::ring::Ring<'_, 7>) };
-        loop {
-            ring.wait(head, Some(Duration::from_secs(10)));
+    // The reader sleeps at most 250 ms per wait and loops: a kill that lands between two waits
+    // leaves nothing counted. Try again until a kill lands while it sleeps (nearly always the
+    // first time).
+    let mut leaked = false;
+    for _ in 0..20 {
+        let mut child = Forked::spawn(move || {
+            // SAFETY: the ring (and the mapping it views) was made before fork and lives on in
+            // the child's copy of the address space.
+            let ring = unsafe { &*(ring_ptr as *const broctld::shm::ring::Ring<'_, 7>) };
+            loop {
+                ring.wait(head, Some(Duration::from_secs(10)));
+            }
+        });
+        assert!(
+            common::eventually(Duration::from_secs(10), Duration::from_millis(1), || ring
+                .waiters()
+                == 1),
+            "the child never counted itself as waiting"
+        );
+        // SAFETY: our own unreaped child.
+        unsafe { libc::kill(child.pid, libc::SIGKILL) };
+        let mut st = 0;
+        // SAFETY: our own child; a valid out-pointer.
+        unsafe { libc::waitpid(child.pid, &mut st, 0) };
+        child.status = Some(-1);
+        if ring.waiters() == 1 {
+            leaked = true;
+            break;
         }
-    });
-    assert!(
-        common::eventually(Duration::from_secs(10), Duration::from_millis(1), || ring
-            .waiters()
-            == 1),
-        "the child never counted itself as waiting"
-    );
-    // SAFETY: our own unreaped child.
-    unsafe { libc::kill(child.pid, libc::SIGKILL) };
-    let mut st = 0;
-    // SAFETY: our own child; a valid out-pointer.
-    unsafe { libc::waitpid(child.pid, &mut st, 0) };
-    child.status = Some(-1);
-    assert_eq!(ring.waiters(), 1, "the killed reader is still counted");
+    }
+    assert!(leaked, "no kill landed while the reader slept");
     ring.push(&[1; 7]);
     assert_eq!(
         ring.waiters(),
