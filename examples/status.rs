@@ -7,7 +7,6 @@
 
 use broctld::client::Client;
 use broctld::instance::Instance;
-use broctld::protocol::mailbox::Opcode;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,27 +32,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A command round trip through the mailbox.
-    let t = Instant::now();
-    client.command(Opcode::Ping, &[], 0, Duration::from_secs(5))?;
-    println!("ping: {:?}", t.elapsed());
+    println!("ping: {:?}", client.ping(Duration::from_secs(5))?);
 
     // Follow events for three seconds, starting with the last ten.
-    let mut cursor = client.event_head().saturating_sub(10);
+    let mut events = client.events_since(client.event_head().saturating_sub(10));
     let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        let head = client.event_head();
-        while let Some((seq, ev, missed)) = client.next_event(&mut cursor) {
-            if missed > 0 {
-                println!("({missed} events missed)");
-            }
-            println!(
-                "#{seq} {} node={} pid={}",
-                ev.kind.as_str(),
-                ev.node,
-                ev.pid
-            );
+    while let Some(ev) = events.next_timeout(until.saturating_duration_since(Instant::now())) {
+        if ev.missed > 0 {
+            println!("({} events missed)", ev.missed);
         }
-        client.wait_event(head, until.saturating_duration_since(Instant::now()));
+        println!(
+            "#{} {} node={} pid={}",
+            ev.seq,
+            ev.kind.as_str(),
+            ev.node.as_deref().unwrap_or("-"),
+            ev.pid.map_or("-".into(), |p| p.to_string())
+        );
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! Where an instance lives: its runtime dir, lock file, doorbell FIFO, log and shm name.
 //!
-//! Files are kept in `RUNTIME_DIR/INSTANCE/`. The shm name includes the uid, the instance name
-//! and a hash of the runtime dir, so two users, two instances, or two test runs with their own
-//! runtime dirs never collide in the host-wide `/dev/shm`.
+//! Files are kept in `RUNTIME_DIR/INSTANCE/`. The runtime dir is canonicalised first (symlinks
+//! resolved, `//`, `/./` and a trailing `/` gone), so every spelling of one directory names one
+//! instance. The shm name includes the uid, the instance name and a 128-bit hash of the
+//! canonical runtime dir and the name; the region also records that identity in full and a
+//! Main or Supervisor refuses a region whose identity is not its own, so two instances can
+//! never share a region even if their hashes collided.
 
 use crate::sys::checked::{self, CheckError};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,69 @@ pub enum InstanceError {
     /// The runtime dir failed its checks.
     #[error("runtime dir: {0}")]
     Dir(#[from] CheckError),
+    /// The runtime dir cannot be resolved to one canonical path.
+    #[error("runtime dir {path}: cannot resolve it to a canonical path: {why}; give an existing directory (or one whose parent exists) without `..` after the part that does not exist yet")]
+    Canonical {
+        /// The dir as given.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// The canonical form of `dir`: absolute, with `//`, `/./`, a trailing `/` and `..` gone and
+/// every symlink *above* it resolved by `realpath`; the parts that do not exist yet (the
+/// Supervisor creates them) are appended as plain names. The last part itself is kept as
+/// named: a runtime dir that is a symlink is refused later, by [`Instance::ensure_dirs`].
+pub fn canonical_dir(dir: &Path) -> Result<PathBuf, InstanceError> {
+    use std::path::Component;
+    let err = |why: String| InstanceError::Canonical {
+        path: dir.to_owned(),
+        why,
+    };
+    let abs = if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| err(format!("the current dir is unknown ({e})")))?
+            .join(dir)
+    };
+    let mut parts: Vec<Component> = abs.components().collect();
+    let last = match parts.last() {
+        Some(Component::Normal(name)) => {
+            let name = name.to_owned();
+            parts.pop();
+            Some(name)
+        }
+        _ => None,
+    };
+    for keep in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..keep].iter().collect();
+        match std::fs::canonicalize(&prefix) {
+            Ok(mut real) => {
+                for c in &parts[keep..] {
+                    match c {
+                        Component::Normal(name) => real.push(name),
+                        Component::CurDir => {}
+                        _ => {
+                            return Err(err(format!(
+                                "`{}` follows {}, which does not exist",
+                                c.as_os_str().to_string_lossy(),
+                                prefix.display()
+                            )))
+                        }
+                    }
+                }
+                if let Some(name) = last {
+                    real.push(name);
+                }
+                return Ok(real);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(format!("{}: {e}", prefix.display()))),
+        }
+    }
+    Err(err("not even / resolves".into()))
 }
 
 /// One broctld instance: a name and a runtime dir.
@@ -36,18 +102,12 @@ pub fn valid_instance_name(s: &str) -> bool {
 }
 
 impl Instance {
-    /// An instance called `name` under `runtime_dir` (made absolute against the current dir).
+    /// An instance called `name` under `runtime_dir`, canonicalised (see [`canonical_dir`]).
     pub fn new(name: &str, runtime_dir: &Path) -> Result<Instance, InstanceError> {
         if !valid_instance_name(name) {
             return Err(InstanceError::BadName(name.to_owned()));
         }
-        let runtime_dir = if runtime_dir.is_absolute() {
-            runtime_dir.to_owned()
-        } else {
-            std::env::current_dir()
-                .map(|d| d.join(runtime_dir))
-                .unwrap_or_else(|_| runtime_dir.to_owned())
-        };
+        let runtime_dir = canonical_dir(runtime_dir)?;
         Ok(Instance {
             name: name.to_owned(),
             runtime_dir,
@@ -102,8 +162,26 @@ impl Instance {
         self.dir().join("supervisor.log")
     }
 
-    /// The POSIX shm name of the region.
+    /// What the region records as its owner: the canonical runtime dir, a NUL, the name.
+    pub fn identity(&self) -> Vec<u8> {
+        let mut id = self.runtime_dir.as_os_str().as_encoded_bytes().to_vec();
+        id.push(0);
+        id.extend_from_slice(self.name.as_bytes());
+        id
+    }
+
+    /// The POSIX shm name of the region: uid, instance name and the 128-bit hash of
+    /// [`Instance::identity`].
     pub fn shm_name(&self) -> String {
+        let h = crate::protocol::layout::identity_hash(&self.identity());
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        format!("/broctld.{uid}.{}.{h:032x}", self.name)
+    }
+
+    /// The region's name under ABI 1 (a 32-bit hash of the runtime dir), so that a Supervisor
+    /// upgraded from such a build can remove the region it left.
+    pub fn legacy_shm_name(&self) -> String {
         let mut h: u32 = 0x811c_9dc5;
         for b in self.runtime_dir.as_os_str().as_encoded_bytes() {
             h ^= *b as u32;
@@ -143,5 +221,45 @@ mod tests {
         assert_ne!(a.shm_name(), b.shm_name());
         assert_ne!(a.shm_name(), c.shm_name());
         assert!(a.shm_name().starts_with("/broctld."));
+    }
+
+    #[test]
+    fn spellings_of_one_dir_are_one_instance() {
+        let base = std::env::temp_dir().join(format!("broctld-canon-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("real")).unwrap();
+        let _ = std::fs::remove_file(base.join("link"));
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+        let want = Instance::new("a", &base.join("real")).unwrap();
+        let b = base.to_string_lossy().into_owned();
+        for spelling in [
+            format!("{b}/real/"),
+            format!("{b}//real"),
+            format!("{b}/./real"),
+            format!("{b}/link/../real"),
+            format!("{b}/real/../real"),
+            format!("{b}/real/."),
+        ] {
+            let i = Instance::new("a", Path::new(&spelling)).unwrap();
+            assert_eq!(i.shm_name(), want.shm_name(), "{spelling}");
+            assert_eq!(i.runtime_dir(), want.runtime_dir(), "{spelling}");
+        }
+        // A symlink as the last part is kept (the dir checks refuse it); above it, resolved.
+        let link = Instance::new("a", &base.join("link")).unwrap();
+        assert_eq!(
+            link.runtime_dir(),
+            base.canonicalize().unwrap().join("link")
+        );
+        // Not there yet: resolved through the part that exists.
+        let fresh = Instance::new("a", &base.join("link/new/./dir/")).unwrap();
+        assert_eq!(
+            fresh.runtime_dir(),
+            base.canonicalize().unwrap().join("real/new/dir")
+        );
+        let bad = Instance::new("a", &base.join("missing/../x"));
+        assert!(
+            matches!(bad, Err(InstanceError::Canonical { .. })),
+            "{bad:?}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

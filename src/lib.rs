@@ -9,11 +9,16 @@
 //! * a **Main** (`broctld`, the CLI or any program using [`client::Client`]) reads their status
 //!   from shared memory and sends commands through a mailbox in the same region.
 //!
-//! Modules, from the bottom up: [`sys`] (syscalls), [`shm`] (the mapping and lock-free building
-//! blocks), [`protocol`] (the versioned layout: header, node table, event ring, mailbox),
+//! Modules, from the bottom up: [`sys`] (syscalls), `shm` (the mapping and lock-free building
+//! blocks), `protocol` (the versioned layout: header, node table, event ring, mailbox),
 //! [`config`], [`instance`] (runtime paths), [`supervisor`], [`guardian`] (the process that
 //! replaces a dead Supervisor at once), [`client`] (the embedding API) and
 //! [`cli`] (the `broctld` program). `docs/design.md` explains the whole.
+//!
+//! To embed broctld, use [`client`]: typed calls by node name, events that name their nodes,
+//! errors by kind. `shm` and `protocol` are the wire layer; they are public only so that the
+//! test suite and the benchmarks can reach them, are hidden from these docs, and may change
+//! with any release (the layout's ABI version says when).
 
 pub mod cli;
 pub mod client;
@@ -21,7 +26,9 @@ pub mod config;
 pub mod guardian;
 pub mod instance;
 pub mod log;
+#[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
 pub mod shm;
 pub mod supervisor;
 pub mod sys;

@@ -13,7 +13,7 @@ mod common;
 use broctld::protocol::event::{Event, EventKind};
 use broctld::protocol::layout::{Header, EVENT_WORDS, NODE_WORDS};
 use broctld::protocol::mailbox::{
-    self, Opcode, ReplyStatus, Request, SlotState, WaitError, MASK_WORDS, REPLY_WORDS,
+    self, Opcode, ReplyStatus, Request, SlotState, Target, WaitError, MASK_WORDS, REPLY_WORDS,
 };
 use broctld::protocol::node::{NodeRecord, NAME_MAX};
 use broctld::protocol::{Geometry, Shared};
@@ -107,9 +107,9 @@ fn request_nodes_lists_exactly_the_set_bits_below_the_limit() {
         mask in prop::array::uniform16(word()),
         limit in prop_oneof![0usize..1100, Just(usize::MAX)],
     )| {
-        let req = Request { opcode: 2, arg: 0, mask };
+        let req = Request { opcode: 2, arg: 0, epoch: 0, target: Target::Mask(mask.to_vec()) };
         let nodes = req.nodes(limit);
-        let bound = limit.min(MASK_WORDS * 64);
+        let bound = limit.min(mask.len() * 64).min(MASK_WORDS * 64);
         prop_assert!(nodes.windows(2).all(|p| p[0] < p[1]), "sorted, no duplicates");
         prop_assert!(nodes.iter().all(|&i| i < bound));
         let expected = (0..bound).filter(|&i| mask[i / 64] >> (i % 64) & 1 == 1).count();
@@ -494,6 +494,7 @@ fn mailbox_functions_over_garbage_slots_never_panic_or_block() {
         status in any::<u32>(),
         reply in prop::array::uniform12(any::<u64>()),
         mask in prop::array::uniform16(word()),
+        mask_len in prop_oneof![any::<u32>(), 0u32..20, Just(mailbox::ALL_NODES)],
     )| {
         slot.state.store(state, Ordering::Relaxed);
         slot.opcode.store(opcode, Ordering::Relaxed);
@@ -505,13 +506,22 @@ fn mailbox_functions_over_garbage_slots_never_panic_or_block() {
         for (w, v) in slot.mask.iter().zip(mask) {
             w.store(v, Ordering::Relaxed);
         }
+        slot.mask_len.store(mask_len, Ordering::Relaxed);
         // Supervisor side: take only a submitted slot, exactly once.
         let was = SlotState::split(state);
         match mailbox::take(slot) {
             Some((pid, _, req)) => {
                 prop_assert_eq!(was, (pid, Some(SlotState::Submitted)));
                 prop_assert_eq!(req.opcode, opcode);
-                prop_assert_eq!(req.mask, mask);
+                match &req.target {
+                    Target::All => prop_assert_eq!(mask_len, mailbox::ALL_NODES),
+                    Target::Mask(m) => {
+                        // Only the words in use, never past the slot's mask.
+                        prop_assert_eq!(m.len(), (mask_len as usize).min(MASK_WORDS));
+                        let n = m.len().min(16);
+                        prop_assert_eq!(&m[..n], &mask[..n]);
+                    }
+                }
                 prop_assert_eq!(SlotState::split(slot.state.load(Ordering::Relaxed)), (pid, Some(SlotState::Taken)));
                 prop_assert!(mailbox::take(slot).is_none(), "taken twice");
                 mailbox::complete(slot, pid, ReplyStatus::Ok, &"é".repeat(80));
@@ -528,11 +538,20 @@ fn mailbox_functions_over_garbage_slots_never_panic_or_block() {
             Err(WaitError::TimedOut) => prop_assert!(now.0 == me && matches!(now.1, Some(SlotState::Submitted | SlotState::Taken))),
             Err(WaitError::Lost) => {}
         }
-        // Reading a reply from garbage: bounded and valid UTF-8.
-        let reply = mailbox::take_reply(slot);
-        prop_assert!(reply.message.len() <= REPLY_WORDS * 8 * 3);
-        prop_assert!(matches!(reply.status, ReplyStatus::Ok | ReplyStatus::Rejected | ReplyStatus::Unsupported));
-        prop_assert_eq!(slot.state.load(Ordering::Relaxed), SlotState::Free as u32);
+        // Reading a reply from garbage: bounded and valid UTF-8, and only from our own Done
+        // slot (which it frees); any other word is left alone.
+        let before = slot.state.load(Ordering::Relaxed);
+        match mailbox::take_reply(slot, me) {
+            Some(reply) => {
+                prop_assert_eq!(before, SlotState::Done.word(me));
+                prop_assert!(reply.message.len() <= REPLY_WORDS * 8 * 3);
+                prop_assert_eq!(slot.state.load(Ordering::Relaxed), SlotState::Free as u32);
+            }
+            None => {
+                prop_assert_ne!(before, SlotState::Done.word(me));
+                prop_assert_eq!(slot.state.load(Ordering::Relaxed), before);
+            }
+        }
         // Reclaim only succeeds on the word it saw.
         slot.state.store(state, Ordering::Relaxed);
         prop_assert!(!mailbox::reclaim(slot, state.wrapping_add(1)) || state.wrapping_add(1) == state);

@@ -414,7 +414,9 @@ fn mailbox_answers_every_command_exactly_once_with_many_processes() {
                     let slot = &slots[i];
                     let seq = h.next_cmd_seq.fetch_add(1, Ordering::Relaxed);
                     let req = Request::new(Opcode::Ping, [m as usize], arg);
-                    mailbox::submit(slot, pid, seq, &req);
+                    if mailbox::submit(slot, pid, seq, &req).is_err() {
+                        return 14;
+                    }
                     if mailbox::wait_done(slot, pid, Duration::from_secs(20)).is_err() {
                         return 12;
                     }
@@ -427,7 +429,9 @@ fn mailbox_answers_every_command_exactly_once_with_many_processes() {
                     {
                         return 13;
                     }
-                    slot.state.store(SlotState::Free as u32, Ordering::Release);
+                    if mailbox::take_reply(slot, pid).is_none() {
+                        return 15;
+                    }
                 }
                 0
             })
@@ -519,4 +523,140 @@ fn mailbox_answers_every_command_exactly_once_with_many_processes() {
     let j = mailbox::claim(slots, me, 0).expect("a free slot again");
     mailbox::abandon(&slots[j], me);
     assert!(slots.iter().all(|s| s.state.load(Ordering::Acquire) == 0));
+}
+
+/// Defect 11: a reader killed while it sleeps in `Ring::wait` left `waiters` counted forever,
+/// so every later push paid a futex wake. The next push now finds nobody to wake and resets
+/// the count.
+#[test]
+fn ring_waiters_heal_after_a_reader_is_killed_while_waiting() {
+    let _w = Watchdog::new("ring_waiters_heal", LIMIT);
+    let r = TestRegion::new("waiters", Geometry::default());
+    let ring = r.shared.ring();
+    let head = ring.head();
+    let ring_ptr = &ring as *const _ as usize;
+    // The reader sleeps at most 250 ms per wait and loops: a kill that lands between two waits
+    // leaves nothing counted. Try again until a kill lands while it sleeps (nearly always the
+    // first time).
+    let mut leaked = false;
+    for _ in 0..20 {
+        let mut child = Forked::spawn(move || {
+            // SAFETY: the ring (and the mapping it views) was made before fork and lives on in
+            // the child's copy of the address space.
+            let ring = unsafe { &*(ring_ptr as *const broctld::shm::ring::Ring<'_, 7>) };
+            loop {
+                ring.wait(head, Some(Duration::from_secs(10)));
+            }
+        });
+        assert!(
+            common::eventually(Duration::from_secs(10), Duration::from_millis(1), || ring
+                .waiters()
+                == 1),
+            "the child never counted itself as waiting"
+        );
+        // SAFETY: our own unreaped child.
+        unsafe { libc::kill(child.pid, libc::SIGKILL) };
+        let mut st = 0;
+        // SAFETY: our own child; a valid out-pointer.
+        unsafe { libc::waitpid(child.pid, &mut st, 0) };
+        child.status = Some(-1);
+        if ring.waiters() == 1 {
+            leaked = true;
+            break;
+        }
+    }
+    assert!(leaked, "no kill landed while the reader slept");
+    ring.push(&[1; 7]);
+    assert_eq!(
+        ring.waiters(),
+        0,
+        "the push found nobody asleep and healed the count"
+    );
+}
+
+/// Defect 11: between winning a slot and recording its start time a Main's slot read as
+/// `Claimed` with a stale start time, so a Supervisor could judge the live owner dead and
+/// hand the slot to another Main. Now the slot reads `Claiming` then, and a live pid keeps it.
+#[test]
+fn a_slot_being_claimed_is_never_reclaimed_while_its_owner_lives() {
+    let c = common::Cluster::new("claiming_slot", ONE_NODE);
+    c.start();
+    let client = c.client();
+    let slots = client.shared().slots();
+    let me = std::process::id();
+    // As if this Main had just won slot 0 and not yet written its start time.
+    let i = mailbox::claim(slots, me, 0).expect("a free slot");
+    slots[i].owner_start.store(12345, Ordering::Relaxed);
+    slots[i]
+        .state
+        .store(SlotState::Claiming.word(me), Ordering::SeqCst);
+    // Several rings: the Supervisor looks at the slot on each.
+    for _ in 0..4 {
+        c.run(&["ping"]).ok();
+    }
+    assert_eq!(
+        slots[i].state.load(Ordering::SeqCst),
+        SlotState::Claiming.word(me),
+        "a live owner's slot was reclaimed:\n{}",
+        c.log()
+    );
+    // And a dead owner's Claiming slot comes back.
+    let dead = {
+        let mut f = Forked::spawn(|| 0);
+        f.wait(Duration::from_secs(10));
+        f.pid as u32
+    };
+    slots[i]
+        .state
+        .store(SlotState::Claiming.word(dead), Ordering::SeqCst);
+    let freed = common::eventually(Duration::from_secs(10), Duration::from_millis(20), || {
+        c.run(&["ping"]).ok();
+        slots[i].state.load(Ordering::SeqCst) == SlotState::Free as u32
+    });
+    assert!(
+        freed,
+        "a dead owner's Claiming slot was never reclaimed:\n{}",
+        c.log()
+    );
+}
+
+const ONE_NODE: &str = r#"
+[[node]]
+name = "worker-1"
+command = ["@NODE@", "--interval", "10s"]
+"#;
+
+/// Defect 11: `submit` stored without a CAS, so a Main whose slot had been (falsely) reclaimed
+/// and claimed by another Main overwrote that Main's command. It now fails and writes nothing
+/// that changes the state word.
+#[test]
+fn submit_into_a_slot_that_is_no_longer_ours_fails() {
+    let r = TestRegion::new("submit_cas", Geometry::default());
+    let slots = r.shared.slots();
+    let me = std::process::id();
+    let i = mailbox::claim(slots, me, 1).expect("a free slot");
+    let other = me + 1;
+    slots[i]
+        .state
+        .store(SlotState::Submitted.word(other), Ordering::SeqCst);
+    let req = Request::new(Opcode::Stop, [3], 0);
+    assert!(mailbox::submit(&slots[i], me, 9, &req).is_err());
+    assert_eq!(
+        slots[i].state.load(Ordering::SeqCst),
+        SlotState::Submitted.word(other)
+    );
+    // Nor can we take a reply that is not ours, or withdraw another Main's command.
+    slots[i]
+        .state
+        .store(SlotState::Done.word(other), Ordering::SeqCst);
+    assert!(mailbox::take_reply(&slots[i], me).is_none());
+    assert_eq!(
+        slots[i].state.load(Ordering::SeqCst),
+        SlotState::Done.word(other)
+    );
+    slots[i]
+        .state
+        .store(SlotState::Submitted.word(other), Ordering::SeqCst);
+    assert!(!mailbox::withdraw(&slots[i], me));
+    assert!(mailbox::withdraw(&slots[i], other));
 }

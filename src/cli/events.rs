@@ -12,29 +12,38 @@ use crate::protocol::node::Exit;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-/// Node names by table index, to label events.
+/// Node names by table index at one table epoch, to label events.
 #[derive(Debug, Clone, Default)]
-pub struct Names(pub Vec<String>);
+pub struct Names {
+    /// The table's `config_epoch` the names belong to.
+    pub epoch: u32,
+    /// Names by index.
+    pub names: Vec<String>,
+}
 
 impl Names {
     /// The names of the nodes in `client`'s table.
     pub fn of(client: &Client) -> Names {
-        let mut v = Vec::new();
-        for n in client.status() {
-            if v.len() <= n.index {
-                v.resize(n.index + 1, String::new());
-            }
-            v[n.index] = n.name;
-        }
-        Names(v)
+        let (epoch, names) = client.names_now();
+        Names { epoch, names }
     }
 
-    /// The label of node index `i` (`-` for none).
-    pub fn label(&self, i: u16) -> String {
+    /// Whether `ev` was written at another table epoch than these names (refresh them).
+    pub fn stale_for(&self, ev: &Event) -> bool {
+        ev.node != NO_NODE && ev.epoch != self.epoch
+    }
+
+    /// The label of the node `ev` is about (`-` for none): its name if the event was written
+    /// at our epoch, else its index marked as from another numbering (never a wrong name).
+    pub fn label(&self, ev: &Event) -> String {
+        let i = ev.node;
         if i == NO_NODE {
             return "-".into();
         }
-        match self.0.get(i as usize) {
+        if ev.epoch != self.epoch {
+            return format!("#{i}(renumbered)");
+        }
+        match self.names.get(i as usize) {
             Some(n) if !n.is_empty() => n.clone(),
             _ => format!("#{i}"),
         }
@@ -108,7 +117,7 @@ pub fn line(seq: u64, ev: &Event, names: &Names, style: Style) -> String {
         "{}  #{:<5} {:<12} {}{}",
         crate::sys::clock::format_wall_ms(ev.wall_ms),
         seq,
-        names.label(ev.node),
+        names.label(ev),
         style.paint(event_color(kind), &padded),
         d
     );
@@ -125,7 +134,7 @@ pub fn short_line(ev: &Event, names: &Names, style: Style) -> String {
     let node = if ev.node == NO_NODE {
         String::new()
     } else {
-        format!("{} ", names.label(ev.node))
+        format!("{} ", names.label(ev))
     };
     format!(
         "{hms} {node}{}{}{d}",
@@ -143,7 +152,7 @@ pub fn json(seq: u64, ev: &Event, names: &Names) -> String {
         if ev.node == NO_NODE {
             "null".to_owned()
         } else {
-            json_str(&names.label(ev.node))
+            json_str(&names.label(ev))
         },
         json_str(ev.kind.as_str()),
         if ev.pid == 0 {
@@ -268,7 +277,10 @@ mod tests {
             signal: 9,
             core: false,
         });
-        let names = Names(vec!["logger-1".into(), "worker-1".into()]);
+        let names = Names {
+            epoch: 0,
+            names: vec!["logger-1".into(), "worker-1".into()],
+        };
         let l = line(7, &ev, &names, Style::plain());
         assert!(l.contains("#7"), "{l}");
         assert!(l.contains("worker-1"), "{l}");
@@ -283,7 +295,12 @@ mod tests {
         stop.b = 10_000;
         assert_eq!(detail(&stop), "pid 5, SIGTERM sent, SIGKILL after 10s");
         assert!(!is_notable(&stop));
-        assert_eq!(names.label(NO_NODE), "-");
-        assert_eq!(names.label(9), "#9");
+        assert_eq!(names.label(&Event::now(EventKind::Ready, NO_NODE, 1)), "-");
+        assert_eq!(names.label(&Event::now(EventKind::Ready, 9, 1)), "#9");
+        // An event written under another numbering never gets a name from ours.
+        let mut old = Event::now(EventKind::Ready, 1, 1);
+        old.epoch = 5;
+        assert_eq!(names.label(&old), "#1(renumbered)");
+        assert!(names.stale_for(&old));
     }
 }

@@ -42,7 +42,7 @@ fn usage() -> String {
     s
 }
 
-/// Runs the program with `args` (without argv[0]); returns the exit status.
+/// Runs the program with `args` (without `argv[0]`); returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
     let (globals, words) = match split_globals(&args) {
         Ok(x) => x,

@@ -83,14 +83,17 @@ pub fn status_json(nodes: &[NodeStatus]) -> String {
         }
         let _ = write!(
             o,
-            "\n  {{\"name\": {}, \"type\": {}, \"state\": {}, \"pid\": {}, \"uptime_ms\": {}, \"restarts\": {}, \"last_exit\": {}}}",
+            "\n  {{\"name\": {}, \"type\": {}, \"state\": {}, \"pid\": {}, \"uptime_ms\": {}, \"restarts\": {}, \"last_exit\": {}, \"verified\": {}, \"last_state\": {}, \"pid_alive\": {}}}",
             json_str(&n.name),
             json_str(n.node_type.as_str()),
-            json_str(n.state.as_str()),
+            json_str(n.state_word()),
             n.pid.map_or("null".into(), |p| p.to_string()),
             n.uptime.map_or("null".into(), |u| u.as_millis().to_string()),
             n.restarts,
             exit_json(n.last_exit),
+            n.verified,
+            json_str(n.state.as_str()),
+            n.pid_alive.map_or("null".into(), |a| a.to_string()),
         );
     }
     o.push_str(if nodes.is_empty() { "]" } else { "\n]" });
@@ -111,7 +114,16 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
     let rows: Vec<Vec<Cell>> = nodes
         .iter()
         .map(|n| {
-            let mut state = n.state.as_str().to_owned();
+            let mut state = n.state_word().to_owned();
+            if !n.verified {
+                // The last recorded state, and what /proc says of its process.
+                let alive = match n.pid_alive {
+                    Some(true) => ", process alive",
+                    Some(false) => ", process gone",
+                    None => "",
+                };
+                state = format!("{state} (last: {}{alive})", n.state.as_str());
+            }
             if let Some(d) = n.deadline_in {
                 if matches!(n.state, NodeState::Backoff | NodeState::Stopping) {
                     state = format!("{state} ({})", duration(d));
@@ -127,7 +139,7 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
             vec![
                 Cell::new(n.name.clone()),
                 Cell::new(n.node_type.as_str()),
-                Cell::colored(state, state_color(n.state.as_str())),
+                Cell::colored(state, state_color(n.state_word())),
                 Cell::new(n.pid.map_or("-".into(), |p| p.to_string())),
                 Cell::new(n.uptime.map_or("-".into(), duration)),
                 Cell::new(n.restarts.to_string()),

@@ -91,6 +91,8 @@ pub struct Session {
     style: Style,
     was_attached: bool,
     note: Option<String>,
+    /// Why the last attach failed (so a command reports it without attaching again).
+    attach_error: Option<ClientError>,
 }
 
 /// Picks the config file: the one given, else `./broctld.toml`, else `/etc/broctld/broctld.toml`.
@@ -119,6 +121,7 @@ impl Session {
             style: Style::stdout(),
             was_attached: false,
             note: None,
+            attach_error: None,
         }
     }
 
@@ -216,9 +219,20 @@ impl Session {
             }
         }
         if self.client.is_none() {
-            self.client = Client::attach(&self.instance).ok();
+            match Client::attach(&self.instance) {
+                Ok(c) => {
+                    self.client = Some(c);
+                    self.attach_error = None;
+                }
+                Err(e) => self.attach_error = Some(e),
+            }
         }
-        if self.client.is_none() && self.region_survives() {
+        // A region without a Supervisor: start one to adopt its nodes. (While one holds the
+        // lock, starting another cannot help: attach's error says what is wrong.)
+        if self.client.is_none()
+            && self.region_survives()
+            && matches!(LockFile::probe(&self.instance.lock_path()), Ok(Probe::Free))
+        {
             self.recover();
         }
         if self.client.is_some() {
@@ -259,11 +273,16 @@ impl Session {
 
     fn require_client(&mut self) -> Result<&Client, CliError> {
         if self.client().is_none() {
-            // Re-run attach to get its precise error.
-            return Err(Client::attach(&self.instance)
-                .map(|_| ())
-                .unwrap_err()
-                .into());
+            // Attach's precise error (run it again if there is none: the recovery may have
+            // failed otherwise).
+            let e = self
+                .attach_error
+                .take()
+                .map_or_else(|| Client::attach(&self.instance).err(), Some);
+            return Err(match e {
+                Some(e) => e.into(),
+                None => CliError::Failed("the Supervisor came back; run the command again".into()),
+            });
         }
         Ok(self.client.as_ref().expect("attached above"))
     }
@@ -326,56 +345,122 @@ impl Session {
     }
 
     fn status(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
-        let nodes = match self.client() {
-            Some(c) => c.status(),
-            None => {
-                // No Supervisor: every configured node is stopped.
-                let cfg = find_config(self.config.as_deref())?;
-                let config = Config::load(&cfg)?;
-                config
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| NodeStatus {
-                        index: i,
-                        name: n.name.clone(),
-                        node_type: n.node_type,
-                        state: NodeState::Stopped,
-                        pid: None,
-                        uptime: None,
-                        restarts: 0,
-                        last_exit: None,
-                        started_wall_ms: 0,
-                        deadline_in: None,
-                    })
-                    .collect()
+        let (nodes, unverified) = match self.client() {
+            Some(c) => {
+                let nodes = c.status();
+                c.check_damage()?;
+                (nodes, None)
             }
+            None => self.unsupervised_status()?,
         };
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<NodeStatus> = idx.iter().map(|&i| nodes[i].clone()).collect();
         if json {
             println!("{}", output::status_json(&chosen));
         } else {
-            if self.client.is_none() {
+            if self.client.is_none() && unverified.is_none() {
                 println!(
-                    "no Supervisor is running for instance '{}': every node is stopped",
+                    "no Supervisor is running for instance '{}' and none left a region: every node is stopped",
                     self.instance.name()
                 );
             }
             print!("{}", output::status_table(&chosen, self.style));
+        }
+        if let Some(why) = unverified {
+            return Err(CliError::Failed(why));
         }
         let down: Vec<&str> = chosen
             .iter()
             .filter(|n| n.state != NodeState::Running)
             .map(|n| n.name.as_str())
             .collect();
-        if down.is_empty() {
+        if down.is_empty() && !chosen.is_empty() {
             self.note(format!("{} node(s) running", chosen.len()));
             Ok(Outcome::Done)
         } else {
             self.note(format!("not running: {}", down.join(",")));
             Ok(Outcome::Status(3))
         }
+    }
+
+    /// What `status` can say with no Supervisor attached: the last states a Supervisor
+    /// recorded (unverified, with the reason as the second value) if a region is left or a
+    /// Supervisor holds the lock; else every configured node stopped (none if no config).
+    fn unsupervised_status(&mut self) -> Result<(Vec<NodeStatus>, Option<String>), CliError> {
+        let held = matches!(
+            LockFile::probe(&self.instance.lock_path()),
+            Ok(Probe::Held { .. })
+        );
+        let why = if held {
+            match self
+                .attach_error
+                .take()
+                .map_or_else(|| Client::attach(&self.instance), Err)
+            {
+                Err(e) => e.to_string(),
+                Ok(c) => {
+                    // It came up meanwhile.
+                    let nodes = c.status();
+                    self.client = Some(c);
+                    return Ok((nodes, None));
+                }
+            }
+        } else {
+            format!(
+                "the Supervisor of instance '{}' is gone and could not be replaced",
+                self.instance.name()
+            )
+        };
+        match Client::last_recorded(&self.instance) {
+            Ok(Some(nodes)) => {
+                let alive = nodes.iter().filter(|n| n.pid_alive == Some(true)).count();
+                return Ok((
+                    nodes,
+                    Some(format!(
+                        "{why}; the states shown are the last ones recorded, unverified ({alive} recorded process(es) still alive per /proc, unsupervised)"
+                    )),
+                ));
+            }
+            Ok(None) if held => return Err(CliError::Failed(why)),
+            Ok(None) => {}
+            Err(e) => return Err(CliError::Failed(format!("{why}; {e}"))),
+        }
+        let cfg = match find_config(self.config.as_deref()) {
+            Ok(c) => c,
+            Err(CliError::NoConfig(..)) => return Ok((Vec::new(), None)),
+            Err(e) => return Err(e),
+        };
+        let config = Config::load(&cfg)?;
+        let nodes = config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeStatus::stopped(i, n.name.clone(), n.node_type))
+            .collect();
+        Ok((nodes, None))
+    }
+
+    /// The error for a command that needs a Supervisor when none can be reached: names why,
+    /// and says that nothing was done.
+    fn unreachable(&mut self, what: &str) -> CliError {
+        let attached = self
+            .attach_error
+            .take()
+            .map_or_else(|| Client::attach(&self.instance), Err);
+        let why = match attached {
+            Err(ClientError::NotRunning { .. }) if self.region_survives() => format!(
+                "the Supervisor of instance '{}' is gone and could not be replaced (see the messages above); its nodes may still run, unsupervised (`broctld status` shows what it last recorded)",
+                self.instance.name()
+            ),
+            Err(e) => e.to_string(),
+            Ok(c) => {
+                self.client = Some(c);
+                return CliError::Failed(format!(
+                    "{what}: the Supervisor came back while this command gave up; nothing was done, run it again"
+                ));
+            }
+        };
+        CliError::Failed(format!("{what}: nothing was done: {why}"))
     }
 
     /// The configured specs by name, for progress lines (empty if the config cannot be read).
@@ -389,8 +474,7 @@ impl Session {
         self.spawn_if_needed()?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
-        let idx = self_selected(client, words)?;
-        client.command(Opcode::Start, &idx, 0, REPLY_TIMEOUT)?;
+        let idx = send_named(client, Opcode::Start, words, 0)?;
         let (done, interrupted) = wait_nodes(
             client,
             &idx,
@@ -411,16 +495,22 @@ impl Session {
 
     fn stop(&mut self, words: &[String]) -> Result<Outcome, CliError> {
         if self.client().is_none() {
+            let held = matches!(
+                LockFile::probe(&self.instance.lock_path()),
+                Ok(Probe::Held { .. })
+            );
+            if held || self.region_survives() {
+                return Err(self.unreachable("stop"));
+            }
             println!(
-                "no Supervisor is running for instance '{}': every node is stopped",
+                "no Supervisor is running for instance '{}' and none left a region: nothing runs, nothing to stop",
                 self.instance.name()
             );
             return Ok(Outcome::Done);
         }
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
-        let idx = self_selected(client, words)?;
-        client.command(Opcode::Stop, &idx, 0, REPLY_TIMEOUT)?;
+        let idx = send_named(client, Opcode::Stop, words, 0)?;
         let (done, interrupted) = wait_nodes(
             client,
             &idx,
@@ -438,13 +528,12 @@ impl Session {
         self.spawn_if_needed()?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
-        let idx = self_selected(client, words)?;
         let before: HashMap<usize, Option<u32>> = client
             .status()
             .into_iter()
             .map(|n| (n.index, n.pid))
             .collect();
-        client.command(Opcode::Restart, &idx, 0, REPLY_TIMEOUT)?;
+        let idx = send_named(client, Opcode::Restart, words, 0)?;
         let (done, interrupted) = wait_nodes(
             client,
             &idx,
@@ -479,16 +568,24 @@ impl Session {
     }
 
     fn shutdown(&mut self) -> Result<Outcome, CliError> {
-        let Some(client) = self.client() else {
+        if self.client().is_none() {
+            let held = matches!(
+                LockFile::probe(&self.instance.lock_path()),
+                Ok(Probe::Held { .. })
+            );
+            if held || self.region_survives() {
+                return Err(self.unreachable("shutdown"));
+            }
             println!(
                 "no Supervisor is running for instance '{}'; nothing to shut down",
                 self.instance.name()
             );
             return Ok(Outcome::ShutDown);
-        };
+        }
+        let client = self.client.as_ref().expect("attached above");
         let pid = client.supervisor_pid();
         let running = client.status().iter().filter(|n| n.pid.is_some()).count();
-        client.command(Opcode::Shutdown, &[], 0, REPLY_TIMEOUT)?;
+        client.shutdown(REPLY_TIMEOUT)?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
         let mut progress = Progress::new();
@@ -535,9 +632,9 @@ impl Session {
                 return Err(CliError::Unchanged(e));
             }
         }
-        let reply = client.command(Opcode::Reload, &[], 0, REPLY_TIMEOUT)?;
-        println!("reloaded: {}", reply.message);
-        self.note(format!("reloaded: {}", reply.message));
+        let summary = client.reload(REPLY_TIMEOUT)?;
+        println!("reloaded: {summary}");
+        self.note(format!("reloaded: {summary}"));
         // Added and changed nodes start (in stages), removed ones stop: show it settle.
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
@@ -566,14 +663,8 @@ impl Session {
 
     fn signal(&mut self, signal: i32, words: &[String]) -> Result<Outcome, CliError> {
         let client = self.require_client()?;
-        let idx = self_selected(client, words)?;
-        let names: Vec<String> = client
-            .status()
-            .into_iter()
-            .filter(|n| idx.contains(&n.index))
-            .map(|n| n.name)
-            .collect();
-        client.command(Opcode::Signal, &idx, signal as u64, REPLY_TIMEOUT)?;
+        let names = selected_names(client, words)?;
+        let idx = send_named(client, Opcode::Signal, words, signal as u64)?;
         let sig = crate::config::signal_name(signal);
         println!(
             "sent SIG{sig} to {} node(s): {}",
@@ -589,7 +680,7 @@ impl Session {
         let generation = client.generation();
         let pid = client.supervisor_pid();
         let mut cursor = client.event_head();
-        let reply = client.command(Opcode::Upgrade, &[], 0, REPLY_TIMEOUT)?;
+        let said = client.upgrade_supervisor(REPLY_TIMEOUT)?;
         // The new program takes the region over: the generation goes up, the pid stays. If the
         // exec fails, the old program says so in the event ring and runs on.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -598,7 +689,7 @@ impl Session {
                 if ev.kind == crate::protocol::event::EventKind::UpgradeFailed {
                     return Err(CliError::Failed(format!(
                         "the Supervisor (pid {pid}) could not re-execute {}: {}; it runs on unchanged",
-                        reply.message.trim_start_matches("re-executing "),
+                        said.trim_start_matches("re-executing "),
                         std::io::Error::from_raw_os_error(ev.a as i32)
                     )));
                 }
@@ -606,7 +697,7 @@ impl Session {
             if Instant::now() >= deadline || !client.supervisor_alive() {
                 return Err(CliError::Failed(format!(
                     "the Supervisor (pid {pid}) did not come back after re-executing ({}); see {}",
-                    reply.message,
+                    said,
                     self.instance.log_path().display()
                 )));
             }
@@ -625,9 +716,7 @@ impl Session {
         let client = self.require_client()?;
         let mut times = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let t = Instant::now();
-            client.command(Opcode::Ping, &[], 0, REPLY_TIMEOUT)?;
-            times.push(t.elapsed());
+            times.push(client.ping(REPLY_TIMEOUT)?);
         }
         times.sort();
         let median = times[times.len() / 2];
@@ -643,10 +732,33 @@ impl Session {
     }
 }
 
-fn self_selected(client: &Client, words: &[String]) -> Result<Vec<usize>, CliError> {
+/// The names of the nodes `words` select in the running table.
+fn selected_names(client: &Client, words: &[String]) -> Result<Vec<String>, CliError> {
     let nodes = client.status();
+    client.check_damage()?;
     let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
-    Ok(idx.iter().map(|&i| nodes[i].index).collect())
+    Ok(idx.iter().map(|&i| nodes[i].name.clone()).collect())
+}
+
+/// Sends `op` for the nodes `words` select, by name (so a reload meanwhile never redirects
+/// it), and returns their indices in the table as it is after the reply.
+fn send_named(
+    client: &Client,
+    op: Opcode,
+    words: &[String],
+    arg: u64,
+) -> Result<Vec<usize>, CliError> {
+    let names = selected_names(client, words)?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    client.command_by_name(op, &names, arg, REPLY_TIMEOUT)?;
+    Ok(client
+        .status()
+        .into_iter()
+        .filter(|n| names.contains(&n.name))
+        .map(|n| n.index)
+        .collect())
 }
 
 /// The text of `help` / `help COMMAND`.

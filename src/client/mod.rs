@@ -2,9 +2,8 @@
 //! a running Supervisor.
 //!
 //! ```no_run
-//! use broctld::client::Client;
+//! use broctld::client::{Client, EventKind};
 //! use broctld::instance::Instance;
-//! use broctld::protocol::mailbox::Opcode;
 //! use std::time::Duration;
 //!
 //! let instance = Instance::new("default", &Instance::default_runtime_dir())?;
@@ -12,25 +11,47 @@
 //! for node in client.status() {
 //!     println!("{} {} {:?}", node.name, node.state.as_str(), node.pid);
 //! }
-//! let worker = client.node_index("worker-1").expect("configured");
-//! client.command(Opcode::Restart, &[worker], 0, Duration::from_secs(5))?;
+//! let mut events = client.events();
+//! let done = client.restart(&["worker-1"])?;
+//! println!("restart of {:?} applied (command #{})", done.nodes, done.seq);
+//! while let Some(ev) = events.next_timeout(Duration::from_secs(5)) {
+//!     println!("{} {:?} {:?}", ev.kind.as_str(), ev.node, ev.pid);
+//!     if ev.kind == EventKind::Ready && ev.node.as_deref() == Some("worker-1") {
+//!         break;
+//!     }
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! What to use: [`Client::attach`] once; [`Client::status`] / [`Client::node`] to read (no
+//! syscall); [`Client::start`], [`Client::stop`], [`Client::restart`], [`Client::signal`] to
+//! act on nodes by name; [`Client::events`] to follow what happens. Errors are
+//! [`ClientError`], one variant per kind of failure. The wire layout (`broctld::protocol`) is
+//! not part of this surface.
+//!
+//! Commands name their nodes; the client turns names into table indices tagged with the
+//! table's `config_epoch`, and if a reload renumbered the table before the Supervisor applied
+//! the command (it then refuses it, unapplied), resolves the names again and resends.
 //!
 //! Reading status touches only shared memory (no syscall). A command claims a mailbox slot,
 //! rings the doorbell if it is idle, and sleeps on the slot's futex until the reply is there.
 
 mod spawn;
 
+pub use crate::protocol::event::EventKind;
+pub use crate::protocol::layout::SupervisorState;
+pub use crate::protocol::mailbox::Opcode;
+pub use crate::protocol::node::{Exit, NodeState};
+pub use nix::sys::signal::Signal;
 pub use spawn::spawn_supervisor;
 
 use crate::config::NodeType;
 use crate::instance::{Instance, InstanceError};
 use crate::protocol::event::Event;
-use crate::protocol::layout::SupervisorState;
-use crate::protocol::mailbox::{self, Opcode, Reply, ReplyStatus, Request, WaitError};
-use crate::protocol::node::{decode_name_into, Exit, NodeRecord, NodeState, RecordFields};
-use crate::protocol::{ProtocolError, Shared};
+use crate::protocol::mailbox::{self, Reply, ReplyStatus, Request, WaitError};
+use crate::protocol::node::{decode_name_into, NodeRecord, RecordFields};
+pub use crate::protocol::ProtocolError;
+use crate::protocol::Shared;
 use crate::shm::ring::Next;
 use crate::shm::RegionError;
 use crate::sys::checked::CheckError;
@@ -40,6 +61,101 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// A command the Supervisor applied, as the calls by name report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The command's sequence number (its `command` event carries it too).
+    pub seq: u64,
+    /// The nodes it was applied to, by name.
+    pub nodes: Vec<String>,
+    /// What the Supervisor said (often empty).
+    pub message: String,
+}
+
+/// One event, as an embedder sees it: the node it is about named, never a table index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    /// The event's sequence number in the ring.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The node it is about, by name; `None` for events about no node (commands, the
+    /// Supervisor itself), or written under a numbering of the table this reader did not see.
+    pub node: Option<String>,
+    /// The process concerned, if any.
+    pub pid: Option<u32>,
+    /// How a process ended, for exits.
+    pub exit: Option<Exit>,
+    /// When, in ms since the epoch.
+    pub wall_ms: u64,
+    /// Events lost (overwritten before they were read) just before this one.
+    pub missed: u64,
+    /// Kind-specific argument (see [`EventKind`]: a delay, a signal, a sequence number...).
+    pub a: u64,
+    /// Kind-specific argument.
+    pub b: u64,
+}
+
+/// A reader of the event ring that names nodes: see [`Client::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    client: &'a Client,
+    cursor: u64,
+    /// Names by index, and the table epoch they belong to.
+    names: (u32, Vec<String>),
+}
+
+impl Events<'_> {
+    /// The next event if there is one, without waiting.
+    pub fn try_next(&mut self) -> Option<NodeEvent> {
+        let (seq, ev, missed) = self.client.next_event(&mut self.cursor)?;
+        let node = if ev.node == crate::protocol::event::NO_NODE {
+            None
+        } else {
+            if ev.epoch != self.names.0 && ev.epoch == self.client.config_epoch() {
+                self.names = self.client.names_now();
+            }
+            (ev.epoch == self.names.0)
+                .then(|| self.names.1.get(ev.node as usize).cloned())
+                .flatten()
+        };
+        Some(NodeEvent {
+            seq,
+            kind: ev.kind,
+            node,
+            pid: (ev.pid != 0).then_some(ev.pid),
+            exit: ev.exit,
+            wall_ms: ev.wall_ms,
+            missed,
+            a: ev.a,
+            b: ev.b,
+        })
+    }
+
+    /// The next event, waiting at most `timeout` for one.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<NodeEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self.try_next() {
+                return Some(ev);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.client.wait_event(self.cursor, left);
+        }
+    }
+
+    /// The sequence number of the next event this reader will return.
+    pub fn position(&self) -> u64 {
+        self.cursor
+    }
+}
+
+/// How long the calls by name ([`Client::start`] and so on) wait for the Supervisor's reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +225,60 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A Supervisor holds the instance lock, but its region cannot be used.
+    #[error("the Supervisor of instance '{instance}' (pid {pid}) is running, but its shared memory region {path} {why}; its nodes are still supervised but their state cannot be read. This command asked it to rebuild the region: try again in a moment; if this persists, see {log}, and `kill -9 {pid}` makes the next broctld command start a Supervisor that adopts the running nodes")]
+    RegionLost {
+        /// Instance name.
+        instance: String,
+        /// The lock holder.
+        pid: u32,
+        /// `/dev/shm/NAME`.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+        /// The Supervisor's log.
+        log: String,
+    },
+    /// The region was shrunk under this Main's mapping (SIGBUS caught): what it read since
+    /// means nothing.
+    #[error("the shared memory region {path} was truncated by another process while this Main used it; nothing read from it can be trusted: run the command again (the Supervisor rebuilds the region)")]
+    Damaged {
+        /// `/dev/shm/NAME`.
+        path: PathBuf,
+    },
+    /// No node of that name in the running table.
+    #[error("no node named '{name}' in the running Supervisor's table (see `broctld status`)")]
+    NoSuchNode {
+        /// The name asked for.
+        name: String,
+    },
+    /// The node table kept changing (reloads) while the command was being sent.
+    #[error("{what} was not applied: the node table changed {tries} times (reloads) while it was being sent; try again")]
+    Stale {
+        /// The command.
+        what: &'static str,
+        /// Attempts made.
+        tries: u32,
+    },
+}
+
+impl ClientError {
+    /// Whether the error means the Supervisor certainly did nothing with the command.
+    pub fn not_applied(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Timeout {
+                applied: "taken and may have been applied",
+                ..
+            }
+        )
+    }
 }
 
 /// A node's status as a Main sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeStatus {
-    /// Index in the node table (what commands address).
+    /// Index in the node table. A reload may renumber the table: address nodes by name.
     pub index: usize,
     /// Name.
     pub name: String,
@@ -134,6 +298,37 @@ pub struct NodeStatus {
     pub started_wall_ms: u64,
     /// Backoff or kill deadline as time left, if any.
     pub deadline_in: Option<Duration>,
+    /// Whether a live Supervisor stands behind this record. `false`: it is the last state a
+    /// Supervisor recorded, and nothing keeps it true now (see [`NodeStatus::state_word`]).
+    pub verified: bool,
+    /// For an unverified record with a pid: whether that process (pid plus start time) still
+    /// lives, per `/proc` (`None` if it could not be told).
+    pub pid_alive: Option<bool>,
+    /// The recorded pid's start time (clock ticks since boot; 0 if none).
+    pub pid_start: u64,
+}
+
+impl NodeStatus {
+    /// The state to show: the recorded state when a live Supervisor stands behind it,
+    /// `unknown` otherwise.
+    pub fn state_word(&self) -> &'static str {
+        if self.verified {
+            self.state.as_str()
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Marks the record as not backed by a live Supervisor and checks its pid against `/proc`.
+    pub fn unverify(&mut self) {
+        self.verified = false;
+        self.pid_alive = self.pid.map(|p| {
+            procstat::stat(p)
+                .ok()
+                .flatten()
+                .is_some_and(|st| st.start == self.pid_start && !matches!(st.state, 'Z' | 'X'))
+        });
+    }
 }
 
 impl NodeStatus {
@@ -155,12 +350,12 @@ impl NodeStatus {
         true
     }
 
-    fn from_record(index: usize, r: NodeRecord, now_mono: u64) -> NodeStatus {
-        let f = r.fields();
-        let mut n = NodeStatus {
+    /// A stopped node with no history (what a config says when nothing runs).
+    pub fn stopped(index: usize, name: String, node_type: NodeType) -> NodeStatus {
+        NodeStatus {
             index,
-            name: r.name,
-            node_type: NodeType::Other,
+            name,
+            node_type,
             state: NodeState::Stopped,
             pid: None,
             uptime: None,
@@ -168,7 +363,15 @@ impl NodeStatus {
             last_exit: None,
             started_wall_ms: 0,
             deadline_in: None,
-        };
+            verified: true,
+            pid_alive: None,
+            pid_start: 0,
+        }
+    }
+
+    fn from_record(index: usize, r: NodeRecord, now_mono: u64) -> NodeStatus {
+        let f = r.fields();
+        let mut n = NodeStatus::stopped(index, r.name, NodeType::Other);
         n.set(index, f, now_mono);
         n
     }
@@ -187,7 +390,22 @@ impl NodeStatus {
         self.started_wall_ms = f.started_wall_ms;
         self.deadline_in = (f.deadline_mono_ns != 0)
             .then(|| Duration::from_nanos(f.deadline_mono_ns.saturating_sub(now_mono)));
+        self.pid_start = f.pid_start;
+        self.verified = true;
+        self.pid_alive = None;
     }
+}
+
+/// Every node record in `shared`, decoded.
+fn read_status(shared: &Shared) -> Vec<NodeStatus> {
+    let now = clock::monotonic_ns();
+    let cells = shared.node_cells();
+    (0..shared.node_count())
+        .filter_map(|i| {
+            let words = cells[i].read()?;
+            Some(NodeStatus::from_record(i, NodeRecord::decode(&words)?, now))
+        })
+        .collect()
 }
 
 /// A connection to a running Supervisor.
@@ -215,7 +433,9 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Attaches to the instance's running Supervisor: checks the lock, maps and validates the
-    /// region, opens the doorbell. Fails with [`ClientError::NotRunning`] if none runs.
+    /// region, opens the doorbell. Fails with [`ClientError::NotRunning`] if none runs, and with
+    /// [`ClientError::RegionLost`] if one holds the lock but its region is missing, damaged or
+    /// not its own (never "not running": its nodes run on).
     pub fn attach(instance: &Instance) -> Result<Client, ClientError> {
         let not_running = || ClientError::NotRunning {
             instance: instance.name().to_owned(),
@@ -224,8 +444,11 @@ impl Client {
         // The runtime and instance dirs must be ours and private before anything in them is
         // trusted (a Main must not talk to a Supervisor someone planted there).
         instance.ensure_dirs()?;
+        let name = instance.shm_name();
+        let identity = instance.identity();
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut asked_repair = false;
         loop {
             let (config_path, holder) = match LockFile::probe(&instance.lock_path())? {
                 Probe::Free => return Err(not_running()),
@@ -234,19 +457,35 @@ impl Client {
                     (pid, start),
                 ),
             };
-            let shared = match Shared::open(&instance.shm_name()) {
-                Ok(s) => Some(s),
-                Err(ProtocolError::Region(RegionError::Missing { .. })) => None,
+            let lost = |path: PathBuf, why: String| ClientError::RegionLost {
+                instance: instance.name().to_owned(),
+                pid: holder.0,
+                path,
+                why,
+                log: instance.log_path().display().to_string(),
+            };
+            let (shared, why) = match Shared::open_owned(&name, &identity) {
+                Ok(s) => (Some(s), None),
+                Err(ProtocolError::Region(RegionError::Missing { path })) => (
+                    None,
+                    Some((path, "does not exist (removed by another program?)".into())),
+                ),
                 // A Supervisor that holds the lock may be creating the region right now: empty,
                 // or its magic not yet stored. Wait for it (bounded) rather than refuse.
-                Err(ProtocolError::Region(RegionError::Size { size: 0, .. }))
-                | Err(ProtocolError::Magic { found: 0, .. })
-                    if Instant::now() < deadline =>
-                {
-                    None
+                Err(ProtocolError::Region(RegionError::Size { size: 0, path, .. }))
+                | Err(ProtocolError::Magic { found: 0, path }) => {
+                    (None, Some((path, "is empty".into())))
                 }
-                Err(e) => return Err(e.into()),
+                // Another build's region: no rebuild would help; its error says which binary to use.
+                Err(e @ (ProtocolError::Version { .. } | ProtocolError::Layout { .. })) => {
+                    return Err(e.into())
+                }
+                Err(e) => {
+                    let path = PathBuf::from("/dev/shm").join(name.trim_start_matches('/'));
+                    (None, Some((path, format!("cannot be used ({e})"))))
+                }
             };
+            let mut why = why;
             if let Some(shared) = shared {
                 let h = shared.header();
                 let state = SupervisorState::from_u32(h.state.load(Ordering::Acquire));
@@ -269,14 +508,51 @@ impl Client {
                         });
                     }
                     Some(SupervisorState::Exited) => return Err(not_running()),
+                    _ if !live => {
+                        why = Some((
+                            shared.path().to_owned(),
+                            format!(
+                                "names Supervisor pid {sup_pid}, which is not the lock holder and is not running"
+                            ),
+                        ))
+                    }
                     _ => {}
                 }
             }
-            if Instant::now() >= deadline {
+            if let Some((path, text)) = why {
+                if Instant::now() >= deadline {
+                    return Err(lost(path, text));
+                }
+                // Ask the Supervisor to check its region: it rebuilds it if it is gone or
+                // damaged, and ignores the request if it is only still being created.
+                if !asked_repair {
+                    asked_repair = fifo::open_writer(&instance.bell_path())
+                        .is_ok_and(|bell| fifo::ring_repair(&bell).is_ok());
+                }
+            } else if Instant::now() >= deadline {
                 return Err(not_running());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Reads the region an instance's Supervisor left, if any, without a live Supervisor (and
+    /// without a config): every record comes back unverified (see [`NodeStatus::verified`]),
+    /// each recorded pid checked against `/proc`. `Ok(None)` if there is no region.
+    pub fn last_recorded(instance: &Instance) -> Result<Option<Vec<NodeStatus>>, ClientError> {
+        let shared = match Shared::open_owned(&instance.shm_name(), &instance.identity()) {
+            Ok(s) => s,
+            Err(ProtocolError::Region(RegionError::Missing { .. })) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = read_status(&shared);
+        if shared.damaged() {
+            return Err(ClientError::Damaged {
+                path: shared.path().to_owned(),
+            });
+        }
+        out.iter_mut().for_each(NodeStatus::unverify);
+        Ok(Some(out))
     }
 
     /// Attaches to the running Supervisor, or starts one with `config` and attaches to it.
@@ -319,22 +595,32 @@ impl Client {
     }
 
     /// The mapped region (for benchmarks and diagnostics).
+    #[doc(hidden)]
     pub fn shared(&self) -> &Shared {
         &self.shared
     }
 
     /// A snapshot of every node. Reads shared memory only.
     pub fn status(&self) -> Vec<NodeStatus> {
-        let now = clock::monotonic_ns();
-        let cells = self.shared.node_cells();
-        (0..self.shared.node_count())
-            .filter_map(|i| {
-                let words = cells[i].read()?;
-                Some(NodeStatus::from_record(i, NodeRecord::decode(&words)?, now))
-            })
-            .collect()
+        read_status(&self.shared)
     }
 
+    /// The node table's epoch: it changes whenever a reload (or a takeover) renumbers nodes.
+    pub fn config_epoch(&self) -> u32 {
+        self.shared.header().config_epoch.load(Ordering::Acquire)
+    }
+
+    /// Fails with [`ClientError::Damaged`] if the region was truncated under us.
+    pub fn check_damage(&self) -> Result<(), ClientError> {
+        if self.shared.damaged() {
+            return Err(ClientError::Damaged {
+                path: self.shared.path().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    #[doc(hidden)]
     /// Raw records of every node into `out`, reusing its entries' name buffers: after the
     /// first call this allocates nothing (and, like every status read, makes no syscall).
     pub fn records_into(&self, out: &mut Vec<NodeRecord>) {
@@ -423,8 +709,11 @@ impl Client {
         Ok(())
     }
 
-    /// Sends `op` for the nodes with `indices` and waits at most `timeout` for the reply.
-    /// A refused command is [`ClientError::Rejected`].
+    #[doc(hidden)]
+    /// Sends `op` for the nodes with table `indices` (as numbered now: see
+    /// [`Client::config_epoch`]) and waits at most `timeout` for the reply. A refused command
+    /// is [`ClientError::Rejected`]; prefer the calls by name ([`Client::start`] and so on),
+    /// which survive a reload that renumbers the table.
     pub fn command(
         &self,
         op: Opcode,
@@ -432,7 +721,12 @@ impl Client {
         arg: u64,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
-        let reply = self.send(&Request::new(op, indices.iter().copied(), arg), timeout)?;
+        let epoch = self.config_epoch();
+        let req = Request::new(op, indices.iter().copied(), arg).at_epoch(epoch);
+        self.expect_ok(op, self.send(&req, timeout)?)
+    }
+
+    fn expect_ok(&self, op: Opcode, reply: Reply) -> Result<Reply, ClientError> {
         match reply.status {
             ReplyStatus::Ok => Ok(reply),
             _ => Err(ClientError::Rejected {
@@ -442,8 +736,178 @@ impl Client {
         }
     }
 
+    /// Sends `op` for the nodes called `names` and waits at most `timeout` for the reply. The
+    /// names are resolved against the table and tagged with its epoch; if a reload renumbers
+    /// the table before the Supervisor applies the command, it refuses it unapplied and the
+    /// names are resolved again (a few times at most). An empty `names` means every node.
+    pub fn command_by_name<S: AsRef<str>>(
+        &self,
+        op: Opcode,
+        names: &[S],
+        arg: u64,
+        timeout: Duration,
+    ) -> Result<Applied, ClientError> {
+        let applied = |reply: Reply, nodes: Vec<String>| Applied {
+            seq: reply.seq,
+            nodes,
+            message: reply.message,
+        };
+        if names.is_empty() {
+            let nodes = self.status().into_iter().map(|n| n.name).collect();
+            let reply = self.expect_ok(op, self.send(&Request::all(op, arg), timeout)?)?;
+            return Ok(applied(reply, nodes));
+        }
+        const TRIES: u32 = 8;
+        for _ in 0..TRIES {
+            // The epoch first: a table read after it is at least that new, and a command built
+            // from a newer table is refused as stale rather than applied to the wrong nodes.
+            let epoch = self.config_epoch();
+            let table = self.status();
+            self.check_damage()?;
+            let mut idx = Vec::with_capacity(names.len());
+            for n in names {
+                let n = n.as_ref();
+                match table.iter().find(|s| s.name == n) {
+                    Some(s) => idx.push(s.index),
+                    None => {
+                        return Err(ClientError::NoSuchNode { name: n.to_owned() });
+                    }
+                }
+            }
+            let req = Request::new(op, idx, arg).at_epoch(epoch);
+            let reply = self.send(&req, timeout)?;
+            if reply.status != ReplyStatus::Stale {
+                let nodes = names.iter().map(|n| n.as_ref().to_owned()).collect();
+                return Ok(applied(self.expect_ok(op, reply)?, nodes));
+            }
+        }
+        Err(ClientError::Stale {
+            what: op.as_str(),
+            tries: TRIES,
+        })
+    }
+
+    /// Starts the named nodes (every node if `names` is empty); waits for the Supervisor's
+    /// answer, not for the nodes to be up (watch [`Client::status`] or the events for that).
+    pub fn start<S: AsRef<str>>(&self, names: &[S]) -> Result<Applied, ClientError> {
+        self.command_by_name(Opcode::Start, names, 0, DEFAULT_TIMEOUT)
+    }
+
+    /// Stops the named nodes (every node if `names` is empty).
+    pub fn stop<S: AsRef<str>>(&self, names: &[S]) -> Result<Applied, ClientError> {
+        self.command_by_name(Opcode::Stop, names, 0, DEFAULT_TIMEOUT)
+    }
+
+    /// Restarts the named nodes (every node if `names` is empty).
+    pub fn restart<S: AsRef<str>>(&self, names: &[S]) -> Result<Applied, ClientError> {
+        self.command_by_name(Opcode::Restart, names, 0, DEFAULT_TIMEOUT)
+    }
+
+    /// Sends `signal` to the named nodes' processes (every node if `names` is empty).
+    pub fn signal<S: AsRef<str>>(
+        &self,
+        names: &[S],
+        signal: Signal,
+    ) -> Result<Applied, ClientError> {
+        self.command_by_name(Opcode::Signal, names, signal as i32 as u64, DEFAULT_TIMEOUT)
+    }
+
+    /// Follows events from now on (see [`Events`]); [`Client::events_since`] starts earlier.
+    /// The reader is bound to this client's region: once [`Client::supervisor_alive`] is false
+    /// (the Supervisor was replaced), attach again and follow the new one.
+    pub fn events(&self) -> Events<'_> {
+        self.events_since(self.event_head())
+    }
+
+    /// Follows events from sequence number `seq` on (the oldest still held if `seq` is older;
+    /// the count of those lost is in the first event's `missed`).
+    pub fn events_since(&self, seq: u64) -> Events<'_> {
+        Events {
+            client: self,
+            cursor: seq,
+            names: self.names_now(),
+        }
+    }
+
+    /// The table's node names by index, with the table epoch they belong to (read before and
+    /// after, so they match): what labels events (see [`NodeEvent::node`]).
+    pub fn names_now(&self) -> (u32, Vec<String>) {
+        loop {
+            let epoch = self.config_epoch();
+            let mut names = Vec::new();
+            for n in self.status() {
+                if names.len() <= n.index {
+                    names.resize(n.index + 1, String::new());
+                }
+                names[n.index] = n.name;
+            }
+            if self.config_epoch() == epoch {
+                return (epoch, names);
+            }
+        }
+    }
+
+    /// One round trip through the mailbox (a liveness check; it leaves no event). Returns how
+    /// long it took.
+    pub fn ping(&self, timeout: Duration) -> Result<Duration, ClientError> {
+        let t = Instant::now();
+        self.expect_ok(
+            Opcode::Ping,
+            self.send(&Request::new(Opcode::Ping, [], 0), timeout)?,
+        )?;
+        Ok(t.elapsed())
+    }
+
+    /// Asks the Supervisor to re-read its config file and apply the difference; returns its
+    /// summary ("added ... changed ... removed ..."). A config that does not load changes
+    /// nothing and is [`ClientError::Rejected`].
+    pub fn reload(&self, timeout: Duration) -> Result<String, ClientError> {
+        let r = self.send(&Request::new(Opcode::Reload, [], 0), timeout)?;
+        Ok(self.expect_ok(Opcode::Reload, r)?.message)
+    }
+
+    /// Asks the Supervisor to stop every node and exit (see
+    /// [`Client::wait_supervisor_exit`]).
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), ClientError> {
+        let r = self.send(&Request::new(Opcode::Shutdown, [], 0), timeout)?;
+        self.expect_ok(Opcode::Shutdown, r).map(|_| ())
+    }
+
+    /// Asks the Supervisor to re-execute its binary in place (same pid, same nodes); returns
+    /// what it said. The generation goes up once the new program serves.
+    pub fn upgrade_supervisor(&self, timeout: Duration) -> Result<String, ClientError> {
+        let r = self.send(&Request::new(Opcode::Upgrade, [], 0), timeout)?;
+        Ok(self.expect_ok(Opcode::Upgrade, r)?.message)
+    }
+
+    /// The status of the node called `name`.
+    pub fn node(&self, name: &str) -> Result<NodeStatus, ClientError> {
+        self.status()
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| ClientError::NoSuchNode {
+                name: name.to_owned(),
+            })
+    }
+
+    #[doc(hidden)]
+    /// The name of the node an event is about, if the table has not been renumbered since it
+    /// was written (`None` for events about no node, or from an older table).
+    pub fn event_node_name(&self, ev: &Event) -> Option<String> {
+        if ev.node == crate::protocol::event::NO_NODE || ev.epoch != self.config_epoch() {
+            return None;
+        }
+        let cell = self.shared.node_cells().get(ev.node as usize)?;
+        if ev.node as usize >= self.shared.node_count() {
+            return None;
+        }
+        NodeRecord::decode(&cell.read()?).map(|r| r.name)
+    }
+
     /// Sends a raw request and returns whatever reply comes back.
+    #[doc(hidden)]
     pub fn send(&self, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+        self.check_damage()?;
         let what = Opcode::from_u32(req.opcode).map_or("a command", Opcode::as_str);
         let deadline = Instant::now() + timeout;
         let slots = self.shared.slots();
@@ -464,10 +928,17 @@ impl Client {
             .header()
             .next_cmd_seq
             .fetch_add(1, Ordering::Relaxed);
-        mailbox::submit(slot, self.pid, seq, req);
+        if mailbox::submit(slot, self.pid, seq, req).is_err() {
+            self.check_damage()?;
+            return Err(ClientError::Gone {
+                pid: self.supervisor_pid,
+            });
+        }
         if let Err(e) = self.ring_bell() {
-            mailbox::abandon(slot, self.pid);
-            return Err(e);
+            if mailbox::withdraw(slot, self.pid) {
+                return Err(e);
+            }
+            // Taken meanwhile: it is being applied; wait for the reply below.
         }
         // Wait; if the command is still not taken after a while, ring again unconditionally: a
         // Main killed between raising the bell flag and writing its byte leaves the flag up with
@@ -490,33 +961,33 @@ impl Client {
                 other => break other,
             }
         };
-        match result {
-            Ok(()) => Ok(mailbox::take_reply(slot)),
-            Err(WaitError::TimedOut) => {
-                // Withdraw it if the Supervisor has not taken it: then it was never applied.
-                let withdrawn = slot
-                    .state
-                    .compare_exchange(
-                        mailbox::SlotState::Submitted.word(self.pid),
-                        mailbox::SlotState::Free as u32,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok();
-                Err(ClientError::Timeout {
-                    what,
-                    seq,
-                    pid: self.supervisor_pid,
-                    timeout,
-                    applied: if withdrawn {
-                        "withdrawn, not applied"
-                    } else {
-                        "taken and may have been applied"
-                    },
-                    log: self.instance.log_path().display().to_string(),
-                })
+        let result = match result {
+            // Withdraw it if the Supervisor has not taken it: then it is never applied. If it
+            // was taken, it may be applied: give the reply a little longer to come.
+            Err(WaitError::TimedOut) if !mailbox::withdraw(slot, self.pid) => {
+                match mailbox::wait_done(slot, self.pid, timeout.min(Duration::from_secs(2))) {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Some("taken and may have been applied")),
+                }
             }
-            Err(WaitError::Lost) => Err(ClientError::Gone {
+            Err(WaitError::TimedOut) => Err(Some("withdrawn, not applied")),
+            Ok(()) => Ok(()),
+            Err(WaitError::Lost) => Err(None),
+        };
+        self.check_damage()?;
+        match result {
+            Ok(()) => mailbox::take_reply(slot, self.pid).ok_or(ClientError::Gone {
+                pid: self.supervisor_pid,
+            }),
+            Err(Some(applied)) => Err(ClientError::Timeout {
+                what,
+                seq,
+                pid: self.supervisor_pid,
+                timeout,
+                applied,
+                log: self.instance.log_path().display().to_string(),
+            }),
+            Err(None) => Err(ClientError::Gone {
                 pid: self.supervisor_pid,
             }),
         }
@@ -527,6 +998,7 @@ impl Client {
         self.shared.ring().head()
     }
 
+    #[doc(hidden)]
     /// Reads the event at `*cursor` (advancing it): `Some((seq, event, missed))`, or `None` if
     /// there is nothing new. Events the ring overwrote before we read them count in `missed`.
     pub fn next_event(&self, cursor: &mut u64) -> Option<(u64, Event, u64)> {

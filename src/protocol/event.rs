@@ -108,8 +108,11 @@ pub struct Event {
     pub mono_ns: u64,
     /// What happened.
     pub kind: EventKind,
-    /// Node index, or [`NO_NODE`].
+    /// Node index, or [`NO_NODE`]: an index into the node table as it was at `epoch`.
     pub node: u16,
+    /// The table's `config_epoch` when the event was written: a reader names `node` from the
+    /// table only if the table is still at this epoch (a reload renumbers nodes).
+    pub epoch: u32,
     /// Process concerned (0 if none).
     pub pid: u32,
     /// Exit status, for exits.
@@ -128,6 +131,7 @@ impl Event {
             mono_ns: crate::sys::clock::monotonic_ns(),
             kind,
             node,
+            epoch: 0,
             pid,
             exit: None,
             a: 0,
@@ -145,7 +149,7 @@ impl Event {
             kind as u64 | (core as u64) << 8 | (value as u32 as u64) << 32,
             self.a,
             self.b,
-            0,
+            self.epoch as u64,
         ]
     }
 
@@ -164,6 +168,7 @@ impl Event {
             ),
             a: w[4],
             b: w[5],
+            epoch: w[6] as u32,
         })
     }
 }
@@ -178,6 +183,7 @@ mod tests {
         e.exit = Some(Exit::Code(-1));
         e.a = u64::MAX;
         e.b = 5;
+        e.epoch = 77;
         assert_eq!(Event::decode(&e.encode()), Some(e));
     }
 

@@ -3,17 +3,28 @@
 //! A slot's `state` word packs the owner's pid and a [`SlotState`] (`pid << 3 | state`), so a
 //! single compare-and-swap both claims a slot and names its owner. The protocol, for a Main:
 //!
-//! 1. claim a `Free` slot by CAS to `Claimed` (with its pid), record its start time;
-//! 2. write the command and a fresh sequence number, then store `Submitted`;
+//! 1. claim a `Free` slot by CAS to `Claiming` (with its pid), store its start time, then CAS
+//!    `Claiming -> Claimed`: the owner's identity (pid and start time) is complete before the
+//!    slot can be judged by it. A `Claiming` slot is reclaimed only once its pid does not
+//!    exist at all, which no live owner can fake;
+//! 2. write the command (opcode, argument, the node table's `config_epoch` it resolved names
+//!    at, the node mask) and a fresh sequence number, then CAS `Claimed -> Submitted` from the
+//!    exact word it owns (if the word changed, the slot is no longer ours: give up);
 //! 3. ring the doorbell (coalesced; see `Header::bell`);
 //! 4. sleep on the state word (a shared futex) until it reads `Done`, with a timeout;
-//! 5. read the reply and store `Free`.
+//! 5. read the reply and CAS `Done -> Free` (failing if the word changed).
+//!
+//! A Main that gives up waiting withdraws its command by CAS `Submitted -> Free`: if that wins,
+//! the command was never taken and never will be; if it loses, the Supervisor has taken it and
+//! the Main must say it may have been applied (and keep waiting for the reply a while).
 //!
 //! The Supervisor moves `Submitted -> Taken` by CAS *before* applying a command, so it applies
 //! each submission at most once, then writes the reply and stores `Done` with a futex wake.
-//! A slot left `Claimed` or `Done` by a Main that died is reclaimed by the Supervisor once it
-//! sees the owner is gone (pid plus start time), so a `kill -9` at any point never wedges the
-//! mailbox, and never causes a command to be applied twice.
+//! A command whose `config_epoch` is not the table's current one is refused unapplied
+//! ([`ReplyStatus::Stale`]): a reload renumbered the nodes since the Main looked. A slot left
+//! `Claimed` or `Done` by a Main that died is reclaimed by the Supervisor once it sees the owner
+//! is gone (pid plus start time), so a `kill -9` at any point never wedges the mailbox, and
+//! never causes a command to be applied twice.
 
 use crate::shm::SharedPod;
 use crate::sys::futex;
@@ -25,6 +36,10 @@ use zerocopy::{FromBytes, IntoBytes, KnownLayout};
 pub const MASK_WORDS: usize = super::layout::MAX_NODES / 64;
 /// Words of reply text.
 pub const REPLY_WORDS: usize = 12;
+/// Low bits of the state word that hold the [`SlotState`].
+pub const SLOT_STATE_BITS: u32 = 3;
+/// [`Slot::mask_len`] for "every node in the table" (no mask, no epoch check).
+pub const ALL_NODES: u32 = u32::MAX;
 
 /// One mailbox slot.
 #[derive(FromBytes, IntoBytes, KnownLayout)]
@@ -40,15 +55,19 @@ pub struct Slot {
     pub cmd_seq: AtomicU64,
     /// Opcode-specific argument (a signal number for `Signal`).
     pub arg: AtomicU64,
-    /// Which nodes (bit i = node index i).
-    pub mask: [AtomicU64; MASK_WORDS],
+    /// The node table's `config_epoch` the mask was built against.
+    pub config_epoch: AtomicU32,
+    /// Words of [`Slot::mask`] in use, or [`ALL_NODES`].
+    pub mask_len: AtomicU32,
     /// [`ReplyStatus`] as u32.
     pub reply_status: AtomicU32,
     /// Bytes of reply text.
     pub reply_len: AtomicU32,
     /// Reply text (UTF-8, packed little-endian).
     pub reply: [AtomicU64; REPLY_WORDS],
-    _reserved: [AtomicU64; 7],
+    _reserved: [AtomicU64; 6],
+    /// Which nodes (bit i = node index i); only the first `mask_len` words are meaningful.
+    pub mask: [AtomicU64; MASK_WORDS],
 }
 
 // SAFETY: repr(C), atomics only, FromBytes.
@@ -68,6 +87,8 @@ pub enum SlotState {
     Taken = 3,
     /// The reply is written.
     Done = 4,
+    /// A Main won the slot and is recording its start time (judged by pid alone).
+    Claiming = 5,
 }
 
 impl SlotState {
@@ -79,14 +100,15 @@ impl SlotState {
             2 => SlotState::Submitted,
             3 => SlotState::Taken,
             4 => SlotState::Done,
-            _ => return (word >> 3, None),
+            5 => SlotState::Claiming,
+            _ => return (word >> SLOT_STATE_BITS, None),
         };
-        (word >> 3, Some(st))
+        (word >> SLOT_STATE_BITS, Some(st))
     }
 
     /// Builds a state word.
     pub fn word(self, pid: u32) -> u32 {
-        (pid << 3) | self as u32
+        (pid << SLOT_STATE_BITS) | self as u32
     }
 }
 
@@ -143,6 +165,16 @@ impl Opcode {
     }
 }
 
+/// Which nodes a command is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every node in the table when the command is applied.
+    All,
+    /// The nodes whose bits are set (bit i = node index i), as numbered at the request's
+    /// `epoch`; trailing zero words may be left out.
+    Mask(Vec<u64>),
+}
+
 /// A command as submitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -150,31 +182,61 @@ pub struct Request {
     pub opcode: u32,
     /// Opcode-specific argument.
     pub arg: u64,
-    /// Node mask.
-    pub mask: [u64; MASK_WORDS],
+    /// The `config_epoch` the node indices in `target` belong to.
+    pub epoch: u32,
+    /// The nodes.
+    pub target: Target,
 }
 
 impl Request {
-    /// A request for `op` on the nodes with the given indices.
+    /// A request for `op` on the nodes with the given indices (as numbered at `epoch`).
     pub fn new(op: Opcode, nodes: impl IntoIterator<Item = usize>, arg: u64) -> Request {
-        let mut mask = [0u64; MASK_WORDS];
+        let mut mask = Vec::new();
         for i in nodes {
             if i < MASK_WORDS * 64 {
+                if mask.len() <= i / 64 {
+                    mask.resize(i / 64 + 1, 0);
+                }
                 mask[i / 64] |= 1 << (i % 64);
             }
         }
         Request {
             opcode: op as u32,
             arg,
-            mask,
+            epoch: 0,
+            target: Target::Mask(mask),
         }
     }
 
-    /// The node indices in the mask below `limit`.
+    /// A request for `op` on every node.
+    pub fn all(op: Opcode, arg: u64) -> Request {
+        Request {
+            opcode: op as u32,
+            arg,
+            epoch: 0,
+            target: Target::All,
+        }
+    }
+
+    /// The same request, for node indices as numbered at `epoch`.
+    pub fn at_epoch(mut self, epoch: u32) -> Request {
+        self.epoch = epoch;
+        self
+    }
+
+    /// Whether the request names nodes by index (and so depends on the table's epoch).
+    pub fn names_nodes(&self) -> bool {
+        matches!(&self.target, Target::Mask(m) if m.iter().any(|w| *w != 0))
+    }
+
+    /// The node indices it is for, below `limit`.
     pub fn nodes(&self, limit: usize) -> Vec<usize> {
-        (0..limit.min(MASK_WORDS * 64))
-            .filter(|i| self.mask[i / 64] & (1 << (i % 64)) != 0)
-            .collect()
+        match &self.target {
+            Target::All => (0..limit).collect(),
+            Target::Mask(mask) => (0..limit.min(mask.len() * 64))
+                .filter(|i| mask[i / 64] & (1 << (i % 64)) != 0)
+                .collect(),
+        }
     }
 }
 
@@ -188,6 +250,9 @@ pub enum ReplyStatus {
     Rejected = 1,
     /// The Supervisor does not know this opcode.
     Unsupported = 2,
+    /// Not applied: the node table changed (a reload) since the Main resolved the names; it
+    /// may resolve them again and resend.
+    Stale = 3,
 }
 
 /// A reply.
@@ -201,7 +266,8 @@ pub struct Reply {
     pub message: String,
 }
 
-/// Claims a free slot for `pid`; returns its index.
+/// Claims a free slot for `pid` (whose start time is `start`); returns its index. The slot
+/// reads `Claiming` until `start` is recorded, then `Claimed`.
 pub fn claim(slots: &[Slot], pid: u32, start: u64) -> Option<usize> {
     for (i, s) in slots.iter().enumerate() {
         if s.state.load(Ordering::Relaxed) != SlotState::Free as u32 {
@@ -210,31 +276,65 @@ pub fn claim(slots: &[Slot], pid: u32, start: u64) -> Option<usize> {
         if s.state
             .compare_exchange(
                 SlotState::Free as u32,
+                SlotState::Claiming.word(pid),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            continue;
+        }
+        s.owner_start.store(start, Ordering::Relaxed);
+        // Release: whoever sees `Claimed` sees the start time.
+        if s.state
+            .compare_exchange(
+                SlotState::Claiming.word(pid),
                 SlotState::Claimed.word(pid),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
             .is_ok()
         {
-            s.owner_start.store(start, Ordering::Relaxed);
             return Some(i);
         }
+        // Only a reclaimer that found our pid gone moves a Claiming slot: not while we live.
     }
     None
 }
 
-/// Writes `req` with sequence `seq` into a slot we claimed and marks it submitted.
-pub fn submit(slot: &Slot, pid: u32, seq: u64, req: &Request) {
+/// Writes `req` with sequence `seq` into a slot we claimed and marks it submitted, by CAS from
+/// our own `Claimed` word: [`WaitError::Lost`] (and nothing submitted) if the slot is no longer
+/// ours.
+pub fn submit(slot: &Slot, pid: u32, seq: u64, req: &Request) -> Result<(), WaitError> {
+    let mine = SlotState::Claimed.word(pid);
+    if slot.state.load(Ordering::Acquire) != mine {
+        return Err(WaitError::Lost);
+    }
     slot.opcode.store(req.opcode, Ordering::Relaxed);
     slot.arg.store(req.arg, Ordering::Relaxed);
     slot.cmd_seq.store(seq, Ordering::Relaxed);
-    for (w, v) in slot.mask.iter().zip(&req.mask) {
-        w.store(*v, Ordering::Relaxed);
+    slot.config_epoch.store(req.epoch, Ordering::Relaxed);
+    match &req.target {
+        Target::All => slot.mask_len.store(ALL_NODES, Ordering::Relaxed),
+        Target::Mask(mask) => {
+            let n = mask.len().min(MASK_WORDS);
+            for (w, v) in slot.mask.iter().zip(&mask[..n]) {
+                w.store(*v, Ordering::Relaxed);
+            }
+            slot.mask_len.store(n as u32, Ordering::Relaxed);
+        }
     }
     slot.reply_status.store(0, Ordering::Relaxed);
     slot.reply_len.store(0, Ordering::Relaxed);
     slot.state
-        .store(SlotState::Submitted.word(pid), Ordering::SeqCst);
+        .compare_exchange(
+            mine,
+            SlotState::Submitted.word(pid),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        )
+        .map(|_| ())
+        .map_err(|_| WaitError::Lost)
 }
 
 /// Why waiting for a reply failed.
@@ -264,11 +364,17 @@ pub fn wait_done(slot: &Slot, pid: u32, timeout: Duration) -> Result<(), WaitErr
     }
 }
 
-/// Reads the reply from a `Done` slot and frees it.
-pub fn take_reply(slot: &Slot) -> Reply {
+/// Reads the reply from our `Done` slot and frees it (CAS from our own `Done` word): `None`
+/// if the slot is not ours and done (the reply read would not be ours).
+pub fn take_reply(slot: &Slot, pid: u32) -> Option<Reply> {
+    let mine = SlotState::Done.word(pid);
+    if slot.state.load(Ordering::Acquire) != mine {
+        return None;
+    }
     let status = match slot.reply_status.load(Ordering::Relaxed) {
         0 => ReplyStatus::Ok,
         2 => ReplyStatus::Unsupported,
+        3 => ReplyStatus::Stale,
         _ => ReplyStatus::Rejected,
     };
     let len = (slot.reply_len.load(Ordering::Relaxed) as usize).min(REPLY_WORDS * 8);
@@ -277,16 +383,22 @@ pub fn take_reply(slot: &Slot) -> Reply {
         bytes.push((slot.reply[i / 8].load(Ordering::Relaxed) >> (8 * (i % 8))) as u8);
     }
     let seq = slot.cmd_seq.load(Ordering::Relaxed);
-    slot.state.store(SlotState::Free as u32, Ordering::Release);
-    Reply {
+    slot.state
+        .compare_exchange(
+            mine,
+            SlotState::Free as u32,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .ok()?;
+    Some(Reply {
         seq,
         status,
         message: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    })
 }
 
-/// Gives a claimed slot back without submitting (or after a timed-out wait, once the caller
-/// decided to abandon it: the Supervisor will answer into it and later reclaim it).
+/// Gives a claimed slot back without submitting.
 pub fn abandon(slot: &Slot, pid: u32) {
     let _ = slot.state.compare_exchange(
         SlotState::Claimed.word(pid),
@@ -294,6 +406,20 @@ pub fn abandon(slot: &Slot, pid: u32) {
         Ordering::AcqRel,
         Ordering::Relaxed,
     );
+}
+
+/// Withdraws a submitted command (CAS `Submitted -> Free` from our own word). `true`: it was
+/// never taken and now never will be. `false`: the Supervisor took it (it may have been
+/// applied; the reply will come), or the slot is not ours.
+pub fn withdraw(slot: &Slot, pid: u32) -> bool {
+    slot.state
+        .compare_exchange(
+            SlotState::Submitted.word(pid),
+            SlotState::Free as u32,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
 }
 
 /// Supervisor side: takes a submitted command (CAS `Submitted -> Taken`), so that it is applied
@@ -312,17 +438,23 @@ pub fn take(slot: &Slot) -> Option<(u32, u64, Request)> {
             Ordering::Relaxed,
         )
         .ok()?;
-    let mut mask = [0u64; MASK_WORDS];
-    for (m, w) in mask.iter_mut().zip(&slot.mask) {
-        *m = w.load(Ordering::Relaxed);
-    }
+    let target = match slot.mask_len.load(Ordering::Relaxed) {
+        ALL_NODES => Target::All,
+        n => Target::Mask(
+            slot.mask[..(n as usize).min(MASK_WORDS)]
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .collect(),
+        ),
+    };
     Some((
         pid,
         slot.cmd_seq.load(Ordering::Relaxed),
         Request {
             opcode: slot.opcode.load(Ordering::Relaxed),
             arg: slot.arg.load(Ordering::Relaxed),
-            mask,
+            epoch: slot.config_epoch.load(Ordering::Relaxed),
+            target,
         },
     ))
 }

@@ -4,6 +4,14 @@
 //! reference. It hands out references only to types that implement [`SharedPod`]: `repr(C)`
 //! structs made solely of atomics, valid for every bit pattern, so a concurrent (or hostile)
 //! writer in another process can never produce undefined behaviour in this one.
+//!
+//! Another process with our uid can shrink the object under a live mapping; touching a page
+//! past its new end raises SIGBUS, which would kill the Supervisor or a Main. Every mapping is
+//! therefore registered with a SIGBUS handler (installed once per process): a fault inside a
+//! registered mapping replaces that whole mapping with anonymous zeroed memory (`MAP_FIXED`),
+//! so the faulting access retries and succeeds, and marks the region damaged
+//! ([`Region::damaged`]); the owner then rebuilds or reports it. A fault anywhere else goes
+//! to the previous handler (std's guard-page check) and then to the default action.
 
 use crate::sys::checked::{self, CheckError, Kind};
 use nix::fcntl::OFlag;
@@ -15,7 +23,127 @@ use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use zerocopy::{FromBytes, KnownLayout};
+
+/// Mappings the SIGBUS handler can repair at once (more are mapped unguarded).
+const GUARDED: usize = 64;
+
+/// One guarded mapping: start address (0 = unused entry), length, and whether it was hit.
+struct Guard {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    hit: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_GUARD: Guard = Guard {
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    hit: AtomicBool::new(false),
+};
+
+static GUARDS: [Guard; GUARDED] = [EMPTY_GUARD; GUARDED];
+/// How many SIGBUS faults were repaired in this process.
+static REPAIRED: AtomicUsize = AtomicUsize::new(0);
+
+/// The SIGBUS action that was in place before ours (std's guard-page handler or the default).
+struct OldAction(libc::sigaction);
+// SAFETY: plain data (a handler address, a mask and flags), written once before our handler
+// can run and only read afterwards.
+unsafe impl Sync for OldAction {}
+// SAFETY: as above.
+unsafe impl Send for OldAction {}
+static OLD_SIGBUS: OnceLock<OldAction> = OnceLock::new();
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for g in &GUARDS {
+        let start = g.start.load(Ordering::Acquire);
+        let len = g.len.load(Ordering::Acquire);
+        if start == 0 || addr < start || addr >= start.wrapping_add(len) {
+            continue;
+        }
+        // SAFETY: [start, start + len) is one of our live mappings (registered after mmap,
+        // unregistered before munmap); replacing it with private anonymous memory of the same
+        // size keeps every reference into it valid (atomics over zeroed, writable memory).
+        // mmap is a plain system call (no lock, no allocation), safe to make in a handler.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            g.hit.store(true, Ordering::Release);
+            REPAIRED.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+    }
+    // Not ours (or the repair failed): put the previous action back and return; the access
+    // faults again and is handled (or kills the process) as if we had never been here.
+    let old = OLD_SIGBUS.get().map(|o| &o.0 as *const libc::sigaction);
+    // SAFETY: restoring a sigaction that the kernel gave us, or the default action.
+    unsafe {
+        match old {
+            Some(o) => libc::sigaction(sig, o, std::ptr::null_mut()),
+            None => {
+                libc::signal(sig, libc::SIG_DFL);
+                0
+            }
+        };
+    }
+}
+
+fn install_sigbus_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: zeroed sigaction structs are valid; we fill in a handler with the SA_SIGINFO
+        // signature and keep the previous action for faults that are not ours.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
+                return;
+            }
+            let _ = OLD_SIGBUS.set(OldAction(old));
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_sigbus as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Registers a mapping with the SIGBUS handler; `None` if every entry is in use.
+fn guard(start: usize, len: usize) -> Option<usize> {
+    install_sigbus_handler();
+    for (k, g) in GUARDS.iter().enumerate() {
+        if g.start.load(Ordering::Relaxed) != 0 {
+            continue;
+        }
+        g.len.store(len, Ordering::Release);
+        g.hit.store(false, Ordering::Release);
+        if g.start
+            .compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// How many times this process repaired a region after a SIGBUS (see the module docs).
+pub fn sigbus_repairs() -> usize {
+    REPAIRED.load(Ordering::Acquire)
+}
 
 /// Types that may be viewed in place inside a shared mapping.
 ///
@@ -94,6 +222,10 @@ pub struct Region {
     len: usize,
     name: String,
     path: PathBuf,
+    /// The object's (device, inode), to tell whether the name still names it.
+    id: (u64, u64),
+    /// Our entry in the SIGBUS handler's table.
+    guard: Option<usize>,
 }
 
 // SAFETY: the mapping is plain memory, valid until drop; all access to it goes through
@@ -134,14 +266,14 @@ impl Region {
             what: "fchmod",
             source,
         })?;
-        checked::verify(&path, &file, Kind::File, 0o077)?;
+        let st = checked::verify(&path, &file, Kind::File, 0o077)?;
         file.set_len(size as u64)
             .map_err(|source| RegionError::Io {
                 path: path.clone(),
                 what: "ftruncate",
                 source,
             })?;
-        Self::map(file, size, name, path)
+        Self::map(file, size, name, path, (st.dev, st.ino))
     }
 
     /// Opens an existing object and maps it, after checking that it is a regular file owned by
@@ -169,10 +301,16 @@ impl Region {
                 expected: format!("{min}..={max}"),
             });
         }
-        Self::map(file, st.size as usize, name, path)
+        Self::map(file, st.size as usize, name, path, (st.dev, st.ino))
     }
 
-    fn map(file: File, size: usize, name: &str, path: PathBuf) -> Result<Region, RegionError> {
+    fn map(
+        file: File,
+        size: usize,
+        name: &str,
+        path: PathBuf,
+        id: (u64, u64),
+    ) -> Result<Region, RegionError> {
         let len = NonZeroUsize::new(size).ok_or_else(|| RegionError::Size {
             path: path.clone(),
             size: 0,
@@ -201,7 +339,27 @@ impl Region {
             len: size,
             name: name.to_owned(),
             path,
+            id,
+            guard: guard(ptr.as_ptr() as usize, size),
         })
+    }
+
+    /// Whether a SIGBUS hit this mapping (the object was shrunk under it): its contents are
+    /// now zeroed private memory, no longer shared with anyone.
+    pub fn damaged(&self) -> bool {
+        self.guard
+            .is_some_and(|k| GUARDS[k].hit.load(Ordering::Acquire))
+    }
+
+    /// Whether `/dev/shm/NAME` still names the object we mapped (false if it was removed or
+    /// replaced; an error of the check counts as false only for "not there").
+    pub fn still_named(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => Ok((m.dev(), m.ino()) == self.id),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the name (the memory lives on until every mapping is gone).
@@ -263,6 +421,9 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        if let Some(k) = self.guard {
+            GUARDS[k].start.store(0, Ordering::Release);
+        }
         // SAFETY: ptr/len are exactly what mmap returned; every reference handed out borrowed
         // `self`, so none outlives this call.
         let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };

@@ -24,6 +24,28 @@ pub struct RingHead {
 // SAFETY: repr(C), atomics only, FromBytes.
 unsafe impl crate::shm::SharedPod for RingHead {}
 
+impl RingHead {
+    /// Byte offset of the head word (for the layout hash).
+    pub const HEAD_OFFSET: usize = std::mem::offset_of!(RingHead, head);
+    /// Byte offset of the futex word readers sleep on.
+    pub const NOTIFY_OFFSET: usize = std::mem::offset_of!(RingHead, notify);
+    /// Byte offset of the sleeping-reader count.
+    pub const WAITERS_OFFSET: usize = std::mem::offset_of!(RingHead, waiters);
+}
+
+impl RingHead {
+    /// Wakes every reader sleeping on this head (without a ring view: for a region whose
+    /// entries this build does not know).
+    pub fn wake_all_readers(&self) {
+        self.notify.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&self.notify, i32::MAX);
+    }
+}
+
+/// The longest a reader sleeps in one [`Ring::wait`]: a reader that is not counted in
+/// `waiters` (see [`Ring::push`]) still sees new events within this.
+pub const MAX_WAIT: Duration = Duration::from_millis(250);
+
 /// A ring over shared memory: a head and `entries.len()` (a power of two) entries.
 pub struct Ring<'a, const W: usize> {
     head: &'a RingHead,
@@ -70,6 +92,11 @@ impl<'a, const W: usize> Ring<'a, W> {
 
     /// Appends an event (single writer only); never blocks. Wakes sleeping readers, with a
     /// syscall only if some reader sleeps.
+    ///
+    /// `waiters` heals itself: a reader killed while counted would otherwise make every later
+    /// push pay a wake syscall. When a wake finds nobody asleep, the count is reset to 0 if it
+    /// did not change meanwhile; a reader that the reset leaves uncounted (it went to sleep in
+    /// that instant) is woken by its own bounded sleep ([`MAX_WAIT`]) and counts itself again.
     pub fn push(&self, words: &[u64; W]) -> u64 {
         let n = self.head.head.load(Ordering::Relaxed);
         let e = &self.entries[(n & self.mask) as usize];
@@ -80,10 +107,19 @@ impl<'a, const W: usize> Ring<'a, W> {
         );
         self.head.head.store(n.wrapping_add(1), Ordering::Release);
         self.head.notify.fetch_add(1, Ordering::SeqCst);
-        if self.head.waiters.load(Ordering::SeqCst) > 0 {
-            futex::wake(&self.head.notify, i32::MAX);
+        let waiting = self.head.waiters.load(Ordering::SeqCst);
+        if waiting > 0 && futex::wake(&self.head.notify, i32::MAX) == 0 {
+            let _ =
+                self.head
+                    .waiters
+                    .compare_exchange(waiting, 0, Ordering::SeqCst, Ordering::Relaxed);
         }
         n
+    }
+
+    /// Readers counted as asleep (diagnostics and tests).
+    pub fn waiters(&self) -> u32 {
+        self.head.waiters.load(Ordering::SeqCst)
     }
 
     /// Reads the event at `*cursor` if there is one, advancing the cursor; skips (and counts)
@@ -126,19 +162,24 @@ impl<'a, const W: usize> Ring<'a, W> {
         }
     }
 
-    /// Sleeps until an event after `seen_head` is published or `timeout` passes.
+    /// Sleeps until an event after `seen_head` is published or `timeout` passes (at most
+    /// [`MAX_WAIT`] per call: callers loop).
     pub fn wait(&self, seen_head: u64, timeout: Option<Duration>) {
+        let timeout = timeout.map_or(MAX_WAIT, |t| t.min(MAX_WAIT));
         self.head.waiters.fetch_add(1, Ordering::SeqCst);
         let v = self.head.notify.load(Ordering::SeqCst);
         if self.head() == seen_head {
-            let _ = futex::wait(&self.head.notify, v, timeout);
+            let _ = futex::wait(&self.head.notify, v, Some(timeout));
         }
-        self.head.waiters.fetch_sub(1, Ordering::SeqCst);
+        // Never below 0: the writer may have reset the count while we slept.
+        let _ = self
+            .head
+            .waiters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1));
     }
 
     /// Wakes everyone sleeping in [`Ring::wait`] (used when the Supervisor exits).
     pub fn wake_all(&self) {
-        self.head.notify.fetch_add(1, Ordering::SeqCst);
-        futex::wake(&self.head.notify, i32::MAX);
+        self.head.wake_all_readers();
     }
 }

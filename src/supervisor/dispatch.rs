@@ -2,18 +2,37 @@
 //! slots whose owner died.
 
 use super::*;
+use crate::protocol::mailbox::Target;
+use std::sync::atomic::fence;
+
+/// Whether the owner of a slot is certainly gone: no process has its pid, or the one that has
+/// it is a zombie or (with `start`) another process. An error reading `/proc` proves nothing.
+fn owner_gone(pid: u32, start: Option<u64>) -> bool {
+    match procstat::stat(pid) {
+        Ok(None) => true,
+        Ok(Some(st)) => matches!(st.state, 'Z' | 'X') || start.is_some_and(|s| s != st.start),
+        Err(_) => false,
+    }
+}
 
 impl Supervisor {
     pub(super) fn scan_mailbox(&mut self) {
+        // The bell was just cleared: order that store before the loads below, so a Main that
+        // submits after we read its slot as empty is sure to see the bell down and ring again.
+        fence(Ordering::SeqCst);
         for i in 0..self.shared.slots().len() {
             if let Some((pid, seq, req)) = mailbox::take(&self.shared.slots()[i]) {
                 let (status, msg) = self.apply(&req);
                 mailbox::complete(&self.shared.slots()[i], pid, status, &msg);
-                let mut ev = Event::now(EventKind::CommandApplied, NO_NODE, pid);
-                ev.a = seq;
-                ev.b = req.opcode as u64 | (pid as u64) << 32;
-                ev.exit = Some(Exit::Code(status as i32));
-                self.event(ev);
+                // A ping changes nothing: it leaves no event (`ping -n 1000` would otherwise
+                // push the history of real events out of the ring).
+                if req.opcode != Opcode::Ping as u32 {
+                    let mut ev = Event::now(EventKind::CommandApplied, NO_NODE, pid);
+                    ev.a = seq;
+                    ev.b = req.opcode as u64 | (pid as u64) << 32;
+                    ev.exit = Some(Exit::Code(status as i32));
+                    self.event(ev);
+                }
                 self.slot_seen[i] = 0;
                 continue;
             }
@@ -25,8 +44,10 @@ impl Supervisor {
                     // Only check a slot seen in the same state on a previous ring: a live Main
                     // moves on within microseconds, and /proc reads are not free.
                     self.slot_seen[i] == v
-                        && !procstat::is_alive(pid, slot.owner_start.load(Ordering::Relaxed))
+                        && owner_gone(pid, Some(slot.owner_start.load(Ordering::Acquire)))
                 }
+                // Its start time may not be recorded yet: judge by the pid alone.
+                Some(SlotState::Claiming) => self.slot_seen[i] == v && owner_gone(pid, None),
                 Some(SlotState::Free) | Some(SlotState::Submitted) => false,
                 Some(SlotState::Taken) | None => true, // garbage or a dead predecessor's
             };
@@ -58,7 +79,28 @@ impl Supervisor {
                 "the Supervisor is shutting down".into(),
             );
         }
+        let epoch = self.shared.header().config_epoch.load(Ordering::Acquire);
+        if req.names_nodes() && req.epoch != epoch {
+            return (
+                ReplyStatus::Stale,
+                format!(
+                    "not applied: the node table changed (epoch {} -> {epoch}) since the command named its nodes",
+                    req.epoch
+                ),
+            );
+        }
         let nodes = req.nodes(self.nodes.len());
+        if let Target::Mask(m) = &req.target {
+            if req.nodes(m.len() * 64).len() != nodes.len() {
+                return (
+                    ReplyStatus::Rejected,
+                    format!(
+                        "not applied: a node index beyond the {} nodes in the table",
+                        self.nodes.len()
+                    ),
+                );
+            }
+        }
         match op {
             Opcode::Ping => (ReplyStatus::Ok, "pong".into()),
             Opcode::Start => {

@@ -15,6 +15,7 @@ mod queues;
 pub mod reaper;
 mod reload;
 pub mod running;
+mod repair;
 pub mod spawn;
 mod takeover;
 pub mod upgrade;
@@ -205,6 +206,10 @@ pub struct Supervisor {
     guardian: Option<GuardianLink>,
     /// Reports read before the takeover, by pid, until matched to a node.
     reported: HashMap<u32, Report>,
+    /// The region's generation (kept here: a damaged region cannot be read back).
+    generation: u64,
+    /// A rebuild of the region failed; retried only when a Main asks.
+    repair_failed: bool,
 }
 
 impl Supervisor {
@@ -274,13 +279,22 @@ impl Supervisor {
             .map_err(io_err("epoll_ctl(doorbell)"))?;
 
         let name = instance.shm_name();
-        let (shared, previous) = match Shared::create(&name, Geometry::default()) {
+        let identity = instance.identity();
+        let (shared, previous) = match Shared::create_owned(&name, Geometry::default(), &identity) {
+            // An upgrade from a build that named its region otherwise (ABI 1): the nodes are in
+            // the handoff, and the old region is ours to remove.
+            Ok(s) if inherited_lock.is_some() => {
+                let previous =
+                    upgrade::read_handoff(&instance.dir().join("handoff")).unwrap_or_default();
+                repair::retire_legacy_region(&instance);
+                (s, previous)
+            }
             Ok(s) => (s, HashMap::new()),
             Err(ProtocolError::Region(RegionError::Exists { .. })) => {
                 // We hold the lock, so whoever made this region is dead (or is our own previous
                 // program image). Validate before touching anything; refuse (and touch nothing)
                 // if it is not ours.
-                match Shared::open(&name) {
+                match Shared::open_owned(&name, &identity) {
                     Ok(s) => {
                         let previous = takeover::previous_records(&s);
                         (s, previous)
@@ -301,7 +315,10 @@ impl Supervisor {
                         })?;
                         log!("upgrade: old region not readable by this build ({e}); starting a new generation from the handoff");
                         let _ = crate::shm::Region::unlink(&name);
-                        (Shared::create(&name, Geometry::default())?, previous)
+                        (
+                            Shared::create_owned(&name, Geometry::default(), &identity)?,
+                            previous,
+                        )
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -327,12 +344,15 @@ impl Supervisor {
             loading: None,
             guardian,
             reported: HashMap::new(),
+            generation: 0,
+            repair_failed: false,
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);
         sup.connect_guardian();
         sup.take_over(previous);
         sup.drop_unmatched_reports();
+        sup.generation = sup.shared.header().generation.load(Ordering::Relaxed);
         // Children that ended while no loop listened (during an upgrade's exec).
         for (pid, exit) in reaper::reap_all() {
             sup.on_exit(pid, exit);
@@ -403,8 +423,11 @@ impl Supervisor {
                 }
             }
             if bell {
-                let _ = fifo::drain(&self.bell);
+                let repair = fifo::drain_requests(&self.bell).unwrap_or(false);
                 self.shared.header().bell.store(0, Ordering::SeqCst);
+                if repair {
+                    self.check_region();
+                }
                 self.scan_mailbox();
                 if std::mem::take(&mut self.upgrade_requested) {
                     self.reexec();
@@ -415,6 +438,7 @@ impl Supervisor {
             if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
                 self.drop_retired();
             }
+            self.check_damage();
         }
     }
 
@@ -463,7 +487,9 @@ impl Supervisor {
         self.shared.node_cells()[i].write(&self.nodes[i].record().encode());
     }
 
-    fn event(&self, ev: Event) {
+    /// Appends an event, stamped with the table's epoch (so readers name its node right).
+    fn event(&self, mut ev: Event) {
+        ev.epoch = self.shared.header().config_epoch.load(Ordering::Relaxed);
         self.shared.ring().push(&ev.encode());
     }
 

@@ -128,6 +128,11 @@ impl Supervisor {
     /// After the node list changed order: rebuild the pid map, move every pidfd and readiness
     /// pipe to its node's new token, republish the whole table.
     pub(super) fn reindex(&mut self) {
+        // Indices change: commands that named nodes by the old numbering are now stale.
+        self.shared
+            .header()
+            .config_epoch
+            .fetch_add(1, Ordering::Release);
         self.by_pid.clear();
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(pid) = n.pid {

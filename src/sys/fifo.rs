@@ -49,6 +49,39 @@ pub fn ring(mut writer: &File) -> io::Result<()> {
     }
 }
 
+/// The byte a Main writes to ask the Supervisor to check its region (it found it missing or
+/// damaged while the Supervisor holds the lock); any other byte is a plain ring.
+pub const REPAIR: u8 = 2;
+
+/// Writes [`REPAIR`] (see there). A full pipe is fine: the Supervisor drains it all.
+pub fn ring_repair(mut writer: &File) -> io::Result<()> {
+    match writer.write(&[REPAIR]) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`drain`], also telling whether a [`REPAIR`] byte was among the bytes read.
+pub fn drain_requests(mut reader: &File) -> io::Result<bool> {
+    let mut buf = [0u8; 256];
+    let mut repair = false;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(repair),
+            Ok(n) => {
+                repair |= buf[..n].contains(&REPAIR);
+                if n < buf.len() {
+                    return Ok(repair);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(repair),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Empties the pipe (edge-triggered epoll needs it drained on every wake). A short read means
 /// the pipe was empty at that moment, so the usual case costs one `read`, not two; a byte
 /// written after it makes a new edge.

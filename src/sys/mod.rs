@@ -1,5 +1,5 @@
 //! The OS layer: thin, audited wrappers over the syscalls broctld needs that nix does not
-//! cover (or covers awkwardly). Every raw call goes through [`syscall!`], which turns the C
+//! cover (or covers awkwardly). Every raw call goes through [`syscall!`](crate::syscall), which turns the C
 //! convention (`-1` and `errno`) into `std::io::Result`.
 
 /// Calls a libc function and maps a `-1` return to `std::io::Error::last_os_error()`.

@@ -52,7 +52,7 @@ impl Session {
                     missed_total += missed;
                     eprintln!("broctld: {}", events::missed_note(missed, capacity));
                 }
-                if ev.node != crate::protocol::event::NO_NODE && ev.node as usize >= names.0.len() {
+                if names.stale_for(&ev) {
                     names = Names::of(&client);
                 }
                 if json {
@@ -78,11 +78,21 @@ impl Session {
             if interrupt::pending() {
                 break;
             }
-            if !client.supervisor_alive() {
-                eprintln!(
-                    "broctld: the Supervisor (pid {}) is gone; waiting for a new one",
-                    client.supervisor_pid()
-                );
+            // Truncated under us (a SIGBUS was caught), or replaced by a rebuilt one.
+            let damaged =
+                client.shared().damaged() || !client.shared().still_named().unwrap_or(true);
+            if damaged || !client.supervisor_alive() {
+                if damaged {
+                    eprintln!(
+                        "broctld: the region {} was truncated or replaced by another process; waiting for the Supervisor to rebuild it",
+                        client.shared().path().display()
+                    );
+                } else {
+                    eprintln!(
+                        "broctld: the Supervisor (pid {}) is gone; waiting for a new one",
+                        client.supervisor_pid()
+                    );
+                }
                 loop {
                     if interrupt::pending() {
                         return Ok(Outcome::Done);
