@@ -275,9 +275,13 @@ fn status_never_says_stopped_when_the_supervisor_cannot_be_replaced() {
     let c = Cluster::new("unreplaceable", TWO);
     let before = c.start();
     let pid = before["worker-1"].pid.unwrap();
+    // Unreplaceable: no guardian to restart it, and no running config to fall back on (the
+    // file on disk is edited into an error below).
+    kill_guardians(&c.runtime);
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let _ = std::fs::remove_file(c.instance_dir().join("running-config"));
     c.write_config("this is = = not toml");
     let out = c.run(&["status", "--json"]);
     assert_ne!(out.code, Some(0), "{out:?}");
@@ -389,12 +393,15 @@ fn abandoned_command_is_never_applied_by_a_later_supervisor() {
     let before = c.start();
     let p1 = before["worker-1"].pid.unwrap();
     let client = c.client();
+    // The guardian would replace the Supervisor at once; hold it while the Main gives up.
+    let guardian = freeze_guardian(&c.runtime);
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     let err = client
         .stop(&["worker-1"])
         .expect_err("no Supervisor to answer");
+    thaw(guardian);
     assert!(err.not_applied(), "{err}");
     let slots = client.shared().slots();
     assert!(
