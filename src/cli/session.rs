@@ -347,6 +347,7 @@ impl Session {
                         last_exit: None,
                         started_wall_ms: 0,
                         deadline_in: None,
+                        blocked_by: None,
                     })
                     .collect()
             }
@@ -399,6 +400,7 @@ impl Session {
             &specs,
             |n| {
                 matches!(n.state, NodeState::Running | NodeState::Failed)
+                    || n.blocked_by.is_some()
                     || not_ready_in_time(n, &specs)
             },
         );
@@ -455,6 +457,7 @@ impl Session {
                 let old = before.get(&n.index).copied().flatten();
                 (n.state == NodeState::Running && n.pid.is_some() && n.pid != old)
                     || n.state == NodeState::Failed
+                    || n.blocked_by.is_some()
                     || (n.pid != old && not_ready_in_time(n, &specs))
             },
         );

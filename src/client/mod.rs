@@ -134,6 +134,9 @@ pub struct NodeStatus {
     pub started_wall_ms: u64,
     /// Backoff or kill deadline as time left, if any.
     pub deadline_in: Option<Duration>,
+    /// In `backoff`: a process of this node that is not the Supervisor's blocks its start
+    /// ([`crate::protocol::node::BLOCKED_UNKNOWN`] if it cannot be named).
+    pub blocked_by: Option<u32>,
 }
 
 impl NodeStatus {
@@ -168,6 +171,7 @@ impl NodeStatus {
             last_exit: None,
             started_wall_ms: 0,
             deadline_in: None,
+            blocked_by: None,
         };
         n.set(index, f, now_mono);
         n
@@ -187,6 +191,7 @@ impl NodeStatus {
         self.started_wall_ms = f.started_wall_ms;
         self.deadline_in = (f.deadline_mono_ns != 0)
             .then(|| Duration::from_nanos(f.deadline_mono_ns.saturating_sub(now_mono)));
+        self.blocked_by = f.blocked_by;
     }
 }
 

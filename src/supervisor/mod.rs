@@ -11,6 +11,7 @@ mod lifecycle;
 pub mod node;
 pub mod policy;
 mod queues;
+mod readiness;
 pub mod reaper;
 mod reload;
 pub mod spawn;
@@ -23,10 +24,10 @@ use crate::log;
 use crate::protocol::event::{Event, EventKind, NO_NODE};
 use crate::protocol::layout::{Geometry, SupervisorState, MAX_NODES};
 use crate::protocol::mailbox::{self, Opcode, ReplyStatus, Request, SlotState};
-use crate::protocol::node::{Exit, NodeRecord, NodeState};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, BLOCKED_UNKNOWN};
 use crate::protocol::{ProtocolError, Shared};
 use crate::shm::RegionError;
-use crate::sys::procscan::{find_node_process, is_node_process, is_survivor};
+use crate::sys::procscan;
 use crate::sys::{clock, fifo, lockfile, pidfd, procstat};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -134,6 +135,13 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
     if let Err(e) = loop_signals().thread_set_mask() {
         log!("cannot block signals: {e}");
         return 1;
+    }
+    match spawn::raise_nofile_limit() {
+        Ok((from, to)) if from != to => {
+            log!("fd limit raised from {from} to {to} (nodes keep {from})")
+        }
+        Ok(_) => {}
+        Err(e) => log!("cannot raise the fd limit: {e}"),
     }
     // SAFETY: the fd was handed to us by the Main that spawned us, open and otherwise unused;
     // taking ownership closes it once we are done with it.
