@@ -66,6 +66,11 @@ pub struct Node {
     pub blocker: Option<OwnedFd>,
     /// The next delay between checks while blocked (doubles up to a cap).
     pub block_delay_ms: u64,
+    /// Every live process of this node descends from this Supervisor: a full `/proc` scan
+    /// found none other before we spawned it, and we never adopted one since. Its leftovers
+    /// are then our children (we are their subreaper), so a restart needs no scan unless we
+    /// have children that are no node's.
+    pub descendants_only: bool,
     /// Removed from the config by a reload: stopping, then dropped from the table.
     pub retiring: bool,
     /// A queued start or stop.
@@ -101,6 +106,7 @@ impl Node {
             blocked_by: None,
             blocker: None,
             block_delay_ms: 0,
+            descendants_only: false,
             retiring: false,
             queue: None,
             ready_by: None,

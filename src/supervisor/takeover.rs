@@ -298,6 +298,8 @@ impl Supervisor {
         n.restarts = rec.restarts;
         n.last_exit = rec.last_exit;
         n.state = NodeState::Running;
+        // Not spawned by us: its processes may live anywhere until a scan says otherwise.
+        n.descendants_only = false;
         self.by_pid.insert(pid, i);
         log!("node {}: adopted surviving pid {pid}", rec.name);
         self.event(Event::now(EventKind::Adopted, i as u16, pid));
