@@ -570,7 +570,7 @@ env = { SECRET = "hunter2" }
 }
 
 /// Defect 12: a start refused for its node count (or any preflight failure) creates no
-/// node directories.
+/// node directories and leaves no lock file.
 #[test]
 fn refused_start_leaves_no_node_directories() {
     let c = Cluster::new("refused_dirs", &many("d", 1100, false));
@@ -579,6 +579,8 @@ fn refused_start_leaves_no_node_directories() {
     let spool = c.root.join("spool");
     let made = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
     assert_eq!(made, 0, "{} node directories left by a refused start", made);
+    let lock = c.instance_dir().join("supervisor.lock");
+    assert!(!lock.exists(), "{} left by a refused start", lock.display());
 }
 
 /// Defect 12: adoption from the region checks the process is the node (its environment), as
@@ -620,4 +622,44 @@ command = ["@NODE@", "--interval", "10s"]
     assert!(pid_alive(sp), "a stop of a signalled a stranger");
     let _ = stranger.kill();
     let _ = stranger.wait();
+}
+
+/// Defect 2: a node a `reload` removed is stopped, then dropped; a Supervisor `kill -9` in
+/// the middle of that stop used to leave a TERM-ignoring node running unsupervised forever.
+/// The successor finishes the stop (its SIGKILL deadline stands) and drops it.
+#[test]
+fn retiring_node_stop_survives_supervisor_kill() {
+    let two = r#"
+[defaults]
+stop_timeout_ms = 4000
+
+[[node]]
+name = "keep"
+command = ["@NODE@", "--interval", "10s"]
+
+[[node]]
+name = "gone"
+command = ["@NODE@", "--ignore-term", "--interval", "10s"]
+"#;
+    let c = Cluster::new("retire_resume", two);
+    let before = c.start();
+    let gone = before["gone"].pid.unwrap();
+    c.write_config(&two[..two.find("[[node]]\nname = \"gone\"").unwrap()]);
+    // In the background: `reload` waits for the removed node to stop.
+    c.spawn_main(&["reload"]);
+    // `status` lists the configured nodes; the node's own output says it got its stop signal.
+    let out = c.root.join("spool/gone/stdout.log");
+    wait_until(WAIT, "gone told to stop", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("got SIGTERM"))
+    });
+    let old = kill_supervisor(&c);
+    replace_supervisor(&c, old);
+    wait_until(WAIT, "the retired TERM-ignoring node killed", || {
+        !pid_alive(gone)
+    });
+    // Dropped from the table once stopped.
+    wait_until(WAIT, "gone dropped from the region", || {
+        c.client().status().iter().all(|n| n.name != "gone")
+    });
+    assert_eq!(c.status()["keep"].pid, before["keep"].pid);
 }

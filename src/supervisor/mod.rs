@@ -228,14 +228,14 @@ impl Supervisor {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = Config::load(config_path)?;
-        preflight(&config)?;
-        if config.nodes.len() > MAX_NODES {
-            return Err(SupervisorError::TooManyNodes {
-                count: config.nodes.len(),
-                max: MAX_NODES,
-            });
-        }
+        // A refused config leaves no lock file behind (removed while still held).
+        let config = match load_startable(config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                lock.remove();
+                return Err(e);
+            }
+        };
         // Everything that can fail goes before the region exists, so a failed start leaves no
         // region behind.
         let bell = fifo::create_reader(&instance.bell_path())
@@ -483,6 +483,20 @@ impl Supervisor {
             lock.remove();
         }
     }
+}
+
+/// Loads the config and refuses one that cannot be started: a node that cannot start at all,
+/// or more nodes than the table holds.
+fn load_startable(config_path: &Path) -> Result<Config, SupervisorError> {
+    let config = Config::load(config_path)?;
+    preflight(&config)?;
+    if config.nodes.len() > MAX_NODES {
+        return Err(SupervisorError::TooManyNodes {
+            count: config.nodes.len(),
+            max: MAX_NODES,
+        });
+    }
+    Ok(config)
 }
 
 /// Refuses a config with a node that cannot be started at all, naming its line.

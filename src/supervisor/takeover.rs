@@ -45,10 +45,32 @@ impl Supervisor {
         }
         for (name, rec) in previous {
             let Some(pid) = rec.pid else { continue };
-            if matches!(
-                is_survivor_node(pid, rec.pid_start, &name, self.instance.name()),
-                Ok(false)
-            ) {
+            let alive = is_survivor_node(pid, rec.pid_start, &name, self.instance.name());
+            if matches!(alive, Ok(false)) {
+                continue;
+            }
+            // A `reload` removed it and was stopping it: finish that stop.
+            if matches!(alive, Ok(true))
+                && rec.intent.has(Intent::RETIRING)
+                && self.nodes.len() < self.capacity()
+            {
+                let i = self.nodes.len();
+                let mut node = Node::new(retired_spec(&rec));
+                node.retiring = true;
+                self.nodes.push(node);
+                self.resume(i, &rec, now, &mut starts, &mut stops, &mut ended);
+                if self.nodes[i].state == NodeState::Running {
+                    stops.push(i);
+                }
+                if self.nodes[i].pid.is_some() {
+                    continue;
+                }
+                // Not adopted after all (it died meanwhile): forget it again.
+                for list in [&mut starts, &mut stops, &mut ended] {
+                    list.retain(|&j| j != i);
+                }
+                self.unblock(i);
+                self.nodes.pop();
                 continue;
             }
             log!(
@@ -80,7 +102,9 @@ impl Supervisor {
             self.after_end(i, Exit::Unknown, clock::monotonic_ns());
         }
         starts.extend((0..self.nodes.len()).filter(|&i| {
-            !decided[i] && self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none()
+            !decided.get(i).copied().unwrap_or(true)
+                && self.nodes[i].spec.policy.autostart
+                && self.nodes[i].pid.is_none()
         }));
         // A start queued behind nodes still becoming ready keeps waiting for them.
         let pending: Vec<usize> = (0..self.nodes.len())
@@ -304,6 +328,39 @@ impl Supervisor {
         log!("node {}: adopted surviving pid {pid}", rec.name);
         self.event(Event::now(EventKind::Adopted, i as u16, pid));
         true
+    }
+}
+
+/// A spec for a node a `reload` removed while it was stopping, rebuilt from its record and its
+/// `/proc` command line: enough to finish the stop (the recorded SIGKILL deadline stands).
+fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
+    let command = rec
+        .pid
+        .and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| vec!["?".into()]);
+    crate::config::NodeSpec {
+        name: rec.name.clone(),
+        node_type: crate::config::NodeType::from_code(rec.node_type)
+            .unwrap_or(crate::config::NodeType::Other),
+        command,
+        env: Vec::new(),
+        cwd: PathBuf::from("/"),
+        stdout: PathBuf::from("/dev/null"),
+        stderr: PathBuf::from("/dev/null"),
+        cpu_affinity: Vec::new(),
+        start_after: Vec::new(),
+        policy: crate::config::Policy {
+            autostart: false,
+            ..Default::default()
+        },
+        line: 0,
     }
 }
 
