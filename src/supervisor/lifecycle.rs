@@ -466,12 +466,15 @@ impl Supervisor {
         }
     }
 
+    /// Stops watching node `i`'s readiness FIFO and removes it (also one a predecessor left).
     pub(super) fn drop_ready_pipe(&mut self, i: usize) {
         if let Some(r) = self.nodes[i].ready_pipe.take() {
             let _ = self
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&r.as_raw_fd()));
+        }
+        if self.nodes[i].spec.policy.ready_fd.is_some() {
             readiness::remove(&readiness::path(
                 &self.instance.dir(),
                 &self.nodes[i].spec.name,

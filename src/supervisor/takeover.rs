@@ -95,6 +95,7 @@ impl Supervisor {
         // Nodes that died while no Supervisor watched: their restart policy decides.
         for i in ended {
             let pid = self.nodes[i].pid.take().unwrap_or(0);
+            self.drop_ready_pipe(i);
             let mut ev = Event::now(EventKind::Exited, i as u16, pid);
             ev.exit = Some(Exit::Unknown);
             self.event(ev);
@@ -166,11 +167,13 @@ impl Supervisor {
                     n.state = NodeState::Stopping;
                     n.killed = it.has(Intent::KILLED);
                     n.start_after_exit = it.has(Intent::RESTART_PENDING);
-                    // The SIGKILL deadline stands (CLOCK_MONOTONIC is system-wide).
-                    n.deadline = Some(match rec.deadline_mono_ns {
-                        0 => now + n.spec.policy.stop_timeout.as_nanos() as u64,
-                        d => d,
-                    });
+                    // The SIGKILL deadline stands (CLOCK_MONOTONIC is system-wide); once
+                    // SIGKILL was sent, only the exit is left to wait for.
+                    n.deadline = match (n.killed, rec.deadline_mono_ns) {
+                        (true, _) => None,
+                        (false, 0) => Some(now + n.spec.policy.stop_timeout.as_nanos() as u64),
+                        (false, d) => Some(d),
+                    };
                 }
                 NodeState::Starting if it.has(Intent::READY_FIFO) => {
                     n.state = NodeState::Starting;
