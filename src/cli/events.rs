@@ -64,6 +64,11 @@ pub fn detail(ev: &Event) -> String {
         EventKind::Spawned if ev.a > 0 => format!("pid {pid} (restart {})", ev.a),
         EventKind::Spawned | EventKind::Ready => format!("pid {pid}"),
         EventKind::Exited | EventKind::OrphanReaped => format!("pid {pid}, {exit}"),
+        EventKind::Backoff if ev.b != 0 => format!(
+            "not started: {}; checking again when it exits (or in {} ms)",
+            super::output::blocked_reason(ev.b as u32),
+            ev.a
+        ),
         EventKind::Backoff => format!("next start in {} ms", ev.a),
         EventKind::Failed if ev.a == 0 => {
             "not restarted (its restart policy); `start` starts it".into()

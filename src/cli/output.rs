@@ -83,7 +83,7 @@ pub fn status_json(nodes: &[NodeStatus]) -> String {
         }
         let _ = write!(
             o,
-            "\n  {{\"name\": {}, \"type\": {}, \"state\": {}, \"pid\": {}, \"uptime_ms\": {}, \"restarts\": {}, \"last_exit\": {}, \"verified\": {}, \"last_state\": {}, \"pid_alive\": {}}}",
+            "\n  {{\"name\": {}, \"type\": {}, \"state\": {}, \"pid\": {}, \"uptime_ms\": {}, \"restarts\": {}, \"last_exit\": {}, \"verified\": {}, \"last_state\": {}, \"pid_alive\": {}, \"blocked_by\": {}}}",
             json_str(&n.name),
             json_str(n.node_type.as_str()),
             json_str(n.state_word()),
@@ -94,10 +94,20 @@ pub fn status_json(nodes: &[NodeStatus]) -> String {
             n.verified,
             json_str(n.state.as_str()),
             n.pid_alive.map_or("null".into(), |a| a.to_string()),
+            n.blocked_by.map_or("null".into(), |p| p.to_string()),
         );
     }
     o.push_str(if nodes.is_empty() { "]" } else { "\n]" });
     o
+}
+
+/// Why a node in `backoff` does not start: another process of it lives.
+pub fn blocked_reason(pid: u32) -> String {
+    if pid == crate::protocol::node::BLOCKED_UNKNOWN {
+        "blocked: a process of this node may still run".into()
+    } else {
+        format!("blocked by pid {pid}, a process of this node")
+    }
 }
 
 /// The aligned table `status` prints (states colored with `style`).
@@ -131,6 +141,9 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
             }
             if n.state == NodeState::Starting && n.pid.is_none() {
                 state.push_str(" (queued)");
+            }
+            if let Some(b) = n.blocked_by {
+                state.push_str(&format!(" ({})", blocked_reason(b)));
             }
             let exit_color = match n.last_exit {
                 Some(e) if e.is_failure() => code::RED,

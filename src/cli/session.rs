@@ -483,6 +483,7 @@ impl Session {
             &specs,
             |n| {
                 matches!(n.state, NodeState::Running | NodeState::Failed)
+                    || n.blocked_by.is_some()
                     || not_ready_in_time(n, &specs)
             },
         );
@@ -544,6 +545,7 @@ impl Session {
                 let old = before.get(&n.index).copied().flatten();
                 (n.state == NodeState::Running && n.pid.is_some() && n.pid != old)
                     || n.state == NodeState::Failed
+                    || n.blocked_by.is_some()
                     || (n.pid != old && not_ready_in_time(n, &specs))
             },
         );

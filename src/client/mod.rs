@@ -306,6 +306,9 @@ pub struct NodeStatus {
     pub pid_alive: Option<bool>,
     /// The recorded pid's start time (clock ticks since boot; 0 if none).
     pub pid_start: u64,
+    /// In `backoff`: a process of this node that is not the Supervisor's blocks its start
+    /// ([`crate::protocol::node::BLOCKED_UNKNOWN`] if it cannot be named).
+    pub blocked_by: Option<u32>,
 }
 
 impl NodeStatus {
@@ -366,6 +369,7 @@ impl NodeStatus {
             verified: true,
             pid_alive: None,
             pid_start: 0,
+            blocked_by: None,
         }
     }
 
@@ -393,6 +397,7 @@ impl NodeStatus {
         self.pid_start = f.pid_start;
         self.verified = true;
         self.pid_alive = None;
+        self.blocked_by = f.blocked_by;
     }
 }
 

@@ -18,7 +18,8 @@ pub enum EventKind {
     Ready = 4,
     /// A node's process ended (`pid`, exit).
     Exited = 5,
-    /// A node waits before its next start (`a` = delay in ms).
+    /// A node waits before its next start (`a` = delay in ms; `b` = a process of the node that
+    /// blocks its start, `u32::MAX` if unknown, 0 if none).
     Backoff = 6,
     /// A node was given up on (`a` = quick deaths in the window).
     Failed = 7,

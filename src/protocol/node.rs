@@ -114,6 +114,46 @@ impl Exit {
     }
 }
 
+/// What the Supervisor was doing with a node beyond its state, recorded so that a successor
+/// (after a `kill -9` or an upgrade) resumes it exactly: bit flags, stored in the spare bits of
+/// the name-length word (word 6, bits 8..32), so the record keeps its size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Intent(pub u32);
+
+impl Intent {
+    /// Start again once the current process has exited (a `restart` in progress).
+    pub const RESTART_PENDING: u32 = 1;
+    /// A stop is queued behind nodes that stop first (an ordered stop).
+    pub const STOP_QUEUED: u32 = 1 << 1;
+    /// SIGKILL was already sent in this stop.
+    pub const KILLED: u32 = 1 << 2;
+    /// A queued start of a node that was `failed`: forget its quick deaths when it starts.
+    pub const WAS_FAILED: u32 = 1 << 3;
+    /// `starting` until the node writes a newline to its readiness FIFO
+    /// (`RUNTIME/INSTANCE/nodes/NAME.ready`); the deadline word is then the ready timeout.
+    pub const READY_FIFO: u32 = 1 << 4;
+    /// The ready timeout has passed without the node saying it is ready.
+    pub const READY_TIMED_OUT: u32 = 1 << 5;
+    /// The node is being removed by a `reload`: stopping, then dropped from the table.
+    pub const RETIRING: u32 = 1 << 6;
+    /// Every known flag.
+    pub const ALL: u32 = (1 << 7) - 1;
+
+    /// Whether `flag` is set.
+    pub fn has(self, flag: u32) -> bool {
+        self.0 & flag != 0
+    }
+
+    /// Sets or clears `flag`.
+    pub fn set(&mut self, flag: u32, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
+}
+
 /// Longest node name the table stores.
 pub const NAME_MAX: usize = 64;
 
@@ -138,9 +178,20 @@ pub struct NodeRecord {
     pub restarts: u32,
     /// How the previous process ended.
     pub last_exit: Option<Exit>,
-    /// In `backoff`: when the next start is due; in `stopping`: when SIGKILL is due (mono ns).
+    /// In `backoff`: when the next start is due; in `stopping`: when SIGKILL is due; in
+    /// `starting`: when it counts as ready (`ready_after_ms`) or, with [`Intent::READY_FIFO`],
+    /// when an ordered start stops waiting for it (mono ns).
     pub deadline_mono_ns: u64,
+    /// What the Supervisor was doing with it beyond its state.
+    pub intent: Intent,
+    /// In `backoff`: a process of this node that is not the Supervisor's (one that escaped its
+    /// group, or a copy a lost record left behind) blocks its start; 0 if unknown.
+    pub blocked_by: Option<u32>,
 }
+
+/// `blocked_by` value meaning "blocked, holder unknown" (a lock held by a process we cannot
+/// name, or an identity check that failed with an OS error).
+pub const BLOCKED_UNKNOWN: u32 = u32::MAX;
 
 impl NodeRecord {
     /// Packs into seqlock words.
@@ -159,7 +210,10 @@ impl NodeRecord {
         w[5] = self.deadline_mono_ns;
         let name = self.name.as_bytes();
         let n = name.len().min(NAME_MAX);
-        w[6] = n as u64;
+        // Word 6: name length (bits 0..8), intent (8..32), blocking pid (32..64).
+        w[6] = n as u64
+            | ((self.intent.0 & Intent::ALL) as u64) << 8
+            | (self.blocked_by.unwrap_or(0) as u64) << 32;
         for (i, b) in name[..n].iter().enumerate() {
             w[7 + i / 8] |= (*b as u64) << (8 * (i % 8));
         }
@@ -186,6 +240,8 @@ impl NodeRecord {
             restarts: 0,
             last_exit: None,
             deadline_mono_ns: 0,
+            intent: Intent(0),
+            blocked_by: None,
         }
     }
 
@@ -215,6 +271,8 @@ impl NodeRecord {
             restarts: self.restarts,
             last_exit: self.last_exit,
             deadline_mono_ns: self.deadline_mono_ns,
+            intent: self.intent,
+            blocked_by: self.blocked_by,
         }
     }
 
@@ -228,6 +286,8 @@ impl NodeRecord {
         self.restarts = f.restarts;
         self.last_exit = f.last_exit;
         self.deadline_mono_ns = f.deadline_mono_ns;
+        self.intent = f.intent;
+        self.blocked_by = f.blocked_by;
     }
 }
 
@@ -251,8 +311,12 @@ pub struct RecordFields {
     pub restarts: u32,
     /// How the previous process ended.
     pub last_exit: Option<Exit>,
-    /// Backoff or kill deadline, mono ns (0 if none).
+    /// Backoff, kill or ready deadline, mono ns (0 if none).
     pub deadline_mono_ns: u64,
+    /// What the Supervisor was doing with it beyond its state.
+    pub intent: Intent,
+    /// A process of this node that blocks its start ([`BLOCKED_UNKNOWN`] if unknown).
+    pub blocked_by: Option<u32>,
 }
 
 impl RecordFields {
@@ -274,6 +338,11 @@ impl RecordFields {
                 (w[0] >> 24) & 0xff != 0,
             ),
             deadline_mono_ns: w[5],
+            intent: Intent(((w[6] >> 8) as u32) & Intent::ALL),
+            blocked_by: match (w[6] >> 32) as u32 {
+                0 => None,
+                p => Some(p),
+            },
         })
     }
 }
@@ -281,7 +350,7 @@ impl RecordFields {
 /// Decodes a record's name into `out` (reusing its buffer, left alone if unchanged). Names are
 /// ASCII (`[A-Za-z0-9_.-]`): anything else is refused, checked a word at a time.
 pub fn decode_name_into(w: &[u64; NODE_WORDS], out: &mut String) -> bool {
-    let n = (w[6] as usize).min(NAME_MAX);
+    let n = ((w[6] & 0xff) as usize).min(NAME_MAX);
     let words = n.div_ceil(8);
     if w[7..7 + words]
         .iter()
@@ -323,6 +392,8 @@ mod tests {
                 core: true,
             }),
             deadline_mono_ns: 42,
+            intent: Intent(Intent::ALL),
+            blocked_by: Some(4_194_304),
         };
         assert_eq!(NodeRecord::decode(&r.encode()), Some(r));
         let neg = NodeRecord {
@@ -336,6 +407,8 @@ mod tests {
             restarts: 0,
             last_exit: Some(Exit::Code(-3)),
             deadline_mono_ns: 0,
+            intent: Intent(Intent::STOP_QUEUED),
+            blocked_by: Some(BLOCKED_UNKNOWN),
         };
         assert_eq!(NodeRecord::decode(&neg.encode()), Some(neg));
     }

@@ -127,7 +127,19 @@ pub fn write(c: &Crash<'_>) -> std::io::Result<PathBuf> {
             }
         }
     }
-    std::fs::write(&path, r)?;
+    // The report holds the node's whole environment (secrets, often): owner-only, and never
+    // through a symlink someone planted in the node's cwd.
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        f.write_all(r.as_bytes())?;
+    }
     prune(&c.spec.cwd);
     Ok(path)
 }

@@ -3,9 +3,31 @@
 
 use super::*;
 
+/// What taking a node's lock found.
+pub(super) enum NodeLock {
+    /// We hold it (`None`: no usable lock file); the holder the file named before.
+    Taken(Option<lockfile::LockFile>, (u32, u64)),
+    /// A live process holds it; the holder the file names.
+    Held((u32, u64)),
+}
+
 impl Supervisor {
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
+        // A blocker's pidfd turned readable: it is gone, so check again now.
+        for i in 0..self.nodes.len() {
+            let gone = self.nodes[i]
+                .blocker
+                .as_ref()
+                .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false));
+            if gone {
+                // Recheck now; a new blocker is logged afresh.
+                self.unblock(i);
+                if self.nodes[i].state == NodeState::Backoff {
+                    self.nodes[i].deadline = Some(now);
+                }
+            }
+        }
         for i in 0..self.nodes.len() {
             if let Some(t) = self.nodes[i].ready_by {
                 if t <= now
@@ -13,6 +35,7 @@ impl Supervisor {
                     && !self.nodes[i].ready_timed_out
                 {
                     self.nodes[i].ready_timed_out = true;
+                    self.publish(i);
                     if self.nodes.iter().any(|n| n.queue.is_some()) {
                         log!(
                             "node {}: not ready after {} ms; the next stage starts anyway",
@@ -46,6 +69,14 @@ impl Supervisor {
     }
 
     /// Spawns node `i`; `again` counts it as a restart.
+    ///
+    /// Fail safe: no copy starts while any process of the node may live. Its lock (held by
+    /// every process that kept the inherited fd) and a `/proc` scan for processes carrying its
+    /// identity (`BROCTLD_NODE` + `BROCTLD_INSTANCE`, which a program that closes its fds still
+    /// carries) must both come back empty; a copy that is the node itself (a group leader named
+    /// by its lock file, or running the node's command) is adopted; anything else blocks the
+    /// start (`backoff`, with the blocking pid published) until it is gone. An OS error while
+    /// checking blocks too: it is never taken as "nothing runs".
     pub(super) fn spawn(&mut self, i: usize, again: bool) {
         let name = self.nodes[i].spec.name.clone();
         let instance = self.instance.name().to_owned();
@@ -56,70 +87,57 @@ impl Supervisor {
         let now = clock::monotonic_ns();
         // The node's own lock: while a copy of it (or a child it left) holds it, no second copy
         // starts. The node inherits it as fd 3 (4 if its ready_fd is 3).
-        let mut lock = match self.node_lock(i) {
-            Ok(l) => l,
-            Err((file_pid, file_start)) => {
-                // The file may not name the holder (a Supervisor killed between the fork and
-                // writing it): then look for the node itself.
-                let (pid, start) = if is_survivor(file_pid, file_start) {
-                    (file_pid, file_start)
-                } else {
-                    find_node_process(&name, self.instance.name(), &self.nodes[i].spec.command)
-                        .unwrap_or((0, 0))
-                };
-                // Only a process that is this node of this instance (its environment says so)
-                // is adopted: the lock file is writable through the node's fd, so its content
-                // alone must not make us adopt (and later signal) an arbitrary process.
-                if is_survivor(pid, start)
-                    && !self.by_pid.contains_key(&pid)
-                    && is_node_process(pid, &name, self.instance.name())
-                {
-                    let mut rec = self.nodes[i].record();
-                    rec.pid = Some(pid);
-                    rec.pid_start = start;
-                    rec.started_mono_ns = now;
-                    rec.started_wall_ms = clock::wall_ms();
-                    log!("node {name}: a copy (pid {pid}) already holds its lock; adopting it instead of starting another");
-                    self.nodes[i].start_after_exit = false;
-                    self.adopt(i, &rec);
-                    if self.nodes[i].pid == Some(pid) {
-                        self.publish(i);
-                        return;
-                    }
-                }
-                if self.nodes[i].state != NodeState::Backoff {
-                    log!("node {name}: its lock is still held by a leftover process; retrying every 50 ms");
-                }
-                let n = &mut self.nodes[i];
-                n.state = NodeState::Backoff;
-                n.deadline = Some(now + 50_000_000);
-                self.publish(i);
+        let (mut lock, recorded, held) = match self.node_lock(i) {
+            NodeLock::Taken(l, recorded) => (l, recorded, false),
+            NodeLock::Held(recorded) => (None, recorded, true),
+        };
+        // A held lock always gets the full scan: it names who holds it.
+        let procs = match if held {
+            procscan::node_processes(&name, &instance)
+        } else {
+            self.node_processes(i)
+        } {
+            Ok(p) => p,
+            Err(e) => {
+                drop(lock);
+                self.block(
+                    i,
+                    BLOCKED_UNKNOWN,
+                    &format!("cannot check /proc for a running copy ({e})"),
+                );
                 return;
             }
         };
+        if held || !procs.is_empty() {
+            drop(lock);
+            self.adopt_or_block(i, recorded, held, &procs);
+            return;
+        }
         if again {
             self.nodes[i].restarts = self.nodes[i].restarts.saturating_add(1);
         }
+        self.unblock(i);
+        // Nothing of it lives: from here on every process of it is our descendant.
+        self.nodes[i].descendants_only = true;
         self.nodes[i].start_after_exit = false;
         self.nodes[i].killed = false;
         self.nodes[i].adopted = false;
         self.drop_ready_pipe(i);
         let ready_fd = self.nodes[i].spec.policy.ready_fd;
-        let pipe = match ready_fd {
-            Some(_) => match nix::unistd::pipe2(
-                nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
-            ) {
-                Ok((r, w)) => Some((File::from(r), w)),
+        let fifo_path = readiness::path(&self.instance.dir(), &name);
+        let fifo = match ready_fd {
+            Some(_) => match readiness::create(&fifo_path) {
+                Ok(ends) => Some(ends),
                 Err(e) => {
-                    log!("node {name}: cannot create its readiness pipe: {e}; it will count as ready at once");
+                    log!("node {name}: cannot create its readiness FIFO: {e}; it will count as ready at once");
                     None
                 }
             },
             None => None,
         };
         let mut pass = Vec::new();
-        if let (Some((_, w)), Some(target)) = (&pipe, ready_fd) {
-            pass.push((w.as_raw_fd(), target));
+        if let (Some((node_end, _)), Some(target)) = (&fifo, ready_fd) {
+            pass.push((node_end.as_raw_fd(), target));
         }
         let lock_target = if ready_fd == Some(3) { 4 } else { 3 };
         let lock_target_text = lock_target.to_string();
@@ -137,7 +155,8 @@ impl Supervisor {
             &mut prepared,
         );
         self.nodes[i].prepared = prepared;
-        let ready_rd = pipe.map(|(r, _w)| r); // the write end closes here: only the child has it
+        // Our copy of the node's end closes here: only the child has it.
+        let ready_rd = fifo.map(|(_node_end, ours)| ours);
         match result {
             Ok(pid) => {
                 if let Some(r) = ready_rd {
@@ -147,7 +166,7 @@ impl Supervisor {
                         Interest::READABLE,
                     ) {
                         Ok(()) => self.nodes[i].ready_pipe = Some(r),
-                        Err(e) => log!("node {name}: cannot watch its readiness pipe: {e}"),
+                        Err(e) => log!("node {name}: cannot watch its readiness FIFO: {e}"),
                     }
                 }
                 let n = &mut self.nodes[i];
@@ -200,6 +219,11 @@ impl Supervisor {
             }
             Err(e) => {
                 log!("{e}");
+                // A refused start leaves nothing behind: no lock file, no FIFO.
+                if let Some(l) = lock.take() {
+                    l.remove();
+                }
+                readiness::remove(&fifo_path);
                 let exit = Exit::SpawnFailed(e.errno());
                 self.nodes[i].started_mono_ns = now;
                 self.nodes[i].last_exit = Some(exit);
@@ -211,32 +235,238 @@ impl Supervisor {
         }
     }
 
-    /// Takes node `i`'s lock file, `Ok(None)` if it cannot be used (logged; the node starts
-    /// without one), or the holder's pid and start time if someone holds it.
-    pub(super) fn node_lock(&self, i: usize) -> Result<Option<lockfile::LockFile>, (u32, u64)> {
+    /// Some process of node `i` lives (it holds the node's lock, or carries its identity):
+    /// adopts it if it is the node itself, otherwise blocks the start until it is gone.
+    fn adopt_or_block(
+        &mut self,
+        i: usize,
+        recorded: (u32, u64),
+        held: bool,
+        procs: &[procscan::NodeProcess],
+    ) {
+        let name = self.nodes[i].spec.name.clone();
+        let instance = self.instance.name().to_owned();
+        // The node itself: the group leader its lock file names (even if it closed the lock
+        // fd: the file keeps the name), else a group leader running the node's command.
+        let named = procs
+            .iter()
+            .find(|p| p.pid == recorded.0 && p.start == recorded.1 && p.pgid == p.pid)
+            .map(|p| (p.pid, p.start));
+        let candidate = match named {
+            Some(c) => Ok(Some(c)),
+            None => procscan::leader_running(procs, &self.nodes[i].spec.command),
+        };
+        let candidate = match candidate {
+            Ok(c) => c,
+            Err(e) => {
+                self.block(
+                    i,
+                    BLOCKED_UNKNOWN,
+                    &format!("cannot check /proc for a running copy ({e})"),
+                );
+                return;
+            }
+        };
+        if let Some((pid, start)) = candidate.filter(|(p, _)| !self.by_pid.contains_key(p)) {
+            let mut rec = self.nodes[i].record();
+            rec.pid = Some(pid);
+            rec.pid_start = start;
+            match procstat::age_ns(pid, start) {
+                Ok(Some(age)) => {
+                    rec.started_mono_ns = clock::monotonic_ns().saturating_sub(age);
+                    rec.started_wall_ms = clock::wall_ms().saturating_sub(age / 1_000_000);
+                }
+                _ => {
+                    rec.started_mono_ns = clock::monotonic_ns();
+                    rec.started_wall_ms = clock::wall_ms();
+                }
+            }
+            let how = if held {
+                "already holds its lock"
+            } else {
+                "already runs"
+            };
+            log!("node {name}: a copy (pid {pid}) {how}; adopting it instead of starting another");
+            self.nodes[i].start_after_exit = false;
+            if self.adopt(i, &rec) {
+                self.unblock(i);
+                self.nodes[i].state = NodeState::Running;
+                self.nodes[i].deadline = None;
+                self.publish(i);
+                return;
+            }
+        }
+        let (blocker, why) = match procs.first() {
+            Some(p) if p.pgid != p.pid => (
+                p.pid,
+                format!(
+                    "pid {} of this node (outside its process group) still runs",
+                    p.pid
+                ),
+            ),
+            Some(p) => (
+                p.pid,
+                format!(
+                    "pid {} carries this node's identity but is not its command",
+                    p.pid
+                ),
+            ),
+            None if held && procstat::is_alive(recorded.0, recorded.1) => {
+                (recorded.0, format!("pid {} holds its lock", recorded.0))
+            }
+            None => (
+                BLOCKED_UNKNOWN,
+                format!(
+                    "its lock {} is held by a process without its identity",
+                    self.instance
+                        .dir()
+                        .join("nodes")
+                        .join(format!("{name}.lock"))
+                        .display()
+                ),
+            ),
+        };
+        let _ = instance;
+        self.block(i, blocker, &why);
+    }
+
+    /// Keeps node `i` from starting while `pid` (a process of it that is not ours) lives:
+    /// `backoff` with the blocker published, its exit watched through a pidfd, and a recheck
+    /// that backs off from 50 ms to 5 s (for blockers a pidfd cannot watch). Logged and
+    /// recorded as an event only when the blocker changes, so a long block costs nothing.
+    pub(super) fn block(&mut self, i: usize, pid: u32, why: &str) {
+        let now = clock::monotonic_ns();
+        let changed = self.nodes[i].blocked_by != Some(pid);
+        if changed {
+            self.unblock(i);
+            log!(
+                "node {}: not started: {why}; waiting until it is gone (`broctld stop {}` ends it)",
+                self.nodes[i].spec.name,
+                self.nodes[i].spec.name
+            );
+            if pid != BLOCKED_UNKNOWN {
+                if let Ok(fd) = pidfd::open(pid) {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut SourceFd(&fd.as_raw_fd()),
+                            Token(NODE_BASE + 2 * i),
+                            Interest::READABLE,
+                        )
+                        .is_ok()
+                    {
+                        self.nodes[i].blocker = Some(fd);
+                    }
+                }
+            }
+        }
+        let n = &mut self.nodes[i];
+        n.block_delay_ms = (n.block_delay_ms * 2).clamp(50, 5_000);
+        n.blocked_by = Some(pid);
+        n.state = NodeState::Backoff;
+        n.deadline = Some(now + n.block_delay_ms * 1_000_000);
+        let delay = n.block_delay_ms;
+        self.publish(i);
+        if changed {
+            let mut ev = Event::now(EventKind::Backoff, i as u16, 0);
+            ev.a = delay;
+            ev.b = pid as u64;
+            self.event(ev);
+        }
+    }
+
+    /// Every live process carrying node `i`'s identity. A full `/proc` scan (about 1 ms per
+    /// 130 processes), skipped when the answer is known to be "none": the node's processes
+    /// all descend from us ([`Node::descendants_only`]) and every child we have is a node we
+    /// know (so no leftover of any node was reparented to us). That keeps the scan off the
+    /// restart path of a node that leaves nothing behind.
+    pub(super) fn node_processes(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
+        if self.nodes[i].descendants_only && !self.unknown_children()? {
+            return Ok(Vec::new());
+        }
+        procscan::node_processes(&self.nodes[i].spec.name, self.instance.name())
+    }
+
+    /// Whether we have a child that is no node we know: a leftover reparented to us.
+    fn unknown_children(&self) -> io::Result<bool> {
+        let me = std::process::id();
+        for task in std::fs::read_dir(format!("/proc/{me}/task"))? {
+            let task = task?;
+            let text = std::fs::read_to_string(task.path().join("children"))?;
+            if text
+                .split_ascii_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .any(|p| !self.by_pid.contains_key(&p))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Forgets what blocked node `i`'s start.
+    pub(super) fn unblock(&mut self, i: usize) {
+        if let Some(fd) = self.nodes[i].blocker.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        self.nodes[i].blocked_by = None;
+        self.nodes[i].block_delay_ms = 0;
+    }
+
+    /// Sends `sig` to every process carrying node `i`'s identity outside its process group
+    /// (`group`: the node's pid, 0 if it has none): copies that escaped with `setsid` or by
+    /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
+    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
+        let name = &self.nodes[i].spec.name;
+        match self.node_processes(i) {
+            Ok(procs) => {
+                for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
+                    log!(
+                        "node {name}: pid {} escaped its process group; sending it signal {sig}",
+                        p.pid
+                    );
+                    let _ = spawn::signal_pid(p.pid, sig);
+                }
+            }
+            Err(e) => log!("node {name}: cannot look for escaped processes in /proc: {e}"),
+        }
+    }
+
+    /// Takes node `i`'s lock file. `Taken(None, ..)` if it cannot be used (logged; the node
+    /// starts without one). Either way, the pid and start time the file names (its last
+    /// holder, which may have closed the fd but still run).
+    pub(super) fn node_lock(&self, i: usize) -> NodeLock {
         let dir = self.instance.dir().join("nodes");
         if let Err(e) = crate::sys::checked::private_dir(&dir) {
             log!("node locks: {e}");
-            return Ok(None);
+            return NodeLock::Taken(None, (0, 0));
         }
         let path = dir.join(format!("{}.lock", self.nodes[i].spec.name));
         match lockfile::LockFile::acquire_quiet(&path) {
-            Ok(l) => Ok(Some(l)),
+            Ok(mut l) => {
+                let recorded = l.holder();
+                NodeLock::Taken(Some(l), recorded)
+            }
             Err(lockfile::LockError::Held { .. }) => match lockfile::LockFile::probe(&path) {
-                Ok(lockfile::Probe::Held { pid, start, .. }) => Err((pid, start)),
+                Ok(lockfile::Probe::Held { pid, start, .. }) => NodeLock::Held((pid, start)),
                 // Released in between: try again next time round.
-                _ => Err((0, 0)),
+                _ => NodeLock::Held((0, 0)),
             },
             Err(e) => {
                 log!(
                     "node {}: lock file: {e}; starting it without one",
                     self.nodes[i].spec.name
                 );
-                Ok(None)
+                NodeLock::Taken(None, (0, 0))
             }
         }
     }
 
+    /// Stops watching node `i`'s readiness FIFO and removes it (also one a predecessor left).
     pub(super) fn drop_ready_pipe(&mut self, i: usize) {
         if let Some(r) = self.nodes[i].ready_pipe.take() {
             let _ = self
@@ -244,36 +474,32 @@ impl Supervisor {
                 .registry()
                 .deregister(&mut SourceFd(&r.as_raw_fd()));
         }
+        if self.nodes[i].spec.policy.ready_fd.is_some() {
+            readiness::remove(&readiness::path(
+                &self.instance.dir(),
+                &self.nodes[i].spec.name,
+            ));
+        }
     }
 
-    /// Reads a node's readiness pipe: a newline means ready (s6's notification-fd protocol).
-    /// End of file without one means the node closed it without ever being ready.
+    /// Reads a node's readiness FIFO: a newline means ready (s6's notification-fd protocol).
+    /// The FIFO is open read-write on both sides, so there is no end of file to see.
     pub(super) fn check_ready(&mut self, i: usize) {
         let Some(r) = self.nodes[i].ready_pipe.as_ref() else {
             return;
         };
-        let mut buf = [0u8; 64];
-        let mut ready = false;
-        let mut closed = false;
-        loop {
-            match std::io::Read::read(&mut &*r, &mut buf) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => ready |= buf[..n].contains(&b'\n'),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break, // EAGAIN: drained
+        let ready = match readiness::read_ready(r) {
+            Ok(ready) => ready,
+            Err(e) => {
+                log!(
+                    "node {}: reading its readiness FIFO: {e}",
+                    self.nodes[i].spec.name
+                );
+                false
             }
-        }
-        if ready || closed {
+        };
+        if ready {
             self.drop_ready_pipe(i);
-        }
-        if closed && !ready {
-            log!(
-                "node {}: closed its ready_fd without writing a newline; it stays 'starting'",
-                self.nodes[i].spec.name
-            );
         }
         if ready && self.nodes[i].state == NodeState::Starting {
             self.nodes[i].state = NodeState::Running;
@@ -291,7 +517,9 @@ impl Supervisor {
                 self.nodes[i].spec.policy.stop_timeout.as_millis()
             );
             let _ = spawn::signal_group(pid, libc::SIGKILL);
+            self.signal_escaped(i, pid, libc::SIGKILL);
             self.nodes[i].killed = true;
+            self.publish(i);
             self.event(Event::now(EventKind::Killed, i as u16, pid));
         }
     }
@@ -330,6 +558,12 @@ impl Supervisor {
         // restarted node must not find stale children of its predecessor).
         if !matches!(exit, Exit::Unknown) || was_stopping {
             let _ = spawn::signal_group_only(pid, libc::SIGKILL);
+        }
+        // Those that escaped its group (setsid, daemonizing) but still carry its identity are
+        // its leftovers too: they would count as a second copy, so they end with it (the
+        // restart waits until they are gone).
+        if !matches!(exit, Exit::Unknown) || was_stopping {
+            self.signal_escaped(i, pid, libc::SIGKILL);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);

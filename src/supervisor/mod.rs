@@ -12,6 +12,7 @@ mod lifecycle;
 pub mod node;
 pub mod policy;
 mod queues;
+mod readiness;
 pub mod reaper;
 mod reload;
 mod repair;
@@ -28,10 +29,10 @@ use crate::log;
 use crate::protocol::event::{Event, EventKind, NO_NODE};
 use crate::protocol::layout::{Geometry, SupervisorState, MAX_NODES};
 use crate::protocol::mailbox::{self, Opcode, ReplyStatus, Request, SlotState};
-use crate::protocol::node::{Exit, NodeRecord, NodeState};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, BLOCKED_UNKNOWN};
 use crate::protocol::{ProtocolError, Shared};
 use crate::shm::RegionError;
-use crate::sys::procscan::{find_node_process, is_node_process, is_survivor};
+use crate::sys::procscan;
 use crate::sys::{clock, fifo, lockfile, pidfd, procstat};
 use guardian_link::GuardianLink;
 use mio::unix::SourceFd;
@@ -144,6 +145,13 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
         log!("cannot block signals: {e}");
         return 1;
     }
+    match spawn::raise_nofile_limit() {
+        Ok((from, to)) if from != to => {
+            log!("fd limit raised from {from} to {to} (nodes keep {from})")
+        }
+        Ok(_) => {}
+        Err(e) => log!("cannot raise the fd limit: {e}"),
+    }
     // SAFETY: the fd was handed to us by the Main that spawned us, open and otherwise unused;
     // taking ownership closes it once we are done with it.
     let mut notify = notify_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
@@ -249,14 +257,16 @@ impl Supervisor {
             }
             Err(e) => return Err(e.into()),
         };
-        let (config, config_text) = choose_config(&instance, config_path)?;
-        preflight(&config)?;
-        if config.nodes.len() > MAX_NODES {
-            return Err(SupervisorError::TooManyNodes {
-                count: config.nodes.len(),
-                max: MAX_NODES,
-            });
-        }
+        // A refused config leaves no lock file behind (removed while still held).
+        let (config, config_text) = match choose_config(&instance, config_path)
+            .and_then(|(c, t)| startable(c).map(|c| (c, t)))
+        {
+            Ok(ct) => ct,
+            Err(e) => {
+                lock.remove();
+                return Err(e);
+            }
+        };
         // Everything that can fail goes before the region exists, so a failed start leaves no
         // region behind.
         let bell = fifo::create_reader(&instance.bell_path())
@@ -595,6 +605,19 @@ fn choose_config(
         Ok(_) => {}
     }
     Ok((config, text))
+}
+
+/// Refuses a config that cannot be started: a node that cannot start at all, or more nodes
+/// than the table holds.
+fn startable(config: Config) -> Result<Config, SupervisorError> {
+    preflight(&config)?;
+    if config.nodes.len() > MAX_NODES {
+        return Err(SupervisorError::TooManyNodes {
+            count: config.nodes.len(),
+            max: MAX_NODES,
+        });
+    }
+    Ok(config)
 }
 
 /// Refuses a config with a node that cannot be started at all, naming its line.

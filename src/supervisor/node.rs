@@ -3,7 +3,7 @@
 
 use super::policy::History;
 use crate::config::NodeSpec;
-use crate::protocol::node::{Exit, NodeRecord, NodeState};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState};
 use std::os::fd::OwnedFd;
 
 /// A start or stop waiting for other nodes (an ordered start or stop of several nodes).
@@ -56,8 +56,21 @@ pub struct Node {
     pub start_after_exit: bool,
     /// SIGKILL was already sent in this stop.
     pub killed: bool,
-    /// The read end of the readiness pipe while the node has not yet said it is ready.
+    /// The Supervisor's end of the readiness FIFO while the node has not yet said it is ready.
     pub ready_pipe: Option<std::fs::File>,
+    /// In `backoff` with no process of ours: a process of this node that blocks its start
+    /// ([`crate::protocol::node::BLOCKED_UNKNOWN`] if it cannot be named).
+    pub blocked_by: Option<u32>,
+    /// A pidfd on the blocking process (registered like the node's own pidfd), so its exit
+    /// wakes the loop instead of a `/proc` poll.
+    pub blocker: Option<OwnedFd>,
+    /// The next delay between checks while blocked (doubles up to a cap).
+    pub block_delay_ms: u64,
+    /// Every live process of this node descends from this Supervisor: a full `/proc` scan
+    /// found none other before we spawned it, and we never adopted one since. Its leftovers
+    /// are then our children (we are their subreaper), so a restart needs no scan unless we
+    /// have children that are no node's.
+    pub descendants_only: bool,
     /// Removed from the config by a reload: stopping, then dropped from the table.
     pub retiring: bool,
     /// A queued start or stop.
@@ -90,6 +103,10 @@ impl Node {
             start_after_exit: false,
             killed: false,
             ready_pipe: None,
+            blocked_by: None,
+            blocker: None,
+            block_delay_ms: 0,
+            descendants_only: false,
             retiring: false,
             queue: None,
             ready_by: None,
@@ -115,7 +132,34 @@ impl Node {
                 NodeState::Starting => self.deadline.or(self.ready_by).unwrap_or(0),
                 _ => self.deadline.unwrap_or(0),
             },
+            intent: self.intent(),
+            blocked_by: self.blocked_by,
         }
+    }
+
+    /// What a successor must resume beyond the state (see [`Intent`]).
+    pub fn intent(&self) -> Intent {
+        let mut it = Intent::default();
+        it.set(Intent::RESTART_PENDING, self.start_after_exit);
+        it.set(
+            Intent::STOP_QUEUED,
+            matches!(self.queue, Some(Queue::Stop { .. })),
+        );
+        it.set(Intent::KILLED, self.killed);
+        it.set(
+            Intent::WAS_FAILED,
+            matches!(
+                self.queue,
+                Some(Queue::Start {
+                    was_failed: true,
+                    ..
+                })
+            ),
+        );
+        it.set(Intent::READY_FIFO, self.ready_pipe.is_some());
+        it.set(Intent::READY_TIMED_OUT, self.ready_timed_out);
+        it.set(Intent::RETIRING, self.retiring);
+        it
     }
 
     /// Whether the node is at rest (no process, no timer, nothing queued): what shutdown waits

@@ -51,6 +51,12 @@ impl Supervisor {
     /// `start_after`, and every selected node of an earlier role: loggers, managers, proxies,
     /// workers, others) is ready, has failed, or has been `starting` for its `ready_timeout_ms`.
     pub(super) fn queue_start(&mut self, nodes: Vec<usize>) {
+        self.queue_start_behind(nodes, &[]);
+    }
+
+    /// [`queue_start`](Self::queue_start), where the selection also included `pending`: nodes
+    /// already spawned and still `starting` (a takeover resumes an ordered start half-done).
+    pub(super) fn queue_start_behind(&mut self, nodes: Vec<usize>, pending: &[usize]) {
         let order = self.start_order(nodes);
         let mut queued = Vec::new();
         for &i in &order {
@@ -70,6 +76,7 @@ impl Supervisor {
                 }
                 NodeState::Stopping => {
                     n.start_after_exit = true;
+                    self.publish(i);
                     continue;
                 }
             }
@@ -86,6 +93,7 @@ impl Supervisor {
             let rank = self.nodes[i].spec.node_type.start_rank();
             let after: Vec<usize> = queued
                 .iter()
+                .chain(pending)
                 .copied()
                 .filter(|&j| {
                     j != i
@@ -119,6 +127,7 @@ impl Supervisor {
                 continue;
             }
             n.queue = Some(Queue::Stop { after: Vec::new() });
+            self.publish(i);
             stopping.push(i);
         }
         for &i in &stopping {
@@ -201,7 +210,10 @@ impl Supervisor {
                 n.deadline = None;
                 self.spawn(i, false);
             }
-            NodeState::Stopping => n.start_after_exit = true,
+            NodeState::Stopping => {
+                n.start_after_exit = true;
+                self.publish(i);
+            }
             NodeState::Running | NodeState::Starting => {}
         }
     }
@@ -232,6 +244,7 @@ impl Supervisor {
                 n.killed = false;
                 n.deadline = Some(now + timeout.as_nanos() as u64);
                 self.publish(i);
+                self.signal_escaped(i, pid, sig);
                 let mut ev = Event::now(EventKind::Stopping, i as u16, pid);
                 ev.a = sig as u64;
                 ev.b = timeout.as_millis() as u64;
@@ -240,6 +253,12 @@ impl Supervisor {
             (NodeState::Backoff | NodeState::Failed, _) => {
                 n.state = NodeState::Stopped;
                 n.deadline = None;
+                // What blocked its start (a copy that escaped its group) is the node's too:
+                // a stop ends it.
+                if n.blocked_by.is_some() {
+                    self.signal_escaped(i, 0, libc::SIGKILL);
+                }
+                self.unblock(i);
                 self.publish(i);
                 self.event(Event::now(EventKind::Stopped, i as u16, 0));
             }
@@ -252,8 +271,12 @@ impl Supervisor {
             (NodeState::Running | NodeState::Starting, Some(_)) => {
                 self.stop_node(i);
                 self.nodes[i].start_after_exit = true;
+                self.publish(i); // a successor must know the restart is pending
             }
-            (NodeState::Stopping, _) => self.nodes[i].start_after_exit = true,
+            (NodeState::Stopping, _) => {
+                self.nodes[i].start_after_exit = true;
+                self.publish(i);
+            }
             _ => {
                 let n = &mut self.nodes[i];
                 if let Some(Queue::Start {

@@ -16,21 +16,35 @@ impl Supervisor {
         if let Err(e) = preflight(&config) {
             return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
         }
-        let live = self.nodes.iter().filter(|n| !n.retiring).count();
-        let retiring = self.nodes.len() - live;
-        if config.nodes.len() + retiring > MAX_NODES {
+        // The table must hold the new config plus every node this reload retires that still
+        // has a process (it stays, `stopping`, until it exits); a retired node with no process
+        // leaves the table at once.
+        let wanted: std::collections::HashSet<&str> =
+            config.nodes.iter().map(|s| s.name.as_str()).collect();
+        let lingering = self
+            .nodes
+            .iter()
+            .filter(|n| (n.retiring || !wanted.contains(n.spec.name.as_str())) && n.pid.is_some())
+            .count();
+        let capacity = self.capacity();
+        if config.nodes.len() + lingering > capacity {
             return (
                 ReplyStatus::Rejected,
                 format!(
-                    "nothing changed: {} nodes is more than {MAX_NODES}",
+                    "nothing changed: {} nodes, plus {lingering} removed nodes still running until they stop, is more than the table's {capacity}; stop the removed nodes first",
                     config.nodes.len()
                 ),
             );
         }
         self.config_dir = config.dir.clone();
-        // Queues hold node indices, which a reload reorders: settle them now.
+        // Queues hold node indices, which a reload reorders: settle them now. A queued start of
+        // a node this reload removes is dropped, not spawned.
         for i in 0..self.nodes.len() {
+            let removed = !wanted.contains(self.nodes[i].spec.name.as_str());
             match self.nodes[i].queue.take() {
+                Some(Queue::Start { .. }) if removed || self.nodes[i].retiring => {
+                    self.nodes[i].state = NodeState::Stopped;
+                }
                 Some(Queue::Start { was_failed, .. }) => {
                     if was_failed {
                         let n = &mut self.nodes[i];
@@ -83,10 +97,15 @@ impl Supervisor {
         let first_retiring = self.nodes.len();
         for (name, mut n) in old {
             removed.push(name);
-            n.retiring = true;
-            self.nodes.push(n);
+            // Only a node with a process stays in the table (to be stopped); one without
+            // leaves it now, so the table never holds more than its capacity.
+            if n.pid.is_some() {
+                n.retiring = true;
+                self.nodes.push(n);
+            }
         }
-        self.nodes.extend(kept_retiring);
+        self.nodes
+            .extend(kept_retiring.into_iter().filter(|n| n.pid.is_some()));
         self.reindex();
         for i in first_retiring..self.nodes.len() {
             if self.nodes[i].pid.is_some() {
@@ -138,7 +157,7 @@ impl Supervisor {
             if let Some(pid) = n.pid {
                 self.by_pid.insert(pid, i);
             }
-            if let Some(fd) = &n.pidfd {
+            if let Some(fd) = n.pidfd.as_ref().or(n.blocker.as_ref()) {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&fd.as_raw_fd()),
                     Token(NODE_BASE + 2 * i),
@@ -158,19 +177,25 @@ impl Supervisor {
 
     /// Publishes every record and the count; clears records past the end.
     pub(super) fn publish_all(&self) {
-        for i in 0..self.nodes.len() {
+        let cells = self.shared.node_cells();
+        for i in 0..self.nodes.len().min(cells.len()) {
             self.publish(i);
         }
-        let cells = self.shared.node_cells();
         let old = self.shared.node_count();
         // An all-zero record reads as a stopped node with no name.
-        for cell in &cells[self.nodes.len()..old.max(self.nodes.len())] {
+        let used = self.nodes.len().min(cells.len());
+        for cell in &cells[used..old.max(used).min(cells.len())] {
             cell.write(&[0; crate::protocol::layout::NODE_WORDS]);
         }
         self.shared
             .header()
             .node_count
-            .store(self.nodes.len() as u32, Ordering::Release);
+            .store(used as u32, Ordering::Release);
+    }
+
+    /// How many records the region's node table holds.
+    pub(super) fn capacity(&self) -> usize {
+        self.shared.node_cells().len().min(MAX_NODES)
     }
 
     /// Drops retiring nodes that have stopped.

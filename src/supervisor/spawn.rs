@@ -145,10 +145,44 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 }
 
 /// Checks, before anything starts, that `spec` can be started: its program resolves and its
-/// working directory can be created.
+/// working directory exists or can be created. Creates nothing: a start refused later (by
+/// another node, or by the node count) must leave no directories behind; the spawn creates
+/// the directory.
 pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
     resolve_program(&spec.name, &spec.command[0], config_dir)?;
-    prepare_cwd(spec)
+    check_creatable(spec)
+}
+
+/// Whether the node's cwd is a directory, or its nearest existing ancestor is a directory we
+/// may create entries in.
+fn check_creatable(spec: &NodeSpec) -> Result<(), SpawnError> {
+    let err = |source| SpawnError::Prepare {
+        node: spec.name.clone(),
+        what: "create working directory",
+        path: spec.cwd.clone(),
+        source,
+    };
+    let mut p = spec.cwd.as_path();
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() && p == spec.cwd => return Ok(()),
+            Ok(m) if m.is_dir() => {
+                let c =
+                    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+                        .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+                // SAFETY: a NUL-terminated path and a mode.
+                return crate::syscall!(access(c.as_ptr(), libc::W_OK | libc::X_OK))
+                    .map(|_| ())
+                    .map_err(err);
+            }
+            Ok(_) => return Err(err(io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                _ => return Err(err(e)),
+            },
+            Err(e) => return Err(err(e)),
+        }
+    }
 }
 
 /// Creates the node's working directory if missing; one created for a node that runs as
@@ -202,6 +236,55 @@ pub fn rotate(path: &Path, max: u64, keep: u32) -> io::Result<bool> {
     }
     std::fs::rename(path, numbered(1))?;
     Ok(true)
+}
+
+/// The soft `RLIMIT_NOFILE` this process started with, once [`raise_nofile_limit`] raised it.
+static ORIGINAL_NOFILE_SOFT: std::sync::OnceLock<libc::rlim_t> = std::sync::OnceLock::new();
+
+/// This process's soft `RLIMIT_NOFILE` (an fd bound for the close-on-exec fallback).
+fn current_nofile_soft() -> RawFd {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct.
+    match crate::syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)) {
+        Ok(_) => lim.rlim_cur.min(RawFd::MAX as libc::rlim_t) as RawFd,
+        Err(_) => 1 << 20,
+    }
+}
+
+/// Carries the operator's soft fd limit across an in-place upgrade (the new program image
+/// inherits the raised one). Removed from every node's environment.
+pub const NOFILE_ENV: &str = "BROCTLD_NOFILE_SOFT";
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, for the Supervisor: a successor started
+/// from a shell with `ulimit -n 64` must not run out of fds (every node costs it a pidfd,
+/// and identity checks open `/proc` files). The original soft limit is remembered and given
+/// back to every node in its child before exec, so nodes see the limit the operator set.
+/// Returns (original soft, new soft).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim: libc::rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct.
+    crate::syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    // A predecessor that re-executed into us already raised it: its original stands.
+    let original = std::env::var(NOFILE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<libc::rlim_t>().ok())
+        .unwrap_or(lim.rlim_cur);
+    let _ = ORIGINAL_NOFILE_SOFT.set(original);
+    // Called while the Supervisor is still single-threaded: nothing reads the environment
+    // concurrently.
+    std::env::set_var(NOFILE_ENV, original.to_string());
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads one rlimit struct; raising soft up to hard needs no privilege.
+        crate::syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok((original, lim.rlim_cur))
 }
 
 /// Signals whose disposition this process inherited as ignored (`SIG_IGN` survives `execve`,
@@ -288,6 +371,7 @@ fn spawn_prepared(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
+    cmd.env_remove(NOFILE_ENV);
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
@@ -352,11 +436,14 @@ fn spawn_prepared(
         }
     };
     let pass: Vec<(RawFd, RawFd)> = pass.to_vec();
+    let nofile_soft = ORIGINAL_NOFILE_SOFT.get().copied();
+    let fd_limit = current_nofile_soft();
     let dup_floor = pass.iter().map(|p| p.1).max().unwrap_or(2) + 1;
 
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, setrlimit,
-    // umask, close_range, fcntl, dup2, setgroups, setgid, setuid) on values prepared before the
+    // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
+    // setrlimit, umask, close_range, open, getdents64, close, fcntl, dup2, setgroups, setgid,
+    // setuid) on values prepared before the
     // fork; it reads the captured vectors but allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
@@ -377,25 +464,9 @@ fn spawn_prepared(
                 return Err(io::Error::last_os_error());
             }
             // Every fd above 2 closes at exec. CLOEXEC rather than close: std's own exec-status
-            // pipe must stay open until the exec itself.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            for &(resource, value) in &rlimits {
-                let lim = libc::rlimit {
-                    rlim_cur: value,
-                    rlim_max: value,
-                };
-                if libc::setrlimit(resource, &lim) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if let Some(m) = umask {
-                libc::umask(m as libc::mode_t);
-            }
+            // pipe must stay open until the exec itself. A kernel without close_range falls
+            // back to /proc/self/fd; failing that, the node is not started (never a leak).
+            crate::sys::fdflags::cloexec_from(3, fd_limit)?;
             // Passed fds: first out of the way of every target (a source may sit on another's
             // target number), then onto their targets; dup2 clears CLOEXEC on the new fd.
             let mut tmp = [-1; 8];
@@ -409,6 +480,27 @@ fn spawn_prepared(
                 if libc::dup2(tmp[k], target) < 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            // The soft fd limit the operator gave the Supervisor (it raised its own), set
+            // after the fds are in place (moving them may need numbers above it).
+            if let Some(soft) = nofile_soft {
+                let mut lim: libc::rlimit = std::mem::zeroed();
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+            }
+            for &(resource, value) in &rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &lim) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
             }
             if let Some((uid, gid, groups)) = &creds {
                 if libc::setgroups(groups.len(), groups.as_ptr()) < 0

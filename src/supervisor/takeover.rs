@@ -1,5 +1,7 @@
-//! Taking over from a predecessor: adopting the nodes that survived it, keeping stopped and
-//! failed nodes down, carrying restart counts and last exits across.
+//! Taking over from a predecessor: adopting the nodes that survived it and resuming exactly
+//! what it was doing with each (a stop and its SIGKILL deadline, a start waiting for
+//! readiness, a restart delay, a pending restart, queued starts and stops), keeping stopped
+//! and failed nodes down, carrying restart counts and last exits across.
 
 use super::*;
 
@@ -28,43 +30,55 @@ impl Supervisor {
                 );
             }
         }
-        let mut held_down = vec![false; self.nodes.len()];
-        for (i, down) in held_down.iter_mut().enumerate() {
+        let now = clock::monotonic_ns();
+        // Nodes whose fate the predecessor's record decides (not started by autostart).
+        let mut decided = vec![false; self.nodes.len()];
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        let mut ended = Vec::new();
+        for (i, decided) in decided.iter_mut().enumerate() {
             let Some(rec) = previous.remove(&self.nodes[i].spec.name) else {
                 continue;
             };
-            self.nodes[i].restarts = rec.restarts;
-            self.nodes[i].last_exit = rec.last_exit;
+            *decided = true;
             // Died while no Supervisor lived, and the guardian reported how: handled as an exit.
             if self.take_reported_exit(i, &rec) {
-                *down = true;
                 continue;
             }
-            if rec.pid.is_some_and(|p| is_survivor(p, rec.pid_start)) {
-                self.adopt(i, &rec);
-                continue;
-            }
-            // No process: what the operator (or the give-up rule) decided stands. A node that
-            // was being stopped ends stopped; one that died meanwhile is started below.
-            match rec.state {
-                NodeState::Stopped | NodeState::Stopping => {
-                    self.nodes[i].state = NodeState::Stopped;
-                    *down = true;
-                }
-                NodeState::Failed => {
-                    self.nodes[i].state = NodeState::Failed;
-                    *down = true;
-                }
-                _ => {}
-            }
+            self.resume(i, &rec, now, &mut starts, &mut stops, &mut ended);
         }
-        for (name, rec) in previous
-            .into_iter()
-            .filter(|(_, r)| r.pid.is_some_and(|p| is_survivor(p, r.pid_start)))
-        {
+        for (name, rec) in previous {
+            let Some(pid) = rec.pid else { continue };
+            let alive = is_survivor_node(pid, rec.pid_start, &name, self.instance.name());
+            if matches!(alive, Ok(false)) {
+                continue;
+            }
+            // A `reload` removed it and was stopping it: finish that stop.
+            if matches!(alive, Ok(true))
+                && rec.intent.has(Intent::RETIRING)
+                && self.nodes.len() < self.capacity()
+            {
+                let i = self.nodes.len();
+                let mut node = Node::new(retired_spec(&rec));
+                node.retiring = true;
+                self.nodes.push(node);
+                self.resume(i, &rec, now, &mut starts, &mut stops, &mut ended);
+                if self.nodes[i].state == NodeState::Running {
+                    stops.push(i);
+                }
+                if self.nodes[i].pid.is_some() {
+                    continue;
+                }
+                // Not adopted after all (it died meanwhile): forget it again.
+                for list in [&mut starts, &mut stops, &mut ended] {
+                    list.retain(|&j| j != i);
+                }
+                self.unblock(i);
+                self.nodes.pop();
+                continue;
+            }
             log!(
-                "node {name} (pid {}) survived the previous Supervisor but is not in the config; it is left running unsupervised",
-                rec.pid.unwrap_or(0)
+                "node {name} (pid {pid}) survived the previous Supervisor but is not in the config; it is left running unsupervised"
             );
         }
         // Every record, and none left over from a predecessor with a longer config.
@@ -82,39 +96,228 @@ impl Supervisor {
             self.nodes.len(),
             self.shared.path().display()
         );
-        let autostart: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i].spec.policy.autostart && self.nodes[i].pid.is_none() && !held_down[i]
-            })
+        // Nodes that died while no Supervisor watched: their restart policy decides.
+        for i in ended {
+            let pid = self.nodes[i].pid.take().unwrap_or(0);
+            self.drop_ready_pipe(i);
+            let mut ev = Event::now(EventKind::Exited, i as u16, pid);
+            ev.exit = Some(Exit::Unknown);
+            self.event(ev);
+            self.nodes[i].last_exit = Some(Exit::Unknown);
+            self.after_end(i, Exit::Unknown, clock::monotonic_ns());
+        }
+        starts.extend((0..self.nodes.len()).filter(|&i| {
+            !decided.get(i).copied().unwrap_or(true)
+                && self.nodes[i].spec.policy.autostart
+                && self.nodes[i].pid.is_none()
+        }));
+        // A start queued behind nodes still becoming ready keeps waiting for them.
+        let pending: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some())
             .collect();
-        self.queue_start(autostart);
+        self.queue_start_behind(starts, &pending);
+        self.queue_stop(stops);
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
     }
 
-    pub(super) fn adopt(&mut self, i: usize, rec: &NodeRecord) {
-        let Some(pid) = rec.pid else { return };
+    /// Resumes node `i` from its predecessor's record: what it was doing (the state), what it
+    /// meant to do next (the intent flags) and when (the deadline), whether its process
+    /// survived or not. The takeover table in docs/design.md lists every case.
+    fn resume(
+        &mut self,
+        i: usize,
+        rec: &NodeRecord,
+        now: u64,
+        starts: &mut Vec<usize>,
+        stops: &mut Vec<usize>,
+        ended: &mut Vec<usize>,
+    ) {
+        let it = rec.intent;
+        {
+            let n = &mut self.nodes[i];
+            n.restarts = rec.restarts;
+            n.last_exit = rec.last_exit;
+            n.started_mono_ns = rec.started_mono_ns;
+            n.started_wall_ms = rec.started_wall_ms;
+        }
+        let name = self.nodes[i].spec.name.clone();
+        let alive = match rec.pid {
+            None => Ok(false),
+            Some(pid) => is_survivor_node(pid, rec.pid_start, &name, self.instance.name()),
+        };
+        let alive = match alive {
+            Ok(a) => a,
+            Err(e) => {
+                // Never evidence: the node may run. Block its start until a check succeeds
+                // (the start path adopts it if it runs).
+                self.block(
+                    i,
+                    BLOCKED_UNKNOWN,
+                    &format!(
+                        "cannot check its recorded pid {} ({e})",
+                        rec.pid.unwrap_or(0)
+                    ),
+                );
+                return;
+            }
+        };
+        if alive && self.adopt(i, rec) {
+            let n = &mut self.nodes[i];
+            n.ready_by = Some(rec.started_mono_ns + n.spec.policy.ready_timeout.as_nanos() as u64);
+            n.ready_timed_out = it.has(Intent::READY_TIMED_OUT);
+            match rec.state {
+                NodeState::Stopping => {
+                    n.state = NodeState::Stopping;
+                    n.killed = it.has(Intent::KILLED);
+                    n.start_after_exit = it.has(Intent::RESTART_PENDING);
+                    // The SIGKILL deadline stands (CLOCK_MONOTONIC is system-wide); once
+                    // SIGKILL was sent, only the exit is left to wait for.
+                    n.deadline = match (n.killed, rec.deadline_mono_ns) {
+                        (true, _) => None,
+                        (false, 0) => Some(now + n.spec.policy.stop_timeout.as_nanos() as u64),
+                        (false, d) => Some(d),
+                    };
+                }
+                NodeState::Starting if it.has(Intent::READY_FIFO) => {
+                    n.state = NodeState::Starting;
+                    if !self.resume_ready_fifo(i) {
+                        self.nodes[i].state = NodeState::Running;
+                    }
+                }
+                NodeState::Starting if rec.deadline_mono_ns != 0 => {
+                    // `ready_after_ms`: ready when the recorded deadline passes.
+                    n.state = NodeState::Starting;
+                    n.deadline = Some(rec.deadline_mono_ns);
+                }
+                _ => {
+                    n.state = NodeState::Running;
+                    if it.has(Intent::STOP_QUEUED) {
+                        stops.push(i);
+                    }
+                }
+            }
+            return;
+        }
+        // No process of ours survived.
+        let n = &mut self.nodes[i];
+        match rec.state {
+            NodeState::Stopped | NodeState::Failed => n.state = rec.state,
+            // A stop finished while nobody watched; a restart in progress still starts.
+            NodeState::Stopping if it.has(Intent::RESTART_PENDING) => starts.push(i),
+            NodeState::Stopping => n.state = NodeState::Stopped,
+            // A queued start that never spawned: queue it again.
+            NodeState::Starting if rec.pid.is_none() => {
+                if it.has(Intent::WAS_FAILED) {
+                    n.state = NodeState::Failed;
+                }
+                starts.push(i);
+            }
+            // The restart delay stands; a blocked start checks again at once.
+            NodeState::Backoff => {
+                n.state = NodeState::Backoff;
+                n.deadline = Some(match (rec.deadline_mono_ns, rec.blocked_by) {
+                    (_, Some(_)) | (0, _) => now,
+                    (d, None) => d,
+                });
+            }
+            // It ran and died while no Supervisor watched.
+            NodeState::Running | NodeState::Starting => {
+                n.pid = rec.pid;
+                ended.push(i);
+            }
+        }
+    }
+
+    /// Reopens a `starting` node's readiness FIFO after a takeover and reads what it wrote
+    /// meanwhile. Returns whether the node is still to be waited for.
+    fn resume_ready_fifo(&mut self, i: usize) -> bool {
+        let name = self.nodes[i].spec.name.clone();
+        let path = readiness::path(&self.instance.dir(), &name);
+        let f = match readiness::reopen(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                log!("node {name}: cannot reopen its readiness FIFO ({e}); counted as ready");
+                return false;
+            }
+        };
+        match readiness::read_ready(&f) {
+            Ok(true) => {
+                readiness::remove(&path);
+                return false;
+            }
+            Ok(false) => {}
+            Err(e) => log!("node {name}: reading its readiness FIFO: {e}"),
+        }
+        let pid = self.nodes[i].pid.unwrap_or(0);
+        if let Ok(false) = readiness::held_by(&path, pid) {
+            // What it wrote before closing went with the last open end: it closed its
+            // ready_fd while no Supervisor listened, which a node does once it is ready.
+            log!("node {name}: closed its ready_fd while no Supervisor listened; counted as ready");
+            readiness::remove(&path);
+            return false;
+        }
+        match self.poll.registry().register(
+            &mut SourceFd(&f.as_raw_fd()),
+            Token(NODE_BASE + 2 * i + 1),
+            Interest::READABLE,
+        ) {
+            Ok(()) => {
+                self.nodes[i].ready_pipe = Some(f);
+                true
+            }
+            Err(e) => {
+                log!("node {name}: cannot watch its readiness FIFO ({e}); counted as ready");
+                false
+            }
+        }
+    }
+
+    /// Watches the surviving process `rec.pid` as node `i` (state `running`; the caller
+    /// resumes what the record says). Returns false if it cannot be watched or is not the node.
+    pub(super) fn adopt(&mut self, i: usize, rec: &NodeRecord) -> bool {
+        let Some(pid) = rec.pid else { return false };
         let fd = match pidfd::open(pid) {
             Ok(fd) => fd,
             Err(e) => {
                 log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
-                return;
+                return false;
             }
         };
-        // The pidfd is race-free from here on; recheck identity now that we hold it.
-        if !is_survivor(pid, rec.pid_start) {
-            return;
+        // The pidfd is race-free from here on; recheck identity now that we hold it: the same
+        // process (pid + start time), and this node of this instance (its environment says
+        // so), as the lock path checks too.
+        match is_survivor_node(
+            pid,
+            rec.pid_start,
+            &self.nodes[i].spec.name,
+            self.instance.name(),
+        ) {
+            Ok(true) => {}
+            Ok(false) => {
+                log!(
+                    "node {}: recorded pid {pid} is not this node any more; not adopted",
+                    rec.name
+                );
+                return false;
+            }
+            Err(e) => {
+                log!("node {}: cannot check surviving pid {pid}: {e}", rec.name);
+                return false;
+            }
         }
         let token = Token(NODE_BASE + 2 * i);
+        self.unblock(i);
         if let Err(e) =
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
         {
             log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
-            return;
+            return false;
         }
-        let own_child = procstat::parent(pid) == Some(std::process::id());
+        // An error here is not evidence either way; watching it through the pidfd is safe.
+        let own_child = matches!(procstat::parent(pid), Ok(Some(p)) if p == std::process::id());
         let n = &mut self.nodes[i];
         n.pid = Some(pid);
         n.pidfd = Some(fd);
@@ -126,9 +329,59 @@ impl Supervisor {
         n.restarts = rec.restarts;
         n.last_exit = rec.last_exit;
         n.state = NodeState::Running;
+        // Not spawned by us: its processes may live anywhere until a scan says otherwise.
+        n.descendants_only = false;
         self.by_pid.insert(pid, i);
         log!("node {}: adopted surviving pid {pid}", rec.name);
         self.event(Event::now(EventKind::Adopted, i as u16, pid));
+        true
+    }
+}
+
+/// A spec for a node a `reload` removed while it was stopping, rebuilt from its record and its
+/// `/proc` command line: enough to finish the stop (the recorded SIGKILL deadline stands).
+fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
+    let command = rec
+        .pid
+        .and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| vec!["?".into()]);
+    crate::config::NodeSpec {
+        name: rec.name.clone(),
+        node_type: crate::config::NodeType::from_code(rec.node_type)
+            .unwrap_or(crate::config::NodeType::Other),
+        command,
+        env: Vec::new(),
+        cwd: PathBuf::from("/"),
+        stdout: PathBuf::from("/dev/null"),
+        stderr: PathBuf::from("/dev/null"),
+        cpu_affinity: Vec::new(),
+        start_after: Vec::new(),
+        policy: crate::config::Policy {
+            autostart: false,
+            ..Default::default()
+        },
+        line: 0,
+    }
+}
+
+/// Whether `pid` with this start time is node `name` of `instance` to adopt: a survivor (see
+/// [`procscan::is_survivor`]) whose environment carries the node's identity, or a zombie that
+/// is our own child (its environment is gone; it was ours, before an upgrade's exec).
+fn is_survivor_node(pid: u32, start: u64, name: &str, instance: &str) -> io::Result<bool> {
+    if !procscan::is_survivor(pid, start)? {
+        return Ok(false);
+    }
+    match procstat::stat(pid)? {
+        Some(st) if matches!(st.state, 'Z' | 'X') => Ok(st.parent == std::process::id()),
+        Some(_) => procscan::is_node_process(pid, name, instance),
+        None => Ok(false),
     }
 }
 

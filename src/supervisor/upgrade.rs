@@ -81,6 +81,8 @@ pub fn read_handoff(path: &Path) -> io::Result<HashMap<String, NodeRecord>> {
                 restarts: restarts as u32,
                 last_exit: exit,
                 deadline_mono_ns: 0,
+                intent: Default::default(),
+                blocked_by: None,
             },
         );
     }
@@ -208,6 +210,8 @@ mod tests {
                 core: false,
             }),
             deadline_mono_ns: 0,
+            intent: Default::default(),
+            blocked_by: None,
         };
         write_handoff(&p, std::slice::from_ref(&r)).unwrap();
         let back = read_handoff(&p).unwrap();

@@ -204,6 +204,13 @@ impl LockFile {
             .write_all_at(format!("{pid:>10} {start:>20}\n").as_bytes(), 0)
     }
 
+    /// The pid and start time the file names (its last holder; `(0, 0)` if none or
+    /// unreadable): a process that closed its lock fd is still named here.
+    pub fn holder(&mut self) -> (u32, u64) {
+        let (pid, start, _) = read_holder(&mut self.file);
+        (pid, start)
+    }
+
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,58 +1,153 @@
 //! Finding node processes in `/proc`: identity checks by start time and environment, used
-//! when adopting survivors of a dead Supervisor.
+//! when adopting survivors of a dead Supervisor and before starting a node (never a second
+//! copy while any process of the node may live).
+//!
+//! Every function returns `io::Result`: an OS error (EMFILE under a low fd limit, ENOMEM) is
+//! an error, never evidence that a process is gone or is not a node. Only "no such process"
+//! (ENOENT, ESRCH) counts as an answer.
 
 use crate::sys::procstat;
+use std::io;
 
-/// Whether process `pid` carries this node's identity in its environment (as every node
-/// broctld starts does: `BROCTLD_NODE` and `BROCTLD_INSTANCE`).
-pub fn is_node_process(pid: u32, node: &str, instance: &str) -> bool {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let want_node = format!("BROCTLD_NODE={node}");
-    let want_instance = format!("BROCTLD_INSTANCE={instance}");
-    let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-    vars.contains(&want_node.as_bytes()) && vars.contains(&want_instance.as_bytes())
+/// Whether an error reading `/proc/PID/...` means the process does not exist (any more).
+fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
 }
 
-/// Finds a running copy of a node: a process-group leader (every node leads its own group;
-/// anything it forked does not) whose environment names this node and instance. Scans /proc:
-/// used only when a node's lock is held by a process its lock file does not name.
-pub fn find_node_process(node: &str, instance: &str, command: &[String]) -> Option<(u32, u64)> {
-    let want: Vec<u8> = command.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+/// Whether an error reading `/proc/PID/environ` means the process is not ours to read: another
+/// user's (or a non-dumpable) process. A node runs as the Supervisor's user or, when the
+/// Supervisor is root (who can read every environment), as its configured user; so such a
+/// process is not a node of ours.
+fn is_foreign(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+}
+
+/// The environment of `pid`; `Ok(None)` if it does not exist or is another user's.
+fn environ(pid: u32) -> io::Result<Option<Vec<u8>>> {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => Ok(Some(env)),
+        Err(e) if is_gone(&e) || is_foreign(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn carries(env: &[u8], node: &str, instance: &str) -> bool {
+    let want_node = format!("BROCTLD_NODE={node}");
+    let want_instance = format!("BROCTLD_INSTANCE={instance}");
+    let mut has = (false, false);
+    for v in env.split(|b| *b == 0) {
+        has.0 |= v == want_node.as_bytes();
+        has.1 |= v == want_instance.as_bytes();
+    }
+    has.0 && has.1
+}
+
+/// Whether process `pid` carries this node's identity in its environment (as every node
+/// broctld starts does: `BROCTLD_NODE` and `BROCTLD_INSTANCE`). `Ok(false)` if it does not
+/// exist.
+pub fn is_node_process(pid: u32, node: &str, instance: &str) -> io::Result<bool> {
+    Ok(environ(pid)?.is_some_and(|env| carries(&env, node, instance)))
+}
+
+/// A live process that carries a node's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (clock ticks since boot).
+    pub start: u64,
+    /// Its process group.
+    pub pgid: u32,
+}
+
+/// Every live (not zombie) process whose environment carries this node's identity: the node,
+/// anything it forked that kept its environment, and copies that escaped its process group or
+/// session (`setsid`, daemonizing). Scans all of `/proc`.
+pub fn node_processes(node: &str, instance: &str) -> io::Result<Vec<NodeProcess>> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        // SAFETY: getpgid takes a pid and returns its group or -1.
-        if unsafe { libc::getpgid(pid as libc::pid_t) } != pid as libc::pid_t {
+        if pid == me {
             continue;
         }
-        // Its command line must be the node's command (a child that escaped into its own
-        // group with the node's environment is not the node).
-        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let Some(env) = environ(pid)? else {
+            continue;
+        };
+        if !carries(&env, node, instance) {
+            continue;
+        }
+        let Some(st) = procstat::stat(pid)? else {
+            continue;
+        };
+        if matches!(st.state, 'Z' | 'X') {
+            continue;
+        }
+        out.push(NodeProcess {
+            pid,
+            start: st.start,
+            pgid: st.pgid,
+        });
+    }
+    Ok(out)
+}
+
+/// Among `procs` (from [`node_processes`]), the node itself: a process-group leader (every
+/// node leads its own group; anything it forked does not) running the node's command (a child
+/// that escaped into its own group with the node's environment is not the node).
+pub fn leader_running(procs: &[NodeProcess], command: &[String]) -> io::Result<Option<(u32, u64)>> {
+    let want: Vec<u8> = command.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    for p in procs.iter().filter(|p| p.pgid == p.pid) {
+        let argv = match std::fs::read(format!("/proc/{}/cmdline", p.pid)) {
+            Ok(a) => a,
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
         let same_args = argv
             .split(|b| *b == 0)
             .skip(1)
             .eq(want.split(|b| *b == 0).skip(1));
-        if same_args && is_node_process(pid, node, instance) {
-            if let Ok(Some(start)) = procstat::start_time(pid) {
-                if is_survivor(pid, start) {
-                    return Some((pid, start));
-                }
-            }
+        if same_args && is_survivor(p.pid, p.start)? {
+            return Ok(Some((p.pid, p.start)));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Whether `pid` with this start time is a node to adopt: alive, or a zombie that is our own
 /// child (it died during an upgrade's exec; reaping it gives its real exit status).
-pub fn is_survivor(pid: u32, start: u64) -> bool {
-    match procstat::stat(pid) {
-        Ok(Some(st)) if st.start == start => {
+pub fn is_survivor(pid: u32, start: u64) -> io::Result<bool> {
+    if pid == 0 {
+        return Ok(false);
+    }
+    Ok(match procstat::stat(pid)? {
+        Some(st) if st.start == start => {
             !matches!(st.state, 'Z' | 'X') || st.parent == std::process::id()
         }
         _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_both_variables_exactly() {
+        let env = b"A=1\0BROCTLD_NODE=w1\0BROCTLD_INSTANCE=x\0";
+        assert!(carries(env, "w1", "x"));
+        assert!(!carries(env, "w", "x"));
+        assert!(!carries(env, "w1", "y"));
+        assert!(!carries(b"BROCTLD_NODE=w1\0", "w1", "x"));
+    }
+
+    #[test]
+    fn a_missing_process_is_an_answer_not_an_error() {
+        // Pid numbers above pid_max never exist.
+        assert!(!is_survivor(u32::MAX - 1, 1).unwrap());
+        assert!(!is_node_process(u32::MAX - 1, "a", "b").unwrap());
     }
 }

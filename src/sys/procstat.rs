@@ -15,6 +15,8 @@ pub struct Stat {
     pub state: char,
     /// The parent pid (field 4).
     pub parent: u32,
+    /// The process group (field 5).
+    pub pgid: u32,
     /// The start time in clock ticks since boot (field 22).
     pub start: u64,
 }
@@ -30,9 +32,9 @@ pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
     Ok(parse_stat(&text))
 }
 
-/// The parent pid (field 4) of `pid`, if it exists.
-pub fn parent(pid: u32) -> Option<u32> {
-    stat(pid).ok().flatten().map(|st| st.parent)
+/// The parent pid (field 4) of `pid`, `Ok(None)` if it does not exist.
+pub fn parent(pid: u32) -> io::Result<Option<u32>> {
+    Ok(stat(pid)?.map(|st| st.parent))
 }
 
 /// Parses the text of a `/proc/PID/stat` file. The command name (field 2) may hold spaces and
@@ -42,21 +44,49 @@ pub fn parse_stat(stat: &str) -> Option<Stat> {
     // After ")" come field 3 (state) onwards; field 22 is the 20th of those.
     let state = f.next()?.chars().next()?;
     let parent = f.next()?.parse().ok()?;
-    let start = f.nth(17)?.parse().ok()?;
+    let pgid = f.next()?.parse().ok()?;
+    let start = f.nth(16)?.parse().ok()?;
     Some(Stat {
         state,
         parent,
+        pgid,
         start,
     })
 }
 
 /// Whether a process with this pid and start time still runs. A zombie (`Z`) or dying (`X`)
 /// process has exited: it only waits for its parent to collect it.
-pub fn is_alive(pid: u32, start: u64) -> bool {
+pub fn alive(pid: u32, start: u64) -> io::Result<bool> {
     if pid == 0 {
-        return false;
+        return Ok(false);
     }
-    matches!(stat(pid), Ok(Some(st)) if st.start == start && st.state != 'Z' && st.state != 'X')
+    Ok(matches!(stat(pid)?, Some(st) if st.start == start && st.state != 'Z' && st.state != 'X'))
+}
+
+/// [`alive`], failing safe: a process whose state cannot be read (an OS error such as EMFILE)
+/// counts as alive, since an error is never evidence that it is gone.
+pub fn is_alive(pid: u32, start: u64) -> bool {
+    alive(pid, start).unwrap_or(true)
+}
+
+/// How long the process `pid` with this start time has run, in ns (from the kernel's record
+/// of its start, so an adopted node keeps its real uptime). `Ok(None)` if it is gone.
+pub fn age_ns(pid: u32, start: u64) -> io::Result<Option<u64>> {
+    match stat(pid)? {
+        Some(st) if st.start == start => {}
+        _ => return Ok(None),
+    }
+    // SAFETY: sysconf takes a name constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid, writable timespec; the start time counts from boot (CLOCK_BOOTTIME).
+    crate::syscall!(clock_gettime(libc::CLOCK_BOOTTIME, &mut ts))?;
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let started = start.saturating_mul(1_000_000_000 / hz);
+    Ok(Some(now.saturating_sub(started)))
 }
 
 /// The calling process's own start time.
@@ -77,6 +107,7 @@ mod tests {
             Some(Stat {
                 state: 'S',
                 parent: 1,
+                pgid: 1234,
                 start: 987654
             })
         );

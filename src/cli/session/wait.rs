@@ -104,6 +104,12 @@ pub(super) fn progress_text(
                         None => format!("starting {}: {}", n.name, progress::secs(up)),
                     }
                 }
+                (NodeState::Backoff, _) if n.blocked_by.is_some() => format!(
+                    "{}: not started, {}; `stop {}` ends it",
+                    n.name,
+                    crate::cli::output::blocked_reason(n.blocked_by.unwrap_or_default()),
+                    n.name
+                ),
                 (NodeState::Backoff, _) => format!(
                     "{}: died, next start in {}",
                     n.name,
@@ -189,7 +195,16 @@ pub(super) fn report(
                 .last_exit
                 .map(|e| format!(", last exit: {}", e.describe()))
                 .unwrap_or_default();
-            println!("{}: not {verb}: {}{why}", n.name, n.state.as_str());
+            match n.blocked_by {
+                // Another process of the node lives: say which, and how to end it.
+                Some(b) => println!(
+                    "{}: not {verb}: {}; `broctld stop {}` ends it",
+                    n.name,
+                    crate::cli::output::blocked_reason(b),
+                    n.name
+                ),
+                None => println!("{}: not {verb}: {}{why}", n.name, n.state.as_str()),
+            }
             bad.push(n.name.clone());
         }
     }
