@@ -101,6 +101,8 @@ pub enum Cmd {
         /// JSON output.
         json: bool,
     },
+    /// `layout`: print the Zeek cluster layout of the config.
+    Layout,
     /// `daemon`: a foreground Main for a service manager.
     Daemon,
     /// `help [COMMAND]`.
@@ -130,6 +132,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("top", "[NODE...] [--json]", "pid, cpu %, memory, threads and uptime of each node's processes"),
     ("nodes", "[NODE...] [--json]", "the configured nodes and their settings"),
     ("config", "[--json]", "the effective config: every key explicit, defaults applied, paths absolute"),
+    ("layout", "", "print the cluster-layout.zeek of a Zeek config (zeek.conf, cluster folder, node.cfg) as upstream writes it"),
     ("daemon", "", "run in the foreground for a service manager (systemd Type=notify): SIGHUP reloads, SIGTERM shuts down"),
     ("help", "[COMMAND]", "this list, or one command's help"),
 ];
@@ -296,6 +299,10 @@ pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
         "reload" => {
             none(rest)?;
             Cmd::Reload
+        }
+        "layout" => {
+            none(rest)?;
+            Cmd::Layout
         }
         "upgrade-supervisor" => {
             none(rest)?;

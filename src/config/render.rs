@@ -148,6 +148,18 @@ fn node(out: &mut String, n: &NodeSpec) {
             lines.push(format!("{k} = {}", limit(v)));
         }
     }
+    if let Some(n) = p.nice {
+        lines.push(format!("nice = {n}"));
+    }
+    if let Some(m) = p.memory_max {
+        lines.push(format!("memory_max = {m}"));
+    }
+    if !p.capabilities.is_empty() {
+        lines.push(format!(
+            "capabilities = {}",
+            list(&p.capabilities, |c| string(c))
+        ));
+    }
     for line in lines {
         out.push_str(&line);
         out.push('\n');

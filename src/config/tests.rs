@@ -927,6 +927,9 @@ fn to_toml_writes_every_key() {
         "rlimit_nofile",
         "rlimit_core",
         "rlimit_memlock",
+        "nice",
+        "memory_max",
+        "capabilities",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {
