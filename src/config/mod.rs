@@ -908,13 +908,15 @@ fn read_capabilities(item: &Item) -> Result<Vec<String>, Bad> {
     for cap in items {
         match &cap.value {
             Raw::Str(s) if crate::sys::caps::number(s).is_some() => caps.push(s.clone()),
-            other => return Err(Bad::at(
-                cap,
-                format!(
+            other => {
+                return Err(Bad::at(
+                    cap,
+                    format!(
                     "unknown capability {} (names such as \"CAP_NET_RAW\", see capabilities(7))",
                     describe(other)
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(caps)

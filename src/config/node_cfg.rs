@@ -628,6 +628,7 @@ pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
     dirs.extend(specs.iter().map(|s| s.cwd.clone()));
     let setup = ZeekSetup {
         layout: layout::zeekctl(&layout_nodes, &lay),
+        layout_from: None,
         layout_path: installed.join("auto").join(file),
         dirs,
         owner: None,

@@ -12,8 +12,11 @@ use super::{ConfigError, NodeSpec};
 /// What must be in place before any node of a Zeek cluster starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZeekSetup {
-    /// The content of `cluster-layout.zeek`.
+    /// The content of `cluster-layout.zeek` (empty when copied from [`ZeekSetup::layout_from`]).
     pub layout: String,
+    /// A ready-made layout (zeek.conf's `cluster_layout`) copied at setup time, as the
+    /// generator's setup unit copies it.
+    pub layout_from: Option<PathBuf>,
     /// Where the layout is written (`cluster-layout.zeek` in a folder on every node's
     /// `ZEEKPATH`).
     pub layout_path: PathBuf,
@@ -21,6 +24,16 @@ pub struct ZeekSetup {
     pub dirs: Vec<PathBuf>,
     /// Owner (`user`, `group`) given the created folders, if any.
     pub owner: Option<(String, Option<String>)>,
+}
+
+impl ZeekSetup {
+    /// The layout's text: generated, or read from the ready-made file.
+    pub fn layout_text(&self) -> std::io::Result<String> {
+        match &self.layout_from {
+            Some(p) => std::fs::read_to_string(p),
+            None => Ok(self.layout.clone()),
+        }
+    }
 }
 
 /// Environment variable naming this machine's host in a multi-host cluster (set by
@@ -156,14 +169,12 @@ pub fn load(
     let file_dir = file.parent().unwrap_or(dir).to_path_buf();
     conf.base_dir = super::normalize(&file_dir.join(&conf.base_dir));
     let nodes = conf.nodes().map_err(|e| invalid(&file, e))?;
-    let layout = match (&conf.cluster_layout, &folder) {
-        (Some(given), _) => {
-            let given = file_dir.join(given);
-            std::fs::read_to_string(&given).map_err(|source| ConfigError::Io {
-                path: given,
-                source,
-            })?
-        }
+    let layout_from = conf
+        .cluster_layout
+        .as_ref()
+        .map(|given| file_dir.join(given));
+    let layout = match (&layout_from, &folder) {
+        (Some(_), _) => String::new(),
         (None, Some(folder)) => folder_layout(folder)?,
         (None, None) => layout::generator(std::slice::from_ref(&conf), GeneratorMode::Flags)
             .map_err(|m| {
@@ -185,6 +196,7 @@ pub fn load(
     });
     let setup = ZeekSetup {
         layout,
+        layout_from,
         layout_path: conf.generated_scripts_dir().join("cluster-layout.zeek"),
         dirs: conf.setup_dirs(&nodes),
         owner,

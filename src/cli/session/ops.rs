@@ -395,7 +395,16 @@ impl Session {
                 config.path.display()
             )));
         };
-        print!("{}", zeek.layout);
+        let text = zeek.layout_text().map_err(|e| {
+            CliError::Failed(format!(
+                "cannot read the cluster_layout file {}: {e}",
+                zeek.layout_from
+                    .as_deref()
+                    .unwrap_or(config.path.as_path())
+                    .display()
+            ))
+        })?;
+        print!("{text}");
         self.note(format!("layout of {}", config.path.display()));
         Ok(Outcome::Done)
     }
