@@ -351,13 +351,32 @@ fn spawn_prepared(
             Some((uid, gid, groups))
         }
     };
+    let nice = policy.nice;
+    // Ambient capabilities, as masks of the two 32-bit capability words. Only a node that
+    // will not run as root needs them (root keeps every capability across exec).
+    // SAFETY: getuid cannot fail.
+    let target_uid = creds.as_ref().map_or(unsafe { libc::getuid() }, |c| c.0);
+    let caps: Vec<u32> = if target_uid == 0 {
+        Vec::new()
+    } else {
+        policy
+            .capabilities
+            .iter()
+            .filter_map(|c| crate::sys::caps::number(c))
+            .collect()
+    };
+    let mut cap_mask = [0u32; 2];
+    for &c in &caps {
+        cap_mask[(c / 32) as usize & 1] |= 1 << (c % 32);
+    }
     let pass: Vec<(RawFd, RawFd)> = pass.to_vec();
     let dup_floor = pass.iter().map(|p| p.1).max().unwrap_or(2) + 1;
 
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, setrlimit,
-    // umask, close_range, fcntl, dup2, setgroups, setgid, setuid) on values prepared before the
-    // fork; it reads the captured vectors but allocates nothing.
+    // umask, close_range, fcntl, dup2, setpriority, prctl, setgroups, setgid, setuid, capset)
+    // on values prepared before the fork; it reads the captured vectors (and builds two small
+    // structs on the stack) but allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Own session and process group: not in the Supervisor's group, no controlling tty.
@@ -410,12 +429,63 @@ fn spawn_prepared(
                     return Err(io::Error::last_os_error());
                 }
             }
+            // Nice level first: lowering it needs the privileges dropped below.
+            if let Some(n) = nice {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, n) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Keep the permitted capabilities across setuid when some are to stay ambient.
+            if !caps.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if let Some((uid, gid, groups)) = &creds {
                 if libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(*gid) < 0
                     || libc::setuid(*uid) < 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+            }
+            if !caps.is_empty() {
+                // Effective, permitted and inheritable hold the capabilities (capset fails
+                // with EPERM if the Supervisor did not have them), then each is raised into
+                // the ambient set, which execve keeps for a non-root program.
+                #[repr(C)]
+                struct CapHeader {
+                    version: u32,
+                    pid: i32,
+                }
+                #[repr(C)]
+                struct CapData {
+                    effective: u32,
+                    permitted: u32,
+                    inheritable: u32,
+                }
+                const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+                let header = CapHeader {
+                    version: LINUX_CAPABILITY_VERSION_3,
+                    pid: 0,
+                };
+                let data = cap_mask.map(|m| CapData {
+                    effective: m,
+                    permitted: m,
+                    inheritable: m,
+                });
+                if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                for &c in &caps {
+                    if libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE,
+                        libc::c_ulong::from(c),
+                        0,
+                        0,
+                    ) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
             }
             Ok(())
