@@ -8,10 +8,15 @@
 //! new one from the handoff. Either way it adopts the nodes, which are still its own children,
 //! so their exit statuses are collected as usual.
 
+use super::node::Node;
+use super::Supervisor;
+use crate::log;
+use crate::protocol::event::{Event, EventKind, NO_NODE};
 use crate::protocol::node::{Exit, NodeRecord, NodeState};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -122,6 +127,43 @@ pub fn exec(exe: &Path, args: &[String], lock_fd: i32) -> io::Error {
     // signals stay blocked (and pending ones pending) into the new image.
     unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
     io::Error::last_os_error()
+}
+
+impl Supervisor {
+    /// Re-executes our binary in place; returns only if that failed (and then runs on as before).
+    pub(super) fn reexec(&mut self) {
+        let handoff = self.instance.dir().join("handoff");
+        let records: Vec<NodeRecord> = self.nodes.iter().map(Node::record).collect();
+        let Some(lock_fd) = self.lock.as_ref().map(|l| l.file().as_raw_fd()) else {
+            return;
+        };
+        let fail = |sup: &mut Supervisor, what: &str, e: io::Error| {
+            log!("upgrade-supervisor failed ({what}: {e}); running on unchanged");
+            let _ = crate::sys::fdflags::set_cloexec(lock_fd, true);
+            let _ = std::fs::remove_file(sup.instance.dir().join("handoff"));
+            let mut ev = Event::now(EventKind::UpgradeFailed, NO_NODE, std::process::id());
+            ev.a = e.raw_os_error().unwrap_or(0) as u64;
+            sup.event(ev);
+        };
+        if let Err(e) = write_handoff(&handoff, &records) {
+            return fail(self, "writing the handoff", e);
+        }
+        if let Err(e) = crate::sys::fdflags::set_cloexec(lock_fd, false) {
+            return fail(self, "keeping the lock across exec", e);
+        }
+        let args = vec![
+            "--instance".to_string(),
+            self.instance.name().to_string(),
+            "--runtime-dir".to_string(),
+            self.instance.runtime_dir().display().to_string(),
+            "--config".to_string(),
+            self.config_path.display().to_string(),
+            "__supervisor".to_string(),
+        ];
+        log!("upgrade-supervisor: re-executing {}", self.exe.display());
+        let e = exec(&self.exe, &args, lock_fd);
+        fail(self, "execve", e);
+    }
 }
 
 #[cfg(test)]

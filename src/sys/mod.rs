@@ -30,4 +30,5 @@ pub mod futex;
 pub mod lockfile;
 pub mod pidfd;
 
+pub mod procscan;
 pub mod procstat;

@@ -1,0 +1,178 @@
+//! `reload`: re-reading the config and applying only the difference; keeping the node table
+//! and the pid and token maps in step when the node list changes.
+
+use super::*;
+
+impl Supervisor {
+    /// Re-reads the config file and applies only the difference: added nodes are started (if
+    /// autostart), removed ones stopped and then dropped from the table, nodes whose definition
+    /// changed are restarted with the new one; every other node keeps its process. A config that
+    /// fails to load changes nothing.
+    pub(super) fn reload(&mut self) -> (ReplyStatus, String) {
+        let config = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => return (ReplyStatus::Rejected, format!("nothing changed: {e}")),
+        };
+        if let Err(e) = preflight(&config) {
+            return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
+        }
+        let live = self.nodes.iter().filter(|n| !n.retiring).count();
+        let retiring = self.nodes.len() - live;
+        if config.nodes.len() + retiring > MAX_NODES {
+            return (
+                ReplyStatus::Rejected,
+                format!(
+                    "nothing changed: {} nodes is more than {MAX_NODES}",
+                    config.nodes.len()
+                ),
+            );
+        }
+        self.config_dir = config.dir.clone();
+        // Queues hold node indices, which a reload reorders: settle them now.
+        for i in 0..self.nodes.len() {
+            match self.nodes[i].queue.take() {
+                Some(Queue::Start { was_failed, .. }) => {
+                    if was_failed {
+                        let n = &mut self.nodes[i];
+                        n.history.reset(&n.spec.policy);
+                    }
+                    self.spawn(i, false);
+                }
+                Some(Queue::Stop { .. }) if self.nodes[i].pid.is_some() => self.stop_node(i),
+                _ => {}
+            }
+        }
+        let mut old: HashMap<String, Node> = HashMap::new();
+        let mut kept_retiring = Vec::new();
+        for n in self.nodes.drain(..) {
+            if n.retiring {
+                kept_retiring.push(n);
+            } else {
+                old.insert(n.spec.name.clone(), n);
+            }
+        }
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut to_restart = Vec::new();
+        let mut to_start = Vec::new();
+        for spec in config.nodes {
+            match old.remove(&spec.name) {
+                Some(mut n) => {
+                    let mut a = n.spec.clone();
+                    a.line = spec.line;
+                    if a != spec {
+                        changed.push(spec.name.clone());
+                        let running = n.pid.is_some();
+                        n.spec = spec;
+                        n.prepared = spawn::Prepared::default();
+                        n.history = policy::History::new(&n.spec.policy);
+                        if running {
+                            to_restart.push(self.nodes.len());
+                        }
+                    }
+                    self.nodes.push(n);
+                }
+                None => {
+                    added.push(spec.name.clone());
+                    if spec.policy.autostart {
+                        to_start.push(self.nodes.len());
+                    }
+                    self.nodes.push(Node::new(spec));
+                }
+            }
+        }
+        let first_retiring = self.nodes.len();
+        for (name, mut n) in old {
+            removed.push(name);
+            n.retiring = true;
+            self.nodes.push(n);
+        }
+        self.nodes.extend(kept_retiring);
+        self.reindex();
+        for i in first_retiring..self.nodes.len() {
+            if self.nodes[i].pid.is_some() {
+                self.stop_node(i);
+            } else {
+                self.nodes[i].state = NodeState::Stopped;
+                self.nodes[i].deadline = None;
+            }
+        }
+        for i in to_restart {
+            self.restart_node(i);
+        }
+        for i in self.start_order(to_start) {
+            self.start_node(i);
+        }
+        self.drop_retired();
+        let h = self.shared.header();
+        h.config_epoch.fetch_add(1, Ordering::Release);
+        let unchanged =
+            self.nodes.iter().filter(|n| !n.retiring).count() - added.len() - changed.len();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        let msg = format!(
+            "added {} changed {} removed {} unchanged {unchanged}",
+            list(&added),
+            list(&changed),
+            list(&removed)
+        );
+        log!("reload of {}: {msg}", self.config_path.display());
+        (ReplyStatus::Ok, msg)
+    }
+
+    /// After the node list changed order: rebuild the pid map, move every pidfd and readiness
+    /// pipe to its node's new token, republish the whole table.
+    pub(super) fn reindex(&mut self) {
+        self.by_pid.clear();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(pid) = n.pid {
+                self.by_pid.insert(pid, i);
+            }
+            if let Some(fd) = &n.pidfd {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    Token(NODE_BASE + 2 * i),
+                    Interest::READABLE,
+                );
+            }
+            if let Some(r) = &n.ready_pipe {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&r.as_raw_fd()),
+                    Token(NODE_BASE + 2 * i + 1),
+                    Interest::READABLE,
+                );
+            }
+        }
+        self.publish_all();
+    }
+
+    /// Publishes every record and the count; clears records past the end.
+    pub(super) fn publish_all(&self) {
+        for i in 0..self.nodes.len() {
+            self.publish(i);
+        }
+        let cells = self.shared.node_cells();
+        let old = self.shared.node_count();
+        // An all-zero record reads as a stopped node with no name.
+        for cell in &cells[self.nodes.len()..old.max(self.nodes.len())] {
+            cell.write(&[0; crate::protocol::layout::NODE_WORDS]);
+        }
+        self.shared
+            .header()
+            .node_count
+            .store(self.nodes.len() as u32, Ordering::Release);
+    }
+
+    /// Drops retiring nodes that have stopped.
+    pub(super) fn drop_retired(&mut self) {
+        let before = self.nodes.len();
+        self.nodes.retain(|n| !(n.retiring && n.is_down()));
+        if self.nodes.len() != before {
+            self.reindex();
+        }
+    }
+}
