@@ -16,6 +16,7 @@ mod reload;
 pub mod spawn;
 mod takeover;
 pub mod upgrade;
+pub mod zeek_setup;
 
 use crate::config::{Config, ConfigError};
 use crate::instance::{Instance, InstanceError};
@@ -82,6 +83,9 @@ pub enum SupervisorError {
         #[source]
         source: spawn::SpawnError,
     },
+    /// The Zeek cluster's folders or layout could not be set up (nothing was started).
+    #[error("{0}; nothing was started")]
+    ZeekSetup(#[from] zeek_setup::ZeekSetupError),
     /// More nodes than the table holds.
     #[error("config has {count} nodes; broctld supervises at most {max} per instance: split them over several instances")]
     TooManyNodes {
@@ -222,6 +226,9 @@ impl Supervisor {
         };
         let config = Config::load(config_path)?;
         preflight(&config)?;
+        if let Some(zeek) = &config.zeek {
+            zeek_setup::apply(zeek)?;
+        }
         if config.nodes.len() > MAX_NODES {
             return Err(SupervisorError::TooManyNodes {
                 count: config.nodes.len(),

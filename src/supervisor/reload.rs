@@ -16,6 +16,9 @@ impl Supervisor {
         if let Err(e) = preflight(&config) {
             return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
         }
+        if let Some(Err(e)) = config.zeek.as_ref().map(zeek_setup::apply) {
+            return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
+        }
         let live = self.nodes.iter().filter(|n| !n.retiring).count();
         let retiring = self.nodes.len() - live;
         if config.nodes.len() + retiring > MAX_NODES {
