@@ -142,6 +142,29 @@ pub struct Policy {
     /// Capabilities (`CAP_NET_RAW`, ...) raised into the node's ambient set, so that a node
     /// running as a non-root `user` keeps them across exec.
     pub capabilities: Vec<String>,
+    /// The node is ready when this file's first line reads a given line (Zeek's `-U` status
+    /// file reading `RUNNING`); watched with inotify, no polling.
+    pub ready_file: Option<ReadyFile>,
+}
+
+/// `ready_file = { path = ".status", line = "RUNNING" }`: readiness from a status file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyFile {
+    /// The file, relative to the node's working directory (or absolute). Removed before each
+    /// start, so a previous run's file never counts.
+    pub path: PathBuf,
+    /// The first line that means ready (without its newline).
+    pub line: String,
+}
+
+impl ReadyFile {
+    /// Zeek's: `-U .status` reading `RUNNING`.
+    pub fn zeek() -> ReadyFile {
+        ReadyFile {
+            path: PathBuf::from(".status"),
+            line: "RUNNING".into(),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -179,6 +202,7 @@ impl Default for Policy {
             nice: None,
             memory_max: None,
             capabilities: Vec::new(),
+            ready_file: None,
         }
     }
 }
@@ -541,7 +565,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 25] = [
+const POLICY_KEYS: [&str; 26] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -567,6 +591,7 @@ const POLICY_KEYS: [&str; 25] = [
     "nice",
     "memory_max",
     "capabilities",
+    "ready_file",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -920,6 +945,49 @@ fn read_capabilities(item: &Item) -> Result<Vec<String>, Bad> {
         }
     }
     Ok(caps)
+}
+
+fn read_ready_file(item: &Item) -> Result<ReadyFile, Bad> {
+    let expected = "expected a table such as { path = \".status\", line = \"RUNNING\" }";
+    let Raw::Table(entries) = &item.value else {
+        return Err(Bad::new(format!(
+            "{expected}, got {}",
+            describe(&item.value)
+        )));
+    };
+    let (mut path, mut line) = (None, None);
+    for e in entries {
+        match (e.key.as_str(), &e.value.value) {
+            ("path", Raw::Str(s)) if !s.is_empty() && !s.contains('\0') => path = Some(s.clone()),
+            ("line", Raw::Str(s)) if !s.contains('\n') && !s.contains('\0') => {
+                line = Some(s.clone())
+            }
+            (k @ ("path" | "line"), other) => {
+                return Err(Bad::at(
+                    &e.value,
+                    format!(
+                        "'{k}' must be a non-empty string on one line, got {}",
+                        describe(other)
+                    ),
+                ))
+            }
+            (k, _) => {
+                return Err(Bad::at(
+                    &e.value,
+                    format!("unknown key '{k}' (a ready_file has 'path' and 'line')"),
+                ))
+            }
+        }
+    }
+    match (path, line) {
+        (Some(path), Some(line)) => Ok(ReadyFile {
+            path: PathBuf::from(path),
+            line,
+        }),
+        _ => Err(Bad::new(format!(
+            "{expected}: both 'path' and 'line' are required"
+        ))),
+    }
 }
 
 fn read_ready_fd(item: &Item) -> Result<i32, Bad> {
@@ -1407,6 +1475,7 @@ impl Checker<'_> {
             "nice" => read_nice(item).map(|v| p.nice = Some(v)),
             "memory_max" => read_memory(item).map(|v| p.memory_max = Some(v)),
             "capabilities" => read_capabilities(item).map(|v| p.capabilities = v),
+            "ready_file" => read_ready_file(item).map(|v| p.ready_file = Some(v)),
             "env" => read_env(item).map(|env| draft.env.extend(env)),
             _ => return Ok(false),
         };

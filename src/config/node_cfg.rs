@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::layout::{self, ZeekctlLayout, ZeekctlNode};
 use super::zeek_cluster::ZeekSetup;
-use super::{valid_name, ConfigError, NodeSpec, NodeType, Policy, MAX_CPU};
+use super::{valid_name, ConfigError, NodeSpec, NodeType, Policy, ReadyFile, MAX_CPU};
 
 /// Whether `path` is a zeekctl node.cfg: named `node.cfg` (or `node.cfg__VARIANT`, as
 /// zeekctl's test suite names them).
@@ -582,7 +582,10 @@ pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
                 cwd,
                 cpu_affinity: n.cpu.into_iter().collect(),
                 start_after: before(n.node_type),
-                policy: Policy::default(),
+                policy: Policy {
+                    ready_file: Some(ReadyFile::zeek()),
+                    ..Policy::default()
+                },
                 line: 1,
             }
         })

@@ -160,6 +160,13 @@ fn node(out: &mut String, n: &NodeSpec) {
             list(&p.capabilities, |c| string(c))
         ));
     }
+    if let Some(r) = &p.ready_file {
+        lines.push(format!(
+            "ready_file = {{ path = {}, line = {} }}",
+            path(&r.path),
+            string(&r.line)
+        ));
+    }
     for line in lines {
         out.push_str(&line);
         out.push('\n');

@@ -930,6 +930,7 @@ fn to_toml_writes_every_key() {
         "nice",
         "memory_max",
         "capabilities",
+        "ready_file",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {

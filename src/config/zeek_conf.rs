@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::zeek_ini::{self, IniError, IniOption, IniSection};
-use super::{NodeSpec, NodeType, Policy, MAX_CPU};
+use super::{NodeSpec, NodeType, Policy, ReadyFile, MAX_CPU};
 
 /// Where Zeek is installed when `base_dir` is not set (Zeek's default prefix).
 pub const DEFAULT_BASE_DIR: &str = "/usr/local/zeek";
@@ -713,6 +713,9 @@ impl ZeekConf {
                     settings: &TypeSettings,
                     after: Vec<String>| {
             let mut p = policy.clone();
+            if node_type != NodeType::Other {
+                p.ready_file = Some(ReadyFile::zeek());
+            }
             p.nice = settings.nice;
             p.memory_max = settings.memory_max;
             NodeSpec {
@@ -729,8 +732,12 @@ impl ZeekConf {
                 line: 1,
             }
         };
+        // Readiness is Zeek's own word: its `-U` status file reading RUNNING (the one argument
+        // broctld adds to what the generator's units run).
+        let status_args = || ["-U".to_string(), ".status".to_string()];
         let zeek_cmd = |extra: &str| {
             let mut c = vec![exe.clone()];
+            c.extend(status_args());
             c.extend(split(&self.cluster_backend_args));
             c.push("policy/misc/systemd-generator".into());
             c.extend(split(extra));
@@ -825,7 +832,9 @@ impl ZeekConf {
                     env.insert(k.clone(), v);
                 }
                 env.insert("INTERFACE".into(), interface.clone());
-                let mut command = vec![exe.clone(), "-i".into(), interface];
+                let mut command = vec![exe.clone()];
+                command.extend(status_args());
+                command.extend(["-i".into(), interface]);
                 command.extend(split(&self.cluster_backend_args));
                 command.push("policy/misc/systemd-generator".into());
                 command.extend(split(&iwc.args));

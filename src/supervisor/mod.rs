@@ -11,6 +11,7 @@ mod lifecycle;
 pub mod node;
 pub mod policy;
 mod queues;
+mod ready_file;
 pub mod reaper;
 mod reload;
 pub mod spawn;
@@ -45,6 +46,8 @@ use std::time::Duration;
 
 const SIGNALS: Token = Token(0);
 const BELL: Token = Token(1);
+/// The inotify fd watching `ready_file`s.
+const READY_FILES: Token = Token(2);
 /// Node `i` has token `NODE_BASE + 2i` for its pidfd and `NODE_BASE + 2i + 1` for its
 /// readiness pipe.
 const NODE_BASE: usize = 16;
@@ -188,6 +191,8 @@ pub struct Supervisor {
     by_pid: HashMap<u32, usize>,
     shutting_down: bool,
     slot_seen: Vec<u32>,
+    /// Watches `ready_file`s (None if inotify is unavailable: logged at start).
+    ready_files: Option<ready_file::ReadyFiles>,
 }
 
 impl Supervisor {
@@ -256,6 +261,17 @@ impl Supervisor {
             .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
             .map_err(io_err("epoll_ctl(doorbell)"))?;
 
+        let ready_files = match ready_file::ReadyFiles::new().and_then(|f| {
+            poll.registry()
+                .register(&mut SourceFd(&f.raw_fd()), READY_FILES, Interest::READABLE)
+                .map(|()| f)
+        }) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log!("inotify: {e}; nodes with a ready_file count as ready once started");
+                None
+            }
+        };
         let name = instance.shm_name();
         let (shared, previous) = match Shared::create(&name, Geometry::default()) {
             Ok(s) => (s, HashMap::new()),
@@ -307,6 +323,7 @@ impl Supervisor {
             by_pid: HashMap::new(),
             shutting_down: false,
             slot_seen: vec![0; slots],
+            ready_files,
         };
         sup.take_over(previous);
         // Children that ended while no loop listened (during an upgrade's exec).
@@ -340,10 +357,12 @@ impl Supervisor {
             let mut bell = false;
             let mut adopted_exits = Vec::new();
             let mut ready = Vec::new();
+            let mut files = false;
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
+                    READY_FILES => files = true,
                     Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
                         ready.push((t - NODE_BASE) / 2);
                     }
@@ -359,6 +378,9 @@ impl Supervisor {
             }
             for i in ready {
                 self.check_ready(i);
+            }
+            if files {
+                self.ready_files_changed();
             }
             if reap {
                 for (pid, exit) in reaper::reap_all() {
