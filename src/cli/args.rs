@@ -12,6 +12,8 @@ pub struct Globals {
     pub instance: Option<String>,
     /// `--runtime-dir DIR`.
     pub runtime_dir: Option<PathBuf>,
+    /// `--host NAME`: this machine's host in a multi-host Zeek cluster folder.
+    pub host: Option<String>,
     /// `--help`.
     pub help: bool,
     /// `--version`.
@@ -224,6 +226,7 @@ pub fn split_globals(args: &[String]) -> Result<(Globals, Vec<String>), UsageErr
             "--runtime-dir" => {
                 g.runtime_dir = Some(take_value(args, &mut i, "--runtime-dir")?.into())
             }
+            "--host" => g.host = Some(take_value(args, &mut i, "--host")?),
             "-h" | "--help" if rest.is_empty() => g.help = true,
             "-V" | "--version" if rest.is_empty() => g.version = true,
             "--" => {
