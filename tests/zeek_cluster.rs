@@ -121,6 +121,33 @@ fn zeek_conf_cluster_starts_in_order_ready_from_status_files_and_stops() {
         assert_eq!(said.trim(), "RUNNING", "{name}");
     }
 
+    // `nodes --json` is what each process runs: its argv and its whole environment (broctld's
+    // own BROCTLD_* variables aside), as the kernel shows them.
+    let listed = c.run(&["nodes", "--json"]);
+    listed.ok();
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    for n in listed.as_array().unwrap() {
+        let name = n["name"].as_str().unwrap();
+        let pid = status[name].pid.unwrap();
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let command: Vec<String> = serde_json::from_value(n["command"].clone()).unwrap();
+        assert_eq!(argv, command, "{name}");
+        let environ: BTreeMap<String, String> = std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+            .filter(|(k, _)| !k.starts_with("BROCTLD_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env: BTreeMap<String, String> = serde_json::from_value(n["env"].clone()).unwrap();
+        assert_eq!(environ, env, "{name}");
+    }
+
     // Ordered start: each stage spawned only once the one before said RUNNING.
     let ev = events(&c);
     assert!(position(&ev, "logger-1", "ready") < position(&ev, "manager", "spawned"));

@@ -142,6 +142,10 @@ pub struct Policy {
     /// Capabilities (`CAP_NET_RAW`, ...) raised into the node's ambient set, so that a node
     /// running as a non-root `user` keeps them across exec.
     pub capabilities: Vec<String>,
+    /// Start the node with only its `env` (and broctld's `BROCTLD_*` variables), not the
+    /// Supervisor's environment: what `nodes --json` shows is then all it gets, as a systemd
+    /// unit's `Environment=` is. Zeek configs set it.
+    pub clear_env: bool,
     /// The node is ready when this file's first line reads a given line (Zeek's `-U` status
     /// file reading `RUNNING`); watched with inotify, no polling.
     pub ready_file: Option<ReadyFile>,
@@ -173,8 +177,8 @@ impl Default for Policy {
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
     /// no `ready_fd`, `ready_timeout_ms = 10000`, `log_max_bytes = 67108864` (64 MiB),
-    /// `log_keep = 5`, and no user, group, umask, rlimits, nice level, memory limit or
-    /// capabilities (inherited from the Supervisor).
+    /// `log_keep = 5`, `clear_env = false`, and no user, group, umask, rlimits, nice level,
+    /// memory limit or capabilities (inherited from the Supervisor).
     fn default() -> Self {
         Policy {
             restart: RestartPolicy::Always,
@@ -203,6 +207,7 @@ impl Default for Policy {
             memory_max: None,
             capabilities: Vec::new(),
             ready_file: None,
+            clear_env: false,
         }
     }
 }
@@ -565,7 +570,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 26] = [
+const POLICY_KEYS: [&str; 27] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -592,6 +597,7 @@ const POLICY_KEYS: [&str; 26] = [
     "memory_max",
     "capabilities",
     "ready_file",
+    "clear_env",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -1419,6 +1425,7 @@ impl Checker<'_> {
             "stop_signal" => read_signal(item).map(|v| p.stop_signal = v),
             "stop_timeout_ms" => read_ms(item, 1).map(|v| p.stop_timeout = v),
             "autostart" => read_bool(item).map(|v| p.autostart = v),
+            "clear_env" => read_bool(item).map(|v| p.clear_env = v),
             "restart_delay_ms" => read_ms(item, 0).map(|v| {
                 p.restart_delay = v;
                 draft.delay_line = Some(self.entry_line(entry, fallback));

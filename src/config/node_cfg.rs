@@ -584,6 +584,7 @@ pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
                 start_after: before(n.node_type),
                 policy: Policy {
                     ready_file: Some(ReadyFile::zeek()),
+                    clear_env: true,
                     ..Policy::default()
                 },
                 line: 1,

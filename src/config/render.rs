@@ -110,6 +110,7 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("stop_signal = {signal}"),
         format!("stop_timeout_ms = {}", ms(p.stop_timeout)),
         format!("autostart = {}", p.autostart),
+        format!("clear_env = {}", p.clear_env),
         format!("restart_delay_ms = {}", ms(p.restart_delay)),
         format!("restart_delay_max_ms = {}", ms(p.restart_delay_max)),
         format!("restart_delay_factor = {factor}"),

@@ -693,6 +693,7 @@ impl ZeekConf {
         policy.give_up_after = 0;
         policy.give_up_window = Duration::ZERO;
         policy.stop_timeout = Duration::from_secs(90);
+        policy.clear_env = true;
         policy.user = (!self.user.is_empty()).then(|| self.user.clone());
         policy.group = (!self.group.is_empty()).then(|| self.group.clone());
         let spool = self.spool_dir();

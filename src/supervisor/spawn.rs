@@ -288,6 +288,9 @@ fn spawn_prepared(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
+    if policy.clear_env {
+        cmd.env_clear();
+    }
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
