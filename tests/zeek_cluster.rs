@@ -323,3 +323,25 @@ fn standin_refuses_a_cluster_node_its_layout_does_not_name() {
     assert!(v.status.success() && String::from_utf8_lossy(&v.stdout).starts_with("zeek version"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn example_zeek_conf_cluster_runs_from_the_repository() {
+    let mut c = Cluster::new("zeek_example", "");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/zeek");
+    c.config = example.join("zeek.conf");
+    let spool = example.join("var/spool/zeek");
+    let _ = std::fs::remove_dir_all(example.join("var"));
+    let status = c.start();
+    assert!(all_running(&status, &NODES), "{status:#?}\n{}", c.log());
+    for name in NODES {
+        let said = std::fs::read_to_string(spool.join(name).join(".status")).unwrap();
+        assert_eq!(said.trim(), "RUNNING", "{name}");
+        assert_eq!(proc_view(status[name].pid.unwrap()).0, spool.join(name));
+    }
+    c.run(&["shutdown"]).ok();
+    for name in NODES {
+        let pid = status[name].pid.unwrap();
+        wait_until(LIMIT, &format!("{name} gone"), || !pid_alive(pid));
+    }
+    let _ = std::fs::remove_dir_all(example.join("var"));
+}

@@ -68,7 +68,7 @@ pub fn is_zeek_conf(path: &Path) -> bool {
 
 fn invalid(path: &Path, e: ZeekError) -> ConfigError {
     let message = match &e.key {
-        Some(k) if !e.message.contains(&format!("'{k}'")) => format!("key '{k}': {}", e.message),
+        Some(k) if !e.message.contains(k.as_str()) => format!("key '{k}': {}", e.message),
         _ => e.message,
     };
     ConfigError::Invalid {
