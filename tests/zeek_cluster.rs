@@ -345,3 +345,43 @@ fn example_zeek_conf_cluster_runs_from_the_repository() {
     }
     let _ = std::fs::remove_dir_all(example.join("var"));
 }
+
+/// The `CapAmb` mask and the nice level of `pid`, from /proc.
+fn cap_amb_and_nice(pid: u32) -> (u64, i64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let amb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapAmb:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; nice is field 19 (index 16 here).
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let nice = after.split(' ').nth(16).unwrap().parse().unwrap();
+    (amb, nice)
+}
+
+#[test]
+fn nice_and_ambient_capabilities_reach_a_worker_running_as_another_user() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: switching users and raising capabilities cannot be tested");
+        return;
+    }
+    let c = Cluster::new(
+        "nice_caps",
+        "[[node]]\nname = \"sniffer\"\ntype = \"worker\"\ncommand = [\"/bin/sleep\", \"1000\"]\n\
+         user = \"nobody\"\nnice = 7\ncapabilities = [\"CAP_NET_RAW\", \"CAP_NET_ADMIN\"]\n\n\
+         [[node]]\nname = \"plain\"\ncommand = [\"/bin/sleep\", \"1000\"]\nuser = \"nobody\"\n",
+    );
+    let s = c.start();
+    let (amb, nice) = cap_amb_and_nice(s["sniffer"].pid.unwrap());
+    assert_eq!(amb, (1 << 13) | (1 << 12), "CapAmb of the worker");
+    assert_eq!(nice, 7);
+    let (amb, nice) = cap_amb_and_nice(s["plain"].pid.unwrap());
+    assert_eq!(
+        (amb, nice),
+        (0, 0),
+        "a node without capabilities or nice keeps none"
+    );
+}
