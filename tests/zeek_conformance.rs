@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use broctld::config::layout::{self, GeneratorMode};
 use broctld::config::zeek_cluster;
-use broctld::config::zeek_conf::{self, ZeekConf};
-use broctld::config::{node_cfg, NodeSpec, ZeekSetup};
+use broctld::config::zeek_conf;
+use broctld::config::{NodeSpec, NodeType, Policy, ZeekSetup};
 use regex::Regex;
 
 fn corpus() -> Option<PathBuf> {
@@ -455,6 +456,112 @@ fn compare_units(
 }
 
 // ---------------------------------------------------------------------------
+// broctld itself.
+
+/// Runs `broctld --config CONFIG ARGS` in an instance of its own under `work`: stdout, or the
+/// error it printed.
+fn broctld(config: &Path, work: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_broctld"))
+        .arg("--runtime-dir")
+        .arg(work.join("run"))
+        .args(["--instance", "conformance", "--config"])
+        .arg(config)
+        .args(args)
+        .env_remove("BROCTLD_HOST")
+        .output()
+        .expect("run broctld");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// `config` under a name broctld reads as a zeek.conf (a copy when it is not one already).
+fn as_zeek_conf(config: &Path, work: &Path) -> PathBuf {
+    let name = config.file_name().unwrap().to_string_lossy();
+    if name == "zeek.conf" || name.ends_with(".zeek.conf") {
+        return config.to_path_buf();
+    }
+    let dir = work.join(format!("{name}.as-zeek-conf"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("zeek.conf");
+    std::fs::copy(config, &copy).unwrap();
+    copy
+}
+
+/// The nodes `broctld nodes --json` shows, as specs.
+fn broctld_nodes(config: &Path, work: &Path) -> Result<Vec<NodeSpec>, String> {
+    let text = broctld(config, work, &["nodes", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let opt_str = |v: &serde_json::Value| v.as_str().map(String::from);
+    Ok(v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let policy = Policy {
+                user: opt_str(&n["user"]),
+                group: opt_str(&n["group"]),
+                nice: n["nice"].as_i64().map(|x| x as i32),
+                memory_max: n["memory_max"].as_u64(),
+                capabilities: strings(&n["capabilities"]),
+                restart_delay: Duration::from_millis(n["restart_delay_ms"].as_u64().unwrap()),
+                ..Policy::default()
+            };
+            NodeSpec {
+                name: n["name"].as_str().unwrap().into(),
+                node_type: NodeType::parse(n["type"].as_str().unwrap()).unwrap(),
+                command: strings(&n["command"]),
+                env: n["env"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect(),
+                cwd: PathBuf::from(n["cwd"].as_str().unwrap()),
+                stdout: PathBuf::from(n["stdout"].as_str().unwrap()),
+                stderr: PathBuf::from(n["stderr"].as_str().unwrap()),
+                cpu_affinity: n["cpu_affinity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_u64().unwrap() as usize)
+                    .collect(),
+                start_after: strings(&n["start_after"]),
+                policy,
+                line: 0,
+            }
+        })
+        .collect())
+}
+
+/// `broctld layout` for a zeek.conf or a cluster folder (any of its hosts: the layout is the
+/// whole cluster's).
+fn broctld_layout(config: &Path, work: &Path) -> Result<String, String> {
+    let mut args = vec!["layout".to_string()];
+    if config.is_dir() {
+        let host = std::fs::read_dir(config)
+            .unwrap()
+            .filter_map(|e| {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".zeek.conf").map(String::from)
+            })
+            .min()
+            .unwrap_or_default();
+        args = vec!["--host".into(), host, "layout".into()];
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    broctld(config, work, &args)
+}
+
+// ---------------------------------------------------------------------------
 // The generator's cases.
 
 /// The `%INPUT` texts: the test file itself, then each `@TEST-START-NEXT` variant.
@@ -549,12 +656,18 @@ fn generator_case(dir: &Path) -> Result<(usize, Vec<String>), &'static str> {
                         work.join(config)
                     };
                     let out_dir = words[3];
-                    let loaded = zeek_cluster::load(&config, None, &work);
+                    // What `broctld nodes --json` says for this config (under a name broctld
+                    // reads as a zeek.conf), and the library's setup for the folders.
+                    let cli_config = as_zeek_conf(&config, &work);
+                    let loaded = broctld_nodes(&cli_config, &work).and_then(|nodes| {
+                        zeek_cluster::load(&config, None, &work)
+                            .map(|(_, setup)| (nodes, setup))
+                            .map_err(|e| e.to_string())
+                    });
                     let stderr = baseline(&expected.join(format!(".stderr{suffix}")));
                     match (loaded, must_fail) {
-                        (Err(e), true) => {
+                        (Err(msg), true) => {
                             comparisons += 1;
-                            let msg = e.to_string();
                             let upstream: Vec<String> = stderr
                                 .unwrap_or_default()
                                 .lines()
@@ -566,8 +679,11 @@ fn generator_case(dir: &Path) -> Result<(usize, Vec<String>), &'static str> {
                                     "{name}{suffix}: broctld says {msg:?}, upstream {upstream:?}"
                                 ));
                             }
-                            if e.key().is_none() && e.line().is_none() {
-                                failures.push(format!("{name}{suffix}: {msg:?} names no line"));
+                            let at = format!("{}:", cli_config.display());
+                            if !msg.contains(&at) {
+                                failures.push(format!(
+                                    "{name}{suffix}: {msg:?} names no file and line"
+                                ));
                             }
                         }
                         (Ok(_), true) => {
@@ -596,7 +712,7 @@ fn generator_case(dir: &Path) -> Result<(usize, Vec<String>), &'static str> {
                             .position(|w| *w == "-o")
                             .map(|o| words[o + 1].to_string());
                         let got = if target.is_dir() {
-                            zeek_cluster::folder_layout(&target).map_err(|e| e.to_string())
+                            broctld_layout(&target, &work)
                         } else {
                             zeek_cluster::read_conf(&target, Path::new("/dev/null"))
                                 .map_err(|e| e.to_string())
@@ -605,11 +721,10 @@ fn generator_case(dir: &Path) -> Result<(usize, Vec<String>), &'static str> {
                         (got, out)
                     } else {
                         let (text, out) = flags_as_conf(&words[1..]);
-                        let conf = ZeekConf::parse(&text, Path::new("zeek.conf"), Path::new("/"))
-                            .unwrap_or_else(|e| {
-                                panic!("{name}: flags as zeek.conf: {e:?}\n{text}")
-                            });
-                        (layout::generator(&[conf], GeneratorMode::Flags), out)
+                        let flags_dir = work.join(format!("flags-{}", comparisons));
+                        std::fs::create_dir_all(&flags_dir).unwrap();
+                        std::fs::write(flags_dir.join("zeek.conf"), &text).unwrap();
+                        (broctld_layout(&flags_dir.join("zeek.conf"), &work), out)
                     };
                     let Some(out) = out.filter(|o| !o.contains('/') && o != "out") else {
                         continue; // writing into a folder named `out`: the open-error case
@@ -857,12 +972,11 @@ fn zeekctl_corpus_layouts_match_zeekctl_install() {
         std::fs::write(etc.join("zeekctl.cfg"), lines.join("\n")).unwrap();
         tally.comparisons += 1;
         let want = baseline(&zk.join("baselines").join(test).join(base)).unwrap();
-        let ok = match node_cfg::load(&etc.join("node.cfg")) {
-            Ok((_, setup)) if canon(&setup.layout) == canon(&want) => true,
-            Ok((_, setup)) => {
+        let ok = match broctld(&etc.join("node.cfg"), &work, &["layout"]) {
+            Ok(layout) if canon(&layout) == canon(&want) => true,
+            Ok(layout) => {
                 tally.failures.push(format!(
-                    "{test}/{base}: layout differs:\n--- zeekctl\n{want}\n--- broctld\n{}",
-                    setup.layout
+                    "{test}/{base}: layout differs:\n--- zeekctl\n{want}\n--- broctld\n{layout}"
                 ));
                 false
             }
