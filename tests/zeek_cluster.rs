@@ -38,14 +38,24 @@ fn zeek_conf(base: &Path, workers: u32) -> String {
     )
 }
 
-/// A zeek.conf cluster: the Cluster's --config is the zeek.conf itself.
-fn zeek_cluster(name: &str, workers: u32) -> (Cluster, PathBuf) {
+fn root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A zeek.conf cluster: the Cluster's --config is the zeek.conf itself (not as root: a TOML
+/// file including it without the workers' CAP_NET_RAW, which only root can grant).
+fn zeek_cluster(name: &str, workers: u32) -> (Cluster, PathBuf, PathBuf) {
     let mut c = Cluster::new(name, "");
     let base = zeek_prefix(&c.root, "zeek");
     let conf = c.root.join("zeek.conf");
     std::fs::write(&conf, zeek_conf(&base, workers)).unwrap();
-    c.config = conf;
-    (c, base)
+    if root() {
+        c.config = conf.clone();
+    } else {
+        c.write_config("[zeek]\nconf = \"zeek.conf\"\n[defaults]\ncapabilities = []\n");
+    }
+    (c, base, conf)
 }
 
 /// `events --json`: (node, kind) in order.
@@ -99,7 +109,7 @@ const NODES: [&str; 5] = [
 
 #[test]
 fn zeek_conf_cluster_starts_in_order_ready_from_status_files_and_stops() {
-    let (c, base) = zeek_cluster("zeek_conf_cluster", 2);
+    let (c, base, _) = zeek_cluster("zeek_conf_cluster", 2);
     let spool = base.join("var/spool/zeek");
     let status = c.start();
     assert!(all_running(&status, &NODES), "{status:#?}\n{}", c.log());
@@ -169,7 +179,7 @@ fn zeek_conf_cluster_starts_in_order_ready_from_status_files_and_stops() {
 
 #[test]
 fn zeek_cluster_nodes_survive_a_supervisor_kill_9() {
-    let (c, _base) = zeek_cluster("zeek_kill9", 2);
+    let (c, _, _) = zeek_cluster("zeek_kill9", 2);
     let before = c.start();
     assert!(all_running(&before, &NODES));
     let sup = c.supervisor_pid();
@@ -191,10 +201,10 @@ fn zeek_cluster_nodes_survive_a_supervisor_kill_9() {
 
 #[test]
 fn zeek_reload_writes_the_new_layout_before_the_added_worker_starts() {
-    let (c, base) = zeek_cluster("zeek_reload", 2);
+    let (c, base, conf) = zeek_cluster("zeek_reload", 2);
     let before = c.start();
     assert!(all_running(&before, &NODES));
-    std::fs::write(&c.config, zeek_conf(&base, 3)).unwrap();
+    std::fs::write(&conf, zeek_conf(&base, 3)).unwrap();
     c.run(&["reload"]).ok();
     let mut names = NODES.to_vec();
     names.push("worker-lo-3");
@@ -328,7 +338,8 @@ fn standin_refuses_a_cluster_node_its_layout_does_not_name() {
 fn example_zeek_conf_cluster_runs_from_the_repository() {
     let mut c = Cluster::new("zeek_example", "");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/zeek");
-    c.config = example.join("zeek.conf");
+    // Not as root, the TOML file beside it (no CAP_NET_RAW for the workers).
+    c.config = example.join(if root() { "zeek.conf" } else { "broctld.toml" });
     let spool = example.join("var/spool/zeek");
     let _ = std::fs::remove_dir_all(example.join("var"));
     let status = c.start();
@@ -363,8 +374,7 @@ fn cap_amb_and_nice(pid: u32) -> (u64, i64) {
 
 #[test]
 fn nice_and_ambient_capabilities_reach_a_worker_running_as_another_user() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !root() {
         eprintln!("not root: switching users and raising capabilities cannot be tested");
         return;
     }

@@ -148,7 +148,49 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// working directory can be created.
 pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
     resolve_program(&spec.name, &spec.command[0], config_dir)?;
+    check_capabilities(spec)?;
     prepare_cwd(spec)
+}
+
+/// A node that runs as a non-root user with `capabilities` gets them only if the Supervisor
+/// has them itself (in its permitted set): refused here, with what to do, rather than at exec.
+fn check_capabilities(spec: &NodeSpec) -> Result<(), SpawnError> {
+    let policy = &spec.policy;
+    // SAFETY: getuid cannot fail.
+    let uid = policy
+        .user
+        .as_deref()
+        .and_then(crate::sys::account::user)
+        .map_or(unsafe { libc::getuid() }, |(uid, _)| uid);
+    if policy.capabilities.is_empty() || uid == 0 {
+        return Ok(());
+    }
+    let permitted = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let missing: Vec<&str> = policy
+        .capabilities
+        .iter()
+        .filter(|c| crate::sys::caps::number(c).is_some_and(|n| permitted & (1 << n) == 0))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(SpawnError::Prepare {
+        node: spec.name.clone(),
+        what: "give the node the capabilities",
+        path: PathBuf::from(missing.join(",")),
+        source: io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "broctld does not have them itself: run it as root, or set `capabilities = []` for this node (for a zeek.conf, in a TOML file that includes it)",
+        ),
+    })
 }
 
 /// Creates the node's working directory if missing; one created for a node that runs as
