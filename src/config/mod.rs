@@ -1288,6 +1288,8 @@ impl Checker<'_> {
                 let line = self.entry_line(entry, 1);
                 let (zeek_nodes, setup) = self.check_zeek(entry)?;
                 for mut node in zeek_nodes {
+                    // Messages about the node name this file: point at its [zeek] table.
+                    node.line = line;
                     if let Some(d) = defaults {
                         let draft = PolicyDraft {
                             policy: node.policy.clone(),

@@ -126,6 +126,8 @@ pub struct ZeekConf {
     pub archiver_args: String,
     /// The interface sections.
     pub interfaces: Vec<Interface>,
+    /// The line of each key of the `[zeek]` section (or of the section-less file), lowercased.
+    pub key_lines: BTreeMap<String, usize>,
 }
 
 /// `HOST` of a file named `HOST.zeek.conf`.
@@ -404,6 +406,7 @@ impl ZeekConf {
             archiver: None,
             archiver_args: String::new(),
             interfaces: Vec::new(),
+            key_lines: BTreeMap::new(),
         };
         let mut errors = Vec::new();
         let empty = IniSection::default();
@@ -464,6 +467,7 @@ impl ZeekConf {
     /// Applies one option of the `[zeek]` section (or of the section-less file).
     fn apply(&mut self, o: &IniOption, section: &IniSection) -> Result<(), ZeekError> {
         let key = o.key.to_ascii_lowercase();
+        self.key_lines.insert(key.clone(), o.line);
         let k = key.as_str();
         if !k.ends_with("env") && !k.ends_with("args") && o.values.len() > 1 {
             return Err(err(o, k, format!("multiple values for '{k}' given")));
@@ -706,6 +710,7 @@ impl ZeekConf {
             env.extend(extra.iter().cloned());
             env
         };
+        let line_of = |key: &str| self.key_lines.get(key).copied().unwrap_or(1);
         let node = |name: String,
                     node_type: NodeType,
                     command: Vec<String>,
@@ -730,7 +735,14 @@ impl ZeekConf {
                 cpu_affinity: settings.cpu_set.clone().unwrap_or_default(),
                 start_after: after,
                 policy: p,
-                line: 1,
+                // The line that asks for the node: its count (manager, loggers, ...) or its
+                // interface.
+                line: match node_type {
+                    NodeType::Manager => line_of("manager"),
+                    NodeType::Logger => line_of("loggers"),
+                    NodeType::Proxy => line_of("proxies"),
+                    _ => line_of("archiver"),
+                },
             }
         };
         // Readiness is Zeek's own word: its `-U` status file reading RUNNING (the one argument
@@ -856,6 +868,7 @@ impl ZeekConf {
                     worker_after.clone(),
                 );
                 spec.policy.capabilities = vec!["CAP_NET_RAW".into()];
+                spec.line = iwc.interface_line.max(1);
                 out.push(spec);
             }
         }
