@@ -183,12 +183,401 @@ fn zeekctl_cfg(path: &Path) -> Result<BTreeMap<String, (String, usize)>, ConfigE
 /// One node after `lb_procs` expansion.
 struct Expanded {
     name: String,
+    /// The line of its `[section]`.
+    line: usize,
     node_type: NodeType,
     addr: String,
     interface: String,
     cpu: Option<usize>,
     env: Vec<(String, String)>,
     extra_args: Vec<String>,
+}
+
+/// One node.cfg section, checked as zeekctl checks it and expanded (`lb_procs`) into the
+/// processes it stands for.
+fn expand(
+    path: &Path,
+    s: &Section,
+    global_env: &[(String, String)],
+) -> Result<Vec<Expanded>, ConfigError> {
+    let mut out = Vec::new();
+    let name = &s.name;
+    let bad = |line: usize, key: &str, m: String| invalid(path, line, Some(key), m);
+    for (k, _, line) in &s.options {
+        let af = k
+            .strip_prefix("af_packet_")
+            .is_some_and(|r| AF_PACKET_KEYS.contains(&r));
+        if !NODE_KEYS.contains(&k.as_str()) && !af {
+            return Err(bad(
+                *line,
+                k,
+                format!("unrecognized node config option '{k}' given for node '{name}'"),
+            ));
+        }
+    }
+    if !valid_name(name) {
+        return Err(invalid(
+            path,
+            s.line,
+            None,
+            format!("invalid node name '{name}'"),
+        ));
+    }
+    let Some((t, tline)) = s.get("type") else {
+        return Err(invalid(
+            path,
+            s.line,
+            Some("type"),
+            format!("no type given for node {name}"),
+        ));
+    };
+    let node_type = match t {
+        "standalone" => NodeType::Standalone,
+        "manager" => NodeType::Manager,
+        "logger" => NodeType::Logger,
+        "proxy" => NodeType::Proxy,
+        "worker" => NodeType::Worker,
+        _ => {
+            return Err(bad(
+                tline,
+                "type",
+                format!("unknown node type '{t}' given for node '{name}'"),
+            ))
+        }
+    };
+    let Some((host, hline)) = s.get("host").filter(|(h, _)| !h.is_empty()) else {
+        return Err(invalid(
+            path,
+            s.line,
+            Some("host"),
+            format!("no host given for node '{name}'"),
+        ));
+    };
+    let addr = resolve(host).ok_or_else(|| {
+        bad(
+            hline,
+            "host",
+            format!("hostname lookup failed for '{host}' in node config"),
+        )
+    })?;
+    let mut env = match s.get("env_vars") {
+        None => Vec::new(),
+        Some((v, line)) => {
+            env_vars(v).map_err(|e| bad(line, "env_vars", format!("node '{name}' config: {e}")))?
+        }
+    };
+    for (k, v) in global_env {
+        if !env.iter().any(|(ek, _)| ek == k) {
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    let mut interface = s
+        .get("interface")
+        .map_or(String::new(), |(v, _)| v.to_string());
+    let lb_method = s.get("lb_method");
+    let procs = match s.get("lb_procs") {
+        None => {
+            if let Some((_, line)) = lb_method {
+                return Err(bad(
+                    line,
+                    "lb_method",
+                    format!("number of load-balanced processes not specified for node '{name}'"),
+                ));
+            }
+            0
+        }
+        Some((v, line)) => {
+            if node_type != NodeType::Worker {
+                return Err(bad(line, "lb_procs", format!("node '{name}' config: load balancing node config options are only for worker nodes")));
+            }
+            let n: i64 = v.parse().map_err(|_| {
+                bad(
+                    line,
+                    "lb_procs",
+                    format!(
+                        "number of load-balanced processes must be an integer for node '{name}'"
+                    ),
+                )
+            })?;
+            if n < 1 {
+                return Err(bad(line, "lb_procs", format!("number of load-balanced processes must be greater than zero for node '{name}'")));
+            }
+            n as usize
+        }
+    };
+    let pin: Vec<usize> = match s.get("pin_cpus").filter(|(v, _)| !v.is_empty()) {
+        None => Vec::new(),
+        Some((v, line)) => {
+            let list: Option<Vec<usize>> = v
+                .split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|c| *c as i64 <= MAX_CPU)
+                })
+                .collect();
+            let list = list.ok_or_else(|| {
+                bad(
+                    line,
+                    "pin_cpus",
+                    format!(
+                        "pin cpus list must contain only non-negative integers for node '{name}'"
+                    ),
+                )
+            })?;
+            (0..procs.max(list.len()))
+                .map(|i| list[i % list.len()])
+                .collect()
+        }
+    };
+    let mut lb_interfaces: Vec<String> = Vec::new();
+    if procs > 0 {
+        let Some((method, mline)) = lb_method else {
+            return Err(invalid(
+                path,
+                s.line,
+                Some("lb_method"),
+                format!("no load balancing method given for node '{name}'"),
+            ));
+        };
+        if !["af_packet", "pf_ring", "myricom", "custom", "interfaces"].contains(&method) {
+            return Err(bad(
+                mline,
+                "lb_method",
+                format!("unknown load balancing method '{method}' given for node '{name}'"),
+            ));
+        }
+        if method == "interfaces" {
+            let Some((list, _)) = s.get("lb_interfaces") else {
+                return Err(invalid(
+                    path,
+                    s.line,
+                    Some("lb_interfaces"),
+                    format!("list of load-balanced interfaces not specified for node '{name}'"),
+                ));
+            };
+            lb_interfaces = list.split(',').map(|i| i.trim().to_string()).collect();
+            if lb_interfaces.len() != procs {
+                return Err(bad(mline, "lb_interfaces", format!("number of load-balanced interfaces is not same as number of load-balanced processes for node '{name}'")));
+            }
+        }
+        if method == "af_packet" {
+            if interface.starts_with("af_packet::") {
+                return Err(bad(
+                    mline,
+                    "interface",
+                    format!("unexpected af_packet:: prefix for interface {interface} of {name}"),
+                ));
+            }
+            interface = format!("af_packet::{interface}");
+        }
+    }
+    let mut extra_args = Vec::new();
+    if procs > 0 {
+        for key in AF_PACKET_KEYS {
+            if let Some((v, _)) = s
+                .get(&format!("af_packet_{key}"))
+                .filter(|(v, _)| !v.trim().is_empty())
+            {
+                extra_args.push(format!("AF_Packet::{key}={}", v.trim()));
+            }
+        }
+    }
+    if let Some((v, _)) = s.get("aux_scripts") {
+        extra_args.push(v.to_string());
+    }
+    let count = procs.max(1);
+    for i in 0..count {
+        let mut iface = interface.clone();
+        if let Some(last) = lb_interfaces.pop() {
+            iface = last;
+        }
+        out.push(Expanded {
+            line: s.line,
+            name: if procs > 0 {
+                format!("{name}-{}", i + 1)
+            } else {
+                name.clone()
+            },
+            node_type,
+            addr: addr.clone(),
+            interface: iface,
+            cpu: pin.get(i).copied(),
+            env: env.clone(),
+            extra_args: extra_args.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// zeekctl's checks of the whole cluster; whether it is a standalone one.
+fn check_roles(path: &Path, nodes: &[Expanded]) -> Result<bool, ConfigError> {
+    if nodes.is_empty() {
+        return Err(invalid(
+            path,
+            1,
+            None,
+            "no nodes found in node config".into(),
+        ));
+    }
+    let count = |t: NodeType| nodes.iter().filter(|n| n.node_type == t).count();
+    let standalone = count(NodeType::Standalone) > 0;
+    if standalone && nodes.len() > 1 {
+        return Err(invalid(
+            path,
+            1,
+            Some("type"),
+            "more than one node defined in standalone node config".into(),
+        ));
+    }
+    if !standalone {
+        if count(NodeType::Manager) > 1 {
+            return Err(invalid(
+                path,
+                1,
+                Some("type"),
+                "only one manager can be defined in node config".into(),
+            ));
+        }
+        if count(NodeType::Manager) == 0 {
+            return Err(invalid(
+                path,
+                1,
+                Some("type"),
+                "no manager defined in node config".into(),
+            ));
+        }
+        if count(NodeType::Proxy) == 0 {
+            return Err(invalid(
+                path,
+                1,
+                Some("type"),
+                "no proxy defined in node config".into(),
+            ));
+        }
+    }
+    Ok(standalone)
+}
+
+/// zeekctl's order of node types: standalone, logger, manager, proxy, worker.
+fn rank(t: NodeType) -> u8 {
+    match t {
+        NodeType::Standalone => 0,
+        NodeType::Logger => 1,
+        NodeType::Manager => 2,
+        NodeType::Proxy => 3,
+        _ => 4,
+    }
+}
+
+/// What zeekctl's installation decides about every node's process.
+struct Install<'a> {
+    /// `ZeekBase`.
+    base: &'a Path,
+    standalone: bool,
+    /// `ClusterBackend`.
+    backend: &'a str,
+    /// `Prefixes`.
+    prefixes: String,
+    /// `SitePolicyScripts`.
+    site_scripts: String,
+    /// `ZeekArgs`.
+    zeek_args: String,
+}
+
+impl Install<'_> {
+    /// `<ZeekBase>/spool/installed-scripts-do-not-touch`.
+    fn installed(&self) -> PathBuf {
+        self.base.join("spool/installed-scripts-do-not-touch")
+    }
+
+    /// zeekctl's command line for node `n`.
+    fn command(&self, n: &Expanded) -> Vec<String> {
+        let mut command = vec![self.base.join("bin/zeek").display().to_string()];
+        if !n.interface.is_empty() {
+            command.extend(["-i".to_string(), n.interface.clone()]);
+        }
+        command.extend(["-U", ".status"].map(String::from));
+        let mut prefixes = vec!["zeekctl", "zeekctl-live"];
+        if self.standalone {
+            prefixes.push("standalone");
+        }
+        prefixes.extend(self.prefixes.split(':'));
+        prefixes.push(&n.name);
+        for p in prefixes {
+            command.extend(["-p".to_string(), p.to_string()]);
+        }
+        command.push(format!(
+            "policy/frameworks/cluster/backend/{}",
+            self.backend.to_ascii_lowercase()
+        ));
+        command.extend(self.site_scripts.split_whitespace().map(String::from));
+        command.push("zeekctl".into());
+        if self.standalone {
+            command.push("zeekctl/standalone".into());
+        }
+        command.push("zeekctl/auto".into());
+        command.extend(n.extra_args.iter().cloned());
+        command.extend(self.zeek_args.split_whitespace().map(String::from));
+        command
+    }
+
+    /// The whole environment of node `n`.
+    fn env(&self, n: &Expanded) -> Vec<(String, String)> {
+        let installed = self.installed();
+        let zeekpath = [
+            installed.join("site"),
+            installed.join("auto"),
+            self.base.join("share/zeek"),
+            self.base.join("share/zeek/policy"),
+            self.base.join("share/zeek/site"),
+            self.base.join("share/zeek/builtin-plugins"),
+        ]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+        let mut env: BTreeMap<String, String> = n.env.iter().cloned().collect();
+        env.insert("ZEEKPATH".into(), zeekpath);
+        env.insert(
+            "PATH".into(),
+            format!(
+                "{}:/usr/local/bin:/usr/bin:/bin",
+                self.base.join("bin").display()
+            ),
+        );
+        if !self.standalone {
+            env.insert("CLUSTER_NODE".into(), n.name.clone());
+        }
+        env.into_iter().collect()
+    }
+
+    /// Node `n` as broctld runs it: after every node of an earlier type (zeekctl's order).
+    fn spec(&self, n: &Expanded, nodes: &[Expanded]) -> NodeSpec {
+        let cwd = self.base.join("spool").join(&n.name);
+        NodeSpec {
+            name: n.name.clone(),
+            node_type: n.node_type,
+            command: self.command(n),
+            env: self.env(n),
+            stdout: cwd.join("stdout.log"),
+            stderr: cwd.join("stderr.log"),
+            cwd,
+            cpu_affinity: n.cpu.into_iter().collect(),
+            start_after: nodes
+                .iter()
+                .filter(|o| rank(o.node_type) < rank(n.node_type))
+                .map(|o| o.name.clone())
+                .collect(),
+            policy: Policy {
+                ready_file: Some(ReadyFile::zeek()),
+                clear_env: true,
+                ..Policy::default()
+            },
+            line: n.line,
+        }
+    }
 }
 
 /// Loads node.cfg (and the zeekctl.cfg beside it): the nodes in zeekctl's start order and the
@@ -254,343 +643,22 @@ pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
 
     let mut nodes: Vec<Expanded> = Vec::new();
     for s in sections(path, &text)? {
-        let name = &s.name;
-        let bad = |line: usize, key: &str, m: String| invalid(path, line, Some(key), m);
-        for (k, _, line) in &s.options {
-            let af = k
-                .strip_prefix("af_packet_")
-                .is_some_and(|r| AF_PACKET_KEYS.contains(&r));
-            if !NODE_KEYS.contains(&k.as_str()) && !af {
-                return Err(bad(
-                    *line,
-                    k,
-                    format!("unrecognized node config option '{k}' given for node '{name}'"),
-                ));
-            }
-        }
-        if !valid_name(name) {
-            return Err(invalid(
-                path,
-                s.line,
-                None,
-                format!("invalid node name '{name}'"),
-            ));
-        }
-        let Some((t, tline)) = s.get("type") else {
-            return Err(invalid(
-                path,
-                s.line,
-                Some("type"),
-                format!("no type given for node {name}"),
-            ));
-        };
-        let node_type = match t {
-            "standalone" => NodeType::Standalone,
-            "manager" => NodeType::Manager,
-            "logger" => NodeType::Logger,
-            "proxy" => NodeType::Proxy,
-            "worker" => NodeType::Worker,
-            _ => {
-                return Err(bad(
-                    tline,
-                    "type",
-                    format!("unknown node type '{t}' given for node '{name}'"),
-                ))
-            }
-        };
-        let Some((host, hline)) = s.get("host").filter(|(h, _)| !h.is_empty()) else {
-            return Err(invalid(
-                path,
-                s.line,
-                Some("host"),
-                format!("no host given for node '{name}'"),
-            ));
-        };
-        let addr = resolve(host).ok_or_else(|| {
-            bad(
-                hline,
-                "host",
-                format!("hostname lookup failed for '{host}' in node config"),
-            )
-        })?;
-        let mut env = match s.get("env_vars") {
-            None => Vec::new(),
-            Some((v, line)) => env_vars(v)
-                .map_err(|e| bad(line, "env_vars", format!("node '{name}' config: {e}")))?,
-        };
-        for (k, v) in &global_env {
-            if !env.iter().any(|(ek, _)| ek == k) {
-                env.push((k.clone(), v.clone()));
-            }
-        }
-        let mut interface = s
-            .get("interface")
-            .map_or(String::new(), |(v, _)| v.to_string());
-        let lb_method = s.get("lb_method");
-        let procs = match s.get("lb_procs") {
-            None => {
-                if let Some((_, line)) = lb_method {
-                    return Err(bad(
-                        line,
-                        "lb_method",
-                        format!(
-                            "number of load-balanced processes not specified for node '{name}'"
-                        ),
-                    ));
-                }
-                0
-            }
-            Some((v, line)) => {
-                if node_type != NodeType::Worker {
-                    return Err(bad(line, "lb_procs", format!("node '{name}' config: load balancing node config options are only for worker nodes")));
-                }
-                let n: i64 = v.parse().map_err(|_| {
-                    bad(line, "lb_procs", format!("number of load-balanced processes must be an integer for node '{name}'"))
-                })?;
-                if n < 1 {
-                    return Err(bad(line, "lb_procs", format!("number of load-balanced processes must be greater than zero for node '{name}'")));
-                }
-                n as usize
-            }
-        };
-        let pin: Vec<usize> = match s.get("pin_cpus").filter(|(v, _)| !v.is_empty()) {
-            None => Vec::new(),
-            Some((v, line)) => {
-                let list: Option<Vec<usize>> = v
-                    .split(',')
-                    .map(|c| {
-                        c.trim()
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|c| *c as i64 <= MAX_CPU)
-                    })
-                    .collect();
-                let list = list.ok_or_else(|| {
-                    bad(line, "pin_cpus", format!("pin cpus list must contain only non-negative integers for node '{name}'"))
-                })?;
-                (0..procs.max(list.len()))
-                    .map(|i| list[i % list.len()])
-                    .collect()
-            }
-        };
-        let mut lb_interfaces: Vec<String> = Vec::new();
-        if procs > 0 {
-            let Some((method, mline)) = lb_method else {
-                return Err(invalid(
-                    path,
-                    s.line,
-                    Some("lb_method"),
-                    format!("no load balancing method given for node '{name}'"),
-                ));
-            };
-            if !["af_packet", "pf_ring", "myricom", "custom", "interfaces"].contains(&method) {
-                return Err(bad(
-                    mline,
-                    "lb_method",
-                    format!("unknown load balancing method '{method}' given for node '{name}'"),
-                ));
-            }
-            if method == "interfaces" {
-                let Some((list, _)) = s.get("lb_interfaces") else {
-                    return Err(invalid(
-                        path,
-                        s.line,
-                        Some("lb_interfaces"),
-                        format!("list of load-balanced interfaces not specified for node '{name}'"),
-                    ));
-                };
-                lb_interfaces = list.split(',').map(|i| i.trim().to_string()).collect();
-                if lb_interfaces.len() != procs {
-                    return Err(bad(mline, "lb_interfaces", format!("number of load-balanced interfaces is not same as number of load-balanced processes for node '{name}'")));
-                }
-            }
-            if method == "af_packet" {
-                if interface.starts_with("af_packet::") {
-                    return Err(bad(
-                        mline,
-                        "interface",
-                        format!(
-                            "unexpected af_packet:: prefix for interface {interface} of {name}"
-                        ),
-                    ));
-                }
-                interface = format!("af_packet::{interface}");
-            }
-        }
-        let mut extra_args = Vec::new();
-        if procs > 0 {
-            for key in AF_PACKET_KEYS {
-                if let Some((v, _)) = s
-                    .get(&format!("af_packet_{key}"))
-                    .filter(|(v, _)| !v.trim().is_empty())
-                {
-                    extra_args.push(format!("AF_Packet::{key}={}", v.trim()));
-                }
-            }
-        }
-        if let Some((v, _)) = s.get("aux_scripts") {
-            extra_args.push(v.to_string());
-        }
-        let count = procs.max(1);
-        for i in 0..count {
-            let mut iface = interface.clone();
-            if let Some(last) = lb_interfaces.pop() {
-                iface = last;
-            }
-            nodes.push(Expanded {
-                name: if procs > 0 {
-                    format!("{name}-{}", i + 1)
-                } else {
-                    name.clone()
-                },
-                node_type,
-                addr: addr.clone(),
-                interface: iface,
-                cpu: pin.get(i).copied(),
-                env: env.clone(),
-                extra_args: extra_args.clone(),
-            });
-        }
+        nodes.extend(expand(path, &s, &global_env)?);
     }
-    if nodes.is_empty() {
-        return Err(invalid(
-            path,
-            1,
-            None,
-            "no nodes found in node config".into(),
-        ));
-    }
-    let count = |t: NodeType| nodes.iter().filter(|n| n.node_type == t).count();
-    let standalone = count(NodeType::Standalone) > 0;
-    if standalone && nodes.len() > 1 {
-        return Err(invalid(
-            path,
-            1,
-            Some("type"),
-            "more than one node defined in standalone node config".into(),
-        ));
-    }
-    if !standalone {
-        if count(NodeType::Manager) > 1 {
-            return Err(invalid(
-                path,
-                1,
-                Some("type"),
-                "only one manager can be defined in node config".into(),
-            ));
-        }
-        if count(NodeType::Manager) == 0 {
-            return Err(invalid(
-                path,
-                1,
-                Some("type"),
-                "no manager defined in node config".into(),
-            ));
-        }
-        if count(NodeType::Proxy) == 0 {
-            return Err(invalid(
-                path,
-                1,
-                Some("type"),
-                "no proxy defined in node config".into(),
-            ));
-        }
-    }
-    // zeekctl's order: by type (standalone, logger, manager, proxy, worker), then node.cfg order.
-    let rank = |t: NodeType| match t {
-        NodeType::Standalone => 0,
-        NodeType::Logger => 1,
-        NodeType::Manager => 2,
-        NodeType::Proxy => 3,
-        _ => 4,
-    };
+    let standalone = check_roles(path, &nodes)?;
+    // zeekctl's order: by type, then node.cfg order.
     nodes.sort_by_key(|n| rank(n.node_type));
 
-    let spool = base.join("spool");
-    let installed = spool.join("installed-scripts-do-not-touch");
-    let exe = base.join("bin/zeek").display().to_string();
-    let zeekpath = [
-        installed.join("site"),
-        installed.join("auto"),
-        base.join("share/zeek"),
-        base.join("share/zeek/policy"),
-        base.join("share/zeek/site"),
-        base.join("share/zeek/builtin-plugins"),
-    ]
-    .iter()
-    .map(|p| p.display().to_string())
-    .collect::<Vec<_>>()
-    .join(":");
-    let prefixes = str_opt("prefixes", "local");
-    let site_scripts = str_opt("sitepolicyscripts", "local.zeek");
-    let zeek_args = str_opt("zeekargs", "");
-    let specs: Vec<NodeSpec> = nodes
-        .iter()
-        .map(|n| {
-            let mut command = vec![exe.clone()];
-            if !n.interface.is_empty() {
-                command.extend(["-i".to_string(), n.interface.clone()]);
-            }
-            command
-                .extend(["-U", ".status", "-p", "zeekctl", "-p", "zeekctl-live"].map(String::from));
-            if standalone {
-                command.extend(["-p".to_string(), "standalone".to_string()]);
-            }
-            for p in prefixes.split(':') {
-                command.extend(["-p".to_string(), p.to_string()]);
-            }
-            command.extend(["-p".to_string(), n.name.clone()]);
-            command.push(format!(
-                "policy/frameworks/cluster/backend/{}",
-                backend.to_ascii_lowercase()
-            ));
-            command.extend(site_scripts.split_whitespace().map(String::from));
-            command.push("zeekctl".into());
-            if standalone {
-                command.push("zeekctl/standalone".into());
-            }
-            command.push("zeekctl/auto".into());
-            command.extend(n.extra_args.iter().cloned());
-            command.extend(zeek_args.split_whitespace().map(String::from));
-            let mut env: BTreeMap<String, String> = n.env.iter().cloned().collect();
-            env.insert("ZEEKPATH".into(), zeekpath.clone());
-            env.insert(
-                "PATH".into(),
-                format!(
-                    "{}:/usr/local/bin:/usr/bin:/bin",
-                    base.join("bin").display()
-                ),
-            );
-            if !standalone {
-                env.insert("CLUSTER_NODE".into(), n.name.clone());
-            }
-            let before = |t: NodeType| -> Vec<String> {
-                nodes
-                    .iter()
-                    .filter(|o| rank(o.node_type) < rank(t))
-                    .map(|o| o.name.clone())
-                    .collect()
-            };
-            let cwd = spool.join(&n.name);
-            NodeSpec {
-                name: n.name.clone(),
-                node_type: n.node_type,
-                command,
-                env: env.into_iter().collect(),
-                stdout: cwd.join("stdout.log"),
-                stderr: cwd.join("stderr.log"),
-                cwd,
-                cpu_affinity: n.cpu.into_iter().collect(),
-                start_after: before(n.node_type),
-                policy: Policy {
-                    ready_file: Some(ReadyFile::zeek()),
-                    clear_env: true,
-                    ..Policy::default()
-                },
-                line: 1,
-            }
-        })
-        .collect();
+    let install = Install {
+        base: &base,
+        standalone,
+        backend: &backend,
+        prefixes: str_opt("prefixes", "local"),
+        site_scripts: str_opt("sitepolicyscripts", "local.zeek"),
+        zeek_args: str_opt("zeekargs", ""),
+    };
+    let specs: Vec<NodeSpec> = nodes.iter().map(|n| install.spec(n, &nodes)).collect();
+    let installed = install.installed();
 
     let layout_nodes: Vec<ZeekctlNode> = nodes
         .iter()
