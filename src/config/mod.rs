@@ -30,6 +30,7 @@ mod tests;
 pub mod zeek_cluster;
 pub mod zeek_conf;
 pub mod zeek_ini;
+mod zeek_nodes;
 
 pub use zeek_cluster::ZeekSetup;
 
