@@ -395,3 +395,33 @@ fn nice_and_ambient_capabilities_reach_a_worker_running_as_another_user() {
         "a node without capabilities or nice keeps none"
     );
 }
+
+#[test]
+fn ready_file_is_watched_again_when_a_restart_finds_the_nodes_folder_gone() {
+    let c = Cluster::new(
+        "ready_file_gone",
+        "[[node]]\nname = \"waiter\"\ncommand = [\"/bin/sh\", \"-c\", \"echo INITIALIZING > .status; while [ ! -e ../go ]; do sleep 0.02; done; echo RUNNING > .status; exec sleep 1000\"]\n\
+         ready_file = { path = \".status\", line = \"RUNNING\" }\nready_timeout_ms = 60000\n",
+    );
+    let spool = c.root.join("spool");
+    let cwd = spool.join("waiter");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("go"), "").unwrap();
+    let first = c.start();
+    assert_eq!(first["waiter"].state, "running");
+    // Its folder goes away, then it dies: the restart must still wait for RUNNING.
+    std::fs::remove_file(spool.join("go")).unwrap();
+    std::fs::remove_dir_all(&cwd).unwrap();
+    let pid = first["waiter"].pid.unwrap();
+    signal(pid, libc::SIGKILL);
+    wait_until(LIMIT, "INITIALIZING written by the restarted node", || {
+        std::fs::read_to_string(cwd.join(".status")).is_ok_and(|s| s.trim() == "INITIALIZING")
+    });
+    let s = c.status();
+    assert_ne!(s["waiter"].pid, Some(pid));
+    assert_eq!(s["waiter"].state, "starting", "{s:#?}\n{}", c.log());
+    std::fs::write(spool.join("go"), "").unwrap();
+    c.wait_status(LIMIT, "waiter ready again", |s| {
+        s["waiter"].state == "running"
+    });
+}

@@ -47,9 +47,11 @@ impl ReadyFiles {
         Ok(())
     }
 
-    /// Drains the pending events: the paths of the files that changed.
-    fn changed(&mut self) -> Vec<PathBuf> {
+    /// Drains the pending events: the paths of the files that changed, and whether the
+    /// kernel's queue overflowed (events were lost: every file must be looked at).
+    fn changed(&mut self) -> (Vec<PathBuf>, bool) {
         let mut out = Vec::new();
+        let mut overflow = false;
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: reads at most buf.len() bytes into `buf`, which we own.
@@ -67,6 +69,7 @@ impl ReadyFiles {
                 // SAFETY: the kernel wrote whole events; read_unaligned copies the header out.
                 let ev: libc::inotify_event =
                     unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                overflow |= ev.mask & libc::IN_Q_OVERFLOW != 0;
                 let name_end = (at + header + ev.len as usize).min(n);
                 let name = &buf[at + header..name_end];
                 let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
@@ -79,7 +82,7 @@ impl ReadyFiles {
         }
         out.sort();
         out.dedup();
-        out
+        (out, overflow)
     }
 }
 
@@ -120,7 +123,21 @@ impl Supervisor {
             log!("node {name}: ready_file is not watched (no inotify); it counts as ready at once");
             return false;
         };
-        match files.watch(&path) {
+        // The folder is the node's (its cwd, or below): made now if a restart finds it gone.
+        let mut watched = files.watch(&path);
+        if matches!(&watched, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            let spec = &self.nodes[i].spec;
+            if spawn::preflight(spec, &self.config_dir).is_ok() {
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+            }
+            if let Some(files) = self.ready_files.as_mut() {
+                watched = files.watch(&path);
+            }
+        }
+        let name = &self.nodes[i].spec.name;
+        match watched {
             Ok(()) => true,
             Err(e) => {
                 log!(
@@ -138,7 +155,7 @@ impl Supervisor {
         let Some(files) = self.ready_files.as_mut() else {
             return;
         };
-        let changed = files.changed();
+        let (changed, overflow) = files.changed();
         for i in 0..self.nodes.len() {
             if self.nodes[i].state != NodeState::Starting || self.nodes[i].pid.is_none() {
                 continue;
@@ -152,7 +169,7 @@ impl Supervisor {
                 .ready_file
                 .as_ref()
                 .map(|r| r.line.clone());
-            if changed.contains(&path) && line.is_some_and(|l| says(&path, &l)) {
+            if (overflow || changed.contains(&path)) && line.is_some_and(|l| says(&path, &l)) {
                 self.mark_ready(i);
             }
         }
