@@ -70,6 +70,15 @@ fn zeek_conf_errors_name_the_file_line_and_key() {
     assert!(e
         .to_string()
         .contains("invalid option 'args' in section 'interface eth0'"));
+
+    std::fs::write(&conf, "[zeek]\nmanager = 1\nlogger_nic = 3\n").unwrap();
+    let e = Config::load(&conf).unwrap_err();
+    assert_eq!((e.line(), e.key()), (Some(3), Some("logger_nic")), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("invalid key 'logger_nic' in section 'zeek' (did you mean 'logger_nice'?)"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -19,6 +19,59 @@ pub const DEFAULT_BASE_DIR: &str = "/usr/local/zeek";
 /// A mistake in a zeek.conf: the 1-based line, the key, and upstream's message.
 pub type ZeekError = IniError;
 
+/// The keys of an `[interface NAME]` section.
+const INTERFACE_KEYS: [&str; 9] = [
+    "interface",
+    "workers",
+    "worker_args",
+    "worker_env",
+    "workers_cpu_list",
+    "worker_numa_policy",
+    "worker_nice",
+    "worker_memory_max",
+    "workers_numa_policy",
+];
+
+/// The keys of the `[zeek]` section, for suggestions.
+fn zeek_keys() -> Vec<String> {
+    const KEYS: [&str; 25] = [
+        "args",
+        "env",
+        "user",
+        "group",
+        "manager",
+        "loggers",
+        "proxies",
+        "archiver",
+        "archiver_args",
+        "base_dir",
+        "path",
+        "ext_path",
+        "ext_zeek_path",
+        "cluster_backend_args",
+        "cluster_layout",
+        "cluster_node_prefix",
+        "port",
+        "cluster_port",
+        "address",
+        "cluster_address",
+        "metrics_port",
+        "restart_interval_sec",
+        "manager_args",
+        "logger_args",
+        "proxy_args",
+    ];
+    const PER_TYPE: [&str; 5] = ["_env", "_nice", "_memory_max", "_cpu_set", "_args"];
+    KEYS.into_iter()
+        .map(String::from)
+        .chain(
+            ["manager", "logger", "proxy", "archiver"]
+                .into_iter()
+                .flat_map(|t| PER_TYPE.map(|p| format!("{t}{p}"))),
+        )
+        .collect()
+}
+
 /// The workers of one `[interface NAME]` section (or of the section-less file).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Interface {
@@ -353,7 +406,8 @@ fn interface_from(section: &IniSection, lenient: bool) -> Result<Interface, Zeek
                 return Err(err(
                     o,
                     &key,
-                    suffix(format!("invalid option '{key}'"), &section.name),
+                    suffix(format!("invalid option '{key}'"), &section.name)
+                        + &super::did_you_mean(&key, INTERFACE_KEYS),
                 ))
             }
         }
@@ -580,7 +634,11 @@ impl ZeekConf {
                 return Err(err(
                     o,
                     k,
-                    format!("invalid key '{k}' in section '{}'", section.name),
+                    format!(
+                        "invalid key '{k}' in section '{}'{}",
+                        section.name,
+                        super::did_you_mean(k, zeek_keys().iter().map(String::as_str))
+                    ),
                 ))
             }
         }
