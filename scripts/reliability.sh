@@ -26,6 +26,7 @@ done
 
 if [ "$ci" = 0 ]; then
   export BROCTLD_FAULT_KILLS="${BROCTLD_FAULT_KILLS:-20}"
+  export BROCTLD_GAP_KILLS="${BROCTLD_GAP_KILLS:-200}"
   export BROCTLD_FAULT_EXTRA_NODES="${BROCTLD_FAULT_EXTRA_NODES:-50}"
   export BROCTLD_FAULT_UPGRADES="${BROCTLD_FAULT_UPGRADES:-10}"
   export BROCTLD_FAULT_UPGRADE_NODES="${BROCTLD_FAULT_UPGRADE_NODES:-200}"
@@ -42,7 +43,7 @@ mkdir -p "$out_dir"
 figures="$out_dir/figures.txt"
 : > "$figures"
 
-binaries=(fuzz_shm fault_main fault_supervisor fault_hostile hygiene_process hygiene_output hygiene_root)
+binaries=(fuzz_shm fault_main fault_supervisor fault_guardian fault_hostile hygiene_process hygiene_output hygiene_root)
 echo "== building the test binaries"
 cargo test --no-run $(printf -- '--test %s ' "${binaries[@]}") >/dev/null 2>&1 \
   || cargo test --no-run $(printf -- '--test %s ' "${binaries[@]}") || exit 1

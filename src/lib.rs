@@ -11,12 +11,14 @@
 //!
 //! Modules, from the bottom up: [`sys`] (syscalls), [`shm`] (the mapping and lock-free building
 //! blocks), [`protocol`] (the versioned layout: header, node table, event ring, mailbox),
-//! [`config`], [`instance`] (runtime paths), [`supervisor`], [`client`] (the embedding API) and
+//! [`config`], [`instance`] (runtime paths), [`supervisor`], [`guardian`] (the process that
+//! replaces a dead Supervisor at once), [`client`] (the embedding API) and
 //! [`cli`] (the `broctld` program). `docs/design.md` explains the whole.
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod guardian;
 pub mod instance;
 pub mod log;
 pub mod protocol;

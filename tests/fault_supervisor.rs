@@ -391,6 +391,8 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
         format!("{b} {}", start_time(b).unwrap()),
         "the lock file says PID STARTTIME"
     );
+    // The guardian replaces a dead Supervisor at once: hold it while the region is edited.
+    let guardian = freeze_guardian(&c.runtime);
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     // Forget b's pid in the region.
@@ -410,6 +412,7 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
         r.pid_start = 0;
         cells[i].write(&r.encode());
     }
+    thaw(guardian);
     c.run(&["status"]);
     live_supervisor(&c);
     let after = c.wait_status(WAIT, "b running", |s| s["b"].state == "running");
@@ -437,6 +440,7 @@ fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
     let before = c.start();
     let sup = c.supervisor_pid();
     let b = before["b"].pid.unwrap();
+    let guardian = freeze_guardian(&c.runtime);
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     // The state that window leaves: the lock names the (dead) Supervisor, and the region the
@@ -458,6 +462,7 @@ fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
         r.pid = Some(sup);
         cells[i].write(&r.encode());
     }
+    thaw(guardian);
     c.run(&["status"]);
     live_supervisor(&c);
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -481,10 +486,12 @@ fn nodes_keep_their_pids_when_the_region_is_lost_with_the_supervisor() {
     let c = Cluster::new("region_lost", THREE);
     let before = c.start();
     let sup = c.supervisor_pid();
+    let guardian = freeze_guardian(&c.runtime);
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     std::fs::remove_file(c.shm_path()).expect("remove the region");
-    // No region: a Main does not know a Supervisor died; `start` makes a new one.
+    // No region: the guardian's next Supervisor makes a new one.
+    thaw(guardian);
     c.run(&["start"]).ok();
     live_supervisor(&c);
     let after = c.wait_status(WAIT, "all running", all_running);

@@ -302,3 +302,40 @@ fn the_service_unit_signals_only_the_main_and_stops_through_it() {
     assert!(!key("TimeoutStopSec").is_empty());
     assert_eq!(key("RuntimeDirectoryPreserve"), ["yes"]);
 }
+
+/// One daemon Main per instance: a second `broctld daemon` on the same instance is refused at
+/// once, naming the first one's pid, and touches nothing.
+#[test]
+fn second_daemon_main_is_refused() {
+    let c = Cluster::new("daemon_twice", CLUSTER);
+    let mut notify = Notify::path(&c);
+    let mut d = spawn_daemon(&c, &notify);
+    notify.expect("READY=1");
+    let before = c.status();
+    let sup = c.supervisor_pid();
+    let second = c.run(&["daemon"]);
+    assert_eq!(second.code, Some(1), "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("already has a daemon Main (pid {})", d.id())),
+        "{second:?}"
+    );
+    assert!(pid_alive(d.id()), "the first daemon stays");
+    assert_eq!(c.lock_pid(), Some(sup));
+    assert_eq!(pids(&c.status()), pids(&before));
+    assert!(main_log(&c).contains("daemon: refused: instance"));
+    signal(d.id(), libc::SIGTERM);
+    let st = wait_child(&mut d, WAIT).expect("the daemon exits");
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        !c.instance_dir().join("daemon.lock").exists(),
+        "the daemon left its lock file"
+    );
+    // Once it is gone, a daemon may run again.
+    let mut d2 = spawn_daemon(&c, &notify);
+    notify.expect("READY=1");
+    signal(d2.id(), libc::SIGTERM);
+    let st = wait_child(&mut d2, WAIT).expect("the second daemon exits");
+    assert_eq!(st.code(), Some(0));
+}

@@ -352,8 +352,10 @@ fn the_prompt_follows_the_supervisor_and_a_returning_shell_shows_what_it_missed(
         "{screen}"
     );
     t.wait_prompt(&attached, "");
-    // The Supervisor is killed: announced at once; the prompt says `gone`.
+    // The Supervisor is killed with no guardian left to replace it (the guardian's own
+    // replacement is in tests/fault_guardian.rs): announced at once; the prompt says `gone`.
     let sup = c.supervisor_pid();
+    kill_guardians(&c.runtime);
     signal(sup, libc::SIGKILL);
     t.wait("the Supervisor's death announced", |s| {
         s.contains(&format!("the Supervisor (pid {sup}) is gone"))

@@ -114,6 +114,13 @@ pub enum Cmd {
         /// `--notify-fd N`.
         notify_fd: Option<i32>,
     },
+    /// The internal guardian mode (the process above the Supervisor).
+    Guardian {
+        /// `--notify-fd N`.
+        notify_fd: Option<i32>,
+        /// `--watch PID`: watch this living Supervisor instead of starting one.
+        watch: Option<u32>,
+    },
 }
 
 /// The commands and their one-line summaries, for `help` and completion.
@@ -409,6 +416,27 @@ pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
                 i += 1;
             }
             Cmd::Supervisor { notify_fd }
+        }
+        "__guardian" => {
+            let (mut notify_fd, mut watch) = (None, None);
+            let mut i = 0;
+            while i < rest.len() {
+                let key = rest[i].split_once('=').map_or(rest[i].as_str(), |(k, _)| k);
+                match key {
+                    "--notify-fd" | "--watch" => {
+                        let v = take_value(rest, &mut i, key)?;
+                        let bad = || UsageError(format!("bad {key} '{v}'"));
+                        if key == "--watch" {
+                            watch = Some(v.parse().map_err(|_| bad())?);
+                        } else {
+                            notify_fd = Some(v.parse().map_err(|_| bad())?);
+                        }
+                    }
+                    w => return Err(UsageError(format!("__guardian: unexpected '{w}'"))),
+                }
+                i += 1;
+            }
+            Cmd::Guardian { notify_fd, watch }
         }
         other => {
             return Err(UsageError(format!(

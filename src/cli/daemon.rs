@@ -3,9 +3,12 @@
 //! * Attaches to the instance's Supervisor, starting one if none runs (which then autostarts
 //!   the nodes), and reports `READY=1` on `$NOTIFY_SOCKET` once the autostart nodes are up
 //!   (running, or given up on, or past their ready timeout), with a `STATUS=` line.
-//! * Watches the Supervisor with a pidfd: if it dies (not by `shutdown`), a new one is started
-//!   at once and adopts the running nodes. If it exited because another Main ran `shutdown`,
-//!   the daemon exits too.
+//! * One daemon per instance: it holds `daemon.lock` for its life; a second daemon is refused,
+//!   naming the first one's pid.
+//! * Watches the Supervisor with a pidfd: if it dies (not by `shutdown`), its guardian starts a
+//!   new one at once, which adopts the running nodes; the daemon attaches to it (or starts one
+//!   itself if no guardian runs). If it exited because another Main ran `shutdown`, the daemon
+//!   exits too.
 //! * SIGHUP: `reload` (`RELOADING=1`, then `READY=1`). A config that does not load changes
 //!   nothing and is logged.
 //! * SIGTERM or SIGINT: the ordered OS shutdown: every node in reverse start order, then the
@@ -30,6 +33,7 @@ use crate::instance::Instance;
 use crate::protocol::layout::SupervisorState;
 use crate::protocol::mailbox::Opcode;
 use crate::protocol::node::NodeState;
+use crate::sys::lockfile::{LockError, LockFile};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
@@ -167,15 +171,33 @@ fn blocked_signals() -> SigSet {
     set
 }
 
-/// The path to re-execute on SIGUSR2: our executable's path, even if the file was replaced
-/// by an upgrade (then `/proc/self/exe` names the old, deleted file).
-fn exe_path() -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?;
-    let s = p.to_string_lossy();
-    Some(match s.strip_suffix(" (deleted)") {
-        Some(live) => PathBuf::from(live),
-        None => p,
-    })
+/// `daemon.lock`, held for the daemon's life and removed (still held) when it returns. A
+/// re-execution (SIGUSR2) does not return: the fd is close-on-exec and the new image takes the
+/// lock again.
+struct DaemonLock(Option<LockFile>);
+
+impl Drop for DaemonLock {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.remove();
+        }
+    }
+}
+
+/// Takes `daemon.lock` for this daemon's life: one daemon Main per instance. Refused (with
+/// the first one's pid) if another daemon holds it.
+fn take_daemon_lock(instance: &Instance) -> Result<DaemonLock, String> {
+    instance.ensure_dirs().map_err(|e| e.to_string())?;
+    let path = instance.dir().join("daemon.lock");
+    let lock = LockFile::acquire(&path, "daemon").map_err(|e| match e {
+        LockError::Held { pid, .. } => format!(
+            "instance '{}' already has a daemon Main (pid {pid}); a second one is refused (talk to the instance with `broctld --instance {} status`)",
+            instance.name(),
+            instance.name()
+        ),
+        other => format!("daemon lock: {other}"),
+    })?;
+    Ok(DaemonLock(Some(lock)))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (or a `shutdown` from another Main); returns the exit
@@ -210,6 +232,16 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
         eprintln!("broctld: daemon: epoll_ctl: {e}");
         return 1;
     }
+    // Held until we exit (or re-execute: the fd is close-on-exec, the new image takes it again).
+    let _daemon_lock = match take_daemon_lock(&instance) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("broctld: daemon: {e}");
+            notify.status(&e);
+            mainlog::append(&instance, "daemon", &format!("refused: {e}"));
+            return 1;
+        }
+    };
     // A running Supervisor's recorded config wins; else --config or the default places.
     let had_supervisor = Client::attach(&instance).ok();
     let spawned = had_supervisor.is_none();
@@ -370,7 +402,7 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
             let old = client.supervisor_pid();
             say(
                 &instance,
-                &format!("the Supervisor (pid {old}) died; starting a new one to adopt the nodes"),
+                &format!("the Supervisor (pid {old}) died; attaching to its replacement (started by its guardian, or by us if none runs)"),
             );
             match Client::attach_or_spawn(&instance, &config_path) {
                 Ok(c) => {
@@ -492,7 +524,7 @@ fn shutdown(instance: &Instance, notify: &Notifier, client: &Client, sig: i32) -
 
 fn reexec(instance: &Instance, notify: &Notifier) {
     use std::os::unix::process::CommandExt;
-    let Some(exe) = exe_path() else {
+    let Ok(exe) = crate::guardian::installed_exe() else {
         say(
             instance,
             "SIGUSR2: cannot find my executable; not re-executing",

@@ -6,37 +6,13 @@
 
 use crate::instance::Instance;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Size at which the log is rotated.
-pub const ROTATE_AT: u64 = 1024 * 1024;
-/// Rotated files kept.
-pub const KEEP: usize = 3;
+pub use crate::log::{rotate_if_needed, KEEP, ROTATE_AT};
 
 /// The log's path.
 pub fn path(instance: &Instance) -> PathBuf {
     instance.dir().join("main.log")
-}
-
-fn rotated(p: &Path, n: usize) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
-
-/// Rotates `p` if it is at least `limit` bytes long.
-pub fn rotate_if_needed(p: &Path, limit: u64, keep: usize) {
-    let Ok(meta) = std::fs::metadata(p) else {
-        return;
-    };
-    if meta.len() < limit {
-        return;
-    }
-    // Another Main may rotate at the same moment: every rename failing is harmless.
-    for n in (1..keep).rev() {
-        let _ = std::fs::rename(rotated(p, n), rotated(p, n + 1));
-    }
-    let _ = std::fs::rename(p, rotated(p, 1));
 }
 
 /// Appends one line to the instance's log. Nothing happens if the runtime dir cannot be used
@@ -64,6 +40,7 @@ pub fn append(instance: &Instance, what: &str, result: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::rotated;
 
     #[test]
     fn rotation_keeps_three_old_files() {

@@ -97,6 +97,13 @@ pub fn main(args: Vec<String>) -> i32 {
         };
         return crate::supervisor::main(instance, config, notify_fd);
     }
+    if let Some(Cmd::Guardian { notify_fd, watch }) = cmd {
+        let Some(config) = globals.config.clone() else {
+            eprintln!("broctld: __guardian needs --config");
+            return 2;
+        };
+        return crate::guardian::main(instance, config, notify_fd, watch);
+    }
     if let Some(Cmd::Daemon) = cmd {
         return daemon::run(instance, globals.config.clone());
     }

@@ -320,8 +320,8 @@ impl Session {
             Cmd::Daemon => Err(CliError::Usage(
                 "daemon runs on its own: `broctld daemon`, not in the shell".into(),
             )),
-            Cmd::Supervisor { .. } => Err(CliError::Usage(
-                "__supervisor is internal: broctld starts it by itself".into(),
+            Cmd::Supervisor { .. } | Cmd::Guardian { .. } => Err(CliError::Usage(
+                "__supervisor and __guardian are internal: broctld starts them by itself".into(),
             )),
         }
     }

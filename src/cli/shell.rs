@@ -304,7 +304,7 @@ fn announce_loop(
                         c.supervisor_pid()
                     ),
                     _ => format!(
-                        "** the Supervisor (pid {}) is gone; its nodes keep running, and the next command starts a new Supervisor that adopts them",
+                        "** the Supervisor (pid {}) is gone; its nodes keep running, and its guardian (or, if none runs, the next command) starts a new Supervisor that adopts them",
                         c.supervisor_pid()
                     ),
                 };

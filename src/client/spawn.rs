@@ -1,28 +1,62 @@
-//! Starting the Supervisor: the same executable in its internal mode, fully detached from the
-//! Main that starts it (double fork into its own session, stdio to its log file, no inherited
-//! fd but one readiness pipe on which it says `ready PID` or `error: WHY`).
+//! Starting the Supervisor: the same executable in its internal modes, fully detached from the
+//! Main that starts it. The Main starts a guardian (double fork into its own session, stdio to
+//! the log file, no inherited fd but one readiness pipe), which starts the Supervisor as its
+//! child and relays its one line: `ready PID` or `error: WHY`. If a guardian already holds the
+//! instance (its Supervisor just died and is being replaced), no second one is started: the
+//! Main waits for that guardian's Supervisor.
 
 use super::ClientError;
 use crate::instance::Instance;
+use crate::sys::lockfile::{LockFile, Probe};
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
     move |source| ClientError::Io { what, source }
 }
 
+/// Waits (until `deadline`) for the Supervisor that the guardian `guardian` is starting to hold
+/// the instance lock. `Ok(true)` once it does, `Ok(false)` if the guardian is gone.
+fn wait_for_guardians_supervisor(
+    instance: &Instance,
+    guardian: u32,
+    deadline: Instant,
+) -> Result<bool, ClientError> {
+    loop {
+        if matches!(LockFile::probe(&instance.lock_path())?, Probe::Held { .. }) {
+            return Ok(true);
+        }
+        if crate::guardian::holder(instance).is_none() {
+            return Ok(false);
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Spawn {
+                message: format!(
+                    "the guardian (pid {guardian}) has not started a Supervisor; see {}",
+                    instance.log_path().display()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Starts a Supervisor for `instance` with the config at `config`; returns its pid once it
-/// serves commands. If another Main started one at the same moment, that one is used.
+/// serves commands (0 if another Main or the guardian started it: attach to find it).
 pub fn spawn_supervisor(
     instance: &Instance,
     config: &Path,
     timeout: Duration,
 ) -> Result<u32, ClientError> {
     instance.ensure_dirs()?;
+    let deadline = Instant::now() + timeout;
+    if let Some(g) = crate::guardian::holder(instance) {
+        if wait_for_guardians_supervisor(instance, g, deadline)? {
+            return Ok(0);
+        }
+    }
     let config = if config.is_absolute() {
         config.to_owned()
     } else {
@@ -31,64 +65,17 @@ pub fn spawn_supervisor(
             .join(config)
     };
     let log_path = instance.log_path();
-    let log = crate::sys::checked::open_log(&log_path).map_err(|e| ClientError::Spawn {
-        message: format!("cannot open its log: {e}"),
-    })?;
     let (mut rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map(|(r, w)| (std::fs::File::from(r), w))
         .map_err(|e| io("pipe2")(e.into()))?;
-    let exe = std::env::current_exe().map_err(io("finding the broctld executable"))?;
-    let mut cmd = Command::new(&exe);
-    cmd.arg("--instance")
-        .arg(instance.name())
-        .arg("--runtime-dir")
-        .arg(instance.runtime_dir())
-        .arg("--config")
-        .arg(&config)
-        .arg("__supervisor")
-        .arg("--notify-fd")
-        .arg("3")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io("dup log fd"))?)
-        .stderr(log);
-    let wfd = wr.as_raw_fd();
-    // SAFETY: runs between fork and exec; only async-signal-safe calls (setsid, close_range,
-    // dup2, fcntl, fork, _exit) on an fd number prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if wfd == 3 {
-                let fl = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-            } else if libc::dup2(wfd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Double fork: the Supervisor is not our child, so it is never our zombie and it
-            // is reparented away from us at once.
-            match libc::fork() {
-                -1 => Err(std::io::Error::last_os_error()),
-                0 => Ok(()),
-                _ => libc::_exit(0),
-            }
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| ClientError::Spawn {
-        message: format!("cannot run {}: {e}", exe.display()),
+    crate::guardian::launch(instance, &config, Some(&wr), None).map_err(|e| {
+        ClientError::Spawn {
+            message: format!("cannot start its guardian: {e}"),
+        }
     })?;
     drop(wr);
-    let _ = child.wait();
 
     // Read its one line, with a timeout.
-    let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -138,6 +125,9 @@ pub fn spawn_supervisor(
     if let Some(msg) = line.strip_prefix("error: ") {
         // Two Mains raced to start it: the other one won, which is fine.
         if msg.contains("already has a Supervisor") {
+            if let Some(g) = crate::guardian::holder(instance) {
+                wait_for_guardians_supervisor(instance, g, deadline)?;
+            }
             return Ok(0);
         }
         return Err(ClientError::Spawn {

@@ -44,6 +44,10 @@ use raw::{Entry, Item, Raw};
 // ---------------------------------------------------------------------------
 // Public types.
 
+/// The largest configuration file broctld reads (16 MiB): a bound, so that a config that is
+/// really a device (`/dev/zero`) cannot grow the reader without limit.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// A loaded and checked configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -469,20 +473,78 @@ impl Config {
     /// folder of `HOST.zeek.conf` files, or zeekctl's `node.cfg` (see [`zeek_cluster`] and
     /// [`node_cfg`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        if zeek_cluster::is_zeek_conf(path) || node_cfg::is_node_cfg(path) {
-            return Config::load_zeek(path);
+        Config::parse(&Config::read_text(path)?, path)
+    }
+
+    /// Reads the text of the configuration file at `path`, safely for a process that must
+    /// never block: the file is opened `O_NONBLOCK` (opening a FIFO does not wait for a
+    /// writer), must then be a regular file by `fstat` of the opened fd (a FIFO, a device such
+    /// as `/dev/zero`, a directory, or a symlink to any of them is refused before one byte is
+    /// read), and may hold at most [`MAX_CONFIG_BYTES`].
+    ///
+    /// For a cluster folder of `HOST.zeek.conf` files, the text is this host's file (see
+    /// [`zeek_cluster::conf_file`]).
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+        use std::io::Read;
+        if path.is_dir() {
+            return Config::read_text(&zeek_cluster::conf_file(path, None)?);
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let io_err = |source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        Config::parse(&text, path)
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(io_err)?;
+        let ft = file.metadata().map_err(io_err)?.file_type();
+        if !ft.is_file() {
+            let what = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_dir() {
+                "a directory"
+            } else if ft.is_char_device() || ft.is_block_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("it is {what}; the config must be a regular file"),
+            )));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "it is larger than {} MiB; a config is never that large",
+                    MAX_CONFIG_BYTES >> 20
+                ),
+            )));
+        }
+        String::from_utf8(bytes).map_err(|_| {
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it is not UTF-8 text",
+            ))
+        })
     }
 
     /// Checks the configuration `text` as if read from `path`. `path` is used in
     /// messages as given; relative folders in the file are resolved against its
-    /// folder (a relative `path` is taken relative to the current directory).
+    /// folder (a relative `path` is taken relative to the current directory). A `path` that
+    /// names Zeek's own configuration (see [`Config::load`]) is read as that format (for a
+    /// cluster folder, `text` is this host's file).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        if zeek_cluster::is_zeek_conf(path) || node_cfg::is_node_cfg(path) {
+            return Config::parse_zeek(text, path);
+        }
         let abs = absolute(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -505,8 +567,8 @@ impl Config {
         })
     }
 
-    /// Loads Zeek's own configuration (see [`Config::load`]).
-    fn load_zeek(path: &Path) -> Result<Config, ConfigError> {
+    /// Checks Zeek's own configuration `text` read from `path` (see [`Config::load`]).
+    fn parse_zeek(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let abs = absolute(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -516,9 +578,9 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         let (nodes, setup) = if node_cfg::is_node_cfg(&abs) {
-            node_cfg::load(&abs)?
+            node_cfg::load_text(&abs, text)?
         } else {
-            zeek_cluster::load(&abs, None, &dir)?
+            zeek_cluster::load_text(&abs, text, None, &dir)?
         };
         Ok(Config {
             path: abs,

@@ -152,16 +152,10 @@ fn resolve(host: &str) -> Option<String> {
 /// zeekctl.cfg: `key = value` lines, keys in any case.
 fn zeekctl_cfg(path: &Path) -> Result<BTreeMap<String, (String, usize)>, ConfigError> {
     let mut map = BTreeMap::new();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(map),
-        Err(source) => {
-            return Err(ConfigError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    if !path.exists() {
+        return Ok(map);
+    }
+    let text = super::Config::read_text(path)?;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -583,10 +577,11 @@ impl Install<'_> {
 /// Loads node.cfg (and the zeekctl.cfg beside it): the nodes in zeekctl's start order and the
 /// layout its `install` writes.
 pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    load_text(path, &super::Config::read_text(path)?)
+}
+
+/// [`load`] with node.cfg's text already read (the zeekctl.cfg beside it is read here).
+pub fn load_text(path: &Path, text: &str) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
     let etc = path.parent().unwrap_or(Path::new("/"));
     let base = etc.parent().unwrap_or(Path::new("/")).to_path_buf();
     let cfg_path = etc.join("zeekctl.cfg");
@@ -642,7 +637,7 @@ pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
     };
 
     let mut nodes: Vec<Expanded> = Vec::new();
-    for s in sections(path, &text)? {
+    for s in sections(path, text)? {
         nodes.extend(expand(path, &s, &global_env)?);
     }
     let standalone = check_roles(path, &nodes)?;

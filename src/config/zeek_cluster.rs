@@ -30,7 +30,9 @@ impl ZeekSetup {
     /// The layout's text: generated, or read from the ready-made file.
     pub fn layout_text(&self) -> std::io::Result<String> {
         match &self.layout_from {
-            Some(p) => std::fs::read_to_string(p),
+            Some(p) => {
+                super::Config::read_text(p).map_err(|e| std::io::Error::other(e.to_string()))
+            }
             None => Ok(self.layout.clone()),
         }
     }
@@ -81,11 +83,29 @@ fn invalid(path: &Path, e: ZeekError) -> ConfigError {
 
 /// Reads and checks one zeek.conf.
 pub fn read_conf(path: &Path, base_dir: &Path) -> Result<ZeekConf, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = super::Config::read_text(path)?;
     ZeekConf::parse(&text, path, base_dir).map_err(|mut errs| invalid(path, errs.remove(0)))
+}
+
+/// The file holding the zeek.conf text of `path`: this host's `<host>.zeek.conf` for a cluster
+/// folder (`host`, else `$BROCTLD_HOST`, else the hostname), else `path` itself.
+pub fn conf_file(path: &Path, host: Option<&str>) -> Result<PathBuf, ConfigError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let host = this_host(host);
+    let file = path.join(format!("{host}.zeek.conf"));
+    if !file.is_file() {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: 1,
+            key: None,
+            message: format!(
+                "no {host}.zeek.conf in this cluster folder for this host '{host}' (name the host with --host NAME)"
+            ),
+        });
+    }
+    Ok(file)
 }
 
 /// The `HOST.zeek.conf` files of a cluster folder, sorted (as upstream orders them).
@@ -147,25 +167,27 @@ pub fn load(
     host: Option<&str>,
     dir: &Path,
 ) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
-    let (file, folder) = if path.is_dir() {
-        let host = this_host(host);
-        let file = path.join(format!("{host}.zeek.conf"));
-        if !file.is_file() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: 1,
-                key: None,
-                message: format!(
-                    "no {host}.zeek.conf in this cluster folder for this host '{host}' (name the host with --host NAME)"
-                ),
-            });
-        }
-        (file, Some(path.to_path_buf()))
+    let file = conf_file(path, host)?;
+    let text = super::Config::read_text(&file)?;
+    load_text(path, &text, host, dir)
+}
+
+/// [`load`] with the text of the zeek.conf (this host's file for a folder) already read, as
+/// the Supervisor keeps it for its running config.
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    host: Option<&str>,
+    dir: &Path,
+) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
+    let file = conf_file(path, host)?;
+    let folder = if path.is_dir() {
+        Some(path.to_path_buf())
     } else {
-        let folder = filename_host(path).map(|_| path.parent().unwrap_or(dir).to_path_buf());
-        (path.to_path_buf(), folder)
+        filename_host(path).map(|_| path.parent().unwrap_or(dir).to_path_buf())
     };
-    let mut conf = read_conf(&file, Path::new(DEFAULT_BASE_DIR))?;
+    let mut conf = ZeekConf::parse(text, &file, Path::new(DEFAULT_BASE_DIR))
+        .map_err(|mut errs| invalid(&file, errs.remove(0)))?;
     let file_dir = file.parent().unwrap_or(dir).to_path_buf();
     conf.base_dir = super::normalize(&file_dir.join(&conf.base_dir));
     let nodes = conf.nodes().map_err(|e| invalid(&file, e))?;

@@ -7,6 +7,7 @@
 
 pub mod crash;
 mod dispatch;
+mod guardian_link;
 mod lifecycle;
 pub mod node;
 pub mod policy;
@@ -14,12 +15,15 @@ mod queues;
 mod ready_file;
 pub mod reaper;
 mod reload;
+pub mod running;
 pub mod spawn;
 mod takeover;
 pub mod upgrade;
 pub mod zeek_setup;
 
 use crate::config::{Config, ConfigError};
+use crate::guardian::report::Report;
+use crate::guardian::{EXIT_ALREADY_RUNNING, EXIT_START_FAILED};
 use crate::instance::{Instance, InstanceError};
 use crate::log;
 use crate::protocol::event::{Event, EventKind, NO_NODE};
@@ -30,6 +34,7 @@ use crate::protocol::{ProtocolError, Shared};
 use crate::shm::RegionError;
 use crate::sys::procscan::{find_node_process, is_node_process, is_survivor};
 use crate::sys::{clock, fifo, lockfile, pidfd, procstat};
+use guardian_link::GuardianLink;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
@@ -47,7 +52,7 @@ use std::time::Duration;
 const SIGNALS: Token = Token(0);
 const BELL: Token = Token(1);
 /// The inotify fd watching `ready_file`s.
-const READY_FILES: Token = Token(2);
+const READY_FILES: Token = Token(3);
 /// Node `i` has token `NODE_BASE + 2i` for its pidfd and `NODE_BASE + 2i + 1` for its
 /// readiness pipe.
 const NODE_BASE: usize = 16;
@@ -134,8 +139,11 @@ fn loop_signals() -> SigSet {
 }
 
 /// Entry point of `broctld __supervisor`. `notify_fd`, if given, receives one line: `ready PID`
-/// once commands are served, or `error: MESSAGE` if startup failed. Returns the exit code.
+/// once commands are served, or `error: MESSAGE` if startup failed. Returns the exit code: 0
+/// after a shutdown, [`EXIT_START_FAILED`] or [`EXIT_ALREADY_RUNNING`] if it did not start, 1
+/// if the loop failed (the guardian tells these apart).
 pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) -> i32 {
+    crate::log::rotate_with(instance.log_path());
     // Block the loop's signals before anything else (no thread exists yet): signalfd only sees
     // signals that are blocked, and the mask is inherited by every thread created later.
     if let Err(e) = loop_signals().thread_set_mask() {
@@ -151,14 +159,20 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
         .and_then(|v| v.parse::<RawFd>().ok());
     // Single-threaded still: nothing can read the environment concurrently.
     std::env::remove_var(upgrade::LOCK_FD_ENV);
-    let mut sup = match Supervisor::start(instance, &config_path, inherited_lock) {
+    // What we run never depends on the environment of the Main that started us.
+    crate::guardian::ensure_path();
+    let guardian = GuardianLink::from_env();
+    let mut sup = match Supervisor::start(instance, &config_path, inherited_lock, guardian) {
         Ok(s) => s,
         Err(e) => {
             log!("supervisor not started: {e}");
             if let Some(n) = notify.as_mut() {
                 let _ = writeln!(n, "error: {e}");
             }
-            return 1;
+            return match e {
+                SupervisorError::AlreadyRunning { .. } => EXIT_ALREADY_RUNNING,
+                _ => EXIT_START_FAILED,
+            };
         }
     };
     if let Some(mut n) = notify.take() {
@@ -182,6 +196,9 @@ pub struct Supervisor {
     upgrade_requested: bool,
     config_path: PathBuf,
     config_dir: PathBuf,
+    /// The text of the config being read by a `reload`, saved as the running config if it is
+    /// applied.
+    loading: Option<String>,
     shared: Shared,
     poll: Poll,
     signals: SignalFd,
@@ -193,15 +210,22 @@ pub struct Supervisor {
     slot_seen: Vec<u32>,
     /// Watches `ready_file`s (None if inotify is unavailable: logged at start).
     ready_files: Option<ready_file::ReadyFiles>,
+    /// Our guardian's report pipe, while it lives.
+    guardian: Option<GuardianLink>,
+    /// Reports read before the takeover, by pid, until matched to a node.
+    reported: HashMap<u32, Report>,
 }
 
 impl Supervisor {
-    /// Takes the instance lock, loads the config, creates (or takes over) the region, adopts
-    /// surviving nodes, starts autostart nodes, and is then ready to [`run`](Self::run).
-    pub fn start(
+    /// Takes the instance lock, loads the config (the running config if a predecessor left
+    /// one: see [`running`]), creates (or takes over) the region, adopts surviving nodes and
+    /// applies the exits the guardian reported, starts autostart nodes, and is then ready to
+    /// [`run`](Self::run).
+    fn start(
         instance: Instance,
         config_path: &Path,
         inherited_lock: Option<RawFd>,
+        guardian: Option<GuardianLink>,
     ) -> Result<Supervisor, SupervisorError> {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
         crate::syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
@@ -229,7 +253,7 @@ impl Supervisor {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = Config::load(config_path)?;
+        let (config, config_text) = choose_config(&instance, config_path)?;
         preflight(&config)?;
         if let Some(zeek) = &config.zeek {
             zeek_setup::apply(zeek)?;
@@ -324,8 +348,15 @@ impl Supervisor {
             shutting_down: false,
             slot_seen: vec![0; slots],
             ready_files,
+            loading: None,
+            guardian,
+            reported: HashMap::new(),
         };
+        // Nothing fails from here on: this config is the running one.
+        sup.save_running_config(&config_text);
+        sup.connect_guardian();
         sup.take_over(previous);
+        sup.drop_unmatched_reports();
         // Children that ended while no loop listened (during an upgrade's exec).
         for (pid, exit) in reaper::reap_all() {
             sup.on_exit(pid, exit);
@@ -363,6 +394,7 @@ impl Supervisor {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
                     READY_FILES => files = true,
+                    guardian_link::REPORTS => self.read_reports(),
                     Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
                         ready.push((t - NODE_BASE) / 2);
                     }
@@ -396,7 +428,7 @@ impl Supervisor {
                     .as_ref()
                     .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false));
                 if let (true, true, Some(pid)) = (n.adopted, exited, n.pid) {
-                    self.on_exit(pid, Exit::Unknown);
+                    self.adopted_node_ended(pid);
                 }
             }
             if bell {
@@ -499,11 +531,73 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_dir(&nodes_dir);
+        running::remove(&self.instance.dir());
         log!("supervisor exiting: every node stopped, runtime files removed");
         if let Some(lock) = self.lock.take() {
             lock.remove();
         }
     }
+}
+
+impl Supervisor {
+    /// Reads and checks the config file for a `reload`, keeping its text to save as the
+    /// running config if the reload is applied ([`Self::commit_loaded_config`]).
+    fn load_config_file(&mut self) -> Result<Config, ConfigError> {
+        let text = Config::read_text(&self.config_path)?;
+        let config = Config::parse(&text, &self.config_path)?;
+        self.loading = Some(text);
+        Ok(config)
+    }
+
+    /// A `reload` was applied: its text becomes the running config.
+    fn commit_loaded_config(&mut self) {
+        if let Some(text) = self.loading.take() {
+            self.save_running_config(&text);
+        }
+    }
+
+    fn save_running_config(&self, text: &str) {
+        if let Err(e) = running::save(&self.instance.dir(), &self.config_path, text) {
+            log!(
+                "cannot save the running config in {}: {e}; a replacement Supervisor would read {} instead",
+                self.instance.dir().display(),
+                self.config_path.display()
+            );
+        }
+    }
+}
+
+/// The config to run: the running config a predecessor left (an upgrade, or a takeover after
+/// a crash), else the file. The file is still read when a running config exists, to log that
+/// it does not load or that it changed (`reload` applies it).
+fn choose_config(
+    instance: &Instance,
+    config_path: &Path,
+) -> Result<(Config, String), SupervisorError> {
+    let from_file =
+        Config::read_text(config_path).and_then(|t| Config::parse(&t, config_path).map(|c| (c, t)));
+    let saved = match running::load(&instance.dir()) {
+        Ok(r) => r,
+        Err(e) => {
+            log!("the running config is not used: {e}");
+            None
+        }
+    };
+    let Some((config, text)) = saved else {
+        return Ok(from_file?);
+    };
+    match &from_file {
+        Err(e) => log!(
+            "the config file does not load ({e}); taking over with the running config the previous Supervisor loaded from {}; fix the file, then `broctld reload`",
+            config.path.display()
+        ),
+        Ok((_, t)) if *t != text => log!(
+            "{} changed since it was last loaded; taking over with the running config (`broctld reload` applies the file)",
+            config_path.display()
+        ),
+        Ok(_) => {}
+    }
+    Ok((config, text))
 }
 
 /// Refuses a config with a node that cannot be started at all, naming its line.

@@ -9,7 +9,7 @@ impl Supervisor {
     /// changed are restarted with the new one; every other node keeps its process. A config that
     /// fails to load changes nothing.
     pub(super) fn reload(&mut self) -> (ReplyStatus, String) {
-        let config = match Config::load(&self.config_path) {
+        let config = match self.load_config_file() {
             Ok(c) => c,
             Err(e) => return (ReplyStatus::Rejected, format!("nothing changed: {e}")),
         };
@@ -124,6 +124,7 @@ impl Supervisor {
             list(&removed)
         );
         log!("reload of {}: {msg}", self.config_path.display());
+        self.commit_loaded_config();
         (ReplyStatus::Ok, msg)
     }
 

@@ -35,6 +35,11 @@ impl Supervisor {
             };
             self.nodes[i].restarts = rec.restarts;
             self.nodes[i].last_exit = rec.last_exit;
+            // Died while no Supervisor lived, and the guardian reported how: handled as an exit.
+            if self.take_reported_exit(i, &rec) {
+                *down = true;
+                continue;
+            }
             if rec.pid.is_some_and(|p| is_survivor(p, rec.pid_start)) {
                 self.adopt(i, &rec);
                 continue;

@@ -95,9 +95,10 @@ pub fn check_executable(exe: &Path) -> io::Result<()> {
     crate::syscall!(access(c.as_ptr(), libc::X_OK)).map(|_| ())
 }
 
-/// Replaces this program with `exe` running `args`; returns only if `execve` failed. The
-/// signal mask (our loop's signals stay blocked) and every fd without `FD_CLOEXEC` survive.
-pub fn exec(exe: &Path, args: &[String], lock_fd: i32) -> io::Error {
+/// Replaces this program with `exe` running `args`, with our environment plus `extra_env`;
+/// returns only if `execve` failed. The signal mask (our loop's signals stay blocked) and every
+/// fd without `FD_CLOEXEC` survive.
+pub fn exec(exe: &Path, args: &[String], extra_env: &[(&str, String)]) -> io::Error {
     let Ok(path) = CString::new(exe.as_os_str().as_bytes()) else {
         return io::Error::new(io::ErrorKind::InvalidInput, "NUL in path");
     };
@@ -109,7 +110,7 @@ pub fn exec(exe: &Path, args: &[String], lock_fd: i32) -> io::Error {
         }
     }
     let mut envp: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != LOCK_FD_ENV)
+        .filter(|(k, _)| !extra_env.iter().any(|(e, _)| k == e))
         .filter_map(|(k, v)| {
             let mut b = k.as_bytes().to_vec();
             b.push(b'=');
@@ -117,7 +118,12 @@ pub fn exec(exe: &Path, args: &[String], lock_fd: i32) -> io::Error {
             CString::new(b).ok()
         })
         .collect();
-    envp.push(CString::new(format!("{LOCK_FD_ENV}={lock_fd}")).expect("no NUL"));
+    for (k, v) in extra_env {
+        match CString::new(format!("{k}={v}")) {
+            Ok(c) => envp.push(c),
+            Err(_) => return io::Error::new(io::ErrorKind::InvalidInput, "NUL in environment"),
+        }
+    }
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
@@ -137,9 +143,13 @@ impl Supervisor {
         let Some(lock_fd) = self.lock.as_ref().map(|l| l.file().as_raw_fd()) else {
             return;
         };
+        let guardian_fd = self.guardian.as_ref().map(|g| g.raw_fd());
         let fail = |sup: &mut Supervisor, what: &str, e: io::Error| {
             log!("upgrade-supervisor failed ({what}: {e}); running on unchanged");
             let _ = crate::sys::fdflags::set_cloexec(lock_fd, true);
+            if let Some(fd) = guardian_fd {
+                let _ = crate::sys::fdflags::set_cloexec(fd, true);
+            }
             let _ = std::fs::remove_file(sup.instance.dir().join("handoff"));
             let mut ev = Event::now(EventKind::UpgradeFailed, NO_NODE, std::process::id());
             ev.a = e.raw_os_error().unwrap_or(0) as u64;
@@ -151,6 +161,13 @@ impl Supervisor {
         if let Err(e) = crate::sys::fdflags::set_cloexec(lock_fd, false) {
             return fail(self, "keeping the lock across exec", e);
         }
+        let mut env = vec![(LOCK_FD_ENV, lock_fd.to_string())];
+        if let Some(fd) = guardian_fd {
+            if let Err(e) = crate::sys::fdflags::set_cloexec(fd, false) {
+                return fail(self, "keeping the guardian's report pipe across exec", e);
+            }
+            env.push((crate::guardian::report::FD_ENV, fd.to_string()));
+        }
         let args = vec![
             "--instance".to_string(),
             self.instance.name().to_string(),
@@ -161,7 +178,9 @@ impl Supervisor {
             "__supervisor".to_string(),
         ];
         log!("upgrade-supervisor: re-executing {}", self.exe.display());
-        let e = exec(&self.exe, &args, lock_fd);
+        // The new image runs the running config saved in the runtime dir (the exact bytes this
+        // one loaded), never the file on disk, which may have been edited into an error.
+        let e = exec(&self.exe, &args, &env);
         fail(self, "execve", e);
     }
 }

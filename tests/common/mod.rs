@@ -264,6 +264,59 @@ pub fn scan_proc(instance: &str, needle: &str) -> Vec<u32> {
 
 /// Pids of live `broctld __supervisor` processes whose command line names `runtime_dir`.
 pub fn supervisors_of(runtime_dir: &Path) -> Vec<u32> {
+    internal_processes_of(runtime_dir, "__supervisor")
+}
+
+/// Pids of live `broctld __guardian` processes whose command line names `runtime_dir`.
+pub fn guardians_of(runtime_dir: &Path) -> Vec<u32> {
+    internal_processes_of(runtime_dir, "__guardian")
+}
+
+/// The one live guardian of `runtime_dir` (panics if there is not exactly one).
+pub fn the_guardian(runtime_dir: &Path) -> u32 {
+    let mut g = Vec::new();
+    wait_until(Duration::from_secs(10), "exactly one guardian", || {
+        g = guardians_of(runtime_dir);
+        g.len() == 1
+    });
+    g[0]
+}
+
+/// Stops the guardian (SIGSTOP) and returns it: until [`thaw`], a dead Supervisor is not
+/// replaced, so a test can arrange what the next one finds.
+pub fn freeze_guardian(runtime_dir: &Path) -> u32 {
+    let g = the_guardian(runtime_dir);
+    signal(g, libc::SIGSTOP);
+    wait_until(Duration::from_secs(10), "the guardian to stop", || {
+        proc_state(g) == Some('T')
+    });
+    g
+}
+
+/// Kills the guardian and the watch-mode guardian the Supervisor then starts, so that a dead
+/// Supervisor is replaced only by a Main (as without a guardian).
+pub fn kill_guardians(runtime_dir: &Path) {
+    let first = the_guardian(runtime_dir);
+    signal(first, libc::SIGKILL);
+    let mut watcher = 0;
+    wait_until(Duration::from_secs(10), "the watch-mode guardian", || {
+        let g = guardians_of(runtime_dir);
+        watcher = g.first().copied().unwrap_or(0);
+        g.len() == 1 && watcher != first
+    });
+    signal(watcher, libc::SIGKILL);
+    wait_until(Duration::from_secs(10), "no guardian", || {
+        guardians_of(runtime_dir).is_empty()
+    });
+}
+
+/// Lets a guardian stopped by [`freeze_guardian`] run again.
+pub fn thaw(guardian: u32) {
+    signal(guardian, libc::SIGCONT);
+}
+
+/// Pids of live broctld processes in internal `mode` whose command line names `runtime_dir`.
+fn internal_processes_of(runtime_dir: &Path, mode: &str) -> Vec<u32> {
     let needle = runtime_dir.to_string_lossy().into_owned();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -274,10 +327,7 @@ pub fn supervisors_of(runtime_dir: &Path) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.contains(&needle.as_bytes())
-            && args.contains(&&b"__supervisor"[..])
-            && pid_alive(pid)
-        {
+        if args.contains(&needle.as_bytes()) && args.contains(&mode.as_bytes()) && pid_alive(pid) {
             out.push(pid);
         }
     }
