@@ -12,6 +12,8 @@ pub struct Globals {
     pub instance: Option<String>,
     /// `--runtime-dir DIR`.
     pub runtime_dir: Option<PathBuf>,
+    /// `--host NAME`: this machine's host in a multi-host Zeek cluster folder.
+    pub host: Option<String>,
     /// `--help`.
     pub help: bool,
     /// `--version`.
@@ -101,6 +103,8 @@ pub enum Cmd {
         /// JSON output.
         json: bool,
     },
+    /// `layout`: print the Zeek cluster layout of the config.
+    Layout,
     /// `daemon`: a foreground Main for a service manager.
     Daemon,
     /// `help [COMMAND]`.
@@ -137,6 +141,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("top", "[NODE...] [--json]", "pid, cpu %, memory, threads and uptime of each node's processes"),
     ("nodes", "[NODE...] [--json]", "the configured nodes and their settings"),
     ("config", "[--json]", "the effective config: every key explicit, defaults applied, paths absolute"),
+    ("layout", "", "print the cluster-layout.zeek of a Zeek config (zeek.conf, cluster folder, node.cfg) as upstream writes it"),
     ("daemon", "", "run in the foreground for a service manager (systemd Type=notify): SIGHUP reloads, SIGTERM shuts down"),
     ("help", "[COMMAND]", "this list, or one command's help"),
 ];
@@ -228,6 +233,7 @@ pub fn split_globals(args: &[String]) -> Result<(Globals, Vec<String>), UsageErr
             "--runtime-dir" => {
                 g.runtime_dir = Some(take_value(args, &mut i, "--runtime-dir")?.into())
             }
+            "--host" => g.host = Some(take_value(args, &mut i, "--host")?),
             "-h" | "--help" if rest.is_empty() => g.help = true,
             "-V" | "--version" if rest.is_empty() => g.version = true,
             "--" => {
@@ -303,6 +309,10 @@ pub fn parse_command(words: &[String]) -> Result<Cmd, UsageError> {
         "reload" => {
             none(rest)?;
             Cmd::Reload
+        }
+        "layout" => {
+            none(rest)?;
+            Cmd::Layout
         }
         "upgrade-supervisor" => {
             none(rest)?;

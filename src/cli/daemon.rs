@@ -269,6 +269,7 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
                 path: config_path.clone(),
                 dir: PathBuf::from("/"),
                 nodes: Vec::new(),
+                zeek: None,
             }
         }
     };

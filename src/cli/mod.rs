@@ -29,6 +29,7 @@ fn usage() -> String {
          \x20 -i, --instance NAME   instance name (default 'default'); instances are independent\n\
          \x20     --runtime-dir DIR runtime files (default $BROCTLD_RUNTIME_DIR, else\n\
          \x20                       $XDG_RUNTIME_DIR/broctld, else /run/broctld for root, else /tmp/broctld-$UID)\n\
+         \x20     --host NAME       this machine in a folder of HOST.zeek.conf files (default: the hostname)\n\
          \x20 -h, --help            this help\n\
          \x20 -V, --version         print the version\n\ncommands:\n",
     );
@@ -58,6 +59,11 @@ pub fn main(args: Vec<String>) -> i32 {
     if globals.version {
         println!("broctld {}", env!("CARGO_PKG_VERSION"));
         return 0;
+    }
+    if let Some(host) = &globals.host {
+        // Read by the config loader here and in the Supervisor this Main starts (still one
+        // thread: nothing else reads the environment yet).
+        std::env::set_var(crate::config::zeek_cluster::HOST_ENV, host);
     }
     let runtime_dir = globals
         .runtime_dir

@@ -179,7 +179,7 @@ pub fn spec_json(n: &NodeSpec) -> String {
         .map(|(k, v)| format!("{}: {}", json_str(k), json_str(v)))
         .collect();
     format!(
-        "{{\"name\": {}, \"type\": {}, \"command\": {}, \"cwd\": {}, \"stdout\": {}, \"stderr\": {}, \"env\": {{{}}}, \"cpu_affinity\": [{}], \"start_after\": {}, \"autostart\": {}, \"restart\": {}, \"stop_signal\": {}, \"stop_timeout_ms\": {}, \"restart_delay_ms\": {}, \"restart_delay_factor\": {}, \"restart_delay_max_ms\": {}, \"restart_reset_ms\": {}, \"quick_death_ms\": {}, \"give_up_after\": {}, \"give_up_window_ms\": {}, \"ready_after_ms\": {}, \"ready_fd\": {}, \"ready_timeout_ms\": {}}}",
+        "{{\"name\": {}, \"type\": {}, \"command\": {}, \"cwd\": {}, \"stdout\": {}, \"stderr\": {}, \"env\": {{{}}}, \"cpu_affinity\": [{}], \"start_after\": {}, \"autostart\": {}, \"restart\": {}, \"stop_signal\": {}, \"stop_timeout_ms\": {}, \"restart_delay_ms\": {}, \"restart_delay_factor\": {}, \"restart_delay_max_ms\": {}, \"restart_reset_ms\": {}, \"quick_death_ms\": {}, \"give_up_after\": {}, \"give_up_window_ms\": {}, \"ready_after_ms\": {}, \"ready_fd\": {}, \"ready_timeout_ms\": {}, \"user\": {}, \"group\": {}, \"nice\": {}, \"memory_max\": {}, \"capabilities\": {}, \"clear_env\": {}, \"ready_file\": {}}}",
         json_str(&n.name),
         json_str(n.node_type.as_str()),
         json_list(&n.command),
@@ -207,6 +207,17 @@ pub fn spec_json(n: &NodeSpec) -> String {
         p.ready_after.as_millis(),
         p.ready_fd.map_or("null".into(), |f| f.to_string()),
         p.ready_timeout.as_millis(),
+        p.user.as_deref().map_or("null".into(), json_str),
+        p.group.as_deref().map_or("null".into(), json_str),
+        p.nice.map_or("null".into(), |n| n.to_string()),
+        p.memory_max.map_or("null".into(), |m| m.to_string()),
+        json_list(&p.capabilities),
+        p.clear_env,
+        p.ready_file.as_ref().map_or("null".into(), |r| format!(
+            "{{\"path\": {}, \"line\": {}}}",
+            json_str(&r.path.to_string_lossy()),
+            json_str(&r.line)
+        )),
     )
 }
 

@@ -334,6 +334,7 @@ impl Session {
             Cmd::Diag { nodes, json } => self.diag(nodes, *json),
             Cmd::Top { nodes, json } => self.top(nodes, *json),
             Cmd::Nodes { nodes, json } => self.nodes(nodes, *json),
+            Cmd::Layout => self.layout(),
             Cmd::ShowConfig { json } => self.show_config(*json),
             Cmd::Daemon => Err(CliError::Usage(
                 "daemon runs on its own: `broctld daemon`, not in the shell".into(),

@@ -21,10 +21,18 @@
 //!
 //! This module depends on no other module of the crate.
 
+pub mod layout;
+pub mod node_cfg;
 mod raw;
 mod render;
 #[cfg(test)]
 mod tests;
+pub mod zeek_cluster;
+pub mod zeek_conf;
+pub mod zeek_ini;
+mod zeek_nodes;
+
+pub use zeek_cluster::ZeekSetup;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -47,8 +55,12 @@ pub struct Config {
     pub path: PathBuf,
     /// Absolute path of the folder holding the file; relative `cwd`s are resolved against it.
     pub dir: PathBuf,
-    /// The nodes, in the order of their `[[node]]` tables in the file.
+    /// The nodes, in the order of their `[[node]]` tables in the file (a Zeek
+    /// configuration's nodes first, in their start order).
     pub nodes: Vec<NodeSpec>,
+    /// For a Zeek cluster (a zeek.conf, a cluster folder, a node.cfg, or a TOML file with
+    /// `[zeek] conf = ...`): the layout and folders to set up before any node starts.
+    pub zeek: Option<ZeekSetup>,
 }
 
 /// Everything needed to run one node, with defaults applied and paths resolved.
@@ -127,6 +139,41 @@ pub struct Policy {
     pub rlimit_core: Option<u64>,
     /// `RLIMIT_MEMLOCK` (u64::MAX = unlimited).
     pub rlimit_memlock: Option<u64>,
+    /// The node's nice level (-20..=19), set between fork and exec.
+    pub nice: Option<i32>,
+    /// The most memory the node may use, in bytes. Reported, not yet enforced: enforcing it
+    /// needs a cgroup per node.
+    pub memory_max: Option<u64>,
+    /// Capabilities (`CAP_NET_RAW`, ...) raised into the node's ambient set, so that a node
+    /// running as a non-root `user` keeps them across exec.
+    pub capabilities: Vec<String>,
+    /// Start the node with only its `env` (and broctld's `BROCTLD_*` variables), not the
+    /// Supervisor's environment: what `nodes --json` shows is then all it gets, as a systemd
+    /// unit's `Environment=` is. Zeek configs set it.
+    pub clear_env: bool,
+    /// The node is ready when this file's first line reads a given line (Zeek's `-U` status
+    /// file reading `RUNNING`); watched with inotify, no polling.
+    pub ready_file: Option<ReadyFile>,
+}
+
+/// `ready_file = { path = ".status", line = "RUNNING" }`: readiness from a status file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyFile {
+    /// The file, relative to the node's working directory (or absolute). Removed before each
+    /// start, so a previous run's file never counts.
+    pub path: PathBuf,
+    /// The first line that means ready (without its newline).
+    pub line: String,
+}
+
+impl ReadyFile {
+    /// Zeek's: `-U .status` reading `RUNNING`.
+    pub fn zeek() -> ReadyFile {
+        ReadyFile {
+            path: PathBuf::from(".status"),
+            line: "RUNNING".into(),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -135,7 +182,8 @@ impl Default for Policy {
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
     /// no `ready_fd`, `ready_timeout_ms = 10000`, `log_max_bytes = 67108864` (64 MiB),
-    /// `log_keep = 5`, and no user, group, umask or rlimits (inherited from the Supervisor).
+    /// `log_keep = 5`, `clear_env = false`, and no user, group, umask, rlimits, nice level,
+    /// memory limit or capabilities (inherited from the Supervisor).
     fn default() -> Self {
         Policy {
             restart: RestartPolicy::Always,
@@ -160,6 +208,11 @@ impl Default for Policy {
             rlimit_nofile: None,
             rlimit_core: None,
             rlimit_memlock: None,
+            nice: None,
+            memory_max: None,
+            capabilities: Vec::new(),
+            ready_file: None,
+            clear_env: false,
         }
     }
 }
@@ -415,6 +468,10 @@ pub fn signal_name(sig: i32) -> String {
 
 impl Config {
     /// Reads and checks the configuration file at `path`.
+    ///
+    /// `path` may also name Zeek's own configuration: a `zeek.conf` or `HOST.zeek.conf`, a
+    /// folder of `HOST.zeek.conf` files, or zeekctl's `node.cfg` (see [`zeek_cluster`] and
+    /// [`node_cfg`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::parse(&Config::read_text(path)?, path)
     }
@@ -424,8 +481,14 @@ impl Config {
     /// writer), must then be a regular file by `fstat` of the opened fd (a FIFO, a device such
     /// as `/dev/zero`, a directory, or a symlink to any of them is refused before one byte is
     /// read), and may hold at most [`MAX_CONFIG_BYTES`].
+    ///
+    /// For a cluster folder of `HOST.zeek.conf` files, the text is this host's file (see
+    /// [`zeek_cluster::conf_file`]).
     pub fn read_text(path: &Path) -> Result<String, ConfigError> {
         use std::io::Read;
+        if path.is_dir() {
+            return Config::read_text(&zeek_cluster::conf_file(path, None)?);
+        }
         use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let io_err = |source| ConfigError::Io {
             path: path.to_path_buf(),
@@ -475,8 +538,13 @@ impl Config {
 
     /// Checks the configuration `text` as if read from `path`. `path` is used in
     /// messages as given; relative folders in the file are resolved against its
-    /// folder (a relative `path` is taken relative to the current directory).
+    /// folder (a relative `path` is taken relative to the current directory). A `path` that
+    /// names Zeek's own configuration (see [`Config::load`]) is read as that format (for a
+    /// cluster folder, `text` is this host's file).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        if zeek_cluster::is_zeek_conf(path) || node_cfg::is_node_cfg(path) {
+            return Config::parse_zeek(text, path);
+        }
         let abs = absolute(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -486,7 +554,7 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         let src = Source::new(text, path);
-        let nodes = Checker {
+        let (nodes, zeek) = Checker {
             src: &src,
             dir: &dir,
         }
@@ -495,6 +563,30 @@ impl Config {
             path: abs,
             dir,
             nodes,
+            zeek,
+        })
+    }
+
+    /// Checks Zeek's own configuration `text` read from `path` (see [`Config::load`]).
+    fn parse_zeek(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let abs = absolute(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let (nodes, setup) = if node_cfg::is_node_cfg(&abs) {
+            node_cfg::load_text(&abs, text)?
+        } else {
+            zeek_cluster::load_text(&abs, text, None, &dir)?
+        };
+        Ok(Config {
+            path: abs,
+            dir,
+            nodes,
+            zeek: Some(setup),
         })
     }
 
@@ -538,10 +630,10 @@ const MAX_READY_FD: i64 = 1023;
 /// Longest accepted duration: 365 days.
 const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 
-const TOP_KEYS: [&str; 2] = ["defaults", "node"];
+const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 22] = [
+const POLICY_KEYS: [&str; 27] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -564,6 +656,11 @@ const POLICY_KEYS: [&str; 22] = [
     "rlimit_nofile",
     "rlimit_core",
     "rlimit_memlock",
+    "nice",
+    "memory_max",
+    "capabilities",
+    "ready_file",
+    "clear_env",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -649,6 +746,8 @@ impl<'a> Source<'a> {
 #[derive(Clone, Copy)]
 enum Scope<'a> {
     Defaults,
+    /// The `[zeek]` table.
+    Zeek,
     /// A `[[node]]` whose name is known.
     Node(&'a str),
     /// A `[[node]]` whose name is not known yet.
@@ -659,6 +758,7 @@ impl fmt::Display for Scope<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::Defaults => f.write_str("[defaults]"),
+            Scope::Zeek => f.write_str("[zeek]"),
             Scope::Node(name) => write!(f, "node '{name}'"),
             Scope::UnnamedNode => f.write_str("[[node]]"),
         }
@@ -860,6 +960,101 @@ fn read_rlimit(item: &Item) -> Result<u64, Bad> {
         other => Err(Bad::new(format!(
             "expected a whole number or \"unlimited\", got {}",
             describe(other)
+        ))),
+    }
+}
+
+fn read_nice(item: &Item) -> Result<i32, Bad> {
+    match item.value {
+        Raw::Int(n) if (-20..=19).contains(&n) => Ok(n as i32),
+        ref other => Err(Bad::new(format!(
+            "expected a nice level from -20 to 19, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+/// Bytes as a number, or a string with a `K`, `M`, `G` or `T` suffix (powers of 1024).
+fn read_memory(item: &Item) -> Result<u64, Bad> {
+    match &item.value {
+        Raw::Int(n) if *n > 0 => Ok(*n as u64),
+        Raw::Str(s) => zeek_conf::parse_memory(s).ok_or_else(|| {
+            Bad::new(format!(
+                "expected a size such as \"4G\" (bytes, or K, M, G, T), got {}",
+                describe(&item.value)
+            ))
+        }),
+        other => Err(Bad::new(format!(
+            "expected a positive number of bytes or a size such as \"4G\", got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn read_capabilities(item: &Item) -> Result<Vec<String>, Bad> {
+    let Raw::Array(items) = &item.value else {
+        return Err(Bad::new(format!(
+            "expected an array of capability names such as [\"CAP_NET_RAW\"], got {}",
+            describe(&item.value)
+        )));
+    };
+    let mut caps = Vec::with_capacity(items.len());
+    for cap in items {
+        match &cap.value {
+            Raw::Str(s) if crate::sys::caps::number(s).is_some() => caps.push(s.clone()),
+            other => {
+                return Err(Bad::at(
+                    cap,
+                    format!(
+                    "unknown capability {} (names such as \"CAP_NET_RAW\", see capabilities(7))",
+                    describe(other)
+                ),
+                ))
+            }
+        }
+    }
+    Ok(caps)
+}
+
+fn read_ready_file(item: &Item) -> Result<ReadyFile, Bad> {
+    let expected = "expected a table such as { path = \".status\", line = \"RUNNING\" }";
+    let Raw::Table(entries) = &item.value else {
+        return Err(Bad::new(format!(
+            "{expected}, got {}",
+            describe(&item.value)
+        )));
+    };
+    let (mut path, mut line) = (None, None);
+    for e in entries {
+        match (e.key.as_str(), &e.value.value) {
+            ("path", Raw::Str(s)) if !s.is_empty() && !s.contains('\0') => path = Some(s.clone()),
+            ("line", Raw::Str(s)) if !s.contains('\n') && !s.contains('\0') => {
+                line = Some(s.clone())
+            }
+            (k @ ("path" | "line"), other) => {
+                return Err(Bad::at(
+                    &e.value,
+                    format!(
+                        "'{k}' must be a non-empty string on one line, got {}",
+                        describe(other)
+                    ),
+                ))
+            }
+            (k, _) => {
+                return Err(Bad::at(
+                    &e.value,
+                    format!("unknown key '{k}' (a ready_file has 'path' and 'line')"),
+                ))
+            }
+        }
+    }
+    match (path, line) {
+        (Some(path), Some(line)) => Ok(ReadyFile {
+            path: PathBuf::from(path),
+            line,
+        }),
+        _ => Err(Bad::new(format!(
+            "{expected}: both 'path' and 'line' are required"
         ))),
     }
 }
@@ -1122,14 +1317,16 @@ impl Checker<'_> {
         self.src.invalid(line, Some(key), message)
     }
 
-    fn check(&self) -> Result<Vec<NodeSpec>, ConfigError> {
+    fn check(&self) -> Result<(Vec<NodeSpec>, Option<ZeekSetup>), ConfigError> {
         let top = raw::parse_document(self.src.text).map_err(|e| self.src.toml_error(e))?;
         let mut defaults = None;
         let mut node_list = None;
+        let mut zeek = None;
         for entry in &top {
             match entry.key.as_str() {
                 "defaults" => defaults = Some(entry),
                 "node" => node_list = Some(entry),
+                "zeek" => zeek = Some(entry),
                 _ => return Err(self.unknown_key(entry, 1, "at the top level", &TOP_KEYS)),
             }
         }
@@ -1145,8 +1342,41 @@ impl Checker<'_> {
             Some(entry) => self.check_defaults(entry, base)?,
         };
 
+        let mut nodes: Vec<NodeSpec> = Vec::new();
+        let mut metas: Vec<NodeMeta> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let setup = match zeek {
+            None => None,
+            Some(entry) => {
+                let line = self.entry_line(entry, 1);
+                let (zeek_nodes, setup) = self.check_zeek(entry)?;
+                for mut node in zeek_nodes {
+                    // Messages about the node name this file: point at its [zeek] table.
+                    node.line = line;
+                    if let Some(d) = defaults {
+                        let draft = PolicyDraft {
+                            policy: node.policy.clone(),
+                            env: node.env.iter().cloned().collect(),
+                            delay_line: None,
+                            delay_max_line: None,
+                        };
+                        let draft = self.check_defaults(d, draft)?;
+                        node.policy = draft.policy;
+                        node.env = draft.env.into_iter().collect();
+                    }
+                    by_name.insert(node.name.clone(), nodes.len());
+                    metas.push(NodeMeta {
+                        name_line: line,
+                        start_after_lines: vec![line; node.start_after.len()],
+                    });
+                    nodes.push(node);
+                }
+                Some(setup)
+            }
+        };
+
         let Some(node_list) = node_list else {
-            return Ok(Vec::new());
+            return Ok((nodes, setup));
         };
         let list_line = self.entry_line(node_list, 1);
         let Raw::Array(tables) = &node_list.value.value else {
@@ -1165,9 +1395,6 @@ impl Checker<'_> {
             ));
         };
 
-        let mut nodes: Vec<NodeSpec> = Vec::with_capacity(tables.len());
-        let mut metas: Vec<NodeMeta> = Vec::with_capacity(tables.len());
-        let mut by_name: HashMap<String, usize> = HashMap::new();
         for table in tables {
             let (node, meta) = self.check_node(table, list_line, &base, &metas, &by_name)?;
             by_name.insert(node.name.clone(), nodes.len());
@@ -1175,7 +1402,48 @@ impl Checker<'_> {
             metas.push(meta);
         }
         self.check_start_after(&nodes, &metas, &by_name)?;
-        Ok(nodes)
+        Ok((nodes, setup))
+    }
+
+    /// `[zeek]`: `conf` names a zeek.conf, `HOST.zeek.conf`, cluster folder or node.cfg
+    /// (relative to this file's folder); `host` picks this machine's file in a folder.
+    fn check_zeek(&self, entry: &Entry) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
+        const KEYS: [&str; 2] = ["conf", "host"];
+        let line = self.entry_line(entry, 1);
+        let Raw::Table(entries) = &entry.value.value else {
+            return Err(self.src.invalid(
+                line,
+                Some("zeek"),
+                format!(
+                    "key 'zeek': expected a table ([zeek]), got {}",
+                    describe(&entry.value.value)
+                ),
+            ));
+        };
+        let mut conf = None;
+        let mut host = None;
+        for e in entries {
+            let read = |what| {
+                read_string(&e.value, what).map_err(|bad| self.bad(Scope::Zeek, e, line, bad))
+            };
+            match e.key.as_str() {
+                "conf" => conf = Some(read("the path of a zeek.conf, cluster folder or node.cfg")?),
+                "host" => host = Some(read("a host name")?),
+                _ => return Err(self.unknown_key(e, line, "in [zeek]", &KEYS)),
+            }
+        }
+        let Some(conf) = conf else {
+            return Err(self.src.invalid(
+                line,
+                Some("conf"),
+                "[zeek]: missing required key 'conf'".to_string(),
+            ));
+        };
+        let path = normalize(&self.dir.join(conf));
+        if node_cfg::is_node_cfg(&path) {
+            return node_cfg::load(&path);
+        }
+        zeek_cluster::load(&path, host.as_deref(), self.dir)
     }
 
     fn check_defaults(
@@ -1222,6 +1490,7 @@ impl Checker<'_> {
             "stop_signal" => read_signal(item).map(|v| p.stop_signal = v),
             "stop_timeout_ms" => read_ms(item, 1).map(|v| p.stop_timeout = v),
             "autostart" => read_bool(item).map(|v| p.autostart = v),
+            "clear_env" => read_bool(item).map(|v| p.clear_env = v),
             "restart_delay_ms" => read_ms(item, 0).map(|v| {
                 p.restart_delay = v;
                 draft.delay_line = Some(self.entry_line(entry, fallback));
@@ -1275,6 +1544,10 @@ impl Checker<'_> {
             "rlimit_nofile" => read_rlimit(item).map(|v| p.rlimit_nofile = Some(v)),
             "rlimit_core" => read_rlimit(item).map(|v| p.rlimit_core = Some(v)),
             "rlimit_memlock" => read_rlimit(item).map(|v| p.rlimit_memlock = Some(v)),
+            "nice" => read_nice(item).map(|v| p.nice = Some(v)),
+            "memory_max" => read_memory(item).map(|v| p.memory_max = Some(v)),
+            "capabilities" => read_capabilities(item).map(|v| p.capabilities = v),
+            "ready_file" => read_ready_file(item).map(|v| p.ready_file = Some(v)),
             "env" => read_env(item).map(|env| draft.env.extend(env)),
             _ => return Ok(false),
         };

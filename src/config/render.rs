@@ -110,6 +110,7 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("stop_signal = {signal}"),
         format!("stop_timeout_ms = {}", ms(p.stop_timeout)),
         format!("autostart = {}", p.autostart),
+        format!("clear_env = {}", p.clear_env),
         format!("restart_delay_ms = {}", ms(p.restart_delay)),
         format!("restart_delay_max_ms = {}", ms(p.restart_delay_max)),
         format!("restart_delay_factor = {factor}"),
@@ -147,6 +148,25 @@ fn node(out: &mut String, n: &NodeSpec) {
         if let Some(v) = v {
             lines.push(format!("{k} = {}", limit(v)));
         }
+    }
+    if let Some(n) = p.nice {
+        lines.push(format!("nice = {n}"));
+    }
+    if let Some(m) = p.memory_max {
+        lines.push(format!("memory_max = {m}"));
+    }
+    if !p.capabilities.is_empty() {
+        lines.push(format!(
+            "capabilities = {}",
+            list(&p.capabilities, |c| string(c))
+        ));
+    }
+    if let Some(r) = &p.ready_file {
+        lines.push(format!(
+            "ready_file = {{ path = {}, line = {} }}",
+            path(&r.path),
+            string(&r.line)
+        ));
     }
     for line in lines {
         out.push_str(&line);

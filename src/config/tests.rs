@@ -927,6 +927,10 @@ fn to_toml_writes_every_key() {
         "rlimit_nofile",
         "rlimit_core",
         "rlimit_memlock",
+        "nice",
+        "memory_max",
+        "capabilities",
+        "ready_file",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {

@@ -146,6 +146,7 @@ impl Supervisor {
             pass.push((l.file().as_raw_fd(), lock_target));
             env.push(("BROCTLD_LOCK_FD", lock_target_text.as_str()));
         }
+        let by_file = self.arm_ready_file(i);
         let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
         let result = spawn::spawn(
             &self.nodes[i].spec,
@@ -196,7 +197,7 @@ impl Supervisor {
                 let ready_after = n.spec.policy.ready_after;
                 n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
                 n.ready_timed_out = false;
-                if n.ready_pipe.is_some() {
+                if n.ready_pipe.is_some() || by_file {
                     n.state = NodeState::Starting;
                     n.deadline = None;
                 } else if ready_after.is_zero() {
@@ -502,11 +503,16 @@ impl Supervisor {
             self.drop_ready_pipe(i);
         }
         if ready && self.nodes[i].state == NodeState::Starting {
-            self.nodes[i].state = NodeState::Running;
-            self.publish(i);
-            let pid = self.nodes[i].pid.unwrap_or(0);
-            self.event(Event::now(EventKind::Ready, i as u16, pid));
+            self.mark_ready(i);
         }
+    }
+
+    /// A starting node said it is ready (readiness pipe or ready file).
+    pub(super) fn mark_ready(&mut self, i: usize) {
+        self.nodes[i].state = NodeState::Running;
+        self.publish(i);
+        let pid = self.nodes[i].pid.unwrap_or(0);
+        self.event(Event::now(EventKind::Ready, i as u16, pid));
     }
 
     pub(super) fn kill(&mut self, i: usize) {

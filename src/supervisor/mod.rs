@@ -13,6 +13,7 @@ pub mod node;
 pub mod policy;
 mod queues;
 mod readiness;
+mod ready_file;
 pub mod reaper;
 mod reload;
 mod repair;
@@ -20,6 +21,7 @@ pub mod running;
 pub mod spawn;
 mod takeover;
 pub mod upgrade;
+pub mod zeek_setup;
 
 use crate::config::{Config, ConfigError};
 use crate::guardian::report::Report;
@@ -51,6 +53,8 @@ use std::time::Duration;
 
 const SIGNALS: Token = Token(0);
 const BELL: Token = Token(1);
+/// The inotify fd watching `ready_file`s.
+const READY_FILES: Token = Token(3);
 /// Node `i` has token `NODE_BASE + 2i` for its pidfd and `NODE_BASE + 2i + 1` for its
 /// readiness pipe.
 const NODE_BASE: usize = 16;
@@ -89,6 +93,9 @@ pub enum SupervisorError {
         #[source]
         source: spawn::SpawnError,
     },
+    /// The Zeek cluster's folders or layout could not be set up (nothing was started).
+    #[error("{0}; nothing was started")]
+    ZeekSetup(#[from] zeek_setup::ZeekSetupError),
     /// More nodes than the table holds.
     #[error("config has {count} nodes; broctld supervises at most {max} per instance: split them over several instances")]
     TooManyNodes {
@@ -210,6 +217,8 @@ pub struct Supervisor {
     by_pid: HashMap<u32, usize>,
     shutting_down: bool,
     slot_seen: Vec<u32>,
+    /// Watches `ready_file`s (None if inotify is unavailable: logged at start).
+    ready_files: Option<ready_file::ReadyFiles>,
     /// Our guardian's report pipe, while it lives.
     guardian: Option<GuardianLink>,
     /// Reports read before the takeover, by pid, until matched to a node.
@@ -267,6 +276,12 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        if let Some(zeek) = &config.zeek {
+            if let Err(e) = zeek_setup::apply(zeek) {
+                lock.remove();
+                return Err(e.into());
+            }
+        }
         // Everything that can fail goes before the region exists, so a failed start leaves no
         // region behind.
         let bell = fifo::create_reader(&instance.bell_path())
@@ -288,6 +303,17 @@ impl Supervisor {
             .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
             .map_err(io_err("epoll_ctl(doorbell)"))?;
 
+        let ready_files = match ready_file::ReadyFiles::new().and_then(|f| {
+            poll.registry()
+                .register(&mut SourceFd(&f.raw_fd()), READY_FILES, Interest::READABLE)
+                .map(|()| f)
+        }) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log!("inotify: {e}; nodes with a ready_file count as ready once started");
+                None
+            }
+        };
         let name = instance.shm_name();
         let identity = instance.identity();
         let (shared, previous) = match Shared::create_owned(&name, Geometry::default(), &identity) {
@@ -351,6 +377,7 @@ impl Supervisor {
             by_pid: HashMap::new(),
             shutting_down: false,
             slot_seen: vec![0; slots],
+            ready_files,
             loading: None,
             guardian,
             reported: HashMap::new(),
@@ -394,10 +421,12 @@ impl Supervisor {
             let mut bell = false;
             let mut adopted_exits = Vec::new();
             let mut ready = Vec::new();
+            let mut files = false;
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
+                    READY_FILES => files = true,
                     guardian_link::REPORTS => self.read_reports(),
                     Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
                         ready.push((t - NODE_BASE) / 2);
@@ -414,6 +443,9 @@ impl Supervisor {
             }
             for i in ready {
                 self.check_ready(i);
+            }
+            if files {
+                self.ready_files_changed();
             }
             if reap {
                 for (pid, exit) in reaper::reap_all() {

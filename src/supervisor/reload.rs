@@ -16,6 +16,9 @@ impl Supervisor {
         if let Err(e) = preflight(&config) {
             return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
         }
+        if let Some(Err(e)) = config.zeek.as_ref().map(zeek_setup::apply) {
+            return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
+        }
         // The table must hold the new config plus every node this reload retires that still
         // has a process (it stays, `stopping`, until it exits); a retired node with no process
         // leaves the table at once.

@@ -150,6 +150,7 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// the directory.
 pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
     resolve_program(&spec.name, &spec.command[0], config_dir)?;
+    check_capabilities(spec)?;
     check_creatable(spec)
 }
 
@@ -183,6 +184,47 @@ fn check_creatable(spec: &NodeSpec) -> Result<(), SpawnError> {
             Err(e) => return Err(err(e)),
         }
     }
+}
+
+/// A node that runs as a non-root user with `capabilities` gets them only if the Supervisor
+/// has them itself (in its permitted set): refused here, with what to do, rather than at exec.
+fn check_capabilities(spec: &NodeSpec) -> Result<(), SpawnError> {
+    let policy = &spec.policy;
+    // SAFETY: getuid cannot fail.
+    let uid = policy
+        .user
+        .as_deref()
+        .and_then(crate::sys::account::user)
+        .map_or(unsafe { libc::getuid() }, |(uid, _)| uid);
+    if policy.capabilities.is_empty() || uid == 0 {
+        return Ok(());
+    }
+    let permitted = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let missing: Vec<&str> = policy
+        .capabilities
+        .iter()
+        .filter(|c| crate::sys::caps::number(c).is_some_and(|n| permitted & (1 << n) == 0))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(SpawnError::Prepare {
+        node: spec.name.clone(),
+        what: "give the node the capabilities",
+        path: PathBuf::from(missing.join(",")),
+        source: io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "broctld does not have them itself: run it as root, or set `capabilities = []` for this node (for a zeek.conf, in a TOML file that includes it)",
+        ),
+    })
 }
 
 /// Creates the node's working directory if missing; one created for a node that runs as
@@ -371,6 +413,9 @@ fn spawn_prepared(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
+    if policy.clear_env {
+        cmd.env_clear();
+    }
     cmd.env_remove(NOFILE_ENV);
     for (k, v) in &spec.env {
         cmd.env(k, v);
@@ -435,6 +480,24 @@ fn spawn_prepared(
             Some((uid, gid, groups))
         }
     };
+    let nice = policy.nice;
+    // Ambient capabilities, as masks of the two 32-bit capability words. Only a node that
+    // will not run as root needs them (root keeps every capability across exec).
+    // SAFETY: getuid cannot fail.
+    let target_uid = creds.as_ref().map_or(unsafe { libc::getuid() }, |c| c.0);
+    let caps: Vec<u32> = if target_uid == 0 {
+        Vec::new()
+    } else {
+        policy
+            .capabilities
+            .iter()
+            .filter_map(|c| crate::sys::caps::number(c))
+            .collect()
+    };
+    let mut cap_mask = [0u32; 2];
+    for &c in &caps {
+        cap_mask[(c / 32) as usize & 1] |= 1 << (c % 32);
+    }
     let pass: Vec<(RawFd, RawFd)> = pass.to_vec();
     let nofile_soft = ORIGINAL_NOFILE_SOFT.get().copied();
     let fd_limit = current_nofile_soft();
@@ -442,9 +505,9 @@ fn spawn_prepared(
 
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
-    // setrlimit, umask, close_range, open, getdents64, close, fcntl, dup2, setgroups, setgid,
-    // setuid) on values prepared before the
-    // fork; it reads the captured vectors but allocates nothing.
+    // setrlimit, umask, close_range, open, getdents64, close, fcntl, dup2, setpriority, prctl,
+    // setgroups, setgid, setuid, capset) on values prepared before the fork; it reads the
+    // captured vectors (and builds two small structs on the stack) but allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Own session and process group: not in the Supervisor's group, no controlling tty.
@@ -502,12 +565,63 @@ fn spawn_prepared(
             if let Some(m) = umask {
                 libc::umask(m as libc::mode_t);
             }
+            // Nice level first: lowering it needs the privileges dropped below.
+            if let Some(n) = nice {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, n) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Keep the permitted capabilities across setuid when some are to stay ambient.
+            if !caps.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if let Some((uid, gid, groups)) = &creds {
                 if libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(*gid) < 0
                     || libc::setuid(*uid) < 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+            }
+            if !caps.is_empty() {
+                // Effective, permitted and inheritable hold the capabilities (capset fails
+                // with EPERM if the Supervisor did not have them), then each is raised into
+                // the ambient set, which execve keeps for a non-root program.
+                #[repr(C)]
+                struct CapHeader {
+                    version: u32,
+                    pid: i32,
+                }
+                #[repr(C)]
+                struct CapData {
+                    effective: u32,
+                    permitted: u32,
+                    inheritable: u32,
+                }
+                const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+                let header = CapHeader {
+                    version: LINUX_CAPABILITY_VERSION_3,
+                    pid: 0,
+                };
+                let data = cap_mask.map(|m| CapData {
+                    effective: m,
+                    permitted: m,
+                    inheritable: m,
+                });
+                if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                for &c in &caps {
+                    if libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE,
+                        libc::c_ulong::from(c),
+                        0,
+                        0,
+                    ) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
             }
             Ok(())

@@ -185,6 +185,12 @@ impl Supervisor {
                         self.nodes[i].state = NodeState::Running;
                     }
                 }
+                NodeState::Starting if n.spec.policy.ready_file.is_some() => {
+                    n.state = NodeState::Starting;
+                    if !self.resume_ready_file(i) {
+                        self.nodes[i].state = NodeState::Running;
+                    }
+                }
                 NodeState::Starting if rec.deadline_mono_ns != 0 => {
                     // `ready_after_ms`: ready when the recorded deadline passes.
                     n.state = NodeState::Starting;

@@ -21,6 +21,7 @@ macro_rules! syscall {
 }
 
 pub mod account;
+pub mod caps;
 pub mod checked;
 pub mod clock;
 pub mod fdflags;

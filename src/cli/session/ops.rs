@@ -396,6 +396,29 @@ impl Session {
         Ok(Outcome::Done)
     }
 
+    /// `layout`: the cluster layout a Zeek config gives, as upstream writes it.
+    pub(super) fn layout(&mut self) -> Result<Outcome, CliError> {
+        let config = self.load_config()?;
+        let Some(zeek) = &config.zeek else {
+            return Err(CliError::Failed(format!(
+                "{} is not a Zeek cluster config: name a zeek.conf, a folder of HOST.zeek.conf files or a node.cfg with --config, or include one with [zeek] conf = \"...\"",
+                config.path.display()
+            )));
+        };
+        let text = zeek.layout_text().map_err(|e| {
+            CliError::Failed(format!(
+                "cannot read the cluster_layout file {}: {e}",
+                zeek.layout_from
+                    .as_deref()
+                    .unwrap_or(config.path.as_path())
+                    .display()
+            ))
+        })?;
+        print!("{text}");
+        self.note(format!("layout of {}", config.path.display()));
+        Ok(Outcome::Done)
+    }
+
     pub(super) fn show_config(&mut self, json: bool) -> Result<Outcome, CliError> {
         let config = self.load_config()?;
         self.warn_if_config_differs(&config);

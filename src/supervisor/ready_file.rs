@@ -1,0 +1,207 @@
+//! Readiness from a status file (`ready_file = { path = ".status", line = "RUNNING" }`, Zeek's
+//! `-U` file): one inotify instance in the Supervisor's poll loop watches the folder of every
+//! such file; a change to a watched file whose first line now reads the expected line makes
+//! the starting node ready. No polling: the kernel reports each write and close.
+//!
+//! The file is removed before each start, so a previous run's `RUNNING` never counts.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// The inotify instance and the folders it watches.
+pub(super) struct ReadyFiles {
+    fd: OwnedFd,
+    dirs: HashMap<i32, PathBuf>,
+}
+
+impl ReadyFiles {
+    /// A new, non-blocking inotify instance.
+    pub(super) fn new() -> io::Result<ReadyFiles> {
+        // SAFETY: inotify_init1 takes flags and returns a new fd or -1.
+        let fd = crate::syscall!(inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))?;
+        Ok(ReadyFiles {
+            // SAFETY: `fd` was just returned to us and is owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            dirs: HashMap::new(),
+        })
+    }
+
+    /// The fd to register in the poll loop.
+    pub(super) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Watches the folder of `file` for files written, closed or moved in.
+    fn watch(&mut self, file: &Path) -> io::Result<()> {
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+        let mask = libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_MOVED_TO;
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        let wd = crate::syscall!(inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask))?;
+        self.dirs.insert(wd, dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Drains the pending events: the paths of the files that changed, and whether the
+    /// kernel's queue overflowed (events were lost: every file must be looked at).
+    fn changed(&mut self) -> (Vec<PathBuf>, bool) {
+        let mut out = Vec::new();
+        let mut overflow = false;
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads at most buf.len() bytes into `buf`, which we own.
+            let n = match crate::syscall!(read(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len()
+            )) {
+                Ok(n) if n > 0 => n as usize,
+                _ => break, // EAGAIN: drained
+            };
+            let header = std::mem::size_of::<libc::inotify_event>();
+            let mut at = 0;
+            while at + header <= n {
+                // SAFETY: the kernel wrote whole events; read_unaligned copies the header out.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                overflow |= ev.mask & libc::IN_Q_OVERFLOW != 0;
+                let name_end = (at + header + ev.len as usize).min(n);
+                let name = &buf[at + header..name_end];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                if let Some(dir) = self.dirs.get(&ev.wd) {
+                    use std::os::unix::ffi::OsStrExt;
+                    out.push(dir.join(std::ffi::OsStr::from_bytes(name)));
+                }
+                at = name_end;
+            }
+        }
+        out.sort();
+        out.dedup();
+        (out, overflow)
+    }
+}
+
+/// Whether `file`'s first line is `line`.
+fn says(file: &Path, line: &str) -> bool {
+    std::fs::read_to_string(file)
+        .map(|t| t.lines().next() == Some(line))
+        .unwrap_or(false)
+}
+
+impl Supervisor {
+    /// The absolute path of node `i`'s ready file, if it has one.
+    fn ready_file_path(&self, i: usize) -> Option<PathBuf> {
+        let spec = &self.nodes[i].spec;
+        spec.policy
+            .ready_file
+            .as_ref()
+            .map(|r| spec.cwd.join(&r.path))
+    }
+
+    /// Before node `i` starts: removes its old ready file and watches its folder. Returns
+    /// whether the node's readiness comes from the file (false when it has none, or the file
+    /// cannot be watched: logged, and the node then counts as ready as without one).
+    pub(super) fn arm_ready_file(&mut self, i: usize) -> bool {
+        let Some(path) = self.ready_file_path(i) else {
+            return false;
+        };
+        let name = &self.nodes[i].spec.name;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log!(
+                "node {name}: cannot remove its old ready_file {}: {e}",
+                path.display()
+            ),
+        }
+        let Some(files) = self.ready_files.as_mut() else {
+            log!("node {name}: ready_file is not watched (no inotify); it counts as ready at once");
+            return false;
+        };
+        // The folder is the node's (its cwd, or below): made now if a restart finds it gone.
+        let mut watched = files.watch(&path);
+        if matches!(&watched, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            let spec = &self.nodes[i].spec;
+            if spawn::preflight(spec, &self.config_dir).is_ok() {
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+            }
+            if let Some(files) = self.ready_files.as_mut() {
+                watched = files.watch(&path);
+            }
+        }
+        let name = &self.nodes[i].spec.name;
+        match watched {
+            Ok(()) => true,
+            Err(e) => {
+                log!(
+                    "node {name}: cannot watch its ready_file {}: {e}; it counts as ready at once",
+                    path.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// After a takeover: node `i` was `starting` and waits for its ready file. Watches the file
+    /// again (without removing it: the node may have written it while no Supervisor ran) and
+    /// returns whether it must go on waiting (false: it already reads its line, or the file
+    /// cannot be watched, so it counts as ready).
+    pub(super) fn resume_ready_file(&mut self, i: usize) -> bool {
+        let (Some(path), Some(line)) = (
+            self.ready_file_path(i),
+            self.nodes[i]
+                .spec
+                .policy
+                .ready_file
+                .as_ref()
+                .map(|r| r.line.clone()),
+        ) else {
+            return false;
+        };
+        let Some(files) = self.ready_files.as_mut() else {
+            return false;
+        };
+        if let Err(e) = files.watch(&path) {
+            log!(
+                "node {}: cannot watch its ready_file {} again: {e}; it counts as ready",
+                self.nodes[i].spec.name,
+                path.display()
+            );
+            return false;
+        }
+        !says(&path, &line)
+    }
+
+    /// The inotify fd was readable: every starting node whose ready file changed and now reads
+    /// its line becomes ready.
+    pub(super) fn ready_files_changed(&mut self) {
+        let Some(files) = self.ready_files.as_mut() else {
+            return;
+        };
+        let (changed, overflow) = files.changed();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].state != NodeState::Starting || self.nodes[i].pid.is_none() {
+                continue;
+            }
+            let Some(path) = self.ready_file_path(i) else {
+                continue;
+            };
+            let line = self.nodes[i]
+                .spec
+                .policy
+                .ready_file
+                .as_ref()
+                .map(|r| r.line.clone());
+            if (overflow || changed.contains(&path)) && line.is_some_and(|l| says(&path, &l)) {
+                self.mark_ready(i);
+            }
+        }
+    }
+}
