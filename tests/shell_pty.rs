@@ -352,16 +352,23 @@ fn the_prompt_follows_the_supervisor_and_a_returning_shell_shows_what_it_missed(
         "{screen}"
     );
     t.wait_prompt(&attached, "");
-    // The Supervisor is killed: announced at once; the prompt says `gone`.
+    // The Supervisor is killed while a line is being typed: announced at once, and the
+    // prompt says `gone` without waiting for Enter, with the line kept as typed.
+    t.send("sta");
+    t.wait_prompt(&attached, "sta");
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
     t.wait("the Supervisor's death announced", |s| {
         s.contains(&format!("the Supervisor (pid {sup}) is gone"))
     });
-    t.line("");
-    t.wait_prompt(&prompt(&c, "gone"), "");
+    t.wait_prompt(&prompt(&c, "gone"), "sta");
+    let screen = t.contents();
+    assert!(
+        !screen.contains(&format!("{attached}sta")),
+        "the old prompt's row was redrawn, not left behind:\n{screen}"
+    );
     // The next command starts a new Supervisor, which adopts the nodes.
-    t.line("status");
+    t.line("tus");
     t.wait("the recovery", |s| {
         s.contains("starting a new one to adopt")
     });
@@ -383,8 +390,12 @@ fn stop_shows_live_progress_on_the_terminal() {
     let attached = prompt(&c, "attached");
     let count = |needle: &'static str, n: usize| move |s: &str| s.matches(needle).count() == n;
     t.wait_prompt(&attached, "");
+    // `start` of a node that runs says so, with its pid, and sends nothing.
     t.line("start slow");
-    t.wait("slow running", count("slow: running (pid", 1));
+    t.wait(
+        "slow already running",
+        count("slow: already running, pid", 1),
+    );
     t.wait_prompt(&attached, "");
     // `slow` ignores SIGTERM: the line shows the wait until SIGKILL, in place.
     t.line("stop slow");
@@ -400,7 +411,7 @@ fn stop_shows_live_progress_on_the_terminal() {
     // Ctrl-C while a command waits: the shell stops waiting and stays; the Supervisor
     // carries on with the stop.
     t.line("start slow");
-    t.wait("slow running again", count("slow: running (pid", 2));
+    t.wait("slow running again", count("slow: running (pid", 1));
     t.wait_prompt(&attached, "");
     t.line("stop slow");
     t.wait("progress of the second stop", |s| {

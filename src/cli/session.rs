@@ -4,7 +4,7 @@
 mod ops;
 mod wait;
 
-use super::args::{Cmd, COMMANDS, NODE_HELP};
+use super::args::{Cmd, NODE_HELP};
 use super::events;
 use super::output;
 use super::progress::Progress;
@@ -43,6 +43,9 @@ pub enum CliError {
     /// The command ran but did not reach its goal.
     #[error("{0}")]
     Failed(String),
+    /// `check` found problems in the config (each printed already).
+    #[error("{0}")]
+    Problems(String),
     /// `reload` of a config that does not load: nothing changed.
     #[error("nothing changed: {0}")]
     Unchanged(ConfigError),
@@ -55,6 +58,7 @@ impl CliError {
             CliError::Usage(_)
             | CliError::Config(_)
             | CliError::Unchanged(_)
+            | CliError::Problems(_)
             | CliError::NoConfig(..) => 2,
             _ => 1,
         }
@@ -91,6 +95,7 @@ pub struct Session {
     style: Style,
     was_attached: bool,
     note: Option<String>,
+    in_shell: bool,
 }
 
 /// Picks the config file: the one given, else `./broctld.toml`, else `/etc/broctld/broctld.toml`.
@@ -119,6 +124,7 @@ impl Session {
             style: Style::stdout(),
             was_attached: false,
             note: None,
+            in_shell: false,
         }
     }
 
@@ -130,6 +136,11 @@ impl Session {
     /// The `--config` path given, if any.
     pub fn config_arg(&self) -> Option<&Path> {
         self.config.as_deref()
+    }
+
+    /// Marks the session as the shell's (help then shows commands as the shell takes them).
+    pub fn set_in_shell(&mut self) {
+        self.in_shell = true;
     }
 
     /// Sets how stdout is rendered (colors or not).
@@ -285,17 +296,17 @@ impl Session {
     /// Runs one command.
     pub fn run(&mut self, cmd: &Cmd) -> Result<Outcome, CliError> {
         match cmd {
-            Cmd::Help(topic) => {
-                print!("{}", help_text(topic.as_deref())?);
+            Cmd::Help { command } => {
+                print!("{}", help_text(command.as_deref(), self.in_shell)?);
                 Ok(Outcome::Done)
             }
             Cmd::Detach => Ok(Outcome::Detach),
             Cmd::Status { nodes, json } => self.status(nodes, *json),
-            Cmd::Start(nodes) => self.start(nodes),
-            Cmd::Stop(nodes) => self.stop(nodes),
-            Cmd::Restart(nodes) => self.restart(nodes),
+            Cmd::Start { nodes } => self.start(nodes),
+            Cmd::Stop { nodes } => self.stop(nodes),
+            Cmd::Restart { nodes } => self.restart(nodes),
             Cmd::Shutdown => self.shutdown(),
-            Cmd::Ping(n) => self.ping(*n),
+            Cmd::Ping { count } => self.ping(*count),
             Cmd::Reload => self.reload(),
             Cmd::Signal { signal, nodes } => self.signal(*signal, nodes),
             Cmd::Upgrade => self.upgrade(),
@@ -313,9 +324,18 @@ impl Session {
                 json,
             } => self.logs(node, *lines, *follow, *stderr, *json),
             Cmd::Diag { nodes, json } => self.diag(nodes, *json),
-            Cmd::Top { nodes, json } => self.top(nodes, *json),
+            Cmd::Top { nodes, json, delay } => self.top(nodes, *json, *delay),
             Cmd::Nodes { nodes, json } => self.nodes(nodes, *json),
             Cmd::ShowConfig { json } => self.show_config(*json),
+            Cmd::Check => self.check(),
+            Cmd::Completions { shell } => {
+                use std::io::Write;
+                std::io::stdout()
+                    .lock()
+                    .write_all(&super::args::completions(*shell))
+                    .map_err(|e| CliError::Failed(format!("writing the completion script: {e}")))?;
+                Ok(Outcome::Done)
+            }
             Cmd::Daemon => Err(CliError::Usage(
                 "daemon runs on its own: `broctld daemon`, not in the shell".into(),
             )),
@@ -326,41 +346,43 @@ impl Session {
     }
 
     fn status(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
-        let nodes = match self.client() {
-            Some(c) => c.status(),
-            None => {
-                // No Supervisor: every configured node is stopped.
-                let cfg = find_config(self.config.as_deref())?;
-                let config = Config::load(&cfg)?;
-                config
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| NodeStatus {
-                        index: i,
-                        name: n.name.clone(),
-                        node_type: n.node_type,
-                        state: NodeState::Stopped,
-                        pid: None,
-                        uptime: None,
-                        restarts: 0,
-                        last_exit: None,
-                        started_wall_ms: 0,
-                        deadline_in: None,
-                    })
-                    .collect()
-            }
+        let (nodes, note) = match self.client() {
+            Some(c) => (c.status(), None),
+            None => match self.last_recorded_state() {
+                // The Supervisor died and could not be replaced: what it last recorded.
+                Some(nodes) => (
+                    nodes,
+                    Some(format!(
+                        "the Supervisor of instance '{}' is gone; the state it last recorded (pids checked against /proc):",
+                        self.instance.name()
+                    )),
+                ),
+                None => match find_config(self.config.as_deref()) {
+                    // No Supervisor: every configured node is stopped.
+                    Ok(cfg) => (
+                        Config::load(&cfg)?
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| stopped_status(i, n.name.clone(), n.node_type))
+                            .collect(),
+                        Some(format!(
+                            "no Supervisor is running for instance '{}': every node is stopped",
+                            self.instance.name()
+                        )),
+                    ),
+                    // Nothing runs and nothing is configured: nothing to show (exit 3).
+                    Err(e) => return Ok(self.nothing_runs(json, &format!(", and {e}"))),
+                },
+            },
         };
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<NodeStatus> = idx.iter().map(|&i| nodes[i].clone()).collect();
         if json {
             println!("{}", output::status_json(&chosen));
         } else {
-            if self.client.is_none() {
-                println!(
-                    "no Supervisor is running for instance '{}': every node is stopped",
-                    self.instance.name()
-                );
+            if let Some(n) = note {
+                println!("{n}");
             }
             print!("{}", output::status_table(&chosen, self.style));
         }
@@ -378,6 +400,55 @@ impl Session {
         }
     }
 
+    /// What `status` and `top` say when no Supervisor runs and there is nothing else to show:
+    /// `[]` for JSON, else a line ending in `why`; exit status 3.
+    fn nothing_runs(&mut self, json: bool, why: &str) -> Outcome {
+        if json {
+            println!("[]");
+        } else {
+            println!(
+                "no Supervisor is running for instance '{}'{why}",
+                self.instance.name()
+            );
+        }
+        self.note(format!("no Supervisor{why}"));
+        Outcome::Status(3)
+    }
+
+    /// The node table a dead Supervisor left in its region, if the region is there and
+    /// valid; a node whose recorded process is gone (checked against /proc by pid and start
+    /// time) is shown stopped.
+    fn last_recorded_state(&self) -> Option<Vec<NodeStatus>> {
+        if !self.region_survives() {
+            return None;
+        }
+        let shared = crate::protocol::layout::Shared::open(&self.instance.shm_name()).ok()?;
+        let now = crate::sys::clock::monotonic_ns();
+        let cells = shared.node_cells();
+        let nodes = cells[..shared.node_count().min(cells.len())]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cell)| {
+                let r = crate::protocol::node::NodeRecord::decode(&cell.read()?)?;
+                let alive = r
+                    .pid
+                    .is_some_and(|p| crate::sys::procstat::is_alive(p, r.pid_start));
+                let node_type = NodeType::from_code(r.node_type).unwrap_or(NodeType::Other);
+                let mut n = stopped_status(i, r.name, node_type);
+                if alive {
+                    n.state = r.state;
+                    n.pid = r.pid;
+                    n.uptime = Some(Duration::from_nanos(now.saturating_sub(r.started_mono_ns)));
+                }
+                n.restarts = r.restarts;
+                n.last_exit = r.last_exit;
+                n.started_wall_ms = r.started_wall_ms;
+                Some(n)
+            })
+            .collect();
+        Some(nodes)
+    }
+
     /// The configured specs by name, for progress lines (empty if the config cannot be read).
     fn specs(&mut self) -> HashMap<String, NodeSpec> {
         self.load_config()
@@ -389,7 +460,26 @@ impl Session {
         self.spawn_if_needed()?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
-        let idx = self_selected(client, words)?;
+        let selected = self_selected(client, words)?;
+        // Nodes already running are said so and not sent (the table shows their pid).
+        let mut idx = Vec::with_capacity(selected.len());
+        let mut already = Vec::new();
+        for n in client.status() {
+            if !selected.contains(&n.index) {
+                continue;
+            }
+            match n.pid {
+                Some(pid) if n.state == NodeState::Running => {
+                    println!("{}: already running, pid {pid}", n.name);
+                    already.push(format!("{} (pid {pid})", n.name));
+                }
+                _ => idx.push(n.index),
+            }
+        }
+        if idx.is_empty() {
+            self.note(format!("already running: {}", already.join(", ")));
+            return Ok(Outcome::Done);
+        }
         client.command(Opcode::Start, &idx, 0, REPLY_TIMEOUT)?;
         let (done, interrupted) = wait_nodes(
             client,
@@ -621,12 +711,57 @@ impl Session {
         Ok(Outcome::Done)
     }
 
+    /// `check`: the config's every mistake and every node's unresolvable program, user, group
+    /// or folder, each with its line; starts nothing. Exit status 2 if anything is wrong.
+    fn check(&mut self) -> Result<Outcome, CliError> {
+        let path = find_config(self.config.as_deref())?;
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e @ ConfigError::Io { .. }) => return Err(e.into()),
+            Err(e) => {
+                let each = e.each();
+                for problem in &each {
+                    println!("{problem}");
+                }
+                self.note(format!("{} mistake(s) in the file", each.len()));
+                return Err(CliError::Problems(format!(
+                    "{}: {} mistake(s) in the file (above); nothing was started",
+                    path.display(),
+                    each.len()
+                )));
+            }
+        };
+        let problems = super::check::problems(&config);
+        for p in &problems {
+            println!("{}:{}: {}", path.display(), p.line, p.message);
+        }
+        if problems.is_empty() {
+            println!(
+                "{}: {} node(s), every program, user, group and folder resolves",
+                path.display(),
+                config.nodes.len()
+            );
+            self.note("no problem");
+            return Ok(Outcome::Done);
+        }
+        self.note(format!("{} problem(s)", problems.len()));
+        Err(CliError::Problems(format!(
+            "{}: {} problem(s) (above); nothing was started",
+            path.display(),
+            problems.len()
+        )))
+    }
+
     fn ping(&mut self, count: u32) -> Result<Outcome, CliError> {
         let client = self.require_client()?;
         let mut times = Vec::with_capacity(count as usize);
-        for _ in 0..count {
+        for i in 1..=count {
+            // The argument marks the last round trip of the series with the series' length
+            // (0 before it), so that the Supervisor can record one `command` event for a
+            // `ping -n 1000`, not a thousand (see docs/operations.md, "ping").
+            let last = if i == count { u64::from(count) } else { 0 };
             let t = Instant::now();
-            client.command(Opcode::Ping, &[], 0, REPLY_TIMEOUT)?;
+            client.command(Opcode::Ping, &[], last, REPLY_TIMEOUT)?;
             times.push(t.elapsed());
         }
         times.sort();
@@ -643,34 +778,41 @@ impl Session {
     }
 }
 
+/// A node that no Supervisor runs.
+fn stopped_status(index: usize, name: String, node_type: NodeType) -> NodeStatus {
+    NodeStatus {
+        index,
+        name,
+        node_type,
+        state: NodeState::Stopped,
+        pid: None,
+        uptime: None,
+        restarts: 0,
+        last_exit: None,
+        started_wall_ms: 0,
+        deadline_in: None,
+    }
+}
+
 fn self_selected(client: &Client, words: &[String]) -> Result<Vec<usize>, CliError> {
     let nodes = client.status();
     let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
     Ok(idx.iter().map(|&i| nodes[i].index).collect())
 }
 
-/// The text of `help` / `help COMMAND`.
-pub fn help_text(topic: Option<&str>) -> Result<String, CliError> {
+/// The text of `help` / `help COMMAND`: the command list, or the command's own `--help`.
+pub fn help_text(topic: Option<&str>, in_shell: bool) -> Result<String, CliError> {
     match topic {
         None => Ok(format!(
-            "commands:\n{}\n{NODE_HELP}\n",
+            "commands (`help COMMAND` or `COMMAND --help` for more):\n{}\n{NODE_HELP}\n",
             super::args::command_list()
         )),
-        Some(t) => COMMANDS
-            .iter()
-            .find(|c| c.0 == t || (t == "exit" || t == "quit") && c.0 == "detach")
-            .map(|(name, args, what)| {
-                let mut s = format!("{}\n  {what}\n", format!("{name} {args}").trim_end());
-                let more = super::args::command_details(name);
-                if !more.is_empty() {
-                    s.push_str(more);
-                    s.push('\n');
-                }
-                if super::args::takes_nodes(name) {
-                    s.push_str(&format!("  {NODE_HELP}\n"));
-                }
-                s
-            })
-            .ok_or_else(|| CliError::Usage(format!("no such command '{t}'"))),
+        Some(t) => super::args::command_help(t, in_shell).ok_or_else(|| {
+            let names: Vec<String> = super::args::commands().into_iter().map(|c| c.0).collect();
+            CliError::Usage(format!(
+                "no such command '{t}'{}",
+                crate::config::did_you_mean(t, names.iter().map(String::as_str))
+            ))
+        }),
     }
 }

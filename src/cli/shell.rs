@@ -10,7 +10,7 @@
 //! With stdin or stdout not a terminal (a script piping commands in), it reads plain lines and
 //! prints a plain prompt; nothing is announced.
 
-use super::args::{command_options, parse_command, split_line, takes_nodes, Cmd, COMMANDS};
+use super::args::{command_options, commands, parse_shell_words, split_line, takes_nodes, Cmd};
 use super::events::{self, Names, Seen};
 use super::session::{Outcome, Session};
 use super::style::{code, Style};
@@ -36,6 +36,7 @@ pub const AWAY_LINES: usize = 20;
 
 /// Runs the shell until `exit`/`quit`/`detach`, Ctrl-D or end of input, or `shutdown`.
 pub fn run(session: &mut Session) -> i32 {
+    session.set_in_shell();
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         run_interactive(session)
     } else {
@@ -53,10 +54,16 @@ fn run_line(session: &mut Session, line: &str) -> Option<i32> {
             return None;
         }
     };
-    let cmd = match parse_command(&words) {
+    let cmd = match parse_shell_words(&words) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("broctld: {e}");
+            // A usage error (with clap's suggestion), or the help `COMMAND --help` asked for.
+            let text = e.render().to_string();
+            if e.use_stderr() {
+                eprint!("broctld: {text}");
+            } else {
+                print!("{text}");
+            }
             return None;
         }
     };
@@ -66,7 +73,7 @@ fn run_line(session: &mut Session, line: &str) -> Option<i32> {
     }
     interrupt::clear();
     let (_, result, outcome) = super::run_logged(session, &cmd);
-    if !matches!(cmd, Cmd::Help(_)) {
+    if !matches!(cmd, Cmd::Help { .. }) {
         mainlog::append(
             session.instance(),
             &format!("shell: {}", words.join(" ")),
@@ -118,13 +125,12 @@ fn prompt_color(word: &str) -> &'static str {
     }
 }
 
-const SIGNAL_NAMES: &[&str] = &[
-    "HUP", "INT", "QUIT", "USR1", "USR2", "TERM", "KILL", "CONT", "STOP", "ALRM", "WINCH",
-];
-
-/// Tab completion: commands, their options, node names, roles and signal names.
+/// Tab completion: commands, their options, node names, roles and signal names. It also
+/// keeps the line being typed (rustyline shows it to the hinter after every change), so that
+/// a prompt redrawn for a new Supervisor state gives the line back as it was.
 pub struct ShellHelper {
     names: Arc<Mutex<Vec<String>>>,
+    typed: Mutex<(String, usize)>,
 }
 
 impl ShellHelper {
@@ -133,18 +139,20 @@ impl ShellHelper {
         let mut out: Vec<String> = Vec::new();
         match before.first() {
             None => {
-                out.extend(COMMANDS.iter().map(|c| c.0.to_owned()));
-                out.extend(["exit", "quit"].map(String::from));
+                for (name, aliases, _) in commands() {
+                    out.push(name);
+                    out.extend(aliases);
+                }
             }
             Some(&"help") if before.len() == 1 => {
-                out.extend(COMMANDS.iter().map(|c| c.0.to_owned()));
+                out.extend(commands().into_iter().map(|c| c.0));
             }
             Some(&"signal") if before.len() == 1 => {
-                out.extend(SIGNAL_NAMES.iter().map(|s| s.to_string()));
+                out.extend(crate::config::signal_names().map(String::from));
             }
             Some(cmd) => {
                 if word.starts_with('-') {
-                    out.extend(command_options(cmd).iter().map(|s| s.to_string()));
+                    out.extend(command_options(cmd));
                 } else if takes_nodes(cmd) {
                     out.extend(self.names.lock().map(|n| n.clone()).unwrap_or_default());
                     out.extend(NodeType::ALL.iter().map(|t| t.plural().to_owned()));
@@ -189,6 +197,30 @@ impl Completer for ShellHelper {
 
 impl Hinter for ShellHelper {
     type Hint = String;
+
+    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
+        if let Ok(mut t) = self.typed.lock() {
+            t.0.clear();
+            t.0.push_str(line);
+            t.1 = pos;
+        }
+        None
+    }
+}
+
+impl ShellHelper {
+    /// The line as typed so far, split at the cursor (taken once).
+    fn take_typed(&self) -> (String, String) {
+        let Ok(mut t) = self.typed.lock() else {
+            return Default::default();
+        };
+        let (line, pos) = std::mem::take(&mut *t);
+        let pos = (0..=pos.min(line.len()))
+            .rev()
+            .find(|&p| line.is_char_boundary(p))
+            .unwrap_or(0);
+        (line[..pos].to_owned(), line[pos..].to_owned())
+    }
 }
 
 impl Highlighter for ShellHelper {}
@@ -208,6 +240,36 @@ struct AnnounceState {
     /// The announcer's position, for `main.seen`.
     region: AtomicU64,
     next: AtomicU64,
+    /// Whether the main thread is in the line editor (held while it is poked, so that a
+    /// poke never lands on a running command).
+    reading: Mutex<bool>,
+    /// The announcer poked the line editor: redraw the prompt, keep the line.
+    poked: AtomicBool,
+    /// The main thread, which runs the line editor.
+    main: nix::sys::pthread::Pthread,
+}
+
+impl AnnounceState {
+    /// Makes the line editor give the line back so that the prompt is drawn again with the
+    /// Supervisor's new state. rustyline can only be woken by a key, by its external printer
+    /// (which prints and redraws the old prompt) or by SIGINT, which it turns into
+    /// `Interrupted` while it reads; outside the editor SIGINT only sets the Ctrl-C flag,
+    /// which the next command clears before it runs.
+    fn poke_editor(&self) {
+        let Ok(reading) = self.reading.lock() else {
+            return;
+        };
+        if *reading {
+            self.poked.store(true, Ordering::SeqCst);
+            let _ = nix::sys::pthread::pthread_kill(self.main, nix::sys::signal::SIGINT);
+        }
+    }
+
+    fn set_reading(&self, on: bool) {
+        if let Ok(mut r) = self.reading.lock() {
+            *r = on;
+        }
+    }
 }
 
 /// Follows the event ring in a thread and prints through rustyline's external printer.
@@ -228,6 +290,9 @@ impl Announcer {
             drop_held: AtomicBool::new(false),
             region: AtomicU64::new(start.map_or(0, |s| s.region)),
             next: AtomicU64::new(start.map_or(0, |s| s.next)),
+            reading: Mutex::new(false),
+            poked: AtomicBool::new(false),
+            main: nix::sys::pthread::pthread_self(),
         });
         let st = state.clone();
         std::thread::spawn(move || announce_loop(instance, printer, style, st));
@@ -291,8 +356,13 @@ fn announce_loop(
                 let from = st.quiet_until.load(Ordering::SeqCst);
                 held.retain(|(seq, _)| seq.is_none_or(|n| n >= from));
             }
+            // A line about the Supervisor (no event number) means the prompt's word changed.
+            let supervisor_changed = held.iter().any(|(seq, _)| seq.is_none());
             for (_, l) in held.drain(..) {
                 say(l);
+            }
+            if supervisor_changed {
+                st.poke_editor();
             }
         }
         let alive = client.as_ref().is_some_and(Client::supervisor_alive);
@@ -445,6 +515,7 @@ fn run_interactive(session: &mut Session) -> i32 {
     };
     ed.set_helper(Some(ShellHelper {
         names: names.clone(),
+        typed: Mutex::new(Default::default()),
     }));
     let history = history_path(session.instance());
     if let Some(dir) = history.parent() {
@@ -478,6 +549,7 @@ fn run_interactive(session: &mut Session) -> i32 {
         .map(|p| Box::new(p) as Box<dyn ExternalPrinter + Send>);
     let announcer = Announcer::start(session.instance().clone(), printer, style, start);
     let mut last_was_events = false;
+    let mut keep = (String::new(), String::new());
     let code = loop {
         if let Ok(mut n) = names.lock() {
             *n = session.node_names();
@@ -493,7 +565,28 @@ fn run_interactive(session: &mut Session) -> i32 {
             raw.clone()
         };
         announcer.command_ends(session.event_head_if_attached(), last_was_events);
-        match ed.readline(&(raw.as_str(), styled.as_str())) {
+        let typed = std::mem::take(&mut keep);
+        announcer.state.set_reading(true);
+        let read = ed.readline_with_initial(
+            &(raw.as_str(), styled.as_str()),
+            (typed.0.as_str(), typed.1.as_str()),
+        );
+        announcer.state.set_reading(false);
+        match read {
+            Err(ReadlineError::Interrupted)
+                if announcer.state.poked.swap(false, Ordering::SeqCst) =>
+            {
+                // The Supervisor's state changed while the line was being typed: erase the
+                // old prompt's row and draw the new one with the line as it was.
+                keep = ed.helper().map(ShellHelper::take_typed).unwrap_or_default();
+                // rustyline ended the line with a newline: go back up over the rows the
+                // prompt and the line took, and clear from there.
+                let width = raw.chars().count() + keep.0.chars().count() + keep.1.chars().count();
+                let rows = width / super::progress::terminal_width().max(1) + 1;
+                print!("\x1b[{rows}A\r\x1b[J");
+                let _ = std::io::stdout().flush();
+                continue;
+            }
             Ok(line) => {
                 announcer.command_starts();
                 last_was_events = line.split_whitespace().next() == Some("events");
@@ -502,7 +595,12 @@ fn run_interactive(session: &mut Session) -> i32 {
                     break code;
                 }
             }
-            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Interrupted) => {
+                if let Some(h) = ed.helper() {
+                    h.take_typed(); // Ctrl-C cancels the line
+                }
+                continue;
+            }
             Err(ReadlineError::Eof) => {
                 println!("detached: the Supervisor and every node keep running");
                 mainlog::append(session.instance(), "shell: Ctrl-D", "detached");
@@ -531,6 +629,7 @@ mod tests {
     fn completion_offers_commands_options_and_nodes() {
         let h = ShellHelper {
             names: Arc::new(Mutex::new(vec!["worker-1".into(), "worker-2".into()])),
+            typed: Mutex::new(Default::default()),
         };
         assert_eq!(h.candidates(&[], "sta"), vec!["start", "status"]);
         assert_eq!(
