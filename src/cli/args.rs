@@ -336,7 +336,13 @@ pub fn command_help(name: &str, in_shell: bool) -> Option<String> {
     let sub = root.get_subcommands_mut().find(|c| {
         !c.is_hide_set() && (c.get_name() == name || c.get_all_aliases().any(|a| a == name))
     })?;
-    let help = sub.render_long_help().to_string();
+    // As `COMMAND --help` does: the long form only where there is more to say.
+    let help = if sub.get_long_about().is_some() {
+        sub.render_long_help()
+    } else {
+        sub.render_help()
+    }
+    .to_string();
     // A shell line has no program name: clap leaves an empty one before the command.
     Some(help.replace("Usage:  ", "Usage: "))
 }

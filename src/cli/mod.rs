@@ -78,11 +78,31 @@ pub fn main(args: Vec<String>) -> i32 {
         Some(cmd) => {
             let (code, result, _) = run_logged(&mut session, &cmd);
             if !matches!(cmd, Cmd::Help { .. }) {
-                mainlog::append(session.instance(), &args.join(" "), &result);
+                mainlog::append(session.instance(), &command_words(&args), &result);
             }
             code
         }
     }
+}
+
+/// The command line without the global options (`status --json`), for Main's log: the
+/// instance and config are the log's own.
+fn command_words(args: &[String]) -> String {
+    const VALUED: [&str; 5] = ["-c", "--config", "-i", "--instance", "--runtime-dir"];
+    let mut out: Vec<&str> = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k);
+        if VALUED.contains(&key) {
+            skip_value = key == a;
+            continue;
+        }
+        out.push(a);
+    }
+    out.join(" ")
 }
 
 /// Runs one command, prints its error if any, and returns its exit status, a one-line result

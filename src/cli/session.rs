@@ -457,6 +457,9 @@ impl Session {
     }
 
     fn start(&mut self, words: &[String]) -> Result<Outcome, CliError> {
+        // A Supervisor this command starts starts its autostart nodes itself: those were
+        // started by this command, not "already running".
+        let was_running = self.client().is_some();
         self.spawn_if_needed()?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
@@ -469,7 +472,7 @@ impl Session {
                 continue;
             }
             match n.pid {
-                Some(pid) if n.state == NodeState::Running => {
+                Some(pid) if was_running && n.state == NodeState::Running => {
                     println!("{}: already running, pid {pid}", n.name);
                     already.push(format!("{} (pid {pid})", n.name));
                 }
