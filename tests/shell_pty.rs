@@ -427,3 +427,39 @@ fn stop_shows_live_progress_on_the_terminal() {
     });
     t.line("exit");
 }
+
+#[test]
+fn top_with_a_delay_redraws_in_place_until_ctrl_c() {
+    let c = Cluster::new("shell_top", CLUSTER);
+    c.start();
+    let t = Term::open(&c, &[]);
+    let attached = prompt(&c, "attached");
+    t.wait_prompt(&attached, "");
+    t.line("top -d 0.3");
+    let stamp = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("every 300ms, Ctrl-C ends"))
+            .map(str::to_owned)
+    };
+    let first = t.wait("a top frame", |s| {
+        stamp(s).is_some() && s.contains("THREADS")
+    });
+    let a = stamp(&first);
+    let later = t.wait("a later frame", |s| {
+        stamp(s).is_some_and(|b| Some(b) != a) && s.contains("THREADS")
+    });
+    // Redrawn in place: one header and one table on the screen, from its first row.
+    assert_eq!(later.matches("Ctrl-C ends").count(), 1, "{later}");
+    assert_eq!(later.matches("THREADS").count(), 1, "{later}");
+    assert!(
+        later
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("Ctrl-C ends")),
+        "{later}"
+    );
+    // Ctrl-C ends it; the shell stays.
+    t.send("\x03");
+    t.wait_prompt(&attached, "");
+    t.line("exit");
+}
