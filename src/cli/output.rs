@@ -7,7 +7,8 @@ use crate::protocol::node::{Exit, NodeState};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// `1h02m03s`, `4m05s`, `6.2s`, `350ms`.
+/// `1h02m03s`, `4m05s`, `6.2s`, `350ms`: the two largest units, fixed width, for table
+/// columns (humantime's `format_duration` writes every unit, `1h 2m 3s 350ms`, too wide here).
 pub fn duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
