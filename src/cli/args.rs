@@ -399,6 +399,19 @@ pub fn parse_shell_words(words: &[String]) -> Result<Cmd, clap::Error> {
     ShellLine::try_parse_from(words).map(|l| l.command)
 }
 
+/// clap's message for a shell line, worded for the shell: a line has no program name, and
+/// `--help` alone is not a command there.
+pub fn shell_error_text(e: &clap::Error) -> String {
+    e.render()
+        .to_string()
+        .replace("Usage: <COMMAND>", "(`help` lists the commands)")
+        .replace("Usage:  ", "Usage: ")
+        .replace(
+            "For more information, try '--help'.",
+            "For more information, try `COMMAND --help` or `help COMMAND`.",
+        )
+}
+
 /// Splits a shell line into words, honouring single and double quotes.
 pub fn split_line(line: &str) -> Result<Vec<String>, UsageError> {
     let mut out = Vec::new();

@@ -2,7 +2,11 @@
 //!
 //! On a terminal it is a line editor (rustyline): history kept across sessions, Tab completes
 //! commands, options and node names, Ctrl-C cancels the line, Ctrl-D leaves (the Supervisor and
-//! every node keep running). The prompt shows the instance and the Supervisor's state. A thread
+//! every node keep running). The prompt shows the instance and the Supervisor's state, and is
+//! redrawn as soon as that state changes (the announcer pokes the line editor; the line being
+//! typed is kept). The threads share a few atomics and no channel: rustyline's blocking
+//! `readline` can only be woken by a key, its external printer or a signal, and the announcer
+//! waits on the event ring's futex, so neither end could wait on a channel. A thread
 //! follows the event ring and announces what happens (a node died and was restarted, another
 //! operator stopped a node) above the prompt without disturbing the line being typed. On open,
 //! the shell shows what happened while no Main was looking.
@@ -58,9 +62,9 @@ fn run_line(session: &mut Session, line: &str) -> Option<i32> {
         Ok(c) => c,
         Err(e) => {
             // A usage error (with clap's suggestion), or the help `COMMAND --help` asked for.
-            let text = e.render().to_string();
+            let text = super::args::shell_error_text(&e);
             if e.use_stderr() {
-                eprint!("broctld: {text}");
+                eprint!("{text}");
             } else {
                 print!("{text}");
             }
