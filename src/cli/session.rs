@@ -717,7 +717,16 @@ impl Session {
     /// `check`: the config's every mistake and every node's unresolvable program, user, group
     /// or folder, each with its line; starts nothing. Exit status 2 if anything is wrong.
     fn check(&mut self) -> Result<Outcome, CliError> {
-        let path = find_config(self.config.as_deref())?;
+        // The running Supervisor's file if this session is attached already (never attach
+        // here: attaching to a dead Supervisor's region would start a new one).
+        let recorded = self
+            .client
+            .as_ref()
+            .and_then(|c| c.config_path().map(Path::to_owned));
+        let path = match recorded {
+            Some(p) => p,
+            None => find_config(self.config.as_deref())?,
+        };
         let config = match Config::load(&path) {
             Ok(c) => c,
             Err(e @ ConfigError::Io { .. }) => return Err(e.into()),

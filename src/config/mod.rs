@@ -1326,17 +1326,15 @@ impl Checker<'_> {
     ) -> Option<(NodeSpec, NodeMeta)> {
         let line = self.line_of(table.start(), fallback);
         let Raw::Table(entries) = &table.value else {
-            {
-                self.report(self.src.invalid(
-                    line,
-                    Some("node"),
-                    format!(
+            self.report(self.src.invalid(
+                line,
+                Some("node"),
+                format!(
                     "key 'node': expected an array of tables ([[node]]), got an array holding {}",
                     describe(&table.value)
                 ),
-                ));
-                return None;
-            }
+            ));
+            return None;
         };
         let allowed: Vec<&str> = node_keys().collect();
         // Keys an unknown key is likely a misspelling of: their absence is not reported
@@ -1356,14 +1354,12 @@ impl Checker<'_> {
             if !missing("name") {
                 return None; // misspelled, reported above
             }
-            {
-                self.report(self.src.invalid(
-                    line,
-                    Some("name"),
-                    "[[node]]: missing required key 'name'".to_string(),
-                ));
-                return None;
-            }
+            self.report(self.src.invalid(
+                line,
+                Some("name"),
+                "[[node]]: missing required key 'name'".to_string(),
+            ));
+            return None;
         };
         let name = match &name_entry.value.value {
             Raw::Str(s) if valid_name(s) => s.clone(),
@@ -1372,25 +1368,21 @@ impl Checker<'_> {
                     "expected 1 to {MAX_NAME_LEN} of the characters A-Z a-z 0-9 _ . - (not \".\" or \"..\"), got {}",
                     describe(other)
                 ));
-                {
-                    self.report(self.bad(Scope::UnnamedNode, name_entry, line, bad));
-                    return None;
-                }
+                self.report(self.bad(Scope::UnnamedNode, name_entry, line, bad));
+                return None;
             }
         };
         let name_line = self.line_of(name_entry.value.start(), line);
         if let Some(&first) = by_name.get(&name) {
-            {
-                self.report(self.src.invalid(
-                    name_line,
-                    Some("name"),
-                    format!(
-                        "duplicate node name '{name}' (first defined on line {})",
-                        metas[first].name_line
-                    ),
-                ));
-                return None;
-            }
+            self.report(self.src.invalid(
+                name_line,
+                Some("name"),
+                format!(
+                    "duplicate node name '{name}' (first defined on line {})",
+                    metas[first].name_line
+                ),
+            ));
+            return None;
         }
         let scope = Scope::Node(&name);
 
