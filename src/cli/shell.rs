@@ -387,6 +387,7 @@ fn announce_loop(
             }
             match Client::attach(&instance) {
                 Ok(c) => {
+                    watch_supervisor(instance.clone(), c.supervisor_pid(), st.clone());
                     let region = events::region_id(&c);
                     if st.region.load(Ordering::SeqCst) != region {
                         // A region we have not followed: from its start if we saw its
@@ -444,6 +445,30 @@ fn announce_loop(
         }
         c.wait_event(cursor, Duration::from_millis(250));
     }
+}
+
+/// Wakes the announcer the moment the Supervisor `pid` exits (its pidfd becomes readable), so
+/// that a `kill -9` is announced and the prompt redrawn at once, not at the announcer's next
+/// look at the ring (it waits on the ring's futex, which a killed Supervisor never wakes).
+fn watch_supervisor(instance: Instance, pid: u32, st: Arc<AnnounceState>) {
+    std::thread::spawn(move || {
+        let Ok(fd) = crate::sys::pidfd::open(pid) else {
+            return; // gone already: the announcer sees it on its next look
+        };
+        loop {
+            if st.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match crate::sys::pidfd::wait_exit(&fd, Duration::from_secs(1)) {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+        }
+        if let Ok(shared) = crate::protocol::Shared::open(&instance.shm_name()) {
+            shared.ring().wake_all();
+        }
+    });
 }
 
 /// Prints what happened since this instance's Mains last looked (at most [`AWAY_LINES`]
