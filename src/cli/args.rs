@@ -5,11 +5,12 @@
 //!
 //! Start-up cost, measured: building clap's command tree and parsing one command line takes
 //! about 0.1 ms in a warm loop and 0.15 to 0.2 ms as the first parse of a fresh process, and
-//! `broctld status` as a whole process went from a median of 1.17-1.18 ms to 1.36-1.46 ms
-//! (`/bin/true`: 0.75-0.77 ms, same hyperfine runs, loaded 2-vCPU VM; docs/operations.md,
-//! "Start-up cost of the command line"). That is the price of `--help`, suggestions and
-//! completions for every command from one declaration; a command-specific fast path would
-//! bring back a second parser, so there is none.
+//! the larger binary adds page faults at start: `broctld status` as a whole process went
+//! from a median of 1.24-1.26 ms to 1.44-1.58 ms (`/bin/true`: 0.78-0.85 ms; same hyperfine
+//! runs on a loaded 2-vCPU VM; docs/operations.md, "Start-up cost of the command line").
+//! That is the price of `--help`, suggestions and completions for every command from one
+//! declaration; a command-specific fast path would bring back a second parser, so there is
+//! none.
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
