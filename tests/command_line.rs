@@ -209,6 +209,16 @@ fn status_and_top_with_nothing_running_and_no_config_exit_3_with_json() {
         .all(|n| n["state"] == "stopped"));
     c.run(&["top", "--json"]).expect_code(3);
     c.run(&["top"]).expect_code(3);
+    // A config that does not load: a config error (exit 2), and still JSON for a script.
+    c.write_config("[[node]]\nname = \"x\"\n");
+    let out = c.run(&["status", "--json"]);
+    out.expect_code(2);
+    assert_eq!(json(&out.stdout), Value::Array(vec![]));
+    assert!(
+        out.stderr.contains("missing required key 'command'"),
+        "{}",
+        out.stderr
+    );
     assert!(c.lock_pid().is_none(), "status or top started a Supervisor");
 }
 

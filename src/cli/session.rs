@@ -360,7 +360,13 @@ impl Session {
                 None => match find_config(self.config.as_deref()) {
                     // No Supervisor: every configured node is stopped.
                     Ok(cfg) => (
-                        Config::load(&cfg)?
+                        Config::load(&cfg)
+                            .inspect_err(|_| {
+                                // Scripts still get JSON; the error (exit status 2) says why.
+                                if json {
+                                    println!("[]");
+                                }
+                            })?
                             .nodes
                             .iter()
                             .enumerate()
