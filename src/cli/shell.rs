@@ -247,8 +247,9 @@ struct AnnounceState {
     /// Whether the main thread is in the line editor (held while it is poked, so that a
     /// poke never lands on a running command).
     reading: Mutex<bool>,
-    /// The announcer poked the line editor: redraw the prompt, keep the line.
-    poked: AtomicBool,
+    /// When the announcer poked the line editor (monotonic ms; 0: no poke pending): redraw
+    /// the prompt, keep the line.
+    poked_at: AtomicU64,
     /// The main thread, which runs the line editor.
     main: nix::sys::pthread::Pthread,
 }
@@ -264,9 +265,26 @@ impl AnnounceState {
             return;
         };
         if *reading {
-            self.poked.store(true, Ordering::SeqCst);
+            let now = crate::sys::clock::monotonic_ns() / 1_000_000;
+            self.poked_at.store(now.max(1), Ordering::SeqCst);
             let _ = nix::sys::pthread::pthread_kill(self.main, nix::sys::signal::SIGINT);
         }
+    }
+
+    /// Pokes again if a poke has gone unanswered for a while: SIGINT reaches rustyline only
+    /// once it has installed its handler for this line, so a poke sent just as the editor
+    /// started (or before the main thread came back to it) is lost.
+    fn repoke_if_lost(&self) {
+        let at = self.poked_at.load(Ordering::SeqCst);
+        let now = crate::sys::clock::monotonic_ns() / 1_000_000;
+        if at != 0 && now.saturating_sub(at) >= 500 {
+            self.poke_editor();
+        }
+    }
+
+    /// Whether a poke is pending (taken once).
+    fn take_poke(&self) -> bool {
+        self.poked_at.swap(0, Ordering::SeqCst) != 0
     }
 
     fn set_reading(&self, on: bool) {
@@ -295,7 +313,7 @@ impl Announcer {
             region: AtomicU64::new(start.map_or(0, |s| s.region)),
             next: AtomicU64::new(start.map_or(0, |s| s.next)),
             reading: Mutex::new(false),
-            poked: AtomicBool::new(false),
+            poked_at: AtomicU64::new(0),
             main: nix::sys::pthread::pthread_self(),
         });
         let st = state.clone();
@@ -354,6 +372,7 @@ fn announce_loop(
     let mut held: Vec<(Option<u64>, String)> = Vec::new();
     let mut was_attached = false;
     while !st.stop.load(Ordering::SeqCst) {
+        st.repoke_if_lost();
         if !quiet() {
             if st.drop_held.swap(false, Ordering::SeqCst) {
                 // The command itself showed the events that happened while it ran (`events`).
@@ -602,9 +621,7 @@ fn run_interactive(session: &mut Session) -> i32 {
         );
         announcer.state.set_reading(false);
         match read {
-            Err(ReadlineError::Interrupted)
-                if announcer.state.poked.swap(false, Ordering::SeqCst) =>
-            {
+            Err(ReadlineError::Interrupted) if announcer.state.take_poke() => {
                 // The Supervisor's state changed while the line was being typed: erase the
                 // old prompt's row and draw the new one with the line as it was.
                 keep = ed.helper().map(ShellHelper::take_typed).unwrap_or_default();
@@ -617,6 +634,8 @@ fn run_interactive(session: &mut Session) -> i32 {
                 continue;
             }
             Ok(line) => {
+                // The prompt is drawn afresh after the command: a pending poke is moot.
+                announcer.state.take_poke();
                 announcer.command_starts();
                 last_was_events = line.split_whitespace().next() == Some("events");
                 let _ = ed.append_history(&history);
