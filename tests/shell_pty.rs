@@ -463,3 +463,18 @@ fn top_with_a_delay_redraws_in_place_until_ctrl_c() {
     t.wait_prompt(&attached, "");
     t.line("exit");
 }
+
+#[test]
+fn the_prompt_says_attached_when_another_main_starts_the_supervisor() {
+    let c = Cluster::new("shell_appears", CLUSTER);
+    let t = Term::open(&c, &[]);
+    t.wait_prompt(&prompt(&c, "no supervisor"), "");
+    t.send("stat");
+    t.wait_prompt(&prompt(&c, "no supervisor"), "stat");
+    // Another Main starts the Supervisor: the prompt follows without Enter, the line kept.
+    c.start();
+    t.wait_prompt(&prompt(&c, "attached"), "stat");
+    t.line("us");
+    t.wait("the status table", |s| s.contains("LAST EXIT"));
+    t.line("exit");
+}

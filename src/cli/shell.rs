@@ -252,6 +252,8 @@ struct AnnounceState {
     poked_at: AtomicU64,
     /// The main thread, which runs the line editor.
     main: nix::sys::pthread::Pthread,
+    /// Whether the prompt being shown says `attached`.
+    shows_attached: AtomicBool,
 }
 
 impl AnnounceState {
@@ -314,6 +316,7 @@ impl Announcer {
             next: AtomicU64::new(start.map_or(0, |s| s.next)),
             reading: Mutex::new(false),
             poked_at: AtomicU64::new(0),
+            shows_attached: AtomicBool::new(false),
             main: nix::sys::pthread::pthread_self(),
         });
         let st = state.clone();
@@ -431,6 +434,11 @@ fn announce_loop(
                                 ),
                             ),
                         ));
+                    }
+                    if !was_attached && !st.shows_attached.load(Ordering::SeqCst) {
+                        // A Supervisor appeared (another Main started one): say so in the
+                        // prompt.
+                        st.poke_editor();
                     }
                     was_attached = true;
                     client = Some(c);
@@ -603,6 +611,10 @@ fn run_interactive(session: &mut Session) -> i32 {
             *n = session.node_names();
         }
         let word = session.supervisor_word();
+        announcer
+            .state
+            .shows_attached
+            .store(word == "attached", Ordering::SeqCst);
         let raw = format!("broctld[{name}|{word}]> ");
         let styled = if style.color {
             format!(
