@@ -245,6 +245,20 @@ fn status_json_after_the_supervisor_died_shows_its_last_state() {
         assert!(pid_alive(n.pid.unwrap()), "{name} is alive per /proc");
     }
     assert!(out.stderr.contains("cannot be restarted"), "{}", out.stderr);
+    // `stop` and `shutdown` cannot stop them: they say so and fail, nothing is touched.
+    for cmd in ["stop", "shutdown"] {
+        let out = run_without_config(&c, &[cmd]);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("could not be replaced"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("worker-1 (pid"), "{}", out.stderr);
+    }
+    for n in before.values() {
+        assert!(pid_alive(n.pid.unwrap()), "{} still runs", n.name);
+    }
     // One node dies meanwhile: shown stopped, exit 3.
     let victim = before["worker-2"].pid.unwrap();
     signal(victim, libc::SIGKILL);

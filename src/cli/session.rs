@@ -421,6 +421,27 @@ impl Session {
         Outcome::Status(3)
     }
 
+    /// With no Supervisor: fails if a dead Supervisor's nodes still run (it could not be
+    /// replaced, e.g. no config was found), so that `stop` or `shutdown` never says all is
+    /// stopped while they run; nothing was `verb`.
+    fn orphans_still_run(&self, verb: &str) -> Result<(), CliError> {
+        let running: Vec<String> = self
+            .last_recorded_state()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.pid.map(|p| format!("{} (pid {p})", n.name)))
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        Err(CliError::Failed(format!(
+            "nothing was {verb}: the Supervisor of instance '{}' is gone and could not be replaced, and {} node(s) it started still run: {}; start a Supervisor to adopt them (e.g. `broctld --config FILE status`), then {verb} again",
+            self.instance.name(),
+            running.len(),
+            running.join(", ")
+        )))
+    }
+
     /// The node table a dead Supervisor left in its region, if the region is there and
     /// valid; a node whose recorded process is gone (checked against /proc by pid and start
     /// time) is shown stopped.
@@ -510,6 +531,7 @@ impl Session {
 
     fn stop(&mut self, words: &[String]) -> Result<Outcome, CliError> {
         if self.client().is_none() {
+            self.orphans_still_run("stopped")?;
             println!(
                 "no Supervisor is running for instance '{}': every node is stopped",
                 self.instance.name()
@@ -579,6 +601,7 @@ impl Session {
 
     fn shutdown(&mut self) -> Result<Outcome, CliError> {
         let Some(client) = self.client() else {
+            self.orphans_still_run("shut down")?;
             println!(
                 "no Supervisor is running for instance '{}'; nothing to shut down",
                 self.instance.name()
