@@ -20,7 +20,7 @@ use args::{Cli, Cmd};
 use clap::Parser;
 use session::{Outcome, Session};
 
-/// Runs the program with `args` (without argv[0]); returns the exit status.
+/// Runs the program with `args` (without `argv[0]`); returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
     let cli = match Cli::try_parse_from(
         std::iter::once("broctld".to_owned()).chain(args.iter().cloned()),
