@@ -348,7 +348,7 @@ impl Session {
     fn status(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
         let (nodes, note) = match self.client() {
             Some(c) => (c.status(), None),
-            None => match self.last_recorded_state() {
+            None => match self.last_recorded_state()? {
                 // The Supervisor died and could not be replaced: what it last recorded.
                 Some(nodes) => (
                     nodes,
@@ -426,7 +426,7 @@ impl Session {
     /// stopped while they run; nothing was `verb`.
     fn orphans_still_run(&self, verb: &str) -> Result<(), CliError> {
         let running: Vec<String> = self
-            .last_recorded_state()
+            .last_recorded_state()?
             .unwrap_or_default()
             .into_iter()
             .filter_map(|n| n.pid.map(|p| format!("{} (pid {p})", n.name)))
@@ -445,11 +445,18 @@ impl Session {
     /// The node table a dead Supervisor left in its region, if the region is there and
     /// valid; a node whose recorded process is gone (checked against /proc by pid and start
     /// time) is shown stopped.
-    fn last_recorded_state(&self) -> Option<Vec<NodeStatus>> {
+    /// The runtime and instance dirs are checked first, as for any attach: a region is not
+    /// read through dirs others may write.
+    fn last_recorded_state(&self) -> Result<Option<Vec<NodeStatus>>, CliError> {
         if !self.region_survives() {
-            return None;
+            return Ok(None);
         }
-        let shared = crate::protocol::layout::Shared::open(&self.instance.shm_name()).ok()?;
+        self.instance
+            .ensure_dirs()
+            .map_err(crate::client::ClientError::from)?;
+        let Ok(shared) = crate::protocol::layout::Shared::open(&self.instance.shm_name()) else {
+            return Ok(None);
+        };
         let now = crate::sys::clock::monotonic_ns();
         let cells = shared.node_cells();
         let nodes = cells[..shared.node_count().min(cells.len())]
@@ -473,7 +480,7 @@ impl Session {
                 Some(n)
             })
             .collect();
-        Some(nodes)
+        Ok(Some(nodes))
     }
 
     /// The configured specs by name, for progress lines (empty if the config cannot be read).
