@@ -353,17 +353,24 @@ fn the_prompt_follows_the_supervisor_and_a_returning_shell_shows_what_it_missed(
     );
     t.wait_prompt(&attached, "");
     // The Supervisor is killed with no guardian left to replace it (the guardian's own
-    // replacement is in tests/fault_guardian.rs): announced at once; the prompt says `gone`.
+    // replacement is in tests/fault_guardian.rs) while a line is being typed: announced at
+    // once, and the prompt says `gone` without waiting for Enter, with the line kept as typed.
+    t.send("sta");
+    t.wait_prompt(&attached, "sta");
     let sup = c.supervisor_pid();
     kill_guardians(&c.runtime);
     signal(sup, libc::SIGKILL);
     t.wait("the Supervisor's death announced", |s| {
         s.contains(&format!("the Supervisor (pid {sup}) is gone"))
     });
-    t.line("");
-    t.wait_prompt(&prompt(&c, "gone"), "");
+    t.wait_prompt(&prompt(&c, "gone"), "sta");
+    let screen = t.contents();
+    assert!(
+        !screen.contains(&format!("{attached}sta")),
+        "the old prompt's row was redrawn, not left behind:\n{screen}"
+    );
     // The next command starts a new Supervisor, which adopts the nodes.
-    t.line("status");
+    t.line("tus");
     t.wait("the recovery", |s| {
         s.contains("starting a new one to adopt")
     });
@@ -385,8 +392,12 @@ fn stop_shows_live_progress_on_the_terminal() {
     let attached = prompt(&c, "attached");
     let count = |needle: &'static str, n: usize| move |s: &str| s.matches(needle).count() == n;
     t.wait_prompt(&attached, "");
+    // `start` of a node that runs says so, with its pid, and sends nothing.
     t.line("start slow");
-    t.wait("slow running", count("slow: running (pid", 1));
+    t.wait(
+        "slow already running",
+        count("slow: already running, pid", 1),
+    );
     t.wait_prompt(&attached, "");
     // `slow` ignores SIGTERM: the line shows the wait until SIGKILL, in place.
     t.line("stop slow");
@@ -402,7 +413,7 @@ fn stop_shows_live_progress_on_the_terminal() {
     // Ctrl-C while a command waits: the shell stops waiting and stays; the Supervisor
     // carries on with the stop.
     t.line("start slow");
-    t.wait("slow running again", count("slow: running (pid", 2));
+    t.wait("slow running again", count("slow: running (pid", 1));
     t.wait_prompt(&attached, "");
     t.line("stop slow");
     t.wait("progress of the second stop", |s| {
@@ -416,5 +427,56 @@ fn stop_shows_live_progress_on_the_terminal() {
     c.wait_status(WAIT, "slow stopped by the Supervisor", |s| {
         s["slow"].state == "stopped"
     });
+    t.line("exit");
+}
+
+#[test]
+fn top_with_a_delay_redraws_in_place_until_ctrl_c() {
+    let c = Cluster::new("shell_top", CLUSTER);
+    c.start();
+    let t = Term::open(&c, &[]);
+    let attached = prompt(&c, "attached");
+    t.wait_prompt(&attached, "");
+    t.line("top -d 0.3");
+    let stamp = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("every 300ms, Ctrl-C ends"))
+            .map(str::to_owned)
+    };
+    let first = t.wait("a top frame", |s| {
+        stamp(s).is_some() && s.contains("THREADS")
+    });
+    let a = stamp(&first);
+    let later = t.wait("a later frame", |s| {
+        stamp(s).is_some_and(|b| Some(b) != a) && s.contains("THREADS")
+    });
+    // Redrawn in place: one header and one table on the screen, from its first row.
+    assert_eq!(later.matches("Ctrl-C ends").count(), 1, "{later}");
+    assert_eq!(later.matches("THREADS").count(), 1, "{later}");
+    assert!(
+        later
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("Ctrl-C ends")),
+        "{later}"
+    );
+    // Ctrl-C ends it; the shell stays.
+    t.send("\x03");
+    t.wait_prompt(&attached, "");
+    t.line("exit");
+}
+
+#[test]
+fn the_prompt_says_attached_when_another_main_starts_the_supervisor() {
+    let c = Cluster::new("shell_appears", CLUSTER);
+    let t = Term::open(&c, &[]);
+    t.wait_prompt(&prompt(&c, "no supervisor"), "");
+    t.send("stat");
+    t.wait_prompt(&prompt(&c, "no supervisor"), "stat");
+    // Another Main starts the Supervisor: the prompt follows without Enter, the line kept.
+    c.start();
+    t.wait_prompt(&prompt(&c, "attached"), "stat");
+    t.line("us");
+    t.wait("the status table", |s| s.contains("LAST EXIT"));
     t.line("exit");
 }

@@ -2,7 +2,7 @@
 //! last stopped looking (`RUNTIME/INSTANCE/main.seen`), so that a Main that comes back shows
 //! what happened while it was away.
 
-use super::output::{exit_json, json_str};
+use super::output::exit_json;
 use super::style::{event_color, Style};
 use crate::client::Client;
 use crate::instance::Instance;
@@ -150,26 +150,19 @@ pub fn short_line(ev: &Event, names: &Names, style: Style) -> String {
 
 /// One event as a JSON object on one line.
 pub fn json(seq: u64, ev: &Event, names: &Names) -> String {
-    format!(
-        "{{\"seq\": {seq}, \"time\": {}, \"wall_ms\": {}, \"node\": {}, \"kind\": {}, \"pid\": {}, \"exit\": {}, \"a\": {}, \"b\": {}, \"detail\": {}}}",
-        json_str(&crate::sys::clock::format_wall_ms(ev.wall_ms)),
-        ev.wall_ms,
-        if ev.node == NO_NODE {
-            "null".to_owned()
-        } else {
-            json_str(&names.label(ev))
-        },
-        json_str(ev.kind.as_str()),
-        if ev.pid == 0 {
-            "null".to_owned()
-        } else {
-            ev.pid.to_string()
-        },
-        exit_json(ev.exit),
-        ev.a,
-        ev.b,
-        json_str(&detail(ev)),
-    )
+    serde_json::json!({
+        "seq": seq,
+        "time": crate::sys::clock::format_wall_ms(ev.wall_ms),
+        "wall_ms": ev.wall_ms,
+        "node": (ev.node != NO_NODE).then(|| names.label(ev)),
+        "kind": ev.kind.as_str(),
+        "pid": (ev.pid != 0).then_some(ev.pid),
+        "exit": exit_json(ev.exit),
+        "a": ev.a,
+        "b": ev.b,
+        "detail": detail(ev),
+    })
+    .to_string()
 }
 
 /// Whether an event is worth announcing even when the shell's own command caused nearby
@@ -292,8 +285,8 @@ mod tests {
         assert!(l.contains("exited"), "{l}");
         assert!(l.contains("pid 4242, signal 9 (KILL)"), "{l}");
         let j = json(7, &ev, &names);
-        assert!(j.contains("\"node\": \"worker-1\""), "{j}");
-        assert!(j.contains("\"signal\": 9"), "{j}");
+        assert!(j.contains("\"node\":\"worker-1\""), "{j}");
+        assert!(j.contains("\"signal\":9"), "{j}");
         assert!(is_notable(&ev));
         let mut stop = Event::now(EventKind::Stopping, 0, 5);
         stop.a = 15;

@@ -2,6 +2,7 @@
 //! Supervisor mode (`__supervisor`), so that one installed executable is the whole daemon.
 
 pub mod args;
+pub mod check;
 pub mod daemon;
 pub mod events;
 pub mod interrupt;
@@ -15,50 +16,37 @@ pub mod style;
 pub mod top;
 
 use crate::instance::Instance;
-use args::{parse_command, split_globals, Cmd, NODE_HELP};
+use args::{Cli, Cmd};
+use clap::Parser;
 use session::{Outcome, Session};
-
-fn usage() -> String {
-    let mut s = String::from(
-        "broctld: supervise a Zeek cluster (or any programs) so that the control plane can\n\
-         exit, crash or be upgraded without any node restarting.\n\n\
-         usage: broctld [OPTIONS]                  open the control shell\n\
-         \x20      broctld [OPTIONS] COMMAND [ARGS]   run one command and exit\n\n\
-         options:\n\
-         \x20 -c, --config FILE     config file (default ./broctld.toml, then /etc/broctld/broctld.toml)\n\
-         \x20 -i, --instance NAME   instance name (default 'default'); instances are independent\n\
-         \x20     --runtime-dir DIR runtime files (default $BROCTLD_RUNTIME_DIR, else\n\
-         \x20                       $XDG_RUNTIME_DIR/broctld, else /run/broctld for root, else /tmp/broctld-$UID)\n\
-         \x20     --host NAME       this machine in a folder of HOST.zeek.conf files (default: the hostname)\n\
-         \x20 -h, --help            this help\n\
-         \x20 -V, --version         print the version\n\ncommands:\n",
-    );
-    s.push_str(&args::command_list());
-    s.push_str(&format!(
-        "\n{NODE_HELP}\n\nexit status: 0 success, 1 the command failed, 2 bad usage or config,\n\
-         3 `status`: a selected node is not running.\n\n\
-         environment: NO_COLOR (no colors), XDG_STATE_HOME (the shell's history),\n\
-         BROCTLD_RUNTIME_DIR, NOTIFY_SOCKET (set by systemd for `daemon`).\n"
-    ));
-    s
-}
 
 /// Runs the program with `args` (without `argv[0]`); returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
-    let (globals, words) = match split_globals(&args) {
-        Ok(x) => x,
+    let cli = match Cli::try_parse_from(
+        std::iter::once("broctld".to_owned()).chain(args.iter().cloned()),
+    ) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("broctld: {e} (see `broctld --help`)");
-            return 2;
+            // --help and --version print on stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    if globals.help {
-        print!("{}", usage());
-        return 0;
-    }
-    if globals.version {
-        println!("broctld {}", env!("CARGO_PKG_VERSION"));
-        return 0;
+    let globals = cli.globals;
+    let cmd = cli.command;
+    if let Some(Cmd::Completions { shell }) = cmd {
+        use std::io::Write;
+        return match std::io::stdout()
+            .lock()
+            .write_all(&args::completions(shell))
+        {
+            Ok(()) => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            Err(e) => {
+                eprintln!("broctld: writing the completion script: {e}");
+                1
+            }
+        };
     }
     if let Some(host) = &globals.host {
         // Read by the config loader here and in the Supervisor this Main starts (still one
@@ -77,17 +65,6 @@ pub fn main(args: Vec<String>) -> i32 {
         Err(e) => {
             eprintln!("broctld: {e}");
             return 2;
-        }
-    };
-    let cmd = if words.is_empty() {
-        None
-    } else {
-        match parse_command(&words) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("broctld: {e} (see `broctld --help`)");
-                return 2;
-            }
         }
     };
     if let Some(Cmd::Supervisor { notify_fd }) = cmd {
@@ -112,12 +89,32 @@ pub fn main(args: Vec<String>) -> i32 {
         None => shell::run(&mut session),
         Some(cmd) => {
             let (code, result, _) = run_logged(&mut session, &cmd);
-            if !matches!(cmd, Cmd::Help(_)) {
-                mainlog::append(session.instance(), &words.join(" "), &result);
+            if !matches!(cmd, Cmd::Help { .. }) {
+                mainlog::append(session.instance(), &command_words(&args), &result);
             }
             code
         }
     }
+}
+
+/// The command line without the global options (`status --json`), for Main's log: the
+/// instance and config are the log's own.
+fn command_words(args: &[String]) -> String {
+    const VALUED: [&str; 5] = ["-c", "--config", "-i", "--instance", "--runtime-dir"];
+    let mut out: Vec<&str> = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k);
+        if VALUED.contains(&key) {
+            skip_value = key == a;
+            continue;
+        }
+        out.push(a);
+    }
+    out.join(" ")
 }
 
 /// Runs one command, prints its error if any, and returns its exit status, a one-line result

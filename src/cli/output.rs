@@ -4,10 +4,11 @@ use super::style::{code, state_color, table, Cell, Style};
 use crate::client::NodeStatus;
 use crate::config::NodeSpec;
 use crate::protocol::node::{Exit, NodeState};
-use std::fmt::Write;
+use serde_json::{json, Value};
 use std::time::Duration;
 
-/// `1h02m03s`, `4m05s`, `6.2s`, `350ms`.
+/// `1h02m03s`, `4m05s`, `6.2s`, `350ms`: the two largest units, fixed width, for table
+/// columns (humantime's `format_duration` writes every unit, `1h 2m 3s 350ms`, too wide here).
 pub fn duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
@@ -37,68 +38,48 @@ pub fn limit(d: Duration) -> String {
     }
 }
 
-/// Escapes a string for JSON.
-pub fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
+/// An exit as a JSON value (`null` for none).
+pub fn exit_json(e: Option<Exit>) -> Value {
+    match e {
+        None => Value::Null,
+        Some(Exit::Code(c)) => json!({"code": c, "signal": null}),
+        Some(Exit::Signal { signal, core }) => {
+            json!({"code": null, "signal": signal, "core_dumped": core})
         }
+        Some(Exit::Unknown) => json!({"code": null, "signal": null, "unknown": true}),
+        Some(Exit::SpawnFailed(errno)) => json!({
+            "code": null,
+            "signal": null,
+            "spawn_error": std::io::Error::from_raw_os_error(errno).to_string(),
+        }),
     }
-    o.push('"');
-    o
 }
 
-/// An exit as a JSON object (`null` for none).
-pub fn exit_json(e: Option<Exit>) -> String {
-    match e {
-        None => "null".into(),
-        Some(Exit::Code(c)) => format!("{{\"code\": {c}, \"signal\": null}}"),
-        Some(Exit::Signal { signal, core }) => {
-            format!("{{\"code\": null, \"signal\": {signal}, \"core_dumped\": {core}}}")
-        }
-        Some(Exit::Unknown) => "{\"code\": null, \"signal\": null, \"unknown\": true}".into(),
-        Some(Exit::SpawnFailed(errno)) => format!(
-            "{{\"code\": null, \"signal\": null, \"spawn_error\": {}}}",
-            json_str(&std::io::Error::from_raw_os_error(errno).to_string())
-        ),
-    }
+/// One node's status as `status --json` prints it.
+pub fn status_value(n: &NodeStatus) -> Value {
+    json!({
+        "name": n.name,
+        "type": n.node_type.as_str(),
+        "state": n.state_word(),
+        "pid": n.pid,
+        "uptime_ms": n.uptime.map(|u| u.as_millis() as u64),
+        "restarts": n.restarts,
+        "last_exit": exit_json(n.last_exit),
+        "verified": n.verified,
+        "last_state": n.state.as_str(),
+        "pid_alive": n.pid_alive,
+        "blocked_by": n.blocked_by,
+    })
 }
 
 /// The JSON array `status --json` prints.
 pub fn status_json(nodes: &[NodeStatus]) -> String {
-    let mut o = String::from("[");
-    for (i, n) in nodes.iter().enumerate() {
-        if i > 0 {
-            o.push(',');
-        }
-        let _ = write!(
-            o,
-            "\n  {{\"name\": {}, \"type\": {}, \"state\": {}, \"pid\": {}, \"uptime_ms\": {}, \"restarts\": {}, \"last_exit\": {}, \"verified\": {}, \"last_state\": {}, \"pid_alive\": {}, \"blocked_by\": {}}}",
-            json_str(&n.name),
-            json_str(n.node_type.as_str()),
-            json_str(n.state_word()),
-            n.pid.map_or("null".into(), |p| p.to_string()),
-            n.uptime.map_or("null".into(), |u| u.as_millis().to_string()),
-            n.restarts,
-            exit_json(n.last_exit),
-            n.verified,
-            json_str(n.state.as_str()),
-            n.pid_alive.map_or("null".into(), |a| a.to_string()),
-            n.blocked_by.map_or("null".into(), |p| p.to_string()),
-        );
-    }
-    o.push_str(if nodes.is_empty() { "]" } else { "\n]" });
-    o
+    pretty(&Value::Array(nodes.iter().map(status_value).collect()))
+}
+
+/// A JSON document for people and scripts alike: indented, one key per line.
+pub fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
 }
 
 /// Why a node in `backoff` does not start: another process of it lives.
@@ -163,62 +144,51 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
     table(&header, &rows, style)
 }
 
-/// A JSON array of strings.
-pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
-    let inner: Vec<String> = items.iter().map(|s| json_str(s.as_ref())).collect();
-    format!("[{}]", inner.join(", "))
-}
-
 /// One node's configured settings as a JSON object (what `nodes --json` and `config --json`
 /// print for each node).
-pub fn spec_json(n: &NodeSpec) -> String {
+pub fn spec_json(n: &NodeSpec) -> Value {
     let p = &n.policy;
-    let env: Vec<String> = n
+    let env: serde_json::Map<String, Value> = n
         .env
         .iter()
-        .map(|(k, v)| format!("{}: {}", json_str(k), json_str(v)))
+        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
         .collect();
-    format!(
-        "{{\"name\": {}, \"type\": {}, \"command\": {}, \"cwd\": {}, \"stdout\": {}, \"stderr\": {}, \"env\": {{{}}}, \"cpu_affinity\": [{}], \"start_after\": {}, \"autostart\": {}, \"restart\": {}, \"stop_signal\": {}, \"stop_timeout_ms\": {}, \"restart_delay_ms\": {}, \"restart_delay_factor\": {}, \"restart_delay_max_ms\": {}, \"restart_reset_ms\": {}, \"quick_death_ms\": {}, \"give_up_after\": {}, \"give_up_window_ms\": {}, \"ready_after_ms\": {}, \"ready_fd\": {}, \"ready_timeout_ms\": {}, \"user\": {}, \"group\": {}, \"nice\": {}, \"memory_max\": {}, \"capabilities\": {}, \"clear_env\": {}, \"ready_file\": {}}}",
-        json_str(&n.name),
-        json_str(n.node_type.as_str()),
-        json_list(&n.command),
-        json_str(&n.cwd.to_string_lossy()),
-        json_str(&n.stdout.to_string_lossy()),
-        json_str(&n.stderr.to_string_lossy()),
-        env.join(", "),
-        n.cpu_affinity
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        json_list(&n.start_after),
-        p.autostart,
-        json_str(p.restart.as_str()),
-        json_str(&format!("SIG{}", crate::config::signal_name(p.stop_signal))),
-        p.stop_timeout.as_millis(),
-        p.restart_delay.as_millis(),
-        p.restart_delay_factor,
-        p.restart_delay_max.as_millis(),
-        p.restart_reset.as_millis(),
-        p.quick_death.as_millis(),
-        p.give_up_after,
-        p.give_up_window.as_millis(),
-        p.ready_after.as_millis(),
-        p.ready_fd.map_or("null".into(), |f| f.to_string()),
-        p.ready_timeout.as_millis(),
-        p.user.as_deref().map_or("null".into(), json_str),
-        p.group.as_deref().map_or("null".into(), json_str),
-        p.nice.map_or("null".into(), |n| n.to_string()),
-        p.memory_max.map_or("null".into(), |m| m.to_string()),
-        json_list(&p.capabilities),
-        p.clear_env,
-        p.ready_file.as_ref().map_or("null".into(), |r| format!(
-            "{{\"path\": {}, \"line\": {}}}",
-            json_str(&r.path.to_string_lossy()),
-            json_str(&r.line)
-        )),
-    )
+    let ms = |d: Duration| d.as_millis() as u64;
+    json!({
+        "name": n.name,
+        "type": n.node_type.as_str(),
+        "command": n.command,
+        "cwd": n.cwd.to_string_lossy(),
+        "stdout": n.stdout.to_string_lossy(),
+        "stderr": n.stderr.to_string_lossy(),
+        "env": env,
+        "cpu_affinity": n.cpu_affinity,
+        "start_after": n.start_after,
+        "autostart": p.autostart,
+        "restart": p.restart.as_str(),
+        "stop_signal": format!("SIG{}", crate::config::signal_name(p.stop_signal)),
+        "stop_timeout_ms": ms(p.stop_timeout),
+        "restart_delay_ms": ms(p.restart_delay),
+        "restart_delay_factor": p.restart_delay_factor,
+        "restart_delay_max_ms": ms(p.restart_delay_max),
+        "restart_reset_ms": ms(p.restart_reset),
+        "quick_death_ms": ms(p.quick_death),
+        "give_up_after": p.give_up_after,
+        "give_up_window_ms": ms(p.give_up_window),
+        "ready_after_ms": ms(p.ready_after),
+        "ready_fd": p.ready_fd,
+        "ready_timeout_ms": ms(p.ready_timeout),
+        "user": p.user,
+        "group": p.group,
+        "nice": p.nice,
+        "memory_max": p.memory_max,
+        "capabilities": p.capabilities,
+        "clear_env": p.clear_env,
+        "ready_file": p.ready_file.as_ref().map(|r| json!({
+            "path": r.path.to_string_lossy(),
+            "line": r.line,
+        })),
+    })
 }
 
 /// `sh`-style quoting of one word, for showing command lines.
@@ -294,10 +264,5 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(6200)), "6.2s");
         assert_eq!(duration(Duration::from_secs(245)), "4m05s");
         assert_eq!(duration(Duration::from_secs(3723)), "1h02m03s");
-    }
-
-    #[test]
-    fn json_escapes() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
     }
 }

@@ -4,7 +4,7 @@
 mod ops;
 mod wait;
 
-use super::args::{Cmd, COMMANDS, NODE_HELP};
+use super::args::{Cmd, NODE_HELP};
 use super::events;
 use super::output;
 use super::progress::Progress;
@@ -43,6 +43,9 @@ pub enum CliError {
     /// The command ran but did not reach its goal.
     #[error("{0}")]
     Failed(String),
+    /// `check` found problems in the config (each printed already).
+    #[error("{0}")]
+    Problems(String),
     /// `reload` of a config that does not load: nothing changed.
     #[error("nothing changed: {0}")]
     Unchanged(ConfigError),
@@ -55,6 +58,7 @@ impl CliError {
             CliError::Usage(_)
             | CliError::Config(_)
             | CliError::Unchanged(_)
+            | CliError::Problems(_)
             | CliError::NoConfig(..) => 2,
             _ => 1,
         }
@@ -93,6 +97,7 @@ pub struct Session {
     note: Option<String>,
     /// Why the last attach failed (so a command reports it without attaching again).
     attach_error: Option<ClientError>,
+    in_shell: bool,
 }
 
 /// Picks the config file: the one given, else `./broctld.toml`, else `/etc/broctld/broctld.toml`.
@@ -122,6 +127,7 @@ impl Session {
             was_attached: false,
             note: None,
             attach_error: None,
+            in_shell: false,
         }
     }
 
@@ -133,6 +139,11 @@ impl Session {
     /// The `--config` path given, if any.
     pub fn config_arg(&self) -> Option<&Path> {
         self.config.as_deref()
+    }
+
+    /// Marks the session as the shell's (help then shows commands as the shell takes them).
+    pub fn set_in_shell(&mut self) {
+        self.in_shell = true;
     }
 
     /// Sets how stdout is rendered (colors or not).
@@ -304,17 +315,17 @@ impl Session {
     /// Runs one command.
     pub fn run(&mut self, cmd: &Cmd) -> Result<Outcome, CliError> {
         match cmd {
-            Cmd::Help(topic) => {
-                print!("{}", help_text(topic.as_deref())?);
+            Cmd::Help { command } => {
+                print!("{}", help_text(command.as_deref(), self.in_shell)?);
                 Ok(Outcome::Done)
             }
             Cmd::Detach => Ok(Outcome::Detach),
             Cmd::Status { nodes, json } => self.status(nodes, *json),
-            Cmd::Start(nodes) => self.start(nodes),
-            Cmd::Stop(nodes) => self.stop(nodes),
-            Cmd::Restart(nodes) => self.restart(nodes),
+            Cmd::Start { nodes } => self.start(nodes),
+            Cmd::Stop { nodes } => self.stop(nodes),
+            Cmd::Restart { nodes } => self.restart(nodes),
             Cmd::Shutdown => self.shutdown(),
-            Cmd::Ping(n) => self.ping(*n),
+            Cmd::Ping { count } => self.ping(*count),
             Cmd::Reload => self.reload(),
             Cmd::Signal { signal, nodes } => self.signal(*signal, nodes),
             Cmd::Upgrade => self.upgrade(),
@@ -332,10 +343,19 @@ impl Session {
                 json,
             } => self.logs(node, *lines, *follow, *stderr, *json),
             Cmd::Diag { nodes, json } => self.diag(nodes, *json),
-            Cmd::Top { nodes, json } => self.top(nodes, *json),
+            Cmd::Top { nodes, json, delay } => self.top(nodes, *json, *delay),
             Cmd::Nodes { nodes, json } => self.nodes(nodes, *json),
             Cmd::Layout => self.layout(),
             Cmd::ShowConfig { json } => self.show_config(*json),
+            Cmd::Check => self.check(),
+            Cmd::Completions { shell } => {
+                use std::io::Write;
+                std::io::stdout()
+                    .lock()
+                    .write_all(&super::args::completions(*shell))
+                    .map_err(|e| CliError::Failed(format!("writing the completion script: {e}")))?;
+                Ok(Outcome::Done)
+            }
             Cmd::Daemon => Err(CliError::Usage(
                 "daemon runs on its own: `broctld daemon`, not in the shell".into(),
             )),
@@ -464,6 +484,21 @@ impl Session {
         CliError::Failed(format!("{what}: nothing was done: {why}"))
     }
 
+    /// What `status` and `top` say when no Supervisor runs and there is nothing else to show:
+    /// `[]` for JSON, else a line ending in `why`; exit status 3.
+    fn nothing_runs(&mut self, json: bool, why: &str) -> Outcome {
+        if json {
+            println!("[]");
+        } else {
+            println!(
+                "no Supervisor is running for instance '{}'{why}",
+                self.instance.name()
+            );
+        }
+        self.note(format!("no Supervisor{why}"));
+        Outcome::Status(3)
+    }
+
     /// The configured specs by name, for progress lines (empty if the config cannot be read).
     fn specs(&mut self) -> HashMap<String, NodeSpec> {
         self.load_config()
@@ -472,10 +507,33 @@ impl Session {
     }
 
     fn start(&mut self, words: &[String]) -> Result<Outcome, CliError> {
+        // A Supervisor this command starts starts its autostart nodes itself: those were
+        // started by this command, not "already running".
+        let was_running = self.client().is_some();
         self.spawn_if_needed()?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
-        let idx = send_named(client, Opcode::Start, words, 0)?;
+        let selected = selected_names(client, words)?;
+        // Nodes already running are said so and not sent (the table shows their pid).
+        let mut names = Vec::with_capacity(selected.len());
+        let mut already = Vec::new();
+        for n in client.status() {
+            if !selected.contains(&n.name) {
+                continue;
+            }
+            match n.pid {
+                Some(pid) if was_running && n.state == NodeState::Running => {
+                    println!("{}: already running, pid {pid}", n.name);
+                    already.push(format!("{} (pid {pid})", n.name));
+                }
+                _ => names.push(n.name.clone()),
+            }
+        }
+        if names.is_empty() {
+            self.note(format!("already running: {}", already.join(", ")));
+            return Ok(Outcome::Done);
+        }
+        let idx = send_names(client, Opcode::Start, &names, 0)?;
         let (done, interrupted) = wait_nodes(
             client,
             &idx,
@@ -715,6 +773,56 @@ impl Session {
         Ok(Outcome::Done)
     }
 
+    /// `check`: the config's every mistake and every node's unresolvable program, user, group
+    /// or folder, each with its line; starts nothing. Exit status 2 if anything is wrong.
+    fn check(&mut self) -> Result<Outcome, CliError> {
+        // The running Supervisor's file if this session is attached already (never attach
+        // here: attaching to a dead Supervisor's region would start a new one).
+        let recorded = self
+            .client
+            .as_ref()
+            .and_then(|c| c.config_path().map(Path::to_owned));
+        let path = match recorded {
+            Some(p) => p,
+            None => find_config(self.config.as_deref())?,
+        };
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e @ ConfigError::Io { .. }) => return Err(e.into()),
+            Err(e) => {
+                let each = e.each();
+                for problem in &each {
+                    println!("{problem}");
+                }
+                self.note(format!("{} mistake(s) in the file", each.len()));
+                return Err(CliError::Problems(format!(
+                    "{}: {} mistake(s) in the file (above); nothing was started",
+                    path.display(),
+                    each.len()
+                )));
+            }
+        };
+        let problems = super::check::problems(&config);
+        for p in &problems {
+            println!("{}:{}: {}", path.display(), p.line, p.message);
+        }
+        if problems.is_empty() {
+            println!(
+                "{}: {} node(s), every program, user, group and folder resolves",
+                path.display(),
+                config.nodes.len()
+            );
+            self.note("no problem");
+            return Ok(Outcome::Done);
+        }
+        self.note(format!("{} problem(s)", problems.len()));
+        Err(CliError::Problems(format!(
+            "{}: {} problem(s) (above); nothing was started",
+            path.display(),
+            problems.len()
+        )))
+    }
+
     fn ping(&mut self, count: u32) -> Result<Outcome, CliError> {
         let client = self.require_client()?;
         let mut times = Vec::with_capacity(count as usize);
@@ -752,10 +860,20 @@ fn send_named(
     arg: u64,
 ) -> Result<Vec<usize>, CliError> {
     let names = selected_names(client, words)?;
+    send_names(client, op, &names, arg)
+}
+
+/// Sends `op` for the nodes named `names`; returns their indices in the table afterwards.
+fn send_names(
+    client: &Client,
+    op: Opcode,
+    names: &[String],
+    arg: u64,
+) -> Result<Vec<usize>, CliError> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    client.command_by_name(op, &names, arg, REPLY_TIMEOUT)?;
+    client.command_by_name(op, names, arg, REPLY_TIMEOUT)?;
     Ok(client
         .status()
         .into_iter()
@@ -764,28 +882,19 @@ fn send_named(
         .collect())
 }
 
-/// The text of `help` / `help COMMAND`.
-pub fn help_text(topic: Option<&str>) -> Result<String, CliError> {
+/// The text of `help` / `help COMMAND`: the command list, or the command's own `--help`.
+pub fn help_text(topic: Option<&str>, in_shell: bool) -> Result<String, CliError> {
     match topic {
         None => Ok(format!(
-            "commands:\n{}\n{NODE_HELP}\n",
+            "commands (`help COMMAND` or `COMMAND --help` for more):\n{}\n{NODE_HELP}\n",
             super::args::command_list()
         )),
-        Some(t) => COMMANDS
-            .iter()
-            .find(|c| c.0 == t || (t == "exit" || t == "quit") && c.0 == "detach")
-            .map(|(name, args, what)| {
-                let mut s = format!("{}\n  {what}\n", format!("{name} {args}").trim_end());
-                let more = super::args::command_details(name);
-                if !more.is_empty() {
-                    s.push_str(more);
-                    s.push('\n');
-                }
-                if super::args::takes_nodes(name) {
-                    s.push_str(&format!("  {NODE_HELP}\n"));
-                }
-                s
-            })
-            .ok_or_else(|| CliError::Usage(format!("no such command '{t}'"))),
+        Some(t) => super::args::command_help(t, in_shell).ok_or_else(|| {
+            let names: Vec<String> = super::args::commands().into_iter().map(|c| c.0).collect();
+            CliError::Usage(format!(
+                "no such command '{t}'{}",
+                crate::config::did_you_mean(t, names.iter().map(String::as_str))
+            ))
+        }),
     }
 }

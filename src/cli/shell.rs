@@ -2,7 +2,11 @@
 //!
 //! On a terminal it is a line editor (rustyline): history kept across sessions, Tab completes
 //! commands, options and node names, Ctrl-C cancels the line, Ctrl-D leaves (the Supervisor and
-//! every node keep running). The prompt shows the instance and the Supervisor's state. A thread
+//! every node keep running). The prompt shows the instance and the Supervisor's state, and is
+//! redrawn as soon as that state changes (the announcer pokes the line editor; the line being
+//! typed is kept). The threads share a few atomics and no channel: rustyline's blocking
+//! `readline` can only be woken by a key, its external printer or a signal, and the announcer
+//! waits on the event ring's futex, so neither end could wait on a channel. A thread
 //! follows the event ring and announces what happens (a node died and was restarted, another
 //! operator stopped a node) above the prompt without disturbing the line being typed. On open,
 //! the shell shows what happened while no Main was looking.
@@ -10,7 +14,7 @@
 //! With stdin or stdout not a terminal (a script piping commands in), it reads plain lines and
 //! prints a plain prompt; nothing is announced.
 
-use super::args::{command_options, parse_command, split_line, takes_nodes, Cmd, COMMANDS};
+use super::args::{command_options, commands, parse_shell_words, split_line, takes_nodes, Cmd};
 use super::events::{self, Names, Seen};
 use super::session::{Outcome, Session};
 use super::style::{code, Style};
@@ -36,6 +40,7 @@ pub const AWAY_LINES: usize = 20;
 
 /// Runs the shell until `exit`/`quit`/`detach`, Ctrl-D or end of input, or `shutdown`.
 pub fn run(session: &mut Session) -> i32 {
+    session.set_in_shell();
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         run_interactive(session)
     } else {
@@ -53,10 +58,16 @@ fn run_line(session: &mut Session, line: &str) -> Option<i32> {
             return None;
         }
     };
-    let cmd = match parse_command(&words) {
+    let cmd = match parse_shell_words(&words) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("broctld: {e}");
+            // A usage error (with clap's suggestion), or the help `COMMAND --help` asked for.
+            let text = super::args::shell_error_text(&e);
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
             return None;
         }
     };
@@ -66,7 +77,7 @@ fn run_line(session: &mut Session, line: &str) -> Option<i32> {
     }
     interrupt::clear();
     let (_, result, outcome) = super::run_logged(session, &cmd);
-    if !matches!(cmd, Cmd::Help(_)) {
+    if !matches!(cmd, Cmd::Help { .. }) {
         mainlog::append(
             session.instance(),
             &format!("shell: {}", words.join(" ")),
@@ -118,13 +129,12 @@ fn prompt_color(word: &str) -> &'static str {
     }
 }
 
-const SIGNAL_NAMES: &[&str] = &[
-    "HUP", "INT", "QUIT", "USR1", "USR2", "TERM", "KILL", "CONT", "STOP", "ALRM", "WINCH",
-];
-
-/// Tab completion: commands, their options, node names, roles and signal names.
+/// Tab completion: commands, their options, node names, roles and signal names. It also
+/// keeps the line being typed (rustyline shows it to the hinter after every change), so that
+/// a prompt redrawn for a new Supervisor state gives the line back as it was.
 pub struct ShellHelper {
     names: Arc<Mutex<Vec<String>>>,
+    typed: Mutex<(String, usize)>,
 }
 
 impl ShellHelper {
@@ -133,18 +143,20 @@ impl ShellHelper {
         let mut out: Vec<String> = Vec::new();
         match before.first() {
             None => {
-                out.extend(COMMANDS.iter().map(|c| c.0.to_owned()));
-                out.extend(["exit", "quit"].map(String::from));
+                for (name, aliases, _) in commands() {
+                    out.push(name);
+                    out.extend(aliases);
+                }
             }
             Some(&"help") if before.len() == 1 => {
-                out.extend(COMMANDS.iter().map(|c| c.0.to_owned()));
+                out.extend(commands().into_iter().map(|c| c.0));
             }
             Some(&"signal") if before.len() == 1 => {
-                out.extend(SIGNAL_NAMES.iter().map(|s| s.to_string()));
+                out.extend(crate::config::signal_names().map(String::from));
             }
             Some(cmd) => {
                 if word.starts_with('-') {
-                    out.extend(command_options(cmd).iter().map(|s| s.to_string()));
+                    out.extend(command_options(cmd));
                 } else if takes_nodes(cmd) {
                     out.extend(self.names.lock().map(|n| n.clone()).unwrap_or_default());
                     out.extend(NodeType::ALL.iter().map(|t| t.plural().to_owned()));
@@ -189,6 +201,30 @@ impl Completer for ShellHelper {
 
 impl Hinter for ShellHelper {
     type Hint = String;
+
+    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
+        if let Ok(mut t) = self.typed.lock() {
+            t.0.clear();
+            t.0.push_str(line);
+            t.1 = pos;
+        }
+        None
+    }
+}
+
+impl ShellHelper {
+    /// The line as typed so far, split at the cursor (taken once).
+    fn take_typed(&self) -> (String, String) {
+        let Ok(mut t) = self.typed.lock() else {
+            return Default::default();
+        };
+        let (line, pos) = std::mem::take(&mut *t);
+        let pos = (0..=pos.min(line.len()))
+            .rev()
+            .find(|&p| line.is_char_boundary(p))
+            .unwrap_or(0);
+        (line[..pos].to_owned(), line[pos..].to_owned())
+    }
 }
 
 impl Highlighter for ShellHelper {}
@@ -208,6 +244,56 @@ struct AnnounceState {
     /// The announcer's position, for `main.seen`.
     region: AtomicU64,
     next: AtomicU64,
+    /// Whether the main thread is in the line editor (held while it is poked, so that a
+    /// poke never lands on a running command).
+    reading: Mutex<bool>,
+    /// When the announcer poked the line editor (monotonic ms; 0: no poke pending): redraw
+    /// the prompt, keep the line.
+    poked_at: AtomicU64,
+    /// The main thread, which runs the line editor.
+    main: nix::sys::pthread::Pthread,
+    /// Whether the prompt being shown says `attached`.
+    shows_attached: AtomicBool,
+}
+
+impl AnnounceState {
+    /// Makes the line editor give the line back so that the prompt is drawn again with the
+    /// Supervisor's new state. rustyline can only be woken by a key, by its external printer
+    /// (which prints and redraws the old prompt) or by SIGINT, which it turns into
+    /// `Interrupted` while it reads; outside the editor SIGINT only sets the Ctrl-C flag,
+    /// which the next command clears before it runs.
+    fn poke_editor(&self) {
+        let Ok(reading) = self.reading.lock() else {
+            return;
+        };
+        if *reading {
+            let now = crate::sys::clock::monotonic_ns() / 1_000_000;
+            self.poked_at.store(now.max(1), Ordering::SeqCst);
+            let _ = nix::sys::pthread::pthread_kill(self.main, nix::sys::signal::SIGINT);
+        }
+    }
+
+    /// Pokes again if a poke has gone unanswered for a while: SIGINT reaches rustyline only
+    /// once it has installed its handler for this line, so a poke sent just as the editor
+    /// started (or before the main thread came back to it) is lost.
+    fn repoke_if_lost(&self) {
+        let at = self.poked_at.load(Ordering::SeqCst);
+        let now = crate::sys::clock::monotonic_ns() / 1_000_000;
+        if at != 0 && now.saturating_sub(at) >= 500 {
+            self.poke_editor();
+        }
+    }
+
+    /// Whether a poke is pending (taken once).
+    fn take_poke(&self) -> bool {
+        self.poked_at.swap(0, Ordering::SeqCst) != 0
+    }
+
+    fn set_reading(&self, on: bool) {
+        if let Ok(mut r) = self.reading.lock() {
+            *r = on;
+        }
+    }
 }
 
 /// Follows the event ring in a thread and prints through rustyline's external printer.
@@ -228,6 +314,10 @@ impl Announcer {
             drop_held: AtomicBool::new(false),
             region: AtomicU64::new(start.map_or(0, |s| s.region)),
             next: AtomicU64::new(start.map_or(0, |s| s.next)),
+            reading: Mutex::new(false),
+            poked_at: AtomicU64::new(0),
+            shows_attached: AtomicBool::new(false),
+            main: nix::sys::pthread::pthread_self(),
         });
         let st = state.clone();
         std::thread::spawn(move || announce_loop(instance, printer, style, st));
@@ -285,14 +375,20 @@ fn announce_loop(
     let mut held: Vec<(Option<u64>, String)> = Vec::new();
     let mut was_attached = false;
     while !st.stop.load(Ordering::SeqCst) {
+        st.repoke_if_lost();
         if !quiet() {
             if st.drop_held.swap(false, Ordering::SeqCst) {
                 // The command itself showed the events that happened while it ran (`events`).
                 let from = st.quiet_until.load(Ordering::SeqCst);
                 held.retain(|(seq, _)| seq.is_none_or(|n| n >= from));
             }
+            // A line about the Supervisor (no event number) means the prompt's word changed.
+            let supervisor_changed = held.iter().any(|(seq, _)| seq.is_none());
             for (_, l) in held.drain(..) {
                 say(l);
+            }
+            if supervisor_changed {
+                st.poke_editor();
             }
         }
         let alive = client.as_ref().is_some_and(Client::supervisor_alive);
@@ -313,6 +409,7 @@ fn announce_loop(
             }
             match Client::attach(&instance) {
                 Ok(c) => {
+                    watch_supervisor(instance.clone(), c.supervisor_pid(), st.clone());
                     let region = events::region_id(&c);
                     if st.region.load(Ordering::SeqCst) != region {
                         // A region we have not followed: from its start if we saw its
@@ -337,6 +434,11 @@ fn announce_loop(
                                 ),
                             ),
                         ));
+                    }
+                    if !was_attached && !st.shows_attached.load(Ordering::SeqCst) {
+                        // A Supervisor appeared (another Main started one): say so in the
+                        // prompt.
+                        st.poke_editor();
                     }
                     was_attached = true;
                     client = Some(c);
@@ -370,6 +472,30 @@ fn announce_loop(
         }
         c.wait_event(cursor, Duration::from_millis(250));
     }
+}
+
+/// Wakes the announcer the moment the Supervisor `pid` exits (its pidfd becomes readable), so
+/// that a `kill -9` is announced and the prompt redrawn at once, not at the announcer's next
+/// look at the ring (it waits on the ring's futex, which a killed Supervisor never wakes).
+fn watch_supervisor(instance: Instance, pid: u32, st: Arc<AnnounceState>) {
+    std::thread::spawn(move || {
+        let Ok(fd) = crate::sys::pidfd::open(pid) else {
+            return; // gone already: the announcer sees it on its next look
+        };
+        loop {
+            if st.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match crate::sys::pidfd::wait_exit(&fd, Duration::from_secs(1)) {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+        }
+        if let Ok(shared) = crate::protocol::Shared::open(&instance.shm_name()) {
+            shared.ring().wake_all();
+        }
+    });
 }
 
 /// Prints what happened since this instance's Mains last looked (at most [`AWAY_LINES`]
@@ -445,6 +571,7 @@ fn run_interactive(session: &mut Session) -> i32 {
     };
     ed.set_helper(Some(ShellHelper {
         names: names.clone(),
+        typed: Mutex::new(Default::default()),
     }));
     let history = history_path(session.instance());
     if let Some(dir) = history.parent() {
@@ -478,11 +605,16 @@ fn run_interactive(session: &mut Session) -> i32 {
         .map(|p| Box::new(p) as Box<dyn ExternalPrinter + Send>);
     let announcer = Announcer::start(session.instance().clone(), printer, style, start);
     let mut last_was_events = false;
+    let mut keep = (String::new(), String::new());
     let code = loop {
         if let Ok(mut n) = names.lock() {
             *n = session.node_names();
         }
         let word = session.supervisor_word();
+        announcer
+            .state
+            .shows_attached
+            .store(word == "attached", Ordering::SeqCst);
         let raw = format!("broctld[{name}|{word}]> ");
         let styled = if style.color {
             format!(
@@ -493,8 +625,29 @@ fn run_interactive(session: &mut Session) -> i32 {
             raw.clone()
         };
         announcer.command_ends(session.event_head_if_attached(), last_was_events);
-        match ed.readline(&(raw.as_str(), styled.as_str())) {
+        let typed = std::mem::take(&mut keep);
+        announcer.state.set_reading(true);
+        let read = ed.readline_with_initial(
+            &(raw.as_str(), styled.as_str()),
+            (typed.0.as_str(), typed.1.as_str()),
+        );
+        announcer.state.set_reading(false);
+        match read {
+            Err(ReadlineError::Interrupted) if announcer.state.take_poke() => {
+                // The Supervisor's state changed while the line was being typed: erase the
+                // old prompt's row and draw the new one with the line as it was.
+                keep = ed.helper().map(ShellHelper::take_typed).unwrap_or_default();
+                // rustyline ended the line with a newline: go back up over the rows the
+                // prompt and the line took, and clear from there.
+                let width = raw.chars().count() + keep.0.chars().count() + keep.1.chars().count();
+                let rows = width / super::progress::terminal_width().max(1) + 1;
+                print!("\x1b[{rows}A\r\x1b[J");
+                let _ = std::io::stdout().flush();
+                continue;
+            }
             Ok(line) => {
+                // The prompt is drawn afresh after the command: a pending poke is moot.
+                announcer.state.take_poke();
                 announcer.command_starts();
                 last_was_events = line.split_whitespace().next() == Some("events");
                 let _ = ed.append_history(&history);
@@ -502,7 +655,12 @@ fn run_interactive(session: &mut Session) -> i32 {
                     break code;
                 }
             }
-            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Interrupted) => {
+                if let Some(h) = ed.helper() {
+                    h.take_typed(); // Ctrl-C cancels the line
+                }
+                continue;
+            }
             Err(ReadlineError::Eof) => {
                 println!("detached: the Supervisor and every node keep running");
                 mainlog::append(session.instance(), "shell: Ctrl-D", "detached");
@@ -531,6 +689,7 @@ mod tests {
     fn completion_offers_commands_options_and_nodes() {
         let h = ShellHelper {
             names: Arc::new(Mutex::new(vec!["worker-1".into(), "worker-2".into()])),
+            typed: Mutex::new(Default::default()),
         };
         assert_eq!(h.candidates(&[], "sta"), vec!["start", "status"]);
         assert_eq!(

@@ -102,11 +102,18 @@ fn group_totals(snap: &HashMap<u32, ProcStat>, leader: u32) -> (u32, u64, u64, u
     (procs, ticks, threads, rss)
 }
 
-/// Measures the process groups led by `leaders` over `interval`.
+/// Measures the process groups led by `leaders` over `interval` (shorter if Ctrl-C is
+/// pressed meanwhile: the pause is taken in slices of at most 100 ms).
 pub fn measure(leaders: &[u32], interval: Duration) -> HashMap<u32, Usage> {
     let first = snapshot();
     let t0 = Instant::now();
-    std::thread::sleep(interval);
+    while !super::interrupt::pending() {
+        let left = interval.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
     let second = snapshot();
     let secs = t0.elapsed().as_secs_f64().max(1e-3);
     let hz = ticks_per_second();

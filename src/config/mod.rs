@@ -18,6 +18,8 @@
 //! `start_after` naming an unknown node or forming a cycle) is reported as a
 //! [`ConfigError::Invalid`] that names the file, the 1-based line and the key,
 //! e.g. `broctld.toml:7: unknown key 'comand' in [[node]] (did you mean 'command'?)`.
+//! A file with several mistakes gives all of them (up to [`MAX_ERRORS`]) at once, as
+//! [`ConfigError::Several`]; only a file that is not TOML at all stops at its first.
 //!
 //! This module depends on no other module of the crate.
 
@@ -359,6 +361,15 @@ pub enum ConfigError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// Several mistakes in one file, each on its own line of the message, in the order of
+    /// their lines; at most [`MAX_ERRORS`] are kept, `more` counts the rest.
+    #[error("{}", several(errors, *more))]
+    Several {
+        /// The mistakes (each an [`ConfigError::Invalid`]).
+        errors: Vec<ConfigError>,
+        /// How many more were found and not kept.
+        more: usize,
+    },
     /// The file is not valid TOML or not a valid configuration.
     #[error("{}:{line}: {message}", path.display())]
     Invalid {
@@ -373,20 +384,47 @@ pub enum ConfigError {
     },
 }
 
+/// Most mistakes of one file reported at once.
+pub const MAX_ERRORS: usize = 20;
+
+fn several(errors: &[ConfigError], more: usize) -> String {
+    let mut s = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if more > 0 {
+        s.push_str(&format!("\n(and {more} more mistake(s) not shown)"));
+    }
+    s
+}
+
 impl ConfigError {
-    /// The 1-based line of an [`ConfigError::Invalid`] error.
+    /// The 1-based line of an [`ConfigError::Invalid`] error (of the first for
+    /// [`ConfigError::Several`]).
     pub fn line(&self) -> Option<usize> {
         match self {
             ConfigError::Io { .. } => None,
             ConfigError::Invalid { line, .. } => Some(*line),
+            ConfigError::Several { errors, .. } => errors.first().and_then(ConfigError::line),
         }
     }
 
-    /// The key an [`ConfigError::Invalid`] error is about, if any.
+    /// The key an [`ConfigError::Invalid`] error is about, if any (the first's for
+    /// [`ConfigError::Several`]).
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Io { .. } => None,
             ConfigError::Invalid { key, .. } => key.as_deref(),
+            ConfigError::Several { errors, .. } => errors.first().and_then(ConfigError::key),
+        }
+    }
+
+    /// Every mistake, one error each (one for anything but [`ConfigError::Several`]).
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several { errors, .. } => errors.iter().collect(),
+            other => vec![other],
         }
     }
 }
@@ -404,42 +442,16 @@ pub fn valid_name(s: &str) -> bool {
 /// Largest signal number accepted as a number (Linux's `SIGRTMAX`).
 const MAX_SIGNAL: i32 = 64;
 
-/// Signal names without the `SIG` prefix; the first name of a number is its canonical one.
-const SIGNALS: [(&str, i32); 29] = [
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("SYS", libc::SIGSYS),
-];
+/// Every named signal, without the `SIG` prefix (`"HUP"`, `"INT"`, ...), as nix's
+/// [`Signal`](nix::sys::signal::Signal) lists them, for suggestions and completion.
+pub fn signal_names() -> impl Iterator<Item = &'static str> {
+    nix::sys::signal::Signal::iterator().map(|s| s.as_str().trim_start_matches("SIG"))
+}
 
 /// The signal number for a name such as `"TERM"`, `"SIGTERM"` or `"term"`
-/// (any case, with or without the `SIG` prefix), or for a number from 1 to 64
-/// written in decimal (`"15"`).
+/// (any case, with or without the `SIG` prefix; names as nix's
+/// [`Signal`](nix::sys::signal::Signal) knows them), or for a number from 1 to 64
+/// written in decimal (`"15"`; real-time signals have numbers only).
 pub fn signal_from_name(s: &str) -> Option<i32> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -450,20 +462,33 @@ pub fn signal_from_name(s: &str) -> Option<i32> {
     }
     let upper = s.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    SIGNALS
-        .iter()
-        .find(|(name, _)| *name == bare)
-        .map(|&(_, n)| n)
+    if bare.is_empty() {
+        return None;
+    }
+    format!("SIG{bare}")
+        .parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|sig| sig as i32)
 }
 
 /// The name of a signal without the `SIG` prefix (`"TERM"`), or its number
-/// (`"40"`) when it has no name here. [`signal_from_name`] reads both back.
+/// (`"40"`) when it has no name. [`signal_from_name`] reads both back.
 pub fn signal_name(sig: i32) -> String {
-    SIGNALS
-        .iter()
-        .find(|&&(_, n)| n == sig)
-        .map(|(name, _)| (*name).to_string())
-        .unwrap_or_else(|| sig.to_string())
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().trim_start_matches("SIG").to_owned())
+        .unwrap_or_else(|_| sig.to_string())
+}
+
+/// What to say after an unknown signal name: the closest real name if one is close
+/// (`" (did you mean 'HUP'?)"`), then the list of names.
+pub fn signal_hint(word: &str) -> String {
+    let upper = word.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    format!(
+        "{}; signals: {}, or a number from 1 to {MAX_SIGNAL}",
+        did_you_mean(bare, signal_names()),
+        signal_names().collect::<Vec<_>>().join(", ")
+    )
 }
 
 impl Config {
@@ -557,6 +582,7 @@ impl Config {
         let (nodes, zeek) = Checker {
             src: &src,
             dir: &dir,
+            errors: Default::default(),
         }
         .check()?;
         Ok(Config {
@@ -846,7 +872,9 @@ fn suggest<'c, I: IntoIterator<Item = &'c str>>(word: &str, candidates: I) -> Op
         .map(|(_, c)| c)
 }
 
-fn did_you_mean<'c, I: IntoIterator<Item = &'c str>>(word: &str, candidates: I) -> String {
+/// `" (did you mean 'X'?)"` for the candidate closest to `word` (within an edit distance of 2),
+/// or nothing.
+pub fn did_you_mean<'c, I: IntoIterator<Item = &'c str>>(word: &str, candidates: I) -> String {
     suggest(word, candidates)
         .map(|c| format!(" (did you mean '{c}'?)"))
         .unwrap_or_default()
@@ -1099,7 +1127,7 @@ fn read_signal(item: &Item) -> Result<i32, Bad> {
             Bad::new(format!(
                 "{expected}, got {}{}",
                 describe(&item.value),
-                did_you_mean(bare, SIGNALS.iter().map(|(name, _)| *name))
+                did_you_mean(bare, signal_names())
             ))
         }),
         other => Err(Bad::new(format!("{expected}, got {}", describe(other)))),
@@ -1273,9 +1301,37 @@ struct NodeMeta {
 struct Checker<'a> {
     src: &'a Source<'a>,
     dir: &'a Path,
+    /// Every mistake found so far (at most [`MAX_ERRORS`]), and how many more.
+    errors: std::cell::RefCell<(Vec<ConfigError>, usize)>,
 }
 
 impl Checker<'_> {
+    /// Notes a mistake and carries on checking.
+    fn report(&self, e: ConfigError) {
+        let mut errs = self.errors.borrow_mut();
+        if errs.0.len() < MAX_ERRORS {
+            errs.0.push(e);
+        } else {
+            errs.1 += 1;
+        }
+    }
+
+    /// Notes the mistake of `r`, if any.
+    fn keep<T>(&self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.report(e)).ok()
+    }
+
+    /// The nodes if nothing was wrong, else every mistake (in the order they were found:
+    /// table by table, unknown keys first).
+    fn finish(&self, nodes: Vec<NodeSpec>) -> Result<Vec<NodeSpec>, ConfigError> {
+        let (mut errors, more) = self.errors.take();
+        match errors.len() {
+            0 => Ok(nodes),
+            1 if more == 0 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several { errors, more }),
+        }
+    }
+
     fn line_of(&self, offset: Option<usize>, fallback: usize) -> usize {
         offset.map_or(fallback, |o| self.src.line(o))
     }
@@ -1327,7 +1383,7 @@ impl Checker<'_> {
                 "defaults" => defaults = Some(entry),
                 "node" => node_list = Some(entry),
                 "zeek" => zeek = Some(entry),
-                _ => return Err(self.unknown_key(entry, 1, "at the top level", &TOP_KEYS)),
+                _ => self.report(self.unknown_key(entry, 1, "at the top level", &TOP_KEYS)),
             }
         }
 
@@ -1339,7 +1395,7 @@ impl Checker<'_> {
         };
         let base = match defaults {
             None => base,
-            Some(entry) => self.check_defaults(entry, base)?,
+            Some(entry) => self.check_defaults(entry, base),
         };
 
         let mut nodes: Vec<NodeSpec> = Vec::new();
@@ -1349,7 +1405,13 @@ impl Checker<'_> {
             None => None,
             Some(entry) => {
                 let line = self.entry_line(entry, 1);
-                let (zeek_nodes, setup) = self.check_zeek(entry)?;
+                let (zeek_nodes, setup) = match self.check_zeek(entry) {
+                    Ok((n, setup)) => (n, Some(setup)),
+                    Err(e) => {
+                        self.report(e);
+                        (Vec::new(), None)
+                    }
+                };
                 for mut node in zeek_nodes {
                     // Messages about the node name this file: point at its [zeek] table.
                     node.line = line;
@@ -1360,7 +1422,7 @@ impl Checker<'_> {
                             delay_line: None,
                             delay_max_line: None,
                         };
-                        let draft = self.check_defaults(d, draft)?;
+                        let draft = self.check_defaults(d, draft);
                         node.policy = draft.policy;
                         node.env = draft.env.into_iter().collect();
                     }
@@ -1371,12 +1433,12 @@ impl Checker<'_> {
                     });
                     nodes.push(node);
                 }
-                Some(setup)
+                setup
             }
         };
 
         let Some(node_list) = node_list else {
-            return Ok((nodes, setup));
+            return self.finish(nodes).map(|n| (n, setup));
         };
         let list_line = self.entry_line(node_list, 1);
         let Raw::Array(tables) = &node_list.value.value else {
@@ -1385,7 +1447,7 @@ impl Checker<'_> {
             } else {
                 ""
             };
-            return Err(self.src.invalid(
+            self.report(self.src.invalid(
                 list_line,
                 Some("node"),
                 format!(
@@ -1393,16 +1455,22 @@ impl Checker<'_> {
                     describe(&node_list.value.value)
                 ),
             ));
+            return self.finish(nodes).map(|n| (n, setup));
         };
 
         for table in tables {
-            let (node, meta) = self.check_node(table, list_line, &base, &metas, &by_name)?;
+            // A node without a usable name is left out; one with other mistakes is kept
+            // (with defaults for what is wrong) so that `start_after` can name it.
+            let Some((node, meta)) = self.check_node(table, list_line, &base, &metas, &by_name)
+            else {
+                continue;
+            };
             by_name.insert(node.name.clone(), nodes.len());
             nodes.push(node);
             metas.push(meta);
         }
-        self.check_start_after(&nodes, &metas, &by_name)?;
-        Ok((nodes, setup))
+        self.check_start_after(&nodes, &metas, &by_name);
+        self.finish(nodes).map(|n| (n, setup))
     }
 
     /// `[zeek]`: `conf` names a zeek.conf, `HOST.zeek.conf`, cluster folder or node.cfg
@@ -1446,14 +1514,10 @@ impl Checker<'_> {
         zeek_cluster::load(&path, host.as_deref(), self.dir)
     }
 
-    fn check_defaults(
-        &self,
-        entry: &Entry,
-        mut draft: PolicyDraft,
-    ) -> Result<PolicyDraft, ConfigError> {
+    fn check_defaults(&self, entry: &Entry, mut draft: PolicyDraft) -> PolicyDraft {
         let line = self.entry_line(entry, 1);
         let Raw::Table(entries) = &entry.value.value else {
-            return Err(self.src.invalid(
+            self.report(self.src.invalid(
                 line,
                 Some("defaults"),
                 format!(
@@ -1461,18 +1525,18 @@ impl Checker<'_> {
                     describe(&entry.value.value)
                 ),
             ));
+            return draft;
         };
         let allowed: Vec<&str> = defaults_keys().collect();
         for e in entries {
-            if !allowed.contains(&e.key.as_str()) {
-                return Err(self.unknown_key(e, line, "in [defaults]", &allowed));
+            if allowed.contains(&e.key.as_str()) {
+                self.keep(self.apply_policy_key(Scope::Defaults, e, line, &mut draft));
+            } else {
+                self.report(self.unknown_key(e, line, "in [defaults]", &allowed));
             }
         }
-        for e in entries {
-            self.apply_policy_key(Scope::Defaults, e, line, &mut draft)?;
-        }
-        self.check_delays(Scope::Defaults, &draft, line)?;
-        Ok(draft)
+        self.keep(self.check_delays(Scope::Defaults, &draft, line));
+        draft
     }
 
     /// Applies a policy key or `env`; returns whether `entry` was one.
@@ -1592,10 +1656,10 @@ impl Checker<'_> {
         base: &PolicyDraft,
         metas: &[NodeMeta],
         by_name: &HashMap<String, usize>,
-    ) -> Result<(NodeSpec, NodeMeta), ConfigError> {
+    ) -> Option<(NodeSpec, NodeMeta)> {
         let line = self.line_of(table.start(), fallback);
         let Raw::Table(entries) = &table.value else {
-            return Err(self.src.invalid(
+            self.report(self.src.invalid(
                 line,
                 Some("node"),
                 format!(
@@ -1603,22 +1667,32 @@ impl Checker<'_> {
                     describe(&table.value)
                 ),
             ));
+            return None;
         };
         let allowed: Vec<&str> = node_keys().collect();
+        // Keys an unknown key is likely a misspelling of: their absence is not reported
+        // again as a missing key.
+        let mut misspelled: Vec<&str> = Vec::new();
         for e in entries {
             if !allowed.contains(&e.key.as_str()) {
-                return Err(self.unknown_key(e, line, "in [[node]]", &allowed));
+                self.report(self.unknown_key(e, line, "in [[node]]", &allowed));
+                misspelled.extend(suggest(&e.key, allowed.iter().copied()));
             }
         }
         let find = |key: &str| entries.iter().find(|e| e.key == key);
+        let missing = |key: &str| find(key).is_none() && !misspelled.contains(&key);
 
         // The name first: every other message names the node.
         let Some(name_entry) = find("name") else {
-            return Err(self.src.invalid(
+            if !missing("name") {
+                return None; // misspelled, reported above
+            }
+            self.report(self.src.invalid(
                 line,
                 Some("name"),
                 "[[node]]: missing required key 'name'".to_string(),
             ));
+            return None;
         };
         let name = match &name_entry.value.value {
             Raw::Str(s) if valid_name(s) => s.clone(),
@@ -1627,12 +1701,13 @@ impl Checker<'_> {
                     "expected 1 to {MAX_NAME_LEN} of the characters A-Z a-z 0-9 _ . - (not \".\" or \"..\"), got {}",
                     describe(other)
                 ));
-                return Err(self.bad(Scope::UnnamedNode, name_entry, line, bad));
+                self.report(self.bad(Scope::UnnamedNode, name_entry, line, bad));
+                return None;
             }
         };
         let name_line = self.line_of(name_entry.value.start(), line);
         if let Some(&first) = by_name.get(&name) {
-            return Err(self.src.invalid(
+            self.report(self.src.invalid(
                 name_line,
                 Some("name"),
                 format!(
@@ -1640,6 +1715,7 @@ impl Checker<'_> {
                     metas[first].name_line
                 ),
             ));
+            return None;
         }
         let scope = Scope::Node(&name);
 
@@ -1653,7 +1729,7 @@ impl Checker<'_> {
         let mut stderr = None;
         let mut cpu_affinity = Vec::new();
         let mut start_after = Vec::new();
-        for e in entries {
+        for e in entries.iter().filter(|e| allowed.contains(&e.key.as_str())) {
             let item = &e.value;
             let result = match e.key.as_str() {
                 "name" => Ok(()),
@@ -1665,20 +1741,30 @@ impl Checker<'_> {
                 "cpu_affinity" => read_cpus(item).map(|v| cpu_affinity = v),
                 "start_after" => read_start_after(item, &name).map(|v| start_after = v),
                 _ => {
-                    self.apply_policy_key(scope, e, line, &mut draft)?;
+                    self.keep(self.apply_policy_key(scope, e, line, &mut draft));
                     Ok(())
                 }
             };
-            result.map_err(|bad| self.bad(scope, e, line, bad))?;
+            if let Err(bad) = result {
+                self.report(self.bad(scope, e, line, bad));
+            }
         }
-        self.check_delays(scope, &draft, line)?;
+        self.keep(self.check_delays(scope, &draft, line));
 
-        let Some(command) = command else {
-            return Err(self.src.invalid(
-                line,
-                Some("command"),
-                format!("{scope}: missing required key 'command'"),
-            ));
+        let command = match command {
+            Some(c) => c,
+            None => {
+                // Reported unless the key is there with a bad value or misspelled (both
+                // reported above).
+                if missing("command") {
+                    self.report(self.src.invalid(
+                        line,
+                        Some("command"),
+                        format!("{scope}: missing required key 'command'"),
+                    ));
+                }
+                Vec::new()
+            }
         };
         let cwd = normalize(
             &self
@@ -1708,7 +1794,7 @@ impl Checker<'_> {
             name_line,
             start_after_lines,
         };
-        Ok((node, meta))
+        Some((node, meta))
     }
 
     /// Every `start_after` names an existing node and they form no cycle.
@@ -1717,30 +1803,28 @@ impl Checker<'_> {
         nodes: &[NodeSpec],
         metas: &[NodeMeta],
         by_name: &HashMap<String, usize>,
-    ) -> Result<(), ConfigError> {
+    ) {
         let mut edges: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
         for (node, meta) in nodes.iter().zip(metas) {
             let mut out = Vec::with_capacity(node.start_after.len());
             for (target, &line) in node.start_after.iter().zip(&meta.start_after_lines) {
                 match by_name.get(target) {
                     Some(&i) => out.push(i),
-                    None => {
-                        return Err(self.src.invalid(
-                            line,
-                            Some("start_after"),
-                            format!(
-                                "node '{}': key 'start_after': unknown node '{target}'{}",
-                                node.name,
-                                did_you_mean(target, nodes.iter().map(|n| n.name.as_str()))
-                            ),
-                        ))
-                    }
+                    None => self.report(self.src.invalid(
+                        line,
+                        Some("start_after"),
+                        format!(
+                            "node '{}': key 'start_after': unknown node '{target}'{}",
+                            node.name,
+                            did_you_mean(target, nodes.iter().map(|n| n.name.as_str()))
+                        ),
+                    )),
                 }
             }
             edges.push(out);
         }
         let Some(cycle) = find_cycle(&edges) else {
-            return Ok(());
+            return;
         };
         // Report at the first node of the cycle in the file, on its element
         // naming the next node of the cycle.
@@ -1761,14 +1845,14 @@ impl Checker<'_> {
             .chain(cycle.first())
             .map(|&i| nodes[i].name.as_str())
             .collect();
-        Err(self.src.invalid(
+        self.report(self.src.invalid(
             line,
             Some("start_after"),
             format!(
                 "node '{first}': key 'start_after': cycle {} (each node starts after the next)",
                 path.join(" -> ")
             ),
-        ))
+        ));
     }
 }
 

@@ -409,13 +409,55 @@ fn unknown_keys() {
         Some("Command"),
         "(did you mean 'command'?)",
     );
-    // Unknown keys are found before the name is checked.
-    assert_err(
-        "[[node]]\nbogus = 1\n",
-        2,
-        Some("bogus"),
-        "unknown key 'bogus' in [[node]]",
+    // Unknown keys are found before the name is checked; a missing name is a mistake of its
+    // own, reported too.
+    let e = err("[[node]]\nbogus = 1\n");
+    assert_eq!(e.line(), Some(2));
+    assert_eq!(e.key(), Some("bogus"));
+    assert_eq!(
+        e.to_string(),
+        format!("{PATH}:2: unknown key 'bogus' in [[node]]\n{PATH}:1: [[node]]: missing required key 'name'")
     );
+    // A misspelled required key is not reported missing as well.
+    assert_err(
+        "[[node]]\nnmae = \"a\"\ncommand = [\"x\"]\n",
+        2,
+        Some("nmae"),
+        "(did you mean 'name'?)",
+    );
+}
+
+#[test]
+fn every_mistake_of_a_file_is_reported_each_with_its_line() {
+    let text = "[defaults]\nrestart = \"sometimes\"\nstop_timeout_ms = -1\n\n[[node]]\nname = \"a\"\ncommand = [\"x\"]\ntype = \"wroker\"\n\n[[node]]\nname = \"b\"\ncomand = [\"y\"]\nstart_after = [\"c\"]\n";
+    let e = err(text);
+    let lines: Vec<Option<usize>> = e.each().iter().map(|x| x.line()).collect();
+    assert_eq!(
+        lines,
+        [Some(2), Some(3), Some(8), Some(12), Some(13)],
+        "{e}"
+    );
+    let shown = e.to_string();
+    assert_eq!(shown.lines().count(), 5, "{shown}");
+    assert!(shown.contains(":8: node 'a': key 'type'"), "{shown}");
+    assert!(shown.contains("did you mean 'worker'"), "{shown}");
+    assert!(
+        shown.contains(":13: node 'b': key 'start_after': unknown node 'c'"),
+        "{shown}"
+    );
+    assert!(!shown.contains("missing required key 'command'"), "{shown}");
+    // At most MAX_ERRORS are kept; the rest are counted.
+    let many: String = (0..30).map(|i| format!("bad{i} = 1\n")).collect();
+    match err(&many) {
+        ConfigError::Several { errors, more } => {
+            assert_eq!(errors.len(), MAX_ERRORS);
+            assert_eq!(more, 30 - MAX_ERRORS);
+        }
+        other => panic!("expected several errors, got {other}"),
+    }
+    assert!(err(&many)
+        .to_string()
+        .ends_with("(and 10 more mistake(s) not shown)"));
 }
 
 #[test]

@@ -8,8 +8,9 @@ use crate::cli::style::{code, state_color, Cell, Style};
 use crate::cli::{interrupt, top};
 use crate::client::{Client, NodeStatus};
 use crate::config::{Config, NodeSpec};
+use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -161,11 +162,6 @@ impl Session {
         stderr: bool,
         json: bool,
     ) -> Result<Outcome, CliError> {
-        if json && follow {
-            return Err(CliError::Usage(
-                "logs: --json prints the tail once; it does not go with -f".into(),
-            ));
-        }
         let spec = self.one_node(word)?;
         let path = if stderr { &spec.stderr } else { &spec.stdout };
         let tail = match crate::supervisor::crash::tail(path, lines) {
@@ -189,10 +185,8 @@ impl Session {
         };
         if json {
             println!(
-                "{{\"node\": {}, \"file\": {}, \"lines\": {}}}",
-                output::json_str(&spec.name),
-                output::json_str(&path.to_string_lossy()),
-                output::json_list(&tail)
+                "{}",
+                serde_json::json!({"node": spec.name, "file": path.to_string_lossy(), "lines": tail})
             );
         } else {
             for l in &tail {
@@ -230,28 +224,21 @@ impl Session {
         let total: usize = reports.iter().map(|(_, v)| v.len()).sum();
         self.note(format!("{total} crash report(s)"));
         if json {
-            let items: Vec<String> = reports
+            let items: Vec<Value> = reports
                 .iter()
                 .map(|(n, v)| {
-                    let list: Vec<String> = v.iter().map(CrashInfo::json).collect();
                     let latest = v
                         .first()
-                        .and_then(|c| std::fs::read_to_string(&c.path).ok())
-                        .map_or("null".into(), |t| output::json_str(&t));
-                    format!(
-                        "\n  {{\"node\": {}, \"dir\": {}, \"reports\": [{}], \"latest\": {}}}",
-                        output::json_str(&n.name),
-                        output::json_str(&n.cwd.to_string_lossy()),
-                        list.join(", "),
-                        latest
-                    )
+                        .and_then(|c| std::fs::read_to_string(&c.path).ok());
+                    json!({
+                        "node": n.name,
+                        "dir": n.cwd.to_string_lossy(),
+                        "reports": v.iter().map(CrashInfo::json).collect::<Vec<_>>(),
+                        "latest": latest,
+                    })
                 })
                 .collect();
-            println!(
-                "[{}{}]",
-                items.join(","),
-                if items.is_empty() { "" } else { "\n" }
-            );
+            println!("{}", output::pretty(&Value::Array(items)));
             return Ok(Outcome::Done);
         }
         if let [(n, v)] = reports.as_slice() {
@@ -297,52 +284,99 @@ impl Session {
         Ok(Outcome::Done)
     }
 
-    pub(super) fn top(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
-        let Some(client) = self.client() else {
-            if json {
-                println!("[]");
-            } else {
-                println!(
-                    "no Supervisor is running for instance '{}': no node runs",
-                    self.instance.name()
-                );
-            }
+    /// `top`: once, or every `delay` seconds until Ctrl-C (redrawn in place on a terminal).
+    /// Exit status 3 when no Supervisor runs: nothing is measured.
+    pub(super) fn top(
+        &mut self,
+        words: &[String],
+        json: bool,
+        delay: Option<f64>,
+    ) -> Result<Outcome, CliError> {
+        if self.client().is_none() {
+            return Ok(self.nothing_runs(json, ": no node runs"));
+        }
+        let Some(delay) = delay else {
+            let (text, measured) = self.top_once(words, json, Duration::from_millis(300))?;
+            print!("{text}");
+            self.note(format!("{measured} node(s) measured"));
             return Ok(Outcome::Done);
         };
+        interrupt::install();
+        let live = std::io::stdout().is_terminal();
+        let interval = Duration::from_secs_f64(delay);
+        let mut rounds = 0u64;
+        while !interrupt::pending() {
+            if self.client().is_none() {
+                println!(
+                    "the Supervisor of instance '{}' is gone",
+                    self.instance.name()
+                );
+                break;
+            }
+            let (text, _) = self.top_once(words, false, interval)?;
+            if interrupt::pending() {
+                break;
+            }
+            let head = format!(
+                "{} every {}, Ctrl-C ends",
+                crate::sys::clock::format_wall_ms(crate::sys::clock::wall_ms()),
+                output::limit(interval)
+            );
+            let mut out = std::io::stdout().lock();
+            if live {
+                // Home, the frame, then clear whatever an earlier, longer frame left below.
+                let _ = write!(out, "\x1b[H\x1b[2J{head}\n{text}");
+            } else {
+                let _ = write!(out, "{head}\n{text}\n");
+            }
+            let _ = out.flush();
+            rounds += 1;
+        }
+        self.note(format!("{rounds} refresh(es)"));
+        Ok(Outcome::Done)
+    }
+
+    /// One `top` frame measured over `interval`: the text and how many nodes were measured.
+    fn top_once(
+        &mut self,
+        words: &[String],
+        json: bool,
+        interval: Duration,
+    ) -> Result<(String, usize), CliError> {
+        let style = self.style;
+        let client = self
+            .client()
+            .ok_or_else(|| CliError::Failed("the Supervisor is gone".into()))?;
         let nodes = client.status();
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<&NodeStatus> = idx.iter().map(|&i| &nodes[i]).collect();
         let leaders: Vec<u32> = chosen.iter().filter_map(|n| n.pid).collect();
-        let usage = top::measure(&leaders, Duration::from_millis(300));
+        let usage = top::measure(&leaders, interval);
         // Uptimes after the sampling pause.
         let fresh: HashMap<usize, NodeStatus> =
             client.status().into_iter().map(|n| (n.index, n)).collect();
-        self.note(format!("{} node(s) measured", leaders.len()));
         if json {
-            let items: Vec<String> = chosen
+            let items: Vec<Value> = chosen
                 .iter()
                 .map(|n| {
                     let n = fresh.get(&n.index).unwrap_or(n);
                     let u = n.pid.and_then(|p| usage.get(&p));
-                    format!(
-                        "\n  {{\"name\": {}, \"state\": {}, \"pid\": {}, \"procs\": {}, \"cpu_percent\": {}, \"rss_bytes\": {}, \"threads\": {}, \"uptime_ms\": {}}}",
-                        output::json_str(&n.name),
-                        output::json_str(n.state.as_str()),
-                        n.pid.map_or("null".into(), |p| p.to_string()),
-                        u.map_or("null".into(), |u| u.procs.to_string()),
-                        u.map_or("null".into(), |u| format!("{:.1}", u.cpu_percent)),
-                        u.map_or("null".into(), |u| u.rss_bytes.to_string()),
-                        u.map_or("null".into(), |u| u.threads.to_string()),
-                        n.uptime.map_or("null".into(), |d| d.as_millis().to_string()),
-                    )
+                    json!({
+                        "name": n.name,
+                        "state": n.state.as_str(),
+                        "pid": n.pid,
+                        "procs": u.map(|u| u.procs),
+                        "cpu_percent": u.map(|u| (u.cpu_percent * 10.0).round() / 10.0),
+                        "rss_bytes": u.map(|u| u.rss_bytes),
+                        "threads": u.map(|u| u.threads),
+                        "uptime_ms": n.uptime.map(|d| d.as_millis() as u64),
+                    })
                 })
                 .collect();
-            println!(
-                "[{}{}]",
-                items.join(","),
-                if items.is_empty() { "" } else { "\n" }
-            );
-            return Ok(Outcome::Done);
+            return Ok((
+                format!("{}\n", output::pretty(&Value::Array(items))),
+                leaders.len(),
+            ));
         }
         let rows: Vec<Vec<Cell>> = chosen
             .iter()
@@ -363,15 +397,14 @@ impl Session {
                 ]
             })
             .collect();
-        print!(
-            "{}",
-            crate::cli::style::table(
-                &["NAME", "STATE", "PID", "PROCS", "CPU%", "RSS", "THREADS", "UPTIME"],
-                &rows,
-                self.style
-            )
+        let text = crate::cli::style::table(
+            &[
+                "NAME", "STATE", "PID", "PROCS", "CPU%", "RSS", "THREADS", "UPTIME",
+            ],
+            &rows,
+            style,
         );
-        Ok(Outcome::Done)
+        Ok((text, leaders.len()))
     }
 
     pub(super) fn nodes(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
@@ -381,15 +414,8 @@ impl Session {
         self.warn_if_config_differs(&config);
         self.note(format!("{} node(s) listed", chosen.len()));
         if json {
-            let items: Vec<String> = chosen
-                .iter()
-                .map(|n| format!("\n  {}", output::spec_json(n)))
-                .collect();
-            println!(
-                "[{}{}]",
-                items.join(","),
-                if items.is_empty() { "" } else { "\n" }
-            );
+            let items: Vec<Value> = chosen.iter().map(|n| output::spec_json(n)).collect();
+            println!("{}", output::pretty(&Value::Array(items)));
         } else {
             print!("{}", output::nodes_table(&chosen, self.style));
         }
@@ -424,25 +450,14 @@ impl Session {
         self.warn_if_config_differs(&config);
         self.note(format!("{}", config.path.display()));
         if json {
-            let items: Vec<String> = config
-                .nodes
-                .iter()
-                .map(|n| format!("\n    {}", output::spec_json(n)))
-                .collect();
-            println!(
-                "{{\n  \"path\": {},\n  \"dir\": {},\n  \"nodes\": [{}{}]\n}}",
-                output::json_str(&config.path.to_string_lossy()),
-                output::json_str(&config.dir.to_string_lossy()),
-                items.join(","),
-                if items.is_empty() { "" } else { "\n  " }
-            );
+            let doc = json!({
+                "path": config.path.to_string_lossy(),
+                "dir": config.dir.to_string_lossy(),
+                "nodes": config.nodes.iter().map(output::spec_json).collect::<Vec<_>>(),
+            });
+            println!("{}", output::pretty(&doc));
         } else {
-            println!(
-                "# effective config of instance '{}' from {}",
-                self.instance.name(),
-                config.path.display()
-            );
-            println!("# (every key explicit: defaults applied, paths absolute)");
+            // One header comment (the rendered file carries it): which file, defaults applied.
             print!("{}", config.to_toml());
         }
         Ok(Outcome::Done)
@@ -499,17 +514,14 @@ impl CrashInfo {
         c
     }
 
-    fn json(&self) -> String {
-        format!(
-            "{{\"path\": {}, \"time\": {}, \"pid\": {}, \"exit\": {}, \"core_dumped\": {}}}",
-            output::json_str(&self.path.to_string_lossy()),
-            output::json_str(&self.time),
-            self.pid
-                .parse::<u32>()
-                .map_or("null".into(), |p| p.to_string()),
-            output::json_str(&self.exit),
-            self.core == "yes"
-        )
+    fn json(&self) -> Value {
+        json!({
+            "path": self.path.to_string_lossy(),
+            "time": self.time,
+            "pid": self.pid.parse::<u32>().ok(),
+            "exit": self.exit,
+            "core_dumped": self.core == "yes",
+        })
     }
 }
 
