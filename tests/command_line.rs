@@ -230,45 +230,57 @@ fn status_json_after_the_supervisor_died_shows_its_last_state() {
     }
     let c = Cluster::new("cli_last_state", TWO);
     let before = c.start();
+    // No guardian to replace it, and no config to be found: nothing can adopt the nodes.
+    kill_guardians(&c.runtime);
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor dead", || !pid_alive(sup));
-    // No config can be found, so no new Supervisor can adopt the nodes: the region's last
-    // state, with pids checked against the kernel.
+    // The region's last state, unverified (`unknown`, exit 1), pids checked against /proc.
     let out = run_without_config(&c, &["status", "--json"]);
-    out.ok();
-    let after = parse_status(&out.stdout);
-    assert_eq!(after.len(), 2, "{}", out.stdout);
-    for (name, n) in &after {
-        assert_eq!(n.state, "running", "{name}");
-        assert_eq!(n.pid, before[name].pid, "{name}");
-        assert!(pid_alive(n.pid.unwrap()), "{name} is alive per /proc");
+    out.expect_code(1);
+    let v = json(&out.stdout);
+    let nodes = v.as_array().expect("an array");
+    assert_eq!(nodes.len(), 2, "{}", out.stdout);
+    for n in nodes {
+        let name = n["name"].as_str().unwrap();
+        assert_eq!(n["state"], "unknown", "{name}");
+        assert_eq!(n["last_state"], "running", "{name}");
+        assert_eq!(n["pid"].as_u64(), before[name].pid.map(u64::from), "{name}");
+        assert_eq!(n["pid_alive"], true, "{name}");
+        assert!(
+            pid_alive(before[name].pid.unwrap()),
+            "{name} is alive per /proc"
+        );
     }
-    assert!(out.stderr.contains("cannot be restarted"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("could not be replaced"),
+        "{}",
+        out.stderr
+    );
     // `stop` and `shutdown` cannot stop them: they say so and fail, nothing is touched.
     for cmd in ["stop", "shutdown"] {
         let out = run_without_config(&c, &[cmd]);
         out.expect_code(1);
-        assert!(
-            out.stderr.contains("could not be replaced"),
-            "{}",
-            out.stderr
-        );
-        assert!(out.stderr.contains("worker-1 (pid"), "{}", out.stderr);
+        assert!(out.stderr.contains("nothing was done"), "{}", out.stderr);
     }
     for n in before.values() {
         assert!(pid_alive(n.pid.unwrap()), "{} still runs", n.name);
     }
-    // One node dies meanwhile: shown stopped, exit 3.
+    // One node dies meanwhile: its recorded process is no longer alive, per /proc.
     let victim = before["worker-2"].pid.unwrap();
     signal(victim, libc::SIGKILL);
     wait_until(WAIT, "worker-2 gone", || !pid_alive(victim));
     let out = run_without_config(&c, &["status", "--json"]);
-    out.expect_code(3);
-    let after = parse_status(&out.stdout);
-    assert_eq!(after["worker-2"].state, "stopped");
-    assert_eq!(after["worker-2"].pid, None);
-    assert_eq!(after["worker-1"].state, "running");
+    out.expect_code(1);
+    let v = json(&out.stdout);
+    let w2 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "worker-2")
+        .expect("worker-2 shown");
+    assert_eq!(w2["pid_alive"], false, "{v}");
+    assert_eq!(w2["state"], "unknown", "{v}");
 }
 
 #[test]

@@ -372,7 +372,7 @@ impl Session {
                 c.check_damage()?;
                 (nodes, None)
             }
-            None => self.unsupervised_status()?,
+            None => self.unsupervised_status(json)?,
         };
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<NodeStatus> = idx.iter().map(|&i| nodes[i].clone()).collect();
@@ -407,7 +407,10 @@ impl Session {
     /// What `status` can say with no Supervisor attached: the last states a Supervisor
     /// recorded (unverified, with the reason as the second value) if a region is left or a
     /// Supervisor holds the lock; else every configured node stopped (none if no config).
-    fn unsupervised_status(&mut self) -> Result<(Vec<NodeStatus>, Option<String>), CliError> {
+    fn unsupervised_status(
+        &mut self,
+        json: bool,
+    ) -> Result<(Vec<NodeStatus>, Option<String>), CliError> {
         let held = matches!(
             LockFile::probe(&self.instance.lock_path()),
             Ok(Probe::Held { .. })
@@ -451,7 +454,12 @@ impl Session {
             Err(CliError::NoConfig(..)) => return Ok((Vec::new(), None)),
             Err(e) => return Err(e),
         };
-        let config = Config::load(&cfg)?;
+        let config = Config::load(&cfg).inspect_err(|_| {
+            // Scripts still get JSON; the error (exit status 2) says why.
+            if json {
+                println!("[]");
+            }
+        })?;
         let nodes = config
             .nodes
             .iter()
