@@ -10,7 +10,8 @@
 //! grandchild process behind (`--spawn-child`), leave one that escapes the
 //! node's process group and session (`--setsid-child`, as a daemonizing
 //! program does), or close every inherited descriptor at start
-//! (`--close-fds`, as many daemons do).
+//! (`--close-fds`, as many daemons do); `--die-on-sigpipe` makes a write to
+//! a pipe without a reader kill it, as it kills a shell's `echo >&3`.
 //!
 //! Signals are blocked with `sigprocmask` and consumed synchronously with
 //! `sigtimedwait`, whose timeout is the time left until the next monotonic
@@ -44,6 +45,8 @@ options:
                          the node's process group and session, as a daemon does
   --close-fds            close every inherited file descriptor of 3 or more at start
                          (but not --ready-fd), as many daemons do
+  --die-on-sigpipe       restore the default SIGPIPE action, so a write to a pipe with no
+                         reader (the readiness pipe) kills it, as it kills `echo >&3`
   -h, --help             print this help and exit
 
 DURATION is an integer followed by ms, s, m or h (250ms, 1s, 2m); a bare integer means seconds.
@@ -80,6 +83,8 @@ struct Options {
     setsid_child: bool,
     /// Close every inherited descriptor >= 3 (except `ready_fd`) at start.
     close_fds: bool,
+    /// Restore SIGPIPE's default action (the Rust runtime ignores it).
+    die_on_sigpipe: bool,
 }
 
 /// What the command line asks the program to do.
@@ -151,6 +156,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         spawn_child: false,
         setsid_child: false,
         close_fds: false,
+        die_on_sigpipe: false,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -166,6 +172,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
                 | "--spawn-child"
                 | "--setsid-child"
                 | "--close-fds"
+                | "--die-on-sigpipe"
         );
         if is_flag && inline.is_some() {
             return Err(format!("option {option} takes no value"));
@@ -182,6 +189,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
             "--spawn-child" => opts.spawn_child = true,
             "--setsid-child" => opts.setsid_child = true,
             "--close-fds" => opts.close_fds = true,
+            "--die-on-sigpipe" => opts.die_on_sigpipe = true,
             "--name" => {
                 opts.name = value()?;
                 if opts.name.is_empty() {
@@ -400,6 +408,11 @@ fn run(opts: &Options, args: &[String]) -> i32 {
     }
     if opts.close_fds {
         close_inherited_fds(opts.ready_fd);
+    }
+    if opts.die_on_sigpipe {
+        // SAFETY: setting a signal's disposition to SIG_DFL installs no handler and touches
+        // no memory; the process is single-threaded here.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let signals = handled_signals();
     block_signals(&signals);

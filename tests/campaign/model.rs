@@ -175,7 +175,7 @@ impl Model {
             .map(|n| n.name.clone())
             .collect();
         let can_spawn_supervisor = !self.broken;
-        let starting = |m: &mut Model, a: &mut Allow, targets: Vec<String>| {
+        let starting = |m: &mut Model, a: &mut Allow, targets: Vec<String>, restart: bool| {
             if !can_spawn_supervisor && m.supervisor != Some(true) {
                 return;
             }
@@ -185,7 +185,10 @@ impl Model {
                 m.supervisor = if faulted { None } else { Some(true) };
             }
             for n in &all {
-                a.spawn_once(n);
+                // A node started by the new Supervisor's autostart and then restarted by the
+                // command (`restart` restarts the fresh copy) is spawned twice by one command.
+                let k = a.spawn.entry(n.clone()).or_default();
+                *k = if restart { *k + 1 } else { 1 };
             }
             m.set(&all, decided);
         };
@@ -195,11 +198,11 @@ impl Model {
                     .clone()
                     .map(|n| vec![n])
                     .unwrap_or_else(|| self.all_names());
-                starting(self, &mut a, targets);
+                starting(self, &mut a, targets, false);
             }
             Op::Restart(n) => {
                 a.die.insert(n.clone());
-                starting(self, &mut a, vec![n.clone()]);
+                starting(self, &mut a, vec![n.clone()], true);
             }
             Op::Stop(t) => {
                 let targets = t

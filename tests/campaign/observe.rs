@@ -33,6 +33,22 @@ pub fn leaders(instance: &str) -> BTreeMap<String, Vec<Proc>> {
         .collect()
 }
 
+/// Every live (not zombie) process of each node: leaders, their children, and leftovers.
+pub fn members(instance: &str) -> BTreeMap<String, Vec<Proc>> {
+    common::node_procs(instance)
+        .into_iter()
+        .map(|(k, v)| {
+            let live = v
+                .iter()
+                .filter(|p| p.state != 'Z' && p.state != 'X')
+                .map(|p| (p.pid, p.start))
+                .collect();
+            (k, live)
+        })
+        .filter(|(_, v): &(String, Vec<Proc>)| !v.is_empty())
+        .collect()
+}
+
 /// Whether this exact process still lives.
 pub fn alive(p: Proc) -> bool {
     common::start_time(p.0) == Some(p.1) && common::pid_alive(p.0)
@@ -57,6 +73,11 @@ pub fn spawns(root: &Path, name: &str) -> usize {
 /// How many SIGHUPs `name` got.
 pub fn hups(root: &Path, name: &str) -> usize {
     own_lines(root, name, " got SIGHUP")
+}
+
+/// How many SIGTERMs `name` got (obeyed or ignored).
+pub fn terms(root: &Path, name: &str) -> usize {
+    own_lines(root, name, " got SIGTERM")
 }
 
 /// fds >= 3 of `pid` with their targets.

@@ -11,7 +11,8 @@ pub enum Kind {
     Plain,
     /// Ignores SIGTERM: only the SIGKILL after `stop_timeout_ms` ends it.
     IgnoreTerm,
-    /// Says it is ready on fd 3 after 300 ms.
+    /// Says it is ready on fd 3 after 300 ms (and dies of SIGPIPE if nobody reads it, as
+    /// `echo >&3` in a shell does).
     SlowReady,
     /// Has a `ready_fd` but never writes to it (stays `starting`).
     NeverReady,
@@ -57,7 +58,13 @@ impl Kind {
         match self {
             Kind::Plain => &[],
             Kind::IgnoreTerm => &["--ignore-term"],
-            Kind::SlowReady => &["--ready-fd", "3", "--ready-delay", "300ms"],
+            Kind::SlowReady => &[
+                "--ready-fd",
+                "3",
+                "--ready-delay",
+                "300ms",
+                "--die-on-sigpipe",
+            ],
             Kind::NeverReady => &[],
             Kind::Flap => &["--exit-after", "400ms"],
             Kind::Fork => &["--spawn-child"],
@@ -295,14 +302,33 @@ pub struct Switches {
     pub invariants: BTreeSet<Invariant>,
 }
 
+/// Fault kinds left out when `BROCTLD_CAMPAIGN_FAULTS` is not set (CI): those whose fix has
+/// not landed yet. Empty: everything is injected.
+pub const DISABLED_FAULTS: &[&str] = &[];
+
+/// Invariants left out when `BROCTLD_CAMPAIGN_INVARIANTS` is not set (CI). Empty: everything
+/// is checked.
+pub const DISABLED_INVARIANTS: &[&str] = &[];
+
 /// Parses a switch list: `all` (the default), a comma list of names, or `all,-name,-name`.
 fn parse_list<T: Copy + Ord>(
     var: &str,
     all: &[T],
     name: impl Fn(T) -> &'static str,
+    disabled: &[&str],
 ) -> BTreeSet<T> {
+    for d in disabled {
+        assert!(
+            all.iter().any(|t| name(*t) == *d),
+            "{var}: the disabled list names '{d}', which is not a switch"
+        );
+    }
     let Ok(text) = std::env::var(var) else {
-        return all.iter().copied().collect();
+        return all
+            .iter()
+            .copied()
+            .filter(|t| !disabled.contains(&name(*t)))
+            .collect();
     };
     let mut set = BTreeSet::new();
     for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -340,11 +366,17 @@ impl Switches {
     /// `all,-setsid,-close-fds`), else everything.
     pub fn from_env() -> Switches {
         Switches {
-            faults: parse_list("BROCTLD_CAMPAIGN_FAULTS", &Fault::ALL, Fault::name),
+            faults: parse_list(
+                "BROCTLD_CAMPAIGN_FAULTS",
+                &Fault::ALL,
+                Fault::name,
+                DISABLED_FAULTS,
+            ),
             invariants: parse_list(
                 "BROCTLD_CAMPAIGN_INVARIANTS",
                 &Invariant::ALL,
                 Invariant::name,
+                DISABLED_INVARIANTS,
             ),
         }
     }

@@ -63,6 +63,14 @@ impl Driver<'_> {
         }
     }
 
+    /// `NAME (Kind)`, for messages.
+    fn who(&self, name: &str) -> String {
+        match self.model.kind(name) {
+            Some(k) => format!("{name} ({k:?})"),
+            None => name.to_owned(),
+        }
+    }
+
     fn count(&mut self, f: Fault) {
         *self.outcome.faults.entry(f.name()).or_default() += 1;
     }
@@ -278,7 +286,9 @@ impl Driver<'_> {
     }
 
     /// Everything `status` says that `/proc` contradicts (checked on both sides of the call:
-    /// a process that lived before and after the call was alive during it).
+    /// a process that lived before and after the call was alive during it). `before` and
+    /// `after` hold every live process of each node, leftovers included: a node whose child
+    /// outlived it is not stopped.
     fn lies(
         &self,
         before: &BTreeMap<String, Vec<Proc>>,
@@ -296,13 +306,19 @@ impl Driver<'_> {
             }
             match st.get(name) {
                 None => out.push(format!(
-                    "{name}: live process {:?} but `status` does not list the node",
+                    "{}: live process {:?} but `status` does not list the node",
+                    self.who(name),
                     lived[0].0
                 )),
-                Some(v) if !matches!(v.state.as_str(), "running" | "starting" | "stopping") => out
+                // A state that claims the node is down; any other (running, starting,
+                // stopping, or one that says broctld cannot know) is no lie.
+                Some(v) if matches!(v.state.as_str(), "stopped" | "failed" | "backoff") => out
                     .push(format!(
-                        "{name}: `status` says {} (pid {:?}) but process {} lives",
-                        v.state, v.pid, lived[0].0
+                        "{}: `status` says {} (pid {:?}) but process {} lives",
+                        self.who(name),
+                        v.state,
+                        v.pid,
+                        lived[0].0
                     )),
                 Some(_) => {}
             }
@@ -318,8 +334,10 @@ impl Driver<'_> {
             });
             if dead_both || pid_dead {
                 out.push(format!(
-                    "{name}: `status` says {} (pid {:?}) but no process of the node lives",
-                    v.state, v.pid
+                    "{}: `status` says {} (pid {:?}) but no process of the node lives",
+                    self.who(name),
+                    v.state,
+                    v.pid
                 ));
             }
         }
@@ -348,7 +366,7 @@ impl Driver<'_> {
                 _ => false,
             };
             if transient {
-                out.push(format!("{}: still {state}", n.name));
+                out.push(format!("{}: still {state}", self.who(&n.name)));
                 continue;
             }
             match self
@@ -385,12 +403,12 @@ impl Driver<'_> {
         let deadline = Instant::now() + SETTLE;
         let mut dup_seen = BTreeMap::new();
         loop {
-            let before = observe::leaders(&self.c.instance);
+            let before = observe::members(&self.c.instance);
             let st = self.status();
-            let after = observe::leaders(&self.c.instance);
-            for (k, v) in &after {
+            let after = observe::members(&self.c.instance);
+            for (k, v) in observe::leaders(&self.c.instance) {
                 if v.len() > 1 {
-                    dup_seen.insert(k.clone(), v.clone());
+                    dup_seen.insert(k, v);
                 }
             }
             let sup = observe::supervisor(self.c);
@@ -398,7 +416,10 @@ impl Driver<'_> {
                 .map(|s| common::zombie_children(s.0))
                 .unwrap_or_default();
             let (lies, unsettled) = match &st {
-                Some(st) => (self.lies(&before, st, &after), self.unsettled(st, &after)),
+                Some(st) => {
+                    let leaders = observe::leaders(&self.c.instance);
+                    (self.lies(&before, st, &after), self.unsettled(st, &leaders))
+                }
                 None if self.model.broken => (Vec::new(), Vec::new()),
                 None => (Vec::new(), vec!["`status --json` fails".to_owned()]),
             };
@@ -489,11 +510,34 @@ impl Driver<'_> {
         }
         let faulted = step.during.is_some();
         let allow = self.model.apply(&step.op, &before, faulted);
+        let terms0: BTreeMap<String, usize> = names
+            .iter()
+            .map(|n| (n.clone(), observe::terms(&self.c.root, n)))
+            .collect();
         let run = self.execute(step);
         if let Some(r) = &run {
             self.check_command(step, r);
         }
+        let begun = self.stops_begun(step, &terms0);
         let st = self.settle();
+        for name in &begun {
+            let old: Vec<&Proc> = pre
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter(|p| observe::alive(**p))
+                .collect();
+            if !old.is_empty() {
+                let who = self.who(name);
+                self.violate(
+                    Invariant::QuietState,
+                    format!(
+                        "{who} got the SIGTERM of a stop, yet process {} still lives {SETTLE:?} later (the stop was not carried through)",
+                        old[0].0
+                    ),
+                );
+            }
+        }
         let live = observe::leaders(&self.c.instance);
         if trace() {
             let code = run.as_ref().map(|r| r.code);
@@ -514,6 +558,34 @@ impl Driver<'_> {
         self.check_supervisor(step, sup0, panics0, &before);
         self.resolve(st.as_ref(), &live);
         !matches!(step.op, Op::DamageRegion | Op::TruncateRegion)
+    }
+
+    /// Nodes whose stop provably began in a step whose command a fault hit: they got a
+    /// SIGTERM (the node logs it, even when it ignores it). A begun stop must be carried
+    /// through (SIGKILL after the timeout) by whichever Supervisor serves next; after `stop`
+    /// the node must stay down.
+    fn stops_begun(&mut self, step: &Step, terms0: &BTreeMap<String, usize>) -> Vec<String> {
+        if step.during.is_none() {
+            return Vec::new();
+        }
+        let targets: Vec<String> = match &step.op {
+            Op::Stop(Some(n)) | Op::Restart(n) => vec![n.clone()],
+            Op::Stop(None) | Op::Shutdown => {
+                self.model.nodes.iter().map(|n| n.name.clone()).collect()
+            }
+            _ => return Vec::new(),
+        };
+        let begun: Vec<String> = targets
+            .into_iter()
+            .filter(|n| !self.model.kind(n).is_some_and(|k| k.dies_by_itself()))
+            .filter(|n| observe::terms(&self.c.root, n) > terms0.get(n).copied().unwrap_or(0))
+            .collect();
+        if matches!(step.op, Op::Stop(_)) {
+            for n in &begun {
+                self.model.want.insert(n.clone(), Want::Stopped);
+            }
+        }
+        begun
     }
 
     fn model_names_after(&self, op: &Op) -> Vec<String> {
@@ -540,10 +612,11 @@ impl Driver<'_> {
                 };
                 for n in targets {
                     if let Some(p) = live.get(&n) {
+                        let who = self.who(&n);
                         self.violate(
                             Invariant::CommandTruth,
                             format!(
-                                "`stop` exited 0 but {n} still has live processes {p:?}:\n{}",
+                                "`stop` exited 0 but {who} still has live processes {p:?}:\n{}",
                                 r.out
                             ),
                         );
