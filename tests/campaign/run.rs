@@ -5,7 +5,7 @@
 use crate::common::{self, Cluster, NodeView};
 use crate::model::{Allow, Model, Want, BROKEN_TAIL};
 use crate::observe::{self, Proc};
-use crate::plan::{Edit, Fault, InFlight, Invariant, NodeSpec, Op, Sig, Step, Switches};
+use crate::plan::{Edit, Fault, InFlight, Invariant, Kind, NodeSpec, Op, Sig, Step, Switches};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// Upper bound for the instance to settle after a step (an "eventually" bound, not a speed
 /// claim: it covers a 300 ms stop timeout, a 400 ms restart delay and the slow readiness).
 const SETTLE: Duration = Duration::from_secs(8);
+
+/// `Kind::SlowReady`'s readiness delay.
+const READY_DELAY: Duration = Duration::from_millis(300);
 
 /// Upper bound for one Main (its own waits are 20 s at most).
 const MAIN_LIMIT: Duration = Duration::from_secs(40);
@@ -361,7 +364,7 @@ impl Driver<'_> {
                 continue;
             }
             let transient = match state {
-                "starting" => !n.kind.has_ready_fd() || n.kind == crate::plan::Kind::SlowReady,
+                "starting" => !n.kind.has_ready_fd() || n.kind == Kind::SlowReady,
                 "stopping" | "backoff" => true,
                 _ => false,
             };
@@ -399,8 +402,11 @@ impl Driver<'_> {
 
     /// Polls until `status` and `/proc` agree and the model's expectations hold (or `SETTLE`
     /// passes); reports what still did not, by invariant. Returns the last status.
-    fn settle(&mut self) -> Option<BTreeMap<String, NodeView>> {
-        let deadline = Instant::now() + SETTLE;
+    /// `min_quiet`: settle no sooner than this (a readiness that a killed Supervisor broke
+    /// shows only when the node writes it, 300 ms after its start).
+    fn settle(&mut self, min_quiet: Duration) -> Option<BTreeMap<String, NodeView>> {
+        let started = Instant::now();
+        let deadline = started + SETTLE;
         let mut dup_seen = BTreeMap::new();
         loop {
             let before = observe::members(&self.c.instance);
@@ -423,7 +429,10 @@ impl Driver<'_> {
                 None if self.model.broken => (Vec::new(), Vec::new()),
                 None => (Vec::new(), vec!["`status --json` fails".to_owned()]),
             };
-            let done = lies.is_empty() && unsettled.is_empty() && zombies.is_empty();
+            let done = lies.is_empty()
+                && unsettled.is_empty()
+                && zombies.is_empty()
+                && started.elapsed() >= min_quiet;
             if done || Instant::now() >= deadline {
                 if !lies.is_empty() {
                     self.violate(Invariant::StatusTruth, lies.join("; "));
@@ -519,7 +528,15 @@ impl Driver<'_> {
             self.check_command(step, r);
         }
         let begun = self.stops_begun(step, &terms0);
-        let st = self.settle();
+        let supervisor_killed = matches!(step.during, Some(InFlight::KillSupervisor(_)))
+            || matches!(step.op, Op::KillSupervisor | Op::FdLimitSuccessor);
+        let readiness = self.model.nodes.iter().any(|n| n.kind == Kind::SlowReady);
+        let min_quiet = if supervisor_killed && readiness {
+            READY_DELAY + Duration::from_millis(200)
+        } else {
+            Duration::ZERO
+        };
+        let st = self.settle(min_quiet);
         for name in &begun {
             let old: Vec<&Proc> = pre
                 .get(name)
