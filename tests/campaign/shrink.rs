@@ -28,21 +28,23 @@ pub fn shrink(
     let mut n = 2usize;
     while cur.len() >= 2 && used.get() < budget {
         let chunk = cur.len().div_ceil(n);
-        let mut reduced = false;
         // Try each complement (the sequence without one chunk); keep the first that fails.
-        for i in 0..n {
-            let lo = i * chunk;
-            if lo >= cur.len() {
-                break;
-            }
-            let hi = (lo + chunk).min(cur.len());
-            let candidate: Vec<Step> = cur[..lo].iter().chain(&cur[hi..]).cloned().collect();
-            if !candidate.is_empty() && fails(&candidate) {
-                cur = candidate;
-                n = (n - 1).max(2);
-                reduced = true;
-                break;
-            }
+        let found = (0..n)
+            .map(|i| i * chunk)
+            .take_while(|lo| *lo < cur.len())
+            .map(|lo| {
+                let hi = (lo + chunk).min(cur.len());
+                cur[..lo]
+                    .iter()
+                    .chain(&cur[hi..])
+                    .cloned()
+                    .collect::<Vec<Step>>()
+            })
+            .find(|candidate| !candidate.is_empty() && fails(candidate));
+        let reduced = found.is_some();
+        if let Some(candidate) = found {
+            cur = candidate;
+            n = (n - 1).max(2);
         }
         if !reduced {
             if n >= cur.len() {
