@@ -279,6 +279,7 @@ impl Model {
             | Op::UpgradeBrokenConfig
             | Op::KillSupervisor
             | Op::FdLimitSuccessor
+            | Op::UnlinkRegion(_)
             | Op::DamageRegion
             | Op::TruncateRegion => {}
         }

@@ -144,6 +144,9 @@ pub enum Op {
     /// Fault: `kill -9` of the Supervisor, whose successor is started by a Main under
     /// `ulimit -n 64`.
     FdLimitSuccessor,
+    /// Fault: the region unlinked from `/dev/shm` (as systemd's `RemoveIPC` does), after a
+    /// `kill -9` of the Supervisor if `true`, else under the live Supervisor.
+    UnlinkRegion(bool),
     /// Fault: the region's header zeroed (magic and the words after it). Ends the run.
     DamageRegion,
     /// Fault: the region truncated to one page. Ends the run.
@@ -191,6 +194,7 @@ pub enum Fault {
     Setsid,
     CloseFds,
     FdLimit,
+    UnlinkRegion,
     DamageRegion,
     TruncateRegion,
     BrokenReload,
@@ -199,7 +203,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault kind.
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Fault::KillSupervisor,
         Fault::KillMain,
         Fault::KillNode,
@@ -211,6 +215,7 @@ impl Fault {
         Fault::Setsid,
         Fault::CloseFds,
         Fault::FdLimit,
+        Fault::UnlinkRegion,
         Fault::DamageRegion,
         Fault::TruncateRegion,
         Fault::BrokenReload,
@@ -231,6 +236,7 @@ impl Fault {
             Fault::Setsid => "setsid",
             Fault::CloseFds => "close-fds",
             Fault::FdLimit => "fd-limit",
+            Fault::UnlinkRegion => "unlink-region",
             Fault::DamageRegion => "damage-region",
             Fault::TruncateRegion => "truncate-region",
             Fault::BrokenReload => "broken-reload",
@@ -516,6 +522,9 @@ impl Gen<'_> {
                 },
                 82..=91 if self.sw.fault(Fault::KillSupervisor) => Op::KillSupervisor,
                 92..=95 if self.sw.fault(Fault::FdLimit) => Op::FdLimitSuccessor,
+                96..=98 if self.sw.fault(Fault::UnlinkRegion) => {
+                    Op::UnlinkRegion(self.rng.chance(1, 2))
+                }
                 _ => continue,
             };
             let during = match op {

@@ -276,6 +276,14 @@ impl Driver<'_> {
                 self.count(Fault::FdLimit);
                 self.main(&["status", "--json"], None, Some(64))
             }
+            Op::UnlinkRegion(kill) => {
+                if *kill {
+                    self.kill_supervisor();
+                }
+                let _ = std::fs::remove_file(self.c.shm_path());
+                self.count(Fault::UnlinkRegion);
+                return None;
+            }
             Op::DamageRegion => {
                 self.hurt_region(false);
                 return None;
@@ -529,7 +537,10 @@ impl Driver<'_> {
         }
         let begun = self.stops_begun(step, &terms0);
         let supervisor_killed = matches!(step.during, Some(InFlight::KillSupervisor(_)))
-            || matches!(step.op, Op::KillSupervisor | Op::FdLimitSuccessor);
+            || matches!(
+                step.op,
+                Op::KillSupervisor | Op::FdLimitSuccessor | Op::UnlinkRegion(true)
+            );
         let readiness = self.model.nodes.iter().any(|n| n.kind == Kind::SlowReady);
         let min_quiet = if supervisor_killed && readiness {
             READY_DELAY + Duration::from_millis(200)
@@ -748,7 +759,7 @@ impl Driver<'_> {
         let may_die = step.during.is_some()
             || matches!(
                 step.op,
-                Op::KillSupervisor | Op::FdLimitSuccessor | Op::Shutdown
+                Op::KillSupervisor | Op::FdLimitSuccessor | Op::UnlinkRegion(true) | Op::Shutdown
             );
         if let Some(p) = sup0 {
             if !may_die && !observe::alive(p) {
