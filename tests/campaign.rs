@@ -154,3 +154,203 @@ fn fault_campaign_keeps_every_invariant_under_random_operations_and_faults() {
         reports.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The corpus: minimal sequences the campaign found (shrunk, then written down), replayed as
+// tests of their own so each stays pinned by name. Each needs some fault kinds; with one of
+// them switched off (the lists in tests/campaign/plan.rs or BROCTLD_CAMPAIGN_FAULTS) it is
+// skipped, saying so.
+
+use plan::{Edit, Fault, InFlight, Kind, NodeSpec, Op, Sig, Step};
+
+fn node(name: &str, kind: Kind) -> NodeSpec {
+    NodeSpec {
+        name: name.to_owned(),
+        kind,
+        autostart: true,
+        interval_ms: 1000,
+    }
+}
+
+fn step(op: Op) -> Step {
+    Step { op, during: None }
+}
+
+fn step_during(op: Op, during: InFlight) -> Step {
+    Step {
+        op,
+        during: Some(during),
+    }
+}
+
+/// Replays one minimal sequence; panics with the violations if it breaks an invariant.
+fn replay(test: &str, needs: &[Fault], nodes: &[NodeSpec], steps: &[Step]) {
+    let sw = Switches::from_env();
+    if let Some(off) = needs.iter().find(|f| !sw.fault(**f)) {
+        say(&format!(
+            "{test}: skipped, fault '{}' is switched off",
+            off.name()
+        ));
+        return;
+    }
+    let o = run::run(test, nodes, steps, &sw);
+    if let Some((at, step, violations)) = o.failure {
+        let list: Vec<String> = violations
+            .iter()
+            .map(|v| format!("  [{}] {}", v.invariant.name(), v.detail))
+            .collect();
+        panic!("{test}: step {at} ({step}) broke:\n{}", list.join("\n"));
+    }
+}
+
+/// Issue 8, defect 2: a stop in progress (SIGTERM sent, SIGKILL due after 300 ms) must be
+/// carried through by the next Supervisor, not adopted as `running`.
+#[test]
+fn campaign_a_stop_begun_before_a_supervisor_kill_is_carried_through() {
+    replay(
+        "stop_begun_before_supervisor_kill",
+        &[Fault::KillSupervisor, Fault::IgnoreTerm],
+        &[node("n0", Kind::IgnoreTerm)],
+        &[
+            step(Op::Start(None)),
+            step_during(Op::Stop(Some("n0".into())), InFlight::KillSupervisor(100)),
+        ],
+    );
+}
+
+/// Issue 8, defect 1: a node becoming ready when its Supervisor is killed must not die of
+/// SIGPIPE on the readiness pipe.
+#[test]
+fn campaign_a_node_becoming_ready_survives_a_supervisor_kill() {
+    replay(
+        "becoming_ready_survives_supervisor_kill",
+        &[Fault::KillSupervisor, Fault::SlowReady],
+        &[node("n0", Kind::SlowReady)],
+        &[
+            step(Op::Start(None)),
+            step_during(Op::Restart("n0".into()), InFlight::KillSupervisor(120)),
+        ],
+    );
+}
+
+/// Issue 8, defect 4: `upgrade-supervisor` with the file on disk edited into an error keeps
+/// the control plane (the running config is carried across).
+#[test]
+fn campaign_upgrade_with_a_broken_config_on_disk_keeps_the_supervisor() {
+    replay(
+        "upgrade_with_broken_config",
+        &[Fault::BrokenUpgrade],
+        &[node("n0", Kind::Plain)],
+        &[step(Op::Start(None)), step(Op::UpgradeBrokenConfig)],
+    );
+}
+
+/// Issue 8, defect 3: with the Supervisor dead and the config broken (so it cannot be
+/// replaced), `stop` must not exit 0 while the node runs.
+#[test]
+fn campaign_stop_without_a_replaceable_supervisor_does_not_claim_success() {
+    replay(
+        "stop_without_replaceable_supervisor",
+        &[Fault::BrokenReload, Fault::KillSupervisor],
+        &[node("n0", Kind::Plain)],
+        &[
+            step(Op::Start(None)),
+            step(Op::Reload(Edit::Broken)),
+            step(Op::KillSupervisor),
+            step(Op::Stop(None)),
+        ],
+    );
+}
+
+/// Issue 8, defect 7: a node whose child escaped its group (`setsid`) and whose own process
+/// was killed: `status` must not say `backoff` (nothing running) while the escapee runs.
+#[test]
+fn campaign_a_node_whose_child_escaped_with_setsid_is_not_shown_as_down() {
+    replay(
+        "setsid_child_not_shown_as_down",
+        &[Fault::Setsid, Fault::KillNode],
+        &[node("n0", Kind::Setsid)],
+        &[step(Op::Start(None)), step(Op::KillNode("n0".into()))],
+    );
+}
+
+/// Issue 8, defect 7: an adopted node (its Supervisor was replaced) that exited on `signal
+/// TERM` while its forked child (same group, holding the node lock) runs on: not `backoff`
+/// forever with nothing said.
+#[test]
+fn campaign_a_node_whose_forked_child_outlived_it_is_not_shown_as_down() {
+    replay(
+        "forked_child_outlived_node",
+        &[Fault::Fork, Fault::KillSupervisor],
+        &[node("n0", Kind::Fork)],
+        &[
+            step(Op::Start(None)),
+            step(Op::KillSupervisor),
+            step(Op::Signal(Sig::Term, "n0".into())),
+        ],
+    );
+}
+
+/// Found by the campaign (not in issue 8's list): `reload` (any waiting Main) waits for its
+/// 120 s cap while a node stays `starting` past its ready timeout: the wait limit is pushed
+/// 5 s past "now" by a ready deadline that has already passed.
+#[test]
+fn campaign_reload_returns_while_a_node_stays_starting() {
+    replay(
+        "reload_returns_while_starting",
+        &[Fault::NeverReady],
+        &[node("n0", Kind::NeverReady), node("n1", Kind::Plain)],
+        &[
+            step(Op::Start(None)),
+            step(Op::Reload(Edit::Change("n1".into()))),
+        ],
+    );
+}
+
+/// Issue 8, defect 6: the region unlinked under a live Supervisor (systemd's `RemoveIPC`):
+/// `status` must not say `stopped` for the running node.
+#[test]
+fn campaign_status_tells_the_truth_after_the_region_is_unlinked() {
+    replay(
+        "region_unlinked_under_live_supervisor",
+        &[Fault::UnlinkRegion],
+        &[node("n0", Kind::Plain)],
+        &[step(Op::Start(None)), step(Op::UnlinkRegion(false))],
+    );
+}
+
+/// Issue 8, defects 3 and 6: the region lost with its Supervisor: the node runs on, and
+/// `status` must not say `stopped`.
+#[test]
+fn campaign_status_tells_the_truth_after_the_region_is_lost_with_the_supervisor() {
+    replay(
+        "region_lost_with_supervisor",
+        &[Fault::UnlinkRegion],
+        &[node("n0", Kind::Plain)],
+        &[step(Op::Start(None)), step(Op::UnlinkRegion(true))],
+    );
+}
+
+/// Issue 8, defect 3: a zeroed region header must not make `status` say `stopped` for a
+/// running node.
+#[test]
+fn campaign_a_damaged_region_header_does_not_make_status_lie() {
+    replay(
+        "damaged_region_header",
+        &[Fault::DamageRegion],
+        &[node("n0", Kind::Plain)],
+        &[step(Op::Start(None)), step(Op::DamageRegion)],
+    );
+}
+
+/// Issue 8, defect 9: a truncated region kills neither the Supervisor nor a node, and
+/// `status` does not lie about the node.
+#[test]
+fn campaign_a_truncated_region_kills_nothing_and_status_does_not_lie() {
+    replay(
+        "truncated_region",
+        &[Fault::TruncateRegion],
+        &[node("n0", Kind::Plain)],
+        &[step(Op::Start(None)), step(Op::TruncateRegion)],
+    );
+}
