@@ -10,7 +10,7 @@
 //! its seed and the minimal sequence.
 //!
 //! Environment (all optional; CI uses the defaults):
-//! - `BROCTLD_CAMPAIGN_SEEDS`: `1,2,3` or `1..40` (default: the fixed CI set `1..8`)
+//! - `BROCTLD_CAMPAIGN_SEEDS`: `1,2,3` or `1..40` (default: the fixed CI set `1..10`)
 //! - `BROCTLD_CAMPAIGN_STEPS`: steps per seed (default 30; at most 60, the harness's 120 s
 //!   watchdog bounds one instance)
 //! - `BROCTLD_CAMPAIGN_FAULTS`, `BROCTLD_CAMPAIGN_INVARIANTS`: which are enabled, e.g.
@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 /// The seeds CI runs.
-const CI_SEEDS: std::ops::RangeInclusive<u64> = 1..=8;
+const CI_SEEDS: std::ops::RangeInclusive<u64> = 1..=10;
 
 fn seeds() -> Vec<u64> {
     let Ok(text) = std::env::var("BROCTLD_CAMPAIGN_SEEDS") else {

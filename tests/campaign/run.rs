@@ -356,10 +356,12 @@ impl Driver<'_> {
     }
 
     /// What the model expects and `status` plus `/proc` do not show yet.
+    /// `live`: each node's leaders; `members`: every live process of each node.
     fn unsettled(
         &self,
         st: &BTreeMap<String, NodeView>,
         live: &BTreeMap<String, Vec<Proc>>,
+        members: &BTreeMap<String, Vec<Proc>>,
     ) -> Vec<String> {
         let mut out = Vec::new();
         for n in &self.model.nodes {
@@ -387,7 +389,14 @@ impl Driver<'_> {
                 .copied()
                 .unwrap_or(Want::Unknown)
             {
-                Want::Running if !(up && matches!(state, "running" | "starting")) => {
+                // Running: a leader and `running`/`starting`; or, if only a leftover of the
+                // node lives (a child that outlived it holds its lock), any state that does
+                // not claim the node is down (broctld may refuse a second copy and say why).
+                Want::Running
+                    if !(up && matches!(state, "running" | "starting")
+                        || members.contains_key(&n.name)
+                            && !matches!(state, "stopped" | "failed" | "backoff" | "absent")) =>
+                {
                     out.push(format!(
                         "{}: expected running; status says {state}, live processes: {up}",
                         n.name
@@ -432,7 +441,8 @@ impl Driver<'_> {
             let (lies, unsettled) = match &st {
                 Some(st) => {
                     let leaders = observe::leaders(&self.c.instance);
-                    (self.lies(&before, st, &after), self.unsettled(st, &leaders))
+                    let unsettled = self.unsettled(st, &leaders, &after);
+                    (self.lies(&before, st, &after), unsettled)
                 }
                 None if self.model.broken => (Vec::new(), Vec::new()),
                 None => (Vec::new(), vec!["`status --json` fails".to_owned()]),
@@ -535,6 +545,7 @@ impl Driver<'_> {
         if let Some(r) = &run {
             self.check_command(step, r);
         }
+        self.admitted_failure(step, run.as_ref());
         let begun = self.stops_begun(step, &terms0);
         let supervisor_killed = matches!(step.during, Some(InFlight::KillSupervisor(_)))
             || matches!(
@@ -586,6 +597,25 @@ impl Driver<'_> {
         self.check_supervisor(step, sup0, panics0, &before);
         self.resolve(st.as_ref(), &live);
         !matches!(step.op, Op::DamageRegion | Op::TruncateRegion)
+    }
+
+    /// A `start`, `stop` or `restart` that no fault hit but that exits non-zero said it did
+    /// not (fully) do what was asked: its nodes' state is observed, not assumed (and a node
+    /// the command left alone is still checked by every other invariant).
+    fn admitted_failure(&mut self, step: &Step, run: Option<&MainRun>) {
+        if step.during.is_some() || run.is_none_or(|r| r.code == Some(0)) {
+            return;
+        }
+        let targets: Vec<String> = match &step.op {
+            Op::Start(Some(n)) | Op::Stop(Some(n)) | Op::Restart(n) => vec![n.clone()],
+            Op::Start(None) | Op::Stop(None) => {
+                self.model.nodes.iter().map(|n| n.name.clone()).collect()
+            }
+            _ => return,
+        };
+        for n in targets {
+            self.model.want.insert(n, Want::Unknown);
+        }
     }
 
     /// Nodes whose stop provably began in a step whose command a fault hit: they got a
