@@ -41,8 +41,8 @@ end=$(date +%s)
 
 {
   echo "fault campaign: seeds $seeds, $steps steps per seed, $((end - start)) s, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  grep -E '^campaign: (faults enabled|invariants checked)' "$log"
-  grep -E '^campaign summary:' "$log" || echo "campaign summary: missing (the test did not finish; see $log)"
+  grep -oE 'campaign: (faults enabled|invariants checked).*' "$log"
+  grep -oE 'campaign summary:.*' "$log" || echo "campaign summary: missing (the test did not finish; see $log)"
   echo
   echo "per seed:"
   grep -E '^campaign: seed ' "$log" | sed 's/^campaign: /  /'
