@@ -80,8 +80,11 @@ pub fn terms(root: &Path, name: &str) -> usize {
     own_lines(root, name, " got SIGTERM")
 }
 
+/// Open fds with their targets.
+pub type Fds = Vec<(i32, String)>;
+
 /// fds >= 3 of `pid` with their targets.
-pub fn fd_targets(pid: u32) -> Vec<(i32, String)> {
+pub fn fd_targets(pid: u32) -> Fds {
     common::open_fds(pid)
         .unwrap_or_default()
         .into_iter()

@@ -479,14 +479,14 @@ impl Driver<'_> {
     /// Fds a node must not hold, and a Supervisor whose fd table grew past any need.
     fn check_fds(&mut self, live: &BTreeMap<String, Vec<Proc>>) {
         let model = self.model.clone();
-        let unexpected = |name: &str, pid: u32| -> Vec<(i32, String)> {
+        let unexpected = |name: &str, pid: u32| -> observe::Fds {
             let ready = model.kind(name).is_some_and(|k| k.has_ready_fd());
             observe::fd_targets(pid)
                 .into_iter()
                 .filter(|(_, t)| !(t.ends_with(".lock") || ready && t.starts_with("pipe:")))
                 .collect()
         };
-        let suspects: Vec<(String, Proc, Vec<(i32, String)>)> = live
+        let suspects: Vec<(String, Proc, observe::Fds)> = live
             .iter()
             .flat_map(|(name, procs)| procs.iter().map(move |p| (name, *p)))
             .map(|(name, p)| (name.clone(), p, unexpected(name, p.0)))
