@@ -522,9 +522,7 @@ impl Gen<'_> {
                 },
                 82..=91 if self.sw.fault(Fault::KillSupervisor) => Op::KillSupervisor,
                 92..=95 if self.sw.fault(Fault::FdLimit) => Op::FdLimitSuccessor,
-                96..=98 if self.sw.fault(Fault::UnlinkRegion) => {
-                    Op::UnlinkRegion(self.rng.chance(1, 2))
-                }
+                96..=98 if self.sw.fault(Fault::UnlinkRegion) => Op::UnlinkRegion(true),
                 _ => continue,
             };
             let during = match op {
@@ -542,7 +540,8 @@ impl Gen<'_> {
 }
 
 /// The campaign for `seed`: 4 nodes of random kinds, `steps` steps, and (one run in four, if
-/// enabled) a damaged or truncated region as the last step.
+/// enabled) a region damaged, truncated or unlinked under its live Supervisor as the last
+/// step.
 pub fn generate(seed: u64, steps: usize, sw: &Switches) -> Plan {
     let mut g = Gen {
         rng: Rng::new(seed),
@@ -561,6 +560,9 @@ pub fn generate(seed: u64, steps: usize, sw: &Switches) -> Plan {
         out.push(g.step());
     }
     let mut region = Vec::new();
+    if sw.fault(Fault::UnlinkRegion) {
+        region.push(Op::UnlinkRegion(false));
+    }
     if sw.fault(Fault::DamageRegion) {
         region.push(Op::DamageRegion);
     }
