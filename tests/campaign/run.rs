@@ -448,7 +448,15 @@ impl Driver<'_> {
             let (lies, unsettled) = match &st {
                 Some(st) => {
                     let leaders = observe::leaders(&self.c.instance);
-                    let unsettled = self.unsettled(st, &leaders, &after);
+                    // No Supervisor, and none can be started (the file is broken): nothing
+                    // supervises the nodes, so no state is expected of them; `status` must
+                    // still not lie.
+                    let unsupervised = self.model.broken && sup.is_none();
+                    let unsettled = if unsupervised {
+                        Vec::new()
+                    } else {
+                        self.unsettled(st, &leaders, &after)
+                    };
                     (self.lies(&before, st, &after), unsettled)
                 }
                 None if self.model.broken || may_fail => (Vec::new(), Vec::new()),
