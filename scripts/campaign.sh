@@ -51,5 +51,6 @@ end=$(date +%s)
     echo "violations (seed, invariant, details, minimal sequence):"
     awk '/^campaign summary:/{exit} /^seed [0-9]+ broke/{p=1} p' "$log"
   fi
-} | tee "$summary"
+} >"$summary"
+cat "$summary"
 exit "$status"
