@@ -23,6 +23,7 @@ pub struct Model {
     pub broken: bool,
     /// A Supervisor should run (`None`: a fault decides; observed next).
     pub supervisor: Option<bool>,
+    /// What each configured node should be doing once quiet.
     pub want: BTreeMap<String, Want>,
 }
 
@@ -47,6 +48,7 @@ impl Allow {
 pub const BROKEN_TAIL: &str = "\n[[node]]\nname = \"broken\"\ncommnd = [\"x\"]\n";
 
 impl Model {
+    /// Before the first step: `nodes` configured, nothing running.
     pub fn new(nodes: Vec<NodeSpec>) -> Model {
         let want = nodes
             .iter()
@@ -60,10 +62,12 @@ impl Model {
         }
     }
 
+    /// The configured node `name`.
     pub fn spec(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The behaviour of the configured node `name`.
     pub fn kind(&self, name: &str) -> Option<Kind> {
         self.spec(name).map(|n| n.kind)
     }

@@ -87,8 +87,11 @@ impl Kind {
 /// One configured node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
+    /// `n0`, `n1`, ... (a rename or an added node takes the next number).
     pub name: String,
+    /// How its program behaves.
     pub kind: Kind,
+    /// `autostart` in the config.
     pub autostart: bool,
     /// Heartbeat interval in ms: a `Change` edit flips it, which makes the node "changed".
     pub interval_ms: u32,
@@ -165,7 +168,9 @@ pub enum InFlight {
 /// One step of a sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// What the step does.
     pub op: Op,
+    /// A fault injected while its Main runs, if any.
     pub during: Option<InFlight>,
 }
 
@@ -304,7 +309,9 @@ impl Invariant {
 /// Which faults and invariants are on: every one unless the environment says otherwise.
 #[derive(Debug, Clone)]
 pub struct Switches {
+    /// Fault kinds injected.
     pub faults: BTreeSet<Fault>,
+    /// Invariants checked.
     pub invariants: BTreeSet<Invariant>,
 }
 
@@ -387,10 +394,12 @@ impl Switches {
         }
     }
 
+    /// Whether fault kind `f` is injected.
     pub fn fault(&self, f: Fault) -> bool {
         self.faults.contains(&f)
     }
 
+    /// Whether invariant `i` is checked.
     pub fn check(&self, i: Invariant) -> bool {
         self.invariants.contains(&i)
     }
@@ -406,7 +415,9 @@ impl Switches {
 /// A generated campaign: the first config and the steps.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The first config.
     pub nodes: Vec<NodeSpec>,
+    /// The steps, the first a `start`.
     pub steps: Vec<Step>,
 }
 

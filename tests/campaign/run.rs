@@ -30,14 +30,18 @@ fn trace() -> bool {
 /// One invariant broken at one step.
 #[derive(Debug, Clone)]
 pub struct Violation {
+    /// Which one.
     pub invariant: Invariant,
+    /// What was seen (node, behaviour, pids, states).
     pub detail: String,
 }
 
 /// What a run did: steps run, faults injected by kind, and the first violating step.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// Steps run (the violating one included).
     pub steps: usize,
+    /// Faults injected, by kind name.
     pub faults: BTreeMap<&'static str, u64>,
     /// (step index, the step, what broke).
     pub failure: Option<(usize, Step, Vec<Violation>)>,
