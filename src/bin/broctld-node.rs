@@ -6,8 +6,12 @@
 //! daemon would (SIGHUP is logged, SIGTERM/SIGINT stop it after an optional
 //! `--stop-delay`, or are ignored with `--ignore-term`), and can misbehave on
 //! request: exit by itself (`--exit-after`), fail at start (`--fail-start`),
-//! announce readiness late (`--ready-fd`, `--ready-delay`) or leave a
-//! grandchild process behind (`--spawn-child`).
+//! announce readiness late (`--ready-fd`, `--ready-delay`), leave a
+//! grandchild process behind (`--spawn-child`), leave one that escapes the
+//! node's process group and session (`--setsid-child`, as a daemonizing
+//! program does), or close every inherited descriptor at start
+//! (`--close-fds`, as many daemons do); `--die-on-sigpipe` makes a write to
+//! a pipe without a reader kill it, as it kills a shell's `echo >&3`.
 //!
 //! Signals are blocked with `sigprocmask` and consumed synchronously with
 //! `sigtimedwait`, whose timeout is the time left until the next monotonic
@@ -37,6 +41,12 @@ options:
   --ready-fd N           once started, write \"\\n\" to file descriptor N and close it
   --ready-delay DURATION wait this long before the readiness notification (default: 0)
   --spawn-child          start a second copy of itself in the background and leave it
+  --setsid-child         like --spawn-child, but the copy calls setsid() first: it leaves
+                         the node's process group and session, as a daemon does
+  --close-fds            close every inherited file descriptor of 3 or more at start
+                         (but not --ready-fd), as many daemons do
+  --die-on-sigpipe       restore the default SIGPIPE action, so a write to a pipe with no
+                         reader (the readiness pipe) kills it, as it kills `echo >&3`
   -h, --help             print this help and exit
 
 DURATION is an integer followed by ms, s, m or h (250ms, 1s, 2m); a bare integer means seconds.
@@ -69,6 +79,12 @@ struct Options {
     ready_delay: Duration,
     /// Start one background copy of this program.
     spawn_child: bool,
+    /// Start one background copy of this program in a new session (it escapes the group).
+    setsid_child: bool,
+    /// Close every inherited descriptor >= 3 (except `ready_fd`) at start.
+    close_fds: bool,
+    /// Restore SIGPIPE's default action (the Rust runtime ignores it).
+    die_on_sigpipe: bool,
 }
 
 /// What the command line asks the program to do.
@@ -138,6 +154,9 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         ready_fd: None,
         ready_delay: Duration::ZERO,
         spawn_child: false,
+        setsid_child: false,
+        close_fds: false,
+        die_on_sigpipe: false,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -147,7 +166,13 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         };
         let is_flag = matches!(
             option,
-            "-h" | "--help" | "--ignore-term" | "--fail-start" | "--spawn-child"
+            "-h" | "--help"
+                | "--ignore-term"
+                | "--fail-start"
+                | "--spawn-child"
+                | "--setsid-child"
+                | "--close-fds"
+                | "--die-on-sigpipe"
         );
         if is_flag && inline.is_some() {
             return Err(format!("option {option} takes no value"));
@@ -162,6 +187,9 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
             "--ignore-term" => opts.ignore_term = true,
             "--fail-start" => opts.fail_start = true,
             "--spawn-child" => opts.spawn_child = true,
+            "--setsid-child" => opts.setsid_child = true,
+            "--close-fds" => opts.close_fds = true,
+            "--die-on-sigpipe" => opts.die_on_sigpipe = true,
             "--name" => {
                 opts.name = value()?;
                 if opts.name.is_empty() {
@@ -312,19 +340,62 @@ fn notify_ready(fd: i32, name: &str) {
     unsafe { libc::close(fd) };
 }
 
-/// Starts a second copy of this program in the background, not waited for.
-fn spawn_child(opts: &Options) {
-    let result = Command::new("/proc/self/exe")
-        .arg0("broctld-node")
+/// Starts a second copy of this program in the background, not waited for;
+/// with `escape`, the copy first calls `setsid()` and so leaves the node's
+/// process group and session.
+fn spawn_child(opts: &Options, escape: bool) {
+    let suffix = if escape { "escaped" } else { "child" };
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("broctld-node")
         .arg("--name")
-        .arg(format!("{}-child", opts.name))
+        .arg(format!("{}-{suffix}", opts.name))
         .arg("--interval")
         .arg(format!("{}ms", opts.interval.as_millis()))
-        .stdin(Stdio::null())
-        .spawn();
-    match result {
-        Ok(child) => out(&format!("{} spawned child pid={}", opts.name, child.id())),
-        Err(e) => err(&format!("{} warning: cannot spawn child: {e}", opts.name)),
+        .stdin(Stdio::null());
+    if escape {
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setsid(), which is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    match cmd.spawn() {
+        Ok(child) => out(&format!(
+            "{} spawned {suffix} pid={}",
+            opts.name,
+            child.id()
+        )),
+        Err(e) => err(&format!(
+            "{} warning: cannot spawn {suffix}: {e}",
+            opts.name
+        )),
+    }
+}
+
+/// Closes every open descriptor of 3 or more except `keep`, as a daemon
+/// that starts with `exec 3>&-` (or closes everything it inherited) does.
+fn close_inherited_fds(keep: Option<i32>) {
+    // Collect first: the directory listing holds a descriptor of its own.
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(e) => {
+            err(&format!("warning: cannot list /proc/self/fd: {e}"));
+            return;
+        }
+    };
+    for fd in fds.into_iter().filter(|fd| *fd >= 3 && Some(*fd) != keep) {
+        // SAFETY: no Rust object in this program owns a descriptor of 3 or
+        // more at this point (the listing's own one is closed already, and
+        // closing it again only fails with EBADF).
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -334,6 +405,14 @@ fn run(opts: &Options, args: &[String]) -> i32 {
     if opts.fail_start {
         err(&format!("{name} failing at start"));
         return 1;
+    }
+    if opts.close_fds {
+        close_inherited_fds(opts.ready_fd);
+    }
+    if opts.die_on_sigpipe {
+        // SAFETY: setting a signal's disposition to SIG_DFL installs no handler and touches
+        // no memory; the process is single-threaded here.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let signals = handled_signals();
     block_signals(&signals);
@@ -346,7 +425,10 @@ fn run(opts: &Options, args: &[String]) -> i32 {
     out(&format!("{name} pid={pid} started args={}", args.join(" ")));
     err(&format!("{name} pid={pid} stderr ready"));
     if opts.spawn_child {
-        spawn_child(opts);
+        spawn_child(opts, false);
+    }
+    if opts.setsid_child {
+        spawn_child(opts, true);
     }
 
     let start = Instant::now();
