@@ -659,3 +659,65 @@ command = ["@NODE@", "--ignore-term", "--interval", "10s"]
     });
     assert_eq!(c.status()["keep"].pid, before["keep"].pid);
 }
+
+/// Found by the fault campaign (seed 6): a node stopped by a command was started again when
+/// the region was lost together with its Supervisor, because its successor had no record of
+/// the stop and autostarted every node. The stop now also lives in a down marker
+/// (`nodes/NAME.down`, s6's `down` file), which a successor with no record obeys.
+#[test]
+fn stopped_node_stays_stopped_when_the_region_is_lost_with_the_supervisor() {
+    let c = Cluster::new(
+        "down_marker",
+        r#"
+[[node]]
+name = "kept"
+command = ["@NODE@", "--interval", "10s"]
+
+[[node]]
+name = "halted"
+command = ["@NODE@", "--interval", "10s"]
+"#,
+    );
+    let before = c.start();
+    let kept = before["kept"].pid.unwrap();
+    c.run(&["stop", "halted"]).ok();
+    c.wait_status(WAIT, "halted stopped", |s| {
+        state_of(s, "halted") == "stopped"
+    });
+    assert!(c.instance_dir().join("nodes/halted.down").exists());
+    // The region is lost while no Supervisor lives; the guardian's replacement finds nothing.
+    let guardian = freeze_guardian(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    std::fs::remove_file(c.shm_path()).expect("remove the region");
+    thaw(guardian);
+    wait_for(
+        WAIT,
+        "a new live Supervisor",
+        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
+        || c.log(),
+    );
+    let s = c.wait_status(WAIT, "kept adopted", |s| state_of(s, "kept") == "running");
+    assert_eq!(
+        s["kept"].pid,
+        Some(kept),
+        "kept was restarted:\n{}",
+        c.log()
+    );
+    // Give a wrong autostart time to happen, then check the kernel's truth.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state_of(&c.status(), "halted"), "stopped", "{}", c.log());
+    let leaders = node_leaders(&c.instance);
+    assert!(
+        leaders.get("halted").is_none_or(|v| v.is_empty()),
+        "halted runs again: {leaders:?}\n{}",
+        c.log()
+    );
+    // An explicit start clears the marker.
+    c.run(&["start", "halted"]).ok();
+    c.wait_status(WAIT, "halted running", |s| {
+        state_of(s, "halted") == "running"
+    });
+    assert!(!c.instance_dir().join("nodes/halted.down").exists());
+}

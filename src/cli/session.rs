@@ -714,7 +714,11 @@ impl Session {
             Duration::from_secs(20),
             Verb::Reload,
             &specs,
-            |n| !matches!(n.state, NodeState::Starting | NodeState::Stopping),
+            // A node past its ready timeout (never ready) is as settled as it gets.
+            |n| {
+                !matches!(n.state, NodeState::Starting | NodeState::Stopping)
+                    || not_ready_in_time(n, &specs)
+            },
         );
         if interrupted {
             println!("stopped waiting; the Supervisor carries on (see `status`)");

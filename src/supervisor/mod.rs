@@ -8,6 +8,7 @@
 pub mod crash;
 mod dispatch;
 mod guardian_link;
+mod hold;
 mod lifecycle;
 pub mod node;
 pub mod policy;
@@ -527,6 +528,7 @@ impl Supervisor {
 
     fn publish(&self, i: usize) {
         self.shared.node_cells()[i].write(&self.nodes[i].record().encode());
+        self.sync_down_marker(i);
     }
 
     /// Appends an event, stamped with the table's epoch (so readers name its node right).

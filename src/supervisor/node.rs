@@ -81,6 +81,9 @@ pub struct Node {
     pub ready_timed_out: bool,
     /// What earlier spawns resolved and created (reset when the spec changes or a spawn fails).
     pub prepared: super::spawn::Prepared,
+    /// Whether `nodes/NAME.down` is known to exist (`None`: not known yet); see
+    /// `supervisor/hold.rs`.
+    pub down_marked: std::cell::Cell<Option<bool>>,
 }
 
 impl Node {
@@ -111,6 +114,7 @@ impl Node {
             queue: None,
             ready_by: None,
             ready_timed_out: false,
+            down_marked: std::cell::Cell::new(None),
             prepared: super::spawn::Prepared::default(),
         }
     }

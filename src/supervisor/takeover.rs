@@ -30,6 +30,9 @@ impl Supervisor {
                 );
             }
         }
+        // Down markers as the predecessor left them, read before anything is published here
+        // (publishing a node that is still `stopped` would write its marker).
+        let held: Vec<bool> = (0..self.nodes.len()).map(|i| self.held_down(i)).collect();
         let now = clock::monotonic_ns();
         // Nodes whose fate the predecessor's record decides (not started by autostart).
         let mut decided = vec![false; self.nodes.len()];
@@ -110,6 +113,7 @@ impl Supervisor {
             !decided.get(i).copied().unwrap_or(true)
                 && self.nodes[i].spec.policy.autostart
                 && self.nodes[i].pid.is_none()
+                && !held.get(i).copied().unwrap_or(false)
         }));
         // A start queued behind nodes still becoming ready keeps waiting for them.
         let pending: Vec<usize> = (0..self.nodes.len())

@@ -502,7 +502,11 @@ impl Driver<'_> {
             let ready = model.kind(name).is_some_and(|k| k.has_ready_fd());
             observe::fd_targets(pid)
                 .into_iter()
-                .filter(|(_, t)| !(t.ends_with(".lock") || ready && t.starts_with("pipe:")))
+                // The node's lock, and its readiness FIFO (`nodes/NAME.ready`, held read-write
+                // so that saying "ready" never raises SIGPIPE; docs/design.md).
+                .filter(|(_, t)| {
+                    !(t.ends_with(".lock") || ready && t.ends_with(&format!("/nodes/{name}.ready")))
+                })
                 .collect()
         };
         let suspects: Vec<(String, Proc, observe::Fds)> = live

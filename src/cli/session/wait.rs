@@ -156,7 +156,10 @@ pub(super) fn wait_nodes(
         progress.update(&progress_text(verb, &sel, specs, &done));
         let mut limit = base;
         for n in &sel {
-            if let Some(d) = n.deadline_in {
+            // A deadline still ahead stretches the wait to it (elapsed + time left stays put
+            // as time passes); one already past reads as zero and stretches nothing, or the
+            // limit would move with the clock and never arrive.
+            if let Some(d) = n.deadline_in.filter(|d| !d.is_zero()) {
                 limit = limit.max(start.elapsed() + d + Duration::from_secs(5));
             }
             if n.state == NodeState::Starting {
