@@ -721,3 +721,50 @@ command = ["@NODE@", "--interval", "10s"]
     });
     assert!(!c.instance_dir().join("nodes/halted.down").exists());
 }
+
+/// Found by the fault campaign (seed 8): a node with `autostart = false`, started by a
+/// command, was shown `stopped` while it ran once the region was lost with its Supervisor:
+/// the successor had no record of it and only autostart nodes met the running-copy check.
+/// A node with no record is now looked for (its lock file, its identity in `/proc`) and
+/// adopted.
+#[test]
+fn manual_node_is_adopted_not_shown_stopped_when_the_region_is_lost() {
+    let c = Cluster::new(
+        "manual_adopt",
+        r#"
+[[node]]
+name = "manual"
+autostart = false
+command = ["@NODE@", "--interval", "10s"]
+"#,
+    );
+    c.run(&["start", "manual"]).ok();
+    let s = c.wait_status(WAIT, "manual running", |s| {
+        state_of(s, "manual") == "running"
+    });
+    let pid = s["manual"].pid.unwrap();
+    let guardian = freeze_guardian(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    std::fs::remove_file(c.shm_path()).expect("remove the region");
+    thaw(guardian);
+    wait_for(
+        WAIT,
+        "a new live Supervisor",
+        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
+        || c.log(),
+    );
+    let s = c.wait_status(WAIT, "manual adopted", |s| {
+        state_of(s, "manual") == "running"
+    });
+    assert_eq!(s["manual"].pid, Some(pid), "{}", c.log());
+    assert_eq!(
+        node_leaders(&c.instance)["manual"],
+        vec![pid],
+        "a second copy runs"
+    );
+    // Adopted means supervised: a stop reaches it.
+    c.run(&["stop", "manual"]).ok();
+    wait_until(WAIT, "manual stopped by the stop", || !pid_alive(pid));
+}

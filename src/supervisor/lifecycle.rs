@@ -238,7 +238,7 @@ impl Supervisor {
 
     /// Some process of node `i` lives (it holds the node's lock, or carries its identity):
     /// adopts it if it is the node itself, otherwise blocks the start until it is gone.
-    fn adopt_or_block(
+    pub(super) fn adopt_or_block(
         &mut self,
         i: usize,
         recorded: (u32, u64),

@@ -115,6 +115,18 @@ impl Supervisor {
                 && self.nodes[i].pid.is_none()
                 && !held.get(i).copied().unwrap_or(false)
         }));
+        // With no record (the region was lost with its predecessor), a node that is not
+        // started here may still run: adopt it rather than show it stopped while it runs.
+        let unrecorded: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                !decided.get(i).copied().unwrap_or(true)
+                    && self.nodes[i].pid.is_none()
+                    && !starts.contains(&i)
+            })
+            .collect();
+        for i in unrecorded {
+            self.find_unrecorded_copy(i);
+        }
         // A start queued behind nodes still becoming ready keeps waiting for them.
         let pending: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some())
@@ -123,6 +135,61 @@ impl Supervisor {
         self.queue_stop(stops);
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
+    }
+
+    /// Node `i` has no record and is not started by this takeover: if its main process lives
+    /// (named by its lock file, or a group leader carrying its identity and running its
+    /// command), it is adopted, exactly as a start that finds a running copy.
+    fn find_unrecorded_copy(&mut self, i: usize) {
+        let name = self.nodes[i].spec.name.clone();
+        let lock = self
+            .instance
+            .dir()
+            .join("nodes")
+            .join(format!("{name}.lock"));
+        let (recorded, held) = match lockfile::LockFile::probe(&lock) {
+            Ok(lockfile::Probe::Held { pid, start, .. }) => ((pid, start), true),
+            Ok(lockfile::Probe::Free) => ((0, 0), false),
+            Err(e) => {
+                self.block(
+                    i,
+                    BLOCKED_UNKNOWN,
+                    &format!("cannot read its lock file ({e})"),
+                );
+                return;
+            }
+        };
+        let procs = match procscan::node_processes(&name, self.instance.name()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.block(
+                    i,
+                    BLOCKED_UNKNOWN,
+                    &format!("cannot check /proc for a running copy ({e})"),
+                );
+                return;
+            }
+        };
+        // Only the node's main process is adopted here (the one its lock file names, else a
+        // group leader running its command); leftovers of it are reported, and a later
+        // `start` meets them as it would any running copy.
+        let named = procs
+            .iter()
+            .any(|p| p.pid == recorded.0 && p.start == recorded.1 && p.pgid == p.pid);
+        let leader = named
+            || matches!(
+                procscan::leader_running(&procs, &self.nodes[i].spec.command),
+                Ok(Some(_))
+            );
+        if leader {
+            self.adopt_or_block(i, recorded, held, &procs);
+        } else if !procs.is_empty() {
+            let pids: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
+            log!(
+                "node {name}: no record of it, and processes of it live (pids {}) but none is its main process; it is not started",
+                pids.join(", ")
+            );
+        }
     }
 
     /// Resumes node `i` from its predecessor's record: what it was doing (the state), what it
