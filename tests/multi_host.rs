@@ -307,7 +307,7 @@ impl Net {
     }
 
     /// `status --json` of the whole cluster: name -> (host, state, pid).
-    fn status(&self) -> (i32, Vec<(String, String, String, Option<u32>)>) {
+    fn status(&self) -> (i32, Vec<Row>) {
         let out = self.run(&["status", "--json"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
         let rows = v
@@ -383,6 +383,9 @@ impl Drop for Net {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One row of the cluster's `status --json`: name, host, state, pid.
+type Row = (String, String, String, Option<u32>);
 
 fn wait_output(child: &mut Child, limit: Duration) -> Output {
     let status = common::wait_child(child, limit)
