@@ -87,6 +87,12 @@ impl Net {
     }
 
     fn new(tag: &str) -> Net {
+        Net::with(tag, false)
+    }
+
+    /// `own_config`: each host has its own copy of the config (`config =` in `[[host]]`), as
+    /// separate machines do, for `deploy`.
+    fn with(tag: &str, own_config: bool) -> Net {
         let dir = PathBuf::from(format!("/tmp/bmh-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -98,11 +104,11 @@ impl Net {
             dir,
             _watchdog: Watchdog::new(tag, Duration::from_secs(110)),
         };
-        net.setup();
+        net.setup(own_config);
         net
     }
 
-    fn setup(&mut self) {
+    fn setup(&mut self, own_config: bool) {
         let d = &self.dir.clone();
         for key in ["id", "hostkey"] {
             run_ok(
@@ -174,8 +180,16 @@ impl Net {
         let node = node_bin();
         let mut toml = String::from("[defaults]\nready_after_ms = 300\nstop_timeout_ms = 3000\n\n");
         for h in 1..=HOSTS {
+            if own_config {
+                toml += &format!(
+                    "[[host]]\nconfig = \"{}/cluster.toml\"\n",
+                    self.host_dir(h).display()
+                );
+            } else {
+                toml += "[[host]]\n";
+            }
             toml += &format!(
-                "[[host]]\nname = \"h{h}\"\nssh = \"root@{}\"\nidentity = \"id\"\ntimeout_ms = 30000\n\
+                "name = \"h{h}\"\nssh = \"root@{}\"\nidentity = \"id\"\ntimeout_ms = 30000\n\
                  ssh_options = [\"-F\", \"/dev/null\", \"-o\", \"UserKnownHostsFile={}/known_hosts\", \"-o\", \"StrictHostKeyChecking=accept-new\"]\n\n",
                 self.addr(h),
                 d.display()
@@ -194,7 +208,12 @@ impl Net {
                 node.display()
             );
         }
-        std::fs::write(&self.config, toml).unwrap();
+        std::fs::write(&self.config, &toml).unwrap();
+        if own_config {
+            for h in 1..=HOSTS {
+                std::fs::write(self.host_dir(h).join("cluster.toml"), &toml).unwrap();
+            }
+        }
     }
 
     fn veth(&self, host: usize, side: char) -> String {
@@ -272,11 +291,12 @@ impl Net {
 
     /// The host's own broctld, run there directly (no ssh): the test's view of the host.
     fn on_host(&self, h: usize, args: &[&str]) -> Output {
+        let own = self.host_dir(h).join("cluster.toml");
         Command::new("ip")
             .args(["netns", "exec", &self.ns(h)])
             .arg(common::broctld_bin())
             .arg("--config")
-            .arg(&self.config)
+            .arg(if own.exists() { &own } else { &self.config })
             .args([
                 "--instance",
                 &self.instance,
@@ -650,5 +670,131 @@ fn supervisor_kill_on_one_host_while_commands_run_on_the_others() {
     // The other hosts' workers were restarted while h2's Supervisor was gone.
     for r in rows.iter().filter(|r| r.1 == "h3") {
         assert!(!h3_before.contains(&r.3.unwrap()), "{} not restarted", r.0);
+    }
+}
+
+#[test]
+fn deploy_copies_the_config_to_every_host_and_reloads_each() {
+    need_netns!("deploy_copies_the_config_to_every_host_and_reloads_each");
+    let net = Net::with("e", true);
+    let out = net.run(&["start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (_, before) = net.status();
+    // A new worker on h2, and h3 cut off.
+    let mut toml = std::fs::read_to_string(&net.config).unwrap();
+    toml += &format!(
+        "[[node]]\nname = \"worker-4\"\ntype = \"worker\"\nhost = \"h2\"\ncommand = [\"{}\"]\n",
+        node_bin().display()
+    );
+    std::fs::write(&net.config, &toml).unwrap();
+    let h3_old = std::fs::read_to_string(net.host_dir(3).join("cluster.toml")).unwrap();
+    run_ok(Command::new("ip").args(["-n", &net.ns(3), "link", "set", &net.veth(3, 'h'), "down"]));
+    let out = net.run(&["deploy"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let said = text(&out);
+    for h in [1, 2] {
+        assert!(said.contains(&format!("h{h}: deployed")), "{said}");
+        assert_eq!(
+            std::fs::read_to_string(net.host_dir(h).join("cluster.toml")).unwrap(),
+            toml
+        );
+    }
+    assert_eq!(
+        said.lines().filter(|l| l.contains("host 'h3'")).count(),
+        1,
+        "{said}"
+    );
+    // h3 keeps its old config and its nodes.
+    assert_eq!(
+        std::fs::read_to_string(net.host_dir(3).join("cluster.toml")).unwrap(),
+        h3_old
+    );
+    let (code, rows) = net.status();
+    assert_eq!(code, 4);
+    let w4 = rows
+        .iter()
+        .find(|r| r.0 == "worker-4")
+        .expect("worker-4 on h2");
+    assert_eq!((w4.1.as_str(), w4.2.as_str()), ("h2", "running"));
+    // Every other node kept its pid over the reload.
+    for r in before.iter() {
+        assert!(pid_alive(r.3.unwrap()), "{} lost its process", r.0);
+        if let Some(now) = rows.iter().find(|x| x.0 == r.0) {
+            assert_eq!(now.3, r.3, "{} restarted", r.0);
+        }
+    }
+}
+
+/// The figure of docs/multi-host.md: `status` of 3 hosts, cold (no ssh connection up) and
+/// warm (multiplexed connections up), median of `BROCTLD_LATENCY_RUNS` (default 20) each.
+/// `cargo test --release --test multi_host -- --ignored --nocapture status_latency`
+#[test]
+#[ignore]
+fn status_latency_over_three_hosts_cold_and_warm() {
+    need_netns!("status_latency_over_three_hosts_cold_and_warm");
+    let net = Net::new("f");
+    let out = net.run(&["start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runs = common::env_count("BROCTLD_LATENCY_RUNS", 20) as usize;
+    let control = |h: usize| {
+        net.dir
+            .join("c")
+            .join(&net.instance)
+            .join(format!("ssh-h{h}"))
+    };
+    let time = |cold: bool| {
+        let mut v: Vec<f64> = (0..runs)
+            .map(|_| {
+                if cold {
+                    for h in 1..=HOSTS {
+                        broctld::remote::close_master(&control(h));
+                    }
+                }
+                let t = std::time::Instant::now();
+                let out = net
+                    .cmd(&["status"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(out.code(), Some(0));
+                ms
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let cold = time(true);
+    let warm = time(false);
+    // `ip netns exec` itself, for subtracting.
+    let mut bare: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            Command::new("ip")
+                .args(["netns", "exec", &net.ns(0), "/bin/true"])
+                .status()
+                .unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    bare.sort_by(f64::total_cmp);
+    common::figure(
+        "status_latency",
+        "cold_median_ms",
+        format!("{:.1} (min {:.1}, max {:.1})", cold.0, cold.1, cold.2),
+    );
+    common::figure(
+        "status_latency",
+        "warm_median_ms",
+        format!("{:.1} (min {:.1}, max {:.1})", warm.0, warm.1, warm.2),
+    );
+    common::figure(
+        "status_latency",
+        "ip_netns_exec_true_median_ms",
+        format!("{:.1}", bare[runs / 2]),
+    );
+    for h in 1..=HOSTS {
+        broctld::remote::close_master(&control(h));
     }
 }
