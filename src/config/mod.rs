@@ -608,17 +608,23 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let (nodes, setup) = if node_cfg::is_node_cfg(&abs) {
-            node_cfg::load_text(&abs, text)?
+        let (nodes, setup, cluster) = if node_cfg::is_node_cfg(&abs) {
+            let (n, s) = node_cfg::load_text(&abs, text)?;
+            (n, s, None)
         } else {
-            zeek_cluster::load_text(&abs, text, None, &dir)?
+            let (n, s) = zeek_cluster::load_text(&abs, text, None, &dir)?;
+            let cluster = match zeek_cluster::cluster_folder(&abs) {
+                Some(folder) => zeek_cluster::folder_cluster(&folder)?,
+                None => None,
+            };
+            (n, s, cluster)
         };
         Ok(Config {
             path: abs,
             dir,
             nodes,
             zeek: Some(setup),
-            cluster: None,
+            cluster,
         })
     }
 
@@ -1390,7 +1396,7 @@ impl Checker<'_> {
         let mut defaults = None;
         let mut node_list = None;
         let mut zeek = None;
-        let mut hosts = Vec::new();
+        let mut hosts: Vec<hosts::HostSpec> = Vec::new();
         for entry in &top {
             match entry.key.as_str() {
                 "host" => hosts = self.check_hosts(entry),
@@ -1415,12 +1421,16 @@ impl Checker<'_> {
         let mut nodes: Vec<NodeSpec> = Vec::new();
         let mut metas: Vec<NodeMeta> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut zeek_cluster: Option<hosts::Cluster> = None;
         let setup = match zeek {
             None => None,
             Some(entry) => {
                 let line = self.entry_line(entry, 1);
                 let (zeek_nodes, setup) = match self.check_zeek(entry) {
-                    Ok((n, setup)) => (n, Some(setup)),
+                    Ok((n, setup, c)) => {
+                        zeek_cluster = c;
+                        (n, Some(setup))
+                    }
                     Err(e) => {
                         self.report(e);
                         (Vec::new(), None)
@@ -1441,9 +1451,13 @@ impl Checker<'_> {
                         node.env = draft.env.into_iter().collect();
                     }
                     by_name.insert(node.name.clone(), nodes.len());
+                    let host = zeek_cluster.as_ref().and_then(|c| {
+                        let n = c.nodes.iter().find(|n| n.name == node.name)?;
+                        Some((n.host.clone()?, line))
+                    });
                     metas.push(NodeMeta {
                         name_line: line,
-                        host: None,
+                        host,
                         start_after_lines: vec![line; node.start_after.len()],
                     });
                     nodes.push(node);
@@ -1453,7 +1467,7 @@ impl Checker<'_> {
         };
 
         let Some(node_list) = node_list else {
-            let cluster = self.place(&mut nodes, &metas, hosts);
+            let cluster = self.place(&mut nodes, &metas, hosts, zeek_cluster);
             return self.finish(nodes).map(|n| (n, setup, cluster));
         };
         let list_line = self.entry_line(node_list, 1);
@@ -1471,7 +1485,7 @@ impl Checker<'_> {
                     describe(&node_list.value.value)
                 ),
             ));
-            let cluster = self.place(&mut nodes, &metas, hosts);
+            let cluster = self.place(&mut nodes, &metas, hosts, zeek_cluster);
             return self.finish(nodes).map(|n| (n, setup, cluster));
         };
 
@@ -1487,7 +1501,7 @@ impl Checker<'_> {
             metas.push(meta);
         }
         self.check_start_after(&nodes, &metas, &by_name);
-        let cluster = self.place(&mut nodes, &metas, hosts);
+        let cluster = self.place(&mut nodes, &metas, hosts, zeek_cluster);
         self.finish(nodes).map(|n| (n, setup, cluster))
     }
 
@@ -1498,9 +1512,29 @@ impl Checker<'_> {
         &self,
         nodes: &mut Vec<NodeSpec>,
         metas: &[NodeMeta],
-        hosts: Vec<hosts::HostSpec>,
+        mut hosts: Vec<hosts::HostSpec>,
+        zeek: Option<hosts::Cluster>,
     ) -> Option<hosts::Cluster> {
         let mut placed = Vec::with_capacity(nodes.len());
+        // This machine's host: the one whose HOST.zeek.conf was loaded, else --host (or
+        // $BROCTLD_HOST, or the hostname).
+        let mut this = zeek_cluster::this_host(None);
+        if let Some(zc) = zeek {
+            if let Some(h) = metas.iter().find_map(|m| m.host.as_ref()) {
+                this = h.0.clone();
+            }
+            for h in zc.hosts {
+                if !hosts.iter().any(|x| x.name == h.name) {
+                    hosts.push(h);
+                }
+            }
+            // The other hosts' Zeek nodes (this host's are in `nodes`).
+            placed.extend(
+                zc.nodes
+                    .into_iter()
+                    .filter(|n| !nodes.iter().any(|x| x.name == n.name)),
+            );
+        }
         for (node, meta) in nodes.iter().zip(metas) {
             if let Some((h, line)) = &meta.host {
                 if !hosts.iter().any(|x| &x.name == h) {
@@ -1528,13 +1562,16 @@ impl Checker<'_> {
             hosts,
             nodes: placed,
         };
-        cluster.keep_here(nodes, &zeek_cluster::this_host(None));
+        cluster.keep_here(nodes, &this);
         Some(cluster)
     }
 
     /// `[zeek]`: `conf` names a zeek.conf, `HOST.zeek.conf`, cluster folder or node.cfg
     /// (relative to this file's folder); `host` picks this machine's file in a folder.
-    fn check_zeek(&self, entry: &Entry) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
+    fn check_zeek(
+        &self,
+        entry: &Entry,
+    ) -> Result<(Vec<NodeSpec>, ZeekSetup, Option<hosts::Cluster>), ConfigError> {
         const KEYS: [&str; 2] = ["conf", "host"];
         let line = self.entry_line(entry, 1);
         let Raw::Table(entries) = &entry.value.value else {
@@ -1568,9 +1605,15 @@ impl Checker<'_> {
         };
         let path = normalize(&self.dir.join(conf));
         if node_cfg::is_node_cfg(&path) {
-            return node_cfg::load(&path);
+            let (n, s) = node_cfg::load(&path)?;
+            return Ok((n, s, None));
         }
-        zeek_cluster::load(&path, host.as_deref(), self.dir)
+        let (n, s) = zeek_cluster::load(&path, host.as_deref(), self.dir)?;
+        let cluster = match zeek_cluster::cluster_folder(&path) {
+            Some(folder) => zeek_cluster::folder_cluster(&folder)?,
+            None => None,
+        };
+        Ok((n, s, cluster))
     }
 
     fn check_defaults(&self, entry: &Entry, mut draft: PolicyDraft) -> PolicyDraft {
