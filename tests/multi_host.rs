@@ -208,6 +208,11 @@ impl Net {
                 node.display()
             );
         }
+        // A node naming no host: the commanding machine's, run there without ssh.
+        toml += &format!(
+            "[[node]]\nname = \"exporter\"\ncommand = [\"{}\", \"--interval\", \"5s\"]\n\n",
+            node.display()
+        );
         std::fs::write(&self.config, &toml).unwrap();
         if own_config {
             for h in 1..=HOSTS {
@@ -378,6 +383,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        let _ = self.run(&["--local", "shutdown"]);
         for h in 1..=HOSTS {
             let _ = self.on_host(h, &["shutdown"]);
             self.stop_sshd(h);
@@ -438,17 +444,24 @@ fn cluster_starts_stops_and_restarts_in_order_across_three_hosts() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (code, rows) = net.status();
     assert_eq!(code, 0);
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     let want_host = |n: &str| match n {
         "logger-1" | "manager" => 1,
         "proxy-1" | "worker-1" => 2,
+        "exporter" => 0,
         _ => 3,
     };
     for (name, host, state, pid) in &rows {
         assert_eq!(state, "running", "{name}");
+        let pid = pid.unwrap();
+        if want_host(name) == 0 {
+            // This machine's node, run without ssh: in none of the hosts' namespaces.
+            assert!(!host.starts_with('h') || host.len() > 2, "{host}");
+            assert!((1..=HOSTS).all(|h| Net::netns_of_pid(pid) != Some(net.netns_of_host(h))));
+            continue;
+        }
         assert_eq!(host, &format!("h{}", want_host(name)));
         // The kernel's truth: the process lives in that host's namespace.
-        let pid = pid.unwrap();
         assert_eq!(
             Net::netns_of_pid(pid),
             Some(net.netns_of_host(want_host(name))),
@@ -457,14 +470,11 @@ fn cluster_starts_stops_and_restarts_in_order_across_three_hosts() {
     }
     // Cluster-wide order, whichever host: each stage started after the previous one.
     let started = |n: &str| start_time(rows.iter().find(|r| r.0 == n).unwrap().3.unwrap()).unwrap();
+    let workers = ["worker-1", "worker-2", "worker-3"].map(started);
     assert!(started("logger-1") < started("manager"));
     assert!(started("manager") < started("proxy-1"));
-    assert!(
-        started("proxy-1")
-            < started("worker-1")
-                .min(started("worker-2"))
-                .min(started("worker-3"))
-    );
+    assert!(started("proxy-1") < *workers.iter().min().unwrap());
+    assert!(*workers.iter().max().unwrap() < started("exporter"));
 
     // `stop NODE` reaches the host that runs it.
     let w3 = rows.iter().find(|r| r.0 == "worker-3").unwrap().3.unwrap();
@@ -551,7 +561,10 @@ fn host_whose_sshd_is_down_is_reported_and_the_others_applied() {
     let (code, rows) = net.status();
     assert_eq!(code, 4);
     let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(names, ["logger-1", "manager", "proxy-1", "worker-1"]);
+    assert_eq!(
+        names,
+        ["logger-1", "manager", "proxy-1", "worker-1", "exporter"]
+    );
     for r in &rows {
         assert_eq!(r.2, "running");
         assert!(pid_alive(r.3.unwrap()));
@@ -569,6 +582,34 @@ fn host_whose_sshd_is_down_is_reported_and_the_others_applied() {
     let out = net.run(&["start"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(net.status().0, 0);
+
+    // A key h1 does not know, on a cold connection: refused, said so, the others shown.
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(net.dir.join("stranger")),
+    );
+    let toml = std::fs::read_to_string(&net.config).unwrap().replacen(
+        "identity = \"id\"",
+        "identity = \"stranger\"",
+        1,
+    );
+    std::fs::write(&net.config, toml).unwrap();
+    broctld::remote::close_master(&net.dir.join("c").join(&net.instance).join("ssh-h1"));
+    let out = net.run(&["status"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().any(|l| l.contains("host 'h1'")
+            && l.contains("refused the login")
+            && l.contains("authorized_keys")),
+        "{err}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("worker-3") && !table.contains("logger-1"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -612,7 +653,7 @@ fn link_dropped_mid_command_is_reported_and_that_host_carries_on_alone() {
     let (code, rows) = net.status();
     assert_eq!(code, 4);
     assert!(rows.iter().all(|r| r.1 != "h3"));
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
 }
 
 #[test]
@@ -656,7 +697,7 @@ fn supervisor_kill_on_one_host_while_commands_run_on_the_others() {
     assert!(matches!(out.status.code(), Some(0)), "{}", text(&out));
     let (code, rows) = net.status();
     assert_eq!(code, 0);
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     for r in &rows {
         assert_eq!(r.2, "running", "{r:?}");
         assert!(pid_alive(r.3.unwrap()));
@@ -767,6 +808,41 @@ fn status_latency_over_three_hosts_cold_and_warm() {
     };
     let cold = time(true);
     let warm = time(false);
+    // Its parts: one warm multiplexed `ssh true`, and the host's own `broctld status`.
+    let median = |mut f: Box<dyn FnMut()>| {
+        let mut v: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[runs / 2]
+    };
+    let (ctl, addr, ns0) = (control(1), net.addr(1), net.ns(0));
+    let ssh_true = median(Box::new(move || {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns0, "ssh", "-o", "BatchMode=yes", "-o"])
+            .arg(format!("ControlPath={}", ctl.display()))
+            .args(["-o", "ControlMaster=no", &format!("root@{addr}"), "true"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }));
+    let on_host = median(Box::new(|| {
+        assert!(net.on_host(1, &["status"]).status.success());
+    }));
+    common::figure(
+        "status_latency",
+        "warm_ssh_true_one_host_median_ms",
+        format!("{ssh_true:.1}"),
+    );
+    common::figure(
+        "status_latency",
+        "host_local_status_median_ms",
+        format!("{on_host:.1}"),
+    );
     // `ip netns exec` itself, for subtracting.
     let mut bare: Vec<f64> = (0..runs)
         .map(|_| {

@@ -16,7 +16,7 @@ use super::args::Cmd;
 use super::output::{duration, pretty, shell_quote};
 use super::style::{state_color, table, Cell, Style};
 use crate::config::hosts::{Cluster, HostSpec};
-use crate::config::{zeek_cluster, Config};
+use crate::config::Config;
 use crate::instance::Instance;
 use crate::remote::{self, RemoteError, Reply, Target};
 
@@ -34,6 +34,15 @@ pub fn is_cluster_command(cmd: &Cmd) -> bool {
             | Cmd::Events { .. }
             | Cmd::Deploy
     )
+}
+
+/// This machine's name in the cluster's reports: the kernel's hostname (else `local`).
+fn local_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 /// The hosts one command addresses and how to reach them.
@@ -55,10 +64,11 @@ impl Plan {
             .map_err(|e| format!("cannot name this broctld's executable: {e}"))?;
         let mut hosts: Vec<(HostSpec, bool)> =
             cluster.hosts.iter().map(|h| (h.clone(), false)).collect();
-        // The nodes naming no host run on this machine, reached without ssh.
-        let this = zeek_cluster::this_host(None);
-        if cluster.nodes.iter().any(|n| n.host.is_none()) && cluster.host(&this).is_none() {
-            hosts.insert(0, (HostSpec::new(this.clone(), String::new(), 0), true));
+        // The nodes naming no host run on this machine, reached without ssh (`--host` here
+        // picks the host a command addresses, so this machine's name is the kernel's).
+        let this = local_name();
+        if cluster.nodes.iter().any(|n| n.host.is_none()) {
+            hosts.insert(0, (HostSpec::new(this, String::new(), 0), true));
         }
         if let Some(only) = only {
             if !hosts.iter().any(|(h, _)| h.name == only) {
@@ -81,6 +91,7 @@ impl Plan {
                 config: h.config.clone().unwrap_or_else(|| config.path.clone()),
                 instance: given_instance.map(str::to_owned),
                 control: remote::control_path(&instance.dir(), &h.name),
+                runtime_dir: local.then(|| instance.runtime_dir().to_path_buf()),
                 local,
                 host: h,
             })
@@ -99,9 +110,11 @@ impl Plan {
             let Some(node) = self.cluster.nodes.iter().find(|n| n.name == *name) else {
                 continue;
             };
-            let this = zeek_cluster::this_host(None);
-            let host = node.host.clone().unwrap_or(this);
-            if let Some(i) = self.targets.iter().position(|t| t.host.name == host) {
+            let at = |t: &Target| match &node.host {
+                Some(h) => !t.local && t.host.name == *h,
+                None => t.local,
+            };
+            if let Some(i) = self.targets.iter().position(at) {
                 out.entry(i).or_default().push(name.to_string());
             }
         }
@@ -185,13 +198,19 @@ pub fn run(
 fn select<'p>(plan: &'p Plan, words: &[String]) -> Result<Vec<&'p str>, i32> {
     match super::select::select(&plan.cluster.nodes, words) {
         Ok(ix) => {
-            let hosts: Vec<&str> = plan.targets.iter().map(|t| t.host.name.as_str()).collect();
-            let this = zeek_cluster::this_host(None);
-            Ok(ix
+            let names: Vec<&str> = ix
                 .into_iter()
-                .map(|i| &plan.cluster.nodes[i])
-                .filter(|n| hosts.contains(&n.host.as_deref().unwrap_or(&this)))
-                .map(|n| n.name.as_str())
+                .map(|i| plan.cluster.nodes[i].name.as_str())
+                .collect();
+            // Only the nodes of the hosts addressed (`--host`).
+            let here: Vec<String> = plan
+                .by_host(&names)
+                .into_iter()
+                .flat_map(|(_, n)| n)
+                .collect();
+            Ok(names
+                .into_iter()
+                .filter(|n| here.iter().any(|h| h == n))
                 .collect())
         }
         Err(e) => {

@@ -33,6 +33,8 @@ pub struct Target {
     pub control: PathBuf,
     /// This machine (its nodes name no host): broctld runs here, without ssh.
     pub local: bool,
+    /// The runtime folder to pass (`--runtime-dir`): this machine's, for a local target.
+    pub runtime_dir: Option<PathBuf>,
 }
 
 /// The control socket of `host` in `dir` (the instance's runtime folder).
@@ -111,6 +113,9 @@ impl Target {
         ];
         if let Some(i) = &self.instance {
             words.extend(["--instance".into(), i.clone()]);
+        }
+        if let Some(r) = &self.runtime_dir {
+            words.extend(["--runtime-dir".into(), r.display().to_string()]);
         }
         words.push("--local".into());
         words.extend(args.iter().cloned());
@@ -332,6 +337,7 @@ mod tests {
             instance: Some("z".into()),
             control: "/run/broctld/z/ssh-sensor-1".into(),
             local: false,
+            runtime_dir: None,
         }
     }
 
