@@ -378,7 +378,7 @@ fn staged(plan: &Plan, words: &[String], steps: &[(&str, bool)]) -> i32 {
 
 fn events(plan: &Plan, follow: bool, since: Option<u64>, last: Option<usize>, json: bool) -> i32 {
     if follow {
-        eprintln!("broctld: events -f follows one host: add --host NAME (or --local)");
+        eprintln!("broctld: events -f does not follow other hosts: run it on that host (ssh HOST broctld events -f), or with --local for this machine; without -f, events merges every host's");
         return 2;
     }
     let mut args = vec!["events".to_string(), "--json".into()];
