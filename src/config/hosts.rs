@@ -400,3 +400,42 @@ command = ["/bin/true"]
         ));
     }
 }
+
+#[cfg(test)]
+mod node_cfg_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn node_cfg_nodes_go_to_the_host_table_their_host_names() {
+        let dir = std::env::temp_dir().join(format!("broctld-nodecfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(
+            dir.join("etc/node.cfg"),
+            "[manager]\ntype=manager\nhost=localhost\n\n[proxy-1]\ntype=proxy\nhost=localhost\n\n[worker-1]\ntype=worker\nhost=10.9.0.2\ninterface=eth0\n",
+        )
+        .unwrap();
+        let toml = "[zeek]\nconf = \"etc/node.cfg\"\n\n[[host]]\nname = \"10.9.0.2\"\nssh = \"root@10.9.0.2\"\n";
+        std::fs::write(dir.join("broctld.toml"), toml).unwrap();
+        let config = Config::load(&dir.join("broctld.toml")).unwrap();
+        let here: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(here, ["manager", "proxy-1"]);
+        let cluster = config.cluster.unwrap();
+        let worker = cluster.nodes.iter().find(|n| n.name == "worker-1").unwrap();
+        assert_eq!(worker.host.as_deref(), Some("10.9.0.2"));
+        let manager = cluster.nodes.iter().find(|n| n.name == "manager").unwrap();
+        assert_eq!(
+            manager.host, None,
+            "localhost names no [[host]]: this machine"
+        );
+        // Without [[host]] tables, node.cfg runs here whole, as before.
+        std::fs::write(
+            dir.join("broctld.toml"),
+            "[zeek]\nconf = \"etc/node.cfg\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&dir.join("broctld.toml")).unwrap();
+        assert_eq!(config.nodes.len(), 3);
+        assert!(config.cluster.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

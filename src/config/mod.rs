@@ -1451,9 +1451,13 @@ impl Checker<'_> {
                         node.env = draft.env.into_iter().collect();
                     }
                     by_name.insert(node.name.clone(), nodes.len());
+                    // Its host, if a host of the cluster folder or a [[host]] table names it
+                    // (a node.cfg host= naming none is this machine, as without hosts).
                     let host = zeek_cluster.as_ref().and_then(|c| {
                         let n = c.nodes.iter().find(|n| n.name == node.name)?;
-                        Some((n.host.clone()?, line))
+                        let h = n.host.clone()?;
+                        let named = c.hosts.iter().chain(&hosts).any(|x| x.name == h);
+                        named.then_some((h, line))
                     });
                     metas.push(NodeMeta {
                         name_line: line,
@@ -1520,8 +1524,11 @@ impl Checker<'_> {
         // $BROCTLD_HOST, or the hostname).
         let mut this = zeek_cluster::this_host(None);
         if let Some(zc) = zeek {
-            if let Some(h) = metas.iter().find_map(|m| m.host.as_ref()) {
-                this = h.0.clone();
+            // A cluster folder loaded one host's file; a node.cfg loads every node.
+            if !zc.hosts.is_empty() {
+                if let Some(h) = metas.iter().find_map(|m| m.host.as_ref()) {
+                    this = h.0.clone();
+                }
             }
             for h in zc.hosts {
                 if !hosts.iter().any(|x| x.name == h.name) {
@@ -1606,7 +1613,23 @@ impl Checker<'_> {
         let path = normalize(&self.dir.join(conf));
         if node_cfg::is_node_cfg(&path) {
             let (n, s) = node_cfg::load(&path)?;
-            return Ok((n, s, None));
+            // Placed on the [[host]] tables named by their host= (no hosts to reach here).
+            let placed = node_cfg::node_hosts(&path, &n)?
+                .into_iter()
+                .filter_map(|(name, host)| {
+                    let node_type = n.iter().find(|x| x.name == name)?.node_type;
+                    Some(hosts::ClusterNode {
+                        name,
+                        node_type,
+                        host: Some(host),
+                    })
+                })
+                .collect();
+            let cluster = hosts::Cluster {
+                hosts: Vec::new(),
+                nodes: placed,
+            };
+            return Ok((n, s, Some(cluster)));
         }
         let (n, s) = zeek_cluster::load(&path, host.as_deref(), self.dir)?;
         let cluster = match zeek_cluster::cluster_folder(&path) {
