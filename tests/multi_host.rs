@@ -168,7 +168,8 @@ impl Net {
                 "ListenAddress {addr}\nPort 22\nHostKey {d}/hostkey\nPidFile {hd}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPermitRootLogin prohibit-password\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 SetEnv BROCTLD_RUNTIME_DIR={hd}/run\nMaxSessions 50\nMaxStartups 50\n",
+                 SetEnv BROCTLD_RUNTIME_DIR={hd}/run\nMaxSessions 50\nMaxStartups 50\n\
+                 Subsystem sftp internal-sftp\n",
                 addr = self.addr(h),
                 d = d.display(),
                 hd = hd.display()

@@ -533,7 +533,20 @@ fn copy_config(t: &Target, from: &Path) -> Result<(), String> {
         c.args(["-q", "-p"]).args(t.scp_args());
         c
     };
-    cmd.arg(from).arg(&dest);
+    if from.is_dir() {
+        // A cluster folder: its files into the host's folder.
+        if !rsync {
+            cmd.arg("-r");
+        }
+        let src = if rsync {
+            format!("{}/", from.display())
+        } else {
+            format!("{}/.", from.display())
+        };
+        cmd.arg(src).arg(format!("{dest}/"));
+    } else {
+        cmd.arg(from).arg(&dest);
+    }
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
