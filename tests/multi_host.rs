@@ -614,6 +614,22 @@ fn host_whose_sshd_is_down_is_reported_and_the_others_applied() {
         table.contains("worker-3") && !table.contains("logger-1"),
         "{table}"
     );
+
+    // No broctld at the path given for h3: said so (a host that answered: exit status 1).
+    let toml = std::fs::read_to_string(&net.config).unwrap().replacen(
+        "name = \"h3\"",
+        "name = \"h3\"\nbroctld = \"/nonexistent/broctld\"",
+        1,
+    );
+    std::fs::write(&net.config, toml).unwrap();
+    let out = net.run(&["--host", "h3", "status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("host 'h3': no broctld at /nonexistent/broctld")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -268,37 +268,43 @@ impl Target {
                 stderr,
             });
         }
-        let host = self.host.name.clone();
-        if code == 255 {
+        match classify(&self.host.name, &self.broctld, code, &stderr) {
+            Some(e) => Err(e),
+            None => Ok(Reply {
+                code,
+                stdout,
+                stderr,
+            }),
+        }
+    }
+}
+
+/// What a remote command's exit status and stderr say about the host, when it is not the
+/// remote broctld's own answer: ssh's failure (255), no broctld there (127, the shell's "not
+/// found"), or a broctld that does not know `--local` (clap's usage error).
+fn classify(host: &str, broctld: &Path, code: i32, stderr: &str) -> Option<RemoteError> {
+    let host = host.to_string();
+    match code {
+        255 => {
             // ssh's own failure: the master had connected, so the link went away meanwhile.
-            let detail = last_line(&stderr);
-            return Err(if refused(&detail) {
+            let detail = last_line(stderr);
+            Some(if refused(&detail) {
                 RemoteError::Refused { host, detail }
-            } else {
+            } else if detail.is_empty() {
                 RemoteError::Dropped {
                     host,
-                    detail: if detail.is_empty() {
-                        "ssh exited 255".into()
-                    } else {
-                        detail
-                    },
+                    detail: "ssh exited 255".into(),
                 }
-            });
+            } else {
+                RemoteError::Dropped { host, detail }
+            })
         }
-        if code == 127 && stderr.contains("not found") {
-            return Err(RemoteError::NoBroctld {
-                host,
-                path: self.broctld.display().to_string(),
-            });
-        }
-        if code == 2 && stderr.contains("'--local'") {
-            return Err(RemoteError::Older { host });
-        }
-        Ok(Reply {
-            code,
-            stdout,
-            stderr,
-        })
+        127 => Some(RemoteError::NoBroctld {
+            host,
+            path: broctld.display().to_string(),
+        }),
+        2 if stderr.contains("unexpected argument '--local'") => Some(RemoteError::Older { host }),
+        _ => None,
     }
 }
 
@@ -339,6 +345,35 @@ mod tests {
             local: false,
             runtime_dir: None,
         }
+    }
+
+    #[test]
+    fn older_broctld_missing_broctld_and_dropped_links_are_told_apart() {
+        let b = Path::new("/usr/bin/broctld");
+        // clap's words for an option an older broctld does not have.
+        let older =
+            "error: unexpected argument '--local' found\n\nUsage: broctld [OPTIONS] [COMMAND]\n";
+        assert!(matches!(
+            classify("h", b, 2, older),
+            Some(RemoteError::Older { .. })
+        ));
+        // A bad config there is the host's answer, not a failure to reach it.
+        assert!(classify("h", b, 2, "broctld: /etc/c.toml:3: unknown key").is_none());
+        let gone = "bash: line 1: /usr/bin/broctld: No such file or directory\n";
+        assert!(matches!(
+            classify("h", b, 127, gone),
+            Some(RemoteError::NoBroctld { .. })
+        ));
+        let dropped = classify("h", b, 255, "client_loop: send disconnect: Broken pipe\n").unwrap();
+        assert!(dropped.unreachable());
+        assert!(dropped
+            .to_string()
+            .contains("host 'h': the connection dropped mid-command"));
+        assert!(matches!(
+            classify("h", b, 255, "root@x: Permission denied (publickey).\n"),
+            Some(RemoteError::Refused { .. })
+        ));
+        assert!(classify("h", b, 3, "").is_none());
     }
 
     #[test]
