@@ -28,6 +28,7 @@ pub mod instance;
 pub mod log;
 #[doc(hidden)]
 pub mod protocol;
+pub mod remote;
 #[doc(hidden)]
 pub mod shm;
 pub mod supervisor;

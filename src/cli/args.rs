@@ -22,7 +22,8 @@ pub const NODE_HELP: &str = "NODE is a name, a glob such as 'worker-*', a role i
 const EXIT_HELP: &str =
     "Exit status: 0 success; 1 the command failed; 2 bad usage or a bad config; \
 3 nothing to report on: `status` when a selected node is not running, `status --json` and \
-`top` when no Supervisor runs.\n\n\
+`top` when no Supervisor runs; 4 some hosts of a multi-host cluster could not be reached (the \
+others' results were shown and applied).\n\n\
 Environment: NO_COLOR (no colors), XDG_STATE_HOME (the shell's history), BROCTLD_RUNTIME_DIR, \
 NOTIFY_SOCKET (set by systemd for `daemon`).";
 
@@ -62,6 +63,9 @@ pub struct Globals {
     /// This machine's host in a multi-host Zeek cluster folder (default: the hostname)
     #[arg(long, global = true, value_name = "NAME")]
     pub host: Option<String>,
+    /// Only this machine, even when the config describes several hosts
+    #[arg(long, global = true)]
+    pub local: bool,
 }
 
 /// One line of the shell: a command and its own options (no global options; the shell's
@@ -252,6 +256,11 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the config to every host of a multi-host cluster, then reload each
+    #[command(
+        long_about = "Copy the config to every host of a multi-host cluster (a config with [[host]] tables), over the same ssh connections (rsync when present, else scp), then reload each host. A host that fails to load the new config keeps running its old one; each host is reported on its own line. Exit status 4 when some hosts could not be reached."
+    )]
+    Deploy,
     /// Check the config without starting anything: every program, user, group and folder
     #[command(
         long_about = "Check the config without starting anything: loads it, reports every mistake in the file (each with its line), then resolves every node's program (on PATH or as a path), user, group, working folder and log folders, and reports every problem with its line. Exit status 0 if all is well, 2 if anything is wrong."

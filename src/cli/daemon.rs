@@ -270,6 +270,7 @@ pub fn run(instance: Instance, config_arg: Option<PathBuf>) -> i32 {
                 dir: PathBuf::from("/"),
                 nodes: Vec::new(),
                 zeek: None,
+                cluster: None,
             }
         }
     };

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod check;
+pub mod cluster;
 pub mod daemon;
 pub mod events;
 pub mod interrupt;
@@ -83,6 +84,21 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     if let Some(Cmd::Daemon) = cmd {
         return daemon::run(instance, globals.config.clone());
+    }
+    if let Some(c) = cmd
+        .as_ref()
+        .filter(|c| !globals.local && cluster::is_cluster_command(c))
+    {
+        if let Some(code) = cluster::run(
+            c,
+            globals.config.as_deref(),
+            &instance,
+            globals.instance.as_deref(),
+            globals.host.as_deref(),
+        ) {
+            mainlog::append(&instance, &command_words(&args), &format!("exit {code}"));
+            return code;
+        }
     }
     let mut session = Session::new(instance, globals.config.clone());
     match cmd {

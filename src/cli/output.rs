@@ -91,17 +91,20 @@ pub fn blocked_reason(pid: u32) -> String {
     }
 }
 
+/// The columns of the `status` table.
+pub const STATUS_HEADER: [&str; 7] = [
+    "NAME",
+    "TYPE",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "LAST EXIT",
+];
+
 /// The aligned table `status` prints (states colored with `style`).
 pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
-    let header = [
-        "NAME",
-        "TYPE",
-        "STATE",
-        "PID",
-        "UPTIME",
-        "RESTARTS",
-        "LAST EXIT",
-    ];
+    let header = STATUS_HEADER;
     let rows: Vec<Vec<Cell>> = nodes
         .iter()
         .map(|n| {

@@ -19,6 +19,15 @@ impl Named for crate::config::NodeSpec {
     }
 }
 
+impl Named for crate::config::hosts::ClusterNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn node_type(&self) -> NodeType {
+        self.node_type
+    }
+}
+
 /// Matches `pattern` (with `*` and `?`) against `s`.
 pub fn glob(pattern: &str, s: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());

@@ -348,6 +348,9 @@ impl Session {
             Cmd::Layout => self.layout(),
             Cmd::ShowConfig { json } => self.show_config(*json),
             Cmd::Check => self.check(),
+            Cmd::Deploy => Err(CliError::Usage(
+                "deploy needs a config with [[host]] tables (a multi-host cluster); for this machine, use reload".into(),
+            )),
             Cmd::Completions { shell } => {
                 use std::io::Write;
                 std::io::stdout()

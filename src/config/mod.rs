@@ -23,6 +23,7 @@
 //!
 //! This module depends on no other module of the crate.
 
+pub mod hosts;
 pub mod layout;
 pub mod node_cfg;
 mod raw;
@@ -63,6 +64,9 @@ pub struct Config {
     /// For a Zeek cluster (a zeek.conf, a cluster folder, a node.cfg, or a TOML file with
     /// `[zeek] conf = ...`): the layout and folders to set up before any node starts.
     pub zeek: Option<ZeekSetup>,
+    /// For a multi-host cluster (a TOML file with `[[host]]` tables): every host and every
+    /// node of every host; [`Config::nodes`] are then this host's only.
+    pub cluster: Option<hosts::Cluster>,
 }
 
 /// Everything needed to run one node, with defaults applied and paths resolved.
@@ -579,7 +583,7 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         let src = Source::new(text, path);
-        let (nodes, zeek) = Checker {
+        let (nodes, zeek, cluster) = Checker {
             src: &src,
             dir: &dir,
             errors: Default::default(),
@@ -590,6 +594,7 @@ impl Config {
             dir,
             nodes,
             zeek,
+            cluster,
         })
     }
 
@@ -603,16 +608,23 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let (nodes, setup) = if node_cfg::is_node_cfg(&abs) {
-            node_cfg::load_text(&abs, text)?
+        let (nodes, setup, cluster) = if node_cfg::is_node_cfg(&abs) {
+            let (n, s) = node_cfg::load_text(&abs, text)?;
+            (n, s, None)
         } else {
-            zeek_cluster::load_text(&abs, text, None, &dir)?
+            let (n, s) = zeek_cluster::load_text(&abs, text, None, &dir)?;
+            let cluster = match zeek_cluster::cluster_folder(&abs) {
+                Some(folder) => zeek_cluster::folder_cluster(&folder)?,
+                None => None,
+            };
+            (n, s, cluster)
         };
         Ok(Config {
             path: abs,
             dir,
             nodes,
             zeek: Some(setup),
+            cluster,
         })
     }
 
@@ -656,7 +668,7 @@ const MAX_READY_FD: i64 = 1023;
 /// Longest accepted duration: 365 days.
 const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 
-const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
+const TOP_KEYS: [&str; 4] = ["defaults", "node", "zeek", "host"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
 const POLICY_KEYS: [&str; 27] = [
@@ -690,8 +702,9 @@ const POLICY_KEYS: [&str; 27] = [
 ];
 
 /// Keys that may appear only in `[[node]]`.
-const NODE_ONLY_KEYS: [&str; 8] = [
+const NODE_ONLY_KEYS: [&str; 9] = [
     "name",
+    "host",
     "type",
     "command",
     "cwd",
@@ -1294,9 +1307,14 @@ struct PolicyDraft {
 /// What is remembered about a node for the checks across nodes.
 struct NodeMeta {
     name_line: usize,
+    /// The node's `host` and its line.
+    host: Option<(String, usize)>,
     /// Line of each `start_after` element.
     start_after_lines: Vec<usize>,
 }
+
+/// What [`Checker::check`] finds: this host's nodes, the Zeek setup, the cluster.
+type Checked = (Vec<NodeSpec>, Option<ZeekSetup>, Option<hosts::Cluster>);
 
 struct Checker<'a> {
     src: &'a Source<'a>,
@@ -1373,13 +1391,15 @@ impl Checker<'_> {
         self.src.invalid(line, Some(key), message)
     }
 
-    fn check(&self) -> Result<(Vec<NodeSpec>, Option<ZeekSetup>), ConfigError> {
+    fn check(&self) -> Result<Checked, ConfigError> {
         let top = raw::parse_document(self.src.text).map_err(|e| self.src.toml_error(e))?;
         let mut defaults = None;
         let mut node_list = None;
         let mut zeek = None;
+        let mut hosts: Vec<hosts::HostSpec> = Vec::new();
         for entry in &top {
             match entry.key.as_str() {
+                "host" => hosts = self.check_hosts(entry),
                 "defaults" => defaults = Some(entry),
                 "node" => node_list = Some(entry),
                 "zeek" => zeek = Some(entry),
@@ -1401,12 +1421,16 @@ impl Checker<'_> {
         let mut nodes: Vec<NodeSpec> = Vec::new();
         let mut metas: Vec<NodeMeta> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut zeek_cluster: Option<hosts::Cluster> = None;
         let setup = match zeek {
             None => None,
             Some(entry) => {
                 let line = self.entry_line(entry, 1);
                 let (zeek_nodes, setup) = match self.check_zeek(entry) {
-                    Ok((n, setup)) => (n, Some(setup)),
+                    Ok((n, setup, c)) => {
+                        zeek_cluster = c;
+                        (n, Some(setup))
+                    }
                     Err(e) => {
                         self.report(e);
                         (Vec::new(), None)
@@ -1427,8 +1451,17 @@ impl Checker<'_> {
                         node.env = draft.env.into_iter().collect();
                     }
                     by_name.insert(node.name.clone(), nodes.len());
+                    // Its host, if a host of the cluster folder or a [[host]] table names it
+                    // (a node.cfg host= naming none is this machine, as without hosts).
+                    let host = zeek_cluster.as_ref().and_then(|c| {
+                        let n = c.nodes.iter().find(|n| n.name == node.name)?;
+                        let h = n.host.clone()?;
+                        let named = c.hosts.iter().chain(&hosts).any(|x| x.name == h);
+                        named.then_some((h, line))
+                    });
                     metas.push(NodeMeta {
                         name_line: line,
+                        host,
                         start_after_lines: vec![line; node.start_after.len()],
                     });
                     nodes.push(node);
@@ -1438,7 +1471,8 @@ impl Checker<'_> {
         };
 
         let Some(node_list) = node_list else {
-            return self.finish(nodes).map(|n| (n, setup));
+            let cluster = self.place(&mut nodes, &metas, hosts, zeek_cluster);
+            return self.finish(nodes).map(|n| (n, setup, cluster));
         };
         let list_line = self.entry_line(node_list, 1);
         let Raw::Array(tables) = &node_list.value.value else {
@@ -1455,7 +1489,8 @@ impl Checker<'_> {
                     describe(&node_list.value.value)
                 ),
             ));
-            return self.finish(nodes).map(|n| (n, setup));
+            let cluster = self.place(&mut nodes, &metas, hosts, zeek_cluster);
+            return self.finish(nodes).map(|n| (n, setup, cluster));
         };
 
         for table in tables {
@@ -1470,12 +1505,80 @@ impl Checker<'_> {
             metas.push(meta);
         }
         self.check_start_after(&nodes, &metas, &by_name);
-        self.finish(nodes).map(|n| (n, setup))
+        let cluster = self.place(&mut nodes, &metas, hosts, zeek_cluster);
+        self.finish(nodes).map(|n| (n, setup, cluster))
+    }
+
+    /// Checks every node's `host` and, for a multi-host config, keeps in `nodes` only this
+    /// host's (their `start_after` on other hosts' nodes dropped: the cluster-wide order is
+    /// the commanding broctld's).
+    fn place(
+        &self,
+        nodes: &mut Vec<NodeSpec>,
+        metas: &[NodeMeta],
+        mut hosts: Vec<hosts::HostSpec>,
+        zeek: Option<hosts::Cluster>,
+    ) -> Option<hosts::Cluster> {
+        let mut placed = Vec::with_capacity(nodes.len());
+        // This machine's host: the one whose HOST.zeek.conf was loaded, else --host (or
+        // $BROCTLD_HOST, or the hostname).
+        let mut this = zeek_cluster::this_host(None);
+        if let Some(zc) = zeek {
+            // A cluster folder loaded one host's file; a node.cfg loads every node.
+            if !zc.hosts.is_empty() {
+                if let Some(h) = metas.iter().find_map(|m| m.host.as_ref()) {
+                    this = h.0.clone();
+                }
+            }
+            for h in zc.hosts {
+                if !hosts.iter().any(|x| x.name == h.name) {
+                    hosts.push(h);
+                }
+            }
+            // The other hosts' Zeek nodes (this host's are in `nodes`).
+            placed.extend(
+                zc.nodes
+                    .into_iter()
+                    .filter(|n| !nodes.iter().any(|x| x.name == n.name)),
+            );
+        }
+        for (node, meta) in nodes.iter().zip(metas) {
+            if let Some((h, line)) = &meta.host {
+                if !hosts.iter().any(|x| &x.name == h) {
+                    self.report(self.src.invalid(
+                        *line,
+                        Some("host"),
+                        format!(
+                            "node '{}': key 'host': unknown host '{h}' (no [[host]] table names it){}",
+                            node.name,
+                            did_you_mean(h, hosts.iter().map(|x| x.name.as_str()))
+                        ),
+                    ));
+                }
+            }
+            placed.push(hosts::ClusterNode {
+                name: node.name.clone(),
+                node_type: node.node_type,
+                host: meta.host.as_ref().map(|(h, _)| h.clone()),
+            });
+        }
+        if hosts.is_empty() {
+            return None;
+        }
+        let cluster = hosts::Cluster {
+            hosts,
+            nodes: placed,
+        };
+        cluster.keep_here(nodes, &this);
+        Some(cluster)
     }
 
     /// `[zeek]`: `conf` names a zeek.conf, `HOST.zeek.conf`, cluster folder or node.cfg
     /// (relative to this file's folder); `host` picks this machine's file in a folder.
-    fn check_zeek(&self, entry: &Entry) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
+    fn check_zeek(
+        &self,
+        entry: &Entry,
+    ) -> Result<(Vec<NodeSpec>, ZeekSetup, Option<hosts::Cluster>), ConfigError> {
         const KEYS: [&str; 2] = ["conf", "host"];
         let line = self.entry_line(entry, 1);
         let Raw::Table(entries) = &entry.value.value else {
@@ -1509,9 +1612,31 @@ impl Checker<'_> {
         };
         let path = normalize(&self.dir.join(conf));
         if node_cfg::is_node_cfg(&path) {
-            return node_cfg::load(&path);
+            let (n, s) = node_cfg::load(&path)?;
+            // Placed on the [[host]] tables named by their host= (no hosts to reach here).
+            let placed = node_cfg::node_hosts(&path, &n)?
+                .into_iter()
+                .filter_map(|(name, host)| {
+                    let node_type = n.iter().find(|x| x.name == name)?.node_type;
+                    Some(hosts::ClusterNode {
+                        name,
+                        node_type,
+                        host: Some(host),
+                    })
+                })
+                .collect();
+            let cluster = hosts::Cluster {
+                hosts: Vec::new(),
+                nodes: placed,
+            };
+            return Ok((n, s, Some(cluster)));
         }
-        zeek_cluster::load(&path, host.as_deref(), self.dir)
+        let (n, s) = zeek_cluster::load(&path, host.as_deref(), self.dir)?;
+        let cluster = match zeek_cluster::cluster_folder(&path) {
+            Some(folder) => zeek_cluster::folder_cluster(&folder)?,
+            None => None,
+        };
+        Ok((n, s, cluster))
     }
 
     fn check_defaults(&self, entry: &Entry, mut draft: PolicyDraft) -> PolicyDraft {
@@ -1729,10 +1854,13 @@ impl Checker<'_> {
         let mut stderr = None;
         let mut cpu_affinity = Vec::new();
         let mut start_after = Vec::new();
+        let mut host = None;
         for e in entries.iter().filter(|e| allowed.contains(&e.key.as_str())) {
             let item = &e.value;
             let result = match e.key.as_str() {
                 "name" => Ok(()),
+                "host" => read_string(item, "a host name")
+                    .map(|v| host = Some((v, self.line_of(item.start(), line)))),
                 "type" => read_node_type(item).map(|v| node_type = v),
                 "command" => read_command(item).map(|v| command = Some(v)),
                 "cwd" => read_string(item, "a folder path").map(|v| cwd = Some(v)),
@@ -1792,6 +1920,7 @@ impl Checker<'_> {
         };
         let meta = NodeMeta {
             name_line,
+            host,
             start_after_lines,
         };
         Some((node, meta))

@@ -580,6 +580,28 @@ pub fn load(path: &Path) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
     load_text(path, &super::Config::read_text(path)?)
 }
 
+/// Where each node of node.cfg runs: its section's `host=`, for every node the section makes
+/// (`NAME`, or `NAME-1` .. `NAME-N` with `lb_procs`). A TOML config's `[[host]]` table of that
+/// name places them on that host.
+pub fn node_hosts(path: &Path, nodes: &[NodeSpec]) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = super::Config::read_text(path)?;
+    let sections = sections(path, &text)?;
+    let mut out = Vec::new();
+    for n in nodes {
+        let section = sections.iter().find(|s| {
+            n.name == s.name
+                || n.name
+                    .strip_prefix(s.name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if let Some((host, _)) = section.and_then(|s| s.get("host")) {
+            out.push((n.name.clone(), host.to_string()));
+        }
+    }
+    Ok(out)
+}
+
 /// [`load`] with node.cfg's text already read (the zeekctl.cfg beside it is read here).
 pub fn load_text(path: &Path, text: &str) -> Result<(Vec<NodeSpec>, ZeekSetup), ConfigError> {
     let etc = path.parent().unwrap_or(Path::new("/"));

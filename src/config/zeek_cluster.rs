@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::hosts::{Cluster, ClusterNode, HostSpec};
 use super::layout::{self, GeneratorMode};
 use super::zeek_conf::{filename_host, ZeekConf, ZeekError, DEFAULT_BASE_DIR};
 use super::{ConfigError, NodeSpec};
@@ -145,6 +146,48 @@ pub fn cluster_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
+/// The hosts and nodes of the cluster folder `dir`: each `HOST.zeek.conf` is the host `HOST`,
+/// reached over ssh at its `ssh` key, else its `address`, else `HOST` itself. `None` unless
+/// some file has an `ssh` key (a folder run host by host with `--host`, as before, stays so).
+pub fn folder_cluster(dir: &Path) -> Result<Option<Cluster>, ConfigError> {
+    let files = cluster_files(dir)?;
+    let mut any_ssh = false;
+    let mut cluster = Cluster {
+        hosts: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for f in files {
+        let Some(host) = filename_host(&f) else {
+            continue;
+        };
+        let conf = read_conf(&f, Path::new(DEFAULT_BASE_DIR))?;
+        any_ssh |= !conf.ssh.is_empty();
+        let ssh = [&conf.ssh, &conf.address]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| host.clone());
+        for n in conf.nodes().map_err(|e| invalid(&f, e))? {
+            cluster.nodes.push(ClusterNode {
+                name: n.name,
+                node_type: n.node_type,
+                host: Some(host.clone()),
+            });
+        }
+        cluster.hosts.push(HostSpec::new(host, ssh, 1));
+    }
+    Ok(any_ssh.then_some(cluster))
+}
+
+/// The cluster folder of `path` (a folder, or the folder of a `HOST.zeek.conf`), if any.
+pub fn cluster_folder(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        Some(path.to_path_buf())
+    } else {
+        filename_host(path).and_then(|_| path.parent().map(Path::to_path_buf))
+    }
+}
+
 /// The layout for the cluster folder `dir` (every host), as `-C DIR` renders it.
 pub fn folder_layout(dir: &Path) -> Result<String, ConfigError> {
     let mut confs = Vec::new();
@@ -224,4 +267,44 @@ pub fn load_text(
         owner,
     };
     Ok((nodes, setup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_with_an_ssh_key_is_a_cluster_of_its_hosts() {
+        let dir = std::env::temp_dir().join(format!("broctld-folder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let manager = "[zeek]\nmanager = 1\nloggers = 1\nbase_dir = /tmp/z\narchiver = 0\nssh = root@10.9.0.1\n";
+        let sensor =
+            "[zeek]\naddress = 10.9.0.2\nbase_dir = /tmp/z\n[interface eth0]\ninterface = eth0\nworkers = 2\n";
+        std::fs::write(dir.join("mgr.zeek.conf"), manager).unwrap();
+        std::fs::write(dir.join("sensor-1.zeek.conf"), sensor).unwrap();
+        let c = folder_cluster(&dir).unwrap().expect("a cluster");
+        let hosts: Vec<(&str, &str)> = c
+            .hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.ssh.as_str()))
+            .collect();
+        assert_eq!(hosts, [("mgr", "root@10.9.0.1"), ("sensor-1", "10.9.0.2")]);
+        let workers: Vec<&ClusterNode> = c
+            .nodes
+            .iter()
+            .filter(|n| n.node_type == crate::config::NodeType::Worker)
+            .collect();
+        assert_eq!(workers.len(), 2);
+        assert!(workers
+            .iter()
+            .all(|n| n.host.as_deref() == Some("sensor-1")));
+        // Without any ssh key, the folder stays one run host by host with --host.
+        std::fs::write(
+            dir.join("mgr.zeek.conf"),
+            manager.replace("ssh = root@10.9.0.1\n", ""),
+        )
+        .unwrap();
+        assert!(folder_cluster(&dir).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

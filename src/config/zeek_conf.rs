@@ -34,7 +34,8 @@ const INTERFACE_KEYS: [&str; 9] = [
 
 /// The keys of the `[zeek]` section, for suggestions.
 fn zeek_keys() -> Vec<String> {
-    const KEYS: [&str; 25] = [
+    const KEYS: [&str; 26] = [
+        "ssh",
         "args",
         "env",
         "user",
@@ -168,6 +169,9 @@ pub struct ZeekConf {
     pub port: i64,
     /// `address` (default 127.0.0.1 unless this is a `HOST.zeek.conf`).
     pub address: String,
+    /// `ssh` (broctld's, not upstream's): how the commanding broctld reaches this host of a
+    /// cluster folder, `user@addr` (default: `address`, else the host's name).
+    pub ssh: String,
     /// `metrics_port` (default 9991; 0 disables metrics).
     pub metrics_port: i64,
     /// `restart_interval_sec` (default 1).
@@ -454,6 +458,7 @@ impl ZeekConf {
             cluster_node_prefix: None,
             port: 27760,
             address: String::new(),
+            ssh: String::new(),
             metrics_port: 9991,
             restart_interval_sec: 1,
             archiver: None,
@@ -629,6 +634,7 @@ impl ZeekConf {
             }
             "metrics_port" => self.metrics_port = atoi(v),
             "restart_interval_sec" => self.restart_interval_sec = atoi(v),
+            "ssh" => self.ssh = v.to_string(),
             _ if section.name.is_empty() => {}
             _ => {
                 return Err(err(
