@@ -660,6 +660,23 @@ command = ["@NODE@", "--ignore-term", "--interval", "10s"]
     assert_eq!(c.status()["keep"].pid, before["keep"].pid);
 }
 
+/// Kills the Supervisor while the guardian is held, removes the region, then lets the
+/// guardian start a successor (which finds no record of any node); waits for it.
+fn lose_region_with_supervisor(c: &Cluster) {
+    let guardian = freeze_guardian(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    std::fs::remove_file(c.shm_path()).expect("remove the region");
+    thaw(guardian);
+    wait_for(
+        WAIT,
+        "a new live Supervisor",
+        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
+        || c.log(),
+    );
+}
+
 /// Found by the fault campaign (seed 6): a node stopped by a command was started again when
 /// the region was lost together with its Supervisor, because its successor had no record of
 /// the stop and autostarted every node. The stop now also lives in a down marker
@@ -686,18 +703,7 @@ command = ["@NODE@", "--interval", "10s"]
     });
     assert!(c.instance_dir().join("nodes/halted.down").exists());
     // The region is lost while no Supervisor lives; the guardian's replacement finds nothing.
-    let guardian = freeze_guardian(&c.runtime);
-    let sup = c.supervisor_pid();
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
-    std::fs::remove_file(c.shm_path()).expect("remove the region");
-    thaw(guardian);
-    wait_for(
-        WAIT,
-        "a new live Supervisor",
-        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
-        || c.log(),
-    );
+    lose_region_with_supervisor(&c);
     let s = c.wait_status(WAIT, "kept adopted", |s| state_of(s, "kept") == "running");
     assert_eq!(
         s["kept"].pid,
@@ -743,18 +749,7 @@ command = ["@NODE@", "--interval", "10s"]
         state_of(s, "manual") == "running"
     });
     let pid = s["manual"].pid.unwrap();
-    let guardian = freeze_guardian(&c.runtime);
-    let sup = c.supervisor_pid();
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
-    std::fs::remove_file(c.shm_path()).expect("remove the region");
-    thaw(guardian);
-    wait_for(
-        WAIT,
-        "a new live Supervisor",
-        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
-        || c.log(),
-    );
+    lose_region_with_supervisor(&c);
     let s = c.wait_status(WAIT, "manual adopted", |s| {
         state_of(s, "manual") == "running"
     });
