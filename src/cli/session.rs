@@ -366,6 +366,11 @@ impl Session {
                 );
             }
             print!("{}", output::status_table(&chosen, self.style));
+            if let Some(crate::supervisor::cgroups::Tracking::Fallback(why)) =
+                crate::supervisor::cgroups::tracking(&self.instance.dir())
+            {
+                println!("{}", crate::supervisor::cgroups::fallback_note(&why));
+            }
         }
         if let Some(why) = unverified {
             return Err(CliError::Failed(why));

@@ -141,8 +141,8 @@ pub struct Policy {
     pub rlimit_memlock: Option<u64>,
     /// The node's nice level (-20..=19), set between fork and exec.
     pub nice: Option<i32>,
-    /// The most memory the node may use, in bytes. Reported, not yet enforced: enforcing it
-    /// needs a cgroup per node.
+    /// The most memory the node may use, in bytes: its cgroup's `memory.max`. A host without
+    /// the cgroup v2 memory controller refuses the config at start (preflight).
     pub memory_max: Option<u64>,
     /// Capabilities (`CAP_NET_RAW`, ...) raised into the node's ambient set, so that a node
     /// running as a non-root `user` keeps them across exec.

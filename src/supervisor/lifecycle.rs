@@ -147,14 +147,30 @@ impl Supervisor {
             env.push(("BROCTLD_LOCK_FD", lock_target_text.as_str()));
         }
         let by_file = self.arm_ready_file(i);
+        // Its own cgroup, which the child enters before it execs.
+        let attach = match &self.cgroups {
+            Some(c) => c
+                .prepare(&name, self.nodes[i].spec.policy.memory_max)
+                .map(Some)
+                .map_err(|source| spawn::SpawnError::Prepare {
+                    node: name.clone(),
+                    what: "prepare the cgroup",
+                    path: c.node(&name).dir().to_owned(),
+                    source,
+                }),
+            None => Ok(None),
+        };
         let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
-        let result = spawn::spawn(
-            &self.nodes[i].spec,
-            &self.config_dir,
-            &env,
-            &pass,
-            &mut prepared,
-        );
+        let result = attach.and_then(|attach| {
+            spawn::spawn(
+                &self.nodes[i].spec,
+                &self.config_dir,
+                &env,
+                &pass,
+                attach.as_ref().map(|f| f.as_raw_fd()),
+                &mut prepared,
+            )
+        });
         self.nodes[i].prepared = prepared;
         // Our copy of the node's end closes here: only the child has it.
         let ready_rd = fifo.map(|(_node_end, ours)| ours);
@@ -297,6 +313,19 @@ impl Supervisor {
                 return;
             }
         }
+        if let Some(c) = &self.cgroups {
+            // Whatever is in the node's group is the node's: not itself, so leftovers. They
+            // end, and the start waits until the group is empty.
+            let g = c.node(&name);
+            log!(
+                "node {name}: {} process(es) left in its cgroup; killing them before it starts",
+                procs.len()
+            );
+            if let Err(e) = g.kill() {
+                log!("node {name}: cgroup.kill in {}: {e}", g.dir().display());
+            }
+            self.watch_cgroup(i);
+        }
         let (blocker, why) = match procs.first() {
             Some(p) if p.pgid != p.pid => (
                 p.pid,
@@ -383,6 +412,9 @@ impl Supervisor {
     /// know (so no leftover of any node was reparented to us). That keeps the scan off the
     /// restart path of a node that leaves nothing behind.
     pub(super) fn node_processes(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
+        if let Some(c) = &self.cgroups {
+            return cgroup_processes(&c.node(&self.nodes[i].spec.name));
+        }
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
         }
@@ -423,6 +455,19 @@ impl Supervisor {
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
     pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
         let name = &self.nodes[i].spec.name;
+        if let Some(c) = &self.cgroups {
+            // The node's processes are its cgroup's, wherever they went.
+            let g = c.node(name);
+            let r = if sig == libc::SIGKILL {
+                g.kill()
+            } else {
+                g.signal(sig)
+            };
+            if let Err(e) = r {
+                log!("node {name}: signalling cgroup {}: {e}", g.dir().display());
+            }
+            return;
+        }
         match self.node_processes(i) {
             Ok(procs) => {
                 for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
@@ -537,7 +582,6 @@ impl Supervisor {
             self.event(ev);
             return;
         };
-        let now = clock::monotonic_ns();
         let n = &mut self.nodes[i];
         if n.pid != Some(pid) {
             return;
@@ -559,6 +603,26 @@ impl Supervisor {
         if matches!(n.queue, Some(Queue::Stop { .. })) {
             n.queue = None;
         }
+        // With a cgroup: whatever is left in it is killed, and the end is applied once the
+        // group is empty (a node is down when its group is).
+        if let Some(c) = &self.cgroups {
+            let g = c.node(&self.nodes[i].spec.name);
+            if g.populated().unwrap_or(true) {
+                log!(
+                    "node {}: pid {pid} ended; killing what is left in its cgroup",
+                    self.nodes[i].spec.name
+                );
+                let _ = g.kill();
+                let mut ev = Event::now(EventKind::Exited, i as u16, pid);
+                ev.exit = Some(exit);
+                self.event(ev);
+                self.nodes[i].draining = Some((pid, exit, was_stopping));
+                self.watch_cgroup(i);
+                // Emptied between the check and the watch: no notification will come.
+                self.cgroup_changed(i);
+                return;
+            }
+        }
         // Leftovers of the node's process group (background jobs) do not outlive it: not after
         // a stop, and not before its replacement starts (they would hold its lock, and a
         // restarted node must not find stale children of its predecessor).
@@ -574,6 +638,13 @@ impl Supervisor {
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);
         self.event(ev);
+        self.ended(i, pid, exit, was_stopping);
+    }
+
+    /// Node `i`'s process `pid` ended and nothing of it is left: stopped, started again (a
+    /// restart), or the restart policy.
+    fn ended(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
+        let now = clock::monotonic_ns();
         // The crash report is written after the replacement is spawned: restart latency first.
         let crash =
             (!was_stopping && exit.is_failure() && !matches!(exit, Exit::Unknown)).then(|| {
@@ -597,6 +668,76 @@ impl Supervisor {
         self.after_end(i, exit, now);
         if let Some((spec, uptime_ms)) = crash {
             self.write_crash_report(&spec, pid, exit, uptime_ms);
+        }
+    }
+
+    /// Node `name`'s cgroup, if nodes have one.
+    pub(super) fn node_group(&self, name: &str) -> Option<crate::sys::cgroup::Cgroup> {
+        self.cgroups.as_ref().map(|c| c.node(name))
+    }
+
+    /// Watches node `i`'s `cgroup.events` (wakes the loop when its group empties).
+    pub(super) fn watch_cgroup(&mut self, i: usize) {
+        let Some(c) = &self.cgroups else {
+            return;
+        };
+        if self.nodes[i].cgroup_events.is_some() {
+            return;
+        }
+        let g = c.node(&self.nodes[i].spec.name);
+        match g.open_events() {
+            Ok(f) => {
+                match self.poll.registry().register(
+                    &mut SourceFd(&f.as_raw_fd()),
+                    Token(CGROUP_BASE + i),
+                    Interest::PRIORITY,
+                ) {
+                    Ok(()) => self.nodes[i].cgroup_events = Some(f),
+                    Err(e) => log!(
+                        "node {}: cannot watch {}: {e}",
+                        self.nodes[i].spec.name,
+                        g.dir().display()
+                    ),
+                }
+            }
+            Err(e) => log!(
+                "node {}: cannot open {}/cgroup.events: {e}",
+                self.nodes[i].spec.name,
+                g.dir().display()
+            ),
+        }
+    }
+
+    /// Node `i`'s `cgroup.events` changed (or may have): once the group is empty, a drained
+    /// end is applied and a start blocked by leftovers goes ahead.
+    pub(super) fn cgroup_changed(&mut self, i: usize) {
+        let Some(f) = self.nodes[i].cgroup_events.as_mut() else {
+            return;
+        };
+        match crate::sys::cgroup::events_populated(f) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                log!(
+                    "node {}: reading cgroup.events: {e}",
+                    self.nodes[i].spec.name
+                );
+                return;
+            }
+        }
+        if let Some(f) = self.nodes[i].cgroup_events.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&f.as_raw_fd()));
+        }
+        if let Some((pid, exit, was_stopping)) = self.nodes[i].draining.take() {
+            self.ended(i, pid, exit, was_stopping);
+        } else if self.nodes[i].blocked_by.is_some() {
+            self.unblock(i);
+            if self.nodes[i].state == NodeState::Backoff {
+                self.nodes[i].deadline = Some(clock::monotonic_ns());
+            }
         }
     }
 
@@ -681,4 +822,24 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The processes in a node's cgroup, as the `/proc` scan would list them (zombies and those
+/// gone meanwhile left out).
+fn cgroup_processes(g: &crate::sys::cgroup::Cgroup) -> io::Result<Vec<procscan::NodeProcess>> {
+    let mut out = Vec::new();
+    for pid in g.procs()? {
+        let Some(st) = procstat::stat(pid)? else {
+            continue;
+        };
+        if matches!(st.state, 'Z' | 'X') {
+            continue;
+        }
+        out.push(procscan::NodeProcess {
+            pid,
+            start: st.start,
+            pgid: st.pgid,
+        });
+    }
+    Ok(out)
 }

@@ -81,6 +81,13 @@ pub struct Node {
     pub ready_timed_out: bool,
     /// What earlier spawns resolved and created (reset when the spec changes or a spawn fails).
     pub prepared: super::spawn::Prepared,
+    /// The main process ended but its cgroup still has processes (killed with `cgroup.kill`):
+    /// the end is applied once the group is empty. The pid, how it ended, and whether it was
+    /// being stopped.
+    pub draining: Option<(u32, Exit, bool)>,
+    /// The node group's `cgroup.events`, watched (registered with the event loop) while
+    /// draining or while its start is blocked by processes left in the group.
+    pub cgroup_events: Option<std::fs::File>,
 }
 
 impl Node {
@@ -112,6 +119,8 @@ impl Node {
             ready_by: None,
             ready_timed_out: false,
             prepared: super::spawn::Prepared::default(),
+            draining: None,
+            cgroup_events: None,
         }
     }
 

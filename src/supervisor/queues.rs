@@ -223,6 +223,15 @@ impl Supervisor {
         let n = &mut self.nodes[i];
         n.start_after_exit = false;
         n.queue = None;
+        if let Some(d) = n.draining.as_mut() {
+            // Its main process ended and its cgroup is being emptied: once it is, it stays
+            // stopped (no restart policy).
+            d.2 = true;
+            n.state = NodeState::Stopping;
+            n.deadline = None;
+            self.publish(i);
+            return;
+        }
         if n.pid.is_none() && n.state == NodeState::Starting {
             // A queued start that never spawned.
             n.state = NodeState::Stopped;
@@ -267,6 +276,13 @@ impl Supervisor {
     }
 
     pub(super) fn restart_node(&mut self, i: usize) {
+        if self.nodes[i].draining.is_some() {
+            // Started again once its cgroup is empty.
+            self.stop_node(i);
+            self.nodes[i].start_after_exit = true;
+            self.publish(i);
+            return;
+        }
         match (self.nodes[i].state, self.nodes[i].pid) {
             (NodeState::Running | NodeState::Starting, Some(_)) => {
                 self.stop_node(i);

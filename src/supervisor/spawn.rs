@@ -42,6 +42,16 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// A key the host cannot enforce.
+    #[error("node {node}: `{key}` cannot be enforced on this host: {why}; remove it or run where it can")]
+    Unenforceable {
+        /// Node name.
+        node: String,
+        /// The config key.
+        key: &'static str,
+        /// Why not.
+        why: String,
+    },
     /// fork or exec failed.
     #[error("node {node}: cannot start {program}: {source}")]
     Exec {
@@ -60,6 +70,7 @@ impl SpawnError {
     pub fn errno(&self) -> i32 {
         match self {
             SpawnError::NotFound { .. } => libc::ENOENT,
+            SpawnError::Unenforceable { .. } => libc::EOPNOTSUPP,
             SpawnError::Prepare { source, .. } | SpawnError::Exec { source, .. } => {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
@@ -356,16 +367,18 @@ pub struct Prepared {
 
 /// Spawns `spec`. `extra_env` is added after the configured env; each `(fd, target)` in `pass`
 /// is duplicated to fd number `target` (3 or more) in the child and left open across exec.
-/// `prepared` caches the program's resolution and the directories between spawns (it is
+/// `cgroup`: a node group's `cgroup.procs` open for writing; the child moves itself in first
+/// thing after fork, so everything it ever runs is in the group. `prepared` caches the program's resolution and the directories between spawns (it is
 /// cleared when a spawn fails). Returns the child's pid; the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
+    cgroup: Option<RawFd>,
     prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
-    let r = spawn_prepared(spec, config_dir, extra_env, pass, prepared);
+    let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, prepared);
     if r.is_err() {
         *prepared = Prepared::default();
     }
@@ -377,6 +390,7 @@ fn spawn_prepared(
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
+    cgroup: Option<RawFd>,
     prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
@@ -504,12 +518,18 @@ fn spawn_prepared(
     let dup_floor = pass.iter().map(|p| p.1).max().unwrap_or(2) + 1;
 
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
+    // async-signal-safe calls (write, setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
     // setrlimit, umask, close_range, open, getdents64, close, fcntl, dup2, setpriority, prctl,
     // setgroups, setgid, setuid, capset) on values prepared before the fork; it reads the
     // captured vectors (and builds two small structs on the stack) but allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Into the node's cgroup before anything else runs.
+            if let Some(fd) = cgroup {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // Own session and process group: not in the Supervisor's group, no controlling tty.
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());

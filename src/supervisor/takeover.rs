@@ -49,7 +49,13 @@ impl Supervisor {
         }
         for (name, rec) in previous {
             let Some(pid) = rec.pid else { continue };
-            let alive = is_survivor_node(pid, rec.pid_start, &name, self.instance.name());
+            let alive = is_survivor_node(
+                pid,
+                rec.pid_start,
+                &name,
+                self.instance.name(),
+                self.node_group(&name),
+            );
             if matches!(alive, Ok(false)) {
                 continue;
             }
@@ -144,7 +150,13 @@ impl Supervisor {
         let name = self.nodes[i].spec.name.clone();
         let alive = match rec.pid {
             None => Ok(false),
-            Some(pid) => is_survivor_node(pid, rec.pid_start, &name, self.instance.name()),
+            Some(pid) => is_survivor_node(
+                pid,
+                rec.pid_start,
+                &name,
+                self.instance.name(),
+                self.node_group(&name),
+            ),
         };
         let alive = match alive {
             Ok(a) => a,
@@ -298,6 +310,7 @@ impl Supervisor {
             rec.pid_start,
             &self.nodes[i].spec.name,
             self.instance.name(),
+            self.node_group(&self.nodes[i].spec.name),
         ) {
             Ok(true) => {}
             Ok(false) => {
@@ -379,14 +392,24 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
 
 /// Whether `pid` with this start time is node `name` of `instance` to adopt: a survivor (see
 /// [`procscan::is_survivor`]) whose environment carries the node's identity, or a zombie that
-/// is our own child (its environment is gone; it was ours, before an upgrade's exec).
-fn is_survivor_node(pid: u32, start: u64, name: &str, instance: &str) -> io::Result<bool> {
+/// is our own child (its environment is gone; it was ours, before an upgrade's exec). With a
+/// cgroup per node, a survivor in the node's group is the node whatever its environment.
+fn is_survivor_node(
+    pid: u32,
+    start: u64,
+    name: &str,
+    instance: &str,
+    group: Option<crate::sys::cgroup::Cgroup>,
+) -> io::Result<bool> {
     if !procscan::is_survivor(pid, start)? {
         return Ok(false);
     }
     match procstat::stat(pid)? {
         Some(st) if matches!(st.state, 'Z' | 'X') => Ok(st.parent == std::process::id()),
-        Some(_) => procscan::is_node_process(pid, name, instance),
+        Some(_) => match group {
+            Some(g) if g.contains(pid)? => Ok(true),
+            _ => procscan::is_node_process(pid, name, instance),
+        },
         None => Ok(false),
     }
 }

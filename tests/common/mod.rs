@@ -440,6 +440,8 @@ pub struct Cluster {
     /// `--config`.
     pub config: PathBuf,
     runs: AtomicUsize,
+    /// Variables set in every command's environment (see [`Cluster::set_env`]).
+    env: Mutex<Vec<(String, String)>>,
     background: Mutex<Vec<Child>>,
     watchdog: Option<Watchdog>,
 }
@@ -469,6 +471,7 @@ impl Cluster {
             instance,
             config: config_path,
             runs: AtomicUsize::new(0),
+            env: Mutex::new(Vec::new()),
             background: Mutex::new(Vec::new()),
             watchdog: Some(Watchdog::new(name, WATCHDOG)),
         };
@@ -548,7 +551,19 @@ impl Cluster {
             .args(args)
             .current_dir(&self.root)
             .env_remove("BROCTLD_RUNTIME_DIR");
+        for (k, v) in self.env.lock().unwrap().iter() {
+            cmd.env(k, v);
+        }
         cmd
+    }
+
+    /// Sets `key=value` in the environment of every later `broctld` command (and so of the
+    /// Supervisor a command starts), e.g. `BROCTLD_CGROUP=off` for the no-cgroup fallback.
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.env
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), value.to_owned()));
     }
 
     fn out_files(&self) -> (PathBuf, PathBuf) {

@@ -228,6 +228,13 @@ impl Session {
             })
             .collect();
         let total: usize = reports.iter().map(|(_, v)| v.len()).sum();
+        if !json {
+            if let Some(crate::supervisor::cgroups::Tracking::Fallback(why)) =
+                crate::supervisor::cgroups::tracking(&self.instance.dir())
+            {
+                println!("{}", crate::supervisor::cgroups::fallback_note(&why));
+            }
+        }
         self.note(format!("{total} crash report(s)"));
         if json {
             let items: Vec<String> = reports
@@ -298,6 +305,7 @@ impl Session {
     }
 
     pub(super) fn top(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
+        let instance_dir = self.instance.dir();
         let Some(client) = self.client() else {
             if json {
                 println!("[]");
@@ -313,7 +321,15 @@ impl Session {
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<&NodeStatus> = idx.iter().map(|&i| &nodes[i]).collect();
         let leaders: Vec<u32> = chosen.iter().filter_map(|n| n.pid).collect();
-        let usage = top::measure(&leaders, Duration::from_millis(300));
+        // With a cgroup per node, a node's processes are its group's.
+        let members: HashMap<u32, Vec<u32>> = chosen
+            .iter()
+            .filter_map(|n| {
+                let pid = n.pid?;
+                crate::supervisor::cgroups::node_processes(&instance_dir, &n.name).map(|m| (pid, m))
+            })
+            .collect();
+        let usage = top::measure(&leaders, &members, Duration::from_millis(300));
         // Uptimes after the sampling pause.
         let fresh: HashMap<usize, NodeStatus> =
             client.status().into_iter().map(|n| (n.index, n)).collect();
