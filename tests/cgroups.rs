@@ -331,3 +331,116 @@ fn restart_after_kill_with_and_without_cgroups_figures() {
         wait_until(WAIT, "the node gone", || !pid_alive(pid));
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+/// `redis-cli -p PORT ping` says PONG.
+fn redis_pongs(port: u16) -> bool {
+    std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+}
+
+/// `pid_file` (systemd's Type=forking): `redis-server --daemonize yes` forks, its starter
+/// exits 0, and the daemon its PID file names is the node's main process: it is restarted
+/// after a `kill -9`, and `stop` ends it. Needs the Debian package redis-server.
+#[test]
+fn redis_daemonize_yes_is_the_node_by_its_pid_file_and_stop_ends_it() {
+    redis_by_pid_file(true);
+}
+
+/// The same without cgroups: the PID file must name a process carrying the node's identity.
+#[test]
+fn redis_by_its_pid_file_without_cgroups() {
+    redis_by_pid_file(false);
+}
+
+fn redis_by_pid_file(cgroups: bool) {
+    let port = free_port();
+    let c = Cluster::new(if cgroups { "cg_redis" } else { "cg_redis_off" }, "");
+    if !cgroups {
+        c.set_env("BROCTLD_CGROUP", "off");
+    }
+    let pid_path = c.root.join("redis/redis.pid");
+    c.write_config(&format!(
+        r#"
+[defaults]
+restart_delay_ms = 50
+
+[[node]]
+name = "redis"
+cwd = "redis"
+pid_file = "redis.pid"
+command = ["redis-server", "--daemonize", "yes", "--port", "{port}", "--bind", "127.0.0.1",
+           "--pidfile", "{pid}", "--save", "", "--appendonly", "no", "--logfile", "redis.log"]
+"#,
+        pid = pid_path.display()
+    ));
+    let s = c.start();
+    let cg = cgroups.then(|| instance_cgroup(&c));
+    let _guard = cg.clone().map(GroupGuard);
+    let main = s["redis"].pid.expect("a main pid");
+    track(c.id, main, false);
+    let from_file =
+        |p: &Path| -> Option<u32> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    assert_eq!(from_file(&pid_path), Some(main), "{}", c.log());
+    if let Some(cg) = &cg {
+        assert_eq!(procs_in(&cg.join("node-redis")), vec![main]);
+    }
+    wait_until(WAIT, "redis answers", || redis_pongs(port));
+    // A kill -9 of the daemon: restarted, the new daemon is the node.
+    signal(main, libc::SIGKILL);
+    let s = c.wait_status(WAIT, "redis restarted", |s| {
+        s["redis"].state == "running" && s["redis"].pid.is_some_and(|p| p != main)
+    });
+    let main2 = s["redis"].pid.unwrap();
+    track(c.id, main2, false);
+    assert_eq!(from_file(&pid_path), Some(main2));
+    assert_eq!(s["redis"].restarts, 1);
+    wait_until(WAIT, "redis answers again", || redis_pongs(port));
+    // `stop` signals the daemon (not the long-gone starter) and waits for it.
+    c.run(&["stop", "redis"]).ok();
+    assert_eq!(c.status()["redis"].state, "stopped");
+    assert!(!pid_alive(main2), "redis pid {main2} outlived its stop");
+    if let Some(cg) = &cg {
+        assert!(procs_in(&cg.join("node-redis")).is_empty());
+    }
+    c.run(&["shutdown"]).ok();
+}
+
+/// A `pid_file` that never names a process of the node: past `ready_timeout_ms` the start
+/// counts as failed (what is left of the node is killed), never `running`.
+#[test]
+fn pid_file_naming_no_process_of_the_node_fails_the_start_after_ready_timeout() {
+    let c = Cluster::new(
+        "cg_pidfile_bad",
+        r#"
+[[node]]
+name = "liar"
+restart = "never"
+ready_timeout_ms = 300
+pid_file = "liar.pid"
+command = ["sh", "-c", "(setsid sleep 600 &); echo 1 > liar.pid"]
+"#,
+    );
+    let out = c.run(&["start"]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    let cg = instance_cgroup(&c);
+    let _guard = GroupGuard(cg.clone());
+    // A start that never completed: `failed` (as a spawn that failed).
+    let s = c.wait_status(WAIT, "liar ended", |s| s["liar"].state == "failed");
+    assert_eq!(s["liar"].pid, None);
+    // The sleep it left was killed with it.
+    wait_until(WAIT, "the node's group empty", || {
+        procs_in(&cg.join("node-liar")).is_empty()
+    });
+    assert!(c.log().contains("named no process of it"), "{}", c.log());
+    c.run(&["shutdown"]).ok();
+}

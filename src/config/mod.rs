@@ -154,6 +154,11 @@ pub struct Policy {
     /// The node is ready when this file's first line reads a given line (Zeek's `-U` status
     /// file reading `RUNNING`); watched with inotify, no polling.
     pub ready_file: Option<ReadyFile>,
+    /// A forking daemon's PID file (systemd's `Type=forking` + `PIDFile=`), relative to the
+    /// node's working directory or absolute: once the started process exits with status 0,
+    /// the process the file names (in the node's cgroup, or carrying its identity) is the
+    /// node's main process. Removed before each start.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `ready_file = { path = ".status", line = "RUNNING" }`: readiness from a status file.
@@ -213,6 +218,7 @@ impl Default for Policy {
             capabilities: Vec::new(),
             ready_file: None,
             clear_env: false,
+            pid_file: None,
         }
     }
 }
@@ -633,7 +639,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 27] = [
+const POLICY_KEYS: [&str; 28] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -661,6 +667,7 @@ const POLICY_KEYS: [&str; 27] = [
     "capabilities",
     "ready_file",
     "clear_env",
+    "pid_file",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -1548,6 +1555,8 @@ impl Checker<'_> {
             "memory_max" => read_memory(item).map(|v| p.memory_max = Some(v)),
             "capabilities" => read_capabilities(item).map(|v| p.capabilities = v),
             "ready_file" => read_ready_file(item).map(|v| p.ready_file = Some(v)),
+            "pid_file" => read_string(item, "a file name such as \"redis.pid\"")
+                .map(|v| p.pid_file = Some(v.into())),
             "env" => read_env(item).map(|env| draft.env.extend(env)),
             _ => return Ok(false),
         };

@@ -161,6 +161,9 @@ fn node(out: &mut String, n: &NodeSpec) {
             list(&p.capabilities, |c| string(c))
         ));
     }
+    if let Some(f) = &p.pid_file {
+        lines.push(format!("pid_file = {}", path(f)));
+    }
     if let Some(r) = &p.ready_file {
         lines.push(format!(
             "ready_file = {{ path = {}, line = {} }}",

@@ -931,6 +931,7 @@ fn to_toml_writes_every_key() {
         "memory_max",
         "capabilities",
         "ready_file",
+        "pid_file",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {
@@ -1046,4 +1047,22 @@ fn unknown_user_and_bad_umask_name_line_and_key() {
     );
     let e = err("[[node]]\nname = \"n\"\ncommand = [\"x\"]\numask = \"999\"\n");
     assert_eq!((e.line(), e.key()), (Some(4), Some("umask")));
+}
+
+#[test]
+fn pid_file_is_read_rendered_and_refused_when_not_a_string() {
+    let cfg = ok(&format!("{}pid_file = \"run/d.pid\"\n", node("n")));
+    assert_eq!(
+        cfg.nodes[0].policy.pid_file.as_deref(),
+        Some(Path::new("run/d.pid"))
+    );
+    assert!(cfg.to_toml().contains("pid_file = \"run/d.pid\""));
+    assert_round_trip(&cfg);
+    let e = Config::parse(
+        &format!("{}pid_file = 3\n", node("n")),
+        Path::new("/etc/broctld/broctld.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("pid_file") && e.contains("broctld.toml:"), "{e}");
 }

@@ -30,6 +30,11 @@ impl Supervisor {
         }
         for i in 0..self.nodes.len() {
             if let Some(t) = self.nodes[i].ready_by {
+                if t <= now && self.nodes[i].pid_file_wait.is_some() {
+                    self.nodes[i].ready_by = None;
+                    self.give_up_pid_file(i, false);
+                    continue;
+                }
                 if t <= now
                     && self.nodes[i].state == NodeState::Starting
                     && !self.nodes[i].ready_timed_out
@@ -147,6 +152,9 @@ impl Supervisor {
             env.push(("BROCTLD_LOCK_FD", lock_target_text.as_str()));
         }
         let by_file = self.arm_ready_file(i);
+        self.arm_pid_file(i);
+        self.nodes[i].starter = None;
+        self.nodes[i].pid_file_wait = None;
         // Its own cgroup, which the child enters before it execs.
         let attach = match &self.cgroups {
             Some(c) => c
@@ -189,6 +197,9 @@ impl Supervisor {
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
                 n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                if n.spec.policy.pid_file.is_some() {
+                    n.starter = Some(pid);
+                }
                 if let Some(l) = lock.as_mut() {
                     let _ = l.write_holder(pid, n.pid_start);
                 }
@@ -199,21 +210,12 @@ impl Supervisor {
                 let now = clock::monotonic_ns();
                 n.started_mono_ns = now;
                 n.started_wall_ms = clock::wall_ms();
-                match pidfd::open(pid) {
-                    Ok(fd) => {
-                        let _ = self.poll.registry().register(
-                            &mut SourceFd(&fd.as_raw_fd()),
-                            Token(NODE_BASE + 2 * i),
-                            Interest::READABLE,
-                        );
-                        n.pidfd = Some(fd);
-                    }
-                    Err(e) => log!("node {name}: pidfd_open({pid}): {e}; relying on SIGCHLD"),
-                }
+                self.watch_pid(i, pid);
+                let n = &mut self.nodes[i];
                 let ready_after = n.spec.policy.ready_after;
                 n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
                 n.ready_timed_out = false;
-                if n.ready_pipe.is_some() || by_file {
+                if n.ready_pipe.is_some() || by_file || n.starter.is_some() {
                     n.state = NodeState::Starting;
                     n.deadline = None;
                 } else if ready_after.is_zero() {
@@ -595,6 +597,16 @@ impl Supervisor {
         n.pid = None;
         n.pid_start = 0;
         n.adopted = false;
+        if n.starter.take() == Some(pid)
+            && exit == Exit::Code(0)
+            && n.state == NodeState::Starting
+            && n.queue.is_none()
+        {
+            // A forking daemon's starter is done: its main process comes from its PID file.
+            self.starter_exited(i, pid);
+            return;
+        }
+        let n = &mut self.nodes[i];
         n.last_exit = Some(exit);
         self.drop_ready_pipe(i);
         let n = &mut self.nodes[i];
@@ -643,7 +655,7 @@ impl Supervisor {
 
     /// Node `i`'s process `pid` ended and nothing of it is left: stopped, started again (a
     /// restart), or the restart policy.
-    fn ended(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
+    pub(super) fn ended(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
         let now = clock::monotonic_ns();
         // The crash report is written after the replacement is spawned: restart latency first.
         let crash =
@@ -668,6 +680,24 @@ impl Supervisor {
         self.after_end(i, exit, now);
         if let Some((spec, uptime_ms)) = crash {
             self.write_crash_report(&spec, pid, exit, uptime_ms);
+        }
+    }
+
+    /// Watches node `i`'s process `pid` with a pidfd (readable when it exits).
+    pub(super) fn watch_pid(&mut self, i: usize, pid: u32) {
+        match pidfd::open(pid) {
+            Ok(fd) => {
+                let _ = self.poll.registry().register(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    Token(NODE_BASE + 2 * i),
+                    Interest::READABLE,
+                );
+                self.nodes[i].pidfd = Some(fd);
+            }
+            Err(e) => log!(
+                "node {}: pidfd_open({pid}): {e}; relying on SIGCHLD",
+                self.nodes[i].spec.name
+            ),
         }
     }
 

@@ -11,6 +11,7 @@ mod dispatch;
 mod guardian_link;
 mod lifecycle;
 pub mod node;
+mod pid_file;
 pub mod policy;
 mod queues;
 mod readiness;
@@ -543,11 +544,10 @@ impl Supervisor {
         self.nodes
             .iter()
             .flat_map(|n| {
-                let ready_by = if queued && n.state == NodeState::Starting && !n.ready_timed_out {
-                    n.ready_by
-                } else {
-                    None
-                };
+                let waiting = (queued || n.pid_file_wait.is_some())
+                    && n.state == NodeState::Starting
+                    && !n.ready_timed_out;
+                let ready_by = if waiting { n.ready_by } else { None };
                 [n.deadline, ready_by]
             })
             .flatten()

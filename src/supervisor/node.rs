@@ -88,6 +88,12 @@ pub struct Node {
     /// The node group's `cgroup.events`, watched (registered with the event loop) while
     /// draining or while its start is blocked by processes left in the group.
     pub cgroup_events: Option<std::fs::File>,
+    /// A `pid_file` node's starter (the process we spawned, which forks the daemon), while it
+    /// runs: its exit with status 0 is not the node's end.
+    pub starter: Option<u32>,
+    /// A `pid_file` node whose starter (this pid) exited with status 0: waiting for its PID
+    /// file to name its main process.
+    pub pid_file_wait: Option<u32>,
 }
 
 impl Node {
@@ -121,6 +127,8 @@ impl Node {
             prepared: super::spawn::Prepared::default(),
             draining: None,
             cgroup_events: None,
+            starter: None,
+            pid_file_wait: None,
         }
     }
 

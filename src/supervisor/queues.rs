@@ -223,6 +223,10 @@ impl Supervisor {
         let n = &mut self.nodes[i];
         n.start_after_exit = false;
         n.queue = None;
+        if n.pid_file_wait.is_some() {
+            self.give_up_pid_file(i, true);
+            return;
+        }
         if let Some(d) = n.draining.as_mut() {
             // Its main process ended and its cgroup is being emptied: once it is, it stays
             // stopped (no restart policy).
