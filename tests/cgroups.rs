@@ -82,9 +82,13 @@ fn escaped_in(group: &Path, leader: u32) -> u32 {
         WAIT,
         "the escaped child in the node's cgroup",
         || {
-            procs_in(group)
-                .into_iter()
-                .find(|p| *p != leader && !is_zombie(*p) && pid_alive(*p))
+            procs_in(group).into_iter().find(|p| {
+                // The `sleep` itself, not the subshell or `setsid` on the way to it.
+                *p != leader
+                    && pid_alive(*p)
+                    && std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+            })
         },
         || format!("{:?}", procs_in(group)),
     )

@@ -179,7 +179,7 @@ pub fn spec_json(n: &NodeSpec) -> String {
         .map(|(k, v)| format!("{}: {}", json_str(k), json_str(v)))
         .collect();
     format!(
-        "{{\"name\": {}, \"type\": {}, \"command\": {}, \"cwd\": {}, \"stdout\": {}, \"stderr\": {}, \"env\": {{{}}}, \"cpu_affinity\": [{}], \"start_after\": {}, \"autostart\": {}, \"restart\": {}, \"stop_signal\": {}, \"stop_timeout_ms\": {}, \"restart_delay_ms\": {}, \"restart_delay_factor\": {}, \"restart_delay_max_ms\": {}, \"restart_reset_ms\": {}, \"quick_death_ms\": {}, \"give_up_after\": {}, \"give_up_window_ms\": {}, \"ready_after_ms\": {}, \"ready_fd\": {}, \"ready_timeout_ms\": {}, \"user\": {}, \"group\": {}, \"nice\": {}, \"memory_max\": {}, \"capabilities\": {}, \"clear_env\": {}, \"ready_file\": {}}}",
+        "{{\"name\": {}, \"type\": {}, \"command\": {}, \"cwd\": {}, \"stdout\": {}, \"stderr\": {}, \"env\": {{{}}}, \"cpu_affinity\": [{}], \"start_after\": {}, \"autostart\": {}, \"restart\": {}, \"stop_signal\": {}, \"stop_timeout_ms\": {}, \"restart_delay_ms\": {}, \"restart_delay_factor\": {}, \"restart_delay_max_ms\": {}, \"restart_reset_ms\": {}, \"quick_death_ms\": {}, \"give_up_after\": {}, \"give_up_window_ms\": {}, \"ready_after_ms\": {}, \"ready_fd\": {}, \"ready_timeout_ms\": {}, \"user\": {}, \"group\": {}, \"nice\": {}, \"memory_max\": {}, \"capabilities\": {}, \"path\": {}, \"inherit_env\": {}, \"pid_file\": {}, \"ready_file\": {}}}",
         json_str(&n.name),
         json_str(n.node_type.as_str()),
         json_list(&n.command),
@@ -212,7 +212,11 @@ pub fn spec_json(n: &NodeSpec) -> String {
         p.nice.map_or("null".into(), |n| n.to_string()),
         p.memory_max.map_or("null".into(), |m| m.to_string()),
         json_list(&p.capabilities),
-        p.clear_env,
+        json_str(&p.path),
+        json_list(&p.inherit_env),
+        p.pid_file
+            .as_ref()
+            .map_or("null".into(), |f| json_str(&f.to_string_lossy())),
         p.ready_file.as_ref().map_or("null".into(), |r| format!(
             "{{\"path\": {}, \"line\": {}}}",
             json_str(&r.path.to_string_lossy()),

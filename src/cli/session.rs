@@ -590,12 +590,13 @@ impl Session {
             );
             return Ok(Outcome::ShutDown);
         }
+        // Read before the shutdown is sent: reading the config looks at the Supervisor, and
+        // one that has already exited detaches the client.
+        let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
         let pid = client.supervisor_pid();
         let running = client.status().iter().filter(|n| n.pid.is_some()).count();
         client.shutdown(REPLY_TIMEOUT)?;
-        let specs = self.specs();
-        let client = self.client.as_ref().expect("attached above");
         let mut progress = Progress::new();
         // Wait as long as the slowest stop may take (its SIGKILL deadline), plus a margin.
         let start = Instant::now();

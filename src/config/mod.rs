@@ -147,10 +147,13 @@ pub struct Policy {
     /// Capabilities (`CAP_NET_RAW`, ...) raised into the node's ambient set, so that a node
     /// running as a non-root `user` keeps them across exec.
     pub capabilities: Vec<String>,
-    /// Start the node with only its `env` (and broctld's `BROCTLD_*` variables), not the
-    /// Supervisor's environment: what `nodes --json` shows is then all it gets, as a systemd
-    /// unit's `Environment=` is. Zeek configs set it.
-    pub clear_env: bool,
+    /// The node's `PATH` (also where a bare program name is looked up); by default
+    /// [`DEFAULT_PATH`].
+    pub path: String,
+    /// Names of variables the node takes from the Supervisor's environment (none by default).
+    /// Everything else a node gets is defined: `env`, `PATH`, `HOME`, `USER`, `LOGNAME`,
+    /// `SHELL` of the user it runs as, `NOTIFY_SOCKET` if used, and `BROCTLD_*`.
+    pub inherit_env: Vec<String>,
     /// The node is ready when this file's first line reads a given line (Zeek's `-U` status
     /// file reading `RUNNING`); watched with inotify, no polling.
     pub ready_file: Option<ReadyFile>,
@@ -187,7 +190,7 @@ impl Default for Policy {
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
     /// no `ready_fd`, `ready_timeout_ms = 10000`, `log_max_bytes = 67108864` (64 MiB),
-    /// `log_keep = 5`, `clear_env = false`, and no user, group, umask, rlimits, nice level,
+    /// `log_keep = 5`, the default `PATH`, nothing inherited, and no user, group, umask, rlimits, nice level,
     /// memory limit or capabilities (inherited from the Supervisor).
     fn default() -> Self {
         Policy {
@@ -217,7 +220,8 @@ impl Default for Policy {
             memory_max: None,
             capabilities: Vec::new(),
             ready_file: None,
-            clear_env: false,
+            path: DEFAULT_PATH.to_owned(),
+            inherit_env: Vec::new(),
             pid_file: None,
         }
     }
@@ -639,7 +643,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 28] = [
+const POLICY_KEYS: [&str; 30] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -666,8 +670,11 @@ const POLICY_KEYS: [&str; 28] = [
     "memory_max",
     "capabilities",
     "ready_file",
-    "clear_env",
+    "path",
+    "inherit_env",
     "pid_file",
+    // Refused with what replaced it (a node's environment is always clean).
+    "clear_env",
 ];
 
 /// Keys that may appear only in `[[node]]`.
@@ -1125,6 +1132,32 @@ fn read_string(item: &Item, what: &str) -> Result<String, Bad> {
     }
 }
 
+/// The `PATH` of a node without `path` (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && !name.contains('\0')
+}
+
+fn read_env_names(item: &Item) -> Result<Vec<String>, Bad> {
+    let Raw::Array(items) = &item.value else {
+        return Err(Bad::new(format!(
+            "expected a list of variable names such as [\"TZ\", \"LANG\"], got {}",
+            describe(&item.value)
+        )));
+    };
+    items
+        .iter()
+        .map(|i| match &i.value {
+            Raw::Str(s) if valid_env_name(s) => Ok(s.clone()),
+            other => Err(Bad::at(
+                i,
+                format!("invalid environment variable name {}", describe(other)),
+            )),
+        })
+        .collect()
+}
+
 fn read_env(item: &Item) -> Result<Vec<(String, String)>, Bad> {
     let Raw::Table(entries) = &item.value else {
         return Err(Bad::new(format!(
@@ -1135,7 +1168,7 @@ fn read_env(item: &Item) -> Result<Vec<(String, String)>, Bad> {
     let mut env = Vec::with_capacity(entries.len());
     for entry in entries {
         let name = &entry.key;
-        if name.is_empty() || name.contains('=') || name.contains('\0') {
+        if !valid_env_name(name) {
             return Err(Bad {
                 at: entry.start(),
                 msg: format!("invalid environment variable name {name:?}"),
@@ -1497,7 +1530,12 @@ impl Checker<'_> {
             "stop_signal" => read_signal(item).map(|v| p.stop_signal = v),
             "stop_timeout_ms" => read_ms(item, 1).map(|v| p.stop_timeout = v),
             "autostart" => read_bool(item).map(|v| p.autostart = v),
-            "clear_env" => read_bool(item).map(|v| p.clear_env = v),
+            "path" => read_string(item, "a PATH such as \"/usr/local/bin:/usr/bin:/bin\"")
+                .map(|v| p.path = v),
+            "inherit_env" => read_env_names(item).map(|v| p.inherit_env = v),
+            "clear_env" => Err(Bad::new(
+                "a node's environment is always clean now (its env, PATH, HOME, USER, LOGNAME, SHELL, BROCTLD_*): remove clear_env; list variables to take from broctld's environment in inherit_env",
+            )),
             "restart_delay_ms" => read_ms(item, 0).map(|v| {
                 p.restart_delay = v;
                 draft.delay_line = Some(self.entry_line(entry, fallback));

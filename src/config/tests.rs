@@ -932,6 +932,7 @@ fn to_toml_writes_every_key() {
         "capabilities",
         "ready_file",
         "pid_file",
+        "clear_env",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {
@@ -1065,4 +1066,28 @@ fn pid_file_is_read_rendered_and_refused_when_not_a_string() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("pid_file") && e.contains("broctld.toml:"), "{e}");
+}
+
+#[test]
+fn path_and_inherit_env_are_read_and_clear_env_is_refused_naming_what_replaced_it() {
+    let cfg = ok(&format!(
+        "{}path = \"/opt/x/bin:/bin\"\ninherit_env = [\"TZ\", \"LANG\"]\n",
+        node("n")
+    ));
+    assert_eq!(cfg.nodes[0].policy.path, "/opt/x/bin:/bin");
+    assert_eq!(cfg.nodes[0].policy.inherit_env, ["TZ", "LANG"]);
+    assert_round_trip(&cfg);
+    assert_eq!(ok(&node("n")).nodes[0].policy.path, DEFAULT_PATH);
+    let err = |text: &str| {
+        Config::parse(text, Path::new("/etc/broctld/broctld.toml"))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&format!("{}clear_env = true\n", node("n")));
+    assert!(e.contains("clear_env") && e.contains("inherit_env"), "{e}");
+    let e = err(&format!("{}inherit_env = [\"A=B\"]\n", node("n")));
+    assert!(
+        e.contains("inherit_env") && e.contains("broctld.toml:"),
+        "{e}"
+    );
 }

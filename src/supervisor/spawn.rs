@@ -85,13 +85,55 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The `PATH` node `spec` runs with: `PATH` in its `env` if set there, else its `path`.
+fn node_env_path(spec: &NodeSpec) -> String {
+    spec.env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or_else(|| spec.policy.path.clone(), |(_, v)| v.clone())
+}
+
+/// Node `spec`'s environment, in order (a later name wins): `PATH`; `HOME`, `USER`,
+/// `LOGNAME` and `SHELL` of the user it runs as (its `user`, else the Supervisor's); the
+/// variables named in `inherit_env` that the Supervisor has; the config's `env` (defaults,
+/// then the node's). The caller adds `BROCTLD_*` (and `NOTIFY_SOCKET`).
+pub fn node_env(spec: &NodeSpec) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        vec![("PATH".into(), spec.policy.path.clone().into())];
+    // SAFETY: getuid cannot fail.
+    let uid = spec
+        .policy
+        .user
+        .as_deref()
+        .and_then(crate::sys::account::user)
+        .map_or(unsafe { libc::getuid() }, |(uid, _)| uid);
+    if let Some(l) = crate::sys::account::login(uid) {
+        env.push(("HOME".into(), l.home.into()));
+        env.push(("USER".into(), l.name.clone().into()));
+        env.push(("LOGNAME".into(), l.name.into()));
+        env.push(("SHELL".into(), l.shell.into()));
+    }
+    for name in &spec.policy.inherit_env {
+        if let Some(v) = std::env::var_os(name) {
+            env.push((name.into(), v));
+        }
+    }
+    for (k, v) in &spec.env {
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
 /// Resolves `command[0]`: a path with a `/` is taken relative to `config_dir`; a bare word is
-/// looked up on `PATH`, then next to the running broctld executable (so the bundled
-/// `broctld-node` is found when broctld runs from its build folder).
+/// looked up on the node's own `PATH` (`path_var`), then next to the running broctld
+/// executable (so the bundled `broctld-node` is found when broctld runs from its build
+/// folder).
 pub fn resolve_program(
     node: &str,
     program: &str,
     config_dir: &Path,
+    path_var: &str,
 ) -> Result<PathBuf, SpawnError> {
     if program.contains('/') {
         let p = config_dir.join(program);
@@ -105,9 +147,7 @@ pub fn resolve_program(
             })
         };
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(path_var).collect();
     if let Some(own) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_owned))
@@ -124,7 +164,7 @@ pub fn resolve_program(
         node: node.into(),
         program: program.into(),
         searched: format!(
-            "PATH and {}",
+            "{path_var} and {}",
             dirs.last()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default()
@@ -160,7 +200,12 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// another node, or by the node count) must leave no directories behind; the spawn creates
 /// the directory.
 pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
-    resolve_program(&spec.name, &spec.command[0], config_dir)?;
+    resolve_program(
+        &spec.name,
+        &spec.command[0],
+        config_dir,
+        &node_env_path(spec),
+    )?;
     check_capabilities(spec)?;
     check_creatable(spec)
 }
@@ -399,7 +444,7 @@ fn spawn_prepared(
     }
     let program = match &prepared.program {
         Some(p) => p.clone(),
-        None => resolve_program(node, &spec.command[0], config_dir)?,
+        None => resolve_program(node, &spec.command[0], config_dir, &node_env_path(spec))?,
     };
     prepared.program = Some(program.clone());
     let policy = &spec.policy;
@@ -427,11 +472,9 @@ fn spawn_prepared(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    if policy.clear_env {
-        cmd.env_clear();
-    }
-    cmd.env_remove(NOFILE_ENV);
-    for (k, v) in &spec.env {
+    // Exactly the node's own environment: nothing leaks from whoever started the Supervisor.
+    cmd.env_clear();
+    for (k, v) in node_env(spec) {
         cmd.env(k, v);
     }
     for (k, v) in extra_env {
