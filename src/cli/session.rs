@@ -366,6 +366,14 @@ impl Session {
                 );
             }
             print!("{}", output::status_table(&chosen, self.style));
+            // What sd_notify nodes said (STATUS=, reloading, stopping).
+            for n in &chosen {
+                if let Some(text) =
+                    crate::supervisor::notify::read_status(&self.instance.dir(), &n.name)
+                {
+                    println!("{}: {text}", n.name);
+                }
+            }
             if let Some(crate::supervisor::cgroups::Tracking::Fallback(why)) =
                 crate::supervisor::cgroups::tracking(&self.instance.dir())
             {

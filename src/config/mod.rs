@@ -162,6 +162,12 @@ pub struct Policy {
     /// the process the file names (in the node's cgroup, or carrying its identity) is the
     /// node's main process. Removed before each start.
     pub pid_file: Option<PathBuf>,
+    /// `ready = "notify"`: readiness (and status, main pid, watchdog) by systemd's
+    /// notification protocol on the node's own `NOTIFY_SOCKET`.
+    pub notify: bool,
+    /// With `notify`: a running node that sends no `WATCHDOG=1` within this is killed and
+    /// restarted by its policy (zero: no watchdog).
+    pub watchdog: Duration,
 }
 
 /// `ready_file = { path = ".status", line = "RUNNING" }`: readiness from a status file.
@@ -223,6 +229,8 @@ impl Default for Policy {
             path: DEFAULT_PATH.to_owned(),
             inherit_env: Vec::new(),
             pid_file: None,
+            notify: false,
+            watchdog: Duration::ZERO,
         }
     }
 }
@@ -643,7 +651,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 30] = [
+const POLICY_KEYS: [&str; 32] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -673,6 +681,8 @@ const POLICY_KEYS: [&str; 30] = [
     "path",
     "inherit_env",
     "pid_file",
+    "ready",
+    "watchdog_ms",
     // Refused with what replaced it (a node's environment is always clean).
     "clear_env",
 ];
@@ -1593,6 +1603,17 @@ impl Checker<'_> {
             "memory_max" => read_memory(item).map(|v| p.memory_max = Some(v)),
             "capabilities" => read_capabilities(item).map(|v| p.capabilities = v),
             "ready_file" => read_ready_file(item).map(|v| p.ready_file = Some(v)),
+            "ready" => match &item.value {
+                Raw::Str(s) if s == "notify" => {
+                    p.notify = true;
+                    Ok(())
+                }
+                other => Err(Bad::new(format!(
+                    "expected \"notify\" (systemd's sd_notify protocol), got {}",
+                    describe(other)
+                ))),
+            },
+            "watchdog_ms" => read_ms(item, 0).map(|v| p.watchdog = v),
             "pid_file" => read_string(item, "a file name such as \"redis.pid\"")
                 .map(|v| p.pid_file = Some(v.into())),
             "env" => read_env(item).map(|env| draft.env.extend(env)),

@@ -162,6 +162,12 @@ fn node(out: &mut String, n: &NodeSpec) {
             list(&p.capabilities, |c| string(c))
         ));
     }
+    if p.notify {
+        lines.push("ready = \"notify\"".to_owned());
+    }
+    if !p.watchdog.is_zero() {
+        lines.push(format!("watchdog_ms = {}", ms(p.watchdog)));
+    }
     if let Some(f) = &p.pid_file {
         lines.push(format!("pid_file = {}", path(f)));
     }

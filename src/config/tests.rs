@@ -933,6 +933,8 @@ fn to_toml_writes_every_key() {
         "ready_file",
         "pid_file",
         "clear_env",
+        "ready",
+        "watchdog_ms",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {
@@ -1090,4 +1092,22 @@ fn path_and_inherit_env_are_read_and_clear_env_is_refused_naming_what_replaced_i
         e.contains("inherit_env") && e.contains("broctld.toml:"),
         "{e}"
     );
+}
+
+#[test]
+fn ready_notify_and_watchdog_are_read_and_rendered() {
+    let cfg = ok(&format!(
+        "{}ready = \"notify\"\nwatchdog_ms = 500\n",
+        node("n")
+    ));
+    assert!(cfg.nodes[0].policy.notify);
+    assert_eq!(cfg.nodes[0].policy.watchdog, Duration::from_millis(500));
+    assert_round_trip(&cfg);
+    let e = Config::parse(
+        &format!("{}ready = \"fd\"\n", node("n")),
+        Path::new("/etc/broctld/broctld.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("ready") && e.contains("notify"), "{e}");
 }

@@ -14,6 +14,11 @@ pub(super) enum NodeLock {
 impl Supervisor {
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].watchdog_at.is_some_and(|t| t <= now) {
+                self.watchdog_expired(i);
+            }
+        }
         // A blocker's pidfd turned readable: it is gone, so check again now.
         for i in 0..self.nodes.len() {
             let gone = self.nodes[i]
@@ -153,6 +158,25 @@ impl Supervisor {
         }
         let by_file = self.arm_ready_file(i);
         self.arm_pid_file(i);
+        // sd_notify: the node's own socket; without one it counts as ready once started.
+        self.nodes[i].watchdog_at = None;
+        self.nodes[i].notify_status.clear();
+        let _ = std::fs::remove_file(notify::status_path(&self.instance.dir(), &name));
+        let notify_path = if self.nodes[i].spec.policy.notify {
+            self.open_notify(i)
+        } else {
+            None
+        };
+        let notify_text = notify_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let watchdog_usec = self.nodes[i].spec.policy.watchdog.as_micros().to_string();
+        if let Some(p) = &notify_text {
+            env.push(("NOTIFY_SOCKET", p.as_str()));
+            if !self.nodes[i].spec.policy.watchdog.is_zero() {
+                env.push(("WATCHDOG_USEC", watchdog_usec.as_str()));
+            }
+        }
         self.nodes[i].starter = None;
         self.nodes[i].pid_file_wait = None;
         // Its own cgroup, which the child enters before it execs.
@@ -215,7 +239,7 @@ impl Supervisor {
                 let ready_after = n.spec.policy.ready_after;
                 n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
                 n.ready_timed_out = false;
-                if n.ready_pipe.is_some() || by_file || n.starter.is_some() {
+                if n.ready_pipe.is_some() || by_file || n.starter.is_some() || n.notify.is_some() {
                     n.state = NodeState::Starting;
                     n.deadline = None;
                 } else if ready_after.is_zero() {
@@ -597,6 +621,7 @@ impl Supervisor {
         n.pid = None;
         n.pid_start = 0;
         n.adopted = false;
+        n.watchdog_at = None;
         if n.starter.take() == Some(pid)
             && exit == Exit::Code(0)
             && n.state == NodeState::Starting
@@ -609,6 +634,7 @@ impl Supervisor {
         let n = &mut self.nodes[i];
         n.last_exit = Some(exit);
         self.drop_ready_pipe(i);
+        self.close_notify(i);
         let n = &mut self.nodes[i];
         let was_stopping =
             n.state == NodeState::Stopping || matches!(n.queue, Some(Queue::Stop { .. }));

@@ -11,6 +11,7 @@ mod dispatch;
 mod guardian_link;
 mod lifecycle;
 pub mod node;
+pub mod notify;
 mod pid_file;
 pub mod policy;
 mod queues;
@@ -411,6 +412,20 @@ impl Supervisor {
         sup.save_running_config(&config_text);
         sup.connect_guardian();
         sup.take_over(previous);
+        // sd_notify nodes that survived: their socket (the path in their NOTIFY_SOCKET) is
+        // bound again, so what they send from now on is read.
+        for i in 0..sup.nodes.len() {
+            // (Not one this Supervisor spawned itself: its socket is already bound.)
+            if sup.nodes[i].spec.policy.notify
+                && sup.nodes[i].pid.is_some()
+                && sup.nodes[i].notify.is_none()
+            {
+                sup.open_notify(i);
+                if sup.nodes[i].state == NodeState::Running {
+                    sup.arm_watchdog(i);
+                }
+            }
+        }
         sup.drop_unmatched_reports();
         sup.generation = sup.shared.header().generation.load(Ordering::Relaxed);
         // Children that ended while no loop listened (during an upgrade's exec).
@@ -446,12 +461,14 @@ impl Supervisor {
             let mut ready = Vec::new();
             let mut files = false;
             let mut cgroups_changed = Vec::new();
+            let mut notified = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
                     READY_FILES => files = true,
                     guardian_link::REPORTS => self.read_reports(),
+                    Token(t) if t >= notify::NOTIFY_BASE => notified.push(t - notify::NOTIFY_BASE),
                     Token(t) if t >= CGROUP_BASE => cgroups_changed.push(t - CGROUP_BASE),
                     Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
                         ready.push((t - NODE_BASE) / 2);
@@ -468,6 +485,11 @@ impl Supervisor {
             }
             for i in ready {
                 self.check_ready(i);
+            }
+            for i in notified {
+                if i < self.nodes.len() {
+                    self.read_notify(i);
+                }
             }
             for i in cgroups_changed {
                 if i < self.nodes.len() {
@@ -548,7 +570,7 @@ impl Supervisor {
                     && n.state == NodeState::Starting
                     && !n.ready_timed_out;
                 let ready_by = if waiting { n.ready_by } else { None };
-                [n.deadline, ready_by]
+                [n.deadline, ready_by, n.watchdog_at]
             })
             .flatten()
             .min()

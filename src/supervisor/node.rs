@@ -94,6 +94,12 @@ pub struct Node {
     /// A `pid_file` node whose starter (this pid) exited with status 0: waiting for its PID
     /// file to name its main process.
     pub pid_file_wait: Option<u32>,
+    /// A `ready = "notify"` node's socket (`NOTIFY_SOCKET`), registered with the event loop.
+    pub notify: Option<std::os::unix::net::UnixDatagram>,
+    /// The last `STATUS=` text it sent.
+    pub notify_status: String,
+    /// When its next `WATCHDOG=1` is due (mono ns).
+    pub watchdog_at: Option<u64>,
 }
 
 impl Node {
@@ -129,6 +135,9 @@ impl Node {
             cgroup_events: None,
             starter: None,
             pid_file_wait: None,
+            notify: None,
+            notify_status: String::new(),
+            watchdog_at: None,
         }
     }
 

@@ -174,6 +174,13 @@ impl Supervisor {
                     Interest::READABLE,
                 );
             }
+            if let Some(sock) = &n.notify {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&sock.as_raw_fd()),
+                    Token(notify::NOTIFY_BASE + i),
+                    Interest::READABLE,
+                );
+            }
             if let Some(f) = &n.cgroup_events {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&f.as_raw_fd()),

@@ -203,6 +203,11 @@ impl Supervisor {
                         self.nodes[i].state = NodeState::Running;
                     }
                 }
+                NodeState::Starting if n.spec.policy.notify => {
+                    // sd_notify: its socket is bound again below; it stays `starting` until
+                    // it sends READY=1.
+                    n.state = NodeState::Starting;
+                }
                 NodeState::Starting if rec.deadline_mono_ns != 0 => {
                     // `ready_after_ms`: ready when the recorded deadline passes.
                     n.state = NodeState::Starting;
