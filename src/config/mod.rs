@@ -168,6 +168,37 @@ pub struct Policy {
     /// With `notify`: a running node that sends no `WATCHDOG=1` within this is killed and
     /// restarted by its policy (zero: no watchdog).
     pub watchdog: Duration,
+    /// A command run (in the node's cwd, with its environment) every
+    /// `ready_check_interval` while the node is `starting`, until it exits 0: then the node is
+    /// ready (s6-notifyoncheck's idea). Empty: none.
+    pub ready_check: Vec<String>,
+    /// Time between the end of one `ready_check` run and the start of the next.
+    pub ready_check_interval: Duration,
+    /// What happens to a node not ready within `ready_timeout`.
+    pub ready_timeout_action: ReadyTimeoutAction,
+}
+
+/// What happens to a node still `starting` after its `ready_timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReadyTimeoutAction {
+    /// It goes on starting (an ordered start no longer waits for it).
+    #[default]
+    Wait,
+    /// It is stopped and started again (counted in `restarts`).
+    Restart,
+    /// It is stopped and left `failed`.
+    Fail,
+}
+
+impl ReadyTimeoutAction {
+    /// The name used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyTimeoutAction::Wait => "wait",
+            ReadyTimeoutAction::Restart => "restart",
+            ReadyTimeoutAction::Fail => "fail",
+        }
+    }
 }
 
 /// `ready_file = { path = ".status", line = "RUNNING" }`: readiness from a status file.
@@ -231,6 +262,9 @@ impl Default for Policy {
             pid_file: None,
             notify: false,
             watchdog: Duration::ZERO,
+            ready_check: Vec::new(),
+            ready_check_interval: Duration::from_millis(500),
+            ready_timeout_action: ReadyTimeoutAction::Wait,
         }
     }
 }
@@ -651,7 +685,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 3] = ["defaults", "node", "zeek"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 32] = [
+const POLICY_KEYS: [&str; 35] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -683,6 +717,9 @@ const POLICY_KEYS: [&str; 32] = [
     "pid_file",
     "ready",
     "watchdog_ms",
+    "ready_check",
+    "ready_check_interval_ms",
+    "ready_timeout_action",
     // Refused with what replaced it (a node's environment is always clean).
     "clear_env",
 ];
@@ -1614,6 +1651,28 @@ impl Checker<'_> {
                 ))),
             },
             "watchdog_ms" => read_ms(item, 0).map(|v| p.watchdog = v),
+            "ready_check" => read_command(item).map(|v| p.ready_check = v),
+            "ready_check_interval_ms" => read_ms(item, 1).map(|v| p.ready_check_interval = v),
+            "ready_timeout_action" => match &item.value {
+                Raw::Str(s) => [
+                    ReadyTimeoutAction::Wait,
+                    ReadyTimeoutAction::Restart,
+                    ReadyTimeoutAction::Fail,
+                ]
+                .into_iter()
+                .find(|a| a.as_str() == s)
+                .map(|a| p.ready_timeout_action = a)
+                .ok_or_else(|| {
+                    Bad::new(format!(
+                        "expected \"wait\", \"restart\" or \"fail\", got {}",
+                        describe(&item.value)
+                    ))
+                }),
+                other => Err(Bad::new(format!(
+                    "expected \"wait\", \"restart\" or \"fail\", got {}",
+                    describe(other)
+                ))),
+            },
             "pid_file" => read_string(item, "a file name such as \"redis.pid\"")
                 .map(|v| p.pid_file = Some(v.into())),
             "env" => read_env(item).map(|env| draft.env.extend(env)),

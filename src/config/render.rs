@@ -112,6 +112,11 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("autostart = {}", p.autostart),
         format!("path = {}", string(&p.path)),
         format!("inherit_env = {}", list(&p.inherit_env, |s| string(s))),
+        format!("ready_check_interval_ms = {}", ms(p.ready_check_interval)),
+        format!(
+            "ready_timeout_action = {}",
+            string(p.ready_timeout_action.as_str())
+        ),
         format!("restart_delay_ms = {}", ms(p.restart_delay)),
         format!("restart_delay_max_ms = {}", ms(p.restart_delay_max)),
         format!("restart_delay_factor = {factor}"),
@@ -160,6 +165,12 @@ fn node(out: &mut String, n: &NodeSpec) {
         lines.push(format!(
             "capabilities = {}",
             list(&p.capabilities, |c| string(c))
+        ));
+    }
+    if !p.ready_check.is_empty() {
+        lines.push(format!(
+            "ready_check = {}",
+            list(&p.ready_check, |s| string(s))
         ));
     }
     if p.notify {

@@ -935,6 +935,7 @@ fn to_toml_writes_every_key() {
         "clear_env",
         "ready",
         "watchdog_ms",
+        "ready_check",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {
@@ -1110,4 +1111,27 @@ fn ready_notify_and_watchdog_are_read_and_rendered() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("ready") && e.contains("notify"), "{e}");
+}
+
+#[test]
+fn ready_check_and_ready_timeout_action_are_read_and_rendered() {
+    let cfg = ok(&format!(
+        "{}ready_check = [\"redis-cli\", \"ping\"]\nready_check_interval_ms = 100\nready_timeout_action = \"fail\"\n",
+        node("n")
+    ));
+    let p = &cfg.nodes[0].policy;
+    assert_eq!(p.ready_check, ["redis-cli", "ping"]);
+    assert_eq!(p.ready_check_interval, Duration::from_millis(100));
+    assert_eq!(p.ready_timeout_action, ReadyTimeoutAction::Fail);
+    assert_round_trip(&cfg);
+    let e = Config::parse(
+        &format!("{}ready_timeout_action = \"retry\"\n", node("n")),
+        Path::new("/etc/broctld/broctld.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("ready_timeout_action") && e.contains("\"fail\""),
+        "{e}"
+    );
 }

@@ -18,6 +18,9 @@ impl Supervisor {
             if self.nodes[i].watchdog_at.is_some_and(|t| t <= now) {
                 self.watchdog_expired(i);
             }
+            if self.nodes[i].check_at.is_some_and(|t| t <= now) {
+                self.run_ready_check(i);
+            }
         }
         // A blocker's pidfd turned readable: it is gone, so check again now.
         for i in 0..self.nodes.len() {
@@ -46,13 +49,7 @@ impl Supervisor {
                 {
                     self.nodes[i].ready_timed_out = true;
                     self.publish(i);
-                    if self.nodes.iter().any(|n| n.queue.is_some()) {
-                        log!(
-                            "node {}: not ready after {} ms; the next stage starts anyway",
-                            self.nodes[i].spec.name,
-                            self.nodes[i].spec.policy.ready_timeout.as_millis()
-                        );
-                    }
+                    self.ready_timed_out(i);
                 }
             }
         }
@@ -179,6 +176,7 @@ impl Supervisor {
         }
         self.nodes[i].starter = None;
         self.nodes[i].pid_file_wait = None;
+        self.nodes[i].fail_after_stop = false;
         // Its own cgroup, which the child enters before it execs.
         let attach = match &self.cgroups {
             Some(c) => c
@@ -239,7 +237,13 @@ impl Supervisor {
                 let ready_after = n.spec.policy.ready_after;
                 n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
                 n.ready_timed_out = false;
-                if n.ready_pipe.is_some() || by_file || n.starter.is_some() || n.notify.is_some() {
+                let checked = !n.spec.policy.ready_check.is_empty();
+                if n.ready_pipe.is_some()
+                    || by_file
+                    || n.starter.is_some()
+                    || n.notify.is_some()
+                    || checked
+                {
                     n.state = NodeState::Starting;
                     n.deadline = None;
                 } else if ready_after.is_zero() {
@@ -251,6 +255,9 @@ impl Supervisor {
                 }
                 let running = n.state == NodeState::Running;
                 let restarts = n.restarts;
+                if checked {
+                    self.arm_ready_check(i);
+                }
                 self.by_pid.insert(pid, i);
                 self.publish(i);
                 let mut ev = Event::now(EventKind::Spawned, i as u16, pid);
@@ -602,6 +609,9 @@ impl Supervisor {
     }
 
     pub(super) fn on_exit(&mut self, pid: u32, exit: Exit) {
+        if self.check_ended(pid, exit) {
+            return;
+        }
         let Some(i) = self.by_pid.remove(&pid) else {
             let mut ev = Event::now(EventKind::OrphanReaped, NO_NODE, pid);
             ev.exit = Some(exit);
@@ -635,6 +645,7 @@ impl Supervisor {
         n.last_exit = Some(exit);
         self.drop_ready_pipe(i);
         self.close_notify(i);
+        self.drop_ready_check(i);
         let n = &mut self.nodes[i];
         let was_stopping =
             n.state == NodeState::Stopping || matches!(n.queue, Some(Queue::Stop { .. }));
@@ -695,6 +706,12 @@ impl Supervisor {
         if was_stopping {
             if self.nodes[i].start_after_exit && !self.shutting_down {
                 self.spawn(i, true);
+            } else if std::mem::take(&mut self.nodes[i].fail_after_stop) {
+                // ready_timeout_action = "fail".
+                self.nodes[i].state = NodeState::Failed;
+                self.nodes[i].deadline = None;
+                self.publish(i);
+                self.event(Event::now(EventKind::Failed, i as u16, 0));
             } else {
                 self.nodes[i].state = NodeState::Stopped;
                 self.nodes[i].deadline = None;

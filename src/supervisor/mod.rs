@@ -16,6 +16,7 @@ mod pid_file;
 pub mod policy;
 mod queues;
 mod readiness;
+mod ready_check;
 mod ready_file;
 pub mod reaper;
 mod reload;
@@ -566,11 +567,13 @@ impl Supervisor {
         self.nodes
             .iter()
             .flat_map(|n| {
-                let waiting = (queued || n.pid_file_wait.is_some())
+                let acts =
+                    n.spec.policy.ready_timeout_action != crate::config::ReadyTimeoutAction::Wait;
+                let waiting = (queued || acts || n.pid_file_wait.is_some())
                     && n.state == NodeState::Starting
                     && !n.ready_timed_out;
                 let ready_by = if waiting { n.ready_by } else { None };
-                [n.deadline, ready_by, n.watchdog_at]
+                [n.deadline, ready_by, n.watchdog_at, n.check_at]
             })
             .flatten()
             .min()

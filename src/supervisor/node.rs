@@ -100,6 +100,12 @@ pub struct Node {
     pub notify_status: String,
     /// When its next `WATCHDOG=1` is due (mono ns).
     pub watchdog_at: Option<u64>,
+    /// When its next `ready_check` run is due (mono ns).
+    pub check_at: Option<u64>,
+    /// Its running `ready_check` process.
+    pub check_pid: Option<u32>,
+    /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
+    pub fail_after_stop: bool,
 }
 
 impl Node {
@@ -138,6 +144,9 @@ impl Node {
             notify: None,
             notify_status: String::new(),
             watchdog_at: None,
+            check_at: None,
+            check_pid: None,
+            fail_after_stop: false,
         }
     }
 

@@ -203,6 +203,11 @@ impl Supervisor {
                         self.nodes[i].state = NodeState::Running;
                     }
                 }
+                NodeState::Starting if !n.spec.policy.ready_check.is_empty() => {
+                    // Checked again from now (a check the predecessor ran is not ours).
+                    n.state = NodeState::Starting;
+                    self.arm_ready_check(i);
+                }
                 NodeState::Starting if n.spec.policy.notify => {
                     // sd_notify: its socket is bound again below; it stays `starting` until
                     // it sends READY=1.
