@@ -128,3 +128,30 @@ fn a_bare_program_name_is_looked_up_on_the_nodes_own_path() {
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(text.contains("'only-here' not found"), "{text}");
 }
+
+/// An operator's `restart` is not a death: `restarts` counts only deaths, and `last_exit`
+/// says how the process ended.
+#[test]
+fn operator_restart_is_not_counted_in_restarts() {
+    let c = Cluster::new(
+        "restart_count",
+        "[defaults]\nrestart_delay_ms = 50\n[[node]]\nname = \"n\"\ncommand = [\"sleep\", \"600\"]\n",
+    );
+    let s = c.start();
+    let first = s["n"].pid.unwrap();
+    c.run(&["restart", "n"]).ok();
+    let s = c.status();
+    let second = s["n"].pid.unwrap();
+    track(c.id, second, true);
+    assert_ne!(second, first);
+    assert_eq!(s["n"].restarts, 0);
+    assert_eq!(s["n"].exit_signal, Some(libc::SIGTERM as i64));
+    // A death is counted.
+    signal(second, libc::SIGKILL);
+    let s = c.wait_status(WAIT, "n back", |s| {
+        s["n"].state == "running" && s["n"].pid.is_some_and(|p| p != second)
+    });
+    track(c.id, s["n"].pid.unwrap(), true);
+    assert_eq!(s["n"].restarts, 1);
+    c.run(&["shutdown"]).ok();
+}

@@ -705,7 +705,9 @@ impl Supervisor {
             });
         if was_stopping {
             if self.nodes[i].start_after_exit && !self.shutting_down {
-                self.spawn(i, true);
+                // An operator's (or a reload's) restart: not a death, so not counted in
+                // `restarts`; `last_exit` says how the process ended.
+                self.spawn(i, false);
             } else if std::mem::take(&mut self.nodes[i].fail_after_stop) {
                 // ready_timeout_action = "fail".
                 self.nodes[i].state = NodeState::Failed;

@@ -43,7 +43,8 @@ pub struct Node {
     pub started_mono_ns: u64,
     /// Wall clock of the start.
     pub started_wall_ms: u64,
-    /// Times started again after an end (by policy or `restart`).
+    /// Times started again after its process died (by its restart policy); an operator's
+    /// `restart` (or a reload's) is not counted.
     pub restarts: u32,
     /// How the previous process ended.
     pub last_exit: Option<Exit>,
