@@ -235,6 +235,9 @@ pub struct Supervisor {
     repair_failed: bool,
     /// The instance's cgroup (None: the lock fd and `/proc` identity scan are the fallback).
     cgroups: Option<cgroups::Cgroups>,
+    /// Staged restarts of several nodes (by name): stopping in reverse stages; started in
+    /// stages once every node of the batch is down.
+    restart_batches: Vec<Vec<String>>,
 }
 
 impl Supervisor {
@@ -408,6 +411,7 @@ impl Supervisor {
             generation: 0,
             repair_failed: false,
             cgroups,
+            restart_batches: Vec::new(),
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);

@@ -107,6 +107,9 @@ pub struct Node {
     pub check_pid: Option<u32>,
     /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
     pub fail_after_stop: bool,
+    /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
+    /// its batch, which then start in stages.
+    pub staged_restart: bool,
 }
 
 impl Node {
@@ -148,6 +151,7 @@ impl Node {
             check_at: None,
             check_pid: None,
             fail_after_stop: false,
+            staged_restart: false,
         }
     }
 
@@ -176,7 +180,10 @@ impl Node {
     /// What a successor must resume beyond the state (see [`Intent`]).
     pub fn intent(&self) -> Intent {
         let mut it = Intent::default();
-        it.set(Intent::RESTART_PENDING, self.start_after_exit);
+        it.set(
+            Intent::RESTART_PENDING,
+            self.start_after_exit || self.staged_restart,
+        );
         it.set(
             Intent::STOP_QUEUED,
             matches!(self.queue, Some(Queue::Stop { .. })),

@@ -117,6 +117,13 @@ impl Supervisor {
     pub(super) fn queue_stop(&mut self, nodes: Vec<usize>) {
         let mut stopping = Vec::new();
         for &i in &nodes {
+            // A stop cancels a staged restart of the node.
+            if std::mem::take(&mut self.nodes[i].staged_restart) {
+                let name = self.nodes[i].spec.name.clone();
+                for b in &mut self.restart_batches {
+                    b.retain(|n| *n != name);
+                }
+            }
             let n = &mut self.nodes[i];
             n.start_after_exit = false;
             if matches!(n.queue, Some(Queue::Start { .. })) || n.pid.is_none() {
@@ -191,6 +198,9 @@ impl Supervisor {
                 }
             }
             if !progressed {
+                if !self.restart_batches.is_empty() {
+                    self.advance_restart_batches();
+                }
                 return;
             }
         }
@@ -276,6 +286,56 @@ impl Supervisor {
                 self.event(Event::now(EventKind::Stopped, i as u16, 0));
             }
             _ => {}
+        }
+    }
+
+    /// `restart` of several nodes, in stages as `stop` and `start` go: stopped in reverse role
+    /// order, then, once every one of them is down, started in order, each stage gated by
+    /// readiness. Each is marked so a successor Supervisor still starts it again (unstaged).
+    pub(super) fn restart_staged(&mut self, nodes: Vec<usize>) {
+        self.queue_stop(nodes.clone());
+        for &i in &nodes {
+            self.nodes[i].staged_restart = true;
+            self.publish(i);
+        }
+        self.restart_batches.push(
+            nodes
+                .iter()
+                .map(|&i| self.nodes[i].spec.name.clone())
+                .collect(),
+        );
+        self.advance_restart_batches();
+    }
+
+    /// Starts (in stages) every restart batch whose nodes are all down.
+    pub(super) fn advance_restart_batches(&mut self) {
+        let mut k = 0;
+        while k < self.restart_batches.len() {
+            let idx: Vec<usize> = self.restart_batches[k]
+                .iter()
+                .filter_map(|name| self.nodes.iter().position(|n| &n.spec.name == name))
+                .collect();
+            let down = idx.iter().all(|&i| {
+                let n = &self.nodes[i];
+                n.pid.is_none()
+                    && n.queue.is_none()
+                    && n.draining.is_none()
+                    && matches!(
+                        n.state,
+                        NodeState::Stopped | NodeState::Failed | NodeState::Backoff
+                    )
+            });
+            if !down {
+                k += 1;
+                continue;
+            }
+            self.restart_batches.remove(k);
+            for &i in &idx {
+                self.nodes[i].staged_restart = false;
+            }
+            if !self.shutting_down {
+                self.queue_start(idx);
+            }
         }
     }
 
