@@ -494,7 +494,12 @@ impl Supervisor {
             let r = if sig == libc::SIGKILL {
                 g.kill()
             } else {
-                g.signal(sig)
+                // Those the signal to the group missed (no process gets it twice).
+                cgroup_processes(&g).map(|procs| {
+                    for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
+                        let _ = spawn::signal_pid(p.pid, sig);
+                    }
+                })
             };
             if let Err(e) = r {
                 log!("node {name}: signalling cgroup {}: {e}", g.dir().display());

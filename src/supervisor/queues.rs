@@ -185,7 +185,10 @@ impl Supervisor {
                     }
                     Some(Queue::Stop { after })
                         if after.iter().all(|&j| {
-                            self.nodes[j].pid.is_none() && self.nodes[j].queue.is_none()
+                            // Down: no process, nothing queued, its cgroup empty.
+                            self.nodes[j].pid.is_none()
+                                && self.nodes[j].queue.is_none()
+                                && self.nodes[j].draining.is_none()
                         }) =>
                     {
                         self.nodes[i].queue = None;
