@@ -766,10 +766,38 @@ impl Cluster {
         }
         let shm = self.instance().shm_name();
         let _ = broctld::shm::Region::unlink(&shm);
+        remove_instance_cgroup(&self.instance_dir());
         let _ = std::fs::remove_dir_all(&self.root);
         lock_registry().remove(&self.id);
         lock_leftovers().remove(&self.id);
     }
+}
+
+/// Removes the instance's cgroup (and its node groups, killing what is left in them) that a
+/// Supervisor killed by the test could not remove itself.
+fn remove_instance_cgroup(instance_dir: &Path) {
+    use broctld::supervisor::cgroups::{tracking, Tracking};
+    let Some(Tracking::Cgroup(dir)) = tracking(instance_dir) else {
+        return;
+    };
+    if !dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("broctld-"))
+    {
+        return;
+    }
+    let group = broctld::sys::cgroup::Cgroup::at(dir.clone());
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+            let g = broctld::sys::cgroup::Cgroup::at(e.path());
+            let _ = g.kill();
+            if let Ok(mut ev) = g.open_events() {
+                let _ = broctld::sys::cgroup::wait_empty(&mut ev, Duration::from_secs(5));
+            }
+            let _ = g.remove();
+        }
+    }
+    let _ = group.remove();
 }
 
 impl Drop for Cluster {
