@@ -146,6 +146,40 @@ fn start_waits_stage_by_stage_and_stop_goes_in_reverse_role_order() {
     c.run(&["status"]).expect_code(3);
 }
 
+/// `restart` of several nodes goes in stages as `stop` and `start` do: every selected node is
+/// stopped in reverse role order, then they start in order, each stage once the one before is
+/// ready; an operator's restart is not counted in `restarts`.
+#[test]
+fn restart_of_several_nodes_stops_in_reverse_then_starts_in_stages() {
+    let c = Cluster::new("ops_restart_stages", CLUSTER);
+    let before = c.start();
+    let seen = all_events(&c).len();
+    c.run(&["restart", "worker-2", "manager", "logger-1"]).ok();
+    let s = c.status();
+    let evs: Vec<Value> = all_events(&c).split_off(seen);
+    let at = |n: &str, k: &str| position(&evs, n, k);
+    // Stopped in reverse role order, all before any starts.
+    assert!(at("worker-2", "stopped") < at("manager", "stopped"));
+    assert!(at("manager", "stopped") < at("logger-1", "stopped"));
+    assert!(at("logger-1", "stopped") < at("logger-1", "spawned"));
+    // Started in order, the manager's stage gated by the logger, the worker's by the
+    // manager's readiness (its ready_fd).
+    assert!(at("logger-1", "ready") < at("manager", "spawned"));
+    assert!(at("manager", "ready") < at("worker-2", "spawned"));
+    for n in ["worker-2", "manager", "logger-1"] {
+        assert_eq!(s[n].state, "running", "{n}");
+        assert_ne!(s[n].pid, before[n].pid, "{n} got a new process");
+        assert_eq!(
+            s[n].restarts, 0,
+            "{n}: an operator's restart is not counted"
+        );
+    }
+    assert_eq!(
+        s["proxy-1"].pid, before["proxy-1"].pid,
+        "not selected: untouched"
+    );
+}
+
 #[test]
 fn events_show_what_happened_while_away_and_follow_live() {
     let c = Cluster::new("ops_events", CLUSTER);

@@ -154,7 +154,14 @@ fn zeek_conf_cluster_starts_in_order_ready_from_status_files_and_stops() {
             .filter(|(k, _)| !k.starts_with("BROCTLD_"))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let env: BTreeMap<String, String> = serde_json::from_value(n["env"].clone()).unwrap();
+        let mut env: BTreeMap<String, String> = serde_json::from_value(n["env"].clone()).unwrap();
+        // Besides its env: the login variables of the user it runs as (ours).
+        // SAFETY: getuid cannot fail.
+        let me = broctld::sys::account::login(unsafe { libc::getuid() }).unwrap();
+        env.insert("HOME".into(), me.home);
+        env.insert("USER".into(), me.name.clone());
+        env.insert("LOGNAME".into(), me.name);
+        env.insert("SHELL".into(), me.shell);
         assert_eq!(environ, env, "{name}");
     }
 

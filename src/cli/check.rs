@@ -53,7 +53,12 @@ fn program(n: &NodeSpec, dir: &Path, say: &mut dyn FnMut(String)) {
     let Some(prog) = n.command.first() else {
         return;
     };
-    match resolve_program(&n.name, prog, dir) {
+    match resolve_program(
+        &n.name,
+        prog,
+        dir,
+        &crate::supervisor::spawn::node_env_path(n),
+    ) {
         Err(e) => say(format!("{e}")),
         Ok(p) => match p.metadata() {
             Ok(m) if !m.is_file() => say(format!("program {} is not a file", p.display())),

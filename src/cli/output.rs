@@ -186,7 +186,9 @@ pub fn spec_json(n: &NodeSpec) -> Value {
         "nice": p.nice,
         "memory_max": p.memory_max,
         "capabilities": p.capabilities,
-        "clear_env": p.clear_env,
+        "path": p.path,
+        "inherit_env": p.inherit_env,
+        "pid_file": p.pid_file.as_ref().map(|f| f.to_string_lossy()),
         "ready_file": p.ready_file.as_ref().map(|r| json!({
             "path": r.path.to_string_lossy(),
             "line": r.line,

@@ -389,6 +389,19 @@ impl Session {
                 );
             }
             print!("{}", output::status_table(&chosen, self.style));
+            // What sd_notify nodes said (STATUS=, reloading, stopping).
+            for n in &chosen {
+                if let Some(text) =
+                    crate::supervisor::notify::read_status(&self.instance.dir(), &n.name)
+                {
+                    println!("{}: {text}", n.name);
+                }
+            }
+            if let Some(crate::supervisor::cgroups::Tracking::Fallback(why)) =
+                crate::supervisor::cgroups::tracking(&self.instance.dir())
+            {
+                println!("{}", crate::supervisor::cgroups::fallback_note(&why));
+            }
         }
         if let Some(why) = unverified {
             return Err(CliError::Failed(why));
@@ -654,12 +667,13 @@ impl Session {
             );
             return Ok(Outcome::ShutDown);
         }
+        // Read before the shutdown is sent: reading the config looks at the Supervisor, and
+        // one that has already exited detaches the client.
+        let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
         let pid = client.supervisor_pid();
         let running = client.status().iter().filter(|n| n.pid.is_some()).count();
         client.shutdown(REPLY_TIMEOUT)?;
-        let specs = self.specs();
-        let client = self.client.as_ref().expect("attached above");
         let mut progress = Progress::new();
         // Wait as long as the slowest stop may take (its SIGKILL deadline), plus a margin.
         let start = Instant::now();

@@ -86,13 +86,21 @@ fn page_size() -> u64 {
     }
 }
 
-fn group_totals(snap: &HashMap<u32, ProcStat>, leader: u32) -> (u32, u64, u64, u64) {
+fn group_totals(
+    snap: &HashMap<u32, ProcStat>,
+    leader: u32,
+    members: Option<&Vec<u32>>,
+) -> (u32, u64, u64, u64) {
     let mut procs = 0;
     let mut ticks = 0;
     let mut threads = 0;
     let mut rss = 0;
     for (pid, s) in snap {
-        if s.pgrp == leader || *pid == leader {
+        let member = match members {
+            Some(m) => m.contains(pid),
+            None => s.pgrp == leader || *pid == leader,
+        };
+        if member {
             procs += 1;
             ticks += s.cpu_ticks;
             threads += s.threads;
@@ -102,9 +110,14 @@ fn group_totals(snap: &HashMap<u32, ProcStat>, leader: u32) -> (u32, u64, u64, u
     (procs, ticks, threads, rss)
 }
 
-/// Measures the process groups led by `leaders` over `interval` (shorter if Ctrl-C is
-/// pressed meanwhile: the pause is taken in slices of at most 100 ms).
-pub fn measure(leaders: &[u32], interval: Duration) -> HashMap<u32, Usage> {
+/// Measures the nodes led by `leaders` over `interval` (shorter if Ctrl-C is pressed
+/// meanwhile: the pause is taken in slices of at most 100 ms): each one's cgroup members if
+/// `members` has them (every process of the node, wherever it went), else its process group.
+pub fn measure(
+    leaders: &[u32],
+    members: &HashMap<u32, Vec<u32>>,
+    interval: Duration,
+) -> HashMap<u32, Usage> {
     let first = snapshot();
     let t0 = Instant::now();
     while !super::interrupt::pending() {
@@ -120,8 +133,8 @@ pub fn measure(leaders: &[u32], interval: Duration) -> HashMap<u32, Usage> {
     let page = page_size();
     let mut out = HashMap::new();
     for &l in leaders {
-        let (_, t1, _, _) = group_totals(&first, l);
-        let (procs, t2, threads, rss) = group_totals(&second, l);
+        let (_, t1, _, _) = group_totals(&first, l, members.get(&l));
+        let (procs, t2, threads, rss) = group_totals(&second, l, members.get(&l));
         if procs == 0 {
             continue;
         }

@@ -147,19 +147,64 @@ pub struct Policy {
     pub rlimit_memlock: Option<u64>,
     /// The node's nice level (-20..=19), set between fork and exec.
     pub nice: Option<i32>,
-    /// The most memory the node may use, in bytes. Reported, not yet enforced: enforcing it
-    /// needs a cgroup per node.
+    /// The most memory the node may use, in bytes: its cgroup's `memory.max`. A host without
+    /// the cgroup v2 memory controller refuses the config at start (preflight).
     pub memory_max: Option<u64>,
     /// Capabilities (`CAP_NET_RAW`, ...) raised into the node's ambient set, so that a node
     /// running as a non-root `user` keeps them across exec.
     pub capabilities: Vec<String>,
-    /// Start the node with only its `env` (and broctld's `BROCTLD_*` variables), not the
-    /// Supervisor's environment: what `nodes --json` shows is then all it gets, as a systemd
-    /// unit's `Environment=` is. Zeek configs set it.
-    pub clear_env: bool,
+    /// The node's `PATH` (also where a bare program name is looked up); by default
+    /// [`DEFAULT_PATH`].
+    pub path: String,
+    /// Names of variables the node takes from the Supervisor's environment (none by default).
+    /// Everything else a node gets is defined: `env`, `PATH`, `HOME`, `USER`, `LOGNAME`,
+    /// `SHELL` of the user it runs as, `NOTIFY_SOCKET` if used, and `BROCTLD_*`.
+    pub inherit_env: Vec<String>,
     /// The node is ready when this file's first line reads a given line (Zeek's `-U` status
     /// file reading `RUNNING`); watched with inotify, no polling.
     pub ready_file: Option<ReadyFile>,
+    /// A forking daemon's PID file (systemd's `Type=forking` + `PIDFile=`), relative to the
+    /// node's working directory or absolute: once the started process exits with status 0,
+    /// the process the file names (in the node's cgroup, or carrying its identity) is the
+    /// node's main process. Removed before each start.
+    pub pid_file: Option<PathBuf>,
+    /// `ready = "notify"`: readiness (and status, main pid, watchdog) by systemd's
+    /// notification protocol on the node's own `NOTIFY_SOCKET`.
+    pub notify: bool,
+    /// With `notify`: a running node that sends no `WATCHDOG=1` within this is killed and
+    /// restarted by its policy (zero: no watchdog).
+    pub watchdog: Duration,
+    /// A command run (in the node's cwd, with its environment) every
+    /// `ready_check_interval` while the node is `starting`, until it exits 0: then the node is
+    /// ready (s6-notifyoncheck's idea). Empty: none.
+    pub ready_check: Vec<String>,
+    /// Time between the end of one `ready_check` run and the start of the next.
+    pub ready_check_interval: Duration,
+    /// What happens to a node not ready within `ready_timeout`.
+    pub ready_timeout_action: ReadyTimeoutAction,
+}
+
+/// What happens to a node still `starting` after its `ready_timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReadyTimeoutAction {
+    /// It goes on starting (an ordered start no longer waits for it).
+    #[default]
+    Wait,
+    /// It is stopped and started again (counted in `restarts`).
+    Restart,
+    /// It is stopped and left `failed`.
+    Fail,
+}
+
+impl ReadyTimeoutAction {
+    /// The name used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyTimeoutAction::Wait => "wait",
+            ReadyTimeoutAction::Restart => "restart",
+            ReadyTimeoutAction::Fail => "fail",
+        }
+    }
 }
 
 /// `ready_file = { path = ".status", line = "RUNNING" }`: readiness from a status file.
@@ -188,7 +233,7 @@ impl Default for Policy {
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
     /// no `ready_fd`, `ready_timeout_ms = 10000`, `log_max_bytes = 67108864` (64 MiB),
-    /// `log_keep = 5`, `clear_env = false`, and no user, group, umask, rlimits, nice level,
+    /// `log_keep = 5`, the default `PATH`, nothing inherited, and no user, group, umask, rlimits, nice level,
     /// memory limit or capabilities (inherited from the Supervisor).
     fn default() -> Self {
         Policy {
@@ -218,7 +263,14 @@ impl Default for Policy {
             memory_max: None,
             capabilities: Vec::new(),
             ready_file: None,
-            clear_env: false,
+            path: DEFAULT_PATH.to_owned(),
+            inherit_env: Vec::new(),
+            pid_file: None,
+            notify: false,
+            watchdog: Duration::ZERO,
+            ready_check: Vec::new(),
+            ready_check_interval: Duration::from_millis(500),
+            ready_timeout_action: ReadyTimeoutAction::Wait,
         }
     }
 }
@@ -671,7 +723,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 4] = ["defaults", "node", "zeek", "host"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 27] = [
+const POLICY_KEYS: [&str; 35] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -698,6 +750,15 @@ const POLICY_KEYS: [&str; 27] = [
     "memory_max",
     "capabilities",
     "ready_file",
+    "path",
+    "inherit_env",
+    "pid_file",
+    "ready",
+    "watchdog_ms",
+    "ready_check",
+    "ready_check_interval_ms",
+    "ready_timeout_action",
+    // Refused with what replaced it (a node's environment is always clean).
     "clear_env",
 ];
 
@@ -1159,6 +1220,32 @@ fn read_string(item: &Item, what: &str) -> Result<String, Bad> {
     }
 }
 
+/// The `PATH` of a node without `path` (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && !name.contains('\0')
+}
+
+fn read_env_names(item: &Item) -> Result<Vec<String>, Bad> {
+    let Raw::Array(items) = &item.value else {
+        return Err(Bad::new(format!(
+            "expected a list of variable names such as [\"TZ\", \"LANG\"], got {}",
+            describe(&item.value)
+        )));
+    };
+    items
+        .iter()
+        .map(|i| match &i.value {
+            Raw::Str(s) if valid_env_name(s) => Ok(s.clone()),
+            other => Err(Bad::at(
+                i,
+                format!("invalid environment variable name {}", describe(other)),
+            )),
+        })
+        .collect()
+}
+
 fn read_env(item: &Item) -> Result<Vec<(String, String)>, Bad> {
     let Raw::Table(entries) = &item.value else {
         return Err(Bad::new(format!(
@@ -1169,7 +1256,7 @@ fn read_env(item: &Item) -> Result<Vec<(String, String)>, Bad> {
     let mut env = Vec::with_capacity(entries.len());
     for entry in entries {
         let name = &entry.key;
-        if name.is_empty() || name.contains('=') || name.contains('\0') {
+        if !valid_env_name(name) {
             return Err(Bad {
                 at: entry.start(),
                 msg: format!("invalid environment variable name {name:?}"),
@@ -1679,7 +1766,12 @@ impl Checker<'_> {
             "stop_signal" => read_signal(item).map(|v| p.stop_signal = v),
             "stop_timeout_ms" => read_ms(item, 1).map(|v| p.stop_timeout = v),
             "autostart" => read_bool(item).map(|v| p.autostart = v),
-            "clear_env" => read_bool(item).map(|v| p.clear_env = v),
+            "path" => read_string(item, "a PATH such as \"/usr/local/bin:/usr/bin:/bin\"")
+                .map(|v| p.path = v),
+            "inherit_env" => read_env_names(item).map(|v| p.inherit_env = v),
+            "clear_env" => Err(Bad::new(
+                "a node's environment is always clean now (its env, PATH, HOME, USER, LOGNAME, SHELL, BROCTLD_*): remove clear_env; list variables to take from broctld's environment in inherit_env",
+            )),
             "restart_delay_ms" => read_ms(item, 0).map(|v| {
                 p.restart_delay = v;
                 draft.delay_line = Some(self.entry_line(entry, fallback));
@@ -1737,6 +1829,41 @@ impl Checker<'_> {
             "memory_max" => read_memory(item).map(|v| p.memory_max = Some(v)),
             "capabilities" => read_capabilities(item).map(|v| p.capabilities = v),
             "ready_file" => read_ready_file(item).map(|v| p.ready_file = Some(v)),
+            "ready" => match &item.value {
+                Raw::Str(s) if s == "notify" => {
+                    p.notify = true;
+                    Ok(())
+                }
+                other => Err(Bad::new(format!(
+                    "expected \"notify\" (systemd's sd_notify protocol), got {}",
+                    describe(other)
+                ))),
+            },
+            "watchdog_ms" => read_ms(item, 0).map(|v| p.watchdog = v),
+            "ready_check" => read_command(item).map(|v| p.ready_check = v),
+            "ready_check_interval_ms" => read_ms(item, 1).map(|v| p.ready_check_interval = v),
+            "ready_timeout_action" => match &item.value {
+                Raw::Str(s) => [
+                    ReadyTimeoutAction::Wait,
+                    ReadyTimeoutAction::Restart,
+                    ReadyTimeoutAction::Fail,
+                ]
+                .into_iter()
+                .find(|a| a.as_str() == s)
+                .map(|a| p.ready_timeout_action = a)
+                .ok_or_else(|| {
+                    Bad::new(format!(
+                        "expected \"wait\", \"restart\" or \"fail\", got {}",
+                        describe(&item.value)
+                    ))
+                }),
+                other => Err(Bad::new(format!(
+                    "expected \"wait\", \"restart\" or \"fail\", got {}",
+                    describe(other)
+                ))),
+            },
+            "pid_file" => read_string(item, "a file name such as \"redis.pid\"")
+                .map(|v| p.pid_file = Some(v.into())),
             "env" => read_env(item).map(|env| draft.env.extend(env)),
             _ => return Ok(false),
         };

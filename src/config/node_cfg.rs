@@ -566,7 +566,6 @@ impl Install<'_> {
                 .collect(),
             policy: Policy {
                 ready_file: Some(ReadyFile::zeek()),
-                clear_env: true,
                 ..Policy::default()
             },
             line: n.line,

@@ -110,7 +110,13 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("stop_signal = {signal}"),
         format!("stop_timeout_ms = {}", ms(p.stop_timeout)),
         format!("autostart = {}", p.autostart),
-        format!("clear_env = {}", p.clear_env),
+        format!("path = {}", string(&p.path)),
+        format!("inherit_env = {}", list(&p.inherit_env, |s| string(s))),
+        format!("ready_check_interval_ms = {}", ms(p.ready_check_interval)),
+        format!(
+            "ready_timeout_action = {}",
+            string(p.ready_timeout_action.as_str())
+        ),
         format!("restart_delay_ms = {}", ms(p.restart_delay)),
         format!("restart_delay_max_ms = {}", ms(p.restart_delay_max)),
         format!("restart_delay_factor = {factor}"),
@@ -160,6 +166,21 @@ fn node(out: &mut String, n: &NodeSpec) {
             "capabilities = {}",
             list(&p.capabilities, |c| string(c))
         ));
+    }
+    if !p.ready_check.is_empty() {
+        lines.push(format!(
+            "ready_check = {}",
+            list(&p.ready_check, |s| string(s))
+        ));
+    }
+    if p.notify {
+        lines.push("ready = \"notify\"".to_owned());
+    }
+    if !p.watchdog.is_zero() {
+        lines.push(format!("watchdog_ms = {}", ms(p.watchdog)));
+    }
+    if let Some(f) = &p.pid_file {
+        lines.push(format!("pid_file = {}", path(f)));
     }
     if let Some(r) = &p.ready_file {
         lines.push(format!(

@@ -975,6 +975,11 @@ fn to_toml_writes_every_key() {
         "ready_file",
         // The rendered config is one host's: its nodes' host is implied.
         "host",
+        "pid_file",
+        "clear_env",
+        "ready",
+        "watchdog_ms",
+        "ready_check",
     ];
     for key in node_keys() {
         if !optional.contains(&key) {
@@ -1090,4 +1095,87 @@ fn unknown_user_and_bad_umask_name_line_and_key() {
     );
     let e = err("[[node]]\nname = \"n\"\ncommand = [\"x\"]\numask = \"999\"\n");
     assert_eq!((e.line(), e.key()), (Some(4), Some("umask")));
+}
+
+#[test]
+fn pid_file_is_read_rendered_and_refused_when_not_a_string() {
+    let cfg = ok(&format!("{}pid_file = \"run/d.pid\"\n", node("n")));
+    assert_eq!(
+        cfg.nodes[0].policy.pid_file.as_deref(),
+        Some(Path::new("run/d.pid"))
+    );
+    assert!(cfg.to_toml().contains("pid_file = \"run/d.pid\""));
+    assert_round_trip(&cfg);
+    let e = Config::parse(
+        &format!("{}pid_file = 3\n", node("n")),
+        Path::new("/etc/broctld/broctld.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("pid_file") && e.contains("broctld.toml:"), "{e}");
+}
+
+#[test]
+fn path_and_inherit_env_are_read_and_clear_env_is_refused_naming_what_replaced_it() {
+    let cfg = ok(&format!(
+        "{}path = \"/opt/x/bin:/bin\"\ninherit_env = [\"TZ\", \"LANG\"]\n",
+        node("n")
+    ));
+    assert_eq!(cfg.nodes[0].policy.path, "/opt/x/bin:/bin");
+    assert_eq!(cfg.nodes[0].policy.inherit_env, ["TZ", "LANG"]);
+    assert_round_trip(&cfg);
+    assert_eq!(ok(&node("n")).nodes[0].policy.path, DEFAULT_PATH);
+    let err = |text: &str| {
+        Config::parse(text, Path::new("/etc/broctld/broctld.toml"))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&format!("{}clear_env = true\n", node("n")));
+    assert!(e.contains("clear_env") && e.contains("inherit_env"), "{e}");
+    let e = err(&format!("{}inherit_env = [\"A=B\"]\n", node("n")));
+    assert!(
+        e.contains("inherit_env") && e.contains("broctld.toml:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ready_notify_and_watchdog_are_read_and_rendered() {
+    let cfg = ok(&format!(
+        "{}ready = \"notify\"\nwatchdog_ms = 500\n",
+        node("n")
+    ));
+    assert!(cfg.nodes[0].policy.notify);
+    assert_eq!(cfg.nodes[0].policy.watchdog, Duration::from_millis(500));
+    assert_round_trip(&cfg);
+    let e = Config::parse(
+        &format!("{}ready = \"fd\"\n", node("n")),
+        Path::new("/etc/broctld/broctld.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("ready") && e.contains("notify"), "{e}");
+}
+
+#[test]
+fn ready_check_and_ready_timeout_action_are_read_and_rendered() {
+    let cfg = ok(&format!(
+        "{}ready_check = [\"redis-cli\", \"ping\"]\nready_check_interval_ms = 100\nready_timeout_action = \"fail\"\n",
+        node("n")
+    ));
+    let p = &cfg.nodes[0].policy;
+    assert_eq!(p.ready_check, ["redis-cli", "ping"]);
+    assert_eq!(p.ready_check_interval, Duration::from_millis(100));
+    assert_eq!(p.ready_timeout_action, ReadyTimeoutAction::Fail);
+    assert_round_trip(&cfg);
+    let e = Config::parse(
+        &format!("{}ready_timeout_action = \"retry\"\n", node("n")),
+        Path::new("/etc/broctld/broctld.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("ready_timeout_action") && e.contains("\"fail\""),
+        "{e}"
+    );
 }

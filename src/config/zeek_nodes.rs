@@ -81,7 +81,6 @@ impl<'a> Units<'a> {
             give_up_after: 0,
             give_up_window: Duration::ZERO,
             stop_timeout: Duration::from_secs(90),
-            clear_env: true,
             user: (!conf.user.is_empty()).then(|| conf.user.clone()),
             group: (!conf.group.is_empty()).then(|| conf.group.clone()),
             ..Policy::default()

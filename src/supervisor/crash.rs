@@ -61,7 +61,7 @@ pub struct Crash<'a> {
     pub exit: Exit,
     /// How long it ran, ms.
     pub uptime_ms: u64,
-    /// The environment it was given, beyond the Supervisor's own.
+    /// The environment it was given beyond its own (`BROCTLD_*`).
     pub extra_env: &'a [(&'a str, &'a str)],
 }
 
@@ -94,10 +94,16 @@ pub fn write(c: &Crash<'_>) -> std::io::Result<PathBuf> {
     );
     let _ = writeln!(r, "cwd: {}", c.spec.cwd.display());
     let _ = writeln!(r, "\n== environment ==");
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
-    for (k, v) in &c.spec.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
+    let mut env: Vec<(String, String)> = Vec::new();
+    let given = super::spawn::node_env(c.spec).into_iter().map(|(k, v)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    });
+    for (k, v) in given {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
     }
     for (k, v) in c.extra_env {
         env.retain(|(ek, _)| ek != k);

@@ -111,9 +111,12 @@ impl Supervisor {
                 self.queue_stop(nodes);
                 (ReplyStatus::Ok, String::new())
             }
+            Opcode::Restart if nodes.len() > 1 => {
+                self.restart_staged(nodes);
+                (ReplyStatus::Ok, String::new())
+            }
             Opcode::Restart => {
-                let order = self.start_order(nodes);
-                order.into_iter().for_each(|i| self.restart_node(i));
+                nodes.into_iter().for_each(|i| self.restart_node(i));
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Reload => self.reload(),

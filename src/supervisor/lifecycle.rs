@@ -14,6 +14,14 @@ pub(super) enum NodeLock {
 impl Supervisor {
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].watchdog_at.is_some_and(|t| t <= now) {
+                self.watchdog_expired(i);
+            }
+            if self.nodes[i].check_at.is_some_and(|t| t <= now) {
+                self.run_ready_check(i);
+            }
+        }
         // A blocker's pidfd turned readable: it is gone, so check again now.
         for i in 0..self.nodes.len() {
             let gone = self.nodes[i]
@@ -30,19 +38,18 @@ impl Supervisor {
         }
         for i in 0..self.nodes.len() {
             if let Some(t) = self.nodes[i].ready_by {
+                if t <= now && self.nodes[i].pid_file_wait.is_some() {
+                    self.nodes[i].ready_by = None;
+                    self.give_up_pid_file(i, false);
+                    continue;
+                }
                 if t <= now
                     && self.nodes[i].state == NodeState::Starting
                     && !self.nodes[i].ready_timed_out
                 {
                     self.nodes[i].ready_timed_out = true;
                     self.publish(i);
-                    if self.nodes.iter().any(|n| n.queue.is_some()) {
-                        log!(
-                            "node {}: not ready after {} ms; the next stage starts anyway",
-                            self.nodes[i].spec.name,
-                            self.nodes[i].spec.policy.ready_timeout.as_millis()
-                        );
-                    }
+                    self.ready_timed_out(i);
                 }
             }
         }
@@ -147,14 +154,53 @@ impl Supervisor {
             env.push(("BROCTLD_LOCK_FD", lock_target_text.as_str()));
         }
         let by_file = self.arm_ready_file(i);
+        self.arm_pid_file(i);
+        // sd_notify: the node's own socket; without one it counts as ready once started.
+        self.nodes[i].watchdog_at = None;
+        self.nodes[i].notify_status.clear();
+        let _ = std::fs::remove_file(notify::status_path(&self.instance.dir(), &name));
+        let notify_path = if self.nodes[i].spec.policy.notify {
+            self.open_notify(i)
+        } else {
+            None
+        };
+        let notify_text = notify_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let watchdog_usec = self.nodes[i].spec.policy.watchdog.as_micros().to_string();
+        if let Some(p) = &notify_text {
+            env.push(("NOTIFY_SOCKET", p.as_str()));
+            if !self.nodes[i].spec.policy.watchdog.is_zero() {
+                env.push(("WATCHDOG_USEC", watchdog_usec.as_str()));
+            }
+        }
+        self.nodes[i].starter = None;
+        self.nodes[i].pid_file_wait = None;
+        self.nodes[i].fail_after_stop = false;
+        // Its own cgroup, which the child enters before it execs.
+        let attach = match &self.cgroups {
+            Some(c) => c
+                .prepare(&name, self.nodes[i].spec.policy.memory_max)
+                .map(Some)
+                .map_err(|source| spawn::SpawnError::Prepare {
+                    node: name.clone(),
+                    what: "prepare the cgroup",
+                    path: c.node(&name).dir().to_owned(),
+                    source,
+                }),
+            None => Ok(None),
+        };
         let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
-        let result = spawn::spawn(
-            &self.nodes[i].spec,
-            &self.config_dir,
-            &env,
-            &pass,
-            &mut prepared,
-        );
+        let result = attach.and_then(|attach| {
+            spawn::spawn(
+                &self.nodes[i].spec,
+                &self.config_dir,
+                &env,
+                &pass,
+                attach.as_ref().map(|f| f.as_raw_fd()),
+                &mut prepared,
+            )
+        });
         self.nodes[i].prepared = prepared;
         // Our copy of the node's end closes here: only the child has it.
         let ready_rd = fifo.map(|(_node_end, ours)| ours);
@@ -173,6 +219,9 @@ impl Supervisor {
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
                 n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                if n.spec.policy.pid_file.is_some() {
+                    n.starter = Some(pid);
+                }
                 if let Some(l) = lock.as_mut() {
                     let _ = l.write_holder(pid, n.pid_start);
                 }
@@ -183,21 +232,18 @@ impl Supervisor {
                 let now = clock::monotonic_ns();
                 n.started_mono_ns = now;
                 n.started_wall_ms = clock::wall_ms();
-                match pidfd::open(pid) {
-                    Ok(fd) => {
-                        let _ = self.poll.registry().register(
-                            &mut SourceFd(&fd.as_raw_fd()),
-                            Token(NODE_BASE + 2 * i),
-                            Interest::READABLE,
-                        );
-                        n.pidfd = Some(fd);
-                    }
-                    Err(e) => log!("node {name}: pidfd_open({pid}): {e}; relying on SIGCHLD"),
-                }
+                self.watch_pid(i, pid);
+                let n = &mut self.nodes[i];
                 let ready_after = n.spec.policy.ready_after;
                 n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
                 n.ready_timed_out = false;
-                if n.ready_pipe.is_some() || by_file {
+                let checked = !n.spec.policy.ready_check.is_empty();
+                if n.ready_pipe.is_some()
+                    || by_file
+                    || n.starter.is_some()
+                    || n.notify.is_some()
+                    || checked
+                {
                     n.state = NodeState::Starting;
                     n.deadline = None;
                 } else if ready_after.is_zero() {
@@ -209,6 +255,9 @@ impl Supervisor {
                 }
                 let running = n.state == NodeState::Running;
                 let restarts = n.restarts;
+                if checked {
+                    self.arm_ready_check(i);
+                }
                 self.by_pid.insert(pid, i);
                 self.publish(i);
                 let mut ev = Event::now(EventKind::Spawned, i as u16, pid);
@@ -297,6 +346,19 @@ impl Supervisor {
                 return;
             }
         }
+        if let Some(c) = &self.cgroups {
+            // Whatever is in the node's group is the node's: not itself, so leftovers. They
+            // end, and the start waits until the group is empty.
+            let g = c.node(&name);
+            log!(
+                "node {name}: {} process(es) left in its cgroup; killing them before it starts",
+                procs.len()
+            );
+            if let Err(e) = g.kill() {
+                log!("node {name}: cgroup.kill in {}: {e}", g.dir().display());
+            }
+            self.watch_cgroup(i);
+        }
         let (blocker, why) = match procs.first() {
             Some(p) if p.pgid != p.pid => (
                 p.pid,
@@ -383,6 +445,9 @@ impl Supervisor {
     /// know (so no leftover of any node was reparented to us). That keeps the scan off the
     /// restart path of a node that leaves nothing behind.
     pub(super) fn node_processes(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
+        if let Some(c) = &self.cgroups {
+            return cgroup_processes(&c.node(&self.nodes[i].spec.name));
+        }
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
         }
@@ -423,6 +488,24 @@ impl Supervisor {
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
     pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
         let name = &self.nodes[i].spec.name;
+        if let Some(c) = &self.cgroups {
+            // The node's processes are its cgroup's, wherever they went.
+            let g = c.node(name);
+            let r = if sig == libc::SIGKILL {
+                g.kill()
+            } else {
+                // Those the signal to the group missed (no process gets it twice).
+                cgroup_processes(&g).map(|procs| {
+                    for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
+                        let _ = spawn::signal_pid(p.pid, sig);
+                    }
+                })
+            };
+            if let Err(e) = r {
+                log!("node {name}: signalling cgroup {}: {e}", g.dir().display());
+            }
+            return;
+        }
         match self.node_processes(i) {
             Ok(procs) => {
                 for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
@@ -531,13 +614,15 @@ impl Supervisor {
     }
 
     pub(super) fn on_exit(&mut self, pid: u32, exit: Exit) {
+        if self.check_ended(pid, exit) {
+            return;
+        }
         let Some(i) = self.by_pid.remove(&pid) else {
             let mut ev = Event::now(EventKind::OrphanReaped, NO_NODE, pid);
             ev.exit = Some(exit);
             self.event(ev);
             return;
         };
-        let now = clock::monotonic_ns();
         let n = &mut self.nodes[i];
         if n.pid != Some(pid) {
             return;
@@ -551,13 +636,46 @@ impl Supervisor {
         n.pid = None;
         n.pid_start = 0;
         n.adopted = false;
+        n.watchdog_at = None;
+        if n.starter.take() == Some(pid)
+            && exit == Exit::Code(0)
+            && n.state == NodeState::Starting
+            && n.queue.is_none()
+        {
+            // A forking daemon's starter is done: its main process comes from its PID file.
+            self.starter_exited(i, pid);
+            return;
+        }
+        let n = &mut self.nodes[i];
         n.last_exit = Some(exit);
         self.drop_ready_pipe(i);
+        self.close_notify(i);
+        self.drop_ready_check(i);
         let n = &mut self.nodes[i];
         let was_stopping =
             n.state == NodeState::Stopping || matches!(n.queue, Some(Queue::Stop { .. }));
         if matches!(n.queue, Some(Queue::Stop { .. })) {
             n.queue = None;
+        }
+        // With a cgroup: whatever is left in it is killed, and the end is applied once the
+        // group is empty (a node is down when its group is).
+        if let Some(c) = &self.cgroups {
+            let g = c.node(&self.nodes[i].spec.name);
+            if g.populated().unwrap_or(true) {
+                log!(
+                    "node {}: pid {pid} ended; killing what is left in its cgroup",
+                    self.nodes[i].spec.name
+                );
+                let _ = g.kill();
+                let mut ev = Event::now(EventKind::Exited, i as u16, pid);
+                ev.exit = Some(exit);
+                self.event(ev);
+                self.nodes[i].draining = Some((pid, exit, was_stopping));
+                self.watch_cgroup(i);
+                // Emptied between the check and the watch: no notification will come.
+                self.cgroup_changed(i);
+                return;
+            }
         }
         // Leftovers of the node's process group (background jobs) do not outlive it: not after
         // a stop, and not before its replacement starts (they would hold its lock, and a
@@ -574,6 +692,13 @@ impl Supervisor {
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);
         self.event(ev);
+        self.ended(i, pid, exit, was_stopping);
+    }
+
+    /// Node `i`'s process `pid` ended and nothing of it is left: stopped, started again (a
+    /// restart), or the restart policy.
+    pub(super) fn ended(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
+        let now = clock::monotonic_ns();
         // The crash report is written after the replacement is spawned: restart latency first.
         let crash =
             (!was_stopping && exit.is_failure() && !matches!(exit, Exit::Unknown)).then(|| {
@@ -585,7 +710,15 @@ impl Supervisor {
             });
         if was_stopping {
             if self.nodes[i].start_after_exit && !self.shutting_down {
-                self.spawn(i, true);
+                // An operator's (or a reload's) restart: not a death, so not counted in
+                // `restarts`; `last_exit` says how the process ended.
+                self.spawn(i, false);
+            } else if std::mem::take(&mut self.nodes[i].fail_after_stop) {
+                // ready_timeout_action = "fail".
+                self.nodes[i].state = NodeState::Failed;
+                self.nodes[i].deadline = None;
+                self.publish(i);
+                self.event(Event::now(EventKind::Failed, i as u16, 0));
             } else {
                 self.nodes[i].state = NodeState::Stopped;
                 self.nodes[i].deadline = None;
@@ -597,6 +730,94 @@ impl Supervisor {
         self.after_end(i, exit, now);
         if let Some((spec, uptime_ms)) = crash {
             self.write_crash_report(&spec, pid, exit, uptime_ms);
+        }
+    }
+
+    /// Watches node `i`'s process `pid` with a pidfd (readable when it exits).
+    pub(super) fn watch_pid(&mut self, i: usize, pid: u32) {
+        match pidfd::open(pid) {
+            Ok(fd) => {
+                let _ = self.poll.registry().register(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    Token(NODE_BASE + 2 * i),
+                    Interest::READABLE,
+                );
+                self.nodes[i].pidfd = Some(fd);
+            }
+            Err(e) => log!(
+                "node {}: pidfd_open({pid}): {e}; relying on SIGCHLD",
+                self.nodes[i].spec.name
+            ),
+        }
+    }
+
+    /// Node `name`'s cgroup, if nodes have one.
+    pub(super) fn node_group(&self, name: &str) -> Option<crate::sys::cgroup::Cgroup> {
+        self.cgroups.as_ref().map(|c| c.node(name))
+    }
+
+    /// Watches node `i`'s `cgroup.events` (wakes the loop when its group empties).
+    pub(super) fn watch_cgroup(&mut self, i: usize) {
+        let Some(c) = &self.cgroups else {
+            return;
+        };
+        if self.nodes[i].cgroup_events.is_some() {
+            return;
+        }
+        let g = c.node(&self.nodes[i].spec.name);
+        match g.open_events() {
+            Ok(f) => {
+                match self.poll.registry().register(
+                    &mut SourceFd(&f.as_raw_fd()),
+                    Token(CGROUP_BASE + i),
+                    Interest::PRIORITY,
+                ) {
+                    Ok(()) => self.nodes[i].cgroup_events = Some(f),
+                    Err(e) => log!(
+                        "node {}: cannot watch {}: {e}",
+                        self.nodes[i].spec.name,
+                        g.dir().display()
+                    ),
+                }
+            }
+            Err(e) => log!(
+                "node {}: cannot open {}/cgroup.events: {e}",
+                self.nodes[i].spec.name,
+                g.dir().display()
+            ),
+        }
+    }
+
+    /// Node `i`'s `cgroup.events` changed (or may have): once the group is empty, a drained
+    /// end is applied and a start blocked by leftovers goes ahead.
+    pub(super) fn cgroup_changed(&mut self, i: usize) {
+        let Some(f) = self.nodes[i].cgroup_events.as_mut() else {
+            return;
+        };
+        match crate::sys::cgroup::events_populated(f) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                log!(
+                    "node {}: reading cgroup.events: {e}",
+                    self.nodes[i].spec.name
+                );
+                return;
+            }
+        }
+        if let Some(f) = self.nodes[i].cgroup_events.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&f.as_raw_fd()));
+        }
+        if let Some((pid, exit, was_stopping)) = self.nodes[i].draining.take() {
+            self.ended(i, pid, exit, was_stopping);
+        } else if self.nodes[i].blocked_by.is_some() {
+            self.unblock(i);
+            if self.nodes[i].state == NodeState::Backoff {
+                self.nodes[i].deadline = Some(clock::monotonic_ns());
+            }
         }
     }
 
@@ -681,4 +902,24 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The processes in a node's cgroup, as the `/proc` scan would list them (zombies and those
+/// gone meanwhile left out).
+fn cgroup_processes(g: &crate::sys::cgroup::Cgroup) -> io::Result<Vec<procscan::NodeProcess>> {
+    let mut out = Vec::new();
+    for pid in g.procs()? {
+        let Some(st) = procstat::stat(pid)? else {
+            continue;
+        };
+        if matches!(st.state, 'Z' | 'X') {
+            continue;
+        }
+        out.push(procscan::NodeProcess {
+            pid,
+            start: st.start,
+            pgid: st.pgid,
+        });
+    }
+    Ok(out)
 }

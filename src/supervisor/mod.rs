@@ -5,15 +5,19 @@
 //! nearest timer (a restart delay, a stop timeout, a readiness delay). With no timer pending it
 //! sleeps without a timeout: an idle Supervisor makes no syscalls at all.
 
+pub mod cgroups;
 pub mod crash;
 mod dispatch;
 mod guardian_link;
 mod hold;
 mod lifecycle;
 pub mod node;
+pub mod notify;
+mod pid_file;
 pub mod policy;
 mod queues;
 mod readiness;
+mod ready_check;
 mod ready_file;
 pub mod reaper;
 mod reload;
@@ -59,6 +63,8 @@ const READY_FILES: Token = Token(3);
 /// Node `i` has token `NODE_BASE + 2i` for its pidfd and `NODE_BASE + 2i + 1` for its
 /// readiness pipe.
 const NODE_BASE: usize = 16;
+/// Node `i`'s `cgroup.events` has token `CGROUP_BASE + i` (above every node token).
+const CGROUP_BASE: usize = 1 << 32;
 
 /// Why the Supervisor could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +234,11 @@ pub struct Supervisor {
     generation: u64,
     /// A rebuild of the region failed; retried only when a Main asks.
     repair_failed: bool,
+    /// The instance's cgroup (None: the lock fd and `/proc` identity scan are the fallback).
+    cgroups: Option<cgroups::Cgroups>,
+    /// Staged restarts of several nodes (by name): stopping in reverse stages; started in
+    /// stages once every node of the batch is down.
+    restart_batches: Vec<Vec<String>>,
 }
 
 impl Supervisor {
@@ -267,12 +278,28 @@ impl Supervisor {
             }
             Err(e) => return Err(e.into()),
         };
+        let cgroups = match cgroups::Cgroups::open(&instance) {
+            Ok(c) => {
+                log!(
+                    "cgroups: every node runs in its own group under {}",
+                    c.dir().display()
+                );
+                Some(c)
+            }
+            Err(why) => {
+                log!("cgroups: none ({why}); nodes are tracked by their lock and /proc identity, and processes that leave a node's process group and drop its identity cannot be tracked");
+                None
+            }
+        };
         // A refused config leaves no lock file behind (removed while still held).
         let (config, config_text) = match choose_config(&instance, config_path)
-            .and_then(|(c, t)| startable(c).map(|c| (c, t)))
+            .and_then(|(c, t)| startable(c, cgroups.as_ref()).map(|c| (c, t)))
         {
             Ok(ct) => ct,
             Err(e) => {
+                if let Some(c) = &cgroups {
+                    c.remove_if_unused(&instance.dir());
+                }
                 lock.remove();
                 return Err(e);
             }
@@ -384,11 +411,27 @@ impl Supervisor {
             reported: HashMap::new(),
             generation: 0,
             repair_failed: false,
+            cgroups,
+            restart_batches: Vec::new(),
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);
         sup.connect_guardian();
         sup.take_over(previous);
+        // sd_notify nodes that survived: their socket (the path in their NOTIFY_SOCKET) is
+        // bound again, so what they send from now on is read.
+        for i in 0..sup.nodes.len() {
+            // (Not one this Supervisor spawned itself: its socket is already bound.)
+            if sup.nodes[i].spec.policy.notify
+                && sup.nodes[i].pid.is_some()
+                && sup.nodes[i].notify.is_none()
+            {
+                sup.open_notify(i);
+                if sup.nodes[i].state == NodeState::Running {
+                    sup.arm_watchdog(i);
+                }
+            }
+        }
         sup.drop_unmatched_reports();
         sup.generation = sup.shared.header().generation.load(Ordering::Relaxed);
         // Children that ended while no loop listened (during an upgrade's exec).
@@ -423,12 +466,16 @@ impl Supervisor {
             let mut adopted_exits = Vec::new();
             let mut ready = Vec::new();
             let mut files = false;
+            let mut cgroups_changed = Vec::new();
+            let mut notified = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
                     READY_FILES => files = true,
                     guardian_link::REPORTS => self.read_reports(),
+                    Token(t) if t >= notify::NOTIFY_BASE => notified.push(t - notify::NOTIFY_BASE),
+                    Token(t) if t >= CGROUP_BASE => cgroups_changed.push(t - CGROUP_BASE),
                     Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
                         ready.push((t - NODE_BASE) / 2);
                     }
@@ -444,6 +491,16 @@ impl Supervisor {
             }
             for i in ready {
                 self.check_ready(i);
+            }
+            for i in notified {
+                if i < self.nodes.len() {
+                    self.read_notify(i);
+                }
+            }
+            for i in cgroups_changed {
+                if i < self.nodes.len() {
+                    self.cgroup_changed(i);
+                }
             }
             if files {
                 self.ready_files_changed();
@@ -515,12 +572,13 @@ impl Supervisor {
         self.nodes
             .iter()
             .flat_map(|n| {
-                let ready_by = if queued && n.state == NodeState::Starting && !n.ready_timed_out {
-                    n.ready_by
-                } else {
-                    None
-                };
-                [n.deadline, ready_by]
+                let acts =
+                    n.spec.policy.ready_timeout_action != crate::config::ReadyTimeoutAction::Wait;
+                let waiting = (queued || acts || n.pid_file_wait.is_some())
+                    && n.state == NodeState::Starting
+                    && !n.ready_timed_out;
+                let ready_by = if waiting { n.ready_by } else { None };
+                [n.deadline, ready_by, n.watchdog_at, n.check_at]
             })
             .flatten()
             .min()
@@ -572,6 +630,9 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_dir(&nodes_dir);
+        if let Some(c) = &self.cgroups {
+            c.remove_all(&self.instance.dir(), Duration::from_secs(5));
+        }
         running::remove(&self.instance.dir());
         log!("supervisor exiting: every node stopped, runtime files removed");
         if let Some(lock) = self.lock.take() {
@@ -643,8 +704,11 @@ fn choose_config(
 
 /// Refuses a config that cannot be started: a node that cannot start at all, or more nodes
 /// than the table holds.
-fn startable(config: Config) -> Result<Config, SupervisorError> {
-    preflight(&config)?;
+fn startable(
+    config: Config,
+    cgroups: Option<&cgroups::Cgroups>,
+) -> Result<Config, SupervisorError> {
+    preflight(&config, cgroups)?;
     if config.nodes.len() > MAX_NODES {
         return Err(SupervisorError::TooManyNodes {
             count: config.nodes.len(),
@@ -654,10 +718,25 @@ fn startable(config: Config) -> Result<Config, SupervisorError> {
     Ok(config)
 }
 
-/// Refuses a config with a node that cannot be started at all, naming its line.
-fn preflight(config: &Config) -> Result<(), SupervisorError> {
+/// Refuses a config with a node that cannot be started at all, naming its line: its program
+/// or folder, or a key this host cannot enforce (`memory_max` without a cgroup v2 memory
+/// controller).
+fn preflight(config: &Config, cgroups: Option<&cgroups::Cgroups>) -> Result<(), SupervisorError> {
     for spec in &config.nodes {
-        spawn::preflight(spec, &config.dir).map_err(|source| SupervisorError::Preflight {
+        let memory = match (spec.policy.memory_max, cgroups) {
+            (None, _) => None,
+            (Some(_), None) => Some("it needs a writable cgroup v2 hierarchy, and this Supervisor has none (see supervisor.log)".to_owned()),
+            (Some(_), Some(c)) => c.memory_refusal(),
+        };
+        let checked = match memory {
+            Some(why) => Err(spawn::SpawnError::Unenforceable {
+                node: spec.name.clone(),
+                key: "memory_max",
+                why,
+            }),
+            None => spawn::preflight(spec, &config.dir),
+        };
+        checked.map_err(|source| SupervisorError::Preflight {
             path: config.path.clone(),
             line: spec.line,
             source,

@@ -43,7 +43,8 @@ pub struct Node {
     pub started_mono_ns: u64,
     /// Wall clock of the start.
     pub started_wall_ms: u64,
-    /// Times started again after an end (by policy or `restart`).
+    /// Times started again after its process died (by its restart policy); an operator's
+    /// `restart` (or a reload's) is not counted.
     pub restarts: u32,
     /// How the previous process ended.
     pub last_exit: Option<Exit>,
@@ -84,6 +85,34 @@ pub struct Node {
     /// Whether `nodes/NAME.down` is known to exist (`None`: not known yet); see
     /// `supervisor/hold.rs`.
     pub down_marked: std::cell::Cell<Option<bool>>,
+    /// The main process ended but its cgroup still has processes (killed with `cgroup.kill`):
+    /// the end is applied once the group is empty. The pid, how it ended, and whether it was
+    /// being stopped.
+    pub draining: Option<(u32, Exit, bool)>,
+    /// The node group's `cgroup.events`, watched (registered with the event loop) while
+    /// draining or while its start is blocked by processes left in the group.
+    pub cgroup_events: Option<std::fs::File>,
+    /// A `pid_file` node's starter (the process we spawned, which forks the daemon), while it
+    /// runs: its exit with status 0 is not the node's end.
+    pub starter: Option<u32>,
+    /// A `pid_file` node whose starter (this pid) exited with status 0: waiting for its PID
+    /// file to name its main process.
+    pub pid_file_wait: Option<u32>,
+    /// A `ready = "notify"` node's socket (`NOTIFY_SOCKET`), registered with the event loop.
+    pub notify: Option<std::os::unix::net::UnixDatagram>,
+    /// The last `STATUS=` text it sent.
+    pub notify_status: String,
+    /// When its next `WATCHDOG=1` is due (mono ns).
+    pub watchdog_at: Option<u64>,
+    /// When its next `ready_check` run is due (mono ns).
+    pub check_at: Option<u64>,
+    /// Its running `ready_check` process.
+    pub check_pid: Option<u32>,
+    /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
+    pub fail_after_stop: bool,
+    /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
+    /// its batch, which then start in stages.
+    pub staged_restart: bool,
 }
 
 impl Node {
@@ -116,6 +145,17 @@ impl Node {
             ready_timed_out: false,
             down_marked: std::cell::Cell::new(None),
             prepared: super::spawn::Prepared::default(),
+            draining: None,
+            cgroup_events: None,
+            starter: None,
+            pid_file_wait: None,
+            notify: None,
+            notify_status: String::new(),
+            watchdog_at: None,
+            check_at: None,
+            check_pid: None,
+            fail_after_stop: false,
+            staged_restart: false,
         }
     }
 
@@ -144,7 +184,10 @@ impl Node {
     /// What a successor must resume beyond the state (see [`Intent`]).
     pub fn intent(&self) -> Intent {
         let mut it = Intent::default();
-        it.set(Intent::RESTART_PENDING, self.start_after_exit);
+        it.set(
+            Intent::RESTART_PENDING,
+            self.start_after_exit || self.staged_restart,
+        );
         it.set(
             Intent::STOP_QUEUED,
             matches!(self.queue, Some(Queue::Stop { .. })),

@@ -117,6 +117,13 @@ impl Supervisor {
     pub(super) fn queue_stop(&mut self, nodes: Vec<usize>) {
         let mut stopping = Vec::new();
         for &i in &nodes {
+            // A stop cancels a staged restart of the node.
+            if std::mem::take(&mut self.nodes[i].staged_restart) {
+                let name = self.nodes[i].spec.name.clone();
+                for b in &mut self.restart_batches {
+                    b.retain(|n| *n != name);
+                }
+            }
             let n = &mut self.nodes[i];
             n.start_after_exit = false;
             if matches!(n.queue, Some(Queue::Start { .. })) || n.pid.is_none() {
@@ -178,7 +185,10 @@ impl Supervisor {
                     }
                     Some(Queue::Stop { after })
                         if after.iter().all(|&j| {
-                            self.nodes[j].pid.is_none() && self.nodes[j].queue.is_none()
+                            // Down: no process, nothing queued, its cgroup empty.
+                            self.nodes[j].pid.is_none()
+                                && self.nodes[j].queue.is_none()
+                                && self.nodes[j].draining.is_none()
                         }) =>
                     {
                         self.nodes[i].queue = None;
@@ -191,6 +201,9 @@ impl Supervisor {
                 }
             }
             if !progressed {
+                if !self.restart_batches.is_empty() {
+                    self.advance_restart_batches();
+                }
                 return;
             }
         }
@@ -223,6 +236,19 @@ impl Supervisor {
         let n = &mut self.nodes[i];
         n.start_after_exit = false;
         n.queue = None;
+        if n.pid_file_wait.is_some() {
+            self.give_up_pid_file(i, true);
+            return;
+        }
+        if let Some(d) = n.draining.as_mut() {
+            // Its main process ended and its cgroup is being emptied: once it is, it stays
+            // stopped (no restart policy).
+            d.2 = true;
+            n.state = NodeState::Stopping;
+            n.deadline = None;
+            self.publish(i);
+            return;
+        }
         if n.pid.is_none() && n.state == NodeState::Starting {
             // A queued start that never spawned.
             n.state = NodeState::Stopped;
@@ -266,7 +292,64 @@ impl Supervisor {
         }
     }
 
+    /// `restart` of several nodes, in stages as `stop` and `start` go: stopped in reverse role
+    /// order, then, once every one of them is down, started in order, each stage gated by
+    /// readiness. Each is marked so a successor Supervisor still starts it again (unstaged).
+    pub(super) fn restart_staged(&mut self, nodes: Vec<usize>) {
+        self.queue_stop(nodes.clone());
+        for &i in &nodes {
+            self.nodes[i].staged_restart = true;
+            self.publish(i);
+        }
+        self.restart_batches.push(
+            nodes
+                .iter()
+                .map(|&i| self.nodes[i].spec.name.clone())
+                .collect(),
+        );
+        self.advance_restart_batches();
+    }
+
+    /// Starts (in stages) every restart batch whose nodes are all down.
+    pub(super) fn advance_restart_batches(&mut self) {
+        let mut k = 0;
+        while k < self.restart_batches.len() {
+            let idx: Vec<usize> = self.restart_batches[k]
+                .iter()
+                .filter_map(|name| self.nodes.iter().position(|n| &n.spec.name == name))
+                .collect();
+            let down = idx.iter().all(|&i| {
+                let n = &self.nodes[i];
+                n.pid.is_none()
+                    && n.queue.is_none()
+                    && n.draining.is_none()
+                    && matches!(
+                        n.state,
+                        NodeState::Stopped | NodeState::Failed | NodeState::Backoff
+                    )
+            });
+            if !down {
+                k += 1;
+                continue;
+            }
+            self.restart_batches.remove(k);
+            for &i in &idx {
+                self.nodes[i].staged_restart = false;
+            }
+            if !self.shutting_down {
+                self.queue_start(idx);
+            }
+        }
+    }
+
     pub(super) fn restart_node(&mut self, i: usize) {
+        if self.nodes[i].draining.is_some() {
+            // Started again once its cgroup is empty.
+            self.stop_node(i);
+            self.nodes[i].start_after_exit = true;
+            self.publish(i);
+            return;
+        }
         match (self.nodes[i].state, self.nodes[i].pid) {
             (NodeState::Running | NodeState::Starting, Some(_)) => {
                 self.stop_node(i);

@@ -36,7 +36,7 @@ impl ReadyFiles {
     }
 
     /// Watches the folder of `file` for files written, closed or moved in.
-    fn watch(&mut self, file: &Path) -> io::Result<()> {
+    pub(super) fn watch(&mut self, file: &Path) -> io::Result<()> {
         let dir = file.parent().unwrap_or(Path::new("/"));
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
@@ -186,6 +186,13 @@ impl Supervisor {
             return;
         };
         let (changed, overflow) = files.changed();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].pid_file_wait.is_some()
+                && (overflow || self.pid_file_path(i).is_some_and(|p| changed.contains(&p)))
+            {
+                self.take_pid_file(i);
+            }
+        }
         for i in 0..self.nodes.len() {
             if self.nodes[i].state != NodeState::Starting || self.nodes[i].pid.is_none() {
                 continue;

@@ -13,7 +13,7 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => return (ReplyStatus::Rejected, format!("nothing changed: {e}")),
         };
-        if let Err(e) = preflight(&config) {
+        if let Err(e) = preflight(&config, self.cgroups.as_ref()) {
             return (ReplyStatus::Rejected, format!("nothing changed: {e}"));
         }
         if let Some(Err(e)) = config.zeek.as_ref().map(zeek_setup::apply) {
@@ -172,6 +172,20 @@ impl Supervisor {
                     &mut SourceFd(&r.as_raw_fd()),
                     Token(NODE_BASE + 2 * i + 1),
                     Interest::READABLE,
+                );
+            }
+            if let Some(sock) = &n.notify {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&sock.as_raw_fd()),
+                    Token(notify::NOTIFY_BASE + i),
+                    Interest::READABLE,
+                );
+            }
+            if let Some(f) = &n.cgroup_events {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&f.as_raw_fd()),
+                    Token(CGROUP_BASE + i),
+                    Interest::PRIORITY,
                 );
             }
         }

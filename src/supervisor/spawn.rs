@@ -42,6 +42,16 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// A key the host cannot enforce.
+    #[error("node {node}: `{key}` cannot be enforced on this host: {why}; remove it or run where it can")]
+    Unenforceable {
+        /// Node name.
+        node: String,
+        /// The config key.
+        key: &'static str,
+        /// Why not.
+        why: String,
+    },
     /// fork or exec failed.
     #[error("node {node}: cannot start {program}: {source}")]
     Exec {
@@ -60,6 +70,7 @@ impl SpawnError {
     pub fn errno(&self) -> i32 {
         match self {
             SpawnError::NotFound { .. } => libc::ENOENT,
+            SpawnError::Unenforceable { .. } => libc::EOPNOTSUPP,
             SpawnError::Prepare { source, .. } | SpawnError::Exec { source, .. } => {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
@@ -74,13 +85,56 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The `PATH` node `spec` runs with: `PATH` in its `env` if set there, else its `path`.
+/// The `PATH` a node runs with: its `env`'s, else its `path` setting.
+pub fn node_env_path(spec: &NodeSpec) -> String {
+    spec.env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or_else(|| spec.policy.path.clone(), |(_, v)| v.clone())
+}
+
+/// Node `spec`'s environment, in order (a later name wins): `PATH`; `HOME`, `USER`,
+/// `LOGNAME` and `SHELL` of the user it runs as (its `user`, else the Supervisor's); the
+/// variables named in `inherit_env` that the Supervisor has; the config's `env` (defaults,
+/// then the node's). The caller adds `BROCTLD_*` (and `NOTIFY_SOCKET`).
+pub fn node_env(spec: &NodeSpec) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        vec![("PATH".into(), spec.policy.path.clone().into())];
+    // SAFETY: getuid cannot fail.
+    let uid = spec
+        .policy
+        .user
+        .as_deref()
+        .and_then(crate::sys::account::user)
+        .map_or(unsafe { libc::getuid() }, |(uid, _)| uid);
+    if let Some(l) = crate::sys::account::login(uid) {
+        env.push(("HOME".into(), l.home.into()));
+        env.push(("USER".into(), l.name.clone().into()));
+        env.push(("LOGNAME".into(), l.name.into()));
+        env.push(("SHELL".into(), l.shell.into()));
+    }
+    for name in &spec.policy.inherit_env {
+        if let Some(v) = std::env::var_os(name) {
+            env.push((name.into(), v));
+        }
+    }
+    for (k, v) in &spec.env {
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
 /// Resolves `command[0]`: a path with a `/` is taken relative to `config_dir`; a bare word is
-/// looked up on `PATH`, then next to the running broctld executable (so the bundled
-/// `broctld-node` is found when broctld runs from its build folder).
+/// looked up on the node's own `PATH` (`path_var`), then next to the running broctld
+/// executable (so the bundled `broctld-node` is found when broctld runs from its build
+/// folder).
 pub fn resolve_program(
     node: &str,
     program: &str,
     config_dir: &Path,
+    path_var: &str,
 ) -> Result<PathBuf, SpawnError> {
     if program.contains('/') {
         let p = config_dir.join(program);
@@ -94,9 +148,7 @@ pub fn resolve_program(
             })
         };
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(path_var).collect();
     if let Some(own) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_owned))
@@ -113,7 +165,7 @@ pub fn resolve_program(
         node: node.into(),
         program: program.into(),
         searched: format!(
-            "PATH and {}",
+            "{path_var} and {}",
             dirs.last()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default()
@@ -149,7 +201,12 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// another node, or by the node count) must leave no directories behind; the spawn creates
 /// the directory.
 pub fn preflight(spec: &NodeSpec, config_dir: &Path) -> Result<(), SpawnError> {
-    resolve_program(&spec.name, &spec.command[0], config_dir)?;
+    resolve_program(
+        &spec.name,
+        &spec.command[0],
+        config_dir,
+        &node_env_path(spec),
+    )?;
     check_capabilities(spec)?;
     check_creatable(spec)
 }
@@ -356,16 +413,18 @@ pub struct Prepared {
 
 /// Spawns `spec`. `extra_env` is added after the configured env; each `(fd, target)` in `pass`
 /// is duplicated to fd number `target` (3 or more) in the child and left open across exec.
-/// `prepared` caches the program's resolution and the directories between spawns (it is
+/// `cgroup`: a node group's `cgroup.procs` open for writing; the child moves itself in first
+/// thing after fork, so everything it ever runs is in the group. `prepared` caches the program's resolution and the directories between spawns (it is
 /// cleared when a spawn fails). Returns the child's pid; the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
+    cgroup: Option<RawFd>,
     prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
-    let r = spawn_prepared(spec, config_dir, extra_env, pass, prepared);
+    let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, prepared);
     if r.is_err() {
         *prepared = Prepared::default();
     }
@@ -377,6 +436,7 @@ fn spawn_prepared(
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
+    cgroup: Option<RawFd>,
     prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
@@ -385,7 +445,7 @@ fn spawn_prepared(
     }
     let program = match &prepared.program {
         Some(p) => p.clone(),
-        None => resolve_program(node, &spec.command[0], config_dir)?,
+        None => resolve_program(node, &spec.command[0], config_dir, &node_env_path(spec))?,
     };
     prepared.program = Some(program.clone());
     let policy = &spec.policy;
@@ -413,11 +473,9 @@ fn spawn_prepared(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    if policy.clear_env {
-        cmd.env_clear();
-    }
-    cmd.env_remove(NOFILE_ENV);
-    for (k, v) in &spec.env {
+    // Exactly the node's own environment: nothing leaks from whoever started the Supervisor.
+    cmd.env_clear();
+    for (k, v) in node_env(spec) {
         cmd.env(k, v);
     }
     for (k, v) in extra_env {
@@ -504,12 +562,18 @@ fn spawn_prepared(
     let dup_floor = pass.iter().map(|p| p.1).max().unwrap_or(2) + 1;
 
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
+    // async-signal-safe calls (write, setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
     // setrlimit, umask, close_range, open, getdents64, close, fcntl, dup2, setpriority, prctl,
     // setgroups, setgid, setuid, capset) on values prepared before the fork; it reads the
     // captured vectors (and builds two small structs on the stack) but allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Into the node's cgroup before anything else runs.
+            if let Some(fd) = cgroup {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // Own session and process group: not in the Supervisor's group, no controlling tty.
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());

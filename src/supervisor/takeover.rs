@@ -52,7 +52,13 @@ impl Supervisor {
         }
         for (name, rec) in previous {
             let Some(pid) = rec.pid else { continue };
-            let alive = is_survivor_node(pid, rec.pid_start, &name, self.instance.name());
+            let alive = is_survivor_node(
+                pid,
+                rec.pid_start,
+                &name,
+                self.instance.name(),
+                self.node_group(&name),
+            );
             if matches!(alive, Ok(false)) {
                 continue;
             }
@@ -215,7 +221,13 @@ impl Supervisor {
         let name = self.nodes[i].spec.name.clone();
         let alive = match rec.pid {
             None => Ok(false),
-            Some(pid) => is_survivor_node(pid, rec.pid_start, &name, self.instance.name()),
+            Some(pid) => is_survivor_node(
+                pid,
+                rec.pid_start,
+                &name,
+                self.instance.name(),
+                self.node_group(&name),
+            ),
         };
         let alive = match alive {
             Ok(a) => a,
@@ -261,6 +273,16 @@ impl Supervisor {
                     if !self.resume_ready_file(i) {
                         self.nodes[i].state = NodeState::Running;
                     }
+                }
+                NodeState::Starting if !n.spec.policy.ready_check.is_empty() => {
+                    // Checked again from now (a check the predecessor ran is not ours).
+                    n.state = NodeState::Starting;
+                    self.arm_ready_check(i);
+                }
+                NodeState::Starting if n.spec.policy.notify => {
+                    // sd_notify: its socket is bound again below; it stays `starting` until
+                    // it sends READY=1.
+                    n.state = NodeState::Starting;
                 }
                 NodeState::Starting if rec.deadline_mono_ns != 0 => {
                     // `ready_after_ms`: ready when the recorded deadline passes.
@@ -369,6 +391,7 @@ impl Supervisor {
             rec.pid_start,
             &self.nodes[i].spec.name,
             self.instance.name(),
+            self.node_group(&self.nodes[i].spec.name),
         ) {
             Ok(true) => {}
             Ok(false) => {
@@ -450,14 +473,24 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
 
 /// Whether `pid` with this start time is node `name` of `instance` to adopt: a survivor (see
 /// [`procscan::is_survivor`]) whose environment carries the node's identity, or a zombie that
-/// is our own child (its environment is gone; it was ours, before an upgrade's exec).
-fn is_survivor_node(pid: u32, start: u64, name: &str, instance: &str) -> io::Result<bool> {
+/// is our own child (its environment is gone; it was ours, before an upgrade's exec). With a
+/// cgroup per node, a survivor in the node's group is the node whatever its environment.
+fn is_survivor_node(
+    pid: u32,
+    start: u64,
+    name: &str,
+    instance: &str,
+    group: Option<crate::sys::cgroup::Cgroup>,
+) -> io::Result<bool> {
     if !procscan::is_survivor(pid, start)? {
         return Ok(false);
     }
     match procstat::stat(pid)? {
         Some(st) if matches!(st.state, 'Z' | 'X') => Ok(st.parent == std::process::id()),
-        Some(_) => procscan::is_node_process(pid, name, instance),
+        Some(_) => match group {
+            Some(g) if g.contains(pid)? => Ok(true),
+            _ => procscan::is_node_process(pid, name, instance),
+        },
         None => Ok(false),
     }
 }

@@ -16,6 +16,47 @@ pub fn user(name: &str) -> Option<(u32, u32)> {
     (r == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
 }
 
+/// What a login gives a user's processes: its name, home directory and shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The user name (`USER`, `LOGNAME`).
+    pub name: String,
+    /// The home directory (`HOME`).
+    pub home: String,
+    /// The login shell (`SHELL`).
+    pub shell: String,
+}
+
+/// The login entry of user `uid`, if it exists.
+pub fn login(uid: u32) -> Option<Login> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data filled in by getpwuid_r; zeroed is a valid start value.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: valid pointers to a struct, a buffer of the length given and an out-pointer,
+    // all live across the call.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return None;
+    }
+    let text = |p: *const libc::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: getpwuid_r filled `p` with a NUL-terminated string inside `buf`, which
+            // lives until the end of this function.
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    Some(Login {
+        name: text(pw.pw_name),
+        home: text(pw.pw_dir),
+        shell: text(pw.pw_shell),
+    })
+}
+
 /// A group's gid, if the group exists.
 pub fn group(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
@@ -62,5 +103,8 @@ mod tests {
         assert_eq!(group("root"), Some(0));
         assert_eq!(user("no-such-user-broctld"), None);
         assert!(groups_of("root", 0).contains(&0));
+        let root = login(0).expect("root's login");
+        assert_eq!(root.name, "root");
+        assert!(!root.home.is_empty());
     }
 }

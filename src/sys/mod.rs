@@ -22,6 +22,7 @@ macro_rules! syscall {
 
 pub mod account;
 pub mod caps;
+pub mod cgroup;
 pub mod checked;
 pub mod clock;
 pub mod fdflags;

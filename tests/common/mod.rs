@@ -440,6 +440,8 @@ pub struct Cluster {
     /// `--config`.
     pub config: PathBuf,
     runs: AtomicUsize,
+    /// Variables set in every command's environment (see [`Cluster::set_env`]).
+    env: Mutex<Vec<(String, String)>>,
     background: Mutex<Vec<Child>>,
     watchdog: Option<Watchdog>,
 }
@@ -469,6 +471,7 @@ impl Cluster {
             instance,
             config: config_path,
             runs: AtomicUsize::new(0),
+            env: Mutex::new(Vec::new()),
             background: Mutex::new(Vec::new()),
             watchdog: Some(Watchdog::new(name, WATCHDOG)),
         };
@@ -548,7 +551,19 @@ impl Cluster {
             .args(args)
             .current_dir(&self.root)
             .env_remove("BROCTLD_RUNTIME_DIR");
+        for (k, v) in self.env.lock().unwrap().iter() {
+            cmd.env(k, v);
+        }
         cmd
+    }
+
+    /// Sets `key=value` in the environment of every later `broctld` command (and so of the
+    /// Supervisor a command starts), e.g. `BROCTLD_CGROUP=off` for the no-cgroup fallback.
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.env
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), value.to_owned()));
     }
 
     fn out_files(&self) -> (PathBuf, PathBuf) {
@@ -751,10 +766,38 @@ impl Cluster {
         }
         let shm = self.instance().shm_name();
         let _ = broctld::shm::Region::unlink(&shm);
+        remove_instance_cgroup(&self.instance_dir());
         let _ = std::fs::remove_dir_all(&self.root);
         lock_registry().remove(&self.id);
         lock_leftovers().remove(&self.id);
     }
+}
+
+/// Removes the instance's cgroup (and its node groups, killing what is left in them) that a
+/// Supervisor killed by the test could not remove itself.
+fn remove_instance_cgroup(instance_dir: &Path) {
+    use broctld::supervisor::cgroups::{tracking, Tracking};
+    let Some(Tracking::Cgroup(dir)) = tracking(instance_dir) else {
+        return;
+    };
+    if !dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("broctld-"))
+    {
+        return;
+    }
+    let group = broctld::sys::cgroup::Cgroup::at(dir.clone());
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+            let g = broctld::sys::cgroup::Cgroup::at(e.path());
+            let _ = g.kill();
+            if let Ok(mut ev) = g.open_events() {
+                let _ = broctld::sys::cgroup::wait_empty(&mut ev, Duration::from_secs(5));
+            }
+            let _ = g.remove();
+        }
+    }
+    let _ = group.remove();
 }
 
 impl Drop for Cluster {

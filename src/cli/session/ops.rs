@@ -222,6 +222,13 @@ impl Session {
             })
             .collect();
         let total: usize = reports.iter().map(|(_, v)| v.len()).sum();
+        if !json {
+            if let Some(crate::supervisor::cgroups::Tracking::Fallback(why)) =
+                crate::supervisor::cgroups::tracking(&self.instance.dir())
+            {
+                println!("{}", crate::supervisor::cgroups::fallback_note(&why));
+            }
+        }
         self.note(format!("{total} crash report(s)"));
         if json {
             let items: Vec<Value> = reports
@@ -344,6 +351,7 @@ impl Session {
         interval: Duration,
     ) -> Result<(String, usize), CliError> {
         let style = self.style;
+        let instance_dir = self.instance.dir();
         let client = self
             .client()
             .ok_or_else(|| CliError::Failed("the Supervisor is gone".into()))?;
@@ -351,7 +359,15 @@ impl Session {
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<&NodeStatus> = idx.iter().map(|&i| &nodes[i]).collect();
         let leaders: Vec<u32> = chosen.iter().filter_map(|n| n.pid).collect();
-        let usage = top::measure(&leaders, interval);
+        // With a cgroup per node, a node's processes are its group's.
+        let members: HashMap<u32, Vec<u32>> = chosen
+            .iter()
+            .filter_map(|n| {
+                let pid = n.pid?;
+                crate::supervisor::cgroups::node_processes(&instance_dir, &n.name).map(|m| (pid, m))
+            })
+            .collect();
+        let usage = top::measure(&leaders, &members, interval);
         // Uptimes after the sampling pause.
         let fresh: HashMap<usize, NodeStatus> =
             client.status().into_iter().map(|n| (n.index, n)).collect();

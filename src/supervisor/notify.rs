@@ -1,0 +1,228 @@
+//! `ready = "notify"`: systemd's notification protocol (`sd_notify`). Each such node gets its
+//! own datagram socket, bound at `RUNTIME/INSTANCE/notify/HASH` (a short name, as
+//! `sockaddr_un` holds at most 107 bytes), passed as `NOTIFY_SOCKET`, so whatever arrives on
+//! it is that node's. Understood: `READY=1` (running), `STATUS=...` (shown by `status`),
+//! `MAINPID=N` (the node's main process moves to N, if N is a process of the node),
+//! `RELOADING=1` / `STOPPING=1` (shown as the node's status until `READY=1`), `WATCHDOG=1`
+//! (with `watchdog_ms`: a running node that does not ping within it is killed and restarted by
+//! its policy). A successor (after a `kill -9` or an upgrade) binds the same path again; the
+//! node keeps the path in its environment.
+
+use super::*;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+
+/// Node `i`'s notify socket has token `NOTIFY_BASE + i`.
+pub(super) const NOTIFY_BASE: usize = 2 << 32;
+
+/// The path of node `name`'s notify socket in instance dir `dir`.
+pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
+    let h = crate::protocol::layout::identity_hash(name.as_bytes());
+    dir.join("notify").join(format!("{:016x}", h as u64))
+}
+
+/// The file holding node `name`'s last `STATUS=` text (and `reloading`/`stopping`), read by
+/// `status`.
+pub fn status_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("nodes").join(format!("{name}.status"))
+}
+
+/// Node `name`'s notify status text, if it has one.
+pub fn read_status(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(status_path(dir, name))
+        .ok()
+        .map(|t| t.trim_end().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+impl Supervisor {
+    /// Binds node `i`'s notify socket (removing one a predecessor left) and watches it.
+    /// Returns its path for `NOTIFY_SOCKET`, or `None` (logged) if it cannot be made.
+    pub(super) fn open_notify(&mut self, i: usize) -> Option<PathBuf> {
+        self.close_notify(i);
+        let dir = self.instance.dir();
+        let name = self.nodes[i].spec.name.clone();
+        let path = socket_path(&dir, &name);
+        let made = crate::sys::checked::private_dir(&dir.join("notify"))
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|()| {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                let s = UnixDatagram::bind(&path)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            });
+        match made.and_then(|s| {
+            self.poll
+                .registry()
+                .register(
+                    &mut SourceFd(&s.as_raw_fd()),
+                    Token(NOTIFY_BASE + i),
+                    Interest::READABLE,
+                )
+                .map(|()| s)
+        }) {
+            Ok(s) => {
+                self.nodes[i].notify = Some(s);
+                Some(path)
+            }
+            Err(e) => {
+                log!(
+                    "node {name}: cannot make its notify socket {}: {e}",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Stops watching node `i`'s notify socket (the file stays for a successor to rebind).
+    pub(super) fn close_notify(&mut self, i: usize) {
+        if let Some(s) = self.nodes[i].notify.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&s.as_raw_fd()));
+        }
+    }
+
+    /// Reads every datagram waiting on node `i`'s notify socket and applies it.
+    pub(super) fn read_notify(&mut self, i: usize) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match self.nodes[i].notify.as_ref().map(|s| s.recv(&mut buf)) {
+                Some(Ok(n)) => n,
+                _ => return,
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            for line in text.lines() {
+                self.notify_line(i, line);
+            }
+        }
+    }
+
+    fn notify_line(&mut self, i: usize, line: &str) {
+        let Some((key, value)) = line.split_once('=') else {
+            return;
+        };
+        match (key, value) {
+            ("READY", "1") => {
+                self.set_notify_status(i, self.nodes[i].notify_status.clone());
+                if self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some() {
+                    self.mark_ready(i);
+                    self.arm_watchdog(i);
+                }
+            }
+            ("STATUS", text) => self.set_notify_status(i, text.to_owned()),
+            ("RELOADING", "1") => self.set_notify_phase(i, "reloading"),
+            ("STOPPING", "1") => self.set_notify_phase(i, "stopping"),
+            ("WATCHDOG", "1") => self.arm_watchdog(i),
+            ("MAINPID", pid) => {
+                if let Ok(pid) = pid.trim().parse::<u32>() {
+                    self.move_main_pid(i, pid);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records node `i`'s `STATUS=` text (published in its status file).
+    fn set_notify_status(&mut self, i: usize, text: String) {
+        self.nodes[i].notify_status = text;
+        self.write_notify_status(i, None);
+    }
+
+    /// `RELOADING=1` / `STOPPING=1`: shown with the status text until `READY=1`.
+    fn set_notify_phase(&mut self, i: usize, phase: &str) {
+        self.write_notify_status(i, Some(phase));
+    }
+
+    fn write_notify_status(&self, i: usize, phase: Option<&str>) {
+        let n = &self.nodes[i];
+        let text = match (phase, n.notify_status.as_str()) {
+            (Some(p), "") => p.to_owned(),
+            (Some(p), s) => format!("{p}: {s}"),
+            (None, s) => s.to_owned(),
+        };
+        let path = status_path(&self.instance.dir(), &n.spec.name);
+        let tmp = path.with_extension("status.tmp");
+        let r =
+            std::fs::write(&tmp, format!("{text}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            log!(
+                "node {}: cannot write its status {}: {e}",
+                n.spec.name,
+                path.display()
+            );
+        }
+    }
+
+    /// `WATCHDOG=1` (or `READY=1`): the next ping is due within `watchdog_ms`.
+    pub(super) fn arm_watchdog(&mut self, i: usize) {
+        let w = self.nodes[i].spec.policy.watchdog;
+        if !w.is_zero() && self.nodes[i].pid.is_some() {
+            self.nodes[i].watchdog_at = Some(clock::monotonic_ns() + w.as_nanos() as u64);
+        }
+    }
+
+    /// A running node missed its watchdog: killed, then restarted by its policy.
+    pub(super) fn watchdog_expired(&mut self, i: usize) {
+        self.nodes[i].watchdog_at = None;
+        let Some(pid) = self.nodes[i].pid else {
+            return;
+        };
+        if self.nodes[i].state != NodeState::Running {
+            return;
+        }
+        log!(
+            "node {}: no WATCHDOG=1 within {} ms; killing pid {pid} (its restart policy applies)",
+            self.nodes[i].spec.name,
+            self.nodes[i].spec.policy.watchdog.as_millis()
+        );
+        let _ = spawn::signal_group(pid, libc::SIGKILL);
+        self.signal_escaped(i, pid, libc::SIGKILL);
+    }
+
+    /// `MAINPID=N`: node `i`'s main process becomes `pid`, if it is a live process of the node
+    /// (in its cgroup; without cgroups, carrying its identity or our child).
+    fn move_main_pid(&mut self, i: usize, pid: u32) {
+        if self.nodes[i].pid == Some(pid) {
+            return;
+        }
+        let name = self.nodes[i].spec.name.clone();
+        let st = match procstat::stat(pid) {
+            Ok(Some(st)) if !matches!(st.state, 'Z' | 'X') => st,
+            _ => return,
+        };
+        let ours = match self.node_group(&name) {
+            Some(g) => g.contains(pid).unwrap_or(false),
+            None => {
+                procscan::is_node_process(pid, &name, self.instance.name()).unwrap_or(false)
+                    || st.parent == std::process::id()
+            }
+        };
+        if !ours || self.by_pid.get(&pid).is_some_and(|&j| j != i) {
+            log!("node {name}: MAINPID={pid} is not a process of this node; ignored");
+            return;
+        }
+        if let Some(old) = self.nodes[i].pid {
+            self.by_pid.remove(&old);
+        }
+        if let Some(fd) = self.nodes[i].pidfd.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        let n = &mut self.nodes[i];
+        n.pid = Some(pid);
+        n.pid_start = st.start;
+        n.adopted = st.parent != std::process::id();
+        self.watch_pid(i, pid);
+        self.by_pid.insert(pid, i);
+        log!("node {name}: main process is now pid {pid} (MAINPID)");
+        self.publish(i);
+    }
+}

@@ -1,0 +1,119 @@
+//! `ready_check = ["cmd", ...]`: a `starting` node is ready once this command exits 0 (the
+//! idea of s6-notifyoncheck). It runs in the node's cwd with the node's environment (not in its
+//! cgroup: it is not the node), its output appended to the node's stderr file, first
+//! `ready_check_interval_ms` after the spawn and again that long after each failed run. A run
+//! is reaped like any child; a node that ends meanwhile has its running check killed.
+//!
+//! Also `ready_timeout_action`: what a node still `starting` after `ready_timeout_ms` gets.
+
+use super::*;
+use crate::config::ReadyTimeoutAction;
+use std::os::unix::process::CommandExt;
+
+impl Supervisor {
+    /// After node `i` was spawned (or adopted `starting`): its first check is due one
+    /// interval from now. Returns whether the node has a check (and so waits for it).
+    pub(super) fn arm_ready_check(&mut self, i: usize) -> bool {
+        let n = &mut self.nodes[i];
+        if n.spec.policy.ready_check.is_empty() {
+            return false;
+        }
+        n.check_at =
+            Some(clock::monotonic_ns() + n.spec.policy.ready_check_interval.as_nanos() as u64);
+        true
+    }
+
+    /// Runs node `i`'s check now (its timer fired).
+    pub(super) fn run_ready_check(&mut self, i: usize) {
+        self.nodes[i].check_at = None;
+        let n = &self.nodes[i];
+        if n.state != NodeState::Starting || n.pid.is_none() || n.check_pid.is_some() {
+            return;
+        }
+        let spec = &n.spec;
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&spec.stderr);
+        let mut cmd = std::process::Command::new(&spec.policy.ready_check[0]);
+        cmd.args(&spec.policy.ready_check[1..])
+            .current_dir(&spec.cwd)
+            .env_clear()
+            .envs(spawn::node_env(spec))
+            .env("BROCTLD_NODE", &spec.name)
+            .env("BROCTLD_INSTANCE", self.instance.name())
+            .stdin(std::process::Stdio::null())
+            // Its own process group: a stop of ours never reaches it by accident.
+            .process_group(0);
+        if let Ok(f) = out {
+            if let Ok(g) = f.try_clone() {
+                cmd.stdout(f).stderr(g);
+            }
+        }
+        match cmd.spawn() {
+            // Reaped with every other child (SIGCHLD); see `check_ended`.
+            Ok(child) => self.nodes[i].check_pid = Some(child.id()),
+            Err(e) => {
+                log!(
+                    "node {}: cannot run its ready_check {:?}: {e}; trying again in {} ms",
+                    spec.name,
+                    spec.policy.ready_check[0],
+                    spec.policy.ready_check_interval.as_millis()
+                );
+                self.arm_ready_check(i);
+            }
+        }
+    }
+
+    /// A child that ended was a ready check: the node is ready if it exited 0, else the next
+    /// run is due one interval from now. Returns whether `pid` was one.
+    pub(super) fn check_ended(&mut self, pid: u32, exit: Exit) -> bool {
+        let Some(i) = self.nodes.iter().position(|n| n.check_pid == Some(pid)) else {
+            return false;
+        };
+        self.nodes[i].check_pid = None;
+        let n = &self.nodes[i];
+        if n.state != NodeState::Starting || n.pid.is_none() {
+            return true;
+        }
+        if exit == Exit::Code(0) {
+            log!("node {}: ready_check passed", n.spec.name);
+            self.mark_ready(i);
+        } else {
+            self.arm_ready_check(i);
+        }
+        true
+    }
+
+    /// Node `i` ended or is no longer waiting: its running check (if any) is killed and no
+    /// other is due.
+    pub(super) fn drop_ready_check(&mut self, i: usize) {
+        self.nodes[i].check_at = None;
+        if let Some(pid) = self.nodes[i].check_pid {
+            let _ = spawn::signal_pid(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Node `i` is still `starting` after its `ready_timeout_ms`: its `ready_timeout_action`.
+    pub(super) fn ready_timed_out(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let name = n.spec.name.clone();
+        let ms = n.spec.policy.ready_timeout.as_millis();
+        match n.spec.policy.ready_timeout_action {
+            ReadyTimeoutAction::Wait => {
+                if self.nodes.iter().any(|n| n.queue.is_some()) {
+                    log!("node {name}: not ready after {ms} ms; the next stage starts anyway");
+                }
+            }
+            ReadyTimeoutAction::Restart => {
+                log!("node {name}: not ready after {ms} ms; restarting it (ready_timeout_action)");
+                self.restart_node(i);
+            }
+            ReadyTimeoutAction::Fail => {
+                log!("node {name}: not ready after {ms} ms; stopping it, it stays failed (ready_timeout_action)");
+                self.stop_node(i);
+                self.nodes[i].fail_after_stop = true;
+            }
+        }
+    }
+}
