@@ -1,0 +1,101 @@
+//! Defects found by an adversarial review of the fault-tolerance work (issue 8), each pinned by
+//! a test named after it. Real Supervisor, real nodes, real signals; the kernel's truth
+//! (`/proc`) is what is checked.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const ONE: &str = r#"
+[[node]]
+name = "solo"
+command = ["@NODE@", "--interval", "10s"]
+"#;
+
+/// A field of `/proc/PID/status` in kB (`VmHWM`, `VmRSS`...).
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Grows `path` to `len` bytes without writing them: no disk used, but that many zeros to
+/// whoever reads it whole.
+fn grow_sparse(path: &std::path::Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap_or_else(|e| panic!("grow {}: {e}", path.display()));
+}
+
+/// A node lock file is writable by its node (it holds it as an inherited fd) and by anyone of
+/// the instance's user. The Supervisor reads its holder line at every start of the node; it
+/// must read only that line, not the whole file into memory.
+#[test]
+fn a_grown_node_lock_file_is_not_read_whole_by_the_supervisor() {
+    let c = Cluster::new("grown_node_lock", ONE);
+    let first = c.start()["solo"].pid.expect("solo runs");
+    let sup = c.supervisor_pid();
+    let lock = c.instance_dir().join("nodes").join("solo.lock");
+    grow_sparse(&lock, 2 << 30);
+    c.run(&["restart", "solo"]).ok();
+    c.wait_status(WAIT, "solo restarted", |s| {
+        s["solo"].state == "running" && s["solo"].pid.is_some_and(|p| p != first)
+    });
+    let peak_mb = status_kb(sup, "VmHWM") / 1024;
+    figure(
+        "a_grown_node_lock_file_is_not_read_whole_by_the_supervisor",
+        "supervisor_peak_rss_mb",
+        peak_mb,
+    );
+    assert!(
+        peak_mb < 256,
+        "the Supervisor's peak RSS reached {peak_mb} MB: it read the 2 GiB lock file whole"
+    );
+    c.run(&["shutdown"]).ok();
+}
+
+/// Same for the Supervisor's own lock file, which every Main reads to name its holder.
+#[test]
+fn a_grown_supervisor_lock_file_is_not_read_whole_by_a_main() {
+    let c = Cluster::new("grown_sup_lock", ONE);
+    c.start();
+    let lock = c.instance_dir().join("supervisor.lock");
+    grow_sparse(&lock, 2 << 30);
+    let out = c.run(&["status", "--json"]);
+    assert!(
+        matches!(out.code, Some(0) | Some(3)),
+        "status failed: {out:?}"
+    );
+    assert_eq!(
+        parse_status(&out.stdout)["solo"].state,
+        "running",
+        "{out:?}"
+    );
+    // The largest peak RSS of any child this test binary has waited for (Mains only: the
+    // Supervisors are detached).
+    // SAFETY: a zeroed rusage is a valid out-buffer for getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
+        0
+    );
+    let peak_mb = ru.ru_maxrss as u64 / 1024;
+    figure(
+        "a_grown_supervisor_lock_file_is_not_read_whole_by_a_main",
+        "main_peak_rss_mb",
+        peak_mb,
+    );
+    assert!(
+        peak_mb < 256,
+        "a Main's peak RSS reached {peak_mb} MB: it read the 2 GiB lock file whole"
+    );
+    c.run(&["shutdown"]).ok();
+}
