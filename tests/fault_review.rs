@@ -99,3 +99,33 @@ fn a_grown_supervisor_lock_file_is_not_read_whole_by_a_main() {
     );
     c.run(&["shutdown"]).ok();
 }
+
+/// A node's `ready_file` is the node's to write, and what it puts there is untrusted: a FIFO
+/// renamed into place made the Supervisor block for ever in `open` (the whole control plane
+/// hung), a symlink to `/dev/zero` made it read without end.
+#[test]
+fn a_fifo_renamed_onto_a_ready_file_does_not_wedge_the_supervisor() {
+    let c = Cluster::new(
+        "ready_file_fifo",
+        "[[node]]\nname = \"trap\"\ncommand = [\"/bin/sh\", \"-c\", \"mkfifo f && mv f .status && exec sleep 1000\"]\n\
+         ready_file = { path = \".status\", line = \"RUNNING\" }\nready_timeout_ms = 600000\nautostart = false\n\
+         [[node]]\nname = \"other\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n",
+    );
+    let main = c.spawn_main(&["start", "other"]);
+    assert!(c.wait_main(main, WAIT).success(), "start other");
+    let other = c.status()["other"].pid.expect("other runs");
+    let main = c.spawn_main(&["start", "trap"]);
+    let status = c.root.join("spool/trap/.status");
+    wait_until(WAIT, "the trap's FIFO in place", || {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::symlink_metadata(&status).is_ok_and(|m| m.file_type().is_fifo())
+    });
+    // Give the Supervisor the inotify event.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = c.status();
+    assert_eq!(s["trap"].state, "starting", "{s:#?}");
+    c.run(&["stop", "other"]).ok();
+    wait_until(WAIT, "other stopped", || !pid_alive(other));
+    c.run(&["shutdown"]).ok();
+    c.wait_main(main, WAIT);
+}
