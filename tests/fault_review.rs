@@ -129,3 +129,52 @@ fn a_fifo_renamed_onto_a_ready_file_does_not_wedge_the_supervisor() {
     c.run(&["shutdown"]).ok();
     c.wait_main(main, WAIT);
 }
+
+/// A node that floods its readiness FIFO without ever writing a newline (here `cat /dev/zero`)
+/// kept the Supervisor's loop draining it for ever: no command was served again.
+#[test]
+fn a_node_flooding_its_ready_fd_does_not_wedge_the_supervisor() {
+    let c = Cluster::new(
+        "ready_fd_flood",
+        "[[node]]\nname = \"flood\"\ncommand = [\"/bin/sh\", \"-c\", \"for k in 1 2 3; do cat /dev/zero >&3 & done; exec cat /dev/zero >&3\"]\n\
+         ready_fd = 3\nready_timeout_ms = 600000\nautostart = false\n\
+         [[node]]\nname = \"other\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n",
+    );
+    let main = c.spawn_main(&["start", "other"]);
+    assert!(c.wait_main(main, WAIT).success(), "start other");
+    let other = c.status()["other"].pid.expect("other runs");
+    let main = c.spawn_main(&["start", "flood"]);
+    let flood = c.wait_status(WAIT, "flood started", |s| s["flood"].pid.is_some())["flood"]
+        .pid
+        .expect("flood runs");
+    // Let it flood for a while.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pid_alive(flood), "flood runs");
+    assert_eq!(c.status()["flood"].state, "starting");
+    c.run(&["stop", "other"]).ok();
+    wait_until(WAIT, "other stopped", || !pid_alive(other));
+    c.run(&["shutdown"]).ok();
+    c.wait_main(main, WAIT);
+}
+
+/// `shutdown` sent its command, then loaded the config through `client()`, which drops the
+/// client once the Supervisor has exited; the next line expected it still attached and the
+/// Main panicked (exit 101) after a shutdown that worked. Made deterministic by freezing the
+/// Main until the Supervisor is gone.
+#[test]
+fn shutdown_does_not_panic_when_the_supervisor_exits_before_the_main_looks_again() {
+    let c = Cluster::new("shutdown_race", ONE);
+    let solo = c.start()["solo"].pid.expect("solo runs");
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGSTOP);
+    let main = c.spawn_main(&["shutdown"]);
+    // The Main has sent its command and waits for the (frozen) Supervisor's reply.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(main, libc::SIGSTOP);
+    signal(sup, libc::SIGCONT);
+    wait_until(WAIT, "the Supervisor exits", || !pid_exists(sup));
+    assert!(!pid_alive(solo), "solo was stopped by the shutdown");
+    signal(main, libc::SIGCONT);
+    let st = c.wait_main(main, WAIT);
+    assert!(st.success(), "shutdown exited with {st:?}");
+}
