@@ -178,3 +178,96 @@ fn shutdown_does_not_panic_when_the_supervisor_exits_before_the_main_looks_again
     let st = c.wait_main(main, WAIT);
     assert!(st.success(), "shutdown exited with {st:?}");
 }
+
+/// `redis-server`, installed from Debian (`apt-get install redis-server`).
+const REDIS: &str = "/usr/bin/redis-server";
+
+/// A config with one `redis-server` node named `name` on a port of its own; `daemonize` as
+/// redis understands it.
+fn redis_config(c: &Cluster, name: &str, daemonize: bool) -> String {
+    assert!(
+        std::path::Path::new(REDIS).exists(),
+        "{REDIS} is missing: apt-get install redis-server"
+    );
+    let port = 20_000 + (std::process::id() * 8 + c.id as u32) % 40_000;
+    format!(
+        "[[node]]\nname = \"{name}\"\ncommand = [\"{REDIS}\", \"--port\", \"{port}\", \"--daemonize\", \"{}\", \
+         \"--save\", \"\", \"--appendonly\", \"no\", \"--pidfile\", \"{}\"]\nstop_timeout_ms = 5000\n",
+        if daemonize { "yes" } else { "no" },
+        c.root.join("redis.pid").display()
+    )
+}
+
+/// `redis-server` (like nginx and postgres) rewrites its process title over its argv and
+/// environment, so `/proc/PID/environ` no longer carries `BROCTLD_NODE`. A replacement
+/// Supervisor took that as "not the node": it reported the healthy node `backoff ... exit
+/// status unknown`, blocked by its own pid, and `shutdown` left it running.
+#[test]
+fn a_node_that_rewrites_its_environment_is_adopted_after_a_supervisor_kill() {
+    let c = Cluster::new("rewritten_env", "");
+    c.write_config(&redis_config(&c, "redis", false));
+    let pid = c.start()["redis"].pid.expect("redis runs");
+    wait_until(WAIT, "redis has rewritten its title", || {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|e| !e.windows(12).any(|w| w == b"BROCTLD_NODE"))
+    });
+    let old = c.supervisor_pid();
+    signal(old, libc::SIGKILL);
+    wait_until(WAIT, "a new Supervisor", || {
+        c.lock_pid().is_some_and(|p| p != old && pid_alive(p))
+    });
+    let s = c.wait_status(WAIT, "redis adopted", |s| s["redis"].state != "starting");
+    assert_eq!(s["redis"].state, "running", "{s:#?}\n{}", c.log());
+    assert_eq!(s["redis"].pid, Some(pid), "{s:#?}");
+    assert!(pid_alive(pid));
+    c.run(&["shutdown"]).ok();
+    wait_until(WAIT, "redis ended by shutdown", || !pid_alive(pid));
+}
+
+/// Every process that has the file `path` (by device and inode) open: the kernel's truth
+/// about who holds a node's lock.
+fn holders_of(dev: u64, ino: u64) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::metadata(f.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The same with `--daemonize yes`: the daemon escapes the node's process group and its
+/// environment no longer names the node, so it was never found: the node sat `backoff`
+/// (blocked by "a process without its identity"), and `stop` said `stopped` and `shutdown`
+/// said `complete` while the daemon ran on.
+#[test]
+fn a_daemonized_node_that_rewrote_its_environment_does_not_outlive_shutdown() {
+    use std::os::unix::fs::MetadataExt;
+    let c = Cluster::new("rewritten_daemon", "");
+    c.write_config(&redis_config(&c, "redisd", true));
+    c.run(&["start"]);
+    let lock = c.instance_dir().join("nodes").join("redisd.lock");
+    let m = std::fs::metadata(&lock).expect("the node's lock file");
+    wait_until(WAIT, "the daemon's pid file", || {
+        c.root.join("redis.pid").exists()
+    });
+    for p in holders_of(m.dev(), m.ino()) {
+        track(c.id, p, false);
+    }
+    c.run(&["shutdown"]).ok();
+    wait_until(
+        WAIT,
+        "no process holds the node's lock after shutdown",
+        || holders_of(m.dev(), m.ino()).is_empty(),
+    );
+}

@@ -93,7 +93,7 @@ impl Supervisor {
         };
         // A held lock always gets the full scan: it names who holds it.
         let procs = match if held {
-            procscan::node_processes(&name, &instance)
+            self.scan_node(i)
         } else {
             self.node_processes(i)
         } {
@@ -319,11 +319,7 @@ impl Supervisor {
                 BLOCKED_UNKNOWN,
                 format!(
                     "its lock {} is held by a process without its identity",
-                    self.instance
-                        .dir()
-                        .join("nodes")
-                        .join(format!("{name}.lock"))
-                        .display()
+                    node_lock_path(&self.instance, &name).display()
                 ),
             ),
         };
@@ -386,7 +382,14 @@ impl Supervisor {
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
         }
-        procscan::node_processes(&self.nodes[i].spec.name, self.instance.name())
+        self.scan_node(i)
+    }
+
+    /// Every live process of node `i`, by its environment or its lock fd: a full `/proc` scan.
+    fn scan_node(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
+        let name = &self.nodes[i].spec.name;
+        let lock = procscan::LockId::of(&node_lock_path(&self.instance, name))?;
+        procscan::node_processes(name, self.instance.name(), lock)
     }
 
     /// Whether we have a child that is no node we know: a leftover reparented to us.
@@ -446,7 +449,7 @@ impl Supervisor {
             log!("node locks: {e}");
             return NodeLock::Taken(None, (0, 0));
         }
-        let path = dir.join(format!("{}.lock", self.nodes[i].spec.name));
+        let path = node_lock_path(&self.instance, &self.nodes[i].spec.name);
         match lockfile::LockFile::acquire_quiet(&path) {
             Ok(mut l) => {
                 let recorded = l.holder();
@@ -681,4 +684,9 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Node `name`'s lock file in `instance`'s dir.
+pub(super) fn node_lock_path(instance: &Instance, name: &str) -> PathBuf {
+    instance.dir().join("nodes").join(format!("{name}.lock"))
 }

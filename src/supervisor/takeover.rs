@@ -49,7 +49,7 @@ impl Supervisor {
         }
         for (name, rec) in previous {
             let Some(pid) = rec.pid else { continue };
-            let alive = is_survivor_node(pid, rec.pid_start, &name, self.instance.name());
+            let alive = is_survivor_node(pid, rec.pid_start, &name, &self.instance);
             if matches!(alive, Ok(false)) {
                 continue;
             }
@@ -144,7 +144,7 @@ impl Supervisor {
         let name = self.nodes[i].spec.name.clone();
         let alive = match rec.pid {
             None => Ok(false),
-            Some(pid) => is_survivor_node(pid, rec.pid_start, &name, self.instance.name()),
+            Some(pid) => is_survivor_node(pid, rec.pid_start, &name, &self.instance),
         };
         let alive = match alive {
             Ok(a) => a,
@@ -293,12 +293,7 @@ impl Supervisor {
         // The pidfd is race-free from here on; recheck identity now that we hold it: the same
         // process (pid + start time), and this node of this instance (its environment says
         // so), as the lock path checks too.
-        match is_survivor_node(
-            pid,
-            rec.pid_start,
-            &self.nodes[i].spec.name,
-            self.instance.name(),
-        ) {
+        match is_survivor_node(pid, rec.pid_start, &self.nodes[i].spec.name, &self.instance) {
             Ok(true) => {}
             Ok(false) => {
                 log!(
@@ -378,15 +373,19 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
 }
 
 /// Whether `pid` with this start time is node `name` of `instance` to adopt: a survivor (see
-/// [`procscan::is_survivor`]) whose environment carries the node's identity, or a zombie that
-/// is our own child (its environment is gone; it was ours, before an upgrade's exec).
-fn is_survivor_node(pid: u32, start: u64, name: &str, instance: &str) -> io::Result<bool> {
+/// [`procscan::is_survivor`]) that carries the node's identity (its environment, or its lock
+/// held open: see [`procscan::is_node_process`]), or a zombie that is our own child (its
+/// environment is gone; it was ours, before an upgrade's exec).
+fn is_survivor_node(pid: u32, start: u64, name: &str, instance: &Instance) -> io::Result<bool> {
     if !procscan::is_survivor(pid, start)? {
         return Ok(false);
     }
     match procstat::stat(pid)? {
         Some(st) if matches!(st.state, 'Z' | 'X') => Ok(st.parent == std::process::id()),
-        Some(_) => procscan::is_node_process(pid, name, instance),
+        Some(_) => {
+            let lock = procscan::LockId::of(&super::lifecycle::node_lock_path(instance, name))?;
+            procscan::is_node_process(pid, name, instance.name(), lock)
+        }
         None => Ok(false),
     }
 }
