@@ -604,6 +604,8 @@ command = ["@NODE@", "--interval", "10s"]
         .expect("sleep");
     track(c.id, stranger.id(), false);
     let sp = stranger.id();
+    // The guardian would replace the Supervisor before the record is forged.
+    let guardian = freeze_guardian(&c.runtime);
     kill_supervisor(&c);
     {
         use broctld::protocol::node::NodeRecord;
@@ -615,6 +617,7 @@ command = ["@NODE@", "--interval", "10s"]
         r.pid_start = start_time(sp).unwrap();
         cells[0].write(&r.encode());
     }
+    thaw(guardian);
     c.run(&["status"]);
     let s = c.wait_status(WAIT, "a running", |s| state_of(s, "a") == "running");
     assert_eq!(s["a"].pid, Some(real), "{}", c.log());
