@@ -380,11 +380,14 @@ fn escaped_process_blocks_a_second_copy_and_stop_and_shutdown_end_it() {
     let before = c.start();
     let leader = before["escaper"].pid.unwrap();
     let escaped = find_escaped(&c, leader);
-    // The leader dies while no Supervisor watches, and the region is lost.
+    // The leader dies while no Supervisor watches, and the region is lost. (The guardian is
+    // frozen meanwhile: it would replace the Supervisor at once.)
+    let guardian = freeze_guardian(&c.runtime);
     kill_supervisor(&c);
     signal(leader, libc::SIGKILL);
     wait_until(WAIT, "the leader gone", || !pid_alive(leader));
     std::fs::remove_file(c.shm_path()).expect("remove the region");
+    thaw(guardian);
     // `start` says why the node did not start, and fails.
     let out = c.run(&["start"]);
     assert_eq!(out.code, Some(1), "{out:?}");
