@@ -100,6 +100,30 @@ fn a_grown_supervisor_lock_file_is_not_read_whole_by_a_main() {
     c.run(&["shutdown"]).ok();
 }
 
+/// Starts node `other` (the bystander of the wedge tests) and returns its pid.
+fn start_other(c: &Cluster) -> u32 {
+    let main = c.spawn_main(&["start", "other"]);
+    assert!(c.wait_main(main, WAIT).success(), "start other");
+    c.status()["other"].pid.expect("other runs")
+}
+
+/// Waits until the node has put a FIFO at `path`.
+fn wait_fifo(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    wait_until(WAIT, &format!("a FIFO at {}", path.display()), || {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+    });
+}
+
+/// The Supervisor still serves commands: `stop other` ends the process `other`; then shuts
+/// the instance down and waits for the background Main `main`.
+fn still_served(c: &Cluster, other: u32, main: u32) {
+    c.run(&["stop", "other"]).ok();
+    wait_until(WAIT, "other stopped", || !pid_alive(other));
+    c.run(&["shutdown"]).ok();
+    c.wait_main(main, WAIT);
+}
+
 /// A node's `ready_file` is the node's to write, and what it puts there is untrusted: a FIFO
 /// renamed into place made the Supervisor block for ever in `open` (the whole control plane
 /// hung), a symlink to `/dev/zero` made it read without end.
@@ -111,23 +135,15 @@ fn a_fifo_renamed_onto_a_ready_file_does_not_wedge_the_supervisor() {
          ready_file = { path = \".status\", line = \"RUNNING\" }\nready_timeout_ms = 600000\nautostart = false\n\
          [[node]]\nname = \"other\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n",
     );
-    let main = c.spawn_main(&["start", "other"]);
-    assert!(c.wait_main(main, WAIT).success(), "start other");
-    let other = c.status()["other"].pid.expect("other runs");
+    let other = start_other(&c);
     let main = c.spawn_main(&["start", "trap"]);
     let status = c.root.join("spool/trap/.status");
-    wait_until(WAIT, "the trap's FIFO in place", || {
-        use std::os::unix::fs::FileTypeExt;
-        std::fs::symlink_metadata(&status).is_ok_and(|m| m.file_type().is_fifo())
-    });
+    wait_fifo(&status);
     // Give the Supervisor the inotify event.
     std::thread::sleep(Duration::from_millis(300));
     let s = c.status();
     assert_eq!(s["trap"].state, "starting", "{s:#?}");
-    c.run(&["stop", "other"]).ok();
-    wait_until(WAIT, "other stopped", || !pid_alive(other));
-    c.run(&["shutdown"]).ok();
-    c.wait_main(main, WAIT);
+    still_served(&c, other, main);
 }
 
 /// A node that floods its readiness FIFO without ever writing a newline (here `cat /dev/zero`)
@@ -140,9 +156,7 @@ fn a_node_flooding_its_ready_fd_does_not_wedge_the_supervisor() {
          ready_fd = 3\nready_timeout_ms = 600000\nautostart = false\n\
          [[node]]\nname = \"other\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n",
     );
-    let main = c.spawn_main(&["start", "other"]);
-    assert!(c.wait_main(main, WAIT).success(), "start other");
-    let other = c.status()["other"].pid.expect("other runs");
+    let other = start_other(&c);
     let main = c.spawn_main(&["start", "flood"]);
     let flood = c.wait_status(WAIT, "flood started", |s| s["flood"].pid.is_some())["flood"]
         .pid
@@ -151,10 +165,7 @@ fn a_node_flooding_its_ready_fd_does_not_wedge_the_supervisor() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(pid_alive(flood), "flood runs");
     assert_eq!(c.status()["flood"].state, "starting");
-    c.run(&["stop", "other"]).ok();
-    wait_until(WAIT, "other stopped", || !pid_alive(other));
-    c.run(&["shutdown"]).ok();
-    c.wait_main(main, WAIT);
+    still_served(&c, other, main);
 }
 
 /// `shutdown` sent its command, then loaded the config through `client()`, which drops the
@@ -270,4 +281,24 @@ fn a_daemonized_node_that_rewrote_its_environment_does_not_outlive_shutdown() {
         "no process holds the node's lock after shutdown",
         || holders_of(m.dev(), m.ino()).is_empty(),
     );
+}
+
+/// A node owns its folder, and so its `stdout.log`: one that swapped it for a FIFO and then
+/// crashed made the Supervisor block for ever in `open` (reading the log's tail for the crash
+/// report, then reopening it for the restart): no command was served again.
+#[test]
+fn a_fifo_swapped_for_a_nodes_log_does_not_wedge_the_supervisor() {
+    let c = Cluster::new(
+        "log_fifo",
+        "[[node]]\nname = \"swapper\"\ncommand = [\"/bin/sh\", \"-c\", \"rm -f stdout.log && mkfifo stdout.log && exit 1\"]\n\
+         autostart = false\n\
+         [[node]]\nname = \"other\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n",
+    );
+    let other = start_other(&c);
+    let main = c.spawn_main(&["start", "swapper"]);
+    let log = c.root.join("spool/swapper/stdout.log");
+    wait_fifo(&log);
+    // Give the Supervisor the node's exit.
+    std::thread::sleep(Duration::from_millis(500));
+    still_served(&c, other, main);
 }

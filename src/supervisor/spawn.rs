@@ -10,7 +10,7 @@
 use crate::config::NodeSpec;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -130,18 +130,24 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
             source,
         })?;
     }
-    OpenOptions::new()
+    let fail = |source| SpawnError::Prepare {
+        node: node.into(),
+        what: "open output file",
+        path: path.to_owned(),
+        source,
+    };
+    // Without blocking: the file is in the node's folder, and a FIFO the node put there must
+    // not hang the Supervisor (no reader: ENXIO, and the start fails saying so). The node
+    // gets a blocking fd, as before.
+    let f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| SpawnError::Prepare {
-            node: node.into(),
-            what: "open output file",
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(fail)?;
+    crate::sys::fdflags::set_nonblocking(f.as_raw_fd(), false).map_err(fail)?;
+    Ok(f)
 }
 
 /// Checks, before anything starts, that `spec` can be started: its program resolves and its
