@@ -302,3 +302,36 @@ fn a_fifo_swapped_for_a_nodes_log_does_not_wedge_the_supervisor() {
     std::thread::sleep(Duration::from_millis(500));
     still_served(&c, other, main);
 }
+
+/// A node running as another user owns its working folder, where its `stdout.log` lives; the
+/// Supervisor (root) reopens that file for every start and hands it to the node as its stdout.
+/// A node that replaced it with a symlink to a root-only file and exited was restarted with
+/// that file open for appending: it could write into any file of root's (`/etc/passwd`).
+#[test]
+fn a_node_of_another_user_cannot_aim_its_log_at_a_root_file() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: a node of another user cannot be tested");
+        return;
+    }
+    let c = Cluster::new("log_symlink", "");
+    let victim = c.root.join("victim");
+    std::fs::write(&victim, "secret\n").unwrap();
+    c.write_config(&format!(
+        "[[node]]\nname = \"sneaky\"\nuser = \"nobody\"\nrestart_delay_ms = 50\n\
+         command = [\"/bin/sh\", \"-c\", \"if [ -L stdout.log ]; then echo PWNED; exec sleep 1000; fi; \
+         rm -f stdout.log && ln -s {} stdout.log; exit 1\"]\n",
+        victim.display()
+    ));
+    c.run(&["start"]);
+    wait_until(
+        WAIT,
+        "the restart refused to follow the node's symlink",
+        || {
+            let text = std::fs::read_to_string(&victim).unwrap();
+            assert_eq!(text, "secret\n", "the node wrote into root's file");
+            c.log().contains("open output file")
+        },
+    );
+    c.run(&["shutdown"]).ok();
+}
