@@ -385,10 +385,17 @@ impl Supervisor {
         self.scan_node(i)
     }
 
-    /// Every live process of node `i`, by its environment or its lock fd: a full `/proc` scan.
+    /// Every live process of node `i`, by its environment or, while someone holds the node's
+    /// lock, by its lock fd: a full `/proc` scan (looking at every process's fds only when a
+    /// holder is there to be found, as that costs about 4 times the environment scan).
     fn scan_node(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
         let name = &self.nodes[i].spec.name;
-        let lock = procscan::LockId::of(&node_lock_path(&self.instance, name))?;
+        let path = node_lock_path(&self.instance, name);
+        let lock = match lockfile::LockFile::probe(&path) {
+            Ok(lockfile::Probe::Free) => None,
+            // Held, or it cannot be told (a squatted file): look for holders.
+            Ok(lockfile::Probe::Held { .. }) | Err(_) => procscan::LockId::of(&path)?,
+        };
         procscan::node_processes(name, self.instance.name(), lock)
     }
 
