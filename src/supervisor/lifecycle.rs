@@ -95,7 +95,7 @@ impl Supervisor {
         let procs = match if held {
             self.scan_node(i)
         } else {
-            self.node_processes(i)
+            self.node_processes(i, true)
         } {
             Ok(p) => p,
             Err(e) => {
@@ -378,9 +378,19 @@ impl Supervisor {
     /// all descend from us ([`Node::descendants_only`]) and every child we have is a node we
     /// know (so no leftover of any node was reparented to us). That keeps the scan off the
     /// restart path of a node that leaves nothing behind.
-    pub(super) fn node_processes(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
+    ///
+    /// `by_lock`: also count the processes holding the node's lock (see [`Self::scan_node`]);
+    /// false while the node's own leader lives, which holds the lock itself.
+    pub(super) fn node_processes(
+        &self,
+        i: usize,
+        by_lock: bool,
+    ) -> io::Result<Vec<procscan::NodeProcess>> {
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
+        }
+        if !by_lock {
+            return procscan::node_processes(&self.nodes[i].spec.name, self.instance.name(), None);
         }
         self.scan_node(i)
     }
@@ -431,9 +441,11 @@ impl Supervisor {
     /// Sends `sig` to every process carrying node `i`'s identity outside its process group
     /// (`group`: the node's pid, 0 if it has none): copies that escaped with `setsid` or by
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
-    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
+    /// `leader_gone`: the node's leader has ended, so whatever still holds its lock is a copy
+    /// that escaped too (found by its lock fd, costlier: see [`Self::scan_node`]).
+    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32, leader_gone: bool) {
         let name = &self.nodes[i].spec.name;
-        match self.node_processes(i) {
+        match self.node_processes(i, leader_gone) {
             Ok(procs) => {
                 for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
                     log!(
@@ -533,7 +545,7 @@ impl Supervisor {
                 self.nodes[i].spec.policy.stop_timeout.as_millis()
             );
             let _ = spawn::signal_group(pid, libc::SIGKILL);
-            self.signal_escaped(i, pid, libc::SIGKILL);
+            self.signal_escaped(i, pid, libc::SIGKILL, false);
             self.nodes[i].killed = true;
             self.publish(i);
             self.event(Event::now(EventKind::Killed, i as u16, pid));
@@ -579,7 +591,7 @@ impl Supervisor {
         // its leftovers too: they would count as a second copy, so they end with it (the
         // restart waits until they are gone).
         if !matches!(exit, Exit::Unknown) || was_stopping {
-            self.signal_escaped(i, pid, libc::SIGKILL);
+            self.signal_escaped(i, pid, libc::SIGKILL, true);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);
