@@ -235,54 +235,6 @@ fn a_node_that_rewrites_its_environment_is_adopted_after_a_supervisor_kill() {
     wait_until(WAIT, "redis ended by shutdown", || !pid_alive(pid));
 }
 
-/// Every process that has the file `path` (by device and inode) open: the kernel's truth
-/// about who holds a node's lock.
-fn holders_of(dev: u64, ino: u64) -> Vec<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        if fds
-            .flatten()
-            .any(|f| std::fs::metadata(f.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// The same with `--daemonize yes`: the daemon escapes the node's process group and its
-/// environment no longer names the node, so it was never found: the node sat `backoff`
-/// (blocked by "a process without its identity"), and `stop` said `stopped` and `shutdown`
-/// said `complete` while the daemon ran on.
-#[test]
-fn a_daemonized_node_that_rewrote_its_environment_does_not_outlive_shutdown() {
-    use std::os::unix::fs::MetadataExt;
-    let c = Cluster::new("rewritten_daemon", "");
-    c.write_config(&redis_config(&c, "redisd", true));
-    c.run(&["start"]);
-    let lock = c.instance_dir().join("nodes").join("redisd.lock");
-    let m = std::fs::metadata(&lock).expect("the node's lock file");
-    wait_until(WAIT, "the daemon's pid file", || {
-        c.root.join("redis.pid").exists()
-    });
-    for p in holders_of(m.dev(), m.ino()) {
-        track(c.id, p, false);
-    }
-    c.run(&["shutdown"]).ok();
-    wait_until(
-        WAIT,
-        "no process holds the node's lock after shutdown",
-        || holders_of(m.dev(), m.ino()).is_empty(),
-    );
-}
-
 /// A node owns its folder, and so its `stdout.log`: one that swapped it for a FIFO and then
 /// crashed made the Supervisor block for ever in `open` (reading the log's tail for the crash
 /// report, then reopening it for the restart): no command was served again.

@@ -93,9 +93,9 @@ impl Supervisor {
         };
         // A held lock always gets the full scan: it names who holds it.
         let procs = match if held {
-            self.scan_node(i)
+            procscan::node_processes(&name, &instance)
         } else {
-            self.node_processes(i, true)
+            self.node_processes(i)
         } {
             Ok(p) => p,
             Err(e) => {
@@ -319,7 +319,11 @@ impl Supervisor {
                 BLOCKED_UNKNOWN,
                 format!(
                     "its lock {} is held by a process without its identity",
-                    node_lock_path(&self.instance, &name).display()
+                    self.instance
+                        .dir()
+                        .join("nodes")
+                        .join(format!("{name}.lock"))
+                        .display()
                 ),
             ),
         };
@@ -378,35 +382,11 @@ impl Supervisor {
     /// all descend from us ([`Node::descendants_only`]) and every child we have is a node we
     /// know (so no leftover of any node was reparented to us). That keeps the scan off the
     /// restart path of a node that leaves nothing behind.
-    ///
-    /// `by_lock`: also count the processes holding the node's lock (see [`Self::scan_node`]);
-    /// false while the node's own leader lives, which holds the lock itself.
-    pub(super) fn node_processes(
-        &self,
-        i: usize,
-        by_lock: bool,
-    ) -> io::Result<Vec<procscan::NodeProcess>> {
+    pub(super) fn node_processes(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
         }
-        if !by_lock {
-            return procscan::node_processes(&self.nodes[i].spec.name, self.instance.name(), None);
-        }
-        self.scan_node(i)
-    }
-
-    /// Every live process of node `i`, by its environment or, while someone holds the node's
-    /// lock, by its lock fd: a full `/proc` scan (looking at every process's fds only when a
-    /// holder is there to be found, as that costs about 4 times the environment scan).
-    fn scan_node(&self, i: usize) -> io::Result<Vec<procscan::NodeProcess>> {
-        let name = &self.nodes[i].spec.name;
-        let path = node_lock_path(&self.instance, name);
-        let lock = match lockfile::LockFile::probe(&path) {
-            Ok(lockfile::Probe::Free) => None,
-            // Held, or it cannot be told (a squatted file): look for holders.
-            Ok(lockfile::Probe::Held { .. }) | Err(_) => procscan::LockId::of(&path)?,
-        };
-        procscan::node_processes(name, self.instance.name(), lock)
+        procscan::node_processes(&self.nodes[i].spec.name, self.instance.name())
     }
 
     /// Whether we have a child that is no node we know: a leftover reparented to us.
@@ -441,11 +421,9 @@ impl Supervisor {
     /// Sends `sig` to every process carrying node `i`'s identity outside its process group
     /// (`group`: the node's pid, 0 if it has none): copies that escaped with `setsid` or by
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
-    /// `leader_gone`: the node's leader has ended, so whatever still holds its lock is a copy
-    /// that escaped too (found by its lock fd, costlier: see [`Self::scan_node`]).
-    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32, leader_gone: bool) {
+    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
         let name = &self.nodes[i].spec.name;
-        match self.node_processes(i, leader_gone) {
+        match self.node_processes(i) {
             Ok(procs) => {
                 for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
                     log!(
@@ -468,7 +446,7 @@ impl Supervisor {
             log!("node locks: {e}");
             return NodeLock::Taken(None, (0, 0));
         }
-        let path = node_lock_path(&self.instance, &self.nodes[i].spec.name);
+        let path = dir.join(format!("{}.lock", self.nodes[i].spec.name));
         match lockfile::LockFile::acquire_quiet(&path) {
             Ok(mut l) => {
                 let recorded = l.holder();
@@ -545,7 +523,7 @@ impl Supervisor {
                 self.nodes[i].spec.policy.stop_timeout.as_millis()
             );
             let _ = spawn::signal_group(pid, libc::SIGKILL);
-            self.signal_escaped(i, pid, libc::SIGKILL, false);
+            self.signal_escaped(i, pid, libc::SIGKILL);
             self.nodes[i].killed = true;
             self.publish(i);
             self.event(Event::now(EventKind::Killed, i as u16, pid));
@@ -591,7 +569,7 @@ impl Supervisor {
         // its leftovers too: they would count as a second copy, so they end with it (the
         // restart waits until they are gone).
         if !matches!(exit, Exit::Unknown) || was_stopping {
-            self.signal_escaped(i, pid, libc::SIGKILL, true);
+            self.signal_escaped(i, pid, libc::SIGKILL);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
         ev.exit = Some(exit);

@@ -244,7 +244,7 @@ impl Supervisor {
                 n.killed = false;
                 n.deadline = Some(now + timeout.as_nanos() as u64);
                 self.publish(i);
-                self.signal_escaped(i, pid, sig, false);
+                self.signal_escaped(i, pid, sig);
                 let mut ev = Event::now(EventKind::Stopping, i as u16, pid);
                 ev.a = sig as u64;
                 ev.b = timeout.as_millis() as u64;
@@ -256,7 +256,7 @@ impl Supervisor {
                 // What blocked its start (a copy that escaped its group) is the node's too:
                 // a stop ends it.
                 if n.blocked_by.is_some() {
-                    self.signal_escaped(i, 0, libc::SIGKILL, true);
+                    self.signal_escaped(i, 0, libc::SIGKILL);
                 }
                 self.unblock(i);
                 self.publish(i);

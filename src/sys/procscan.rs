@@ -136,15 +136,10 @@ pub struct NodeProcess {
     pub pgid: u32,
 }
 
-/// Every live (not zombie) process that carries this node's identity (see
-/// [`is_node_process`]): the node, anything it forked that kept its environment or its lock
-/// fd, and copies that escaped its process group or session (`setsid`, daemonizing). Scans all
-/// of `/proc`.
-pub fn node_processes(
-    node: &str,
-    instance: &str,
-    lock: Option<LockId>,
-) -> io::Result<Vec<NodeProcess>> {
+/// Every live (not zombie) process whose environment carries this node's identity: the node,
+/// anything it forked that kept its environment, and copies that escaped its process group or
+/// session (`setsid`, daemonizing). Scans all of `/proc`.
+pub fn node_processes(node: &str, instance: &str) -> io::Result<Vec<NodeProcess>> {
     let me = std::process::id();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc")? {
@@ -155,7 +150,10 @@ pub fn node_processes(
         if pid == me {
             continue;
         }
-        if !is_node_process(pid, node, instance, lock)? {
+        let Some(env) = environ(pid)? else {
+            continue;
+        };
+        if !carries(&env, node, instance) {
             continue;
         }
         let Some(st) = procstat::stat(pid)? else {
