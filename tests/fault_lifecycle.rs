@@ -375,7 +375,8 @@ fn escaped_process_blocks_a_second_copy_and_stop_and_shutdown_end_it() {
     let before = c.start();
     let leader = before["escaper"].pid.unwrap();
     let escaped = find_escaped(&c, leader);
-    // The leader dies while no Supervisor watches, and the region is lost.
+    // The leader dies while no Supervisor watches, and the region is lost (no guardian is
+    // left to replace the Supervisor: see `kill_supervisor`).
     kill_supervisor(&c);
     signal(leader, libc::SIGKILL);
     wait_until(WAIT, "the leader gone", || !pid_alive(leader));
@@ -603,6 +604,8 @@ command = ["@NODE@", "--interval", "10s"]
         .expect("sleep");
     track(c.id, stranger.id(), false);
     let sp = stranger.id();
+    // No guardian is left to replace the Supervisor before the record is forged (see
+    // `kill_supervisor`).
     kill_supervisor(&c);
     {
         use broctld::protocol::node::NodeRecord;

@@ -436,3 +436,59 @@ fn ready_file_is_watched_again_when_a_restart_finds_the_nodes_folder_gone() {
         s["waiter"].state == "running"
     });
 }
+
+/// The first file named `name` below `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// The folder of the generated layout belongs to the nodes' user (`user =` in zeek.conf), and
+/// the Supervisor (root) wrote the layout through a fixed temporary name in it, following a
+/// symlink: the nodes' user could make root overwrite any file (here a root-only "victim")
+/// with the layout at the next start or `reload`.
+#[test]
+fn the_layout_is_not_written_through_a_symlink_the_nodes_user_planted() {
+    if !root() {
+        eprintln!("not root: a folder of another user cannot be tested");
+        return;
+    }
+    let (c, base, conf) = zeek_cluster("layout_symlink", 1);
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("user =\ngroup =\n", "user = nobody\ngroup = nogroup\n");
+    std::fs::write(&conf, text).unwrap();
+    let out = c.run(&["start"]);
+    let layout = find_file(&base, "cluster-layout.zeek")
+        .unwrap_or_else(|| panic!("no layout written: {out:?}\n{}", c.log()));
+    use std::os::unix::fs::MetadataExt;
+    let folder = layout.parent().unwrap();
+    let owner = std::fs::metadata(folder).unwrap().uid();
+    assert_eq!(
+        owner,
+        65534,
+        "{} belongs to the nodes' user",
+        folder.display()
+    );
+    let victim = c.root.join("victim");
+    std::fs::write(&victim, "secret\n").unwrap();
+    let tmp = layout.with_extension("zeek.broctld-tmp");
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    c.run(&["reload"]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "secret\n",
+        "the layout was written through the planted symlink"
+    );
+    c.run(&["shutdown"]).ok();
+}

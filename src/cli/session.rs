@@ -200,9 +200,14 @@ impl Session {
     /// The effective config: the running Supervisor's file if one runs, else `--config`,
     /// `./broctld.toml` or `/etc/broctld/broctld.toml`.
     pub fn load_config(&mut self) -> Result<Config, CliError> {
-        let recorded = self
-            .client()
-            .and_then(|c| c.config_path().map(Path::to_owned));
+        // An attached client is kept as it is, even if its Supervisor has just exited (after a
+        // `shutdown`): the command that attached it goes on using it.
+        let recorded = match self.client.as_ref() {
+            Some(c) => c.config_path().map(Path::to_owned),
+            None => self
+                .client()
+                .and_then(|c| c.config_path().map(Path::to_owned)),
+        };
         let path = match recorded {
             Some(p) => p,
             None => find_config(self.config.as_deref())?,

@@ -63,7 +63,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     for g in &GUARDS {
         let start = g.start.load(Ordering::Acquire);
         let len = g.len.load(Ordering::Acquire);
-        if start == 0 || addr < start || addr >= start.wrapping_add(len) {
+        if start == 0 || start == RESERVED || addr < start || addr >= start.wrapping_add(len) {
             continue;
         }
         // SAFETY: [start, start + len) is one of our live mappings (registered after mmap,
@@ -121,21 +121,27 @@ fn install_sigbus_handler() {
     });
 }
 
-/// Registers a mapping with the SIGBUS handler; `None` if every entry is in use.
+/// The `start` of an entry being filled in: taken, but not yet a mapping the handler may
+/// repair (no address is at or above it, so the handler's range check skips it).
+const RESERVED: usize = usize::MAX;
+
+/// Registers a mapping with the SIGBUS handler; `None` if every entry is in use. An entry is
+/// claimed first (`0` to [`RESERVED`]), then filled in, then published with its `start`: no
+/// other thread can write its length in between, and the handler never sees a `start` without
+/// its own length.
 fn guard(start: usize, len: usize) -> Option<usize> {
     install_sigbus_handler();
     for (k, g) in GUARDS.iter().enumerate() {
-        if g.start.load(Ordering::Relaxed) != 0 {
+        if g.start
+            .compare_exchange(0, RESERVED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             continue;
         }
         g.len.store(len, Ordering::Release);
         g.hit.store(false, Ordering::Release);
-        if g.start
-            .compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            return Some(k);
-        }
+        g.start.store(start, Ordering::Release);
+        return Some(k);
     }
     None
 }
@@ -427,5 +433,38 @@ impl Drop for Region {
         // SAFETY: ptr/len are exactly what mmap returned; every reference handed out borrowed
         // `self`, so none outlives this call.
         let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two threads registering mappings at once must never leave an entry with one's start
+    /// and the other's length: the SIGBUS handler would then replace memory that is not a
+    /// mapping of ours (or only part of one).
+    #[test]
+    fn concurrent_guards_never_mix_start_and_length() {
+        let threads: Vec<_> = (1..=4usize)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut mixed = 0;
+                    for i in 0..1_000_000usize {
+                        // Fake, distinct addresses: the handler is never invoked here.
+                        let start = (t << 40) | (i << 12);
+                        let len = t * 4096;
+                        if let Some(k) = guard(start, len) {
+                            if GUARDS[k].len.load(Ordering::Acquire) != len {
+                                mixed += 1;
+                            }
+                            GUARDS[k].start.store(0, Ordering::Release);
+                        }
+                    }
+                    mixed
+                })
+            })
+            .collect();
+        let mixed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(mixed, 0, "entries with another mapping's length");
     }
 }

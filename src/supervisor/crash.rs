@@ -15,10 +15,21 @@ pub const TAIL_LINES: usize = 100;
 /// File name prefix.
 pub const PREFIX: &str = "broctld-crash-";
 
-/// The last `n` lines of a file (reading at most its last 256 KiB).
+/// The last `n` lines of a regular file (reading at most its last 256 KiB). The file is in
+/// the node's folder, so it is opened without blocking (a FIFO put there must not hang the
+/// Supervisor) and anything but a regular file (a FIFO, `/dev/zero` behind a symlink) is
+/// refused.
 pub fn tail(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let len = meta.len();
     let start = len.saturating_sub(256 * 1024);
     f.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::new();

@@ -923,3 +923,8 @@ fn cgroup_processes(g: &crate::sys::cgroup::Cgroup) -> io::Result<Vec<procscan::
     }
     Ok(out)
 }
+
+/// Node `name`'s lock file in `instance`'s dir.
+pub(super) fn node_lock_path(instance: &Instance, name: &str) -> PathBuf {
+    instance.dir().join("nodes").join(format!("{name}.lock"))
+}

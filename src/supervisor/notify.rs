@@ -199,7 +199,15 @@ impl Supervisor {
         let ours = match self.node_group(&name) {
             Some(g) => g.contains(pid).unwrap_or(false),
             None => {
-                procscan::is_node_process(pid, &name, self.instance.name()).unwrap_or(false)
+                procscan::is_node_process(
+                    pid,
+                    &name,
+                    self.instance.name(),
+                    procscan::LockId::of(&super::lifecycle::node_lock_path(&self.instance, &name))
+                        .ok()
+                        .flatten(),
+                )
+                .unwrap_or(false)
                     || st.parent == std::process::id()
             }
         };

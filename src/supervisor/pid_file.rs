@@ -79,7 +79,15 @@ impl Supervisor {
             // Without cgroups: it carries the node's identity, or (a daemon that rewrote its
             // environment area, as redis does for its process title) it was reparented to
             // us, its starter's subreaper, and is no other node's.
-            None => procscan::is_node_process(pid, &name, self.instance.name()).map(|carries| {
+            None => procscan::is_node_process(
+                pid,
+                &name,
+                self.instance.name(),
+                procscan::LockId::of(&super::lifecycle::node_lock_path(&self.instance, &name))
+                    .ok()
+                    .flatten(),
+            )
+            .map(|carries| {
                 carries || (st.parent == std::process::id() && !self.by_pid.contains_key(&pid))
             }),
         };

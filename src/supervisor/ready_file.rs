@@ -6,7 +6,7 @@
 //! The file is removed before each start, so a previous run's `RUNNING` never counts.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -86,11 +86,29 @@ impl ReadyFiles {
     }
 }
 
-/// Whether `file`'s first line is `line`.
+/// The most of a ready file [`says`] reads: its first line is all that counts.
+const READ_MAX: u64 = 4096;
+
+/// Whether `file`'s first line is `line`. The file is the node's to write, so it is untrusted:
+/// it is opened without blocking (a FIFO put there must not hang the loop), only a regular file
+/// counts (not `/dev/zero` behind a symlink), and at most [`READ_MAX`] bytes are read.
 fn says(file: &Path, line: &str) -> bool {
-    std::fs::read_to_string(file)
-        .map(|t| t.lines().next() == Some(line))
-        .unwrap_or(false)
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+    else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut head = Vec::new();
+    if f.take(READ_MAX).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    String::from_utf8_lossy(&head).lines().next() == Some(line)
 }
 
 impl Supervisor {

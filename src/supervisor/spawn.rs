@@ -8,10 +8,9 @@
 //! the Supervisor's group never reaches it.
 
 use crate::config::NodeSpec;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -182,18 +181,62 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
             source,
         })?;
     }
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|source| SpawnError::Prepare {
-            node: node.into(),
-            what: "open output file",
-            path: path.to_owned(),
-            source,
-        })
+    let fail = |source| SpawnError::Prepare {
+        node: node.into(),
+        what: "open output file",
+        path: path.to_owned(),
+        source,
+    };
+    // Without blocking: the file is in the node's folder, and a FIFO the node put there must
+    // not hang the Supervisor (no reader: ENXIO, and the start fails saying so). The node
+    // gets a blocking fd, as before.
+    let f = open_in_folder(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT).map_err(fail)?;
+    crate::sys::fdflags::set_nonblocking(f.as_raw_fd(), false).map_err(fail)?;
+    Ok(f)
+}
+
+/// Opens `path` (mode 0644 if created, close-on-exec, non-blocking) relative to its folder,
+/// opened first. A symlink at `path` is followed only if the folder is ours: a folder given to
+/// a node's user (its working folder) may hold a link the node planted to make us open one of
+/// our own files for it (ELOOP then, and the start fails saying so).
+fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let cstr = |p: &[u8]| {
+        std::ffi::CString::new(p)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    };
+    let (folder_c, name_c) = (cstr(folder.as_os_str().as_bytes())?, cstr(name.as_bytes())?);
+    // SAFETY: a NUL-terminated path and flags; the fd returned is owned by nobody else.
+    let dir = crate::syscall!(open(
+        folder_c.as_ptr(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC
+    ))?;
+    // SAFETY: `dir` was just returned by open and is owned by nobody else.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    // SAFETY: a zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live fd and a valid out-pointer.
+    crate::syscall!(fstat(dir.as_raw_fd(), &mut st))?;
+    // SAFETY: geteuid cannot fail.
+    let ours = st.st_uid == unsafe { libc::geteuid() };
+    let nofollow = if ours { 0 } else { libc::O_NOFOLLOW };
+    // SAFETY: a live directory fd, a NUL-terminated name, flags and a mode.
+    let fd = crate::syscall!(openat(
+        dir.as_raw_fd(),
+        name_c.as_ptr(),
+        flags | libc::O_CLOEXEC | libc::O_NONBLOCK | nofollow,
+        0o644 as libc::c_uint
+    ))?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Checks, before anything starts, that `spec` can be started: its program resolves and its

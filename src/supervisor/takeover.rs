@@ -56,7 +56,7 @@ impl Supervisor {
                 pid,
                 rec.pid_start,
                 &name,
-                self.instance.name(),
+                &self.instance,
                 self.node_group(&name),
             );
             if matches!(alive, Ok(false)) {
@@ -225,7 +225,7 @@ impl Supervisor {
                 pid,
                 rec.pid_start,
                 &name,
-                self.instance.name(),
+                &self.instance,
                 self.node_group(&name),
             ),
         };
@@ -390,7 +390,7 @@ impl Supervisor {
             pid,
             rec.pid_start,
             &self.nodes[i].spec.name,
-            self.instance.name(),
+            &self.instance,
             self.node_group(&self.nodes[i].spec.name),
         ) {
             Ok(true) => {}
@@ -472,14 +472,15 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
 }
 
 /// Whether `pid` with this start time is node `name` of `instance` to adopt: a survivor (see
-/// [`procscan::is_survivor`]) whose environment carries the node's identity, or a zombie that
-/// is our own child (its environment is gone; it was ours, before an upgrade's exec). With a
-/// cgroup per node, a survivor in the node's group is the node whatever its environment.
+/// [`procscan::is_survivor`]) that carries the node's identity (its environment, or its lock
+/// held open: see [`procscan::is_node_process`]), or a zombie that is our own child (its
+/// environment is gone; it was ours, before an upgrade's exec). With a cgroup per node, a
+/// survivor in the node's group is the node whatever its environment.
 fn is_survivor_node(
     pid: u32,
     start: u64,
     name: &str,
-    instance: &str,
+    instance: &Instance,
     group: Option<crate::sys::cgroup::Cgroup>,
 ) -> io::Result<bool> {
     if !procscan::is_survivor(pid, start)? {
@@ -489,7 +490,10 @@ fn is_survivor_node(
         Some(st) if matches!(st.state, 'Z' | 'X') => Ok(st.parent == std::process::id()),
         Some(_) => match group {
             Some(g) if g.contains(pid)? => Ok(true),
-            _ => procscan::is_node_process(pid, name, instance),
+            _ => {
+                let lock = procscan::LockId::of(&super::lifecycle::node_lock_path(instance, name))?;
+                procscan::is_node_process(pid, name, instance.name(), lock)
+            }
         },
         None => Ok(false),
     }

@@ -55,7 +55,8 @@ pub fn apply(setup: &ZeekSetup) -> Result<(), ZeekSetupError> {
     for dir in std::iter::once(layout_dir).chain(setup.dirs.iter().map(PathBuf::as_path)) {
         std::fs::create_dir_all(dir).map_err(fail("create the folder", dir))?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            // lchown: a symlink the nodes' user put there is not followed.
+            std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
                 .map_err(fail("give the nodes' user the folder", dir))?;
         }
     }
@@ -68,7 +69,26 @@ pub fn apply(setup: &ZeekSetup) -> Result<(), ZeekSetupError> {
     let mut tmp = setup.layout_path.as_os_str().to_owned();
     tmp.push(".broctld-tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text).map_err(fail("write the layout", &tmp))?;
+    // The folder belongs to the nodes' user: whatever is at the temporary name (a leftover,
+    // or a symlink planted to make us overwrite another file) is removed, and the file is
+    // created anew, never opened through a link (`O_EXCL` does not follow one).
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("remove the old temporary layout", &tmp)(e)),
+    }
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(fail("write the layout", &tmp))?;
+    }
     std::fs::rename(&tmp, &setup.layout_path)
         .map_err(fail("put the layout in place at", &setup.layout_path))
 }

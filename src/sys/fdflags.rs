@@ -5,15 +5,21 @@ use std::os::fd::RawFd;
 
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFD on an fd number; fails with EBADF if it is not open.
-    let flags = crate::syscall!(fcntl(fd, libc::F_GETFD))?;
-    let new = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: F_SETFD with flags derived from the current ones.
-    crate::syscall!(fcntl(fd, libc::F_SETFD, new))?;
+    update(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC, on)
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd` (on its open file description).
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    update(fd, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK, on)
+}
+
+/// Sets or clears `bit` in the flags `fcntl(get)` reads and `fcntl(set)` writes.
+fn update(fd: RawFd, get: i32, set: i32, bit: i32, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_GETFL on an fd number; fails with EBADF if it is not open.
+    let flags = crate::syscall!(fcntl(fd, get))?;
+    let new = if on { flags | bit } else { flags & !bit };
+    // SAFETY: F_SETFD/F_SETFL with flags derived from the current ones.
+    crate::syscall!(fcntl(fd, set, new))?;
     Ok(())
 }
 

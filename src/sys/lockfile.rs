@@ -68,11 +68,17 @@ fn flock(file: &File, op: i32) -> io::Result<bool> {
     }
 }
 
+/// The most of a lock file [`read_holder`] reads: its two lines are far shorter. The file is
+/// writable by its holder (a node holds its lock as an inherited fd), so its size proves
+/// nothing and is never trusted.
+const HOLDER_MAX: u64 = 4096;
+
 fn read_holder(file: &mut File) -> (u32, u64, String) {
-    let mut s = String::new();
-    if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
+    let mut bytes = Vec::new();
+    if file.rewind().is_err() || (&*file).take(HOLDER_MAX).read_to_end(&mut bytes).is_err() {
         return (0, 0, String::new());
     }
+    let s = String::from_utf8_lossy(&bytes);
     let mut lines = s.lines();
     let first = lines.next().unwrap_or("");
     let mut it = first.split_ascii_whitespace();

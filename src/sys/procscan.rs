@@ -42,11 +42,87 @@ fn carries(env: &[u8], node: &str, instance: &str) -> bool {
     has.0 && has.1
 }
 
-/// Whether process `pid` carries this node's identity in its environment (as every node
-/// broctld starts does: `BROCTLD_NODE` and `BROCTLD_INSTANCE`). `Ok(false)` if it does not
-/// exist.
-pub fn is_node_process(pid: u32, node: &str, instance: &str) -> io::Result<bool> {
-    Ok(environ(pid)?.is_some_and(|env| carries(&env, node, instance)))
+/// A node's lock file, by device and inode: every process broctld starts for the node inherits
+/// it open read-write, and keeps it unless it closes its fds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockId {
+    dev: u64,
+    ino: u64,
+}
+
+impl LockId {
+    /// The lock file at `path`; `Ok(None)` if there is none.
+    pub fn of(path: &std::path::Path) -> io::Result<Option<LockId>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(Some(LockId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether process `pid` holds the lock file `lock` open for reading and writing (as a node
+/// holds its inherited lock fd; a reader such as `cat` does not count). `Ok(false)` if the
+/// process does not exist or is not ours to look into.
+pub fn holds_lock(pid: u32, lock: LockId) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(d) => d,
+        Err(e) if is_gone(&e) || is_foreign(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for e in dir {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if is_gone(&e) || is_foreign(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // Follows the magic link to the open file itself.
+        match std::fs::metadata(e.path()) {
+            Ok(m) if m.dev() == lock.dev && m.ino() == lock.ino => {}
+            Ok(_) => continue,
+            Err(e) if is_gone(&e) || is_foreign(&e) => continue,
+            Err(e) => return Err(e),
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
+        let text = match std::fs::read_to_string(info) {
+            Ok(t) => t,
+            Err(e) if is_gone(&e) || is_foreign(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let flags = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether process `pid` carries this node's identity: in its environment (as every node
+/// broctld starts does: `BROCTLD_NODE` and `BROCTLD_INSTANCE`), or, for a program that wrote
+/// its process title over its environment (redis, nginx, postgres...), by holding the node's
+/// `lock` open. `Ok(false)` if it does not exist.
+pub fn is_node_process(
+    pid: u32,
+    node: &str,
+    instance: &str,
+    lock: Option<LockId>,
+) -> io::Result<bool> {
+    if environ(pid)?.is_some_and(|env| carries(&env, node, instance)) {
+        return Ok(true);
+    }
+    match lock {
+        Some(lock) => holds_lock(pid, lock),
+        None => Ok(false),
+    }
 }
 
 /// A live process that carries a node's identity.
@@ -148,6 +224,6 @@ mod tests {
     fn a_missing_process_is_an_answer_not_an_error() {
         // Pid numbers above pid_max never exist.
         assert!(!is_survivor(u32::MAX - 1, 1).unwrap());
-        assert!(!is_node_process(u32::MAX - 1, "a", "b").unwrap());
+        assert!(!is_node_process(u32::MAX - 1, "a", "b", None).unwrap());
     }
 }
