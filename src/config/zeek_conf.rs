@@ -748,7 +748,7 @@ impl ZeekConf {
     }
 
     /// The nodes the generator's units run on this host, in start order: manager, loggers,
-    /// proxies, workers, archiver (see [`super::zeek_nodes`]).
+    /// proxies, workers, archiver (see `config/zeek_nodes.rs`).
     pub fn nodes(&self) -> Result<Vec<NodeSpec>, ZeekError> {
         super::zeek_nodes::nodes(self)
     }
