@@ -11,7 +11,7 @@
 mod common;
 
 use broctld::protocol::event::EventKind;
-use broctld::protocol::node::{Exit, NodeRecord};
+use broctld::protocol::node::{Exit, NodeRecord, NodeState};
 use common::Rng;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -350,6 +350,94 @@ command = ["@NODE@", "--interval", "10s"]
 name = "c"
 command = ["@NODE@", "--interval", "10s"]
 "#;
+
+/// Node `name`'s record in the region, as a successor would read it.
+fn region_record(c: &Cluster, name: &str) -> NodeRecord {
+    let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
+    let cells = s.node_cells();
+    (0..s.node_count())
+        .filter_map(|i| cells[i].read().and_then(|w| NodeRecord::decode(&w)))
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no record of {name} in the region"))
+}
+
+/// What the kernel says `pid` sleeps in (`/proc/PID/wchan`).
+fn wchan(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+}
+
+/// Regression (seen as nodes left `stopped` with no process after a storm of Supervisor kills
+/// in the test above): a Supervisor taking over a node that died while no Supervisor ran kept
+/// it, until its restart policy ran, in the state every node has before its fate is decided:
+/// `stopped`. It published that state (with the whole table, and again right before spawning
+/// the replacement); killed in that window, it left its successor a record saying `stopped`,
+/// which the successor honours as the operator's word: the node was never started again.
+/// The window is held open here: b's stdout is made a FIFO nobody reads, so the spawn of its
+/// replacement blocks in `open` until that Supervisor is killed.
+#[test]
+fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending() {
+    let c = Cluster::new("dead_at_takeover", THREE);
+    c.start();
+    // Past its restart delay, so the next Supervisor restarts it at once (during its takeover).
+    let before = c.wait_status(WAIT, "b up longer than its restart delay", |s| {
+        s["b"].uptime_ms.is_some_and(|u| u >= 500)
+    });
+    let b = before["b"].pid.unwrap();
+    // No guardian: nobody reports b's exit, so the next Supervisor finds b just gone.
+    kill_guardians(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    signal(b, libc::SIGKILL);
+    wait_until(WAIT, "b to die", || !pid_alive(b));
+    let out = c.root.join("spool/b/stdout.log");
+    std::fs::remove_file(&out).expect("remove b's stdout");
+    nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .expect("mkfifo b's stdout");
+    let main = c.spawn_main(&["status"]);
+    let next = wait_for(
+        WAIT,
+        "a new Supervisor",
+        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
+        || c.log(),
+    );
+    track(c.id, next, false);
+    wait_until(
+        WAIT,
+        "the new Supervisor to block opening b's stdout",
+        || matches!(wchan(next).as_str(), "wait_for_partner" | "fifo_open"),
+    );
+    // Held in the middle of b's restart: its record must say it ran, never `stopped`.
+    let rec = region_record(&c, "b");
+    assert_ne!(
+        rec.state,
+        NodeState::Stopped,
+        "b is recorded stopped while its restart is pending: {rec:?}\n{}",
+        c.log()
+    );
+    // That Supervisor dies there (before it served, so its guardian gives up too); a Main
+    // starts the next one, which must restart b.
+    std::fs::remove_file(&out).expect("remove the FIFO");
+    std::fs::write(&out, "").expect("recreate b's stdout");
+    signal(next, libc::SIGKILL);
+    wait_until(WAIT, "that Supervisor to die", || !pid_alive(next));
+    c.wait_main(main, Duration::from_secs(60));
+    c.run(&["status"]);
+    let last = live_supervisor(&c);
+    assert_ne!(last, next, "a new Supervisor");
+    let after = c.wait_status(WAIT, "b running again", |s| {
+        s["b"].state == "running" && s["b"].pid.is_some_and(|p| p != b && pid_alive(p))
+    });
+    let leaders = node_leaders(&c.instance);
+    assert_eq!(
+        leaders.get("b"),
+        Some(&vec![after["b"].pid.unwrap()]),
+        "b runs once"
+    );
+    for n in ["a", "c"] {
+        assert_eq!(after[n].pid, before[n].pid, "{n} kept its process");
+    }
+}
 
 /// `stop` is the operator's word: a Supervisor killed afterwards must not bring the node back
 /// (its successor knows only the region, where the node is recorded `stopped`).

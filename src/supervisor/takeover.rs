@@ -81,6 +81,24 @@ impl Supervisor {
                 "node {name} (pid {pid}) survived the previous Supervisor but is not in the config; it is left running unsupervised"
             );
         }
+        // Queue the starts before anything is published: a record published now must say
+        // what this Supervisor will do with the node, never the `stopped` every node has in
+        // memory before its fate is decided, because a successor that finds `stopped` keeps
+        // the node down (this Supervisor may be killed at any moment from here on).
+        starts.extend((0..self.nodes.len()).filter(|&i| {
+            !decided.get(i).copied().unwrap_or(true)
+                && self.nodes[i].spec.policy.autostart
+                && self.nodes[i].pid.is_none()
+        }));
+        // A start queued behind nodes still becoming ready keeps waiting for them.
+        let pending: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].state == NodeState::Starting
+                    && self.nodes[i].pid.is_some()
+                    && !ended.contains(&i)
+            })
+            .collect();
+        self.enqueue_start_behind(starts, &pending);
         // Every record, and none left over from a predecessor with a longer config.
         self.publish_all();
         let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
@@ -106,16 +124,7 @@ impl Supervisor {
             self.nodes[i].last_exit = Some(Exit::Unknown);
             self.after_end(i, Exit::Unknown, clock::monotonic_ns());
         }
-        starts.extend((0..self.nodes.len()).filter(|&i| {
-            !decided.get(i).copied().unwrap_or(true)
-                && self.nodes[i].spec.policy.autostart
-                && self.nodes[i].pid.is_none()
-        }));
-        // A start queued behind nodes still becoming ready keeps waiting for them.
-        let pending: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some())
-            .collect();
-        self.queue_start_behind(starts, &pending);
+        self.advance_queues();
         self.queue_stop(stops);
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
@@ -227,8 +236,11 @@ impl Supervisor {
                     (d, None) => d,
                 });
             }
-            // It ran and died while no Supervisor watched.
+            // It ran and died while no Supervisor watched. It keeps its recorded state until
+            // its restart policy decides, so the records published meanwhile say it ran (a
+            // successor then finds it dead again), never the `stopped` of a fresh node.
             NodeState::Running | NodeState::Starting => {
+                n.state = rec.state;
                 n.pid = rec.pid;
                 ended.push(i);
             }
