@@ -361,9 +361,20 @@ fn region_record(c: &Cluster, name: &str) -> NodeRecord {
         .unwrap_or_else(|| panic!("no record of {name} in the region"))
 }
 
-/// What the kernel says `pid` sleeps in (`/proc/PID/wchan`).
-fn wchan(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+/// Whether the kernel says `pid` sleeps in `open` of a FIFO, waiting for a reader: by
+/// `/proc/PID/wchan`, or where that is hidden, by the system call it sleeps in
+/// (`/proc/PID/syscall`: the Supervisor otherwise sleeps in `epoll_wait`, never in `openat`).
+fn blocked_opening_fifo(pid: u32) -> bool {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    match wchan.as_str() {
+        "wait_for_partner" | "fifo_open" => true,
+        "" | "0" => std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .is_some_and(|n| n == libc::SYS_openat.to_string()),
+        _ => false,
+    }
 }
 
 /// Regression (seen as nodes left `stopped` with no process after a storm of Supervisor kills
@@ -405,7 +416,7 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
     wait_until(
         WAIT,
         "the new Supervisor to block opening b's stdout",
-        || matches!(wchan(next).as_str(), "wait_for_partner" | "fifo_open"),
+        || blocked_opening_fifo(next),
     );
     // Held in the middle of b's restart: its record must say it ran, never `stopped`.
     let rec = region_record(&c, "b");
