@@ -11,7 +11,7 @@
 mod common;
 
 use broctld::protocol::event::EventKind;
-use broctld::protocol::node::{Exit, NodeRecord, NodeState};
+use broctld::protocol::node::{Exit, Intent, NodeRecord, NodeState};
 use common::Rng;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -361,6 +361,23 @@ fn region_record(c: &Cluster, name: &str) -> NodeRecord {
         .unwrap_or_else(|| panic!("no record of {name} in the region"))
 }
 
+/// Rewrites node `name`'s record in the region (no Supervisor may be alive).
+fn edit_region_record(c: &Cluster, name: &str, edit: impl FnOnce(&mut NodeRecord)) {
+    let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
+    let cells = s.node_cells();
+    let i = (0..s.node_count())
+        .find(|&i| {
+            cells[i]
+                .read()
+                .and_then(|w| NodeRecord::decode(&w))
+                .is_some_and(|r| r.name == name)
+        })
+        .unwrap_or_else(|| panic!("no record of {name} in the region"));
+    let mut r = NodeRecord::decode(&cells[i].read().unwrap()).unwrap();
+    edit(&mut r);
+    cells[i].write(&r.encode());
+}
+
 /// Whether the kernel says `pid` sleeps in `open` of a FIFO, waiting for a reader: by
 /// `/proc/PID/wchan`, or where that is hidden, by the system call it sleeps in
 /// (`/proc/PID/syscall`: the Supervisor otherwise sleeps in `epoll_wait`, never in `openat`).
@@ -383,6 +400,9 @@ fn blocked_opening_fifo(pid: u32) -> bool {
 /// `stopped`. It published that state (with the whole table, and again right before spawning
 /// the replacement); killed in that window, it left its successor a record saying `stopped`,
 /// which the successor honours as the operator's word: the node was never started again.
+/// The same held for the starts a takeover queues (here c, whose `restart` was in flight: its
+/// record says `stopping`, restart pending, and its process is gone): they were published
+/// `stopped` with the table and queued only after the dead nodes were restarted.
 /// The window is held open here: b's stdout is made a FIFO nobody reads, so the spawn of its
 /// replacement blocks in `open` until that Supervisor is killed.
 #[test]
@@ -401,6 +421,14 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     signal(b, libc::SIGKILL);
     wait_until(WAIT, "b to die", || !pid_alive(b));
+    // c: a `restart` in flight when the Supervisor died, its process gone since.
+    let old_c = before["c"].pid.unwrap();
+    signal(old_c, libc::SIGKILL);
+    wait_until(WAIT, "c to die", || !pid_alive(old_c));
+    edit_region_record(&c, "c", |r| {
+        r.state = NodeState::Stopping;
+        r.intent.set(Intent::RESTART_PENDING, true);
+    });
     let out = c.root.join("spool/b/stdout.log");
     std::fs::remove_file(&out).expect("remove b's stdout");
     nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -418,14 +446,16 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
         "the new Supervisor to block opening b's stdout",
         || blocked_opening_fifo(next),
     );
-    // Held in the middle of b's restart: its record must say it ran, never `stopped`.
-    let rec = region_record(&c, "b");
-    assert_ne!(
-        rec.state,
-        NodeState::Stopped,
-        "b is recorded stopped while its restart is pending: {rec:?}\n{}",
-        c.log()
-    );
+    // Held in the middle of b's restart: neither record may say `stopped`.
+    for name in ["b", "c"] {
+        let rec = region_record(&c, name);
+        assert_ne!(
+            rec.state,
+            NodeState::Stopped,
+            "{name} is recorded stopped while its start is pending: {rec:?}\n{}",
+            c.log()
+        );
+    }
     // That Supervisor dies there (before it served, so its guardian gives up too); a Main
     // starts the next one, which must restart b.
     std::fs::remove_file(&out).expect("remove the FIFO");
@@ -436,18 +466,20 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
     c.run(&["status"]);
     let last = live_supervisor(&c);
     assert_ne!(last, next, "a new Supervisor");
-    let after = c.wait_status(WAIT, "b running again", |s| {
-        s["b"].state == "running" && s["b"].pid.is_some_and(|p| p != b && pid_alive(p))
+    let after = c.wait_status(WAIT, "b and c running again", |s| {
+        [("b", b), ("c", old_c)].iter().all(|(n, old)| {
+            s[*n].state == "running" && s[*n].pid.is_some_and(|p| p != *old && pid_alive(p))
+        })
     });
     let leaders = node_leaders(&c.instance);
-    assert_eq!(
-        leaders.get("b"),
-        Some(&vec![after["b"].pid.unwrap()]),
-        "b runs once"
-    );
-    for n in ["a", "c"] {
-        assert_eq!(after[n].pid, before[n].pid, "{n} kept its process");
+    for n in ["b", "c"] {
+        assert_eq!(
+            leaders.get(n),
+            Some(&vec![after[n].pid.unwrap()]),
+            "{n} runs once"
+        );
     }
+    assert_eq!(after["a"].pid, before["a"].pid, "a kept its process");
 }
 
 /// `stop` is the operator's word: a Supervisor killed afterwards must not bring the node back
