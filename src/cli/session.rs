@@ -230,7 +230,19 @@ impl Session {
             }
         }
         if self.client.is_none() {
-            match Client::attach(&self.instance) {
+            let mut attached = Client::attach(&self.instance);
+            // The lock was free when attach looked and is held now: a Supervisor took it in
+            // between (the guardian's replacement for a killed one). Attach again: it waits
+            // (bounded) for a starting Supervisor to serve, rather than report none running.
+            if matches!(attached, Err(ClientError::NotRunning { .. }))
+                && matches!(
+                    LockFile::probe(&self.instance.lock_path()),
+                    Ok(Probe::Held { .. })
+                )
+            {
+                attached = Client::attach(&self.instance);
+            }
+            match attached {
                 Ok(c) => {
                     self.client = Some(c);
                     self.attach_error = None;
