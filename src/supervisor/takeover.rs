@@ -11,6 +11,11 @@ impl Supervisor {
     /// counts and last exits over — and starts the autostart nodes that should run.
     pub(super) fn take_over(&mut self, mut previous: HashMap<String, NodeRecord>) {
         let h = self.shared.header();
+        // Not `ready` until the takeover is done: a dead predecessor left `ready` here, and a
+        // Main must not attach to (and report the half-resumed records of) a Supervisor that
+        // is still deciding what each node is.
+        h.state
+            .store(SupervisorState::Starting as u32, Ordering::SeqCst);
         let generation = h.generation.load(Ordering::Relaxed) + 1;
         h.generation.store(generation, Ordering::Relaxed);
         h.owner_pid.store(std::process::id(), Ordering::Relaxed);
