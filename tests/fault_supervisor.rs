@@ -482,6 +482,47 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
     assert_eq!(after["a"].pid, before["a"].pid, "a kept its process");
 }
 
+/// Regression: a `restart` in flight (record `stopping`, restart pending) whose node ended
+/// while no Supervisor ran, the guardian reporting how: the successor handled the reported exit
+/// as the end of a plain stop (the pending restart was not carried over on that path) and left
+/// the node `stopped`.
+#[test]
+fn reported_exit_of_a_node_with_a_restart_pending_starts_it_again() {
+    let c = Cluster::new("reported_restart", THREE);
+    let before = c.start();
+    let sup = c.supervisor_pid();
+    // Hold the guardian: the dead Supervisor is not replaced, and c's exit waits to be reported.
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    edit_region_record(&c, "c", |r| {
+        r.state = NodeState::Stopping;
+        r.intent.set(Intent::RESTART_PENDING, true);
+    });
+    let old_c = before["c"].pid.unwrap();
+    signal(old_c, libc::SIGKILL);
+    wait_until(WAIT, "c to end", || !pid_alive(old_c));
+    thaw(guardian);
+    live_supervisor(&c);
+    let after = c.wait_status(WAIT, "c running again", |s| {
+        s["c"].state == "running" && s["c"].pid.is_some_and(|p| p != old_c && pid_alive(p))
+    });
+    assert!(
+        c.log()
+            .contains(&format!("pid {old_c} ended while no Supervisor ran")),
+        "c's exit was not taken from the guardian's report:\n{}",
+        c.log()
+    );
+    assert_eq!(
+        node_leaders(&c.instance).get("c"),
+        Some(&vec![after["c"].pid.unwrap()]),
+        "c runs once"
+    );
+    for n in ["a", "b"] {
+        assert_eq!(after[n].pid, before[n].pid, "{n} kept its process");
+    }
+}
+
 /// `stop` is the operator's word: a Supervisor killed afterwards must not bring the node back
 /// (its successor knows only the region, where the node is recorded `stopped`).
 #[test]
