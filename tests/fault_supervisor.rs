@@ -351,6 +351,15 @@ name = "c"
 command = ["@NODE@", "--interval", "10s"]
 "#;
 
+/// Holds the guardian (SIGSTOP) and kills the Supervisor `sup`: no successor starts until the
+/// guardian is thawed, so a test can arrange what the next one finds. Returns the guardian.
+fn kill_supervisor_held(c: &Cluster, sup: u32) -> u32 {
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    guardian
+}
+
 /// Node `name`'s record in the region, as a successor would read it.
 fn region_record(c: &Cluster, name: &str) -> NodeRecord {
     let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
@@ -492,9 +501,7 @@ fn reported_exit_of_a_node_with_a_restart_pending_starts_it_again() {
     let before = c.start();
     let sup = c.supervisor_pid();
     // Hold the guardian: the dead Supervisor is not replaced, and c's exit waits to be reported.
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     edit_region_record(&c, "c", |r| {
         r.state = NodeState::Stopping;
         r.intent.set(Intent::RESTART_PENDING, true);
@@ -564,9 +571,7 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
         "the lock file says PID STARTTIME"
     );
     // The guardian replaces a dead Supervisor at once: hold it while the region is edited.
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     // Forget b's pid in the region.
     {
         let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
@@ -612,9 +617,7 @@ fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
     let before = c.start();
     let sup = c.supervisor_pid();
     let b = before["b"].pid.unwrap();
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     // The state that window leaves: the lock names the (dead) Supervisor, and the region the
     // node's previous (dead) process.
     let lock = c.instance_dir().join("nodes/b.lock");
@@ -658,9 +661,7 @@ fn nodes_keep_their_pids_when_the_region_is_lost_with_the_supervisor() {
     let c = Cluster::new("region_lost", THREE);
     let before = c.start();
     let sup = c.supervisor_pid();
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     std::fs::remove_file(c.shm_path()).expect("remove the region");
     // No region: the guardian's next Supervisor makes a new one.
     thaw(guardian);
