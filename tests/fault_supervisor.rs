@@ -11,7 +11,7 @@
 mod common;
 
 use broctld::protocol::event::EventKind;
-use broctld::protocol::node::{Exit, NodeRecord};
+use broctld::protocol::node::{Exit, Intent, NodeRecord, NodeState};
 use common::Rng;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -351,6 +351,185 @@ name = "c"
 command = ["@NODE@", "--interval", "10s"]
 "#;
 
+/// Holds the guardian (SIGSTOP) and kills the Supervisor `sup`: no successor starts until the
+/// guardian is thawed, so a test can arrange what the next one finds. Returns the guardian.
+fn kill_supervisor_held(c: &Cluster, sup: u32) -> u32 {
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    guardian
+}
+
+/// Node `name`'s record in the region, as a successor would read it.
+fn region_record(c: &Cluster, name: &str) -> NodeRecord {
+    let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
+    let cells = s.node_cells();
+    (0..s.node_count())
+        .filter_map(|i| cells[i].read().and_then(|w| NodeRecord::decode(&w)))
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no record of {name} in the region"))
+}
+
+/// Rewrites node `name`'s record in the region (no Supervisor may be alive).
+fn edit_region_record(c: &Cluster, name: &str, edit: impl FnOnce(&mut NodeRecord)) {
+    let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
+    let cells = s.node_cells();
+    let i = (0..s.node_count())
+        .find(|&i| {
+            cells[i]
+                .read()
+                .and_then(|w| NodeRecord::decode(&w))
+                .is_some_and(|r| r.name == name)
+        })
+        .unwrap_or_else(|| panic!("no record of {name} in the region"));
+    let mut r = NodeRecord::decode(&cells[i].read().unwrap()).unwrap();
+    edit(&mut r);
+    cells[i].write(&r.encode());
+}
+
+/// Whether the kernel says `pid` sleeps in `open` of a FIFO, waiting for a reader: by
+/// `/proc/PID/wchan`, or where that is hidden, by the system call it sleeps in
+/// (`/proc/PID/syscall`: the Supervisor otherwise sleeps in `epoll_wait`, never in `openat`).
+fn blocked_opening_fifo(pid: u32) -> bool {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    match wchan.as_str() {
+        "wait_for_partner" | "fifo_open" => true,
+        "" | "0" => std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .is_some_and(|n| n == libc::SYS_openat.to_string()),
+        _ => false,
+    }
+}
+
+/// Regression (seen as nodes left `stopped` with no process after a storm of Supervisor kills
+/// in the test above): a Supervisor taking over a node that died while no Supervisor ran kept
+/// it, until its restart policy ran, in the state every node has before its fate is decided:
+/// `stopped`. It published that state (with the whole table, and again right before spawning
+/// the replacement); killed in that window, it left its successor a record saying `stopped`,
+/// which the successor honours as the operator's word: the node was never started again.
+/// The same held for the starts a takeover queues (here c, whose `restart` was in flight: its
+/// record says `stopping`, restart pending, and its process is gone): they were published
+/// `stopped` with the table and queued only after the dead nodes were restarted.
+/// The window is held open here: b's stdout is made a FIFO nobody reads, so the spawn of its
+/// replacement blocks in `open` until that Supervisor is killed.
+#[test]
+fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending() {
+    let c = Cluster::new("dead_at_takeover", THREE);
+    c.start();
+    // Past its restart delay, so the next Supervisor restarts it at once (during its takeover).
+    let before = c.wait_status(WAIT, "b up longer than its restart delay", |s| {
+        s["b"].uptime_ms.is_some_and(|u| u >= 500)
+    });
+    let b = before["b"].pid.unwrap();
+    // No guardian: nobody reports b's exit, so the next Supervisor finds b just gone.
+    kill_guardians(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    signal(b, libc::SIGKILL);
+    wait_until(WAIT, "b to die", || !pid_alive(b));
+    // c: a `restart` in flight when the Supervisor died, its process gone since.
+    let old_c = before["c"].pid.unwrap();
+    signal(old_c, libc::SIGKILL);
+    wait_until(WAIT, "c to die", || !pid_alive(old_c));
+    edit_region_record(&c, "c", |r| {
+        r.state = NodeState::Stopping;
+        r.intent.set(Intent::RESTART_PENDING, true);
+    });
+    let out = c.root.join("spool/b/stdout.log");
+    std::fs::remove_file(&out).expect("remove b's stdout");
+    nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .expect("mkfifo b's stdout");
+    let main = c.spawn_main(&["status"]);
+    let next = wait_for(
+        WAIT,
+        "a new Supervisor",
+        || c.lock_pid().filter(|p| *p != sup && pid_alive(*p)),
+        || c.log(),
+    );
+    track(c.id, next, false);
+    wait_until(
+        WAIT,
+        "the new Supervisor to block opening b's stdout",
+        || blocked_opening_fifo(next),
+    );
+    // Held in the middle of b's restart: neither record may say `stopped`.
+    for name in ["b", "c"] {
+        let rec = region_record(&c, name);
+        assert_ne!(
+            rec.state,
+            NodeState::Stopped,
+            "{name} is recorded stopped while its start is pending: {rec:?}\n{}",
+            c.log()
+        );
+    }
+    // That Supervisor dies there (before it served, so its guardian gives up too); a Main
+    // starts the next one, which must restart b.
+    std::fs::remove_file(&out).expect("remove the FIFO");
+    std::fs::write(&out, "").expect("recreate b's stdout");
+    signal(next, libc::SIGKILL);
+    wait_until(WAIT, "that Supervisor to die", || !pid_alive(next));
+    c.wait_main(main, Duration::from_secs(60));
+    c.run(&["status"]);
+    let last = live_supervisor(&c);
+    assert_ne!(last, next, "a new Supervisor");
+    let after = c.wait_status(WAIT, "b and c running again", |s| {
+        [("b", b), ("c", old_c)].iter().all(|(n, old)| {
+            s[*n].state == "running" && s[*n].pid.is_some_and(|p| p != *old && pid_alive(p))
+        })
+    });
+    let leaders = node_leaders(&c.instance);
+    for n in ["b", "c"] {
+        assert_eq!(
+            leaders.get(n),
+            Some(&vec![after[n].pid.unwrap()]),
+            "{n} runs once"
+        );
+    }
+    assert_eq!(after["a"].pid, before["a"].pid, "a kept its process");
+}
+
+/// Regression: a `restart` in flight (record `stopping`, restart pending) whose node ended
+/// while no Supervisor ran, the guardian reporting how: the successor handled the reported exit
+/// as the end of a plain stop (the pending restart was not carried over on that path) and left
+/// the node `stopped`.
+#[test]
+fn reported_exit_of_a_node_with_a_restart_pending_starts_it_again() {
+    let c = Cluster::new("reported_restart", THREE);
+    let before = c.start();
+    let sup = c.supervisor_pid();
+    // Hold the guardian: the dead Supervisor is not replaced, and c's exit waits to be reported.
+    let guardian = kill_supervisor_held(&c, sup);
+    edit_region_record(&c, "c", |r| {
+        r.state = NodeState::Stopping;
+        r.intent.set(Intent::RESTART_PENDING, true);
+    });
+    let old_c = before["c"].pid.unwrap();
+    signal(old_c, libc::SIGKILL);
+    wait_until(WAIT, "c to end", || !pid_alive(old_c));
+    thaw(guardian);
+    live_supervisor(&c);
+    let after = c.wait_status(WAIT, "c running again", |s| {
+        s["c"].state == "running" && s["c"].pid.is_some_and(|p| p != old_c && pid_alive(p))
+    });
+    assert!(
+        c.log()
+            .contains(&format!("pid {old_c} ended while no Supervisor ran")),
+        "c's exit was not taken from the guardian's report:\n{}",
+        c.log()
+    );
+    assert_eq!(
+        node_leaders(&c.instance).get("c"),
+        Some(&vec![after["c"].pid.unwrap()]),
+        "c runs once"
+    );
+    for n in ["a", "b"] {
+        assert_eq!(after[n].pid, before[n].pid, "{n} kept its process");
+    }
+}
+
 /// `stop` is the operator's word: a Supervisor killed afterwards must not bring the node back
 /// (its successor knows only the region, where the node is recorded `stopped`).
 #[test]
@@ -392,9 +571,7 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
         "the lock file says PID STARTTIME"
     );
     // The guardian replaces a dead Supervisor at once: hold it while the region is edited.
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     // Forget b's pid in the region.
     {
         let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
@@ -440,9 +617,7 @@ fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
     let before = c.start();
     let sup = c.supervisor_pid();
     let b = before["b"].pid.unwrap();
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     // The state that window leaves: the lock names the (dead) Supervisor, and the region the
     // node's previous (dead) process.
     let lock = c.instance_dir().join("nodes/b.lock");
@@ -486,9 +661,7 @@ fn nodes_keep_their_pids_when_the_region_is_lost_with_the_supervisor() {
     let c = Cluster::new("region_lost", THREE);
     let before = c.start();
     let sup = c.supervisor_pid();
-    let guardian = freeze_guardian(&c.runtime);
-    signal(sup, libc::SIGKILL);
-    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    let guardian = kill_supervisor_held(&c, sup);
     std::fs::remove_file(c.shm_path()).expect("remove the region");
     // No region: the guardian's next Supervisor makes a new one.
     thaw(guardian);

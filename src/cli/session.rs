@@ -235,26 +235,40 @@ impl Session {
             }
         }
         if self.client.is_none() {
-            match Client::attach(&self.instance) {
-                Ok(c) => {
-                    self.client = Some(c);
-                    self.attach_error = None;
-                }
-                Err(e) => self.attach_error = Some(e),
-            }
+            self.try_attach();
         }
-        // A region without a Supervisor: start one to adopt its nodes. (While one holds the
-        // lock, starting another cannot help: attach's error says what is wrong.)
-        if self.client.is_none()
-            && self.region_survives()
-            && matches!(LockFile::probe(&self.instance.lock_path()), Ok(Probe::Free))
-        {
-            self.recover();
+        // After a failed attach, one look at the lock decides. Held: a Supervisor took it since
+        // attach looked (the guardian's replacement for a killed one), so attach again, which
+        // waits (bounded) for a starting Supervisor to serve. Free, with a region left: start
+        // one to adopt its nodes. (Two looks would leave the moment between them to a
+        // Supervisor taking the lock: neither attached nor recovered, the Main would report
+        // none running.)
+        if self.client.is_none() {
+            match LockFile::probe(&self.instance.lock_path()) {
+                Ok(Probe::Held { .. })
+                    if matches!(self.attach_error, Some(ClientError::NotRunning { .. })) =>
+                {
+                    self.try_attach();
+                }
+                Ok(Probe::Free) if self.region_survives() => self.recover(),
+                _ => {}
+            }
         }
         if self.client.is_some() {
             self.was_attached = true;
         }
         self.client.as_ref()
+    }
+
+    /// Attaches to the instance's Supervisor, keeping the error if there is none to attach to.
+    fn try_attach(&mut self) {
+        match Client::attach(&self.instance) {
+            Ok(c) => {
+                self.client = Some(c);
+                self.attach_error = None;
+            }
+            Err(e) => self.attach_error = Some(e),
+        }
     }
 
     /// Whether a region outlived its Supervisor (it was killed): its nodes may still run.

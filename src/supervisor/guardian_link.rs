@@ -155,11 +155,14 @@ impl Supervisor {
         n.started_wall_ms = rec.started_wall_ms;
         n.restarts = rec.restarts;
         n.last_exit = rec.last_exit;
-        // A node that was being stopped ends stopped; any other is handled by its policy.
+        // A node that was being stopped ends stopped, or starts again if a restart was pending
+        // (the record's intent); any other is handled by its policy.
         n.state = match rec.state {
             NodeState::Stopping => NodeState::Stopping,
             _ => NodeState::Running,
         };
+        n.start_after_exit =
+            rec.state == NodeState::Stopping && rec.intent.has(Intent::RESTART_PENDING);
         self.by_pid.insert(pid, i);
         log!(
             "node {}: pid {pid} ended while no Supervisor ran ({:?}, reported by the guardian)",

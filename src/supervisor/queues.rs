@@ -57,6 +57,15 @@ impl Supervisor {
     /// [`queue_start`](Self::queue_start), where the selection also included `pending`: nodes
     /// already spawned and still `starting` (a takeover resumes an ordered start half-done).
     pub(super) fn queue_start_behind(&mut self, nodes: Vec<usize>, pending: &[usize]) {
+        self.enqueue_start_behind(nodes, pending);
+        self.advance_queues();
+    }
+
+    /// Queues the starts of [`queue_start_behind`](Self::queue_start_behind) and publishes
+    /// each as `starting` (queued, no process), spawning nothing yet: a takeover publishes
+    /// them so before it publishes the rest of the table, so no record ever says `stopped` of
+    /// a node it is about to start (a successor would keep such a node down).
+    pub(super) fn enqueue_start_behind(&mut self, nodes: Vec<usize>, pending: &[usize]) {
         let order = self.start_order(nodes);
         let mut queued = Vec::new();
         for &i in &order {
@@ -109,7 +118,6 @@ impl Supervisor {
             }
             self.publish(i);
         }
-        self.advance_queues();
     }
 
     /// Stops `nodes` in reverse stages: a node gets its stop signal once every selected node

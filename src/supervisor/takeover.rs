@@ -11,6 +11,11 @@ impl Supervisor {
     /// counts and last exits over — and starts the autostart nodes that should run.
     pub(super) fn take_over(&mut self, mut previous: HashMap<String, NodeRecord>) {
         let h = self.shared.header();
+        // Not `ready` until the takeover is done: a dead predecessor left `ready` here, and a
+        // Main must not attach to (and report the half-resumed records of) a Supervisor that
+        // is still deciding what each node is.
+        h.state
+            .store(SupervisorState::Starting as u32, Ordering::SeqCst);
         let generation = h.generation.load(Ordering::Relaxed) + 1;
         h.generation.store(generation, Ordering::Relaxed);
         h.owner_pid.store(std::process::id(), Ordering::Relaxed);
@@ -90,6 +95,37 @@ impl Supervisor {
                 "node {name} (pid {pid}) survived the previous Supervisor but is not in the config; it is left running unsupervised"
             );
         }
+        // Queue the starts before anything is published: a record published now must say
+        // what this Supervisor will do with the node, never the `stopped` every node has in
+        // memory before its fate is decided, because a successor that finds `stopped` keeps
+        // the node down (this Supervisor may be killed at any moment from here on).
+        starts.extend((0..self.nodes.len()).filter(|&i| {
+            !decided.get(i).copied().unwrap_or(true)
+                && self.nodes[i].spec.policy.autostart
+                && self.nodes[i].pid.is_none()
+                && !held.get(i).copied().unwrap_or(false)
+        }));
+        // With no record (the region was lost with its predecessor), a node that is not
+        // started here may still run: adopt it rather than show it stopped while it runs.
+        let unrecorded: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                !decided.get(i).copied().unwrap_or(true)
+                    && self.nodes[i].pid.is_none()
+                    && !starts.contains(&i)
+            })
+            .collect();
+        for i in unrecorded {
+            self.find_unrecorded_copy(i);
+        }
+        // A start queued behind nodes still becoming ready keeps waiting for them.
+        let pending: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].state == NodeState::Starting
+                    && self.nodes[i].pid.is_some()
+                    && !ended.contains(&i)
+            })
+            .collect();
+        self.enqueue_start_behind(starts, &pending);
         // Every record, and none left over from a predecessor with a longer config.
         self.publish_all();
         let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
@@ -115,29 +151,7 @@ impl Supervisor {
             self.nodes[i].last_exit = Some(Exit::Unknown);
             self.after_end(i, Exit::Unknown, clock::monotonic_ns());
         }
-        starts.extend((0..self.nodes.len()).filter(|&i| {
-            !decided.get(i).copied().unwrap_or(true)
-                && self.nodes[i].spec.policy.autostart
-                && self.nodes[i].pid.is_none()
-                && !held.get(i).copied().unwrap_or(false)
-        }));
-        // With no record (the region was lost with its predecessor), a node that is not
-        // started here may still run: adopt it rather than show it stopped while it runs.
-        let unrecorded: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                !decided.get(i).copied().unwrap_or(true)
-                    && self.nodes[i].pid.is_none()
-                    && !starts.contains(&i)
-            })
-            .collect();
-        for i in unrecorded {
-            self.find_unrecorded_copy(i);
-        }
-        // A start queued behind nodes still becoming ready keeps waiting for them.
-        let pending: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some())
-            .collect();
-        self.queue_start_behind(starts, &pending);
+        self.advance_queues();
         self.queue_stop(stops);
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
@@ -320,8 +334,11 @@ impl Supervisor {
                     (d, None) => d,
                 });
             }
-            // It ran and died while no Supervisor watched.
+            // It ran and died while no Supervisor watched. It keeps its recorded state until
+            // its restart policy decides, so the records published meanwhile say it ran (a
+            // successor then finds it dead again), never the `stopped` of a fresh node.
             NodeState::Running | NodeState::Starting => {
+                n.state = rec.state;
                 n.pid = rec.pid;
                 ended.push(i);
             }
