@@ -718,6 +718,15 @@ impl Session {
                 )));
             }
         }
+        // The guardian exits, removing its lock, once it has reaped the Supervisor: wait for
+        // it (on a pidfd, bounded), so that nothing of the instance is left when this returns.
+        if let Ok(Probe::Held { pid: g, .. }) =
+            LockFile::probe(&crate::guardian::lock_path(&self.instance))
+        {
+            if let Some(fd) = (g != 0).then(|| crate::sys::pidfd::open(g).ok()).flatten() {
+                let _ = crate::sys::pidfd::wait_exit(&fd, Duration::from_secs(5));
+            }
+        }
         progress.clear();
         println!("shutdown complete: {running} node(s) stopped, Supervisor (pid {pid}) exited");
         self.client = None;
