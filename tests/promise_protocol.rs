@@ -492,21 +492,28 @@ fn embedder_events_name_their_nodes_across_a_reload() {
     let before = c.start();
     let client = c.client();
     let mut events = client.events();
-    let first = client.restart(&["worker-2"]).expect("restart worker-2");
-    assert_eq!(first.nodes, vec!["worker-2".to_string()]);
-    c.write_config(TWO_SWAPPED);
-    let summary = client.reload(WAIT).expect("reload");
-    assert!(summary.contains("unchanged"), "{summary}");
-    client.restart(&["worker-1"]).expect("restart worker-1");
     let mut spawned = Vec::new();
-    while spawned.len() < 2 {
+    // The next `spawned` event, named as the embedder sees it.
+    let mut next_spawn = |spawned: &Vec<(String, u32)>| loop {
         let ev = events
             .next_timeout(WAIT)
             .unwrap_or_else(|| panic!("no spawn events: {spawned:?}\n{}", c.log()));
         if ev.kind == EventKind::Spawned {
-            spawned.push((ev.node.clone().expect("named"), ev.pid.expect("a pid")));
+            return (ev.node.clone().expect("named"), ev.pid.expect("a pid"));
         }
-    }
+    };
+    let first = client.restart(&["worker-2"]).expect("restart worker-2");
+    assert_eq!(first.nodes, vec!["worker-2".to_string()]);
+    // The restart's spawn comes once worker-2 has stopped: wait for it before the reload
+    // renumbers the table, so the two spawns cannot race each other.
+    let ev = next_spawn(&spawned);
+    spawned.push(ev);
+    c.write_config(TWO_SWAPPED);
+    let summary = client.reload(WAIT).expect("reload");
+    assert!(summary.contains("unchanged"), "{summary}");
+    client.restart(&["worker-1"]).expect("restart worker-1");
+    let ev = next_spawn(&spawned);
+    spawned.push(ev);
     assert_eq!(spawned[0].0, "worker-2");
     assert_eq!(spawned[1].0, "worker-1");
     let now = c.status();
