@@ -492,3 +492,50 @@ fn the_layout_is_not_written_through_a_symlink_the_nodes_user_planted() {
     );
     c.run(&["shutdown"]).ok();
 }
+
+/// `check` asks Zeek itself about every Zeek node's scripts (`zeek --parse-only`, as zeekctl's
+/// `check` does), with the node's own environment and this config's layout first on its
+/// ZEEKPATH; a parse error is a problem of that node (exit status 2), and nothing starts.
+#[test]
+fn check_runs_zeek_parse_only_for_every_zeek_node_with_the_layout_on_zeekpath() {
+    let (c, base, _) = zeek_cluster("zeek_check", 2);
+    let out = c.run(&["check"]);
+    out.ok();
+    for node in NODES {
+        assert!(
+            out.stdout.contains(&format!(
+                "node '{node}': {}",
+                base.join("bin/zeek").display()
+            )) && out.stdout.contains(&format!("node '{node}'")),
+            "{node}: {}",
+            out.stdout
+        );
+    }
+    assert_eq!(out.stdout.matches("--parse-only: ok").count(), NODES.len());
+    // A Zeek whose scripts do not parse.
+    let zeek = base.join("bin/zeek");
+    std::fs::remove_file(&zeek).unwrap();
+    std::fs::write(
+        &zeek,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" --parse-only \"*)\n  echo \"error in ./local.zeek, line 3: unknown identifier Clusterr::node\" >&2; exit 1;;\nesac\nexec {} \"$@\"\n",
+            standin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&zeek, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = c.run(&["check"]);
+    out.expect_code(2);
+    assert_eq!(
+        out.stdout.matches("--parse-only failed").count(),
+        NODES.len(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("unknown identifier Clusterr::node"),
+        "{}",
+        out.stdout
+    );
+    assert!(c.lock_pid().is_none(), "check started a Supervisor");
+}

@@ -8,6 +8,8 @@
 //! - with `CLUSTER_NODE` set, it reads `cluster-layout.zeek` from the first folder of
 //!   `ZEEKPATH` holding one and exits with an error, as Zeek does, unless the layout names
 //!   that node (it prints the node's entry); without a layout at all it fails the same way;
+//! - `--parse-only` (what `broctld check` runs, as zeekctl's `check` runs Zeek) does the
+//!   layout check above, then exits 0 without listening or writing `RUNNING`;
 //! - every other argument (scripts, `name=value` redefs) is accepted and ignored.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut status: Option<PathBuf> = None;
     let mut interface: Option<String> = None;
+    let mut parse_only = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
                 i += 1;
                 status = args.get(i).map(PathBuf::from);
             }
+            "--parse-only" => parse_only = true,
             "-i" | "--iface" => {
                 i += 1;
                 interface = args.get(i).cloned();
@@ -101,6 +105,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    // As Zeek's `--parse-only`: the scripts (here: the layout on ZEEKPATH) are read, then it
+    // exits without opening an interface or writing a status file.
+    if parse_only {
+        return ExitCode::SUCCESS;
     }
     if let Some(iface) = &interface {
         println!("listening on {iface}");

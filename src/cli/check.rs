@@ -5,10 +5,13 @@
 //! started and nothing is created.
 
 use crate::config::{Config, NodeSpec};
-use crate::supervisor::spawn::resolve_program;
+use crate::supervisor::spawn::{node_env_path, resolve_program};
 use nix::unistd::{access, AccessFlags};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// One problem: the line of the file it is about and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,4 +121,136 @@ fn log_file(what: &str, file: &Path, cwd: &Path, say: &mut dyn FnMut(String)) {
             }
         }
     }
+}
+
+/// How long Zeek may take to parse one node's scripts.
+const PARSE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What Zeek itself says of each Zeek node's scripts, as zeekctl's `check` asks it: for a
+/// Zeek config (zeek.conf, cluster folder, node.cfg), every node that runs Zeek (its env names
+/// `CLUSTER_NODE`) is run once as `zeek --parse-only` with its own arguments (less `-i` and
+/// `-U`), its own environment, and this config's `cluster-layout.zeek` first on its
+/// `ZEEKPATH` (in a private temporary folder, so nothing of the node's is written). Returns
+/// the problems, and lines to show (what passed, or why nothing could be checked).
+pub fn zeek_scripts(config: &Config) -> (Vec<Problem>, Vec<String>) {
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
+    let Some(setup) = &config.zeek else {
+        return (problems, notes);
+    };
+    let zeek_nodes: Vec<&NodeSpec> = config
+        .nodes
+        .iter()
+        .filter(|n| n.env.iter().any(|(k, _)| k == "CLUSTER_NODE"))
+        .collect();
+    let first_line = zeek_nodes.first().map_or(1, |n| n.line);
+    let layout = match setup.layout_text() {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(Problem {
+                line: first_line,
+                message: format!("cannot render cluster-layout.zeek: {e}"),
+            });
+            return (problems, notes);
+        }
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "broctld-check-{}-{}",
+        std::process::id(),
+        crate::sys::clock::monotonic_ns()
+    ));
+    if let Err(e) = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::write(dir.join("cluster-layout.zeek"), &layout))
+    {
+        problems.push(Problem {
+            line: first_line,
+            message: format!("cannot prepare {} for Zeek's checks: {e}", dir.display()),
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        return (problems, notes);
+    }
+    let mut checked = 0;
+    for n in &zeek_nodes {
+        let path_var = node_env_path(n);
+        // A program that does not resolve is already a problem of `problems`.
+        let Ok(program) = resolve_program(&n.name, &n.command[0], &config.dir, &path_var) else {
+            continue;
+        };
+        checked += 1;
+        match parse_only(n, &program, &path_var, &dir) {
+            Ok(()) => notes.push(format!(
+                "node '{}': {} --parse-only: ok",
+                n.name,
+                program.display()
+            )),
+            Err(why) => problems.push(Problem {
+                line: n.line,
+                message: format!(
+                    "node '{}': {} --parse-only failed: {why}",
+                    n.name,
+                    program.display()
+                ),
+            }),
+        }
+    }
+    if checked == 0 && !zeek_nodes.is_empty() {
+        notes.push(
+            "no zeek binary found for the Zeek nodes: Zeek's own checks of their scripts were skipped (install Zeek, or put it on the nodes' PATH)".into(),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (problems, notes)
+}
+
+/// Runs node `n`'s Zeek as `PROGRAM --parse-only ARGS` in `dir` (which holds the layout);
+/// `Err` says how it failed (its last lines of output).
+fn parse_only(n: &NodeSpec, program: &Path, path_var: &str, dir: &Path) -> Result<(), String> {
+    let mut args = vec!["--parse-only".to_string()];
+    let mut rest = n.command[1..].iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            // The interface and the status file are the running node's, not a check's.
+            "-i" | "--iface" | "-U" | "--status-file" => {
+                rest.next();
+            }
+            _ => args.push(a.clone()),
+        }
+    }
+    let zeekpath = match n.env.iter().rev().find(|(k, _)| k == "ZEEKPATH") {
+        Some((_, v)) if !v.is_empty() => format!("{}:{v}", dir.display()),
+        _ => dir.display().to_string(),
+    };
+    let out_path = dir.join(format!("{}.out", n.name));
+    let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = Command::new(program)
+        .args(&args)
+        .env_clear()
+        .env("PATH", path_var)
+        .envs(n.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("ZEEKPATH", &zeekpath)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let done = crate::sys::pidfd::open(child.id())
+        .and_then(|fd| crate::sys::pidfd::wait_exit(&fd, PARSE_LIMIT))
+        .unwrap_or(true);
+    if !done {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("did not finish within {} s", PARSE_LIMIT.as_secs()));
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read(&out_path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(format!("{status}: {}", tail.join(" / ")))
 }

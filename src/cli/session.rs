@@ -859,7 +859,12 @@ impl Session {
                 )));
             }
         };
-        let problems = super::check::problems(&config);
+        let mut problems = super::check::problems(&config);
+        let (zeek_problems, notes) = super::check::zeek_scripts(&config);
+        for note in &notes {
+            println!("{note}");
+        }
+        problems.extend(zeek_problems);
         for p in &problems {
             println!("{}:{}: {}", path.display(), p.line, p.message);
         }
