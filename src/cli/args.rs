@@ -263,7 +263,7 @@ pub enum Cmd {
     Deploy,
     /// Check the config without starting anything: every program, user, group and folder
     #[command(
-        long_about = "Check the config without starting anything: loads it, reports every mistake in the file (each with its line), then resolves every node's program (on PATH or as a path), user, group, working folder and log folders, and reports every problem with its line. Exit status 0 if all is well, 2 if anything is wrong."
+        long_about = "Check the config without starting anything: loads it, reports every mistake in the file (each with its line), then resolves every node's program (on PATH or as a path), user, group, working folder and log folders, and, for a Zeek config, runs each Zeek node's `zeek --parse-only` (as zeekctl's check) with the config's cluster layout; reports every problem with its line. Exit status 0 if all is well, 2 if anything is wrong."
     )]
     Check,
     /// Print the cluster-layout.zeek of a Zeek config as upstream writes it
