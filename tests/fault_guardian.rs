@@ -530,3 +530,55 @@ stop_timeout_ms = 20000
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.status()["a"].state, "stopped", "a was restarted");
 }
+
+/// Found by the long fault campaign (seed 13): a Supervisor `kill -9`ed while it carried out
+/// an acknowledged `shutdown` was replaced by its guardian, and the replacement, knowing
+/// nothing of the shutdown, started nodes again. The replacement now finishes the shutdown it
+/// finds recorded (stops every node, then exits), and the Main's `shutdown` returns once the
+/// guardian is gone: nothing of the instance is left, and no node started anew.
+#[test]
+fn supervisor_killed_during_shutdown_is_replaced_and_the_shutdown_finished() {
+    let c = Cluster::new(
+        "shutdown_kill",
+        r#"
+[[node]]
+name = "slow"
+stop_timeout_ms = 2000
+command = ["@NODE@", "--ignore-term", "--interval", "10s"]
+
+[[node]]
+name = "plain"
+type = "worker"
+command = ["@NODE@", "--interval", "10s"]
+"#,
+    );
+    let before = c.start();
+    let old: Vec<u32> = before.values().filter_map(|n| n.pid).collect();
+    let sup = c.supervisor_pid();
+    let main = c.spawn_main(&["shutdown"]);
+    // `slow` ignores TERM: the shutdown lasts its 2 s stop timeout.
+    wait_until(WAIT, "the shutdown under way", || {
+        c.client().shared().header().state.load(Ordering::Acquire)
+            == SupervisorState::ShuttingDown as u32
+    });
+    signal(sup, libc::SIGKILL);
+    let st = c.wait_main(main, WAIT);
+    assert!(st.success(), "shutdown: {st:?}\n{}", c.log());
+    let left = node_procs(&c.instance);
+    assert!(
+        left.values().all(|v| v.is_empty()),
+        "node processes left: {left:?}\n{}",
+        c.log()
+    );
+    assert!(supervisors_of(&c.runtime).is_empty(), "{}", c.log());
+    assert!(guardians_of(&c.runtime).is_empty(), "{}", c.log());
+    for p in old {
+        assert!(!pid_alive(p), "node pid {p} still runs");
+    }
+    let finishing = c
+        .log()
+        .lines()
+        .filter(|l| l.contains("finishing that shutdown"))
+        .count();
+    assert_eq!(finishing, 1, "{}", c.log());
+}

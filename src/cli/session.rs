@@ -718,13 +718,26 @@ impl Session {
                 )));
             }
         }
-        // The guardian exits, removing its lock, once it has reaped the Supervisor: wait for
-        // it (on a pidfd, bounded), so that nothing of the instance is left when this returns.
+        // The guardian exits, removing its lock, once the last Supervisor has exited cleanly:
+        // a Supervisor killed during the shutdown is replaced, and its successor finishes the
+        // shutdown it finds recorded. Wait for the guardian (on a pidfd, bounded), so that the
+        // shutdown is complete, and nothing of the instance left, when this returns.
         if let Ok(Probe::Held { pid: g, .. }) =
             LockFile::probe(&crate::guardian::lock_path(&self.instance))
         {
             if let Some(fd) = (g != 0).then(|| crate::sys::pidfd::open(g).ok()).flatten() {
-                let _ = crate::sys::pidfd::wait_exit(&fd, Duration::from_secs(5));
+                let limit = specs
+                    .values()
+                    .map(|s| s.policy.stop_timeout)
+                    .max()
+                    .unwrap_or_default()
+                    + Duration::from_secs(30);
+                if !crate::sys::pidfd::wait_exit(&fd, limit).unwrap_or(true) {
+                    return Err(CliError::Failed(format!(
+                        "the Supervisor (pid {pid}) exited, but its guardian (pid {g}) still runs {limit:?} later: a replacement may still be stopping nodes; see {}",
+                        self.instance.log_path().display()
+                    )));
+                }
             }
         }
         progress.clear();

@@ -11,6 +11,10 @@ impl Supervisor {
     /// counts and last exits over — and starts the autostart nodes that should run.
     pub(super) fn take_over(&mut self, mut previous: HashMap<String, NodeRecord>) {
         let h = self.shared.header();
+        // A predecessor killed while it shut down had acknowledged the `shutdown`: this one
+        // finishes it (stops every node, then exits) rather than starting anything.
+        let finish_shutdown = !previous.is_empty()
+            && h.state.load(Ordering::Acquire) == SupervisorState::ShuttingDown as u32;
         // Not `ready` until the takeover is done: a dead predecessor left `ready` here, and a
         // Main must not attach to (and report the half-resumed records of) a Supervisor that
         // is still deciding what each node is.
@@ -105,6 +109,9 @@ impl Supervisor {
                 && self.nodes[i].pid.is_none()
                 && !held.get(i).copied().unwrap_or(false)
         }));
+        if finish_shutdown {
+            starts.clear();
+        }
         // With no record (the region was lost with its predecessor), a node that is not
         // started here may still run: adopt it rather than show it stopped while it runs.
         let unrecorded: Vec<usize> = (0..self.nodes.len())
@@ -153,6 +160,10 @@ impl Supervisor {
         }
         self.advance_queues();
         self.queue_stop(stops);
+        if finish_shutdown {
+            log!("the previous Supervisor was shutting down when it died: finishing that shutdown");
+            self.begin_shutdown();
+        }
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
     }
