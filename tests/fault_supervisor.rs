@@ -387,22 +387,6 @@ fn edit_region_record(c: &Cluster, name: &str, edit: impl FnOnce(&mut NodeRecord
     cells[i].write(&r.encode());
 }
 
-/// Whether the kernel says `pid` sleeps in `open` of a FIFO, waiting for a reader: by
-/// `/proc/PID/wchan`, or where that is hidden, by the system call it sleeps in
-/// (`/proc/PID/syscall`: the Supervisor otherwise sleeps in `epoll_wait`, never in `openat`).
-fn blocked_opening_fifo(pid: u32) -> bool {
-    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-    match wchan.as_str() {
-        "wait_for_partner" | "fifo_open" => true,
-        "" | "0" => std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .is_some_and(|n| n == libc::SYS_openat.to_string()),
-        _ => false,
-    }
-}
-
 /// Regression (seen as nodes left `stopped` with no process after a storm of Supervisor kills
 /// in the test above): a Supervisor taking over a node that died while no Supervisor ran kept
 /// it, until its restart policy ran, in the state every node has before its fate is decided:
@@ -412,8 +396,10 @@ fn blocked_opening_fifo(pid: u32) -> bool {
 /// The same held for the starts a takeover queues (here c, whose `restart` was in flight: its
 /// record says `stopping`, restart pending, and its process is gone): they were published
 /// `stopped` with the table and queued only after the dead nodes were restarted.
-/// The window is held open here: b's stdout is made a FIFO nobody reads, so the spawn of its
-/// replacement blocks in `open` until that Supervisor is killed.
+/// The window is sampled here: the new Supervisor is stopped (SIGSTOP) the moment it holds
+/// the lock, and then let run in slices of a fraction of a millisecond, stopped after each, until
+/// its takeover is done; at every stop neither record may say `stopped`. (A FIFO in place of
+/// b's stdout used to hold the window open; output files are opened without blocking now.)
 #[test]
 fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending() {
     let c = Cluster::new("dead_at_takeover", THREE);
@@ -438,10 +424,6 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
         r.state = NodeState::Stopping;
         r.intent.set(Intent::RESTART_PENDING, true);
     });
-    let out = c.root.join("spool/b/stdout.log");
-    std::fs::remove_file(&out).expect("remove b's stdout");
-    nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .expect("mkfifo b's stdout");
     let main = c.spawn_main(&["status"]);
     let next = wait_for(
         WAIT,
@@ -450,25 +432,40 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
         || c.log(),
     );
     track(c.id, next, false);
-    wait_until(
-        WAIT,
-        "the new Supervisor to block opening b's stdout",
-        || blocked_opening_fifo(next),
-    );
-    // Held in the middle of b's restart: neither record may say `stopped`.
-    for name in ["b", "c"] {
-        let rec = region_record(&c, name);
-        assert_ne!(
-            rec.state,
-            NodeState::Stopped,
-            "{name} is recorded stopped while its start is pending: {rec:?}\n{}",
-            c.log()
-        );
+    let stop = |pid: u32| {
+        signal(pid, libc::SIGSTOP);
+        wait_until(WAIT, "the new Supervisor stopped", || {
+            proc_state(pid) == Some('T') || !pid_alive(pid)
+        });
+    };
+    stop(next);
+    let mut samples = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Stopped somewhere in its start or takeover: neither record may say `stopped`.
+        for name in ["b", "c"] {
+            let rec = region_record(&c, name);
+            assert_ne!(
+                rec.state,
+                NodeState::Stopped,
+                "{name} is recorded stopped while its start is pending (sample {samples}): {rec:?}\n{}",
+                c.log()
+            );
+        }
+        samples += 1;
+        let b_back = region_record(&c, "b").pid.is_some_and(|p| p != b);
+        let c_back = region_record(&c, "c").pid.is_some_and(|p| p != old_c);
+        if (b_back && c_back) || Instant::now() > deadline {
+            break;
+        }
+        signal(next, libc::SIGCONT);
+        std::thread::sleep(Duration::from_micros(300));
+        stop(next);
     }
-    // That Supervisor dies there (before it served, so its guardian gives up too); a Main
-    // starts the next one, which must restart b.
-    std::fs::remove_file(&out).expect("remove the FIFO");
-    std::fs::write(&out, "").expect("recreate b's stdout");
+    figure("dead_at_takeover", "samples", samples);
+    // That Supervisor dies there; a Main starts the next one, which must find b and c
+    // running (adopted) or restart them, each exactly once.
+    signal(next, libc::SIGCONT);
     signal(next, libc::SIGKILL);
     wait_until(WAIT, "that Supervisor to die", || !pid_alive(next));
     c.wait_main(main, Duration::from_secs(60));
