@@ -589,6 +589,19 @@ impl Supervisor {
         self.sync_down_marker(i);
     }
 
+    /// Publishes every record, records `supervisor-started` for `generation`, and marks the
+    /// region `ready` (waking Mains that wait for it): the end of a takeover or a rebuild.
+    fn announce_ready(&self, generation: u64) {
+        self.publish_all();
+        let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
+        ev.a = generation;
+        self.event(ev);
+        let h = self.shared.header();
+        h.state
+            .store(SupervisorState::Ready as u32, Ordering::Release);
+        crate::sys::futex::wake(&h.state, i32::MAX);
+    }
+
     /// Appends an event, stamped with the table's epoch (so readers name its node right).
     fn event(&self, mut ev: Event) {
         ev.epoch = self.shared.header().config_epoch.load(Ordering::Relaxed);

@@ -130,14 +130,7 @@ impl Supervisor {
             .store((clock::wall_ms() as u32) | 1, Ordering::Release);
         self.shared = shared;
         self.slot_seen = vec![0; geometry.slots];
-        self.publish_all();
-        let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
-        ev.a = self.generation;
-        self.event(ev);
-        let h = self.shared.header();
-        h.state
-            .store(SupervisorState::Ready as u32, Ordering::Release);
-        crate::sys::futex::wake(&h.state, i32::MAX);
+        self.announce_ready(self.generation);
         log!(
             "region {}: rebuilt (generation {}), {} node record(s) republished",
             path.display(),

@@ -134,14 +134,7 @@ impl Supervisor {
             .collect();
         self.enqueue_start_behind(starts, &pending);
         // Every record, and none left over from a predecessor with a longer config.
-        self.publish_all();
-        let mut ev = Event::now(EventKind::SupervisorStarted, NO_NODE, std::process::id());
-        ev.a = generation;
-        self.event(ev);
-        let h = self.shared.header();
-        h.state
-            .store(SupervisorState::Ready as u32, Ordering::Release);
-        crate::sys::futex::wake(&h.state, i32::MAX);
+        self.announce_ready(generation);
         log!(
             "supervisor ready: instance {} generation {generation}, {} nodes, region {}",
             self.instance.name(),
