@@ -61,7 +61,7 @@ fn mainpid_moves_the_nodes_main_process() {
         "notify_mainpid",
         &notify_node(
             "svc",
-            "sleep 600 & systemd-notify --ready MAINPID=$!; wait",
+            "sleep 600 & echo $! > child.pid; systemd-notify --ready MAINPID=$!; wait",
             "",
         ),
     );
@@ -76,12 +76,17 @@ fn mainpid_moves_the_nodes_main_process() {
     let s = c.status();
     let main = s["svc"].pid.unwrap();
     track(c.id, main, false);
-    let comm = std::fs::read_to_string(format!("/proc/{main}/comm")).unwrap();
-    assert_eq!(
-        comm.trim(),
-        "sleep",
-        "the main pid is the sleep MAINPID named"
-    );
+    // The main pid is the child the script named, not the script. (Its /proc comm may still
+    // read `sh` for a moment: the forked child names `sleep` only once it has exec'd.)
+    let named: u32 = std::fs::read_to_string(c.root.join("spool/svc/child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(main, named, "the main pid is the one MAINPID named");
+    wait_until(WAIT, "the named child runs sleep", || {
+        std::fs::read_to_string(format!("/proc/{main}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
     // Its death is the node's.
     signal(main, libc::SIGKILL);
     let s = c.wait_status(WAIT, "svc restarted", |s| {
