@@ -158,6 +158,7 @@ impl Supervisor {
         // sd_notify: the node's own socket; without one it counts as ready once started.
         self.nodes[i].watchdog_at = None;
         self.nodes[i].notify_status.clear();
+        self.nodes[i].notify_phase = None;
         let _ = std::fs::remove_file(notify::status_path(&self.instance.dir(), &name));
         let notify_path = if self.nodes[i].spec.policy.notify {
             self.open_notify(i)
@@ -637,6 +638,7 @@ impl Supervisor {
         n.pid_start = 0;
         n.adopted = false;
         n.watchdog_at = None;
+        n.notify_phase = None;
         if n.starter.take() == Some(pid)
             && exit == Exit::Code(0)
             && n.state == NodeState::Starting

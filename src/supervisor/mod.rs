@@ -36,7 +36,7 @@ use crate::log;
 use crate::protocol::event::{Event, EventKind, NO_NODE};
 use crate::protocol::layout::{Geometry, SupervisorState, MAX_NODES};
 use crate::protocol::mailbox::{self, Opcode, ReplyStatus, Request, SlotState};
-use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, BLOCKED_UNKNOWN};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, NotifyPhase, BLOCKED_UNKNOWN};
 use crate::protocol::{ProtocolError, Shared};
 use crate::shm::RegionError;
 use crate::sys::procscan;

@@ -3,7 +3,7 @@
 
 use super::policy::History;
 use crate::config::NodeSpec;
-use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, NotifyPhase};
 use std::os::fd::OwnedFd;
 
 /// A start or stop waiting for other nodes (an ordered start or stop of several nodes).
@@ -102,6 +102,8 @@ pub struct Node {
     pub notify: Option<std::os::unix::net::UnixDatagram>,
     /// The last `STATUS=` text it sent.
     pub notify_status: String,
+    /// While it runs: `RELOADING=1` (until `READY=1`) or `STOPPING=1` (until it exits).
+    pub notify_phase: Option<NotifyPhase>,
     /// When its next `WATCHDOG=1` is due (mono ns).
     pub watchdog_at: Option<u64>,
     /// When its next `ready_check` run is due (mono ns).
@@ -151,6 +153,7 @@ impl Node {
             pid_file_wait: None,
             notify: None,
             notify_status: String::new(),
+            notify_phase: None,
             watchdog_at: None,
             check_at: None,
             check_pid: None,
@@ -206,6 +209,9 @@ impl Node {
         it.set(Intent::READY_FIFO, self.ready_pipe.is_some());
         it.set(Intent::READY_TIMED_OUT, self.ready_timed_out);
         it.set(Intent::RETIRING, self.retiring);
+        if let Some(p) = self.notify_phase {
+            it.set(p.flag(), true);
+        }
         it
     }
 

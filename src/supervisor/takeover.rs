@@ -299,8 +299,9 @@ impl Supervisor {
                 }
                 NodeState::Starting if n.spec.policy.notify => {
                     // sd_notify: its socket is bound again below; it stays `starting` until
-                    // it sends READY=1.
+                    // it sends READY=1 (a STOPPING=1 it sent still holds).
                     n.state = NodeState::Starting;
+                    n.notify_phase = NotifyPhase::of(it).filter(|p| *p == NotifyPhase::Stopping);
                 }
                 NodeState::Starting if rec.deadline_mono_ns != 0 => {
                     // `ready_after_ms`: ready when the recorded deadline passes.
@@ -309,6 +310,9 @@ impl Supervisor {
                 }
                 _ => {
                     n.state = NodeState::Running;
+                    // What an sd_notify node last said it was doing (RELOADING=1,
+                    // STOPPING=1) still holds.
+                    n.notify_phase = NotifyPhase::of(it).filter(|_| n.spec.policy.notify);
                     if it.has(Intent::STOP_QUEUED) {
                         stops.push(i);
                     }
