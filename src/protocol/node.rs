@@ -143,8 +143,11 @@ impl Intent {
     /// `stopping` while it runs (no stop signal or SIGKILL deadline is ours; its exit is
     /// handled by its restart policy).
     pub const SELF_STOPPING: u32 = 1 << 8;
+    /// `stopping` because its main process ended by itself and what was left in its cgroup
+    /// is being killed: once the group is empty, its restart policy decides (not a stop).
+    pub const DRAINING_DEATH: u32 = 1 << 9;
     /// Every known flag.
-    pub const ALL: u32 = (1 << 9) - 1;
+    pub const ALL: u32 = (1 << 10) - 1;
 
     /// Whether `flag` is set.
     pub fn has(self, flag: u32) -> bool {

@@ -672,10 +672,7 @@ impl Supervisor {
                 let mut ev = Event::now(EventKind::Exited, i as u16, pid);
                 ev.exit = Some(exit);
                 self.event(ev);
-                self.nodes[i].draining = Some((pid, exit, was_stopping));
-                self.watch_cgroup(i);
-                // Emptied between the check and the watch: no notification will come.
-                self.cgroup_changed(i);
+                self.drain(i, pid, exit, was_stopping);
                 return;
             }
         }
@@ -788,6 +785,21 @@ impl Supervisor {
                 g.dir().display()
             ),
         }
+    }
+
+    /// Node `i`'s process `pid` ended (`exit`) and its cgroup still has processes, being
+    /// killed: it is `stopping` (pid none) until the group is empty, then `ended` applies.
+    /// Published, so `status` never shows a node whose main process is gone as running, and a
+    /// successor knows (the `DRAINING_DEATH` intent) that the restart policy decides its end.
+    pub(super) fn drain(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
+        let n = &mut self.nodes[i];
+        n.draining = Some((pid, exit, was_stopping));
+        n.state = NodeState::Stopping;
+        n.deadline = None;
+        self.publish(i);
+        self.watch_cgroup(i);
+        // Emptied between the check and the watch: no notification will come.
+        self.cgroup_changed(i);
     }
 
     /// Node `i`'s `cgroup.events` changed (or may have): once the group is empty, a drained

@@ -209,6 +209,10 @@ impl Node {
         it.set(Intent::READY_FIFO, self.ready_pipe.is_some());
         it.set(Intent::READY_TIMED_OUT, self.ready_timed_out);
         it.set(Intent::RETIRING, self.retiring);
+        it.set(
+            Intent::DRAINING_DEATH,
+            matches!(self.draining, Some((_, _, false))),
+        );
         if let Some(p) = self.notify_phase {
             it.set(p.flag(), true);
         }
