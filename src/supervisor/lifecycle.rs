@@ -190,6 +190,11 @@ impl Supervisor {
                 }),
             None => Ok(None),
         };
+        // Output through the Supervisor (its FIFOs), unless it goes straight to files.
+        let stdio = match self.nodes[i].spec.policy.log_direct {
+            true => Ok(None),
+            false => self.output_ends(i).map(Some),
+        };
         let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
         let result = attach.and_then(|attach| {
             spawn::spawn(
@@ -198,6 +203,7 @@ impl Supervisor {
                 &env,
                 &pass,
                 attach.as_ref().map(|f| f.as_raw_fd()),
+                stdio?,
                 &mut prepared,
             )
         });
