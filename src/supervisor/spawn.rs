@@ -390,11 +390,7 @@ pub fn rotate(path: &Path, max: u64, keep: u32) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    let numbered = |k: u32| {
-        let mut s = path.as_os_str().to_owned();
-        s.push(format!(".{k}"));
-        PathBuf::from(s)
-    };
+    let numbered = |k: u32| crate::log::rotated(path, k as usize);
     for k in (1..keep).rev() {
         let from = numbered(k);
         if from.exists() {
