@@ -629,10 +629,12 @@ impl Supervisor {
             self.event(ev);
             return;
         };
-        let n = &mut self.nodes[i];
-        if n.pid != Some(pid) {
+        if self.nodes[i].pid != Some(pid) {
             return;
         }
+        // Its last words go to its files before anything reads them (a crash report).
+        self.pump_outputs(i);
+        let n = &mut self.nodes[i];
         if let Some(fd) = n.pidfd.take() {
             let _ = self
                 .poll

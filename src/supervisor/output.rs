@@ -139,14 +139,22 @@ impl Stream {
         Ok(checked::open(&self.fifo_path, libc::O_RDWR, 0, Kind::Fifo, 0o077)?.0)
     }
 
-    /// Opens (or keeps) the log file `target`, so a spawn fails at once, naming the file, if
-    /// it cannot be written. A stream whose target changed (a reload) switches to the new file.
-    pub fn open_log(&mut self, target: &Path) -> io::Result<()> {
+    /// Opens (or keeps) the log file `target`. A stream whose target changed (a reload)
+    /// switches to the new file.
+    fn open_log(&mut self, target: &Path) -> io::Result<()> {
         if self.log.as_ref().is_some_and(|l| l.path == target) {
             return Ok(());
         }
         self.log = Some(LogFile::open(target)?);
         Ok(())
+    }
+
+    /// Opens the log file `target` afresh, for a spawn: it fails at once, naming the file, if
+    /// the file cannot be written, and a file the node replaced (with a symlink it planted, or
+    /// nothing) is opened by its name again, checked, rather than written through the old fd.
+    pub fn reopen_log(&mut self, target: &Path) -> io::Result<()> {
+        self.log = None;
+        self.open_log(target)
     }
 
     /// Moves what the FIFO holds into the log file `target`, rotating it when it reaches
@@ -390,6 +398,9 @@ impl super::Supervisor {
         i: usize,
     ) -> Result<(File, File), super::spawn::SpawnError> {
         let name = self.nodes[i].spec.name.clone();
+        // First the working folder (given to the node's `user` if it makes it), which may hold
+        // the files.
+        super::spawn::prepare_cwd(&self.nodes[i].spec)?;
         let mut ends = Vec::new();
         for k in 0..2 {
             if !self.output_used(i, k) {
@@ -414,10 +425,12 @@ impl super::Supervisor {
                 self.watch_output(i, k, s)
                     .map_err(|e| fail("watch its output FIFO", &fifo, e))?;
             }
+            // What the previous process left goes to the file it was writing.
+            self.pump_outputs(i);
             let Some(s) = self.nodes[i].output[k].as_mut() else {
                 continue;
             };
-            s.open_log(&target)
+            s.reopen_log(&target)
                 .map_err(|e| fail("open output file", &target, e))?;
             ends.push(s.node_end().map_err(|e| {
                 fail(
@@ -495,6 +508,30 @@ impl super::Supervisor {
                 self.output_pending.push((i, k));
             }
         }
+    }
+
+    /// Moves what both of node `i`'s streams hold into its files.
+    pub(super) fn pump_outputs(&mut self, i: usize) {
+        for k in 0..2 {
+            while self.nodes[i].output[k].is_some() {
+                self.pump_output(i, k);
+                if self.output_pending.last() != Some(&(i, k)) {
+                    break;
+                }
+                self.output_pending.pop();
+            }
+        }
+    }
+
+    /// A writer for a helper of node `i` (its `ready_check`) whose output goes where the
+    /// node's stderr goes: the stderr FIFO's node end, or `None` with `log_direct` (or
+    /// without a stream).
+    pub(super) fn stderr_end(&self, i: usize) -> Option<File> {
+        if self.nodes[i].spec.policy.log_direct {
+            return None;
+        }
+        let k = usize::from(self.output_used(i, 1));
+        self.nodes[i].output[k].as_ref()?.node_end().ok()
     }
 
     /// Pumps the streams that stopped at their budget in the previous round.

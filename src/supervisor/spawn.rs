@@ -354,7 +354,7 @@ fn check_capabilities(spec: &NodeSpec) -> Result<(), SpawnError> {
 
 /// Creates the node's working directory if missing; one created for a node that runs as
 /// another `user` is given to that user (it must be able to write its own folder).
-fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
+pub(super) fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
     let err = |what, source| SpawnError::Prepare {
         node: spec.name.clone(),
         what,
