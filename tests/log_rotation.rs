@@ -100,8 +100,10 @@ fn assert_rotated_at_line_ends(path: &Path, max: u64) {
 fn stop_writer(c: &Cluster) {
     c.run(&["stop", "w"]).ok();
     let path = stdout_of(c);
-    wait_until(WAIT, "the writer's last line in its file", || {
-        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("got SIGTERM, exiting"))
+    wait_until(WAIT, "the writer's last line in its files", || {
+        output_files(&path)
+            .iter()
+            .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("got SIGTERM, exiting")))
     });
 }
 

@@ -132,7 +132,8 @@ pub fn follow(
                     take(f, &mut partial);
                 }
             }
-            Some(m) if m.len() < f.stream_position().unwrap_or(0) => {
+            // The same file, now shorter than what was read of it.
+            Some(_) if f.metadata()?.len() < f.stream_position()? => {
                 note(&format!(
                     "{} was truncated; reading it from the start",
                     path.display()

@@ -513,7 +513,7 @@ impl Supervisor {
                     self.read_notify(i);
                 }
             }
-            for i in cgroups_changed {
+            for &i in &cgroups_changed {
                 if i < self.nodes.len() {
                     self.cgroup_changed(i);
                 }
@@ -521,11 +521,15 @@ impl Supervisor {
             if files {
                 self.ready_files_changed();
             }
+            // Nodes whose process ended: once at rest, their streams close.
+            let mut ended: Vec<usize> = cgroups_changed.clone();
             if reap {
                 for (pid, exit) in reaper::reap_all() {
+                    ended.extend(self.by_pid.get(&pid).copied());
                     self.on_exit(pid, exit);
                 }
             }
+            ended.extend(adopted_exits.iter().copied());
             for i in adopted_exits {
                 // A readable pidfd means the process has exited (it may still be a zombie of
                 // whoever inherited it, which we cannot reap); the event may also be stale.
@@ -551,6 +555,9 @@ impl Supervisor {
             }
             self.fire_timers();
             self.advance_queues();
+            for i in ended {
+                self.rest_outputs(i);
+            }
             if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
                 self.drop_retired();
             }

@@ -194,6 +194,10 @@ impl Stream {
             }
             let want = if rotates && log.size >= max {
                 if log.size >= max.saturating_add(LINE_SLACK) || log.ends_line()? {
+                    // Only when there is something to put in the new file.
+                    if pending_bytes(&self.fifo)? == 0 {
+                        return Ok(Pumped::Drained);
+                    }
                     log.rotate(max, keep)?;
                     continue;
                 }
@@ -217,11 +221,14 @@ impl Stream {
         }
     }
 
-    /// Removes the FIFO (the node is gone from the config, or the Supervisor shuts down).
-    /// What it still holds is moved to the log first.
-    pub fn close(mut self, node: &str, target: &Path, max: u64, keep: u32) {
+    /// Closes the stream once what it holds is moved to the log, and with `remove` removes
+    /// the FIFO (the node is gone from the config, or the Supervisor shuts down); without, a
+    /// later spawn (or a successor) reopens it by path.
+    pub fn close(mut self, node: &str, target: &Path, max: u64, keep: u32, remove: bool) {
         while self.pump(node, target, max, keep) == Pumped::More {}
-        let _ = std::fs::remove_file(&self.fifo_path);
+        if remove {
+            let _ = std::fs::remove_file(&self.fifo_path);
+        }
     }
 }
 
@@ -320,6 +327,14 @@ fn move_bytes(
     }
     log.size += n as u64;
     Ok(n)
+}
+
+/// How many bytes the FIFO holds.
+fn pending_bytes(fifo: &File) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on a live pipe fd writes one int.
+    crate::syscall!(ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n))?;
+    Ok(n.max(0) as usize)
 }
 
 /// Looks at the FIFO's head without consuming it: the length up to and including its first
@@ -561,9 +576,22 @@ impl super::Supervisor {
         }
     }
 
+    /// Node `i` is down (no process, nothing queued): its streams are drained and closed, so
+    /// a node at rest costs the Supervisor no fd; its FIFOs stay for its next spawn.
+    pub(super) fn rest_outputs(&mut self, i: usize) {
+        if i < self.nodes.len() && self.nodes[i].is_down() {
+            self.output_pending.retain(|p| p.0 != i);
+            self.shut_outputs(i, false);
+        }
+    }
+
     /// Moves what node `i`'s streams hold to its files, then removes its FIFOs (the node
     /// leaves the config, or the Supervisor shuts down).
     pub(super) fn close_outputs(&mut self, i: usize) {
+        self.shut_outputs(i, true);
+    }
+
+    fn shut_outputs(&mut self, i: usize, remove: bool) {
         for k in 0..2 {
             let target = self.output_target(i, k).to_owned();
             let (max, keep) = {
@@ -576,7 +604,7 @@ impl super::Supervisor {
                     .poll
                     .registry()
                     .deregister(&mut mio::unix::SourceFd(&s.raw_fd()));
-                s.close(&name, &target, max, keep);
+                s.close(&name, &target, max, keep, remove);
             }
         }
     }
