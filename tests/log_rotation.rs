@@ -276,3 +276,46 @@ fn logs_follow_continues_across_a_rotation() {
             .map(|w| (w[0], w[1]))
     );
 }
+
+#[test]
+fn a_node_writing_while_no_supervisor_runs_waits_on_its_full_pipe_and_loses_nothing() {
+    // 100,000 lines/s fill the 1 MiB pipe in well under a second.
+    let c = Cluster::new("lr_full", &writer(100_000, 1 << 20, 1000));
+    c.start();
+    let (pid, start) = writer_identity(&c);
+    let path = stdout_of(&c);
+    wait_until(WAIT, "some output", || !numbers_on_disk(&path).is_empty());
+    let sup = c.supervisor_pid();
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    // With nobody draining it the node blocks in its write: alive, never SIGPIPE.
+    // (`anon_pipe_write` on recent kernels, `pipe_write` before.)
+    let in_pipe_write = || {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+            .is_ok_and(|w| w.ends_with("pipe_write"))
+    };
+    wait_until(WAIT, "the node to wait on its full pipe", in_pipe_write);
+    assert_eq!(
+        start_time(pid),
+        Some(start),
+        "the node died without a reader"
+    );
+    thaw(guardian);
+    new_supervisor(&c, sup);
+    // It goes on once the successor drains the pipe.
+    let before = numbers_on_disk(&path).len();
+    wait_until(WAIT, "the node to write again", || {
+        numbers_on_disk(&path).len() > before + 100_000
+    });
+    assert_eq!(start_time(pid), Some(start), "the writer was restarted");
+    stop_writer(&c);
+    assert_each_number_once(&path);
+    c.run(&["shutdown"]).ok();
+    let left: Vec<String> = std::fs::read_dir(c.instance_dir().join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in nodes/ after shutdown: {left:?}");
+}

@@ -182,10 +182,14 @@ impl Stream {
 
     fn pump_inner(&mut self, target: &Path, max: u64, keep: u32) -> io::Result<Pumped> {
         self.open_log(target)?;
+        if let Some(log) = self.log.as_mut() {
+            if !log.refresh()? {
+                self.reopen_log(target)?;
+            }
+        }
         let Some(log) = self.log.as_mut() else {
             return Ok(Pumped::Drained);
         };
-        log.refresh()?;
         let rotates = max > 0 && keep > 0 && log.regular;
         let mut moved = 0u64;
         loop {
@@ -250,12 +254,21 @@ impl LogFile {
         })
     }
 
-    /// Takes the size from the file (someone may have truncated it).
-    fn refresh(&mut self) -> io::Result<()> {
-        if self.regular {
-            self.size = self.file.metadata()?.len();
+    /// Takes the size from the file (someone may have truncated it). Returns false if the
+    /// path no longer names this file (removed, renamed by someone else, replaced, or rotated
+    /// by another stream writing the same file): it is to be opened again by its name.
+    fn refresh(&mut self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.regular {
+            return Ok(true);
         }
-        Ok(())
+        let ours = self.file.metadata()?;
+        self.size = ours.len();
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => Ok(m.ino() == ours.ino() && m.dev() == ours.dev()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the file is empty or its last byte is a newline.
@@ -419,6 +432,10 @@ impl super::Supervisor {
         let mut ends = Vec::new();
         for k in 0..2 {
             if !self.output_used(i, k) {
+                // stderr now goes to stdout's file (a reload): its own stream ends here.
+                if self.nodes[i].output[k].is_some() {
+                    self.end_stream(i, k, true);
+                }
                 continue;
             }
             let target = self.output_target(i, k).to_owned();
@@ -593,19 +610,28 @@ impl super::Supervisor {
 
     fn shut_outputs(&mut self, i: usize, remove: bool) {
         for k in 0..2 {
-            let target = self.output_target(i, k).to_owned();
-            let (max, keep) = {
-                let p = &self.nodes[i].spec.policy;
-                (p.log_max_bytes, p.log_keep)
-            };
-            let name = self.nodes[i].spec.name.clone();
-            if let Some(s) = self.nodes[i].output[k].take() {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut mio::unix::SourceFd(&s.raw_fd()));
-                s.close(&name, &target, max, keep, remove);
-            }
+            self.end_stream(i, k, remove);
+        }
+    }
+
+    /// Drains and closes node `i`'s stream `k`; with `remove` its FIFO goes too (also one
+    /// that was closed while the node rested).
+    fn end_stream(&mut self, i: usize, k: usize, remove: bool) {
+        let target = self.output_target(i, k).to_owned();
+        let (max, keep) = {
+            let p = &self.nodes[i].spec.policy;
+            (p.log_max_bytes, p.log_keep)
+        };
+        let name = self.nodes[i].spec.name.clone();
+        if let Some(s) = self.nodes[i].output[k].take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut mio::unix::SourceFd(&s.raw_fd()));
+            s.close(&name, &target, max, keep, remove);
+        }
+        if remove {
+            let _ = std::fs::remove_file(fifo_path(&self.instance.dir(), &name, k));
         }
     }
 }
