@@ -116,6 +116,12 @@ fn writer_identity(c: &Cluster) -> (u32, u64) {
     (pid, start_time(pid).expect("writer's start time"))
 }
 
+/// Whether process `pid` sleeps in a write to a full pipe (`/proc/PID/wchan`:
+/// `anon_pipe_write` on recent kernels, `pipe_write` before).
+fn in_pipe_write(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.ends_with("pipe_write"))
+}
+
 /// A live Supervisor other than `old`.
 fn new_supervisor(c: &Cluster, old: u32) -> u32 {
     wait_for(
@@ -289,12 +295,9 @@ fn a_node_writing_while_no_supervisor_runs_waits_on_its_full_pipe_and_loses_noth
     let guardian = freeze_guardian(&c.runtime);
     signal(sup, libc::SIGKILL);
     // With nobody draining it the node blocks in its write: alive, never SIGPIPE.
-    // (`anon_pipe_write` on recent kernels, `pipe_write` before.)
-    let in_pipe_write = || {
-        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-            .is_ok_and(|w| w.ends_with("pipe_write"))
-    };
-    wait_until(WAIT, "the node to wait on its full pipe", in_pipe_write);
+    wait_until(WAIT, "the node to wait on its full pipe", || {
+        in_pipe_write(pid)
+    });
     assert_eq!(
         start_time(pid),
         Some(start),
@@ -318,4 +321,56 @@ fn a_node_writing_while_no_supervisor_runs_waits_on_its_full_pipe_and_loses_noth
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(left.is_empty(), "left in nodes/ after shutdown: {left:?}");
+}
+
+/// `chattr` on `dir` (`+i`: nobody, root included, may create, rename or remove its entries);
+/// false where that is not possible (not root, no `chattr`, a file system without it).
+fn chattr(flag: &str, dir: &Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn output_that_cannot_be_rotated_waits_and_is_written_once_the_folder_allows_it() {
+    // 100,000 lines/s fill the 1 MiB pipe in well under a second.
+    let c = Cluster::new("lr_retry", &writer(100_000, 200_000, 1000));
+    c.start();
+    let (pid, start) = writer_identity(&c);
+    let path = stdout_of(&c);
+    let dir = path.parent().unwrap().to_owned();
+    wait_until(WAIT, "a rotation", || output_files(&path).len() > 1);
+    if !chattr("+i", &dir) {
+        eprintln!(
+            "chattr +i is not possible here: a folder that refuses the rotation cannot be tested"
+        );
+        return;
+    }
+    /// Makes the folder writable again, also when the test fails (or it could not be removed).
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            chattr("-i", &self.0);
+        }
+    }
+    let thaw = Thaw(dir.clone());
+    // The rotation is refused (and logged); the output waits in the node's pipe.
+    wait_until(WAIT, "the refused rotation in the log", || {
+        c.log().contains("cannot write its output to")
+    });
+    wait_until(WAIT, "the node to wait on its full pipe", || {
+        in_pipe_write(pid)
+    });
+    let files = output_files(&path).len();
+    drop(thaw);
+    // Nothing wakes the Supervisor for it but its retry timer: the node is blocked.
+    wait_until(WAIT, "rotations again", || {
+        output_files(&path).len() > files + 2
+    });
+    assert_eq!(start_time(pid), Some(start), "the writer was restarted");
+    stop_writer(&c);
+    assert_each_number_once(&path);
 }

@@ -243,6 +243,8 @@ pub struct Supervisor {
     /// Output streams (node index, stream) that stopped at their budget: pumped again before
     /// the loop sleeps.
     output_pending: Vec<(usize, usize)>,
+    /// A stream could not be written to its file: when to try every stream again (mono ns).
+    output_retry: Option<u64>,
 }
 
 impl Supervisor {
@@ -418,6 +420,7 @@ impl Supervisor {
             cgroups,
             restart_batches: Vec::new(),
             output_pending: Vec::new(),
+            output_retry: None,
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);
@@ -554,6 +557,7 @@ impl Supervisor {
                 }
             }
             self.fire_timers();
+            self.retry_outputs();
             self.advance_queues();
             for i in ended {
                 self.rest_outputs(i);
@@ -603,6 +607,7 @@ impl Supervisor {
                 let ready_by = if waiting { n.ready_by } else { None };
                 [n.deadline, ready_by, n.watchdog_at, n.check_at]
             })
+            .chain([self.output_retry])
             .flatten()
             .min()
     }

@@ -42,6 +42,9 @@ const CHUNK: usize = 1 << 20;
 /// The most bytes moved for one stream in one wake before the loop looks at other work.
 pub const BUDGET: u64 = 8 << 20;
 
+/// How long after a failed write to a log file every stream is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The two streams of a node: 0 is stdout, 1 is stderr.
 pub const STREAMS: [&str; 2] = ["out", "err"];
 
@@ -59,6 +62,8 @@ pub enum Pumped {
     Drained,
     /// [`BUDGET`] bytes were moved and more may be waiting: pump again soon.
     More,
+    /// The file could not be written (logged): the bytes wait in the FIFO; try again later.
+    Failed,
 }
 
 /// One output stream: the Supervisor's end of the FIFO and the log file it fills.
@@ -175,7 +180,7 @@ impl Stream {
                 }
                 // The log is reopened on the next try (it may have been the problem).
                 self.log = None;
-                Pumped::Drained
+                Pumped::Failed
             }
         }
     }
@@ -230,6 +235,8 @@ impl Stream {
     /// later spawn (or a successor) reopens it by path.
     pub fn close(mut self, node: &str, target: &Path, max: u64, keep: u32, remove: bool) {
         while self.pump(node, target, max, keep) == Pumped::More {}
+        // (A stream that cannot be written loses what its FIFO holds only if nobody else
+        // holds the FIFO: the node's processes are gone.)
         if remove {
             let _ = std::fs::remove_file(&self.fifo_path);
         }
@@ -536,8 +543,28 @@ impl super::Supervisor {
         };
         let name = self.nodes[i].spec.name.clone();
         if let Some(s) = self.nodes[i].output[k].as_mut() {
-            if s.pump(&name, &target, max, keep) == Pumped::More {
-                self.output_pending.push((i, k));
+            match s.pump(&name, &target, max, keep) {
+                Pumped::Drained => {}
+                Pumped::More => self.output_pending.push((i, k)),
+                Pumped::Failed => {
+                    // Nothing may wake us for it again (a node blocked on its full pipe
+                    // writes nothing more): a timer does.
+                    let at = crate::sys::clock::monotonic_ns() + RETRY.as_nanos() as u64;
+                    self.output_retry = Some(self.output_retry.map_or(at, |r| r.min(at)));
+                }
+            }
+        }
+    }
+
+    /// Once the retry time has come, pumps every open stream (some could not be written).
+    pub(super) fn retry_outputs(&mut self) {
+        match self.output_retry {
+            Some(at) if at <= crate::sys::clock::monotonic_ns() => self.output_retry = None,
+            _ => return,
+        }
+        for i in 0..self.nodes.len() {
+            for k in 0..2 {
+                self.pump_output(i, k);
             }
         }
     }
