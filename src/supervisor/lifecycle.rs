@@ -191,6 +191,11 @@ impl Supervisor {
                 }),
             None => Ok(None),
         };
+        // Output through the Supervisor (its FIFOs), unless it goes straight to files.
+        let stdio = match self.nodes[i].spec.policy.log_direct {
+            true => Ok(None),
+            false => self.output_ends(i).map(Some),
+        };
         let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
         let result = attach.and_then(|attach| {
             spawn::spawn(
@@ -199,6 +204,7 @@ impl Supervisor {
                 &env,
                 &pass,
                 attach.as_ref().map(|f| f.as_raw_fd()),
+                stdio?,
                 &mut prepared,
             )
         });
@@ -624,10 +630,12 @@ impl Supervisor {
             self.event(ev);
             return;
         };
-        let n = &mut self.nodes[i];
-        if n.pid != Some(pid) {
+        if self.nodes[i].pid != Some(pid) {
             return;
         }
+        // Its last words go to its files before anything reads them (a crash report).
+        self.pump_outputs(i);
+        let n = &mut self.nodes[i];
         if let Some(fd) = n.pidfd.take() {
             let _ = self
                 .poll

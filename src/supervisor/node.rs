@@ -115,6 +115,9 @@ pub struct Node {
     /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
     /// its batch, which then start in stages.
     pub staged_restart: bool,
+    /// The Supervisor's ends of its output FIFOs (stdout, stderr), registered with the event
+    /// loop; kept across its processes (see `supervisor/output.rs`).
+    pub output: [Option<super::output::Stream>; 2],
 }
 
 impl Node {
@@ -159,6 +162,7 @@ impl Node {
             check_pid: None,
             fail_after_stop: false,
             staged_restart: false,
+            output: [None, None],
         }
     }
 

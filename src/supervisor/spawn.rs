@@ -4,8 +4,9 @@
 //! configured env, cwd and CPU affinity.
 //!
 //! Nothing ties the node's life to the Supervisor: no parent-death signal, no pipe whose only
-//! reader is the Supervisor (output goes straight to files), its own session so a signal to
-//! the Supervisor's group never reaches it.
+//! reader is the Supervisor (its output FIFO is open read-write on its side too: see
+//! [`super::output`]; with `log_direct` it goes straight to files), its own session so a
+//! signal to the Supervisor's group never reaches it.
 
 use crate::config::NodeSpec;
 use std::fs::File;
@@ -199,7 +200,7 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// opened first. A symlink at `path` is followed only if the folder is ours: a folder given to
 /// a node's user (its working folder) may hold a link the node planted to make us open one of
 /// our own files for it (ELOOP then, and the start fails saying so).
-fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
+pub(crate) fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let folder = match path.parent() {
@@ -237,6 +238,30 @@ fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
     ))?;
     // SAFETY: `fd` was just returned by openat and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `log_direct`: the node's output files, rotated first if they are at least `log_max_bytes`,
+/// opened for append.
+fn direct_outputs(spec: &NodeSpec, prepare: bool) -> Result<(File, File), SpawnError> {
+    let node = spec.name.as_str();
+    let mut outputs = vec![&spec.stdout];
+    if spec.stderr != spec.stdout {
+        outputs.push(&spec.stderr);
+    }
+    for p in outputs {
+        rotate(p, spec.policy.log_max_bytes, spec.policy.log_keep).map_err(|source| {
+            SpawnError::Prepare {
+                node: node.into(),
+                what: "rotate",
+                path: p.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok((
+        open_append(node, &spec.stdout, prepare)?,
+        open_append(node, &spec.stderr, prepare)?,
+    ))
 }
 
 /// Checks, before anything starts, that `spec` can be started: its program resolves and its
@@ -329,7 +354,7 @@ fn check_capabilities(spec: &NodeSpec) -> Result<(), SpawnError> {
 
 /// Creates the node's working directory if missing; one created for a node that runs as
 /// another `user` is given to that user (it must be able to write its own folder).
-fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
+pub(super) fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
     let err = |what, source| SpawnError::Prepare {
         node: spec.name.clone(),
         what,
@@ -365,11 +390,7 @@ pub fn rotate(path: &Path, max: u64, keep: u32) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    let numbered = |k: u32| {
-        let mut s = path.as_os_str().to_owned();
-        s.push(format!(".{k}"));
-        PathBuf::from(s)
-    };
+    let numbered = |k: u32| crate::log::rotated(path, k as usize);
     for k in (1..keep).rev() {
         let from = numbered(k);
         if from.exists() {
@@ -458,16 +479,19 @@ pub struct Prepared {
 /// is duplicated to fd number `target` (3 or more) in the child and left open across exec.
 /// `cgroup`: a node group's `cgroup.procs` open for writing; the child moves itself in first
 /// thing after fork, so everything it ever runs is in the group. `prepared` caches the program's resolution and the directories between spawns (it is
-/// cleared when a spawn fails). Returns the child's pid; the caller reaps it.
+/// cleared when a spawn fails). `stdio`: the node's stdout and stderr (its ends of its output
+/// FIFOs); `None` opens the output files for append (`log_direct`), rotated first if they are
+/// at least `log_max_bytes`. Returns the child's pid; the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
     cgroup: Option<RawFd>,
+    stdio: Option<(File, File)>,
     prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
-    let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, prepared);
+    let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, stdio, prepared);
     if r.is_err() {
         *prepared = Prepared::default();
     }
@@ -480,6 +504,7 @@ fn spawn_prepared(
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
     cgroup: Option<RawFd>,
+    stdio: Option<(File, File)>,
     prepared: &mut Prepared,
 ) -> Result<u32, SpawnError> {
     let node = spec.name.as_str();
@@ -492,20 +517,10 @@ fn spawn_prepared(
     };
     prepared.program = Some(program.clone());
     let policy = &spec.policy;
-    let mut outputs = vec![&spec.stdout];
-    if spec.stderr != spec.stdout {
-        outputs.push(&spec.stderr);
-    }
-    for p in outputs {
-        rotate(p, policy.log_max_bytes, policy.log_keep).map_err(|source| SpawnError::Prepare {
-            node: node.into(),
-            what: "rotate",
-            path: p.clone(),
-            source,
-        })?;
-    }
-    let stdout = open_append(node, &spec.stdout, !prepared.dirs)?;
-    let stderr = open_append(node, &spec.stderr, !prepared.dirs)?;
+    let (stdout, stderr) = match stdio {
+        Some(ends) => ends,
+        None => direct_outputs(spec, !prepared.dirs)?,
+    };
     prepared.dirs = true;
     let ignored = ignored_signals();
 
