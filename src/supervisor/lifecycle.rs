@@ -177,11 +177,20 @@ impl Supervisor {
         self.nodes[i].starter = None;
         self.nodes[i].pid_file_wait = None;
         self.nodes[i].fail_after_stop = false;
-        // Its own cgroup, which the child enters before it execs.
+        // Its own cgroup, in which the child starts. A group whose `cgroup.events` is
+        // watched is kept as it is (the watch is on it).
+        let fresh = self.nodes[i].cgroup_fresh || self.nodes[i].cgroup_events.is_some();
         let attach = match &self.cgroups {
             Some(c) => c
-                .prepare(&name, self.nodes[i].spec.policy.memory_max)
-                .map(Some)
+                .prepare(&name, self.nodes[i].spec.policy.memory_max, fresh)
+                .map(|(dir, fresh)| {
+                    let into = fresh && self.nodes[i].cgroup_events.is_none();
+                    self.nodes[i].cgroup_fresh = into;
+                    Some(spawn::CgroupTarget {
+                        dir,
+                        clone_into: into,
+                    })
+                })
                 .map_err(|source| spawn::SpawnError::Prepare {
                     node: name.clone(),
                     what: "prepare the cgroup",
@@ -197,7 +206,7 @@ impl Supervisor {
                 &self.config_dir,
                 &env,
                 &pass,
-                attach.as_ref().map(|f| f.as_raw_fd()),
+                attach.as_ref(),
                 &mut prepared,
             )
         });
@@ -354,6 +363,7 @@ impl Supervisor {
                 "node {name}: {} process(es) left in its cgroup; killing them before it starts",
                 procs.len()
             );
+            self.nodes[i].cgroup_fresh = false;
             if let Err(e) = g.kill() {
                 log!("node {name}: cgroup.kill in {}: {e}", g.dir().display());
             }
@@ -486,13 +496,21 @@ impl Supervisor {
     /// Sends `sig` to every process carrying node `i`'s identity outside its process group
     /// (`group`: the node's pid, 0 if it has none): copies that escaped with `setsid` or by
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
-    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
-        let name = &self.nodes[i].spec.name;
+    pub(super) fn signal_escaped(&mut self, i: usize, group: u32, sig: i32) {
+        let name = self.nodes[i].spec.name.clone();
         if let Some(c) = &self.cgroups {
             // The node's processes are its cgroup's, wherever they went.
-            let g = c.node(name);
+            let g = c.node(&name);
             let r = if sig == libc::SIGKILL {
-                g.kill()
+                // An empty group is not killed: that would only make it unfit for starting
+                // the next process in it (see Node::cgroup_fresh).
+                match g.populated() {
+                    Ok(false) => Ok(()),
+                    _ => {
+                        self.nodes[i].cgroup_fresh = false;
+                        g.kill()
+                    }
+                }
             } else {
                 // Those the signal to the group missed (no process gets it twice).
                 cgroup_processes(&g).map(|procs| {
@@ -666,6 +684,7 @@ impl Supervisor {
                     "node {}: pid {pid} ended; killing what is left in its cgroup",
                     self.nodes[i].spec.name
                 );
+                self.nodes[i].cgroup_fresh = false;
                 let _ = g.kill();
                 let mut ev = Event::now(EventKind::Exited, i as u16, pid);
                 ev.exit = Some(exit);

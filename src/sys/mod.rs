@@ -33,3 +33,4 @@ pub mod pidfd;
 
 pub mod procscan;
 pub mod procstat;
+pub mod vfork;
