@@ -704,8 +704,8 @@ impl Supervisor {
         }
         // Those that escaped its group (setsid, daemonizing) but still carry its identity are
         // its leftovers too: they would count as a second copy, so they end with it (the
-        // restart waits until they are gone).
-        if !matches!(exit, Exit::Unknown) || was_stopping {
+        // restart waits until they are gone). With a cgroup there are none: it is empty here.
+        if self.cgroups.is_none() && (!matches!(exit, Exit::Unknown) || was_stopping) {
             self.signal_escaped(i, pid, libc::SIGKILL);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);

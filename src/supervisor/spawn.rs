@@ -467,6 +467,9 @@ pub struct Prepared {
     pub program: Option<PathBuf>,
     /// The working directory and the output files' folders exist.
     pub dirs: bool,
+    /// The node's own environment ([`node_env`]: it looks the user up in the account
+    /// databases, which is not worth doing on every restart).
+    pub env: Option<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
 }
 
 /// Spawns `spec`. `extra_env` is added after the configured env; each `(fd, target)` in `pass`
@@ -525,13 +528,14 @@ fn spawn_prepared(
     let stderr = open_append(node, &spec.stderr, !prepared.dirs)?;
     prepared.dirs = true;
     let creds = credentials(spec)?;
+    let env = prepared.env.get_or_insert_with(|| node_env(spec));
     let plan = ChildPlan::new(
         spec,
         &program,
+        env,
         extra_env,
-        pass,
+        node_fds(&stdout, &stderr, pass),
         cgroup.map(|c| c.dir.as_raw_fd()),
-        [&stdout, &stderr],
         creds,
     )
     .map_err(|source| SpawnError::Exec {
@@ -570,8 +574,30 @@ fn dev_null() -> io::Result<RawFd> {
     Ok(NULL.get_or_init(|| f).as_raw_fd())
 }
 
-/// Whether `c` may be passed to `execve`: the fds `spawn` hands down, at most this many.
+/// The fds a node is given, at most this many.
 const MAX_FDS: usize = 16;
+
+/// The fds a node gets, as `(our fd, its number)`: `/dev/null` as stdin, `stdout` and `stderr`,
+/// then `pass`.
+fn node_fds(
+    stdout: &File,
+    stderr: &File,
+    pass: &[(RawFd, RawFd)],
+) -> io::Result<Vec<(RawFd, RawFd)>> {
+    let mut fds = vec![
+        (dev_null()?, 0),
+        (stdout.as_raw_fd(), 1),
+        (stderr.as_raw_fd(), 2),
+    ];
+    fds.extend_from_slice(pass);
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds to pass",
+        ));
+    }
+    Ok(fds)
+}
 
 /// Everything the child does between clone and exec, prepared before the clone (the child
 /// runs in the Supervisor's memory while it is suspended: it may only read this, and make
@@ -628,10 +654,10 @@ impl ChildPlan {
     fn new(
         spec: &NodeSpec,
         program: &Path,
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
         extra_env: &[(&str, &str)],
-        pass: &[(RawFd, RawFd)],
+        fds: io::Result<Vec<(RawFd, RawFd)>>,
         cgroup: Option<RawFd>,
-        [stdout, stderr]: [&File; 2],
         creds: Option<Credentials>,
     ) -> io::Result<ChildPlan> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -644,8 +670,8 @@ impl ChildPlan {
         // Exactly the node's own environment (nothing leaks from whoever started the
         // Supervisor); a later name wins, in name order (as std's Command gave it).
         let mut vars = std::collections::BTreeMap::new();
-        for (k, v) in node_env(spec) {
-            vars.insert(k, v);
+        for (k, v) in env {
+            vars.insert(k.clone(), v.clone());
         }
         for (k, v) in extra_env {
             vars.insert((*k).into(), (*v).into());
@@ -659,18 +685,7 @@ impl ChildPlan {
                 c_string(&kv)
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let mut fds = vec![
-            (dev_null()?, 0),
-            (stdout.as_raw_fd(), 1),
-            (stderr.as_raw_fd(), 2),
-        ];
-        fds.extend_from_slice(pass);
-        if fds.len() > MAX_FDS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many fds to pass",
-            ));
-        }
+        let fds = fds?;
         let cpus = (!spec.cpu_affinity.is_empty()).then(|| {
             // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
             let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };

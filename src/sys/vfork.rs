@@ -49,7 +49,7 @@ extern "C" fn child_entry(arg: *mut c_void) -> libc::c_int {
     unsafe { libc::_exit(127) }
 }
 
-/// A private anonymous mapping for the child's stack, unmapped when dropped.
+/// A private anonymous mapping for the child's stack, unmapped when dropped (at thread exit).
 struct Stack(*mut c_void);
 
 impl Stack {
@@ -123,7 +123,31 @@ impl Drop for AllBlocked {
 /// it, failed). Other threads of this process keep running meanwhile: they must not change
 /// what `run` reads.
 pub unsafe fn spawn(run: ChildMain<'_>, cgroup: Option<BorrowedFd<'_>>) -> io::Result<u32> {
-    let stack = Stack::new()?;
+    // One stack per thread, kept: unmapping it after each spawn costs a TLB shootdown on the
+    // CPU the child ran on.
+    thread_local! {
+        static STACK: std::cell::Cell<Option<Stack>> = const { std::cell::Cell::new(None) };
+    }
+    let stack = match STACK.take() {
+        Some(s) => s,
+        None => Stack::new()?,
+    };
+    // SAFETY: as documented for this function.
+    let r = unsafe { spawn_on(run, cgroup, &stack) };
+    STACK.set(Some(stack));
+    r
+}
+
+/// [`spawn`] with the child on `stack`.
+///
+/// # Safety
+///
+/// As for [`spawn`].
+unsafe fn spawn_on(
+    run: ChildMain<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
+    stack: &Stack,
+) -> io::Result<u32> {
     let mut shared = Shared {
         run,
         placed: false,
@@ -134,7 +158,7 @@ pub unsafe fn spawn(run: ChildMain<'_>, cgroup: Option<BorrowedFd<'_>>) -> io::R
     if !NO_CLONE3.load(Ordering::Relaxed) {
         shared.placed = cgroup.is_some();
         // SAFETY: `shared` and `stack` outlive the child's use of them (see child_entry).
-        match unsafe { clone3(&mut shared, &stack, cgroup.map(|c| c.as_raw_fd())) } {
+        match unsafe { clone3(&mut shared, stack, cgroup.map(|c| c.as_raw_fd())) } {
             Ok(p) => pid = p,
             Err(e)
                 if matches!(
