@@ -214,7 +214,7 @@ impl Supervisor {
         // Our copy of the node's end closes here: only the child has it.
         let ready_rd = fifo.map(|(_node_end, ours)| ours);
         match result {
-            Ok(pid) => {
+            Ok(spawn::Spawned { pid, start }) => {
                 if let Some(r) = ready_rd {
                     match self.poll.registry().register(
                         &mut SourceFd(&r.as_raw_fd()),
@@ -227,7 +227,10 @@ impl Supervisor {
                 }
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
-                n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                n.pid_start = match start {
+                    Some(t) => t,
+                    None => procstat::start_time(pid).ok().flatten().unwrap_or(0),
+                };
                 if n.spec.policy.pid_file.is_some() {
                     n.starter = Some(pid);
                 }

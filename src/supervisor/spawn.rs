@@ -477,8 +477,8 @@ pub struct Prepared {
 /// `cgroup`: a node group's directory, open; the child starts in it (`clone3` with
 /// `CLONE_INTO_CGROUP`, or it moves itself in first thing), so everything it ever runs is in
 /// the group. `prepared` caches the program's resolution and the directories between spawns
-/// (it is cleared when a spawn fails). Returns the child's pid once it has exec'd (an exec
-/// that failed is an error, with the OS error); the caller reaps it.
+/// (it is cleared when a spawn fails). Returns the child once it has exec'd (an exec that
+/// failed is an error, with the OS error); the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
@@ -486,7 +486,7 @@ pub fn spawn(
     pass: &[(RawFd, RawFd)],
     cgroup: Option<&CgroupTarget>,
     prepared: &mut Prepared,
-) -> Result<u32, SpawnError> {
+) -> Result<Spawned, SpawnError> {
     let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, prepared);
     if r.is_err() {
         *prepared = Prepared::default();
@@ -501,7 +501,7 @@ fn spawn_prepared(
     pass: &[(RawFd, RawFd)],
     cgroup: Option<&CgroupTarget>,
     prepared: &mut Prepared,
-) -> Result<u32, SpawnError> {
+) -> Result<Spawned, SpawnError> {
     let node = spec.name.as_str();
     if !prepared.dirs {
         prepare_cwd(spec)?;
@@ -544,6 +544,7 @@ fn spawn_prepared(
         source,
     })?;
     let run = |placed: bool| plan.run(placed);
+    let before = crate::sys::clock::boottime_ns();
     // SAFETY: `plan.run` makes only async-signal-safe calls on `plan`, which was prepared
     // above and lives (untouched) until the child has exec'd; it allocates nothing and ends in
     // execve (see ChildPlan::run).
@@ -555,13 +556,28 @@ fn spawn_prepared(
                 .map(|c| std::os::fd::AsFd::as_fd(&c.dir)),
         )
     };
+    let after = crate::sys::clock::boottime_ns();
     // Our copies of the output files close here: only the child has them.
     drop((stdout, stderr));
-    pid.map_err(|source| SpawnError::Exec {
+    let pid = pid.map_err(|source| SpawnError::Exec {
         node: node.into(),
         program: program.clone(),
         source,
+    })?;
+    Ok(Spawned {
+        pid,
+        start: crate::sys::procstat::start_between(before, after),
     })
+}
+
+/// A node's process, started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (as `/proc/PID/stat` has it), when known
+    /// without reading `/proc` (see [`crate::sys::procstat::start_between`]).
+    pub start: Option<u64>,
 }
 
 /// `/dev/null`, opened once, for every node's stdin.
