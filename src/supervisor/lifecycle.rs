@@ -178,11 +178,20 @@ impl Supervisor {
         self.nodes[i].starter = None;
         self.nodes[i].pid_file_wait = None;
         self.nodes[i].fail_after_stop = false;
-        // Its own cgroup, which the child enters before it execs.
+        // Its own cgroup, in which the child starts. A group whose `cgroup.events` is
+        // watched is kept as it is (the watch is on it).
+        let fresh = self.nodes[i].cgroup_fresh || self.nodes[i].cgroup_events.is_some();
         let attach = match &self.cgroups {
             Some(c) => c
-                .prepare(&name, self.nodes[i].spec.policy.memory_max)
-                .map(Some)
+                .prepare(&name, self.nodes[i].spec.policy.memory_max, fresh)
+                .map(|(dir, fresh)| {
+                    let into = fresh && self.nodes[i].cgroup_events.is_none();
+                    self.nodes[i].cgroup_fresh = into;
+                    Some(spawn::CgroupTarget {
+                        dir,
+                        clone_into: into,
+                    })
+                })
                 .map_err(|source| spawn::SpawnError::Prepare {
                     node: name.clone(),
                     what: "prepare the cgroup",
@@ -203,7 +212,7 @@ impl Supervisor {
                 &self.config_dir,
                 &env,
                 &pass,
-                attach.as_ref().map(|f| f.as_raw_fd()),
+                attach.as_ref(),
                 stdio?,
                 &mut prepared,
             )
@@ -212,7 +221,7 @@ impl Supervisor {
         // Our copy of the node's end closes here: only the child has it.
         let ready_rd = fifo.map(|(_node_end, ours)| ours);
         match result {
-            Ok(pid) => {
+            Ok(spawn::Spawned { pid, start }) => {
                 if let Some(r) = ready_rd {
                     match self.poll.registry().register(
                         &mut SourceFd(&r.as_raw_fd()),
@@ -225,7 +234,10 @@ impl Supervisor {
                 }
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
-                n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                n.pid_start = match start {
+                    Some(t) => t,
+                    None => procstat::start_time(pid).ok().flatten().unwrap_or(0),
+                };
                 if n.spec.policy.pid_file.is_some() {
                     n.starter = Some(pid);
                 }
@@ -361,6 +373,7 @@ impl Supervisor {
                 "node {name}: {} process(es) left in its cgroup; killing them before it starts",
                 procs.len()
             );
+            self.nodes[i].cgroup_fresh = false;
             if let Err(e) = g.kill() {
                 log!("node {name}: cgroup.kill in {}: {e}", g.dir().display());
             }
@@ -493,13 +506,21 @@ impl Supervisor {
     /// Sends `sig` to every process carrying node `i`'s identity outside its process group
     /// (`group`: the node's pid, 0 if it has none): copies that escaped with `setsid` or by
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
-    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
-        let name = &self.nodes[i].spec.name;
+    pub(super) fn signal_escaped(&mut self, i: usize, group: u32, sig: i32) {
+        let name = self.nodes[i].spec.name.clone();
         if let Some(c) = &self.cgroups {
             // The node's processes are its cgroup's, wherever they went.
-            let g = c.node(name);
+            let g = c.node(&name);
             let r = if sig == libc::SIGKILL {
-                g.kill()
+                // An empty group is not killed: that would only make it unfit for starting
+                // the next process in it (see Node::cgroup_fresh).
+                match g.populated() {
+                    Ok(false) => Ok(()),
+                    _ => {
+                        self.nodes[i].cgroup_fresh = false;
+                        g.kill()
+                    }
+                }
             } else {
                 // Those the signal to the group missed (no process gets it twice).
                 cgroup_processes(&g).map(|procs| {
@@ -676,6 +697,7 @@ impl Supervisor {
                     "node {}: pid {pid} ended; killing what is left in its cgroup",
                     self.nodes[i].spec.name
                 );
+                self.nodes[i].cgroup_fresh = false;
                 let _ = g.kill();
                 let mut ev = Event::now(EventKind::Exited, i as u16, pid);
                 ev.exit = Some(exit);
@@ -692,8 +714,8 @@ impl Supervisor {
         }
         // Those that escaped its group (setsid, daemonizing) but still carry its identity are
         // its leftovers too: they would count as a second copy, so they end with it (the
-        // restart waits until they are gone).
-        if !matches!(exit, Exit::Unknown) || was_stopping {
+        // restart waits until they are gone). With a cgroup there are none: it is empty here.
+        if self.cgroups.is_none() && (!matches!(exit, Exit::Unknown) || was_stopping) {
             self.signal_escaped(i, pid, libc::SIGKILL);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);

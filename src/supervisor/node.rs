@@ -92,6 +92,12 @@ pub struct Node {
     /// The node group's `cgroup.events`, watched (registered with the event loop) while
     /// draining or while its start is blocked by processes left in the group.
     pub cgroup_events: Option<std::fs::File>,
+    /// The node's cgroup was made by this Supervisor and never killed since (`cgroup.kill`):
+    /// its process may be started in it with `CLONE_INTO_CGROUP`. The kernel (up to at least
+    /// 6.18) compares a group's kill count with the one of the parent's group at such a
+    /// clone and kills the child when they differ, so a group that was ever killed (or whose
+    /// history we do not know) is made anew (or, if that fails, entered by the child itself).
+    pub cgroup_fresh: bool,
     /// A `pid_file` node's starter (the process we spawned, which forks the daemon), while it
     /// runs: its exit with status 0 is not the node's end.
     pub starter: Option<u32>,
@@ -152,6 +158,7 @@ impl Node {
             prepared: super::spawn::Prepared::default(),
             draining: None,
             cgroup_events: None,
+            cgroup_fresh: false,
             starter: None,
             pid_file_wait: None,
             notify: None,
