@@ -48,3 +48,139 @@ command = ["/bin/sh", "-c", "exec >/dev/stdout; i=0; while :; do echo \"w line=$
     thaw(guardian);
     assert!(alive, "the node died while no Supervisor ran");
 }
+
+/// `path`, then `path.1`, `path.2`... while they exist, newest first.
+fn output_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = vec![path.to_owned()];
+    for k in 1.. {
+        let p = std::path::PathBuf::from(format!("{}.{k}", path.display()));
+        if !p.exists() {
+            break;
+        }
+        files.push(p);
+    }
+    files
+}
+
+/// The files' bytes, oldest first: what the node wrote, if nothing was lost or repeated.
+fn concatenated(path: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in output_files(path).iter().rev() {
+        all.extend(std::fs::read(f).unwrap_or_default());
+    }
+    all
+}
+
+/// Deterministic bytes: lines of every length from empty to 200 KB (longer than the pipe
+/// peek of 64 KiB), binary runs without a newline, and short numbered lines.
+fn hostile_bytes(seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+    for n in 0..40u64 {
+        match rng.below(4) {
+            0 => out.extend(format!("line {n}\n").bytes()),
+            1 => {
+                let len = rng.below(200_000) as usize;
+                out.extend(std::iter::repeat_n(b'a' + (n % 26) as u8, len));
+                out.push(b'\n');
+            }
+            2 => {
+                let len = rng.below(100_000) as usize;
+                // Binary without a newline (a newline in it would be a line end).
+                out.extend((0..len).map(|_| ((rng.next_u64() & 0xff) as u8).max(b'\n' + 1)));
+            }
+            _ => out.push(b'\n'),
+        }
+    }
+    out
+}
+
+/// Tiny `log_max_bytes` (smaller than a line), lines far longer than 64 KiB and binary
+/// output: the rotated files, oldest first, are exactly what the node wrote.
+#[test]
+fn tiny_rotation_limit_with_long_lines_and_binary_keeps_every_byte_once() {
+    let c = Cluster::new(
+        "oa_tiny",
+        r#"
+[[node]]
+name = "w"
+command = ["/bin/sh", "-c", "cat src.bin; exec sleep 600"]
+log_max_bytes = 100
+log_keep = 1000
+"#,
+    );
+    let src = hostile_bytes(7);
+    std::fs::create_dir_all(c.root.join("spool/w")).unwrap();
+    std::fs::write(c.root.join("spool/w/src.bin"), &src).unwrap();
+    c.start();
+    let path = c.root.join("spool/w/stdout.log");
+    wait_until(Duration::from_secs(60), "all bytes on disk", || {
+        concatenated(&path).len() >= src.len()
+    });
+    let got = concatenated(&path);
+    let first_diff = got.iter().zip(&src).position(|(a, b)| a != b);
+    assert!(
+        got.len() == src.len() && first_diff.is_none(),
+        "{} bytes on disk, {} written; first difference at {first_diff:?}",
+        got.len(),
+        src.len()
+    );
+    // No file is more than a line's slack past the limit.
+    for f in output_files(&path) {
+        let len = std::fs::metadata(&f).unwrap().len();
+        assert!(len <= 100 + (64 << 10), "{} has {len} bytes", f.display());
+    }
+}
+
+/// `log_keep = 1`: one old file, never a second.
+#[test]
+fn log_keep_one_keeps_one_old_file() {
+    let c = Cluster::new(
+        "oa_keep1",
+        r#"
+[[node]]
+name = "w"
+command = ["/bin/sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo \"w line=$i\"; i=$((i+1)); done; exec sleep 600"]
+log_max_bytes = 300
+log_keep = 1
+"#,
+    );
+    c.start();
+    let path = c.root.join("spool/w/stdout.log");
+    wait_until(WAIT, "the last line", || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("w line=1999\n"))
+    });
+    assert!(std::path::Path::new(&format!("{}.1", path.display())).exists());
+    assert!(!std::path::Path::new(&format!("{}.2", path.display())).exists());
+    // The newest lines, consecutive, end with the last.
+    let text = String::from_utf8(concatenated(&path)).unwrap();
+    let nums: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("w line=")?.parse().ok())
+        .collect();
+    let first = nums[0];
+    assert_eq!(nums, (first..2000).collect::<Vec<_>>());
+}
+
+/// What a node writes as it stops (a burst far larger than its pipe) is in its file when
+/// `shutdown` returns.
+#[test]
+fn shutdown_writes_a_stopping_nodes_last_output() {
+    let c = Cluster::new(
+        "oa_shutdown",
+        r#"
+[[node]]
+name = "w"
+command = ["/bin/sh", "-c", "trap 'head -c 5000000 /dev/zero | tr \"\\000\" x; echo; echo LAST; exit 0' TERM; while :; do sleep 0.05; done"]
+log_max_bytes = 1000000
+log_keep = 100
+"#,
+    );
+    c.start();
+    identity(&c, "w");
+    c.run(&["shutdown"]).ok();
+    let path = c.root.join("spool/w/stdout.log");
+    let got = concatenated(&path);
+    assert_eq!(got.len(), 5_000_000 + 6, "bytes on disk after shutdown");
+    assert!(got.ends_with(b"\nLAST\n"));
+}

@@ -210,8 +210,11 @@ impl Stream {
                     log.rotate(max, keep)?;
                     continue;
                 }
+                // Never past the slack, though part of the line was moved before (the node
+                // wrote it in pieces): the peek counts from here, the slack from `max`.
+                let room = max.saturating_add(LINE_SLACK) - log.size;
                 match peek_line(&self.fifo)? {
-                    Some(n) => n,
+                    Some(n) => n.min(room as usize),
                     None => return Ok(Pumped::Drained),
                 }
             } else if rotates {
