@@ -231,5 +231,51 @@ fn a_supervisor_limited_to_256_fds_runs_150_nodes() {
     // The kernel's count: processes of this instance's nodes.
     let procs = node_leaders(&c.instance).len();
     c.run(&["shutdown"]);
-    assert_eq!((running, procs), (150, 150), "nodes running (status, /proc)");
+    assert_eq!(
+        (running, procs),
+        (150, 150),
+        "nodes running (status, /proc)"
+    );
+}
+
+/// A node writing faster than its tiny files can be rotated (each rotation renames up to
+/// `log_keep` files): one pump rotated until its pipe was empty or 8 MiB had moved, which at
+/// 140 KB/s never came, so the Supervisor answered no command (`stop` of another node got no
+/// reply in 10 s). A pump now returns to the event loop after each rotation.
+#[test]
+fn rotating_tiny_files_does_not_starve_commands() {
+    let c = Cluster::new(
+        "oa_starve",
+        r#"
+[[node]]
+name = "w"
+command = ["@NODE@", "--lines", "10000"]
+log_max_bytes = 100
+log_keep = 1000
+
+[[node]]
+name = "idle"
+command = ["/bin/sleep", "600"]
+"#,
+    );
+    c.start();
+    identity(&c, "w");
+    let (idle, _) = identity(&c, "idle");
+    let dir = c.root.join("spool/w");
+    let count = || {
+        std::fs::read_dir(&dir)
+            .map(|d| d.flatten().count())
+            .unwrap_or(0)
+    };
+    wait_until(WAIT, "600 rotated files", || count() > 600);
+    // Rotations now cost 600 renames and more each; the node writes on.
+    std::thread::sleep(Duration::from_secs(1));
+    let out = c.run(&["stop", "idle"]);
+    let ok = out.code == Some(0);
+    let stopped = !pid_alive(idle);
+    let stderr = out.stderr.clone();
+    assert!(
+        ok && stopped,
+        "stop idle: {stderr}; its process gone: {stopped}"
+    );
 }
