@@ -453,3 +453,47 @@ stop_timeout_ms = 5000
     );
     assert!(rotated_numbers(&path).len() > 20, "few rotations");
 }
+
+/// `logs -f` while small files rotate many times between two of its polls: the lines it
+/// prints are consecutive.
+#[test]
+fn logs_follow_keeps_up_with_many_rotations_per_poll() {
+    let c = Cluster::new(
+        "oa_follow",
+        r#"
+[[node]]
+name = "w"
+command = ["@NODE@", "--lines", "2000"]
+log_max_bytes = 300
+log_keep = 1000
+"#,
+    );
+    c.start();
+    let path = c.root.join("spool/w/stdout.log");
+    wait_until(WAIT, "some rotations", || rotated_numbers(&path).len() > 5);
+    let n = std::fs::read_dir(c.root.join("out"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".stdout"))
+        .count();
+    let follower = c.spawn_main(&["logs", "w", "-f", "-n", "0"]);
+    let out_file = c.root.join("out").join(format!("{n}.stdout"));
+    let followed = || -> Vec<u64> {
+        std::fs::read_to_string(&out_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("w line=")?.parse().ok())
+            .collect()
+    };
+    wait_until(WAIT, "the follower to see 3000 lines", || {
+        followed().len() > 3000
+    });
+    signal(follower, libc::SIGINT);
+    assert_eq!(c.wait_main(follower, WAIT).code(), Some(0));
+    let seen = followed();
+    let gap = seen
+        .windows(2)
+        .find(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]));
+    assert!(gap.is_none(), "the follower's lines jump at {gap:?}");
+}
