@@ -73,6 +73,13 @@ fn concatenated(path: &std::path::Path) -> Vec<u8> {
     all
 }
 
+/// The numbers `N` of the `w line=N` lines in `text`, in order.
+fn numbered(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("w line=")?.parse().ok())
+        .collect()
+}
+
 /// Deterministic bytes: lines of every length from empty to 200 KB (longer than the pipe
 /// peek of 64 KiB), binary runs without a newline, and short numbered lines.
 fn hostile_bytes(seed: u64) -> Vec<u8> {
@@ -155,11 +162,7 @@ log_keep = 1
     assert!(std::path::Path::new(&format!("{}.1", path.display())).exists());
     assert!(!std::path::Path::new(&format!("{}.2", path.display())).exists());
     // The newest lines, consecutive, end with the last.
-    let text = String::from_utf8(concatenated(&path)).unwrap();
-    let nums: Vec<u64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("w line=")?.parse().ok())
-        .collect();
+    let nums = numbered(&String::from_utf8(concatenated(&path)).unwrap());
     let first = nums[0];
     assert_eq!(nums, (first..2000).collect::<Vec<_>>());
 }
@@ -439,11 +442,7 @@ stop_timeout_ms = 5000
     wait_until(WAIT, "the writer's last line", || {
         String::from_utf8_lossy(&concatenated(&path)).contains("got SIGTERM, exiting")
     });
-    let text = String::from_utf8(concatenated(&path)).unwrap();
-    let nums: Vec<u64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("w line=")?.parse().ok())
-        .collect();
+    let nums = numbered(&String::from_utf8(concatenated(&path)).unwrap());
     assert!(nums.len() > 500, "only {} lines", nums.len());
     let first_bad = nums.iter().enumerate().find(|(j, n)| **n != *j as u64);
     assert!(
@@ -471,20 +470,18 @@ log_keep = 1000
     c.start();
     let path = c.root.join("spool/w/stdout.log");
     wait_until(WAIT, "some rotations", || rotated_numbers(&path).len() > 5);
-    let n = std::fs::read_dir(c.root.join("out"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".stdout"))
-        .count();
-    let follower = c.spawn_main(&["logs", "w", "-f", "-n", "0"]);
-    let out_file = c.root.join("out").join(format!("{n}.stdout"));
-    let followed = || -> Vec<u64> {
-        std::fs::read_to_string(&out_file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix("w line=")?.parse().ok())
+    let outs = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(c.root.join("out"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "stdout"))
             .collect()
     };
+    let before = outs();
+    let follower = c.spawn_main(&["logs", "w", "-f", "-n", "0"]);
+    let out_file = outs().difference(&before).next().cloned().unwrap();
+    let followed = || numbered(&std::fs::read_to_string(&out_file).unwrap_or_default());
     wait_until(WAIT, "the follower to see 3000 lines", || {
         followed().len() > 3000
     });
