@@ -33,22 +33,59 @@ pub fn tail(path: &Path, n: usize) -> io::Result<Vec<String>> {
 fn tail_once(path: &Path, n: usize) -> io::Result<Vec<String>> {
     let mut lines = match crate::supervisor::crash::tail(path, n) {
         Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && rotated(path, 1).exists() => Vec::new(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !rotated_numbers(path).is_empty() => {
+            Vec::new()
+        }
         Err(e) => return Err(e),
     };
-    let mut k = 1;
-    while lines.len() < n {
+    for k in rotated_numbers(path) {
+        if lines.len() >= n {
+            break;
+        }
         match crate::supervisor::crash::tail(&rotated(path, k), n - lines.len()) {
             Ok(mut older) => {
                 older.append(&mut lines);
                 lines = older;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            // Rotated away meanwhile (the read is tried again).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         }
-        k += 1;
     }
     Ok(lines)
+}
+
+/// The numbers `k` of the files `FILE.k` rotated from `path` that exist, newest (lowest)
+/// first. Not simply 1, 2, ... up to the first missing one: a Supervisor killed while it
+/// shifts the files (`.k` to `.k+1`, oldest first) leaves a hole, which later rotations carry
+/// along until it passes `log_keep`.
+fn rotated_numbers(path: &Path) -> Vec<usize> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let mut ks: Vec<usize> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name();
+            let k = n.to_str()?.strip_prefix(&prefix)?;
+            // Only the digits `rotated` writes (no sign, no leading zero).
+            (k.bytes().all(|b| b.is_ascii_digit()) && !k.starts_with('0'))
+                .then(|| k.parse().ok())
+                .flatten()
+        })
+        .collect();
+    ks.sort_unstable();
+    ks
 }
 
 /// Prints (through `emit`, whole lines only) what is written to `path` from now on until
@@ -102,16 +139,18 @@ pub fn follow(
                 // Rotated: the files between the old one and the new one, oldest first.
                 let old = *ino;
                 let mut newer = Vec::new();
-                let mut k = 1;
-                let found = loop {
+                let mut found = false;
+                for k in rotated_numbers(path) {
                     let p = rotated(path, k);
                     match inode(&p) {
-                        Some(i) if i == old => break true,
+                        Some(i) if i == old => {
+                            found = true;
+                            break;
+                        }
                         Some(_) => newer.push(p),
-                        None => break false,
+                        None => {}
                     }
-                    k += 1;
-                };
+                }
                 if !found {
                     note(&format!(
                         "{} was replaced and the old file is gone; reading the new one from its start",
@@ -164,5 +203,19 @@ mod tests {
         assert_eq!(tail(&p, 3).unwrap(), ["b", "c", "d"]);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(tail(&p, 3).is_err());
+    }
+
+    #[test]
+    fn tail_reads_past_a_hole_in_the_numbering() {
+        let dir = std::env::temp_dir().join(format!("broctld-logholes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("stdout.log");
+        std::fs::write(rotated(&p, 4), "a\n").unwrap();
+        std::fs::write(rotated(&p, 2), "b\n").unwrap();
+        std::fs::write(rotated(&p, 1), "c\n").unwrap();
+        std::fs::write(dir.join("stdout.log.01"), "not ours\n").unwrap();
+        std::fs::write(&p, "d\n").unwrap();
+        assert_eq!(tail(&p, 10).unwrap(), ["a", "b", "c", "d"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -60,7 +60,8 @@ pub fn fifo_path(instance_dir: &Path, name: &str, k: usize) -> PathBuf {
 pub enum Pumped {
     /// The FIFO is empty.
     Drained,
-    /// [`BUDGET`] bytes were moved and more may be waiting: pump again soon.
+    /// [`BUDGET`] bytes were moved, or the file was rotated, and more may be waiting: pump
+    /// again soon.
     More,
     /// The file could not be written (logged): the bytes wait in the FIFO; try again later.
     Failed,
@@ -208,10 +209,16 @@ impl Stream {
                         return Ok(Pumped::Drained);
                     }
                     log.rotate(max, keep)?;
-                    continue;
+                    // A rotation renames up to `keep` files: one per turn of the event loop,
+                    // or a node writing faster than that would hold the loop (every command)
+                    // until its pipe empties, which may be never.
+                    return Ok(Pumped::More);
                 }
+                // Never past the slack, though part of the line was moved before (the node
+                // wrote it in pieces): the peek counts from here, the slack from `max`.
+                let room = max.saturating_add(LINE_SLACK) - log.size;
                 match peek_line(&self.fifo)? {
-                    Some(n) => n,
+                    Some(n) => n.min(room as usize),
                     None => return Ok(Pumped::Drained),
                 }
             } else if rotates {
