@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod crash;
 mod dispatch;
 mod guardian_link;
+mod heap;
 mod hold;
 mod lifecycle;
 pub mod node;
@@ -152,6 +153,7 @@ fn loop_signals() -> SigSet {
 /// after a shutdown, [`EXIT_START_FAILED`] or [`EXIT_ALREADY_RUNNING`] if it did not start, 1
 /// if the loop failed (the guardian tells these apart).
 pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) -> i32 {
+    heap::fix_thresholds();
     crate::log::rotate_with(instance.log_path());
     // Block the loop's signals before anything else (no thread exists yet): signalfd only sees
     // signals that are blocked, and the mask is inherited by every thread created later.
@@ -191,6 +193,8 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
             };
         }
     };
+    // What starting allocated for a while (the config's text, each spawn's scratch) goes back.
+    heap::trim();
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready {}", std::process::id());
     }
@@ -292,7 +296,7 @@ impl Supervisor {
             }
         };
         // A refused config leaves no lock file behind (removed while still held).
-        let (config, config_text) = match choose_config(&instance, config_path)
+        let (config, config_text) = match heap::off_heap(|| choose_config(&instance, config_path))
             .and_then(|(c, t)| startable(c, cgroups.as_ref()).map(|c| (c, t)))
         {
             Ok(ct) => ct,
@@ -658,8 +662,11 @@ impl Supervisor {
     /// Reads and checks the config file for a `reload`, keeping its text to save as the
     /// running config if the reload is applied ([`Self::commit_loaded_config`]).
     fn load_config_file(&mut self) -> Result<Config, ConfigError> {
-        let text = Config::read_text(&self.config_path)?;
-        let config = Config::parse(&text, &self.config_path)?;
+        let path = &self.config_path;
+        let (config, text) = heap::off_heap(|| {
+            let text = Config::read_text(path)?;
+            Config::parse(&text, path).map(|c| (c, text))
+        })?;
         self.loading = Some(text);
         Ok(config)
     }

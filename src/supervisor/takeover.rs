@@ -484,10 +484,10 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
         stderr: PathBuf::from("/dev/null"),
         cpu_affinity: Vec::new(),
         start_after: Vec::new(),
-        policy: crate::config::Policy {
+        policy: std::sync::Arc::new(crate::config::Policy {
             autostart: false,
             ..Default::default()
-        },
+        }),
         line: 0,
     }
 }
