@@ -6,9 +6,8 @@
 //! among the freed parse tree and glibc cannot hand those pages back (a `malloc_trim` after an
 //! in-place parse gave back a quarter of the peak). So the load runs on a short-lived thread,
 //! which glibc serves from an arena of its own; the result is cloned on the calling thread
-//! (into fresh, contiguous allocations of its exact size), the thread's copy is dropped (on a
-//! thread too, see [`drop_elsewhere`]), and
-//! `malloc_trim(0)` returns the now wholly free arena's pages to the kernel.
+//! (into fresh, contiguous allocations of its exact size), the thread frees its own copy and
+//! exits, and `malloc_trim(0)` returns the now wholly free arena's pages to the kernel.
 //!
 //! glibc raises its mmap and trim thresholds after a large block is freed (up to 32 MiB and
 //! twice that), after which a freed multi-MB parse stays in the heap's top instead of going
@@ -16,45 +15,65 @@
 
 use crate::config::Config;
 
+/// What the loading thread hands over: its result, until it is copied.
+type Loaded<E> = std::sync::Mutex<Option<Result<(Config, String), E>>>;
+
 /// Runs `load` so that nothing it allocated, except a copy of its result, stays resident:
-/// on a scoped thread (its own malloc arena), then copies the config and its text here
-/// ([`Config::fresh_copy`]: no allocation of the thread's is kept) and trims the heap.
-/// If no thread can be started, `load` runs here (the result is the same; only the peak stays).
+/// on a scoped thread (its own malloc arena), which hands its result over, waits while it is
+/// copied here ([`Config::fresh_copy`]: no allocation of the thread's is kept), then frees it
+/// itself (freed here, its small blocks would stay in this thread's malloc cache, keeping the
+/// arena's pages resident; a thread's cache goes back to the arenas when it exits) and exits.
+/// The heap is trimmed once the thread is joined. If no thread can be started, `load` runs
+/// here (the result is the same; only the peak stays).
 pub(super) fn off_heap<E: Send>(
     load: impl FnOnce() -> Result<(Config, String), E> + Send,
 ) -> Result<(Config, String), E> {
+    use std::sync::mpsc::sync_channel;
     let mut load = Some(load);
-    let ran = std::thread::scope(|s| {
-        let spawned = std::thread::Builder::new()
+    let loaded: Loaded<E> = std::sync::Mutex::new(None);
+    let lock = || loaded.lock().unwrap_or_else(|p| p.into_inner());
+    let (handed_tx, handed_rx) = sync_channel::<()>(1);
+    let (copied_tx, copied_rx) = sync_channel::<()>(1);
+    let out = std::thread::scope(|s| {
+        let (to_run, lock) = (&mut load, &lock);
+        let thread = std::thread::Builder::new()
             .name("config".into())
-            .spawn_scoped(s, || (load.take().expect("taken once"))());
-        spawned.ok().map(|h| h.join())
-    });
-    let result = match ran {
-        Some(Ok(r)) => r,
-        Some(Err(panic)) => std::panic::resume_unwind(panic),
-        None => return (load.take().expect("not taken: no thread ran"))(),
-    };
-    let compact = result.map(|loaded| {
-        let copy = (loaded.0.fresh_copy(), loaded.1.clone());
-        drop_elsewhere(loaded);
+            .spawn_scoped(s, move || {
+                let result = (to_run.take().expect("taken once"))();
+                *lock() = Some(result);
+                let _ = handed_tx.send(());
+                let _ = copied_rx.recv();
+                drop(lock().take());
+            })
+            .ok()?;
+        let copy = match handed_rx.recv() {
+            Ok(()) => {
+                let mut slot = lock();
+                match slot.take() {
+                    Some(Ok(original)) => {
+                        let copy = (original.0.fresh_copy(), original.1.clone());
+                        *slot = Some(Ok(original));
+                        Some(Ok(copy))
+                    }
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let _ = copied_tx.send(());
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
         copy
     });
-    trim();
-    compact
-}
-
-/// Drops `value` on a short-lived thread: freed here, its small blocks would stay in this
-/// thread's malloc cache (tcache), keeping the pages of the loading thread's arena resident; a
-/// thread's cache is emptied into the arenas when it exits.
-fn drop_elsewhere<T: Send>(value: T) {
-    let mut value = Some(value);
-    std::thread::scope(|s| {
-        let _ = std::thread::Builder::new()
-            .name("config".into())
-            .spawn_scoped(s, || drop(value.take()));
-    });
-    drop(value);
+    match out {
+        Some(result) => {
+            trim();
+            result
+        }
+        None => (load.take().expect("not taken: no thread ran"))(),
+    }
 }
 
 /// Returns free heap pages (of every arena, including pages inside the heap) to the kernel.

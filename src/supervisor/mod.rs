@@ -223,6 +223,11 @@ pub struct Supervisor {
     poll: Poll,
     signals: SignalFd,
     bell: File,
+    /// Every write to a pipe wakes our edge-triggered epoll (probed at start): the doorbell
+    /// FIFO need not be emptied on every ring (see `Supervisor::answer_bell`).
+    bell_lazy: bool,
+    /// Rings answered since the FIFO was last emptied.
+    bell_undrained: u32,
     lock: Option<lockfile::LockFile>,
     nodes: Vec<Node>,
     by_pid: HashMap<u32, usize>,
@@ -404,6 +409,8 @@ impl Supervisor {
             poll,
             signals,
             bell,
+            bell_lazy: fifo::every_write_wakes(),
+            bell_undrained: 0,
             lock: Some(lock),
             nodes: config.nodes.into_iter().map(Node::new).collect(),
             by_pid: HashMap::new(),
@@ -428,7 +435,7 @@ impl Supervisor {
             // (Not one this Supervisor spawned itself: its socket is already bound.)
             if sup.nodes[i].spec.policy.notify
                 && sup.nodes[i].pid.is_some()
-                && sup.nodes[i].notify.is_none()
+                && sup.nodes[i].extras().notify.is_none()
             {
                 sup.open_notify(i);
                 if sup.nodes[i].state == NodeState::Running {
@@ -527,12 +534,7 @@ impl Supervisor {
                 }
             }
             if bell {
-                let repair = fifo::drain_requests(&self.bell).unwrap_or(false);
-                self.shared.header().bell.store(0, Ordering::SeqCst);
-                if repair {
-                    self.check_region();
-                }
-                self.scan_mailbox();
+                self.answer_bell();
                 if std::mem::take(&mut self.upgrade_requested) {
                     self.reexec();
                 }
@@ -578,11 +580,16 @@ impl Supervisor {
             .flat_map(|n| {
                 let acts =
                     n.spec.policy.ready_timeout_action != crate::config::ReadyTimeoutAction::Wait;
-                let waiting = (queued || acts || n.pid_file_wait.is_some())
+                let waiting = (queued || acts || n.extras().pid_file_wait.is_some())
                     && n.state == NodeState::Starting
                     && !n.ready_timed_out;
                 let ready_by = if waiting { n.ready_by } else { None };
-                [n.deadline, ready_by, n.watchdog_at, n.check_at]
+                [
+                    n.deadline,
+                    ready_by,
+                    n.extras().watchdog_at,
+                    n.extras().check_at,
+                ]
             })
             .flatten()
             .min()

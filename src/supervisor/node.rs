@@ -92,6 +92,20 @@ pub struct Node {
     /// The node group's `cgroup.events`, watched (registered with the event loop) while
     /// draining or while its start is blocked by processes left in the group.
     pub cgroup_events: Option<std::fs::File>,
+    /// State only some kinds of nodes use (see [`Extras`]); `None` until one is set.
+    pub extras: Option<Box<Extras>>,
+    /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
+    pub fail_after_stop: bool,
+    /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
+    /// its batch, which then start in stages.
+    pub staged_restart: bool,
+}
+
+/// What only nodes with a `pid_file`, `ready = "notify"` or a `ready_check` use, kept out of
+/// [`Node`] so that the others (most nodes) do not carry it: a Supervisor of 10,000 nodes keeps
+/// each node's state in well under 1 KiB.
+#[derive(Debug, Default)]
+pub struct Extras {
     /// A `pid_file` node's starter (the process we spawned, which forks the daemon), while it
     /// runs: its exit with status 0 is not the node's end.
     pub starter: Option<u32>,
@@ -108,14 +122,35 @@ pub struct Node {
     pub check_at: Option<u64>,
     /// Its running `ready_check` process.
     pub check_pid: Option<u32>,
-    /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
-    pub fail_after_stop: bool,
-    /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
-    /// its batch, which then start in stages.
-    pub staged_restart: bool,
 }
 
+/// What [`Node::extras`] reads for a node that has none.
+static NO_EXTRAS: Extras = Extras {
+    starter: None,
+    pid_file_wait: None,
+    notify: None,
+    notify_status: String::new(),
+    watchdog_at: None,
+    check_at: None,
+    check_pid: None,
+};
+
 impl Node {
+    /// The node's [`Extras`] (all unset if it has none).
+    pub fn extras(&self) -> &Extras {
+        self.extras.as_deref().unwrap_or(&NO_EXTRAS)
+    }
+
+    /// The node's [`Extras`], made if it had none: for setting one.
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// The node's [`Extras`] if it has any: for clearing one (nothing to clear otherwise).
+    pub fn extras_if_any(&mut self) -> Option<&mut Extras> {
+        self.extras.as_deref_mut()
+    }
+
     /// A stopped node for `spec`.
     pub fn new(spec: NodeSpec) -> Node {
         let history = History::new(&spec.policy);
@@ -147,13 +182,7 @@ impl Node {
             prepared: super::spawn::Prepared::default(),
             draining: None,
             cgroup_events: None,
-            starter: None,
-            pid_file_wait: None,
-            notify: None,
-            notify_status: String::new(),
-            watchdog_at: None,
-            check_at: None,
-            check_pid: None,
+            extras: None,
             fail_after_stop: false,
             staged_restart: false,
         }
