@@ -80,9 +80,9 @@ impl Supervisor {
     /// on each: where every write to a pipe wakes an edge-triggered epoll waiter (see
     /// [`fifo::every_write_wakes`]), the bytes of plain rings can stay in the FIFO, and a
     /// command round trip makes one syscall fewer. The FIFO is read when a ring found no
-    /// command (a [`fifo::REPAIR`] request, a repeated ring, or junk) and then the mailbox is
-    /// scanned again, since the read may have consumed the ring of a command submitted after
-    /// the first scan. Between reads the FIFO holds at most one byte per ring (a Main writes
+    /// command (a [`fifo::REPAIR`] request, a repeated ring, or junk); then the bell flag is
+    /// lowered again and the mailbox scanned again, since the read may have consumed the ring
+    /// of a command submitted after the first scan. Between reads the FIFO holds at most one byte per ring (a Main writes
     /// only when it raises the bell flag, which each wake lowers) plus the rare unconditional
     /// rings, far below a pipe's smallest capacity (4096 bytes).
     pub(super) fn answer_bell(&mut self) {
@@ -94,6 +94,10 @@ impl Supervisor {
         }
         self.bell_undrained = 0;
         let repair = fifo::drain_requests(&self.bell).unwrap_or(false);
+        // A Main that rang since the flag was lowered left it raised, and its byte may be
+        // among those just read: lower it again (or its next ring would write nothing and wake
+        // no one), then take what it submitted.
+        self.shared.header().bell.store(0, Ordering::SeqCst);
         if repair {
             self.check_region();
         }

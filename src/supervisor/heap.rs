@@ -44,6 +44,7 @@ pub(super) fn off_heap<E: Send>(
                 let _ = handed_tx.send(());
                 let _ = copied_rx.recv();
                 drop(lock().take());
+                trim_own_arena();
             })
             .ok()?;
         let copy = match handed_rx.recv() {
@@ -74,6 +75,15 @@ pub(super) fn off_heap<E: Send>(
         }
         None => (load.take().expect("not taken: no thread ran"))(),
     }
+}
+
+/// Gives back the free top of the calling thread's arena. glibc trims a thread arena's top
+/// only in `free` of a block of 64 KiB or more (which first merges the small free blocks into
+/// it); `malloc_trim` returns free pages inside an arena but not its top. A parse frees mostly
+/// small blocks, so without this the freed tree could stay resident as the arena's top.
+fn trim_own_arena() {
+    let block: Vec<u8> = Vec::with_capacity(96 << 10);
+    drop(std::hint::black_box(block));
 }
 
 /// Returns free heap pages (of every arena, including pages inside the heap) to the kernel.
