@@ -8,7 +8,9 @@
 //! done here: fds 0 to 2 are made valid (a closed one is opened on `/dev/null`, so no file we
 //! open later becomes our stdout) and SIGPIPE is ignored (a closed pipe is an `EPIPE` error).
 //! Arguments come from std as before (glibc hands them to std's init array), and the exit goes
-//! through `std::process::exit`, which flushes stdout.
+//! through `std::process::exit`, which flushes stdout. The release build aborts on a panic
+//! (`panic = "abort"`, for size); a panic still exits with status 101 after its message, as
+//! with unwinding, rather than dying of SIGABRT (and leaving a core dump).
 #![no_main]
 
 use std::ffi::{c_char, c_int};
@@ -19,6 +21,12 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     sanitize_stdio();
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        // SAFETY: _exit ends the process at once; nothing after it runs.
+        unsafe { libc::_exit(101) }
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     std::process::exit(broctld::cli::main(args));
 }
