@@ -589,7 +589,11 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
     thaw(guardian);
     c.run(&["status"]);
     live_supervisor(&c);
-    let after = c.wait_status(WAIT, "b running", |s| s["b"].state == "running");
+    // (Until the successor has decided, the record it took over, `running` with no pid, is
+    // what it publishes.)
+    let after = c.wait_status(WAIT, "b running with a pid", |s| {
+        s["b"].state == "running" && s["b"].pid.is_some()
+    });
     assert_eq!(
         after["b"].pid,
         Some(b),

@@ -1,6 +1,7 @@
-//! Node output: appended across restarts (never truncated), rotated by size at a (re)spawn
-//! with a bounded number of files (`log_max_bytes`, `log_keep`), and never lost when the
-//! Supervisor is killed and replaced (the node writes straight to its files).
+//! Node output: appended across restarts (never truncated), never lost when the Supervisor is
+//! killed and replaced, and with `log_direct` (the node writes straight to its files) rotated
+//! by size at a (re)spawn with a bounded number of files (`log_max_bytes`, `log_keep`). Live
+//! rotation through the Supervisor is pinned by `tests/log_rotation.rs`.
 
 mod common;
 
@@ -89,7 +90,7 @@ log_max_bytes = 0
 }
 
 #[test]
-fn output_is_rotated_at_respawn_with_a_bounded_number_of_files() {
+fn direct_output_is_rotated_at_respawn_with_a_bounded_number_of_files() {
     let keep: usize = 3;
     let c = Cluster::new(
         "out_rotate",
@@ -100,6 +101,7 @@ name = "n"
 command = ["@NODE@", "--interval", "10ms"]
 log_max_bytes = 400
 log_keep = {keep}
+log_direct = true
 "#
         ),
     );
@@ -179,7 +181,8 @@ stop_timeout_ms = 3000
         std::thread::sleep(Duration::from_millis(50));
         signal(sup, libc::SIGKILL);
         wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
-        // Writes go on with no Supervisor at all.
+        // Writes go on (into the node's pipe with no Supervisor at all; the successor the
+        // guardian starts moves them to the file).
         let len = std::fs::metadata(&out).unwrap().len();
         wait_until(WAIT, "output while no Supervisor runs", || {
             std::fs::metadata(&out).is_ok_and(|m| m.len() > len)

@@ -552,3 +552,117 @@ fn a_storm_of_failing_nodes_still_waits_the_growing_restart_delay() {
         &short[..short.len().min(8)]
     );
 }
+
+/// The Supervisor's children that are not zombies, and those that are (from the kernel).
+fn children_of(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let mut live = Vec::new();
+    let mut zombies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for c in text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            if is_zombie(c) {
+                zombies.push(c);
+            } else {
+                live.push(c);
+            }
+        }
+    }
+    (live, zombies)
+}
+
+/// A config of `good` nodes running broctld-node and one node `bad` whose program exists but
+/// cannot be executed (no execute bit: `execve` fails with EACCES, even for root, after the
+/// preflight found the file), with `bad_policy` in its table.
+fn one_bad_among(c: &Cluster, good: usize, bad_policy: &str) -> String {
+    let program = c.root.join("not-executable");
+    std::fs::write(&program, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let mut config = String::from("[defaults]\nrestart_delay_ms = 20\n");
+    for k in 0..good {
+        config.push_str(&format!(
+            "\n[[node]]\nname = \"g{k:02}\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n"
+        ));
+    }
+    config.push_str(&format!(
+        "\n[[node]]\nname = \"bad\"\ncommand = [\"{}\"]\n{bad_policy}\n",
+        program.display()
+    ));
+    config
+}
+
+/// An exec that fails in the child (the clone succeeded, the program is there, `execve`
+/// refused it) is reported for that node with the OS error, leaves no zombie, and every
+/// other node of the same start runs: the failure of one spawn never holds up the others.
+#[test]
+fn exec_failure_of_one_node_among_many_is_reported_and_others_start() {
+    let c = Cluster::new("exec_fail_many", "");
+    c.write_config(&one_bad_among(&c, 30, "restart = \"never\""));
+    // `start` reports the node that failed; the others start regardless.
+    let out = c.run(&["start"]);
+    let sup = c.supervisor_pid();
+    let st = c.wait_status(WAIT, "bad failed, the others running", |s| {
+        s["bad"].state == "failed" && s.values().filter(|n| n.state == "running").count() == 30
+    });
+    assert_eq!(st["bad"].pid, None);
+    // Kernel truth: every good node is a live child of the Supervisor running broctld-node,
+    // and the failed child was reaped.
+    let (live, zombies) = children_of(sup);
+    assert!(zombies.is_empty(), "zombie children {zombies:?}");
+    for k in 0..30 {
+        let pid = st[&format!("g{k:02}")].pid.expect("a good node's pid");
+        assert!(
+            live.contains(&pid),
+            "g{k:02} (pid {pid}) is not a live child"
+        );
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(exe.ends_with("broctld-node"), "{}", exe.display());
+    }
+    let json = c.run(&["status", "--json", "bad"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let err = v[0]["last_exit"]["spawn_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(err.contains("Permission denied"), "{}", json.stdout);
+    let log = c.log();
+    assert!(
+        log.contains("node bad: cannot start") && log.contains("Permission denied"),
+        "{log}\nstart said: {out:?}"
+    );
+}
+
+/// An exec failure counts as a death for the restart policy: retried after the restart
+/// delay, counted in `restarts`, and given up after `give_up_after` quick deaths, like a
+/// process that exits at once.
+#[test]
+fn exec_failure_obeys_the_restart_policy() {
+    let c = Cluster::new("exec_fail_policy", "");
+    c.write_config(&one_bad_among(
+        &c,
+        2,
+        "restart = \"always\"\ngive_up_after = 3",
+    ));
+    let mut log = EventLog::new(&c);
+    c.run(&["start"]);
+    let st = c.wait_status(WAIT, "bad gave up", |s| s["bad"].state == "failed");
+    assert_eq!(st["g00"].state, "running");
+    assert!(st["bad"].restarts >= 2, "{:?}", st["bad"]);
+    log.poll();
+    let failed = log.of(EventKind::SpawnFailed);
+    assert!(
+        failed.len() >= 3,
+        "one SpawnFailed per attempt: {:?}",
+        log.events
+    );
+    assert!(failed
+        .iter()
+        .all(|e| e.exit == Some(Exit::SpawnFailed(libc::EACCES))));
+    assert_eq!(log.of(EventKind::Failed).len(), 1);
+}

@@ -155,3 +155,28 @@ fn operator_restart_is_not_counted_in_restarts() {
     assert_eq!(s["n"].restarts, 1);
     c.run(&["shutdown"]).ok();
 }
+
+/// The `SigIgn`, `SigBlk` mask (hex) of `/proc/PID/status`.
+fn signal_mask(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn a_node_starts_with_no_signal_ignored_or_blocked() {
+    // The Main ignores SIGPIPE (a closed pipe is an error to it) and the Supervisor blocks
+    // signals around its spawns: none of it reaches a node, which would then not die of
+    // SIGPIPE on a closed pipe or never see its SIGTERM.
+    let c = Cluster::new("env_signals", CONFIG);
+    let s = c.start();
+    let pid = s["n"].pid.unwrap();
+    track(c.id, pid, false);
+    assert_eq!(signal_mask(pid, "SigIgn"), 0, "signals ignored in the node");
+    assert_eq!(signal_mask(pid, "SigBlk"), 0, "signals blocked in the node");
+    c.run(&["shutdown"]).ok();
+    wait_until(WAIT, "the node gone", || !pid_alive(pid));
+}

@@ -149,3 +149,73 @@ fn notify_readiness_resumes_across_a_supervisor_kill_9() {
     c.run(&["shutdown"]).ok();
     wait_until(WAIT, "svc gone", || !pid_alive(pid));
 }
+
+/// `status --json` of node `name` in `c`, as JSON.
+fn status_json_of(c: &Cluster, name: &str) -> serde_json::Value {
+    let out = c.run(&["status", "--json"]);
+    let all: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {}", out.stdout))
+}
+
+#[test]
+fn reloading_and_stopping_are_states_that_survive_a_supervisor_kill_9() {
+    // Says READY=1 with a status text, then RELOADING=1 and READY=1 again on cue, then
+    // STOPPING=1, then exits 0 on cue.
+    let script = "systemd-notify --ready --status='serving'; \
+        while [ ! -e reload ]; do sleep 0.02; done; systemd-notify RELOADING=1; \
+        while [ ! -e reloaded ]; do sleep 0.02; done; systemd-notify --ready; \
+        while [ ! -e stop ]; do sleep 0.02; done; systemd-notify STOPPING=1; \
+        while [ ! -e exit ]; do sleep 0.02; done; exit 0";
+    let c = Cluster::new(
+        "notify_phases",
+        &notify_node("svc", script, "restart = \"never\"\n"),
+    );
+    let s = c.start();
+    let pid = s["svc"].pid.unwrap();
+    track(c.id, pid, true);
+    let j = status_json_of(&c, "svc");
+    assert_eq!(j["state"], "running", "{j}");
+    wait_until(WAIT, "STATUS= text in status --json", || {
+        status_json_of(&c, "svc")["status_text"] == "serving"
+    });
+    let kill_and_wait_successor = || {
+        let sup = c.supervisor_pid();
+        signal(sup, libc::SIGKILL);
+        wait_until(WAIT, "a successor", || {
+            c.lock_pid().is_some_and(|p| p != sup && pid_alive(p))
+        });
+        c.supervisor_pid();
+    };
+    let spool = c.root.join("spool/svc");
+    std::fs::write(spool.join("reload"), "").unwrap();
+    c.wait_status(WAIT, "svc reloading", |s| s["svc"].state == "reloading");
+    // A successor shows what the node said, and it is still the same process.
+    kill_and_wait_successor();
+    let s = c.status();
+    assert_eq!(s["svc"].state, "reloading");
+    assert_eq!(s["svc"].pid, Some(pid));
+    // `reloading` is a running node: `status` exits 0 for it.
+    assert_eq!(c.run(&["status", "svc"]).code, Some(0));
+    std::fs::write(spool.join("reloaded"), "").unwrap();
+    c.wait_status(WAIT, "svc running again", |s| s["svc"].state == "running");
+    std::fs::write(spool.join("stop"), "").unwrap();
+    c.wait_status(WAIT, "svc stopping on its own", |s| {
+        s["svc"].state == "stopping"
+    });
+    kill_and_wait_successor();
+    let s = c.status();
+    assert_eq!(s["svc"].state, "stopping");
+    assert_eq!(s["svc"].pid, Some(pid));
+    assert!(pid_alive(pid), "nothing signalled the node");
+    std::fs::write(spool.join("exit"), "").unwrap();
+    let s = c.wait_status(WAIT, "svc ended", |s| s["svc"].pid.is_none());
+    assert_eq!(s["svc"].state, "stopped");
+    assert_eq!(s["svc"].exit_code, Some(0));
+    assert!(!pid_alive(pid));
+    c.run(&["shutdown"]).ok();
+}

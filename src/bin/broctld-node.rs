@@ -47,6 +47,9 @@ options:
                          (but not --ready-fd), as many daemons do
   --die-on-sigpipe       restore the default SIGPIPE action, so a write to a pipe with no
                          reader (the readiness pipe) kills it, as it kills `echo >&3`
+  --lines RATE           instead of heartbeats, print numbered lines 'NAME line=N' (N from 0)
+                         at RATE lines per second, in batches every 10ms; 0 means as fast as
+                         stdout takes them
   -h, --help             print this help and exit
 
 DURATION is an integer followed by ms, s, m or h (250ms, 1s, 2m); a bare integer means seconds.
@@ -85,6 +88,8 @@ struct Options {
     close_fds: bool,
     /// Restore SIGPIPE's default action (the Rust runtime ignores it).
     die_on_sigpipe: bool,
+    /// Print numbered lines at this rate per second (0: flat out) instead of heartbeats.
+    lines: Option<u64>,
 }
 
 /// What the command line asks the program to do.
@@ -157,6 +162,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         setsid_child: false,
         close_fds: false,
         die_on_sigpipe: false,
+        lines: None,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -206,6 +212,14 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
             "--stop-delay" => opts.stop_delay = duration_arg(&value()?, option)?,
             "--exit-after" => opts.exit_after = Some(duration_arg(&value()?, option)?),
             "--ready-delay" => opts.ready_delay = duration_arg(&value()?, option)?,
+            "--lines" => {
+                let v = value()?;
+                let rate = v
+                    .parse::<u64>()
+                    .map_err(|_| bad_value(&v, option, "expected lines per second"))?;
+                opts.lines = Some(rate);
+                opts.interval = Duration::from_millis(10);
+            }
             "--exit-code" => {
                 let expected = "expected an integer from 0 to 255";
                 opts.exit_code = int_arg(&value()?, option, 0..=255, expected)?;
@@ -252,6 +266,19 @@ fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{} {line}", timestamp());
     let _ = stdout.flush();
+}
+
+/// Writes lines `NAME line=N` for `count` numbers from `first` in one write; returns the next
+/// number. Errors are ignored.
+fn print_numbered(name: &str, first: u64, count: u64) -> u64 {
+    let mut text = String::new();
+    for n in first..first + count {
+        text.push_str(&format!("{name} line={n}\n"));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+    first + count
 }
 
 /// Writes one timestamped line to stderr; errors are ignored.
@@ -442,6 +469,7 @@ fn run(opts: &Options, args: &[String]) -> i32 {
     let mut stopping = false;
     let mut stop_at: Option<Instant> = None;
     let mut beats: u64 = 0;
+    let mut numbered: u64 = 0;
     loop {
         let now = Instant::now();
         if stop_at.is_some_and(|t| now >= t) {
@@ -457,7 +485,17 @@ fn run(opts: &Options, args: &[String]) -> i32 {
                 ready_at = None;
             }
         }
-        if let Some(t) = next_heartbeat.filter(|t| now >= *t) {
+        if let (Some(rate), Some(t)) = (opts.lines, next_heartbeat) {
+            if now >= t || rate == 0 {
+                let batch = if rate == 0 { 1000 } else { (rate / 100).max(1) };
+                numbered = print_numbered(name, numbered, batch);
+                next_heartbeat = t.checked_add(opts.interval).filter(|n| *n > now);
+                next_heartbeat = next_heartbeat.or_else(|| now.checked_add(opts.interval));
+                if rate == 0 {
+                    next_heartbeat = Some(now);
+                }
+            }
+        } else if let Some(t) = next_heartbeat.filter(|t| now >= *t) {
             beats += 1;
             out(&format!("{name} pid={pid} heartbeat={beats}"));
             // Skip missed beats (e.g. after SIGSTOP) instead of bursting.

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod events;
 pub mod interrupt;
+pub mod logfiles;
 pub mod mainlog;
 pub mod output;
 pub mod progress;

@@ -55,8 +55,9 @@ pub fn exit_json(e: Option<Exit>) -> Value {
     }
 }
 
-/// One node's status as `status --json` prints it.
-pub fn status_value(n: &NodeStatus) -> Value {
+/// One node's status as `status --json` prints it; `text` is what a `ready = "notify"` node
+/// last sent as `STATUS=`.
+pub fn status_value(n: &NodeStatus, text: Option<String>) -> Value {
     json!({
         "name": n.name,
         "type": n.node_type.as_str(),
@@ -69,12 +70,18 @@ pub fn status_value(n: &NodeStatus) -> Value {
         "last_state": n.state.as_str(),
         "pid_alive": n.pid_alive,
         "blocked_by": n.blocked_by,
+        "status_text": text,
     })
 }
 
-/// The JSON array `status --json` prints.
-pub fn status_json(nodes: &[NodeStatus]) -> String {
-    pretty(&Value::Array(nodes.iter().map(status_value).collect()))
+/// The JSON array `status --json` prints; `text` gives a node's `STATUS=` text by name.
+pub fn status_json(nodes: &[NodeStatus], text: impl Fn(&str) -> Option<String>) -> String {
+    pretty(&Value::Array(
+        nodes
+            .iter()
+            .map(|n| status_value(n, text(&n.name)))
+            .collect(),
+    ))
 }
 
 /// A JSON document for people and scripts alike: indented, one key per line.

@@ -399,7 +399,13 @@ impl Session {
         let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
         let chosen: Vec<NodeStatus> = idx.iter().map(|&i| nodes[i].clone()).collect();
         if json {
-            println!("{}", output::status_json(&chosen));
+            let dir = self.instance.dir();
+            println!(
+                "{}",
+                output::status_json(&chosen, |name| crate::supervisor::notify::read_status(
+                    &dir, name
+                ))
+            );
         } else {
             if self.client.is_none() && unverified.is_none() {
                 println!(
@@ -408,7 +414,7 @@ impl Session {
                 );
             }
             print!("{}", output::status_table(&chosen, self.style));
-            // What sd_notify nodes said (STATUS=, reloading, stopping).
+            // What sd_notify nodes said (STATUS=).
             for n in &chosen {
                 if let Some(text) =
                     crate::supervisor::notify::read_status(&self.instance.dir(), &n.name)

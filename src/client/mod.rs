@@ -49,7 +49,7 @@ use crate::config::NodeType;
 use crate::instance::{Instance, InstanceError};
 use crate::protocol::event::Event;
 use crate::protocol::mailbox::{self, Reply, ReplyStatus, Request, WaitError};
-use crate::protocol::node::{decode_name_into, NodeRecord, RecordFields};
+use crate::protocol::node::{decode_name_into, NodeRecord, NotifyPhase, RecordFields};
 pub use crate::protocol::ProtocolError;
 use crate::protocol::Shared;
 use crate::shm::ring::Next;
@@ -309,16 +309,21 @@ pub struct NodeStatus {
     /// In `backoff`: a process of this node that is not the Supervisor's blocks its start
     /// ([`crate::protocol::node::BLOCKED_UNKNOWN`] if it cannot be named).
     pub blocked_by: Option<u32>,
+    /// What a running `ready = "notify"` node said it is doing (`RELOADING=1`,
+    /// `STOPPING=1`), if anything.
+    pub phase: Option<NotifyPhase>,
 }
 
 impl NodeStatus {
     /// The state to show: the recorded state when a live Supervisor stands behind it,
     /// `unknown` otherwise.
+    /// A running `ready = "notify"` node that sent `RELOADING=1` or `STOPPING=1` shows as
+    /// `reloading` or `stopping`.
     pub fn state_word(&self) -> &'static str {
-        if self.verified {
-            self.state.as_str()
-        } else {
-            "unknown"
+        match (self.verified, self.state, self.phase) {
+            (false, _, _) => "unknown",
+            (true, NodeState::Running, Some(p)) => p.as_str(),
+            (true, s, _) => s.as_str(),
         }
     }
 
@@ -370,6 +375,7 @@ impl NodeStatus {
             pid_alive: None,
             pid_start: 0,
             blocked_by: None,
+            phase: None,
         }
     }
 
@@ -398,6 +404,7 @@ impl NodeStatus {
         self.verified = true;
         self.pid_alive = None;
         self.blocked_by = f.blocked_by;
+        self.phase = NotifyPhase::of(f.intent);
     }
 }
 

@@ -132,10 +132,14 @@ pub struct Policy {
     /// How long an ordered start waits for this node to be ready before starting the next
     /// stage anyway (the node itself keeps running, still `starting`).
     pub ready_timeout: Duration,
-    /// stdout/stderr files at least this big are rotated when the node (re)starts (0 = never).
+    /// stdout/stderr files are rotated once they reach this many bytes, at a line boundary,
+    /// while the node runs (0 = never).
     pub log_max_bytes: u64,
     /// Rotated files kept (`NAME.1` .. `NAME.N`).
     pub log_keep: u32,
+    /// stdout/stderr go straight to the files, opened for append, not through the Supervisor:
+    /// rotated only when the node (re)starts.
+    pub log_direct: bool,
     /// Run as this user (the Supervisor must be root); checked to exist at load time.
     pub user: Option<String>,
     /// Run with this group (default: the user's primary group).
@@ -236,7 +240,7 @@ impl Default for Policy {
     /// `restart_delay_factor = 2.0`, `restart_reset_ms = 30000`, `give_up_after = 5`,
     /// `give_up_window_ms = 10000`, `quick_death_ms = 1000`, `ready_after_ms = 0`,
     /// no `ready_fd`, `ready_timeout_ms = 10000`, `log_max_bytes = 67108864` (64 MiB),
-    /// `log_keep = 5`, the default `PATH`, nothing inherited, and no user, group, umask, rlimits, nice level,
+    /// `log_keep = 5`, `log_direct = false`, the default `PATH`, nothing inherited, and no user, group, umask, rlimits, nice level,
     /// memory limit or capabilities (inherited from the Supervisor).
     fn default() -> Self {
         Policy {
@@ -256,6 +260,7 @@ impl Default for Policy {
             ready_timeout: Duration::from_millis(10_000),
             log_max_bytes: 64 << 20,
             log_keep: 5,
+            log_direct: false,
             user: None,
             group: None,
             umask: None,
@@ -768,7 +773,7 @@ const MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 const TOP_KEYS: [&str; 4] = ["defaults", "node", "zeek", "host"];
 
 /// Keys that may appear in `[defaults]` and in `[[node]]`.
-const POLICY_KEYS: [&str; 35] = [
+const POLICY_KEYS: [&str; 36] = [
     "restart",
     "stop_signal",
     "stop_timeout_ms",
@@ -785,6 +790,7 @@ const POLICY_KEYS: [&str; 35] = [
     "ready_timeout_ms",
     "log_max_bytes",
     "log_keep",
+    "log_direct",
     "user",
     "group",
     "umask",
@@ -1834,6 +1840,7 @@ impl Checker<'_> {
             "ready_fd" => read_ready_fd(item).map(|v| p.ready_fd = Some(v)),
             "ready_timeout_ms" => read_ms(item, 1).map(|v| p.ready_timeout = v),
             "log_max_bytes" => read_u64(item).map(|v| p.log_max_bytes = v),
+            "log_direct" => read_bool(item).map(|v| p.log_direct = v),
             "log_keep" => read_u32(item).and_then(|v| {
                 if v == 0 || v > 1000 {
                     Err(Bad::new(format!(

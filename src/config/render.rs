@@ -128,6 +128,7 @@ fn node(out: &mut String, n: &NodeSpec) {
         format!("ready_timeout_ms = {}", ms(p.ready_timeout)),
         format!("log_max_bytes = {}", p.log_max_bytes),
         format!("log_keep = {}", p.log_keep),
+        format!("log_direct = {}", p.log_direct),
     ];
     let mut lines = lines.to_vec();
     if let Some(u) = &p.user {

@@ -136,8 +136,18 @@ impl Intent {
     pub const READY_TIMED_OUT: u32 = 1 << 5;
     /// The node is being removed by a `reload`: stopping, then dropped from the table.
     pub const RETIRING: u32 = 1 << 6;
+    /// A `ready = "notify"` node sent `RELOADING=1` and not yet `READY=1`: shown as
+    /// `reloading` while it runs.
+    pub const RELOADING: u32 = 1 << 7;
+    /// A `ready = "notify"` node sent `STOPPING=1`: it is ending on its own, shown as
+    /// `stopping` while it runs (no stop signal or SIGKILL deadline is ours; its exit is
+    /// handled by its restart policy).
+    pub const SELF_STOPPING: u32 = 1 << 8;
+    /// `stopping` because its main process ended by itself and what was left in its cgroup
+    /// is being killed: once the group is empty, its restart policy decides (not a stop).
+    pub const DRAINING_DEATH: u32 = 1 << 9;
     /// Every known flag.
-    pub const ALL: u32 = (1 << 7) - 1;
+    pub const ALL: u32 = (1 << 10) - 1;
 
     /// Whether `flag` is set.
     pub fn has(self, flag: u32) -> bool {
@@ -150,6 +160,45 @@ impl Intent {
             self.0 |= flag;
         } else {
             self.0 &= !flag;
+        }
+    }
+}
+
+/// What a running `ready = "notify"` node said it is doing (`RELOADING=1`, `STOPPING=1`):
+/// shown in place of `running`, as systemd shows `reloading` and `deactivating`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyPhase {
+    /// `RELOADING=1`, until `READY=1`.
+    Reloading,
+    /// `STOPPING=1`, until it exits.
+    Stopping,
+}
+
+impl NotifyPhase {
+    /// The phase recorded in `intent`, if any.
+    pub fn of(intent: Intent) -> Option<NotifyPhase> {
+        if intent.has(Intent::SELF_STOPPING) {
+            Some(NotifyPhase::Stopping)
+        } else if intent.has(Intent::RELOADING) {
+            Some(NotifyPhase::Reloading)
+        } else {
+            None
+        }
+    }
+
+    /// Its intent flag.
+    pub fn flag(self) -> u32 {
+        match self {
+            NotifyPhase::Reloading => Intent::RELOADING,
+            NotifyPhase::Stopping => Intent::SELF_STOPPING,
+        }
+    }
+
+    /// The word `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyPhase::Reloading => "reloading",
+            NotifyPhase::Stopping => "stopping",
         }
     }
 }

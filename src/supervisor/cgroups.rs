@@ -161,16 +161,29 @@ impl Cgroups {
     }
 
     /// Creates node `name`'s group, sets its memory limit (`max` when none is configured)
-    /// and opens it for the child to move itself into.
-    pub fn prepare(&self, name: &str, memory_max: Option<u64>) -> io::Result<OwnedFd> {
+    /// and opens its directory, in which the node's process is started. Returns it, and
+    /// whether the group is fresh (see [`Node::cgroup_fresh`](super::node::Node)): one that
+    /// is not (`fresh == false`: it may have been killed) is removed first and made anew when
+    /// it is empty; if it cannot be, it is kept and reported not fresh.
+    pub fn prepare(
+        &self,
+        name: &str,
+        memory_max: Option<u64>,
+        fresh: bool,
+    ) -> io::Result<(OwnedFd, bool)> {
         let g = self.node(name);
+        let fresh = fresh
+            || match std::fs::remove_dir(g.dir()) {
+                Ok(()) => true,
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
+            };
         g.create()?;
         let limit = g.dir().join("memory.max");
         if memory_max.is_some() || limit.exists() {
             let value = memory_max.map_or("max".to_owned(), |m| m.to_string());
             g.write("memory.max", &value)?;
         }
-        g.open_attach()
+        Ok((g.open_dir()?, fresh))
     }
 
     /// After a refused start: removes the instance group and the file if no node group is in

@@ -159,6 +159,7 @@ impl Supervisor {
         if let Some(e) = self.nodes[i].extras_if_any() {
             e.watchdog_at = None;
             e.notify_status.clear();
+            e.notify_phase = None;
         }
         let _ = std::fs::remove_file(notify::status_path(&self.instance.dir(), &name));
         let notify_path = if self.nodes[i].spec.policy.notify {
@@ -181,11 +182,20 @@ impl Supervisor {
             e.pid_file_wait = None;
         }
         self.nodes[i].fail_after_stop = false;
-        // Its own cgroup, which the child enters before it execs.
+        // Its own cgroup, in which the child starts. A group whose `cgroup.events` is
+        // watched is kept as it is (the watch is on it).
+        let fresh = self.nodes[i].cgroup_fresh || self.nodes[i].cgroup_events.is_some();
         let attach = match &self.cgroups {
             Some(c) => c
-                .prepare(&name, self.nodes[i].spec.policy.memory_max)
-                .map(Some)
+                .prepare(&name, self.nodes[i].spec.policy.memory_max, fresh)
+                .map(|(dir, fresh)| {
+                    let into = fresh && self.nodes[i].cgroup_events.is_none();
+                    self.nodes[i].cgroup_fresh = into;
+                    Some(spawn::CgroupTarget {
+                        dir,
+                        clone_into: into,
+                    })
+                })
                 .map_err(|source| spawn::SpawnError::Prepare {
                     node: name.clone(),
                     what: "prepare the cgroup",
@@ -194,6 +204,11 @@ impl Supervisor {
                 }),
             None => Ok(None),
         };
+        // Output through the Supervisor (its FIFOs), unless it goes straight to files.
+        let stdio = match self.nodes[i].spec.policy.log_direct {
+            true => Ok(None),
+            false => self.output_ends(i).map(Some),
+        };
         let mut prepared = std::mem::take(&mut self.nodes[i].prepared);
         let result = attach.and_then(|attach| {
             spawn::spawn(
@@ -201,7 +216,8 @@ impl Supervisor {
                 &self.config_dir,
                 &env,
                 &pass,
-                attach.as_ref().map(|f| f.as_raw_fd()),
+                attach.as_ref(),
+                stdio?,
                 &mut prepared,
             )
         });
@@ -209,7 +225,7 @@ impl Supervisor {
         // Our copy of the node's end closes here: only the child has it.
         let ready_rd = fifo.map(|(_node_end, ours)| ours);
         match result {
-            Ok(pid) => {
+            Ok(spawn::Spawned { pid, start }) => {
                 if let Some(r) = ready_rd {
                     match self.poll.registry().register(
                         &mut SourceFd(&r.as_raw_fd()),
@@ -222,7 +238,10 @@ impl Supervisor {
                 }
                 let n = &mut self.nodes[i];
                 n.pid = Some(pid);
-                n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                n.pid_start = match start {
+                    Some(t) => t,
+                    None => procstat::start_time(pid).ok().flatten().unwrap_or(0),
+                };
                 if n.spec.policy.pid_file.is_some() {
                     n.extras_mut().starter = Some(pid);
                 }
@@ -358,6 +377,7 @@ impl Supervisor {
                 "node {name}: {} process(es) left in its cgroup; killing them before it starts",
                 procs.len()
             );
+            self.nodes[i].cgroup_fresh = false;
             if let Err(e) = g.kill() {
                 log!("node {name}: cgroup.kill in {}: {e}", g.dir().display());
             }
@@ -490,13 +510,21 @@ impl Supervisor {
     /// Sends `sig` to every process carrying node `i`'s identity outside its process group
     /// (`group`: the node's pid, 0 if it has none): copies that escaped with `setsid` or by
     /// daemonizing, which a signal to the group misses. Used by stop, its SIGKILL and shutdown.
-    pub(super) fn signal_escaped(&self, i: usize, group: u32, sig: i32) {
-        let name = &self.nodes[i].spec.name;
+    pub(super) fn signal_escaped(&mut self, i: usize, group: u32, sig: i32) {
+        let name = self.nodes[i].spec.name.clone();
         if let Some(c) = &self.cgroups {
             // The node's processes are its cgroup's, wherever they went.
-            let g = c.node(name);
+            let g = c.node(&name);
             let r = if sig == libc::SIGKILL {
-                g.kill()
+                // An empty group is not killed: that would only make it unfit for starting
+                // the next process in it (see Node::cgroup_fresh).
+                match g.populated() {
+                    Ok(false) => Ok(()),
+                    _ => {
+                        self.nodes[i].cgroup_fresh = false;
+                        g.kill()
+                    }
+                }
             } else {
                 // Those the signal to the group missed (no process gets it twice).
                 cgroup_processes(&g).map(|procs| {
@@ -627,10 +655,12 @@ impl Supervisor {
             self.event(ev);
             return;
         };
-        let n = &mut self.nodes[i];
-        if n.pid != Some(pid) {
+        if self.nodes[i].pid != Some(pid) {
             return;
         }
+        // Its last words go to its files before anything reads them (a crash report).
+        self.pump_outputs(i);
+        let n = &mut self.nodes[i];
         if let Some(fd) = n.pidfd.take() {
             let _ = self
                 .poll
@@ -642,6 +672,7 @@ impl Supervisor {
         n.adopted = false;
         let starter = n.extras_if_any().and_then(|e| {
             e.watchdog_at = None;
+            e.notify_phase = None;
             e.starter.take()
         });
         if starter == Some(pid)
@@ -673,14 +704,12 @@ impl Supervisor {
                     "node {}: pid {pid} ended; killing what is left in its cgroup",
                     self.nodes[i].spec.name
                 );
+                self.nodes[i].cgroup_fresh = false;
                 let _ = g.kill();
                 let mut ev = Event::now(EventKind::Exited, i as u16, pid);
                 ev.exit = Some(exit);
                 self.event(ev);
-                self.nodes[i].draining = Some((pid, exit, was_stopping));
-                self.watch_cgroup(i);
-                // Emptied between the check and the watch: no notification will come.
-                self.cgroup_changed(i);
+                self.drain(i, pid, exit, was_stopping);
                 return;
             }
         }
@@ -692,8 +721,8 @@ impl Supervisor {
         }
         // Those that escaped its group (setsid, daemonizing) but still carry its identity are
         // its leftovers too: they would count as a second copy, so they end with it (the
-        // restart waits until they are gone).
-        if !matches!(exit, Exit::Unknown) || was_stopping {
+        // restart waits until they are gone). With a cgroup there are none: it is empty here.
+        if self.cgroups.is_none() && (!matches!(exit, Exit::Unknown) || was_stopping) {
             self.signal_escaped(i, pid, libc::SIGKILL);
         }
         let mut ev = Event::now(EventKind::Exited, i as u16, pid);
@@ -793,6 +822,21 @@ impl Supervisor {
                 g.dir().display()
             ),
         }
+    }
+
+    /// Node `i`'s process `pid` ended (`exit`) and its cgroup still has processes, being
+    /// killed: it is `stopping` (pid none) until the group is empty, then `ended` applies.
+    /// Published, so `status` never shows a node whose main process is gone as running, and a
+    /// successor knows (the `DRAINING_DEATH` intent) that the restart policy decides its end.
+    pub(super) fn drain(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
+        let n = &mut self.nodes[i];
+        n.draining = Some((pid, exit, was_stopping));
+        n.state = NodeState::Stopping;
+        n.deadline = None;
+        self.publish(i);
+        self.watch_cgroup(i);
+        // Emptied between the check and the watch: no notification will come.
+        self.cgroup_changed(i);
     }
 
     /// Node `i`'s `cgroup.events` changed (or may have): once the group is empty, a drained

@@ -14,6 +14,7 @@ mod hold;
 mod lifecycle;
 pub mod node;
 pub mod notify;
+pub mod output;
 mod pid_file;
 pub mod policy;
 mod queues;
@@ -37,7 +38,7 @@ use crate::log;
 use crate::protocol::event::{Event, EventKind, NO_NODE};
 use crate::protocol::layout::{Geometry, SupervisorState, MAX_NODES};
 use crate::protocol::mailbox::{self, Opcode, ReplyStatus, Request, SlotState};
-use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, BLOCKED_UNKNOWN};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, NotifyPhase, BLOCKED_UNKNOWN};
 use crate::protocol::{ProtocolError, Shared};
 use crate::shm::RegionError;
 use crate::sys::procscan;
@@ -248,6 +249,11 @@ pub struct Supervisor {
     /// Staged restarts of several nodes (by name): stopping in reverse stages; started in
     /// stages once every node of the batch is down.
     restart_batches: Vec<Vec<String>>,
+    /// Output streams (node index, stream) that stopped at their budget: pumped again before
+    /// the loop sleeps.
+    output_pending: Vec<(usize, usize)>,
+    /// A stream could not be written to its file: when to try every stream again (mono ns).
+    output_retry: Option<u64>,
 }
 
 impl Supervisor {
@@ -424,11 +430,14 @@ impl Supervisor {
             repair_failed: false,
             cgroups,
             restart_batches: Vec::new(),
+            output_pending: Vec::new(),
+            output_retry: None,
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);
         sup.connect_guardian();
         sup.take_over(previous);
+        sup.resume_outputs();
         // sd_notify nodes that survived: their socket (the path in their NOTIFY_SOCKET) is
         // bound again, so what they send from now on is read.
         for i in 0..sup.nodes.len() {
@@ -460,9 +469,12 @@ impl Supervisor {
             if self.shutting_down && self.nodes.iter().all(Node::is_down) {
                 return Ok(());
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| Duration::from_nanos(d.saturating_sub(clock::monotonic_ns())));
+            let timeout = if self.output_pending.is_empty() {
+                self.next_deadline()
+                    .map(|d| Duration::from_nanos(d.saturating_sub(clock::monotonic_ns())))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -479,12 +491,19 @@ impl Supervisor {
             let mut files = false;
             let mut cgroups_changed = Vec::new();
             let mut notified = Vec::new();
+            self.pump_pending_outputs();
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.drain_signals(&mut reap),
                     BELL => bell = true,
                     READY_FILES => files = true,
                     guardian_link::REPORTS => self.read_reports(),
+                    Token(t) if t >= output::OUTPUT_BASE => {
+                        let (i, k) = ((t - output::OUTPUT_BASE) / 2, (t - output::OUTPUT_BASE) % 2);
+                        if i < self.nodes.len() {
+                            self.pump_output(i, k);
+                        }
+                    }
                     Token(t) if t >= notify::NOTIFY_BASE => notified.push(t - notify::NOTIFY_BASE),
                     Token(t) if t >= CGROUP_BASE => cgroups_changed.push(t - CGROUP_BASE),
                     Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
@@ -508,7 +527,7 @@ impl Supervisor {
                     self.read_notify(i);
                 }
             }
-            for i in cgroups_changed {
+            for &i in &cgroups_changed {
                 if i < self.nodes.len() {
                     self.cgroup_changed(i);
                 }
@@ -516,11 +535,15 @@ impl Supervisor {
             if files {
                 self.ready_files_changed();
             }
+            // Nodes whose process ended: once at rest, their streams close.
+            let mut ended: Vec<usize> = cgroups_changed.clone();
             if reap {
                 for (pid, exit) in reaper::reap_all() {
+                    ended.extend(self.by_pid.get(&pid).copied());
                     self.on_exit(pid, exit);
                 }
             }
+            ended.extend(adopted_exits.iter().copied());
             for i in adopted_exits {
                 // A readable pidfd means the process has exited (it may still be a zombie of
                 // whoever inherited it, which we cannot reap); the event may also be stale.
@@ -540,7 +563,11 @@ impl Supervisor {
                 }
             }
             self.fire_timers();
+            self.retry_outputs();
             self.advance_queues();
+            for i in ended {
+                self.rest_outputs(i);
+            }
             if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
                 self.drop_retired();
             }
@@ -591,6 +618,7 @@ impl Supervisor {
                     n.extras().check_at,
                 ]
             })
+            .chain([self.output_retry])
             .flatten()
             .min()
     }
@@ -644,6 +672,10 @@ impl Supervisor {
         }
         let _ = crate::shm::Region::unlink(self.shared.name());
         let _ = std::fs::remove_file(self.instance.bell_path());
+        // What the nodes wrote last goes to their files; then their FIFOs go.
+        for i in 0..self.nodes.len() {
+            self.close_outputs(i);
+        }
         // Node locks: remove each one nobody holds (a node that outlived us keeps its own).
         let nodes_dir = self.instance.dir().join("nodes");
         if let Ok(rd) = std::fs::read_dir(&nodes_dir) {

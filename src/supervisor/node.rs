@@ -3,7 +3,7 @@
 
 use super::policy::History;
 use crate::config::NodeSpec;
-use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState};
+use crate::protocol::node::{Exit, Intent, NodeRecord, NodeState, NotifyPhase};
 use std::os::fd::OwnedFd;
 
 /// A start or stop waiting for other nodes (an ordered start or stop of several nodes).
@@ -92,6 +92,15 @@ pub struct Node {
     /// The node group's `cgroup.events`, watched (registered with the event loop) while
     /// draining or while its start is blocked by processes left in the group.
     pub cgroup_events: Option<std::fs::File>,
+    /// The node's cgroup was made by this Supervisor and never killed since (`cgroup.kill`):
+    /// its process may be started in it with `CLONE_INTO_CGROUP`. The kernel (up to at least
+    /// 6.18) compares a group's kill count with the one of the parent's group at such a
+    /// clone and kills the child when they differ, so a group that was ever killed (or whose
+    /// history we do not know) is made anew (or, if that fails, entered by the child itself).
+    pub cgroup_fresh: bool,
+    /// The Supervisor's ends of its output FIFOs (stdout, stderr), registered with the event
+    /// loop; kept across its processes (see `supervisor/output.rs`).
+    pub output: [Option<super::output::Stream>; 2],
     /// State only some kinds of nodes use (see [`Extras`]); `None` until one is set.
     pub extras: Option<Box<Extras>>,
     /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
@@ -116,6 +125,8 @@ pub struct Extras {
     pub notify: Option<std::os::unix::net::UnixDatagram>,
     /// The last `STATUS=` text it sent.
     pub notify_status: String,
+    /// While it runs: `RELOADING=1` (until `READY=1`) or `STOPPING=1` (until it exits).
+    pub notify_phase: Option<NotifyPhase>,
     /// When its next `WATCHDOG=1` is due (mono ns).
     pub watchdog_at: Option<u64>,
     /// When its next `ready_check` run is due (mono ns).
@@ -133,6 +144,7 @@ static NO_EXTRAS: Extras = Extras {
     watchdog_at: None,
     check_at: None,
     check_pid: None,
+    notify_phase: None,
 };
 
 impl Node {
@@ -182,9 +194,11 @@ impl Node {
             prepared: super::spawn::Prepared::default(),
             draining: None,
             cgroup_events: None,
+            cgroup_fresh: false,
             extras: None,
             fail_after_stop: false,
             staged_restart: false,
+            output: [None, None],
         }
     }
 
@@ -235,6 +249,13 @@ impl Node {
         it.set(Intent::READY_FIFO, self.ready_pipe.is_some());
         it.set(Intent::READY_TIMED_OUT, self.ready_timed_out);
         it.set(Intent::RETIRING, self.retiring);
+        it.set(
+            Intent::DRAINING_DEATH,
+            matches!(self.draining, Some((_, _, false))),
+        );
+        if let Some(p) = self.extras().notify_phase {
+            it.set(p.flag(), true);
+        }
         it
     }
 

@@ -3,7 +3,8 @@
 //! `sockaddr_un` holds at most 107 bytes), passed as `NOTIFY_SOCKET`, so whatever arrives on
 //! it is that node's. Understood: `READY=1` (running), `STATUS=...` (shown by `status`),
 //! `MAINPID=N` (the node's main process moves to N, if N is a process of the node),
-//! `RELOADING=1` / `STOPPING=1` (shown as the node's status until `READY=1`), `WATCHDOG=1`
+//! `RELOADING=1` / `STOPPING=1` (the node's state shows `reloading` until `READY=1`,
+//! `stopping` until it exits; kept in its record's intent across a takeover), `WATCHDOG=1`
 //! (with `watchdog_ms`: a running node that does not ping within it is killed and restarted by
 //! its policy). A successor (after a `kill -9` or an upgrade) binds the same path again; the
 //! node keeps the path in its environment.
@@ -21,8 +22,7 @@ pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("notify").join(format!("{:016x}", h as u64))
 }
 
-/// The file holding node `name`'s last `STATUS=` text (and `reloading`/`stopping`), read by
-/// `status`.
+/// The file holding node `name`'s last `STATUS=` text, read by `status`.
 pub fn status_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("nodes").join(format!("{name}.status"))
 }
@@ -114,15 +114,18 @@ impl Supervisor {
         };
         match (key, value) {
             ("READY", "1") => {
-                self.set_notify_status(i, self.nodes[i].extras().notify_status.clone());
+                if self.nodes[i].extras().notify_phase == Some(NotifyPhase::Reloading) {
+                    self.nodes[i].extras_mut().notify_phase = None;
+                    self.publish(i);
+                }
                 if self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some() {
                     self.mark_ready(i);
                     self.arm_watchdog(i);
                 }
             }
             ("STATUS", text) => self.set_notify_status(i, text.to_owned()),
-            ("RELOADING", "1") => self.set_notify_phase(i, "reloading"),
-            ("STOPPING", "1") => self.set_notify_phase(i, "stopping"),
+            ("RELOADING", "1") => self.set_notify_phase(i, NotifyPhase::Reloading),
+            ("STOPPING", "1") => self.set_notify_phase(i, NotifyPhase::Stopping),
             ("WATCHDOG", "1") => self.arm_watchdog(i),
             ("MAINPID", pid) => {
                 if let Ok(pid) = pid.trim().parse::<u32>() {
@@ -136,21 +139,33 @@ impl Supervisor {
     /// Records node `i`'s `STATUS=` text (published in its status file).
     fn set_notify_status(&mut self, i: usize, text: String) {
         self.nodes[i].extras_mut().notify_status = text;
-        self.write_notify_status(i, None);
+        self.write_notify_status(i);
     }
 
-    /// `RELOADING=1` / `STOPPING=1`: shown with the status text until `READY=1`.
-    fn set_notify_phase(&mut self, i: usize, phase: &str) {
-        self.write_notify_status(i, Some(phase));
+    /// `RELOADING=1` (until `READY=1`) / `STOPPING=1` (until it exits): a running node's
+    /// state shows it. Recorded in the node's intent, so a successor shows it too. A node
+    /// still `starting` that says `STOPPING=1` is recorded the same way (it shows once it
+    /// would show `running`); `RELOADING=1` before it was ever ready is ignored.
+    fn set_notify_phase(&mut self, i: usize, phase: NotifyPhase) {
+        let n = &mut self.nodes[i];
+        let applies = n.pid.is_some()
+            && match phase {
+                NotifyPhase::Reloading => n.state == NodeState::Running,
+                NotifyPhase::Stopping => {
+                    matches!(n.state, NodeState::Running | NodeState::Starting)
+                }
+            };
+        let now = n.extras().notify_phase;
+        if applies && now != Some(NotifyPhase::Stopping) && now != Some(phase) {
+            n.extras_mut().notify_phase = Some(phase);
+            log!("node {}: says it is {}", n.spec.name, phase.as_str());
+            self.publish(i);
+        }
     }
 
-    fn write_notify_status(&self, i: usize, phase: Option<&str>) {
+    fn write_notify_status(&self, i: usize) {
         let n = &self.nodes[i];
-        let text = match (phase, n.extras().notify_status.as_str()) {
-            (Some(p), "") => p.to_owned(),
-            (Some(p), s) => format!("{p}: {s}"),
-            (None, s) => s.to_owned(),
-        };
+        let text = n.extras().notify_status.as_str();
         let path = status_path(&self.instance.dir(), &n.spec.name);
         let tmp = path.with_extension("status.tmp");
         let r =

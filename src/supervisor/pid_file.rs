@@ -155,12 +155,7 @@ impl Supervisor {
         self.nodes[i].last_exit = Some(exit);
         self.signal_escaped(i, 0, libc::SIGKILL);
         if self.cgroups.is_some() {
-            self.nodes[i].draining = Some((starter, exit, stopping));
-            if stopping {
-                self.nodes[i].state = NodeState::Stopping;
-            }
-            self.watch_cgroup(i);
-            self.cgroup_changed(i);
+            self.drain(i, starter, exit, stopping);
         } else {
             self.ended(i, starter, exit, stopping);
         }

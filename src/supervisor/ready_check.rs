@@ -32,11 +32,16 @@ impl Supervisor {
         if n.state != NodeState::Starting || n.pid.is_none() || n.extras().check_pid.is_some() {
             return;
         }
-        let spec = &n.spec;
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&spec.stderr);
+        // Through the node's stderr FIFO (the Supervisor is the only writer of the file),
+        // else (`log_direct`) appended to its stderr file.
+        let out = match self.stderr_end(i) {
+            Some(f) => Ok(f),
+            None => std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&n.spec.stderr),
+        };
+        let spec = &self.nodes[i].spec;
         let mut cmd = std::process::Command::new(&spec.policy.ready_check[0]);
         cmd.args(&spec.policy.ready_check[1..])
             .current_dir(&spec.cwd)

@@ -189,6 +189,7 @@ impl Supervisor {
                 );
             }
         }
+        self.reindex_outputs();
         self.publish_all();
     }
 
@@ -218,6 +219,11 @@ impl Supervisor {
     /// Drops retiring nodes that have stopped.
     pub(super) fn drop_retired(&mut self) {
         let before = self.nodes.len();
+        for i in 0..before {
+            if self.nodes[i].retiring && self.nodes[i].is_down() {
+                self.close_outputs(i);
+            }
+        }
         self.nodes.retain(|n| !(n.retiring && n.is_down()));
         if self.nodes.len() != before {
             self.reindex();

@@ -3,17 +3,23 @@
 //! an empty signal mask, only fds 0/1/2 (plus whatever fds the caller asks to pass down), the
 //! configured env, cwd and CPU affinity.
 //!
+//! The child is made as `posix_spawn` makes it (see [`crate::sys::vfork`]): it shares the
+//! Supervisor's memory, which is suspended until the child has exec'd, so nothing is copied
+//! and everything it needs (argv, envp, paths, limits, credentials) is prepared before, in a
+//! [`ChildPlan`]; the child itself only makes async-signal-safe syscalls. Its fds are set up
+//! by one function, [`child_fds`].
+//!
 //! Nothing ties the node's life to the Supervisor: no parent-death signal, no pipe whose only
-//! reader is the Supervisor (output goes straight to files), its own session so a signal to
-//! the Supervisor's group never reaches it.
+//! reader is the Supervisor (its output FIFO is open read-write on its side too: see
+//! [`super::output`]; with `log_direct` it goes straight to files), its own session so a
+//! signal to the Supervisor's group never reaches it.
 
 use crate::config::NodeSpec;
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Why a node could not be spawned.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +205,7 @@ fn open_append(node: &str, path: &Path, prepare: bool) -> Result<File, SpawnErro
 /// opened first. A symlink at `path` is followed only if the folder is ours: a folder given to
 /// a node's user (its working folder) may hold a link the node planted to make us open one of
 /// our own files for it (ELOOP then, and the start fails saying so).
-fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
+pub(crate) fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let folder = match path.parent() {
@@ -237,6 +243,30 @@ fn open_in_folder(path: &Path, flags: i32) -> io::Result<File> {
     ))?;
     // SAFETY: `fd` was just returned by openat and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `log_direct`: the node's output files, rotated first if they are at least `log_max_bytes`,
+/// opened for append.
+fn direct_outputs(spec: &NodeSpec, prepare: bool) -> Result<(File, File), SpawnError> {
+    let node = spec.name.as_str();
+    let mut outputs = vec![&spec.stdout];
+    if spec.stderr != spec.stdout {
+        outputs.push(&spec.stderr);
+    }
+    for p in outputs {
+        rotate(p, spec.policy.log_max_bytes, spec.policy.log_keep).map_err(|source| {
+            SpawnError::Prepare {
+                node: node.into(),
+                what: "rotate",
+                path: p.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok((
+        open_append(node, &spec.stdout, prepare)?,
+        open_append(node, &spec.stderr, prepare)?,
+    ))
 }
 
 /// Checks, before anything starts, that `spec` can be started: its program resolves and its
@@ -329,7 +359,7 @@ fn check_capabilities(spec: &NodeSpec) -> Result<(), SpawnError> {
 
 /// Creates the node's working directory if missing; one created for a node that runs as
 /// another `user` is given to that user (it must be able to write its own folder).
-fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
+pub(super) fn prepare_cwd(spec: &NodeSpec) -> Result<(), SpawnError> {
     let err = |what, source| SpawnError::Prepare {
         node: spec.name.clone(),
         what,
@@ -365,11 +395,7 @@ pub fn rotate(path: &Path, max: u64, keep: u32) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    let numbered = |k: u32| {
-        let mut s = path.as_os_str().to_owned();
-        s.push(format!(".{k}"));
-        PathBuf::from(s)
-    };
+    let numbered = |k: u32| crate::log::rotated(path, k as usize);
     for k in (1..keep).rev() {
         let from = numbered(k);
         if from.exists() {
@@ -430,19 +456,25 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 }
 
 /// Signals whose disposition this process inherited as ignored (`SIG_IGN` survives `execve`,
-/// unlike handlers): the only ones a child must reset. Read once.
+/// unlike handlers): the only ones a child must reset. Read once, every signal the kernel has
+/// (glibc's internal 32 and 33 included: see `sys::sigdisp`).
 fn ignored_signals() -> &'static [i32] {
     static IGNORED: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
     IGNORED.get_or_init(|| {
-        (1..libc::SIGRTMAX())
-            .filter(|&sig| {
-                // SAFETY: sigaction with a null new action only reads the current one.
-                let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-                let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
-                r == 0 && old.sa_sigaction == libc::SIG_IGN
-            })
+        (1..=crate::sys::sigdisp::NSIG)
+            .filter(|&sig| crate::sys::sigdisp::is_ignored(sig))
             .collect()
     })
+}
+
+/// The cgroup a node's process starts in.
+#[derive(Debug)]
+pub struct CgroupTarget {
+    /// The group's directory.
+    pub dir: std::os::fd::OwnedFd,
+    /// Whether the kernel may start the process in it (`clone3` with `CLONE_INTO_CGROUP`);
+    /// if not, the child moves itself in first thing.
+    pub clone_into: bool,
 }
 
 /// What a spawn may skip because an earlier spawn of the same node already did it.
@@ -452,22 +484,30 @@ pub struct Prepared {
     pub program: Option<PathBuf>,
     /// The working directory and the output files' folders exist.
     pub dirs: bool,
+    /// The node's own environment ([`node_env`]: it looks the user up in the account
+    /// databases, which is not worth doing on every restart).
+    pub env: Option<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
 }
 
 /// Spawns `spec`. `extra_env` is added after the configured env; each `(fd, target)` in `pass`
 /// is duplicated to fd number `target` (3 or more) in the child and left open across exec.
-/// `cgroup`: a node group's `cgroup.procs` open for writing; the child moves itself in first
-/// thing after fork, so everything it ever runs is in the group. `prepared` caches the program's resolution and the directories between spawns (it is
-/// cleared when a spawn fails). Returns the child's pid; the caller reaps it.
+/// `cgroup`: a node group's directory, open; the child starts in it (`clone3` with
+/// `CLONE_INTO_CGROUP`, or it moves itself in first thing), so everything it ever runs is in
+/// the group. `stdio`: the node's stdout and stderr (its ends of its output FIFOs); `None`
+/// opens the output files for append (`log_direct`), rotated first if they are at least
+/// `log_max_bytes`. `prepared` caches the program's resolution and the directories between
+/// spawns (it is cleared when a spawn fails). Returns the child once it has exec'd (an exec
+/// that failed is an error, with the OS error); the caller reaps it.
 pub fn spawn(
     spec: &NodeSpec,
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
-    cgroup: Option<RawFd>,
+    cgroup: Option<&CgroupTarget>,
+    stdio: Option<(File, File)>,
     prepared: &mut Prepared,
-) -> Result<u32, SpawnError> {
-    let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, prepared);
+) -> Result<Spawned, SpawnError> {
+    let r = spawn_prepared(spec, config_dir, extra_env, pass, cgroup, stdio, prepared);
     if r.is_err() {
         *prepared = Prepared::default();
     }
@@ -479,9 +519,10 @@ fn spawn_prepared(
     config_dir: &Path,
     extra_env: &[(&str, &str)],
     pass: &[(RawFd, RawFd)],
-    cgroup: Option<RawFd>,
+    cgroup: Option<&CgroupTarget>,
+    stdio: Option<(File, File)>,
     prepared: &mut Prepared,
-) -> Result<u32, SpawnError> {
+) -> Result<Spawned, SpawnError> {
     let node = spec.name.as_str();
     if !prepared.dirs {
         prepare_cwd(spec)?;
@@ -491,255 +532,499 @@ fn spawn_prepared(
         None => resolve_program(node, &spec.command[0], config_dir, &node_env_path(spec))?,
     };
     prepared.program = Some(program.clone());
-    let policy = &spec.policy;
-    let mut outputs = vec![&spec.stdout];
-    if spec.stderr != spec.stdout {
-        outputs.push(&spec.stderr);
-    }
-    for p in outputs {
-        rotate(p, policy.log_max_bytes, policy.log_keep).map_err(|source| SpawnError::Prepare {
-            node: node.into(),
-            what: "rotate",
-            path: p.clone(),
-            source,
-        })?;
-    }
-    let stdout = open_append(node, &spec.stdout, !prepared.dirs)?;
-    let stderr = open_append(node, &spec.stderr, !prepared.dirs)?;
+    let (stdout, stderr) = match stdio {
+        Some(ends) => ends,
+        None => direct_outputs(spec, !prepared.dirs)?,
+    };
     prepared.dirs = true;
-    let ignored = ignored_signals();
-
-    let mut cmd = Command::new(&program);
-    cmd.arg0(&spec.command[0])
-        .args(&spec.command[1..])
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
-    // Exactly the node's own environment: nothing leaks from whoever started the Supervisor.
-    cmd.env_clear();
-    for (k, v) in node_env(spec) {
-        cmd.env(k, v);
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-
-    // Everything the child does after fork must be async-signal-safe: prepare it now.
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in &spec.cpu_affinity {
-        if c < libc::CPU_SETSIZE as usize {
-            // SAFETY: `c` is below CPU_SETSIZE, so the bit is inside `cpus`.
-            unsafe { libc::CPU_SET(c, &mut cpus) };
-        }
-    }
-    let want_affinity = !spec.cpu_affinity.is_empty();
-    let limit = |v: u64| {
-        if v == u64::MAX {
-            libc::RLIM_INFINITY
-        } else {
-            v as libc::rlim_t
-        }
+    let creds = credentials(spec)?;
+    let env = prepared.env.get_or_insert_with(|| node_env(spec));
+    let plan = ChildPlan::new(
+        spec,
+        &program,
+        env,
+        extra_env,
+        node_fds(&stdout, &stderr, pass),
+        cgroup.map(|c| c.dir.as_raw_fd()),
+        creds,
+    )
+    .map_err(|source| SpawnError::Exec {
+        node: node.into(),
+        program: program.clone(),
+        source,
+    })?;
+    let run = |placed: bool| plan.run(placed);
+    let before = crate::sys::clock::boottime_ns();
+    // SAFETY: `plan.run` makes only async-signal-safe calls on `plan`, which was prepared
+    // above and lives (untouched) until the child has exec'd; it allocates nothing and ends in
+    // execve (see ChildPlan::run).
+    let pid = unsafe {
+        crate::sys::vfork::spawn(
+            &run,
+            cgroup
+                .filter(|c| c.clone_into)
+                .map(|c| std::os::fd::AsFd::as_fd(&c.dir)),
+        )
     };
-    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)> = [
-        (libc::RLIMIT_NOFILE, policy.rlimit_nofile),
-        (libc::RLIMIT_CORE, policy.rlimit_core),
-        (libc::RLIMIT_MEMLOCK, policy.rlimit_memlock),
-    ]
-    .into_iter()
-    .filter_map(|(r, v)| v.map(|v| (r, limit(v))))
-    .collect();
-    let umask = policy.umask;
-    // Credentials, resolved now (the databases are not async-signal-safe).
-    let creds: Option<(u32, u32, Vec<libc::gid_t>)> = match (&policy.user, &policy.group) {
-        (None, None) => None,
-        (user, group) => {
-            let (uid, primary) = match user {
-                Some(u) => crate::sys::account::user(u).ok_or_else(|| SpawnError::Prepare {
-                    node: node.into(),
-                    what: "find user",
-                    path: PathBuf::from(u),
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                })?,
-                // SAFETY: getuid/getgid cannot fail.
-                None => unsafe { (libc::getuid(), libc::getgid()) },
-            };
-            let gid = match group {
-                Some(g) => crate::sys::account::group(g).ok_or_else(|| SpawnError::Prepare {
-                    node: node.into(),
-                    what: "find group",
-                    path: PathBuf::from(g),
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                })?,
-                None => primary,
-            };
-            let groups = match user {
-                Some(u) => crate::sys::account::groups_of(u, gid),
-                None => vec![gid],
-            };
-            Some((uid, gid, groups))
-        }
-    };
-    let nice = policy.nice;
-    // Ambient capabilities, as masks of the two 32-bit capability words. Only a node that
-    // will not run as root needs them (root keeps every capability across exec).
-    // SAFETY: getuid cannot fail.
-    let target_uid = creds.as_ref().map_or(unsafe { libc::getuid() }, |c| c.0);
-    let caps: Vec<u32> = if target_uid == 0 {
-        Vec::new()
-    } else {
-        policy
-            .capabilities
+    let after = crate::sys::clock::boottime_ns();
+    // Our copies of the output files close here: only the child has them.
+    drop((stdout, stderr));
+    let pid = pid.map_err(|source| SpawnError::Exec {
+        node: node.into(),
+        program: program.clone(),
+        source,
+    })?;
+    Ok(Spawned {
+        pid,
+        start: crate::sys::procstat::start_between(before, after),
+    })
+}
+
+/// A node's process, started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (as `/proc/PID/stat` has it), when known
+    /// without reading `/proc` (see [`crate::sys::procstat::start_between`]).
+    pub start: Option<u64>,
+}
+
+/// `/dev/null`, opened once, for every node's stdin.
+fn dev_null() -> io::Result<RawFd> {
+    static NULL: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f.as_raw_fd());
+    }
+    let f = File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f).as_raw_fd())
+}
+
+/// The fds a node is given, at most this many.
+const MAX_FDS: usize = 16;
+
+/// The fds a node gets, as `(our fd, its number)`: `/dev/null` as stdin, `stdout` and `stderr`,
+/// then `pass`.
+fn node_fds(
+    stdout: &File,
+    stderr: &File,
+    pass: &[(RawFd, RawFd)],
+) -> io::Result<Vec<(RawFd, RawFd)>> {
+    let mut fds = vec![
+        (dev_null()?, 0),
+        (stdout.as_raw_fd(), 1),
+        (stderr.as_raw_fd(), 2),
+    ];
+    fds.extend_from_slice(pass);
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds to pass",
+        ));
+    }
+    Ok(fds)
+}
+
+/// Everything the child does between clone and exec, prepared before the clone (the child
+/// runs in the Supervisor's memory while it is suspended: it may only read this, and make
+/// async-signal-safe calls).
+struct ChildPlan {
+    program: CString,
+    /// Keeps `argv`'s strings alive.
+    _args: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    /// Keeps `envp`'s strings alive.
+    _env: Vec<CString>,
+    envp: Vec<*const libc::c_char>,
+    cwd: CString,
+    /// Each `(source, target)`: the source fd ends on number `target` in the node.
+    fds: Vec<(RawFd, RawFd)>,
+    /// The highest fd this process may have (a bound for the close-on-exec fallback).
+    fd_limit: RawFd,
+    /// The node's cgroup directory (the child moves itself in if clone could not place it).
+    cgroup: Option<RawFd>,
+    /// Signals to reset to their default action: those we ignore (`SIG_IGN` survives execve).
+    signals: &'static [i32],
+    cpus: Option<libc::cpu_set_t>,
+    nofile_soft: Option<libc::rlim_t>,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
+    umask: Option<u32>,
+    nice: Option<i32>,
+    /// uid, gid and supplementary groups to take.
+    creds: Option<Credentials>,
+    /// Ambient capabilities (numbers) and the two 32-bit capability words that hold them.
+    caps: Vec<u32>,
+    cap_mask: [u32; 2],
+}
+
+/// A C string for the child, or `InvalidInput` (a NUL inside).
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a NUL byte in the command, environment or working directory",
+        )
+    })
+}
+
+/// The NULL-terminated array of pointers `execve` takes.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
+}
+
+impl ChildPlan {
+    fn new(
+        spec: &NodeSpec,
+        program: &Path,
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+        extra_env: &[(&str, &str)],
+        fds: io::Result<Vec<(RawFd, RawFd)>>,
+        cgroup: Option<RawFd>,
+        creds: Option<Credentials>,
+    ) -> io::Result<ChildPlan> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let policy = &spec.policy;
+        let args = spec
+            .command
             .iter()
-            .filter_map(|c| crate::sys::caps::number(c))
-            .collect()
-    };
-    let mut cap_mask = [0u32; 2];
-    for &c in &caps {
-        cap_mask[(c / 32) as usize & 1] |= 1 << (c % 32);
-    }
-    let pass: Vec<(RawFd, RawFd)> = pass.to_vec();
-    let nofile_soft = ORIGINAL_NOFILE_SOFT.get().copied();
-    let fd_limit = current_nofile_soft();
-    let dup_floor = pass.iter().map(|p| p.1).max().unwrap_or(2) + 1;
-
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (write, setsid, signal, sigprocmask, sched_setaffinity, getrlimit,
-    // setrlimit, umask, close_range, open, getdents64, close, fcntl, dup2, setpriority, prctl,
-    // setgroups, setgid, setuid, capset) on values prepared before the fork; it reads the
-    // captured vectors (and builds two small structs on the stack) but allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Into the node's cgroup before anything else runs.
-            if let Some(fd) = cgroup {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                    return Err(io::Error::last_os_error());
+            .map(|a| c_string(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        // Exactly the node's own environment (nothing leaks from whoever started the
+        // Supervisor); a later name wins, in name order (as std's Command gave it).
+        let mut vars = std::collections::BTreeMap::new();
+        for (k, v) in env {
+            vars.insert(k.clone(), v.clone());
+        }
+        for (k, v) in extra_env {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let env = vars
+            .into_iter()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                c_string(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let fds = fds?;
+        let cpus = (!spec.cpu_affinity.is_empty()).then(|| {
+            // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+            let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            for &c in &spec.cpu_affinity {
+                if c < libc::CPU_SETSIZE as usize {
+                    // SAFETY: `c` is below CPU_SETSIZE, so the bit is inside `cpus`.
+                    unsafe { libc::CPU_SET(c, &mut cpus) };
                 }
             }
-            // Own session and process group: not in the Supervisor's group, no controlling tty.
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
+            cpus
+        });
+        let limit = |v: u64| {
+            if v == u64::MAX {
+                libc::RLIM_INFINITY
+            } else {
+                v as libc::rlim_t
             }
-            // Handlers are reset by execve itself; only ignored signals stay ignored.
-            for &sig in ignored {
-                libc::signal(sig, libc::SIG_DFL);
+        };
+        let rlimits = [
+            (libc::RLIMIT_NOFILE, policy.rlimit_nofile),
+            (libc::RLIMIT_CORE, policy.rlimit_core),
+            (libc::RLIMIT_MEMLOCK, policy.rlimit_memlock),
+        ]
+        .into_iter()
+        .filter_map(|(r, v)| v.map(|v| (r, limit(v))))
+        .collect();
+        // Ambient capabilities: only a node that will not run as root needs them (root keeps
+        // every capability across exec).
+        // SAFETY: getuid cannot fail.
+        let target_uid = creds.as_ref().map_or(unsafe { libc::getuid() }, |c| c.0);
+        let caps: Vec<u32> = if target_uid == 0 {
+            Vec::new()
+        } else {
+            policy
+                .capabilities
+                .iter()
+                .filter_map(|c| crate::sys::caps::number(c))
+                .collect()
+        };
+        let mut cap_mask = [0u32; 2];
+        for &c in &caps {
+            cap_mask[(c / 32) as usize & 1] |= 1 << (c % 32);
+        }
+        Ok(ChildPlan {
+            program: c_string(program.as_os_str().as_bytes())?,
+            argv: pointers(&args),
+            _args: args,
+            envp: pointers(&env),
+            _env: env,
+            cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
+            fds,
+            fd_limit: current_nofile_soft(),
+            cgroup,
+            signals: ignored_signals(),
+            cpus,
+            nofile_soft: ORIGINAL_NOFILE_SOFT.get().copied(),
+            rlimits,
+            umask: policy.umask,
+            nice: policy.nice,
+            creds,
+            caps,
+            cap_mask,
+        })
+    }
+
+    /// The child: its cgroup, its own session, default signals, CPU affinity, its fds, its
+    /// folder, limits, umask, nice level, user and capabilities, then `execve`. Returns only
+    /// if a step failed, with the errno. Async-signal-safe calls only, no allocation; user,
+    /// group and capability changes are raw syscalls (glibc's wrappers would signal every
+    /// thread of the process the child shares memory with).
+    fn run(&self, placed: bool) -> i32 {
+        match self.setup(placed) {
+            Err(e) => e,
+            Ok(()) => {
+                // SAFETY: NUL-terminated path and NULL-terminated arrays of NUL-terminated
+                // strings, all alive in `self`.
+                unsafe {
+                    libc::execve(
+                        self.program.as_ptr(),
+                        self.argv.as_ptr(),
+                        self.envp.as_ptr(),
+                    )
+                };
+                errno()
+            }
+        }
+    }
+
+    fn setup(&self, placed: bool) -> Result<(), i32> {
+        // SAFETY: every call below is an async-signal-safe syscall on values in `self` or on
+        // the stack (see `run`).
+        unsafe {
+            // Into the node's cgroup before anything else runs (clone3 already did it).
+            if let (Some(dir), false) = (self.cgroup, placed) {
+                enter_cgroup(dir)?;
+            }
+            // Own session and process group: not in the Supervisor's group, no controlling tty.
+            check(libc::setsid())?;
+            // Handlers are reset by execve itself; only ignored signals stay ignored. Every
+            // signal is blocked until here (see sys::vfork).
+            for &sig in self.signals {
+                crate::sys::sigdisp::set_default(sig);
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if want_affinity
-                && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus) < 0
-            {
-                return Err(io::Error::last_os_error());
+            if let Some(cpus) = &self.cpus {
+                check(libc::sched_setaffinity(
+                    0,
+                    std::mem::size_of::<libc::cpu_set_t>(),
+                    cpus,
+                ))?;
             }
-            // Every fd above 2 closes at exec. CLOEXEC rather than close: std's own exec-status
-            // pipe must stay open until the exec itself. A kernel without close_range falls
-            // back to /proc/self/fd; failing that, the node is not started (never a leak).
-            crate::sys::fdflags::cloexec_from(3, fd_limit)?;
-            // Passed fds: first out of the way of every target (a source may sit on another's
-            // target number), then onto their targets; dup2 clears CLOEXEC on the new fd.
-            let mut tmp = [-1; 8];
-            for (k, &(src, _)) in pass.iter().enumerate().take(tmp.len()) {
-                tmp[k] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, dup_floor);
-                if tmp[k] < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            for (k, &(_, target)) in pass.iter().enumerate().take(tmp.len()) {
-                if libc::dup2(tmp[k], target) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
+            child_fds(&self.fds, self.fd_limit)?;
+            check(libc::chdir(self.cwd.as_ptr()))?;
             // The soft fd limit the operator gave the Supervisor (it raised its own), set
             // after the fds are in place (moving them may need numbers above it).
-            if let Some(soft) = nofile_soft {
+            if let Some(soft) = self.nofile_soft {
                 let mut lim: libc::rlimit = std::mem::zeroed();
                 if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
                     lim.rlim_cur = soft.min(lim.rlim_max);
                     libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
                 }
             }
-            for &(resource, value) in &rlimits {
+            for &(resource, value) in &self.rlimits {
                 let lim = libc::rlimit {
                     rlim_cur: value,
                     rlim_max: value,
                 };
-                if libc::setrlimit(resource, &lim) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                check(libc::setrlimit(resource, &lim))?;
             }
-            if let Some(m) = umask {
+            if let Some(m) = self.umask {
                 libc::umask(m as libc::mode_t);
             }
             // Nice level first: lowering it needs the privileges dropped below.
-            if let Some(n) = nice {
-                if libc::setpriority(libc::PRIO_PROCESS, 0, n) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(n) = self.nice {
+                check(libc::setpriority(libc::PRIO_PROCESS, 0, n))?;
             }
             // Keep the permitted capabilities across setuid when some are to stay ambient.
-            if !caps.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
-                return Err(io::Error::last_os_error());
+            if !self.caps.is_empty() {
+                check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
             }
-            if let Some((uid, gid, groups)) = &creds {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some((uid, gid, groups)) = &self.creds {
+                check_long(libc::syscall(
+                    libc::SYS_setgroups,
+                    groups.len(),
+                    groups.as_ptr(),
+                ))?;
+                check_long(libc::syscall(libc::SYS_setgid, *gid))?;
+                check_long(libc::syscall(libc::SYS_setuid, *uid))?;
             }
-            if !caps.is_empty() {
-                // Effective, permitted and inheritable hold the capabilities (capset fails
-                // with EPERM if the Supervisor did not have them), then each is raised into
-                // the ambient set, which execve keeps for a non-root program.
-                #[repr(C)]
-                struct CapHeader {
-                    version: u32,
-                    pid: i32,
-                }
-                #[repr(C)]
-                struct CapData {
-                    effective: u32,
-                    permitted: u32,
-                    inheritable: u32,
-                }
-                const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-                let header = CapHeader {
-                    version: LINUX_CAPABILITY_VERSION_3,
-                    pid: 0,
-                };
-                let data = cap_mask.map(|m| CapData {
-                    effective: m,
-                    permitted: m,
-                    inheritable: m,
-                });
-                if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                for &c in &caps {
-                    if libc::prctl(
-                        libc::PR_CAP_AMBIENT,
-                        libc::PR_CAP_AMBIENT_RAISE,
-                        libc::c_ulong::from(c),
-                        0,
-                        0,
-                    ) < 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
+            if !self.caps.is_empty() {
+                raise_ambient(&self.caps, self.cap_mask)?;
             }
-            Ok(())
-        });
+        }
+        Ok(())
     }
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        node: node.into(),
-        program: program.clone(),
-        source,
-    })?;
-    Ok(child.id())
+}
+
+/// The calling thread's errno.
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `Err(errno)` for a C call's `-1`.
+fn check(r: libc::c_int) -> Result<(), i32> {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// [`check`] for `syscall()`'s `long`.
+fn check_long(r: libc::c_long) -> Result<(), i32> {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// In the child: moves itself into the cgroup whose directory is `dir` (where clone3 could
+/// not place it).
+///
+/// # Safety
+///
+/// Async-signal-safe calls only; `dir` is an open directory fd.
+unsafe fn enter_cgroup(dir: RawFd) -> Result<(), i32> {
+    // SAFETY: openat on an open directory fd with a NUL-terminated name; write of one byte
+    // from a static; close of the fd just opened.
+    unsafe {
+        let procs = libc::openat(
+            dir,
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        check(procs)?;
+        let r = libc::write(procs, b"0".as_ptr().cast(), 1);
+        let e = errno();
+        libc::close(procs);
+        if r < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// In the child: the node's fds. Every fd above 2 closes at exec (close-on-exec rather than
+/// close, so nothing is closed until the exec has succeeded); each `(source, target)` in
+/// `fds` ends on number `target`, open across exec. A kernel without close_range falls back to
+/// /proc/self/fd; failing that, the node is not started (never a leak).
+///
+/// # Safety
+///
+/// Async-signal-safe calls only; at most [`MAX_FDS`] entries; every source is open.
+unsafe fn child_fds(fds: &[(RawFd, RawFd)], fd_limit: RawFd) -> Result<(), i32> {
+    crate::sys::fdflags::cloexec_from(3, fd_limit)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    // First out of the way of every target (a source may sit on another's target number),
+    // then onto the targets; dup2 clears CLOEXEC on the new fd.
+    let floor = fds.iter().map(|p| p.1).max().unwrap_or(2) + 1;
+    let mut tmp = [-1; MAX_FDS];
+    for (slot, &(src, _)) in tmp.iter_mut().zip(fds) {
+        // SAFETY: F_DUPFD_CLOEXEC on an open fd.
+        *slot = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor) };
+        check(*slot)?;
+    }
+    for (&t, &(_, target)) in tmp.iter().zip(fds) {
+        // SAFETY: dup2 of the fd just made onto a number.
+        check(unsafe { libc::dup2(t, target) })?;
+    }
+    Ok(())
+}
+
+/// In the child: effective, permitted and inheritable hold the capabilities in `mask`
+/// (capset fails with EPERM if the Supervisor did not have them), then each of `caps` is
+/// raised into the ambient set, which execve keeps for a non-root program.
+///
+/// # Safety
+///
+/// Async-signal-safe calls only.
+unsafe fn raise_ambient(caps: &[u32], mask: [u32; 2]) -> Result<(), i32> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = mask.map(|m| CapData {
+        effective: m,
+        permitted: m,
+        inheritable: m,
+    });
+    // SAFETY: capset reads a header and two data structs on the stack; prctl takes integers.
+    unsafe {
+        check_long(libc::syscall(libc::SYS_capset, &header, data.as_ptr()))?;
+        for &c in caps {
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                libc::c_ulong::from(c),
+                0,
+                0,
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// uid, gid and supplementary groups.
+type Credentials = (u32, u32, Vec<libc::gid_t>);
+
+/// The credentials node `spec` runs with, if it sets `user` or `group` (resolved before the
+/// clone: the account databases are not async-signal-safe).
+fn credentials(spec: &NodeSpec) -> Result<Option<Credentials>, SpawnError> {
+    let policy = &spec.policy;
+    let missing = |what, name: &str| SpawnError::Prepare {
+        node: spec.name.clone(),
+        what,
+        path: PathBuf::from(name),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    };
+    let (user, group) = match (&policy.user, &policy.group) {
+        (None, None) => return Ok(None),
+        (u, g) => (u, g),
+    };
+    let (uid, primary) = match user {
+        Some(u) => crate::sys::account::user(u).ok_or_else(|| missing("find user", u))?,
+        // SAFETY: getuid/getgid cannot fail.
+        None => unsafe { (libc::getuid(), libc::getgid()) },
+    };
+    let gid = match group {
+        Some(g) => crate::sys::account::group(g).ok_or_else(|| missing("find group", g))?,
+        None => primary,
+    };
+    let groups = match user {
+        Some(u) => crate::sys::account::groups_of(u, gid),
+        None => vec![gid],
+    };
+    Ok(Some((uid, gid, groups)))
 }
 
 /// Sends `sig` to the node's process group (it leads its own), falling back to the pid alone.

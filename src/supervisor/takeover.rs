@@ -155,11 +155,19 @@ impl Supervisor {
         for i in ended {
             let pid = self.nodes[i].pid.take().unwrap_or(0);
             self.drop_ready_pipe(i);
-            let mut ev = Event::now(EventKind::Exited, i as u16, pid);
-            ev.exit = Some(Exit::Unknown);
-            self.event(ev);
-            self.nodes[i].last_exit = Some(Exit::Unknown);
-            self.after_end(i, Exit::Unknown, clock::monotonic_ns());
+            // A death whose cgroup was being emptied was seen (and its event sent) by the
+            // predecessor: its exit is known. Any other ended unwatched.
+            let exit = match (self.nodes[i].state, self.nodes[i].last_exit) {
+                (NodeState::Stopping, Some(e)) => e,
+                _ => {
+                    let mut ev = Event::now(EventKind::Exited, i as u16, pid);
+                    ev.exit = Some(Exit::Unknown);
+                    self.event(ev);
+                    Exit::Unknown
+                }
+            };
+            self.nodes[i].last_exit = Some(exit);
+            self.after_end(i, exit, clock::monotonic_ns());
         }
         self.advance_queues();
         self.queue_stop(stops);
@@ -309,8 +317,11 @@ impl Supervisor {
                 }
                 NodeState::Starting if n.spec.policy.notify => {
                     // sd_notify: its socket is bound again below; it stays `starting` until
-                    // it sends READY=1.
+                    // it sends READY=1 (a STOPPING=1 it sent still holds).
                     n.state = NodeState::Starting;
+                    if let Some(p) = NotifyPhase::of(it).filter(|p| *p == NotifyPhase::Stopping) {
+                        n.extras_mut().notify_phase = Some(p);
+                    }
                 }
                 NodeState::Starting if rec.deadline_mono_ns != 0 => {
                     // `ready_after_ms`: ready when the recorded deadline passes.
@@ -319,6 +330,11 @@ impl Supervisor {
                 }
                 _ => {
                     n.state = NodeState::Running;
+                    // What an sd_notify node last said it was doing (RELOADING=1,
+                    // STOPPING=1) still holds.
+                    if let Some(p) = NotifyPhase::of(it).filter(|_| n.spec.policy.notify) {
+                        n.extras_mut().notify_phase = Some(p);
+                    }
                     if it.has(Intent::STOP_QUEUED) {
                         stops.push(i);
                     }
@@ -330,6 +346,13 @@ impl Supervisor {
         let n = &mut self.nodes[i];
         match rec.state {
             NodeState::Stopped | NodeState::Failed => n.state = rec.state,
+            // Its main process had died and its cgroup was being emptied: that end is
+            // applied (its restart policy decides, with the exit recorded), as for a node that
+            // died while nobody watched.
+            NodeState::Stopping if it.has(Intent::DRAINING_DEATH) => {
+                n.state = NodeState::Stopping;
+                ended.push(i);
+            }
             // A stop finished while nobody watched; a restart in progress still starts.
             NodeState::Stopping if it.has(Intent::RESTART_PENDING) => starts.push(i),
             NodeState::Stopping => n.state = NodeState::Stopped,

@@ -117,13 +117,22 @@ impl Cgroup {
         }
     }
 
-    /// Opens `cgroup.procs` for writing: a process writes `0` to it to move itself in (the
-    /// node's child does so between fork and exec, so everything it runs starts inside).
+    /// Opens `cgroup.procs` for writing: a process writes `0` to it to move itself in.
     pub fn open_attach(&self) -> io::Result<OwnedFd> {
         let f = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(self.dir.join("cgroup.procs"))?;
+        Ok(f.into())
+    }
+
+    /// Opens the group's directory: `clone3` with `CLONE_INTO_CGROUP` starts a process in it
+    /// (and a child that could not be placed so opens its `cgroup.procs` to move itself in).
+    pub fn open_dir(&self) -> io::Result<OwnedFd> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY)
+            .open(&self.dir)?;
         Ok(f.into())
     }
 

@@ -33,3 +33,5 @@ pub mod pidfd;
 
 pub mod procscan;
 pub mod procstat;
+pub mod sigdisp;
+pub mod vfork;

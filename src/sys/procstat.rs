@@ -8,6 +8,25 @@ pub fn start_time(pid: u32) -> io::Result<Option<u64>> {
     Ok(stat(pid)?.map(|st| st.start))
 }
 
+/// The start time (as [`start_time`] reads it) of a process created between two readings of
+/// `CLOCK_BOOTTIME` ([`crate::sys::clock::boottime_ns`]), `before` and `after`, without
+/// reading `/proc`: the kernel stamps a new process with that clock and `/proc` shows the stamp
+/// in clock ticks (`USER_HZ`, 100 a second), so when both readings fall in the same tick the
+/// process's start is that tick. `None` when they do not (read `/proc` then).
+pub fn start_between(before: u64, after: u64) -> Option<u64> {
+    static TICK_NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let tick = *TICK_NS.get_or_init(|| {
+        // SAFETY: sysconf takes a constant and reads no memory.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        match u64::try_from(hz) {
+            // The kernel divides by NSEC_PER_SEC / USER_HZ only when that is exact.
+            Ok(hz) if hz > 0 && 1_000_000_000 % hz == 0 => 1_000_000_000 / hz,
+            _ => 0,
+        }
+    });
+    (tick != 0 && before <= after && before / tick == after / tick).then_some(before / tick)
+}
+
 /// What one read of `/proc/PID/stat` tells about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
@@ -97,6 +116,31 @@ pub fn own_start_time() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start time computed from the clock around a spawn is the one `/proc` shows, for
+    /// every spawn whose window stays inside one tick (most of them).
+    #[test]
+    fn start_between_matches_proc_for_processes_made_in_the_window() {
+        let mut hits = 0;
+        for _ in 0..100 {
+            let before = crate::sys::clock::boottime_ns();
+            let mut child = std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .expect("spawn sleep");
+            let after = crate::sys::clock::boottime_ns();
+            let computed = start_between(before, after);
+            let proc = start_time(child.id()).unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Some(t) = computed {
+                assert_eq!(Some(t), proc, "window {before}..{after}");
+                hits += 1;
+            }
+        }
+        assert!(hits > 0, "no spawn stayed within one tick");
+        assert_eq!(start_between(10, 5), None);
+    }
 
     #[test]
     fn parses_a_name_with_spaces_and_parens() {

@@ -767,7 +767,12 @@ impl Cluster {
         let shm = self.instance().shm_name();
         let _ = broctld::shm::Region::unlink(&shm);
         remove_instance_cgroup(&self.instance_dir());
-        let _ = std::fs::remove_dir_all(&self.root);
+        if std::env::var_os("BROCTLD_TEST_KEEP").is_some() {
+            // For a post-mortem: the logs and the runtime files stay (processes do not).
+            eprintln!("kept {}", self.root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
         lock_registry().remove(&self.id);
         lock_leftovers().remove(&self.id);
     }

@@ -10,7 +10,7 @@ use crate::client::{Client, NodeStatus};
 use crate::config::{Config, NodeSpec};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -164,7 +164,7 @@ impl Session {
     ) -> Result<Outcome, CliError> {
         let spec = self.one_node(word)?;
         let path = if stderr { &spec.stderr } else { &spec.stdout };
-        let tail = match crate::supervisor::crash::tail(path, lines) {
+        let tail = match crate::cli::logfiles::tail(path, lines) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !json {
@@ -201,7 +201,18 @@ impl Session {
         ));
         if follow {
             interrupt::install();
-            follow_file(path)?;
+            let out = std::io::stdout();
+            crate::cli::logfiles::follow(
+                path,
+                interrupt::pending,
+                |lines| {
+                    let mut o = out.lock();
+                    let _ = o.write_all(lines);
+                    let _ = o.flush();
+                },
+                |note| eprintln!("broctld: {note}"),
+            )
+            .map_err(|e| CliError::Failed(format!("cannot follow {}: {e}", path.display())))?;
         }
         Ok(Outcome::Done)
     }
@@ -571,53 +582,4 @@ fn crash_table(infos: &[CrashInfo], labels: Option<&[(String, usize)]>, style: S
         })
         .collect();
     crate::cli::style::table(&header, &rows, style)
-}
-
-/// Prints what is appended to `path` until Ctrl-C: polls its size every 200 ms, starts over
-/// when it is truncated or replaced (rotated), and waits for it if it does not exist yet.
-fn follow_file(path: &Path) -> Result<(), CliError> {
-    use std::os::unix::fs::MetadataExt;
-    let open = |from_end: bool| -> Option<(std::fs::File, u64, u64)> {
-        let mut f = std::fs::File::open(path).ok()?;
-        let meta = f.metadata().ok()?;
-        let pos = if from_end { meta.len() } else { 0 };
-        f.seek(SeekFrom::Start(pos)).ok()?;
-        Some((f, pos, meta.ino()))
-    };
-    let mut cur = open(true);
-    let mut partial = Vec::new();
-    let out = std::io::stdout();
-    loop {
-        if interrupt::pending() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let meta = std::fs::metadata(path).ok();
-        match (&mut cur, &meta) {
-            (None, Some(_)) => cur = open(false),
-            (Some((_, pos, ino)), Some(m)) if m.ino() != *ino || m.len() < *pos => {
-                eprintln!(
-                    "broctld: {} was truncated or replaced; reading it from the start",
-                    path.display()
-                );
-                partial.clear();
-                cur = open(false);
-            }
-            _ => {}
-        }
-        let Some((f, pos, _)) = cur.as_mut() else {
-            continue;
-        };
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_ok() && !buf.is_empty() {
-            *pos += buf.len() as u64;
-            partial.extend_from_slice(&buf);
-            if let Some(last_nl) = partial.iter().rposition(|b| *b == b'\n') {
-                let mut o = out.lock();
-                let _ = o.write_all(&partial[..=last_nl]);
-                let _ = o.flush();
-                partial.drain(..=last_nl);
-            }
-        }
-    }
 }
