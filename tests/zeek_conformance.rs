@@ -535,7 +535,7 @@ fn broctld_nodes(config: &Path, work: &Path) -> Result<Vec<NodeSpec>, String> {
                     .map(|c| c.as_u64().unwrap() as usize)
                     .collect(),
                 start_after: strings(&n["start_after"]),
-                policy,
+                policy: policy.into(),
                 line: 0,
             }
         })

@@ -100,8 +100,10 @@ impl CompletionShell {
     }
 }
 
-/// A parsed command.
+/// A parsed command. Each command's arguments are declared lazily (`defer`): a command line
+/// builds only its own command's, while `--help`, `help` and completions build them all.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
+#[command(defer = true)]
 pub enum Cmd {
     /// Start nodes (all if none named); starts the Supervisor first if none runs
     #[command(after_help = NODE_HELP)]
@@ -378,9 +380,15 @@ pub fn command_help(name: &str, in_shell: bool) -> Option<String> {
     Some(help.replace("Usage:  ", "Usage: "))
 }
 
+/// `cmd` with every command's arguments declared (they are deferred until built: see [`Cmd`]).
+fn built(mut cmd: clap::Command) -> clap::Command {
+    cmd.build();
+    cmd
+}
+
 /// The long options and short flags `cmd` takes (for the shell's completion).
 pub fn command_options(cmd: &str) -> Vec<String> {
-    let root = ShellLine::command();
+    let root = built(ShellLine::command());
     let Some(sub) = root.find_subcommand(cmd) else {
         return Vec::new();
     };
@@ -398,7 +406,7 @@ pub fn command_options(cmd: &str) -> Vec<String> {
 
 /// Whether the command's positional arguments are node selections (for completion).
 pub fn takes_nodes(cmd: &str) -> bool {
-    let root = ShellLine::command();
+    let root = built(ShellLine::command());
     root.find_subcommand(cmd).is_some_and(|sub| {
         sub.get_positionals().any(|a| {
             a.get_value_names()

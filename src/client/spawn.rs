@@ -43,15 +43,27 @@ fn wait_for_guardians_supervisor(
     }
 }
 
+/// How far a starting Supervisor has got: the events it has published (each node it spawns
+/// adds some). `None` while it has no region (it is still reading its config).
+fn start_progress(instance: &Instance) -> Option<u64> {
+    let shared =
+        crate::protocol::layout::Shared::open_owned(&instance.shm_name(), &instance.identity())
+            .ok()?;
+    Some(shared.ring().head())
+}
+
 /// Starts a Supervisor for `instance` with the config at `config`; returns its pid once it
 /// serves commands (0 if another Main or the guardian started it: attach to find it).
+/// `timeout` bounds a start that makes no progress: a Supervisor that spawns its nodes (ten
+/// thousand take longer than any fixed bound) gets another `timeout` each time the events
+/// it publishes have moved on.
 pub fn spawn_supervisor(
     instance: &Instance,
     config: &Path,
     timeout: Duration,
 ) -> Result<u32, ClientError> {
     instance.ensure_dirs()?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     if let Some(g) = crate::guardian::holder(instance) {
         if wait_for_guardians_supervisor(instance, g, deadline)? {
             return Ok(0);
@@ -77,8 +89,23 @@ pub fn spawn_supervisor(
 
     // Read its one line, with a timeout.
     let mut buf = Vec::new();
+    let mut progress = None;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let mut left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let now = start_progress(instance);
+            if now.is_none() || now == progress {
+                return Err(ClientError::Spawn {
+                    message: format!(
+                        "no word from it within {timeout:?}; see {}",
+                        log_path.display()
+                    ),
+                });
+            }
+            progress = now;
+            deadline = Instant::now() + timeout;
+            left = timeout;
+        }
         let mut pfd = libc::pollfd {
             fd: rd.as_raw_fd(),
             events: libc::POLLIN,
@@ -88,12 +115,7 @@ pub fn spawn_supervisor(
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n == 0 {
-            return Err(ClientError::Spawn {
-                message: format!(
-                    "no word from it within {timeout:?}; see {}",
-                    log_path.display()
-                ),
-            });
+            continue;
         }
         if n < 0 {
             let e = std::io::Error::last_os_error();

@@ -40,6 +40,7 @@ pub use zeek_cluster::ZeekSetup;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raw::{Entry, Item, Raw};
@@ -91,8 +92,10 @@ pub struct NodeSpec {
     pub cpu_affinity: Vec<usize>,
     /// Names of nodes that must be started before this one (all exist, no cycles).
     pub start_after: Vec<String>,
-    /// Restart, stop and readiness policy.
-    pub policy: Policy,
+    /// Restart, stop and readiness policy. Nodes with equal policies share one (most nodes of
+    /// a config have the `[defaults]` policy, and a policy is some 500 bytes): see
+    /// [`Config::share_policies`].
+    pub policy: Arc<Policy>,
     /// 1-based line of the node's `[[node]]` header, for messages.
     pub line: usize,
 }
@@ -646,13 +649,15 @@ impl Config {
             errors: Default::default(),
         }
         .check()?;
-        Ok(Config {
+        let mut config = Config {
             path: abs,
             dir,
             nodes,
             zeek,
             cluster,
-        })
+        };
+        config.share_policies();
+        Ok(config)
     }
 
     /// Checks Zeek's own configuration `text` read from `path` (see [`Config::load`]).
@@ -676,13 +681,53 @@ impl Config {
             };
             (n, s, cluster)
         };
-        Ok(Config {
+        let mut config = Config {
             path: abs,
             dir,
             nodes,
             zeek: Some(setup),
             cluster,
-        })
+        };
+        config.share_policies();
+        Ok(config)
+    }
+
+    /// Makes nodes with equal policies share one allocation (each node is compared with the
+    /// last few distinct policies seen, so a config of N different policies costs O(N)).
+    pub fn share_policies(&mut self) {
+        const LOOK_BACK: usize = 16;
+        let mut seen: Vec<Arc<Policy>> = Vec::new();
+        for node in &mut self.nodes {
+            match seen
+                .iter()
+                .rev()
+                .take(LOOK_BACK)
+                .find(|p| **p == node.policy)
+            {
+                Some(p) => node.policy = Arc::clone(p),
+                None => seen.push(Arc::clone(&node.policy)),
+            }
+        }
+    }
+
+    /// A copy whose every allocation is new (a clone shares the policies): what a Supervisor
+    /// keeps of a config parsed elsewhere (see `supervisor::heap`). Shared policies stay
+    /// shared in the copy.
+    pub fn fresh_copy(&self) -> Config {
+        let mut copy = self.clone();
+        let mut made: Vec<(*const Policy, Arc<Policy>)> = Vec::new();
+        for node in &mut copy.nodes {
+            let old = Arc::as_ptr(&node.policy);
+            node.policy = match made.iter().find(|(p, _)| *p == old) {
+                Some((_, new)) => Arc::clone(new),
+                None => {
+                    let new = Arc::new(Policy::clone(&node.policy));
+                    made.push((old, Arc::clone(&new)));
+                    new
+                }
+            };
+        }
+        copy
     }
 
     /// The node called `name`.
@@ -1534,13 +1579,13 @@ impl Checker<'_> {
                     node.line = line;
                     if let Some(d) = defaults {
                         let draft = PolicyDraft {
-                            policy: node.policy.clone(),
+                            policy: Policy::clone(&node.policy),
                             env: node.env.iter().cloned().collect(),
                             delay_line: None,
                             delay_max_line: None,
                         };
                         let draft = self.check_defaults(d, draft);
-                        node.policy = draft.policy;
+                        node.policy = Arc::new(draft.policy);
                         node.env = draft.env.into_iter().collect();
                     }
                     by_name.insert(node.name.clone(), nodes.len());
@@ -2049,7 +2094,7 @@ impl Checker<'_> {
             stderr,
             cpu_affinity,
             start_after: start_after.into_iter().map(|(n, _)| n).collect(),
-            policy: draft.policy,
+            policy: Arc::new(draft.policy),
             line,
         };
         let meta = NodeMeta {

@@ -564,10 +564,10 @@ impl Install<'_> {
                 .filter(|o| rank(o.node_type) < rank(n.node_type))
                 .map(|o| o.name.clone())
                 .collect(),
-            policy: Policy {
+            policy: std::sync::Arc::new(Policy {
                 ready_file: Some(ReadyFile::zeek()),
                 ..Policy::default()
-            },
+            }),
             line: n.line,
         }
     }

@@ -128,7 +128,7 @@ fn full_config() {
     assert!(logger.cpu_affinity.is_empty());
     assert!(logger.start_after.is_empty());
     assert_eq!(
-        logger.policy,
+        *logger.policy,
         Policy {
             restart: RestartPolicy::OnFailure,
             stop_signal: libc::SIGINT,
@@ -165,7 +165,7 @@ fn full_config() {
     assert_eq!(worker.cpu_affinity, [3, 1]);
     assert_eq!(worker.start_after, ["logger-1"]);
     assert_eq!(
-        worker.policy,
+        *worker.policy,
         Policy {
             restart: RestartPolicy::Never,
             stop_signal: libc::SIGHUP,
@@ -192,7 +192,7 @@ fn builtin_defaults() {
     let cfg = ok(&node("n"));
     let n = &cfg.nodes[0];
     assert_eq!(n.node_type, NodeType::Other);
-    assert_eq!(n.policy, Policy::default());
+    assert_eq!(*n.policy, Policy::default());
     assert!(n.env.is_empty());
     assert_eq!(n.line, 1);
     let p = Policy::default();

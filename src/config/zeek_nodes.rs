@@ -148,7 +148,7 @@ impl<'a> Units<'a> {
             cwd,
             cpu_affinity: settings.cpu_set.clone().unwrap_or_default(),
             start_after: after.to_vec(),
-            policy,
+            policy: std::sync::Arc::new(policy),
             line,
         }
     }
@@ -240,7 +240,7 @@ impl<'a> Units<'a> {
             &settings,
             (after, iwc.interface_line.max(1)),
         );
-        spec.policy.capabilities = vec!["CAP_NET_RAW".into()];
+        std::sync::Arc::make_mut(&mut spec.policy).capabilities = vec!["CAP_NET_RAW".into()];
         Ok(spec)
     }
 

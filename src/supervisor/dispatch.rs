@@ -5,6 +5,10 @@ use super::*;
 use crate::protocol::mailbox::Target;
 use std::sync::atomic::fence;
 
+/// Rings answered without reading the doorbell FIFO before it is read anyway (see
+/// [`Supervisor::answer_bell`]).
+const DRAIN_EVERY: u32 = 64;
+
 /// Whether the owner of a slot is certainly gone: no process has its pid, or the one that has
 /// it is a zombie or (with `start`) another process. An error reading `/proc` proves nothing.
 fn owner_gone(pid: u32, start: Option<u64>) -> bool {
@@ -16,7 +20,10 @@ fn owner_gone(pid: u32, start: Option<u64>) -> bool {
 }
 
 impl Supervisor {
-    pub(super) fn scan_mailbox(&mut self) {
+    /// Takes and applies every submitted command, reclaims slots of dead Mains; returns how
+    /// many commands were taken.
+    pub(super) fn scan_mailbox(&mut self) -> usize {
+        let mut taken = 0;
         // The bell was just cleared: order that store before the loads below, so a Main that
         // submits after we read its slot as empty is sure to see the bell down and ring again.
         fence(Ordering::SeqCst);
@@ -34,6 +41,7 @@ impl Supervisor {
                     self.event(ev);
                 }
                 self.slot_seen[i] = 0;
+                taken += 1;
                 continue;
             }
             let slot = &self.shared.slots()[i];
@@ -64,6 +72,36 @@ impl Supervisor {
                 self.slot_seen[i] = 0;
             }
         }
+        taken
+    }
+
+    /// The doorbell rang: answers what the Mains submitted. The FIFO is read (emptied) only
+    /// when it may hold something other than plain rings, or every [`DRAIN_EVERY`] rings, not
+    /// on each: where every write to a pipe wakes an edge-triggered epoll waiter (see
+    /// [`fifo::every_write_wakes`]), the bytes of plain rings can stay in the FIFO, and a
+    /// command round trip makes one syscall fewer. The FIFO is read when a ring found no
+    /// command (a [`fifo::REPAIR`] request, a repeated ring, or junk); then the bell flag is
+    /// lowered again and the mailbox scanned again, since the read may have consumed the ring
+    /// of a command submitted after the first scan. Between reads the FIFO holds at most one byte per ring (a Main writes
+    /// only when it raises the bell flag, which each wake lowers) plus the rare unconditional
+    /// rings, far below a pipe's smallest capacity (4096 bytes).
+    pub(super) fn answer_bell(&mut self) {
+        self.shared.header().bell.store(0, Ordering::SeqCst);
+        let taken = self.scan_mailbox();
+        if self.bell_lazy && taken > 0 && self.bell_undrained < DRAIN_EVERY {
+            self.bell_undrained += 1;
+            return;
+        }
+        self.bell_undrained = 0;
+        let repair = fifo::drain_requests(&self.bell).unwrap_or(false);
+        // A Main that rang since the flag was lowered left it raised, and its byte may be
+        // among those just read: lower it again (or its next ring would write nothing and wake
+        // no one), then take what it submitted.
+        self.shared.header().bell.store(0, Ordering::SeqCst);
+        if repair {
+            self.check_region();
+        }
+        self.scan_mailbox();
     }
 
     pub(super) fn apply(&mut self, req: &Request) -> (ReplyStatus, String) {

@@ -15,10 +15,10 @@ impl Supervisor {
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].watchdog_at.is_some_and(|t| t <= now) {
+            if self.nodes[i].extras().watchdog_at.is_some_and(|t| t <= now) {
                 self.watchdog_expired(i);
             }
-            if self.nodes[i].check_at.is_some_and(|t| t <= now) {
+            if self.nodes[i].extras().check_at.is_some_and(|t| t <= now) {
                 self.run_ready_check(i);
             }
         }
@@ -38,7 +38,7 @@ impl Supervisor {
         }
         for i in 0..self.nodes.len() {
             if let Some(t) = self.nodes[i].ready_by {
-                if t <= now && self.nodes[i].pid_file_wait.is_some() {
+                if t <= now && self.nodes[i].extras().pid_file_wait.is_some() {
                     self.nodes[i].ready_by = None;
                     self.give_up_pid_file(i, false);
                     continue;
@@ -156,9 +156,11 @@ impl Supervisor {
         let by_file = self.arm_ready_file(i);
         self.arm_pid_file(i);
         // sd_notify: the node's own socket; without one it counts as ready once started.
-        self.nodes[i].watchdog_at = None;
-        self.nodes[i].notify_status.clear();
-        self.nodes[i].notify_phase = None;
+        if let Some(e) = self.nodes[i].extras_if_any() {
+            e.watchdog_at = None;
+            e.notify_status.clear();
+            e.notify_phase = None;
+        }
         let _ = std::fs::remove_file(notify::status_path(&self.instance.dir(), &name));
         let notify_path = if self.nodes[i].spec.policy.notify {
             self.open_notify(i)
@@ -175,8 +177,10 @@ impl Supervisor {
                 env.push(("WATCHDOG_USEC", watchdog_usec.as_str()));
             }
         }
-        self.nodes[i].starter = None;
-        self.nodes[i].pid_file_wait = None;
+        if let Some(e) = self.nodes[i].extras_if_any() {
+            e.starter = None;
+            e.pid_file_wait = None;
+        }
         self.nodes[i].fail_after_stop = false;
         // Its own cgroup, in which the child starts. A group whose `cgroup.events` is
         // watched is kept as it is (the watch is on it).
@@ -239,7 +243,7 @@ impl Supervisor {
                     None => procstat::start_time(pid).ok().flatten().unwrap_or(0),
                 };
                 if n.spec.policy.pid_file.is_some() {
-                    n.starter = Some(pid);
+                    n.extras_mut().starter = Some(pid);
                 }
                 if let Some(l) = lock.as_mut() {
                     let _ = l.write_holder(pid, n.pid_start);
@@ -259,8 +263,8 @@ impl Supervisor {
                 let checked = !n.spec.policy.ready_check.is_empty();
                 if n.ready_pipe.is_some()
                     || by_file
-                    || n.starter.is_some()
-                    || n.notify.is_some()
+                    || n.extras().starter.is_some()
+                    || n.extras().notify.is_some()
                     || checked
                 {
                     n.state = NodeState::Starting;
@@ -666,9 +670,12 @@ impl Supervisor {
         n.pid = None;
         n.pid_start = 0;
         n.adopted = false;
-        n.watchdog_at = None;
-        n.notify_phase = None;
-        if n.starter.take() == Some(pid)
+        let starter = n.extras_if_any().and_then(|e| {
+            e.watchdog_at = None;
+            e.notify_phase = None;
+            e.starter.take()
+        });
+        if starter == Some(pid)
             && exit == Exit::Code(0)
             && n.state == NodeState::Starting
             && n.queue.is_none()

@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod crash;
 mod dispatch;
 mod guardian_link;
+mod heap;
 mod hold;
 mod lifecycle;
 pub mod node;
@@ -153,6 +154,7 @@ fn loop_signals() -> SigSet {
 /// after a shutdown, [`EXIT_START_FAILED`] or [`EXIT_ALREADY_RUNNING`] if it did not start, 1
 /// if the loop failed (the guardian tells these apart).
 pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) -> i32 {
+    heap::fix_thresholds();
     crate::log::rotate_with(instance.log_path());
     // Block the loop's signals before anything else (no thread exists yet): signalfd only sees
     // signals that are blocked, and the mask is inherited by every thread created later.
@@ -192,6 +194,8 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
             };
         }
     };
+    // What starting allocated for a while (the config's text, each spawn's scratch) goes back.
+    heap::trim();
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready {}", std::process::id());
     }
@@ -220,6 +224,11 @@ pub struct Supervisor {
     poll: Poll,
     signals: SignalFd,
     bell: File,
+    /// Every write to a pipe wakes our edge-triggered epoll (probed at start): the doorbell
+    /// FIFO need not be emptied on every ring (see `Supervisor::answer_bell`).
+    bell_lazy: bool,
+    /// Rings answered since the FIFO was last emptied.
+    bell_undrained: u32,
     lock: Option<lockfile::LockFile>,
     nodes: Vec<Node>,
     by_pid: HashMap<u32, usize>,
@@ -298,7 +307,7 @@ impl Supervisor {
             }
         };
         // A refused config leaves no lock file behind (removed while still held).
-        let (config, config_text) = match choose_config(&instance, config_path)
+        let (config, config_text) = match heap::off_heap(|| choose_config(&instance, config_path))
             .and_then(|(c, t)| startable(c, cgroups.as_ref()).map(|c| (c, t)))
         {
             Ok(ct) => ct,
@@ -406,6 +415,8 @@ impl Supervisor {
             poll,
             signals,
             bell,
+            bell_lazy: fifo::every_write_wakes(),
+            bell_undrained: 0,
             lock: Some(lock),
             nodes: config.nodes.into_iter().map(Node::new).collect(),
             by_pid: HashMap::new(),
@@ -433,7 +444,7 @@ impl Supervisor {
             // (Not one this Supervisor spawned itself: its socket is already bound.)
             if sup.nodes[i].spec.policy.notify
                 && sup.nodes[i].pid.is_some()
-                && sup.nodes[i].notify.is_none()
+                && sup.nodes[i].extras().notify.is_none()
             {
                 sup.open_notify(i);
                 if sup.nodes[i].state == NodeState::Running {
@@ -546,12 +557,7 @@ impl Supervisor {
                 }
             }
             if bell {
-                let repair = fifo::drain_requests(&self.bell).unwrap_or(false);
-                self.shared.header().bell.store(0, Ordering::SeqCst);
-                if repair {
-                    self.check_region();
-                }
-                self.scan_mailbox();
+                self.answer_bell();
                 if std::mem::take(&mut self.upgrade_requested) {
                     self.reexec();
                 }
@@ -601,11 +607,16 @@ impl Supervisor {
             .flat_map(|n| {
                 let acts =
                     n.spec.policy.ready_timeout_action != crate::config::ReadyTimeoutAction::Wait;
-                let waiting = (queued || acts || n.pid_file_wait.is_some())
+                let waiting = (queued || acts || n.extras().pid_file_wait.is_some())
                     && n.state == NodeState::Starting
                     && !n.ready_timed_out;
                 let ready_by = if waiting { n.ready_by } else { None };
-                [n.deadline, ready_by, n.watchdog_at, n.check_at]
+                [
+                    n.deadline,
+                    ready_by,
+                    n.extras().watchdog_at,
+                    n.extras().check_at,
+                ]
             })
             .chain([self.output_retry])
             .flatten()
@@ -690,8 +701,11 @@ impl Supervisor {
     /// Reads and checks the config file for a `reload`, keeping its text to save as the
     /// running config if the reload is applied ([`Self::commit_loaded_config`]).
     fn load_config_file(&mut self) -> Result<Config, ConfigError> {
-        let text = Config::read_text(&self.config_path)?;
-        let config = Config::parse(&text, &self.config_path)?;
+        let path = &self.config_path;
+        let (config, text) = heap::off_heap(|| {
+            let text = Config::read_text(path)?;
+            Config::parse(&text, path).map(|c| (c, text))
+        })?;
         self.loading = Some(text);
         Ok(config)
     }

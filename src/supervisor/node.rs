@@ -98,6 +98,23 @@ pub struct Node {
     /// clone and kills the child when they differ, so a group that was ever killed (or whose
     /// history we do not know) is made anew (or, if that fails, entered by the child itself).
     pub cgroup_fresh: bool,
+    /// The Supervisor's ends of its output FIFOs (stdout, stderr), registered with the event
+    /// loop; kept across its processes (see `supervisor/output.rs`).
+    pub output: [Option<super::output::Stream>; 2],
+    /// State only some kinds of nodes use (see [`Extras`]); `None` until one is set.
+    pub extras: Option<Box<Extras>>,
+    /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
+    pub fail_after_stop: bool,
+    /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
+    /// its batch, which then start in stages.
+    pub staged_restart: bool,
+}
+
+/// What only nodes with a `pid_file`, `ready = "notify"` or a `ready_check` use, kept out of
+/// [`Node`] so that the others (most nodes) do not carry it: a Supervisor of 10,000 nodes keeps
+/// each node's state in well under 1 KiB.
+#[derive(Debug, Default)]
+pub struct Extras {
     /// A `pid_file` node's starter (the process we spawned, which forks the daemon), while it
     /// runs: its exit with status 0 is not the node's end.
     pub starter: Option<u32>,
@@ -116,17 +133,36 @@ pub struct Node {
     pub check_at: Option<u64>,
     /// Its running `ready_check` process.
     pub check_pid: Option<u32>,
-    /// `ready_timeout_action = "fail"` stopped it: it ends `failed`, not `stopped`.
-    pub fail_after_stop: bool,
-    /// Part of a staged `restart` of several nodes: once stopped it waits for the others of
-    /// its batch, which then start in stages.
-    pub staged_restart: bool,
-    /// The Supervisor's ends of its output FIFOs (stdout, stderr), registered with the event
-    /// loop; kept across its processes (see `supervisor/output.rs`).
-    pub output: [Option<super::output::Stream>; 2],
 }
 
+/// What [`Node::extras`] reads for a node that has none.
+static NO_EXTRAS: Extras = Extras {
+    starter: None,
+    pid_file_wait: None,
+    notify: None,
+    notify_status: String::new(),
+    watchdog_at: None,
+    check_at: None,
+    check_pid: None,
+    notify_phase: None,
+};
+
 impl Node {
+    /// The node's [`Extras`] (all unset if it has none).
+    pub fn extras(&self) -> &Extras {
+        self.extras.as_deref().unwrap_or(&NO_EXTRAS)
+    }
+
+    /// The node's [`Extras`], made if it had none: for setting one.
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// The node's [`Extras`] if it has any: for clearing one (nothing to clear otherwise).
+    pub fn extras_if_any(&mut self) -> Option<&mut Extras> {
+        self.extras.as_deref_mut()
+    }
+
     /// A stopped node for `spec`.
     pub fn new(spec: NodeSpec) -> Node {
         let history = History::new(&spec.policy);
@@ -159,14 +195,7 @@ impl Node {
             draining: None,
             cgroup_events: None,
             cgroup_fresh: false,
-            starter: None,
-            pid_file_wait: None,
-            notify: None,
-            notify_status: String::new(),
-            notify_phase: None,
-            watchdog_at: None,
-            check_at: None,
-            check_pid: None,
+            extras: None,
             fail_after_stop: false,
             staged_restart: false,
             output: [None, None],
@@ -224,7 +253,7 @@ impl Node {
             Intent::DRAINING_DEATH,
             matches!(self.draining, Some((_, _, false))),
         );
-        if let Some(p) = self.notify_phase {
+        if let Some(p) = self.extras().notify_phase {
             it.set(p.flag(), true);
         }
         it

@@ -65,7 +65,7 @@ impl Supervisor {
                 .map(|()| s)
         }) {
             Ok(s) => {
-                self.nodes[i].notify = Some(s);
+                self.nodes[i].extras_mut().notify = Some(s);
                 Some(path)
             }
             Err(e) => {
@@ -80,7 +80,7 @@ impl Supervisor {
 
     /// Stops watching node `i`'s notify socket (the file stays for a successor to rebind).
     pub(super) fn close_notify(&mut self, i: usize) {
-        if let Some(s) = self.nodes[i].notify.take() {
+        if let Some(s) = self.nodes[i].extras_if_any().and_then(|e| e.notify.take()) {
             let _ = self
                 .poll
                 .registry()
@@ -92,7 +92,12 @@ impl Supervisor {
     pub(super) fn read_notify(&mut self, i: usize) {
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = match self.nodes[i].notify.as_ref().map(|s| s.recv(&mut buf)) {
+            let n = match self.nodes[i]
+                .extras()
+                .notify
+                .as_ref()
+                .map(|s| s.recv(&mut buf))
+            {
                 Some(Ok(n)) => n,
                 _ => return,
             };
@@ -109,8 +114,8 @@ impl Supervisor {
         };
         match (key, value) {
             ("READY", "1") => {
-                if self.nodes[i].notify_phase == Some(NotifyPhase::Reloading) {
-                    self.nodes[i].notify_phase = None;
+                if self.nodes[i].extras().notify_phase == Some(NotifyPhase::Reloading) {
+                    self.nodes[i].extras_mut().notify_phase = None;
                     self.publish(i);
                 }
                 if self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some() {
@@ -133,7 +138,7 @@ impl Supervisor {
 
     /// Records node `i`'s `STATUS=` text (published in its status file).
     fn set_notify_status(&mut self, i: usize, text: String) {
-        self.nodes[i].notify_status = text;
+        self.nodes[i].extras_mut().notify_status = text;
         self.write_notify_status(i);
     }
 
@@ -150,9 +155,9 @@ impl Supervisor {
                     matches!(n.state, NodeState::Running | NodeState::Starting)
                 }
             };
-        if applies && n.notify_phase != Some(NotifyPhase::Stopping) && n.notify_phase != Some(phase)
-        {
-            n.notify_phase = Some(phase);
+        let now = n.extras().notify_phase;
+        if applies && now != Some(NotifyPhase::Stopping) && now != Some(phase) {
+            n.extras_mut().notify_phase = Some(phase);
             log!("node {}: says it is {}", n.spec.name, phase.as_str());
             self.publish(i);
         }
@@ -160,7 +165,7 @@ impl Supervisor {
 
     fn write_notify_status(&self, i: usize) {
         let n = &self.nodes[i];
-        let text = n.notify_status.as_str();
+        let text = n.extras().notify_status.as_str();
         let path = status_path(&self.instance.dir(), &n.spec.name);
         let tmp = path.with_extension("status.tmp");
         let r =
@@ -178,13 +183,16 @@ impl Supervisor {
     pub(super) fn arm_watchdog(&mut self, i: usize) {
         let w = self.nodes[i].spec.policy.watchdog;
         if !w.is_zero() && self.nodes[i].pid.is_some() {
-            self.nodes[i].watchdog_at = Some(clock::monotonic_ns() + w.as_nanos() as u64);
+            self.nodes[i].extras_mut().watchdog_at =
+                Some(clock::monotonic_ns() + w.as_nanos() as u64);
         }
     }
 
     /// A running node missed its watchdog: killed, then restarted by its policy.
     pub(super) fn watchdog_expired(&mut self, i: usize) {
-        self.nodes[i].watchdog_at = None;
+        if let Some(e) = self.nodes[i].extras_if_any() {
+            e.watchdog_at = None;
+        }
         let Some(pid) = self.nodes[i].pid else {
             return;
         };

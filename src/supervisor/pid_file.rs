@@ -48,7 +48,7 @@ impl Supervisor {
     /// Node `i`'s starter (`pid`) exited with status 0: its main process is the one its PID
     /// file names, once the file names a process of the node.
     pub(super) fn starter_exited(&mut self, i: usize, pid: u32) {
-        self.nodes[i].pid_file_wait = Some(pid);
+        self.nodes[i].extras_mut().pid_file_wait = Some(pid);
         self.publish(i);
         self.take_pid_file(i);
     }
@@ -56,7 +56,7 @@ impl Supervisor {
     /// While node `i` waits for its PID file: reads it, and if it names a live process of the
     /// node, makes that the node's main process. Returns whether it did.
     pub(super) fn take_pid_file(&mut self, i: usize) -> bool {
-        if self.nodes[i].pid_file_wait.is_none() {
+        if self.nodes[i].extras().pid_file_wait.is_none() {
             return false;
         }
         let Some(path) = self.pid_file_path(i) else {
@@ -106,7 +106,9 @@ impl Supervisor {
             }
         }
         let n = &mut self.nodes[i];
-        n.pid_file_wait = None;
+        if let Some(e) = n.extras_if_any() {
+            e.pid_file_wait = None;
+        }
         n.pid = Some(pid);
         n.pid_start = st.start;
         // Reparented to us (a child subreaper) when its parent exited: we reap it. Otherwise
@@ -133,7 +135,10 @@ impl Supervisor {
     /// left of it is killed; `stopping` says which. With a cgroup, the end is applied once the
     /// group is empty.
     pub(super) fn give_up_pid_file(&mut self, i: usize, stopping: bool) {
-        let Some(starter) = self.nodes[i].pid_file_wait.take() else {
+        let Some(starter) = self.nodes[i]
+            .extras_if_any()
+            .and_then(|e| e.pid_file_wait.take())
+        else {
             return;
         };
         let exit = if stopping {

@@ -244,7 +244,7 @@ impl Supervisor {
         let n = &mut self.nodes[i];
         n.start_after_exit = false;
         n.queue = None;
-        if n.pid_file_wait.is_some() {
+        if n.extras().pid_file_wait.is_some() {
             self.give_up_pid_file(i, true);
             return;
         }

@@ -18,16 +18,18 @@ impl Supervisor {
         if n.spec.policy.ready_check.is_empty() {
             return false;
         }
-        n.check_at =
+        n.extras_mut().check_at =
             Some(clock::monotonic_ns() + n.spec.policy.ready_check_interval.as_nanos() as u64);
         true
     }
 
     /// Runs node `i`'s check now (its timer fired).
     pub(super) fn run_ready_check(&mut self, i: usize) {
-        self.nodes[i].check_at = None;
+        if let Some(e) = self.nodes[i].extras_if_any() {
+            e.check_at = None;
+        }
         let n = &self.nodes[i];
-        if n.state != NodeState::Starting || n.pid.is_none() || n.check_pid.is_some() {
+        if n.state != NodeState::Starting || n.pid.is_none() || n.extras().check_pid.is_some() {
             return;
         }
         // Through the node's stderr FIFO (the Supervisor is the only writer of the file),
@@ -57,7 +59,7 @@ impl Supervisor {
         }
         match cmd.spawn() {
             // Reaped with every other child (SIGCHLD); see `check_ended`.
-            Ok(child) => self.nodes[i].check_pid = Some(child.id()),
+            Ok(child) => self.nodes[i].extras_mut().check_pid = Some(child.id()),
             Err(e) => {
                 log!(
                     "node {}: cannot run its ready_check {:?}: {e}; trying again in {} ms",
@@ -73,10 +75,16 @@ impl Supervisor {
     /// A child that ended was a ready check: the node is ready if it exited 0, else the next
     /// run is due one interval from now. Returns whether `pid` was one.
     pub(super) fn check_ended(&mut self, pid: u32, exit: Exit) -> bool {
-        let Some(i) = self.nodes.iter().position(|n| n.check_pid == Some(pid)) else {
+        let Some(i) = self
+            .nodes
+            .iter()
+            .position(|n| n.extras().check_pid == Some(pid))
+        else {
             return false;
         };
-        self.nodes[i].check_pid = None;
+        if let Some(e) = self.nodes[i].extras_if_any() {
+            e.check_pid = None;
+        }
         let n = &self.nodes[i];
         if n.state != NodeState::Starting || n.pid.is_none() {
             return true;
@@ -93,8 +101,10 @@ impl Supervisor {
     /// Node `i` ended or is no longer waiting: its running check (if any) is killed and no
     /// other is due.
     pub(super) fn drop_ready_check(&mut self, i: usize) {
-        self.nodes[i].check_at = None;
-        if let Some(pid) = self.nodes[i].check_pid {
+        if let Some(e) = self.nodes[i].extras_if_any() {
+            e.check_at = None;
+        }
+        if let Some(pid) = self.nodes[i].extras().check_pid {
             let _ = spawn::signal_pid(pid, libc::SIGKILL);
         }
     }

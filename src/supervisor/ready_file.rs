@@ -205,7 +205,7 @@ impl Supervisor {
         };
         let (changed, overflow) = files.changed();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].pid_file_wait.is_some()
+            if self.nodes[i].extras().pid_file_wait.is_some()
                 && (overflow || self.pid_file_path(i).is_some_and(|p| changed.contains(&p)))
             {
                 self.take_pid_file(i);

@@ -174,7 +174,7 @@ impl Supervisor {
                     Interest::READABLE,
                 );
             }
-            if let Some(sock) = &n.notify {
+            if let Some(sock) = &n.extras().notify {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&sock.as_raw_fd()),
                     Token(notify::NOTIFY_BASE + i),

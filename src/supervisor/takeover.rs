@@ -114,15 +114,25 @@ impl Supervisor {
         }
         // With no record (the region was lost with its predecessor), a node that is not
         // started here may still run: adopt it rather than show it stopped while it runs.
+        let mut starting = vec![false; self.nodes.len()];
+        starts.iter().for_each(|&i| starting[i] = true);
         let unrecorded: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 !decided.get(i).copied().unwrap_or(true)
                     && self.nodes[i].pid.is_none()
-                    && !starts.contains(&i)
+                    && !starting[i]
             })
             .collect();
-        for i in unrecorded {
-            self.find_unrecorded_copy(i);
+        if !unrecorded.is_empty() {
+            // One scan of /proc for all of them.
+            let mut found = procscan::instance_processes(self.instance.name());
+            for i in unrecorded {
+                let procs = match &mut found {
+                    Ok(by_node) => Ok(by_node.remove(&self.nodes[i].spec.name).unwrap_or_default()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                self.find_unrecorded_copy(i, procs);
+            }
         }
         // A start queued behind nodes still becoming ready keeps waiting for them.
         let pending: Vec<usize> = (0..self.nodes.len())
@@ -172,7 +182,7 @@ impl Supervisor {
     /// Node `i` has no record and is not started by this takeover: if its main process lives
     /// (named by its lock file, or a group leader carrying its identity and running its
     /// command), it is adopted, exactly as a start that finds a running copy.
-    fn find_unrecorded_copy(&mut self, i: usize) {
+    fn find_unrecorded_copy(&mut self, i: usize, procs: io::Result<Vec<procscan::NodeProcess>>) {
         let name = self.nodes[i].spec.name.clone();
         let lock = self
             .instance
@@ -191,7 +201,7 @@ impl Supervisor {
                 return;
             }
         };
-        let procs = match procscan::node_processes(&name, self.instance.name()) {
+        let procs = match procs {
             Ok(p) => p,
             Err(e) => {
                 self.block(
@@ -309,7 +319,9 @@ impl Supervisor {
                     // sd_notify: its socket is bound again below; it stays `starting` until
                     // it sends READY=1 (a STOPPING=1 it sent still holds).
                     n.state = NodeState::Starting;
-                    n.notify_phase = NotifyPhase::of(it).filter(|p| *p == NotifyPhase::Stopping);
+                    if let Some(p) = NotifyPhase::of(it).filter(|p| *p == NotifyPhase::Stopping) {
+                        n.extras_mut().notify_phase = Some(p);
+                    }
                 }
                 NodeState::Starting if rec.deadline_mono_ns != 0 => {
                     // `ready_after_ms`: ready when the recorded deadline passes.
@@ -320,7 +332,9 @@ impl Supervisor {
                     n.state = NodeState::Running;
                     // What an sd_notify node last said it was doing (RELOADING=1,
                     // STOPPING=1) still holds.
-                    n.notify_phase = NotifyPhase::of(it).filter(|_| n.spec.policy.notify);
+                    if let Some(p) = NotifyPhase::of(it).filter(|_| n.spec.policy.notify) {
+                        n.extras_mut().notify_phase = Some(p);
+                    }
                     if it.has(Intent::STOP_QUEUED) {
                         stops.push(i);
                     }
@@ -503,10 +517,10 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
         stderr: PathBuf::from("/dev/null"),
         cpu_affinity: Vec::new(),
         start_after: Vec::new(),
-        policy: crate::config::Policy {
+        policy: std::sync::Arc::new(crate::config::Policy {
             autostart: false,
             ..Default::default()
-        },
+        }),
         line: 0,
     }
 }

@@ -99,3 +99,54 @@ pub fn drain(mut reader: &File) -> io::Result<usize> {
         }
     }
 }
+
+/// Whether every write to a pipe wakes an edge-triggered epoll waiter, even when the pipe
+/// already held unread bytes. Linux does so since 5.14 (for pipes that are polled: "pipe: make
+/// pipe writes always wake up readers"); 5.5 to 5.13 woke only on the empty-to-non-empty
+/// change, and a reader that left bytes in the pipe then never woke again. Probed on a
+/// private pipe: two writes with no read between them must give two events. Any failure of
+/// the probe answers `false` (the reader then empties the pipe on every wake).
+pub fn every_write_wakes() -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+        return false;
+    }
+    // SAFETY: both fds were just created and are owned by nothing else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // SAFETY: epoll_create1 takes a flag.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return false;
+    }
+    // SAFETY: a new fd owned by nothing else.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    // SAFETY: valid fds and a valid event.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, rd.as_raw_fd(), &mut ev) } < 0
+    {
+        return false;
+    }
+    let woke = || {
+        // SAFETY: one byte from a valid buffer to a valid fd.
+        let wrote = unsafe { libc::write(wr.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: room for one event; a zero timeout never blocks.
+        wrote == 1 && unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 1, 0) } == 1
+    };
+    woke() && woke()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The lazy doorbell relies on this kernel behaviour; the machines we run on (Linux 6.x)
+    /// have it. A kernel without it makes the Supervisor read the FIFO on every ring.
+    #[test]
+    fn every_write_to_a_polled_pipe_wakes_edge_triggered_epoll() {
+        assert!(super::every_write_wakes());
+    }
+}

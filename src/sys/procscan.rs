@@ -7,6 +7,7 @@
 //! (ENOENT, ESRCH) counts as an answer.
 
 use crate::sys::procstat;
+use std::collections::HashMap;
 use std::io;
 
 /// Whether an error reading `/proc/PID/...` means the process does not exist (any more).
@@ -140,8 +141,18 @@ pub struct NodeProcess {
 /// anything it forked that kept its environment, and copies that escaped its process group or
 /// session (`setsid`, daemonizing). Scans all of `/proc`.
 pub fn node_processes(node: &str, instance: &str) -> io::Result<Vec<NodeProcess>> {
+    Ok(instance_processes(instance)?
+        .remove(node)
+        .unwrap_or_default())
+}
+
+/// Every live (not zombie) process carrying the identity of any node of `instance`, by node
+/// name: what [`node_processes`] finds for each node, from one scan of `/proc` (a Supervisor
+/// that looks for running copies of thousands of nodes would otherwise scan it once per node).
+pub fn instance_processes(instance: &str) -> io::Result<HashMap<String, Vec<NodeProcess>>> {
     let me = std::process::id();
-    let mut out = Vec::new();
+    let want_instance = format!("BROCTLD_INSTANCE={instance}");
+    let mut out: HashMap<String, Vec<NodeProcess>> = HashMap::new();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -153,7 +164,14 @@ pub fn node_processes(node: &str, instance: &str) -> io::Result<Vec<NodeProcess>
         let Some(env) = environ(pid)? else {
             continue;
         };
-        if !carries(&env, node, instance) {
+        let vars = || env.split(|b| *b == 0);
+        if !vars().any(|v| v == want_instance.as_bytes()) {
+            continue;
+        }
+        let names: Vec<&[u8]> = vars()
+            .filter_map(|v| v.strip_prefix(b"BROCTLD_NODE="))
+            .collect();
+        if names.is_empty() {
             continue;
         }
         let Some(st) = procstat::stat(pid)? else {
@@ -162,11 +180,16 @@ pub fn node_processes(node: &str, instance: &str) -> io::Result<Vec<NodeProcess>
         if matches!(st.state, 'Z' | 'X') {
             continue;
         }
-        out.push(NodeProcess {
+        let p = NodeProcess {
             pid,
             start: st.start,
             pgid: st.pgid,
-        });
+        };
+        for name in names {
+            out.entry(String::from_utf8_lossy(name).into_owned())
+                .or_default()
+                .push(p);
+        }
     }
     Ok(out)
 }
