@@ -30,6 +30,7 @@
 //!   through a pidfd and, when it dies, starts the next one as its own child, restoring the
 //!   chain.
 
+pub mod outputs;
 pub mod report;
 
 use crate::instance::Instance;
@@ -231,6 +232,11 @@ struct Guardian {
     unproven: bool,
     retry: Duration,
     lock: Option<LockFile>,
+    /// The nodes' output FIFOs, held open so they never lack a reader.
+    outputs: outputs::OutputHold,
+    /// The soft `RLIMIT_NOFILE` we were started with (raised for the FIFOs we hold), given
+    /// back to each Supervisor we start.
+    nofile: Option<libc::rlimit>,
 }
 
 /// Entry point of `broctld __guardian`. Returns the exit status.
@@ -290,7 +296,10 @@ pub fn main(
     if let Err(e) = set_nonblocking(&reports_w) {
         return fail(format!("pipe: {e}"));
     }
+    let outputs = outputs::OutputHold::new(&instance.dir());
     let mut g = Guardian {
+        outputs,
+        nofile: raise_nofile(),
         instance,
         config,
         signals,
@@ -320,6 +329,7 @@ pub fn main(
             }
         }
     }
+    g.outputs.refresh();
     let code = g.run();
     // Removed while still held, as the Supervisor does with its own: nothing is left behind.
     if let Some(l) = g.lock.take() {
@@ -342,12 +352,19 @@ impl Guardian {
             .current_dir("/")
             .stdin(Stdio::null());
         let (w, r) = (ready_w.as_raw_fd(), reports.as_raw_fd());
-        // SAFETY: runs between fork and exec; only dup2 and fcntl on fd numbers prepared
-        // before the fork (both at least 10, so neither is overwritten by the other's dup2).
+        let nofile = self.nofile;
+        // SAFETY: runs between fork and exec; only dup2, fcntl and setrlimit on values
+        // prepared before the fork (fds at least 10, so neither is overwritten by the other's
+        // dup2).
         unsafe {
             cmd.pre_exec(move || {
                 place_fd(w, 3)?;
-                place_fd(r, 4)
+                place_fd(r, 4)?;
+                if let Some(lim) = nofile {
+                    // The limit we were started with, not the one we raised for ourselves.
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+                Ok(())
             });
         }
         let child = cmd.spawn()?;
@@ -405,6 +422,13 @@ impl Guardian {
                 }
                 Current::Child { ready: None, .. } => {}
             }
+            if let Some(fd) = self.outputs.raw_fd() {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
             if !self.pending.is_empty() {
                 fds.push(libc::pollfd {
                     fd: self.reports_w.as_raw_fd(),
@@ -423,6 +447,7 @@ impl Guardian {
                 return 1;
             }
             while let Ok(Some(_)) = self.signals.read_signal() {}
+            self.outputs.changed();
             self.read_ready();
             if let Some(code) = self.reap() {
                 return code;
@@ -477,6 +502,7 @@ impl Guardian {
             self.retry = Duration::ZERO;
             self.unproven = false;
             log!("guardian: Supervisor pid {pid} serves");
+            self.outputs.refresh();
         }
         if !text.is_empty() {
             self.relay(&text);
@@ -625,4 +651,26 @@ pub fn holder(instance: &Instance) -> Option<u32> {
         Ok(lockfile::Probe::Held { pid, .. }) => Some(pid),
         _ => None,
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (the guardian holds two FIFOs per node).
+/// Returns the limit as it was, to give back to the Supervisors it starts; `None` if it was
+/// not changed.
+fn raise_nofile() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    crate::syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)).ok()?;
+    if lim.rlim_cur >= lim.rlim_max {
+        return None;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: a valid limit, no higher than the hard one.
+    crate::syscall!(setrlimit(libc::RLIMIT_NOFILE, &raised)).ok()?;
+    Some(lim)
 }

@@ -5,84 +5,39 @@
 //!
 //! The file is removed before each start, so a previous run's `RUNNING` never counts.
 
-use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use super::*;
 
-/// The inotify instance and the folders it watches.
-pub(super) struct ReadyFiles {
-    fd: OwnedFd,
-    dirs: HashMap<i32, PathBuf>,
-}
+/// The inotify instance that watches the folders of ready files and PID files.
+pub(super) struct ReadyFiles(crate::sys::inotify::Inotify);
 
 impl ReadyFiles {
     /// A new, non-blocking inotify instance.
     pub(super) fn new() -> io::Result<ReadyFiles> {
-        // SAFETY: inotify_init1 takes flags and returns a new fd or -1.
-        let fd = crate::syscall!(inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))?;
-        Ok(ReadyFiles {
-            // SAFETY: `fd` was just returned to us and is owned by nobody else.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            dirs: HashMap::new(),
-        })
+        crate::sys::inotify::Inotify::new().map(ReadyFiles)
     }
 
     /// The fd to register in the poll loop.
     pub(super) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.0.raw_fd()
     }
 
     /// Watches the folder of `file` for files written, closed or moved in.
     pub(super) fn watch(&mut self, file: &Path) -> io::Result<()> {
         let dir = file.parent().unwrap_or(Path::new("/"));
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-        let mask = libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_MOVED_TO;
-        // SAFETY: `c` is a NUL-terminated path that lives across the call.
-        let wd = crate::syscall!(inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask))?;
-        self.dirs.insert(wd, dir.to_path_buf());
-        Ok(())
+        self.0.watch_dir(
+            dir,
+            libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_MOVED_TO,
+        )
     }
 
     /// Drains the pending events: the paths of the files that changed, and whether the
     /// kernel's queue overflowed (events were lost: every file must be looked at).
     fn changed(&mut self) -> (Vec<PathBuf>, bool) {
-        let mut out = Vec::new();
-        let mut overflow = false;
-        let mut buf = [0u8; 4096];
-        loop {
-            // SAFETY: reads at most buf.len() bytes into `buf`, which we own.
-            let n = match crate::syscall!(read(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len()
-            )) {
-                Ok(n) if n > 0 => n as usize,
-                _ => break, // EAGAIN: drained
-            };
-            let header = std::mem::size_of::<libc::inotify_event>();
-            let mut at = 0;
-            while at + header <= n {
-                // SAFETY: the kernel wrote whole events; read_unaligned copies the header out.
-                let ev: libc::inotify_event =
-                    unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
-                overflow |= ev.mask & libc::IN_Q_OVERFLOW != 0;
-                let name_end = (at + header + ev.len as usize).min(n);
-                let name = &buf[at + header..name_end];
-                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                if let Some(dir) = self.dirs.get(&ev.wd) {
-                    use std::os::unix::ffi::OsStrExt;
-                    out.push(dir.join(std::ffi::OsStr::from_bytes(name)));
-                }
-                at = name_end;
-            }
-        }
-        out.sort();
-        out.dedup();
-        (out, overflow)
+        self.0.changed()
     }
 }
 

@@ -28,6 +28,7 @@ pub mod clock;
 pub mod fdflags;
 pub mod fifo;
 pub mod futex;
+pub mod inotify;
 pub mod lockfile;
 pub mod pidfd;
 
