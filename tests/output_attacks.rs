@@ -503,3 +503,38 @@ log_keep = 1000
         .map(|w| (w[0], w[1]));
     assert!(gap.is_none(), "the follower's lines jump at {gap:?}");
 }
+
+/// What a node writes just before it exits, while no Supervisor lives, is not lost: the
+/// guardian's hold keeps the pipe (and its buffer) after the node's own end closes, and the
+/// successor moves it.
+#[test]
+fn lines_written_by_a_node_that_exits_while_no_supervisor_runs_are_kept() {
+    let c = Cluster::new(
+        "oa_lastwords",
+        r#"
+[[node]]
+name = "w"
+restart = "never"
+command = ["/bin/sh", "-c", "i=0; while [ $i -lt 100 ]; do echo \"w line=$i\"; i=$((i+1)); done; while [ ! -e go ]; do sleep 0.01; done; while [ $i -lt 150 ]; do echo \"w line=$i\"; i=$((i+1)); done; exit 0"]
+"#,
+    );
+    c.start();
+    let (pid, _) = identity(&c, "w");
+    let path = c.root.join("spool/w/stdout.log");
+    wait_until(WAIT, "the first 100 lines on disk", || {
+        numbered(&String::from_utf8_lossy(&concatenated(&path))).len() == 100
+    });
+    let sup = c.supervisor_pid();
+    let guardian = freeze_guardian(&c.runtime);
+    signal(sup, libc::SIGKILL);
+    wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
+    std::fs::write(c.root.join("spool/w/go"), "").unwrap();
+    wait_until(WAIT, "the node to exit", || !pid_alive(pid));
+    thaw(guardian);
+    wait_until(WAIT, "its last lines on disk", || {
+        numbered(&String::from_utf8_lossy(&concatenated(&path))).len() >= 150
+    });
+    let seen = numbered(&String::from_utf8_lossy(&concatenated(&path)));
+    assert_eq!(seen, (0..150).collect::<Vec<u64>>(), "lines lost or repeated");
+    c.run(&["shutdown"]).ok();
+}
