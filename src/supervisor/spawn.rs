@@ -6,8 +6,8 @@
 //! The child is made as `posix_spawn` makes it (see [`crate::sys::vfork`]): it shares the
 //! Supervisor's memory, which is suspended until the child has exec'd, so nothing is copied
 //! and everything it needs (argv, envp, paths, limits, credentials) is prepared before, in a
-//! [`ChildPlan`]; the child itself only makes async-signal-safe syscalls. Its fds are set up
-//! by one function, [`child_fds`].
+//! `ChildPlan`; the child itself only makes async-signal-safe syscalls. Its fds are set up
+//! by one function, `child_fds`.
 //!
 //! Nothing ties the node's life to the Supervisor: no parent-death signal, no pipe whose only
 //! reader is the Supervisor (its output FIFO is open read-write on its side too: see
