@@ -535,6 +535,10 @@ command = ["/bin/sh", "-c", "i=0; while [ $i -lt 100 ]; do echo \"w line=$i\"; i
         numbered(&String::from_utf8_lossy(&concatenated(&path))).len() >= 150
     });
     let seen = numbered(&String::from_utf8_lossy(&concatenated(&path)));
-    assert_eq!(seen, (0..150).collect::<Vec<u64>>(), "lines lost or repeated");
+    assert_eq!(
+        seen,
+        (0..150).collect::<Vec<u64>>(),
+        "lines lost or repeated"
+    );
     c.run(&["shutdown"]).ok();
 }

@@ -462,10 +462,18 @@ impl super::Supervisor {
             };
             if self.nodes[i].output[k].is_none() {
                 let s = Stream::open(&fifo).map_err(|e| {
+                    // An OS error keeps its errno (the node's last exit says "Too many open
+                    // files", not "Input/output error"); a refused file says why.
+                    let source = match &e {
+                        crate::sys::checked::CheckError::Io { source, .. } => {
+                            source.raw_os_error().map(io::Error::from_raw_os_error)
+                        }
+                        _ => None,
+                    };
                     fail(
                         "make its output FIFO",
                         &fifo,
-                        io::Error::other(e.to_string()),
+                        source.unwrap_or_else(|| io::Error::other(e.to_string())),
                     )
                 })?;
                 self.watch_output(i, k, s)
