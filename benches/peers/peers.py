@@ -999,6 +999,13 @@ def targets(res, crit_all, small, big):
     r = g(f"rss_{big}", "broctld")
     if r is not None:
         rows.append((f"Supervisor RSS at N={big} < 4 MiB", f"{r} KiB", verdict(r < 4096, f"by {r - 4096} KiB" if r >= 4096 else "")))
+    r0 = g(f"rss_{small}", "broctld")
+    p0, p1 = g(f"pss_{small}", "broctld"), g(f"pss_{big}", "broctld")
+    if r is not None and r0 is not None and big > small:
+        per = (r - r0) * 1024 / (big - small)
+        pss = f", PSS {(p1 - p0) * 1024 / (big - small):.0f} B" if p0 is not None and p1 is not None else ""
+        rows.append((f"memory per added node < 1 KiB (RSS N={small} to N={big})", f"{per:.0f} B{pss}",
+                     verdict(per < 1024, f"by {per - 1024:.0f} B" if per >= 1024 else "")))
     w = g(f"idle_wakeups_{big}", "broctld")
     if w is not None:
         rows.append((f"zero wakeups while idle (N={big})", f"{w} context switches, {fmt(g(f'strace_per_s_{big}', 'broctld'))} syscalls/s",
