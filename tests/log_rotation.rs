@@ -31,19 +31,6 @@ fn stdout_of(c: &Cluster) -> PathBuf {
     c.root.join("spool/w/stdout.log")
 }
 
-/// `path`, then `path.1`, `path.2`... while they exist, newest first.
-fn output_files(path: &Path) -> Vec<PathBuf> {
-    let mut files = vec![path.to_owned()];
-    for k in 1.. {
-        let p = PathBuf::from(format!("{}.{k}", path.display()));
-        if !p.exists() {
-            break;
-        }
-        files.push(p);
-    }
-    files
-}
-
 /// How often each number `N` of a `w line=N` line appears in `path` and its rotated files.
 fn numbers_on_disk(path: &Path) -> BTreeMap<u64, usize> {
     let mut seen = BTreeMap::new();

@@ -58,17 +58,12 @@ command = ["/bin/sh", "-c", "exec >/dev/stdout; i=0; while :; do echo \"w line=$
     c.run(&["shutdown"]).ok();
 }
 
-/// `path`, then `path.1`, `path.2`... while they exist, newest first.
-fn output_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = vec![path.to_owned()];
-    for k in 1.. {
-        let p = std::path::PathBuf::from(format!("{}.{k}", path.display()));
-        if !p.exists() {
-            break;
-        }
-        files.push(p);
-    }
-    files
+/// Node `w`, which writes `w line=0` to `w line={count - 1}` at once and then sleeps, with the
+/// rotation limits given.
+fn counting_node(count: u32, log_max_bytes: u64, log_keep: u32) -> String {
+    format!(
+        "[[node]]\nname = \"w\"\ncommand = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt {count} ]; do echo \\\"w line=$i\\\"; i=$((i+1)); done; exec sleep 600\"]\nlog_max_bytes = {log_max_bytes}\nlog_keep = {log_keep}\n"
+    )
 }
 
 /// The files' bytes, oldest first: what the node wrote, if nothing was lost or repeated.
@@ -153,16 +148,7 @@ log_keep = 1000
 /// `log_keep = 1`: one old file, never a second.
 #[test]
 fn log_keep_one_keeps_one_old_file() {
-    let c = Cluster::new(
-        "oa_keep1",
-        r#"
-[[node]]
-name = "w"
-command = ["/bin/sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo \"w line=$i\"; i=$((i+1)); done; exec sleep 600"]
-log_max_bytes = 300
-log_keep = 1
-"#,
-    );
+    let c = Cluster::new("oa_keep1", &counting_node(2000, 300, 1));
     c.start();
     let path = c.root.join("spool/w/stdout.log");
     wait_until(WAIT, "the last line", || {
@@ -317,16 +303,7 @@ fn rotated_numbers(path: &std::path::Path) -> Vec<usize> {
 /// hole and showed none of the output in the files past it.
 #[test]
 fn logs_reads_past_a_hole_a_killed_rotation_left() {
-    let c = Cluster::new(
-        "oa_hole",
-        r#"
-[[node]]
-name = "w"
-command = ["/bin/sh", "-c", "i=0; while [ $i -lt 8000 ]; do echo \"w line=$i\"; i=$((i+1)); done; exec sleep 600"]
-log_max_bytes = 100
-log_keep = 1000
-"#,
-    );
+    let c = Cluster::new("oa_hole", &counting_node(8000, 100, 1000));
     c.start();
     let path = c.root.join("spool/w/stdout.log");
     let has_hole = || {

@@ -16,25 +16,40 @@ struct KernelSigaction {
 /// The highest signal number the kernel has (`_NSIG`).
 pub const NSIG: i32 = 64;
 
-/// Whether signal `sig` is ignored in this process (`false` if it cannot be read).
-pub fn is_ignored(sig: i32) -> bool {
-    let mut old = KernelSigaction {
-        handler: 0,
+/// `rt_sigaction(sig, new, old)`, raw. Async-signal-safe (one system call). Returns the raw
+/// result (0, or -1 with errno set).
+///
+/// # Safety
+///
+/// With a `new` action, the disposition changes process-wide: call it so only in a process
+/// (or a `CLONE_VM` child with every signal blocked) whose handlers may be dropped.
+unsafe fn rt_sigaction(
+    sig: i32,
+    new: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) -> libc::c_long {
+    let new = new.map_or(std::ptr::null(), |n| n as *const KernelSigaction);
+    let old = old.map_or(std::ptr::null_mut(), |o| o as *mut KernelSigaction);
+    // SAFETY: `new` and `old` are null or point to live actions of the kernel's layout; the
+    // last argument is the kernel's sigset size; the caller vouches for a changed disposition.
+    unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, new, old, 8usize) }
+}
+
+/// An action with handler `handler` (`SIG_DFL`, `SIG_IGN`), no flags, an empty mask.
+fn action(handler: usize) -> KernelSigaction {
+    KernelSigaction {
+        handler,
         flags: 0,
         restorer: 0,
         mask: 0,
-    };
-    // SAFETY: a null new action only reads the current one into `old`, a valid out-buffer of
-    // the kernel's layout; the last argument is the kernel's sigset size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            std::ptr::null::<KernelSigaction>(),
-            &mut old as *mut KernelSigaction,
-            8usize,
-        )
-    };
+    }
+}
+
+/// Whether signal `sig` is ignored in this process (`false` if it cannot be read).
+pub fn is_ignored(sig: i32) -> bool {
+    let mut old = action(0);
+    // SAFETY: no new action: this only reads the current one.
+    let r = unsafe { rt_sigaction(sig, None, Some(&mut old)) };
     r == 0 && old.handler == libc::SIG_IGN
 }
 
@@ -46,23 +61,8 @@ pub fn is_ignored(sig: i32) -> bool {
 /// Changes the disposition process-wide: call it only in a process (or a `CLONE_VM` child
 /// with every signal blocked) whose handlers may be dropped.
 pub unsafe fn set_default(sig: i32) -> libc::c_long {
-    let new = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    // SAFETY: a valid action of the kernel's layout, no old action asked for; the caller
-    // vouches that the process may lose its handler for `sig`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            &new as *const KernelSigaction,
-            std::ptr::null_mut::<KernelSigaction>(),
-            8usize,
-        )
-    }
+    // SAFETY: the caller vouches that the process may lose its handler for `sig`.
+    unsafe { rt_sigaction(sig, Some(&action(libc::SIG_DFL)), None) }
 }
 
 #[cfg(test)]
@@ -76,22 +76,8 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let ign = KernelSigaction {
-                handler: libc::SIG_IGN,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            };
-            // SAFETY: a valid action for the raw call.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    33,
-                    &ign as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                )
-            };
+            // SAFETY: this forked child's dispositions are its own.
+            let r = unsafe { rt_sigaction(33, Some(&action(libc::SIG_IGN)), None) };
             let seen = r == 0 && is_ignored(33);
             // SAFETY: this child's dispositions are its own.
             let reset = unsafe { set_default(33) } == 0 && !is_ignored(33);

@@ -1129,3 +1129,17 @@ pub fn eventually(limit: Duration, step: Duration, mut pred: impl FnMut() -> boo
         std::thread::sleep(step);
     }
 }
+
+/// A log file `path`, then its rotated files `path.1`, `path.2`... while they exist: newest
+/// first.
+pub fn output_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_owned()];
+    for k in 1.. {
+        let p = PathBuf::from(format!("{}.{k}", path.display()));
+        if !p.exists() {
+            break;
+        }
+        files.push(p);
+    }
+    files
+}
