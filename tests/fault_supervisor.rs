@@ -570,22 +570,10 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
     // The guardian replaces a dead Supervisor at once: hold it while the region is edited.
     let guardian = kill_supervisor_held(&c, sup);
     // Forget b's pid in the region.
-    {
-        let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
-        let cells = s.node_cells();
-        let i = (0..s.node_count())
-            .find(|&i| {
-                cells[i]
-                    .read()
-                    .and_then(|w| NodeRecord::decode(&w))
-                    .is_some_and(|r| r.name == "b")
-            })
-            .expect("b's record");
-        let mut r = NodeRecord::decode(&cells[i].read().unwrap()).unwrap();
+    edit_region_record(&c, "b", |r| {
         r.pid = None;
         r.pid_start = 0;
-        cells[i].write(&r.encode());
-    }
+    });
     thaw(guardian);
     c.run(&["status"]);
     live_supervisor(&c);
