@@ -479,8 +479,8 @@ impl super::Supervisor {
                 self.watch_output(i, k, s)
                     .map_err(|e| fail("watch its output FIFO", &fifo, e))?;
             }
-            // What the previous process left goes to the file it was writing.
-            self.pump_outputs(i);
+            // What the previous process left in this stream goes to the file it was writing.
+            self.drain_output(i, k);
             let Some(s) = self.nodes[i].output[k].as_mut() else {
                 continue;
             };
@@ -587,13 +587,18 @@ impl super::Supervisor {
     /// Moves what both of node `i`'s streams hold into its files.
     pub(super) fn pump_outputs(&mut self, i: usize) {
         for k in 0..2 {
-            while self.nodes[i].output[k].is_some() {
-                self.pump_output(i, k);
-                if self.output_pending.last() != Some(&(i, k)) {
-                    break;
-                }
-                self.output_pending.pop();
+            self.drain_output(i, k);
+        }
+    }
+
+    /// Moves everything node `i`'s stream `k` holds into its file (past the per-wake budget).
+    fn drain_output(&mut self, i: usize, k: usize) {
+        while self.nodes[i].output[k].is_some() {
+            self.pump_output(i, k);
+            if self.output_pending.last() != Some(&(i, k)) {
+                break;
             }
+            self.output_pending.pop();
         }
     }
 
