@@ -12,6 +12,7 @@ mod guardian_link;
 mod heap;
 mod hold;
 mod lifecycle;
+pub mod machine;
 pub mod node;
 pub mod notify;
 pub mod output;

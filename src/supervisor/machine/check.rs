@@ -1,0 +1,668 @@
+//! An exhaustive, breadth-first model check of the machine: every interleaving of commands,
+//! process exits, readiness, cgroup drains, timers and Supervisor deaths (a successor taking
+//! over from the published records and the kernel's facts), for small clusters, up to a
+//! depth, with the promise's invariants checked in every state reached.
+//!
+//! The kernel is modelled beside the machine (which processes of each node live, which got
+//! which signal, what each exit was), and the shell is emulated as the Supervisor's event loop
+//! carries out actions: a spawn that the machine asks for while the kernel still has a process
+//! of the node is a violation, as is a stop signal sent to a node while a node of a later role
+//! in the same ordered stop still lives, an exit recorded twice or with another status, a
+//! `restart = "never"` node that ran twice for one command, or a record that says something
+//! the machine does not.
+
+use super::takeover::{self, Facts, Found};
+use super::*;
+use crate::config::RestartPolicy;
+use crate::protocol::node::NodeRecord;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+const MS: Ns = 1_000_000;
+
+/// How the modelled process of a node behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Proc_ {
+    pid: u32,
+    /// The stop signal reached it (it may now exit 0, or ignore it).
+    termed: bool,
+    /// SIGKILL reached it: it dies with signal 9.
+    killed: bool,
+}
+
+/// The kernel's truth about one node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+struct Kernel {
+    /// Its main process, alive.
+    main: Option<Proc_>,
+    /// Processes of it left in its cgroup after its main process died.
+    leftovers: bool,
+    /// The cgroup emptied and the Supervisor has not been told yet.
+    emptied: bool,
+    /// Exits that happened (pid, exit), in order, and those the machine recorded.
+    died: Vec<(u32, Exit)>,
+    recorded: Vec<(u32, Exit)>,
+    /// Spawns since the last command that named the node.
+    spawns_since_command: u32,
+}
+
+#[derive(Debug, Clone)]
+struct World {
+    m: Machine,
+    k: Vec<Kernel>,
+    now: Ns,
+    next_pid: u32,
+    commands: u32,
+    deaths: u32,
+    /// The last ordered stop: its nodes (for the order invariant).
+    stop_set: Vec<Ix>,
+    /// The last ordered start's nodes.
+    start_set: Vec<Ix>,
+    /// What the region holds: each node's last published record.
+    records: Vec<Option<NodeRecord>>,
+}
+
+impl World {
+    fn key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.m.fingerprint(&mut h);
+        self.k.hash(&mut h);
+        self.now.hash(&mut h);
+        self.commands.hash(&mut h);
+        self.deaths.hash(&mut h);
+        self.stop_set.hash(&mut h);
+        self.start_set.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// One thing that can happen next.
+#[derive(Debug, Clone)]
+enum Step {
+    Command(Command),
+    Exit(Ix, Exit, bool),
+    Ready(Ix),
+    Emptied(Ix),
+    Timer,
+    /// The Supervisor dies; meanwhile node `.0`'s process dies too (`.1`), reported by the
+    /// guardian or not (`.2`).
+    SupervisorDies(Option<(Ix, Exit, bool)>),
+}
+
+struct Scenario {
+    confs: Vec<Conf>,
+    cgroups: bool,
+    /// Readiness each node's spawn reports.
+    ready: Vec<Readiness>,
+    max_commands: u32,
+    max_deaths: u32,
+}
+
+fn conf(rank: u8, restart: RestartPolicy, after: Vec<Ix>) -> Conf {
+    let policy = Policy {
+        restart,
+        stop_timeout: Duration::from_millis(1_000),
+        restart_delay: Duration::from_millis(100),
+        give_up_after: 2,
+        give_up_window: Duration::from_millis(10_000),
+        ready_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    Conf {
+        rank,
+        after,
+        policy: Arc::new(policy),
+    }
+}
+
+fn violation(w: &World, trace: &[String], what: String) -> String {
+    format!(
+        "{what}\n  after: {}\n  phases: {:?}",
+        trace.join(" -> "),
+        (0..w.m.len())
+            .map(|i| &w.m.core(i).phase)
+            .collect::<Vec<_>>()
+    )
+}
+
+/// Carries out the machine's actions as the shell does, feeding answers back; checks the
+/// invariants that concern actions.
+fn run_actions(w: &mut World, s: &Scenario, mut acts: VecDeque<Action>) -> Result<(), String> {
+    loop {
+        while let Some(a) = acts.pop_front() {
+            match a {
+                Action::Spawn { node } => {
+                    let k = &w.k[node];
+                    if k.main.is_some() {
+                        return Err(format!(
+                            "node {node} spawned while its process {:?} lives",
+                            k.main
+                        ));
+                    }
+                    if w.k[node].leftovers {
+                        let more = w.m.handle(Input::Blocked { node, by: 999 }, w.now);
+                        acts.extend(more);
+                        continue;
+                    }
+                    // Role order: no member of the last ordered start of an earlier role is
+                    // still queued.
+                    let by_command =
+                        matches!(w.m.core(node).phase, Phase::Spawning { again: false, .. });
+                    if by_command && w.start_set.contains(&node) {
+                        for &j in &w.start_set {
+                            if s.confs[j].rank < s.confs[node].rank
+                                && matches!(w.m.core(j).phase, Phase::Queued { .. })
+                            {
+                                return Err(format!(
+                                    "node {node} spawned before node {j} of an earlier role"
+                                ));
+                            }
+                        }
+                    }
+                    let restart_never = s.confs[node].policy.restart == RestartPolicy::Never;
+                    w.k[node].spawns_since_command += 1;
+                    if restart_never && w.k[node].spawns_since_command > 1 {
+                        return Err(format!(
+                            "restart = never node {node} ran twice for one command"
+                        ));
+                    }
+                    w.next_pid += 1;
+                    let pid = w.next_pid;
+                    w.k[node].main = Some(Proc_ {
+                        pid,
+                        termed: false,
+                        killed: false,
+                    });
+                    let more = w.m.handle(
+                        Input::Spawned {
+                            node,
+                            proc_: super::Proc {
+                                pid,
+                                start: pid as u64,
+                            },
+                            ready: s.ready[node],
+                            wall_ms: 0,
+                        },
+                        w.now,
+                    );
+                    acts.extend(more);
+                }
+                Action::Signal { node, pid, signal } => {
+                    if pid != 0 && signal != 9 && w.stop_set.contains(&node) {
+                        for &j in &w.stop_set {
+                            if s.confs[j].rank > s.confs[node].rank
+                                && (w.k[j].main.is_some() || w.k[j].leftovers)
+                            {
+                                return Err(format!(
+                                    "node {node} got its stop signal while node {j} of a later role still runs"
+                                ));
+                            }
+                        }
+                    }
+                    if let Some(p) = w.k[node].main.as_mut() {
+                        if pid == 0 || p.pid == pid {
+                            if signal == 9 {
+                                p.killed = true;
+                            } else {
+                                p.termed = true;
+                            }
+                        }
+                    }
+                    if signal == 9 {
+                        w.k[node].leftovers = false;
+                    }
+                }
+                Action::KillLeftovers { node, group, .. } => {
+                    if group && w.k[node].leftovers {
+                        w.k[node].leftovers = false;
+                        w.k[node].emptied = true;
+                    } else if group {
+                        w.k[node].emptied = true;
+                    }
+                }
+                Action::Publish { node } => {
+                    // A node about to be spawned is published by the spawn's answer (the
+                    // shell skips it, as the Supervisor does).
+                    if !matches!(w.m.core(node).phase, Phase::Spawning { .. }) {
+                        w.records[node] = Some(takeover::record(&w.m, node, "n"));
+                    }
+                }
+                Action::Emit(ev) if ev.kind == EventKind::Exited => {
+                    let node = ev.node as usize;
+                    w.k[node]
+                        .recorded
+                        .push((ev.pid, ev.exit.unwrap_or(Exit::Unknown)));
+                }
+                Action::Release { .. }
+                | Action::Unblock { .. }
+                | Action::Emit(_)
+                | Action::CrashReport { .. }
+                | Action::ReadPidFile { .. }
+                | Action::Log { .. }
+                | Action::Drop { .. } => {}
+            }
+        }
+        let more = w.m.advance_waves(w.now);
+        if more.is_empty() {
+            return Ok(());
+        }
+        acts.extend(more);
+    }
+}
+
+/// The invariants that concern one state.
+fn check_state(w: &World) -> Result<(), String> {
+    for i in 0..w.m.len() {
+        let c = w.m.core(i);
+        let k = &w.k[i];
+        // What the machine says of the node's process is the kernel's truth.
+        match (c.phase.proc_(), k.main) {
+            (Some(p), Some(q)) if p.pid == q.pid => {}
+            (None, None) => {}
+            (None, Some(q)) => {
+                return Err(format!(
+                    "node {i} is {:?} while its process {} lives",
+                    c.phase, q.pid
+                ))
+            }
+            (a, b) => return Err(format!("node {i}: machine says {a:?}, kernel {b:?}")),
+        }
+        if matches!(c.phase, Phase::Spawning { .. }) {
+            return Err(format!("node {i} left spawning"));
+        }
+        // Every exit recorded once, with its real status.
+        let settled: Vec<_> = k.died.iter().collect();
+        if k.recorded.len() > k.died.len() {
+            return Err(format!(
+                "node {i}: exits recorded {:?}, died {:?}",
+                k.recorded, k.died
+            ));
+        }
+        for (n, d) in settled.iter().enumerate() {
+            match k.recorded.get(n) {
+                Some(r) if r == *d || (r.0 == d.0 && r.1 == Exit::Unknown && w.deaths > 0) => {}
+                r => {
+                    return Err(format!(
+                        "node {i}: exit {d:?} recorded as {r:?} (all: {:?})",
+                        k.recorded
+                    ))
+                }
+            }
+        }
+        // A stop started is always finished: its SIGKILL deadline is armed.
+        let timers = w.m.timers();
+        let armed = |kind: TimerKind| timers.iter().any(|t| t.1 == i && t.2 == kind);
+        match &c.phase {
+            Phase::Stopping {
+                kill_at: Some(_), ..
+            } if !armed(TimerKind::Kill) => {
+                return Err(format!("node {i} stopping with no SIGKILL timer"))
+            }
+            Phase::Backoff { .. } if !armed(TimerKind::Retry) => {
+                return Err(format!("node {i} in backoff with no retry timer"))
+            }
+            _ => {}
+        }
+        // The record in the region is the machine's state.
+        if let Some(r) = &w.records[i] {
+            let want = takeover::record(&w.m, i, "n");
+            if *r != want {
+                return Err(format!("node {i}: record {r:?} but machine {want:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn steps(w: &World, s: &Scenario) -> Vec<Step> {
+    let n = w.m.len();
+    let mut out = Vec::new();
+    if w.commands < s.max_commands && !w.m.shutting_down() {
+        let all: Vec<Ix> = (0..n).collect();
+        out.push(Step::Command(Command::Start(all.clone())));
+        out.push(Step::Command(Command::Stop(all.clone())));
+        if n > 1 {
+            out.push(Step::Command(Command::Restart(all.clone())));
+        }
+        for i in 0..n {
+            out.push(Step::Command(Command::Start(vec![i])));
+            out.push(Step::Command(Command::Stop(vec![i])));
+            out.push(Step::Command(Command::Restart(vec![i])));
+        }
+        out.push(Step::Command(Command::Shutdown));
+    }
+    for i in 0..n {
+        let k = &w.k[i];
+        if let Some(p) = k.main {
+            if p.killed {
+                out.push(Step::Exit(
+                    i,
+                    Exit::Signal {
+                        signal: 9,
+                        core: false,
+                    },
+                    false,
+                ));
+            } else {
+                out.push(Step::Exit(i, Exit::Code(0), false));
+                if !p.termed {
+                    out.push(Step::Exit(i, Exit::Code(1), false));
+                    if s.cgroups {
+                        out.push(Step::Exit(i, Exit::Code(1), true));
+                    }
+                }
+            }
+            if matches!(
+                w.m.core(i).phase,
+                Phase::Starting {
+                    ready: Readiness::Told,
+                    ..
+                }
+            ) {
+                out.push(Step::Ready(i));
+            }
+        }
+        if k.emptied {
+            out.push(Step::Emptied(i));
+        }
+    }
+    if w.m.next_deadline().is_some() {
+        out.push(Step::Timer);
+    }
+    if w.deaths < s.max_deaths {
+        out.push(Step::SupervisorDies(None));
+        for i in 0..n {
+            if w.k[i].main.is_some_and(|p| !p.killed) {
+                for reported in [true, false] {
+                    out.push(Step::SupervisorDies(Some((i, Exit::Code(0), reported))));
+                    out.push(Step::SupervisorDies(Some((i, Exit::Code(1), reported))));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
+    match step {
+        Step::Command(c) => {
+            w.commands += 1;
+            let named: Vec<Ix> = match c {
+                Command::Start(v) | Command::Stop(v) | Command::Restart(v) => v.clone(),
+                Command::Shutdown => (0..w.m.len()).collect(),
+            };
+            for &i in &named {
+                w.k[i].spawns_since_command = 0;
+            }
+            // A later command takes its nodes out of an earlier ordered start or stop.
+            w.stop_set.retain(|j| !named.contains(j));
+            w.start_set.retain(|j| !named.contains(j));
+            match c {
+                Command::Stop(v) => w.stop_set = v.clone(),
+                Command::Shutdown => w.stop_set = named.clone(),
+                Command::Start(v) => w.start_set = v.clone(),
+                Command::Restart(v) => {
+                    w.stop_set = v.clone();
+                    w.start_set = v.clone();
+                }
+            }
+            let acts = w.m.handle(Input::Command(c.clone()), w.now);
+            run_actions(w, s, acts.into())
+        }
+        Step::Exit(i, exit, leftovers) => {
+            let i = *i;
+            let p = w.k[i].main.take().expect("a live process");
+            w.k[i].died.push((p.pid, *exit));
+            w.k[i].leftovers = *leftovers;
+            // The Supervisor hears of it (a pidfd, SIGCHLD).
+            let acts = w.m.handle(
+                Input::Exited {
+                    node: i,
+                    pid: p.pid,
+                    exit: *exit,
+                    leftovers: *leftovers,
+                    by: Reporter::Reaped,
+                },
+                w.now,
+            );
+            run_actions(w, s, acts.into())
+        }
+        Step::Ready(i) => {
+            let acts = w.m.handle(Input::Ready { node: *i }, w.now);
+            run_actions(w, s, acts.into())
+        }
+        Step::Emptied(i) => {
+            w.k[*i].emptied = false;
+            let acts = w.m.handle(Input::GroupEmpty { node: *i }, w.now);
+            run_actions(w, s, acts.into())
+        }
+        Step::Timer => {
+            let at = w.m.next_deadline().expect("a timer");
+            w.now = w.now.max(at);
+            let due = w.m.due(w.now);
+            let mut acts = VecDeque::new();
+            for (node, kind) in due {
+                acts.extend(w.m.handle(Input::Timer { node, kind }, w.now));
+            }
+            run_actions(w, s, acts)
+        }
+        Step::SupervisorDies(gap) => {
+            w.deaths += 1;
+            let mut reported = vec![None; w.k.len()];
+            if let Some((i, exit, told)) = *gap {
+                let p = w.k[i].main.take().expect("a live process");
+                w.k[i].died.push((p.pid, exit));
+                if told {
+                    reported[i] = Some(exit);
+                }
+            }
+            // A successor: the records as published, the kernel's facts.
+            let facts: Vec<Facts> = (0..w.m.len())
+                .map(|i| Facts {
+                    record: w.records[i].clone(),
+                    found: match (w.records[i].as_ref().and_then(|r| r.pid), w.k[i].main) {
+                        (Some(p), Some(q)) if p == q.pid => Found::Alive,
+                        (Some(_), _) => match reported[i] {
+                            Some(e) => Found::Reported(e),
+                            None => Found::Gone,
+                        },
+                        (None, Some(q)) => Found::Unrecorded(super::Proc {
+                            pid: q.pid,
+                            start: q.pid as u64,
+                        }),
+                        (None, None) => Found::Gone,
+                    },
+                    leftovers: w.k[i].leftovers,
+                    held_down: false,
+                })
+                .collect();
+            let confs = s.confs.clone();
+            let told: Vec<bool> = s.ready.iter().map(|r| *r == Readiness::Told).collect();
+            let finishing = w.m.shutting_down();
+            let (m, acts) = takeover::take_over(confs, s.cgroups, &facts, &told, finishing, w.now);
+            w.m = m;
+            run_actions(w, s, acts.into())
+        }
+    }
+}
+
+/// Explores every interleaving from an idle cluster up to `depth` steps; returns the number
+/// of distinct states, or the first violation with the steps that led to it.
+fn explore(s: &Scenario, depth: usize) -> Result<usize, String> {
+    let m = Machine::new(s.confs.clone(), s.cgroups);
+    let n = m.len();
+    let start = World {
+        m,
+        k: vec![Kernel::default(); n],
+        now: 0,
+        next_pid: 100,
+        commands: 0,
+        deaths: 0,
+        stop_set: Vec::new(),
+        start_set: Vec::new(),
+        records: vec![None; n],
+    };
+    let mut seen = HashSet::new();
+    seen.insert(start.key());
+    let mut frontier = vec![(start, Vec::<String>::new())];
+    for _ in 0..depth {
+        let mut next = Vec::new();
+        for (w, trace) in &frontier {
+            for step in steps(w, s) {
+                let mut w2 = w.clone();
+                let mut t2 = trace.clone();
+                t2.push(format!("{step:?}"));
+                if std::env::var("BROCTLD_MODEL_TRACE").is_ok() {
+                    eprintln!("{t2:?}");
+                }
+                if let Err(e) = apply(&mut w2, s, &step).and_then(|()| check_state(&w2)) {
+                    return Err(violation(&w2, &t2, e));
+                }
+                if seen.insert(w2.key()) {
+                    next.push((w2, t2));
+                }
+            }
+        }
+        frontier = next;
+        if frontier.is_empty() {
+            break;
+        }
+    }
+    Ok(seen.len())
+}
+
+fn scenario(confs: Vec<Conf>, ready: Vec<Readiness>, cgroups: bool) -> Scenario {
+    Scenario {
+        confs,
+        cgroups,
+        ready,
+        max_commands: 3,
+        max_deaths: 1,
+    }
+}
+
+/// The depth CI explores (`BROCTLD_MODEL_DEPTH` raises it for a long run).
+fn depth(default: usize) -> usize {
+    std::env::var("BROCTLD_MODEL_DEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run(name: &str, s: Scenario, d: usize) {
+    let t = std::time::Instant::now();
+    match explore(&s, d) {
+        Ok(states) => eprintln!(
+            "model {name}: {states} states to depth {d} in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ),
+        Err(e) => panic!("model {name}: {e}"),
+    }
+}
+
+#[test]
+fn one_node_always_every_interleaving() {
+    use RestartPolicy::*;
+    for (ready, cg) in [
+        (Readiness::Now, false),
+        (Readiness::Told, true),
+        (Readiness::After(50 * MS), true),
+    ] {
+        run(
+            &format!("1 node {ready:?} cgroups={cg}"),
+            scenario(vec![conf(3, Always, vec![])], vec![ready], cg),
+            depth(9),
+        );
+    }
+}
+
+#[test]
+fn one_node_never_and_on_failure_every_interleaving() {
+    use RestartPolicy::*;
+    for restart in [Never, OnFailure] {
+        run(
+            &format!("1 node {restart:?}"),
+            scenario(vec![conf(3, restart, vec![])], vec![Readiness::Told], true),
+            depth(9),
+        );
+    }
+}
+
+#[test]
+fn two_nodes_across_roles_every_interleaving() {
+    use RestartPolicy::*;
+    run(
+        "logger + worker",
+        scenario(
+            vec![conf(0, Always, vec![]), conf(3, Never, vec![])],
+            vec![Readiness::Told, Readiness::Now],
+            true,
+        ),
+        depth(7),
+    );
+}
+
+#[test]
+fn three_nodes_across_roles_every_interleaving() {
+    use RestartPolicy::*;
+    run(
+        "logger + manager + worker",
+        scenario(
+            vec![
+                conf(0, Always, vec![]),
+                conf(1, OnFailure, vec![]),
+                conf(3, Always, vec![1]),
+            ],
+            vec![Readiness::Told, Readiness::Now, Readiness::Told],
+            true,
+        ),
+        depth(5),
+    );
+}
+
+#[test]
+#[ignore]
+fn debug_replay() {
+    use RestartPolicy::*;
+    let s = scenario(
+        vec![
+            conf(0, Always, vec![]),
+            conf(1, OnFailure, vec![]),
+            conf(3, Always, vec![1]),
+        ],
+        vec![Readiness::Told, Readiness::Now, Readiness::Told],
+        true,
+    );
+    let m = Machine::new(s.confs.clone(), s.cgroups);
+    let mut w = World {
+        m,
+        k: vec![Kernel::default(); 3],
+        now: 0,
+        next_pid: 100,
+        commands: 0,
+        deaths: 0,
+        stop_set: Vec::new(),
+        start_set: Vec::new(),
+        records: vec![None; 3],
+    };
+    let steps = [
+        Step::SupervisorDies(None),
+        Step::Command(Command::Restart(vec![0, 1, 2])),
+        Step::Command(Command::Stop(vec![2])),
+        Step::Command(Command::Restart(vec![0, 1, 2])),
+        Step::Exit(0, Exit::Code(0), false),
+    ];
+    for st in steps {
+        eprintln!("STEP {st:?}");
+        let r = apply(&mut w, &s, &st);
+        eprintln!(
+            "  -> {r:?}\n  phases {:?}\n  waves {:?}\n  batches {:?}",
+            (0..3)
+                .map(|i| w.m.core(i).phase.clone())
+                .collect::<Vec<_>>(),
+            w.m.start_waves,
+            w.m.batches
+        );
+    }
+}

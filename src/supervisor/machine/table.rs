@@ -1,0 +1,1 @@
+//! The machine as one table (phase x input -> phase, actions), rendered from the code.
