@@ -558,14 +558,21 @@ impl Session {
     fn start(&mut self, words: &[String]) -> Result<Outcome, CliError> {
         // A Supervisor this command starts starts its autostart nodes itself: those were
         // started by this command, not "already running".
+        // What this command started, and then ended as its restart policy says (a
+        // `restart = "never"` node that ran and exited), is done: started once.
+        let since = crate::sys::clock::wall_ms();
         let was_running = self.client().is_some();
         self.spawn_if_needed()?;
         let specs = self.specs();
         let client = self.client.as_ref().expect("attached above");
         let selected = selected_names(client, words)?;
-        // Nodes already running are said so and not sent (the table shows their pid).
+        // Nodes already running are said so and not sent (the table shows their pid). A
+        // Supervisor this command started has started its autostart nodes itself: they are
+        // waited for, not sent a start too (which would run a node that has since ended a
+        // second time).
         let mut names = Vec::with_capacity(selected.len());
         let mut already = Vec::new();
+        let mut autostarted = Vec::new();
         for n in client.status() {
             if !selected.contains(&n.name) {
                 continue;
@@ -575,14 +582,31 @@ impl Session {
                     println!("{}: already running, pid {pid}", n.name);
                     already.push(format!("{} (pid {pid})", n.name));
                 }
+                _ if !was_running
+                    && specs.get(&n.name).is_some_and(|s| s.policy.autostart)
+                    && n.state != NodeState::Failed =>
+                {
+                    autostarted.push(n.index)
+                }
                 _ => names.push(n.name.clone()),
             }
         }
-        if names.is_empty() {
+        if names.is_empty() && autostarted.is_empty() {
             self.note(format!("already running: {}", already.join(", ")));
             return Ok(Outcome::Done);
         }
-        let idx = send_names(client, Opcode::Start, &names, 0)?;
+        let mut idx = if names.is_empty() {
+            Vec::new()
+        } else {
+            send_names(client, Opcode::Start, &names, 0)?
+        };
+        idx.extend(autostarted);
+        let ran_and_ended = |n: &NodeStatus| {
+            n.state == NodeState::Stopped
+                && n.pid.is_none()
+                && n.last_exit.is_some()
+                && n.started_wall_ms >= since
+        };
         let (done, interrupted) = wait_nodes(
             client,
             &idx,
@@ -593,10 +617,11 @@ impl Session {
                 matches!(n.state, NodeState::Running | NodeState::Failed)
                     || n.blocked_by.is_some()
                     || not_ready_in_time(n, &specs)
+                    || ran_and_ended(n)
             },
         );
         let r = report(&done, "started", interrupted, |n| {
-            n.state == NodeState::Running
+            n.state == NodeState::Running || ran_and_ended(n)
         });
         self.note_result(&r, &done, "started");
         r

@@ -1,6 +1,7 @@
 //! Mailbox dispatch: taking submitted commands, applying them, answering, and reclaiming
 //! slots whose owner died.
 
+use super::machine::{Command, Input};
 use super::*;
 use crate::protocol::mailbox::Target;
 use std::sync::atomic::fence;
@@ -111,7 +112,7 @@ impl Supervisor {
                 format!("unknown command code {}", req.opcode),
             );
         };
-        if self.shutting_down && op != Opcode::Ping {
+        if self.machine.shutting_down() && op != Opcode::Ping {
             return (
                 ReplyStatus::Rejected,
                 "the Supervisor is shutting down".into(),
@@ -142,19 +143,15 @@ impl Supervisor {
         match op {
             Opcode::Ping => (ReplyStatus::Ok, "pong".into()),
             Opcode::Start => {
-                self.queue_start(nodes);
+                self.feed(Input::Command(Command::Start(nodes)));
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Stop => {
-                self.queue_stop(nodes);
-                (ReplyStatus::Ok, String::new())
-            }
-            Opcode::Restart if nodes.len() > 1 => {
-                self.restart_staged(nodes);
+                self.feed(Input::Command(Command::Stop(nodes)));
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Restart => {
-                nodes.into_iter().for_each(|i| self.restart_node(i));
+                self.feed(Input::Command(Command::Restart(nodes)));
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Reload => self.reload(),
@@ -183,7 +180,7 @@ impl Supervisor {
                 }
                 let mut missing = Vec::new();
                 for i in nodes {
-                    match self.nodes[i].pid {
+                    match self.main_pid(i) {
                         Some(pid) => {
                             let _ = spawn::signal_pid(pid, sig);
                             let mut ev = Event::now(EventKind::Signaled, i as u16, pid);
@@ -203,5 +200,20 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+impl Supervisor {
+    /// Stops every node (in reverse role order), then exits: the region says so at once.
+    pub(super) fn begin_shutdown(&mut self) {
+        if self.machine.shutting_down() {
+            return;
+        }
+        self.shared
+            .header()
+            .state
+            .store(SupervisorState::ShuttingDown as u32, Ordering::Release);
+        crate::sys::futex::wake(&self.shared.header().state, i32::MAX);
+        self.feed(Input::Command(Command::Shutdown));
     }
 }

@@ -113,64 +113,35 @@ impl Supervisor {
         self.reported.extend(early.into_iter().map(|r| (r.pid, r)));
     }
 
-    /// Takeover hook: if the node recorded in `rec` died while no Supervisor lived and the
-    /// guardian reported how, handles that exit now (recorded as its last exit, an `exited`
-    /// event, the restart policy), and returns true. A node found a zombie of the guardian is
-    /// waited for (bounded) until its report comes.
-    pub(super) fn take_reported_exit(&mut self, i: usize, rec: &NodeRecord) -> bool {
-        let Some(pid) = rec.pid else { return false };
+    /// Takeover: if the node recorded in `rec` died while no Supervisor lived and the
+    /// guardian reported how, that exit (its report is taken). A node found a zombie of the
+    /// guardian is waited for (bounded) until its report comes.
+    pub(super) fn take_reported_exit(&mut self, rec: &NodeRecord) -> Option<Exit> {
+        let pid = rec.pid?;
         if !self.reported.contains_key(&pid) {
             let zombie_of_guardian = self.guardian.as_ref().is_some_and(|g| {
                 matches!(procstat::stat(pid), Ok(Some(st))
                     if st.start == rec.pid_start && st.state == 'Z' && st.parent == g.pid)
             });
             if !zombie_of_guardian {
-                return false;
+                return None;
             }
             let deadline = std::time::Instant::now() + ZOMBIE_REPORT_WAIT;
             while !self.reported.contains_key(&pid) {
-                let Some(link) = self.guardian.as_mut().filter(|g| g.open) else {
-                    return false;
-                };
+                let link = self.guardian.as_mut().filter(|g| g.open)?;
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
-                    return false;
+                    return None;
                 }
                 link.wait(left);
                 let got = link.read_available();
                 self.reported.extend(got.into_iter().map(|r| (r.pid, r)));
             }
         }
-        let Some(r) = self
-            .reported
+        self.reported
             .remove(&pid)
             .filter(|r| r.start == rec.pid_start)
-        else {
-            return false;
-        };
-        let n = &mut self.nodes[i];
-        n.pid = Some(pid);
-        n.pid_start = rec.pid_start;
-        n.started_mono_ns = rec.started_mono_ns;
-        n.started_wall_ms = rec.started_wall_ms;
-        n.restarts = rec.restarts;
-        n.last_exit = rec.last_exit;
-        // A node that was being stopped ends stopped, or starts again if a restart was pending
-        // (the record's intent); any other is handled by its policy.
-        n.state = match rec.state {
-            NodeState::Stopping => NodeState::Stopping,
-            _ => NodeState::Running,
-        };
-        n.start_after_exit =
-            rec.state == NodeState::Stopping && rec.intent.has(Intent::RESTART_PENDING);
-        self.by_pid.insert(pid, i);
-        log!(
-            "node {}: pid {pid} ended while no Supervisor ran ({:?}, reported by the guardian)",
-            rec.name,
-            r.exit
-        );
-        self.on_exit(pid, r.exit);
-        true
+            .map(|r| r.exit)
     }
 
     /// After the takeover: reports that matched no node are processes the guardian reaped
@@ -185,7 +156,9 @@ impl Supervisor {
     fn apply_report(&mut self, r: Report) {
         let node = self.by_pid.get(&r.pid).copied();
         match node {
-            Some(i) if self.nodes[i].pid_start == r.start => self.on_exit(r.pid, r.exit),
+            Some(i) if self.machine.core(i).phase.proc_().map(|p| p.start) == Some(r.start) => {
+                self.exit_reported(r.pid, r.exit, machine::Reporter::Guardian)
+            }
             _ => {
                 let mut ev = Event::now(EventKind::OrphanReaped, NO_NODE, r.pid);
                 ev.exit = Some(r.exit);
@@ -211,19 +184,18 @@ impl Supervisor {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
             }
             // Adopted nodes that ended and waited for a report will get none.
-            let ended: Vec<u32> = self
-                .nodes
-                .iter()
-                .filter(|n| n.adopted)
-                .filter(|n| {
-                    n.pidfd
+            let ended: Vec<u32> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].adopted)
+                .filter(|&i| {
+                    self.nodes[i]
+                        .pidfd
                         .as_ref()
                         .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false))
                 })
-                .filter_map(|n| n.pid)
+                .filter_map(|i| self.main_pid(i))
                 .collect();
             for pid in ended {
-                self.on_exit(pid, Exit::Unknown);
+                self.exit_reported(pid, Exit::Unknown, machine::Reporter::Pidfd);
             }
             self.restore_guardian("the guardian is gone");
         }
@@ -238,14 +210,15 @@ impl Supervisor {
         self.read_reports();
         let i = self.by_pid.get(&pid).copied();
         let Some(i) = i else { return };
-        if self.nodes[i].pid != Some(pid) {
+        let Some(proc_) = self.machine.core(i).phase.proc_().filter(|p| p.pid == pid) else {
             return;
-        }
-        let guardian_reaps = self.guardian.as_ref().is_some_and(|g| {
-            st.is_some_and(|st| st.parent == g.pid && st.start == self.nodes[i].pid_start)
-        });
+        };
+        let guardian_reaps = self
+            .guardian
+            .as_ref()
+            .is_some_and(|g| st.is_some_and(|st| st.parent == g.pid && st.start == proc_.start));
         if !guardian_reaps {
-            self.on_exit(pid, Exit::Unknown);
+            self.exit_reported(pid, Exit::Unknown, machine::Reporter::Pidfd);
         }
     }
 

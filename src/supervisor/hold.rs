@@ -7,7 +7,6 @@
 
 use super::Supervisor;
 use crate::log;
-use crate::protocol::node::NodeState;
 use crate::sys::checked::{self, Kind};
 use std::io;
 use std::path::PathBuf;
@@ -24,10 +23,13 @@ impl Supervisor {
     /// the file system only when the held-down state changed).
     pub(super) fn sync_down_marker(&self, i: usize) {
         let n = &self.nodes[i];
-        if n.retiring {
+        if self.machine.is_retiring(i) {
             return;
         }
-        let want = matches!(n.state, NodeState::Stopped | NodeState::Failed);
+        let want = matches!(
+            self.machine.core(i).phase,
+            super::machine::Phase::Stopped | super::machine::Phase::Failed
+        );
         if n.down_marked.get() == Some(want) {
             return;
         }

@@ -1,7 +1,12 @@
-//! A node's lifecycle: spawning it, noticing it is ready, killing it after its stop timeout,
-//! and deciding what happens when its process ends.
+//! The shell around the node machine ([`super::machine`]): what the event loop feeds it
+//! (exits, readiness, drained groups, gone blockers, timers) and how its actions are carried
+//! out (spawning a node's process with every check that no copy of it lives, signals, kills,
+//! records, events, crash reports). No lifecycle decision is taken here: each function turns
+//! a kernel fact into an input, or an action into system calls.
 
+use super::machine::{Action, Input, Proc, Readiness, Reporter, TimerKind};
 use super::*;
+use std::collections::VecDeque;
 
 /// What taking a node's lock found.
 pub(super) enum NodeLock {
@@ -12,6 +17,117 @@ pub(super) enum NodeLock {
 }
 
 impl Supervisor {
+    /// Feeds one input to the machine and carries out what it answers.
+    pub(super) fn feed(&mut self, input: Input) {
+        let acts = self.machine.handle(input, clock::monotonic_ns());
+        self.carry_out(acts);
+    }
+
+    /// Moves ordered starts and stops on after a wake-up's inputs, until nothing more moves;
+    /// then drops the retired nodes that are down.
+    pub(super) fn settle(&mut self) {
+        loop {
+            let acts = self.machine.advance_waves(clock::monotonic_ns());
+            if acts.is_empty() {
+                break;
+            }
+            self.carry_out(acts);
+        }
+        if !self.dropping.is_empty() {
+            self.drop_retired();
+        }
+    }
+
+    /// Carries out the machine's actions in order; the answer to a spawn (or a kill, a PID
+    /// file read) is fed back at once, and what the machine answers to it is carried out
+    /// before the next action (the spawn's event is stamped when it happened, its record
+    /// published before the next node is spawned).
+    pub(super) fn carry_out(&mut self, acts: Vec<Action>) {
+        let mut queue: VecDeque<Action> = acts.into();
+        let first = |queue: &mut VecDeque<Action>, more: Vec<Action>| {
+            for a in more.into_iter().rev() {
+                queue.push_front(a);
+            }
+        };
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Spawn { node } => {
+                    let answer = self.spawn_process(node);
+                    let more = self.machine.handle(answer, clock::monotonic_ns());
+                    first(&mut queue, more);
+                }
+                Action::Signal { node, pid, signal } => self.send_signal(node, pid, signal),
+                Action::Release { node, pid } => self.release(node, pid),
+                Action::KillLeftovers { node, pid, group } => {
+                    if let Some(input) = self.kill_leftovers(node, pid, group) {
+                        let more = self.machine.handle(input, clock::monotonic_ns());
+                        first(&mut queue, more);
+                    }
+                }
+                Action::Unblock { node } => self.unblock(node),
+                Action::Publish { node } => self.publish(node),
+                Action::Emit(ev) => self.emit(ev),
+                Action::CrashReport {
+                    node,
+                    pid,
+                    exit,
+                    uptime_ms,
+                } => {
+                    let spec = self.nodes[node].spec.clone();
+                    self.write_crash_report(&spec, pid, exit, uptime_ms);
+                }
+                Action::ReadPidFile { node } => {
+                    if let Some(input) = self.take_pid_file(node) {
+                        let more = self.machine.handle(input, clock::monotonic_ns());
+                        first(&mut queue, more);
+                    }
+                }
+                Action::Log { node, text } => log!("node {}: {text}", self.nodes[node].spec.name),
+                Action::Drop { node } => {
+                    self.nodes[node].retired = true;
+                    self.dropping.push(node);
+                }
+            }
+        }
+    }
+
+    /// Appends a machine's event, stamped now.
+    fn emit(&self, mut ev: Event) {
+        ev.wall_ms = clock::wall_ms();
+        ev.mono_ns = clock::monotonic_ns();
+        self.event(ev);
+    }
+
+    /// Node `i`'s main process, as the machine has it.
+    pub(super) fn main_pid(&self, i: usize) -> Option<u32> {
+        self.machine.core(i).phase.proc_().map(|p| p.pid)
+    }
+
+    /// Node `i`'s state, as Mains see it.
+    pub(super) fn state(&self, i: usize) -> NodeState {
+        self.machine.core(i).phase.state()
+    }
+
+    /// Node `i` is `starting` with a live process (waiting to be told it is ready).
+    pub(super) fn awaits_ready(&self, i: usize) -> bool {
+        matches!(self.machine.core(i).phase, machine::Phase::Starting { .. })
+    }
+
+    /// The record node `i` publishes: its lifecycle from the machine, what its process said of
+    /// itself (sd_notify) from the loop.
+    pub(super) fn record(&self, i: usize) -> NodeRecord {
+        let n = &self.nodes[i];
+        let mut rec = machine::takeover::record(&self.machine, i, &n.spec.name);
+        rec.node_type = n.spec.node_type.code();
+        if let Some(p) = n.extras().notify_phase {
+            rec.intent.set(p.flag(), true);
+        }
+        rec.intent.set(Intent::READY_FIFO, n.ready_pipe.is_some());
+        rec
+    }
+
+    /// Due timers: the machine's (restart, SIGKILL, readiness), the watchdogs and ready checks,
+    /// and blockers that are gone.
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
         for i in 0..self.nodes.len() {
@@ -23,59 +139,33 @@ impl Supervisor {
             }
         }
         // A blocker's pidfd turned readable: it is gone, so check again now.
-        for i in 0..self.nodes.len() {
-            let gone = self.nodes[i]
-                .blocker
-                .as_ref()
-                .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false));
-            if gone {
-                // Recheck now; a new blocker is logged afresh.
-                self.unblock(i);
-                if self.nodes[i].state == NodeState::Backoff {
-                    self.nodes[i].deadline = Some(now);
-                }
-            }
+        let gone: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i]
+                    .blocker
+                    .as_ref()
+                    .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false))
+            })
+            .collect();
+        for i in gone {
+            self.unblock(i);
+            self.feed(Input::BlockerGone { node: i });
         }
-        for i in 0..self.nodes.len() {
-            if let Some(t) = self.nodes[i].ready_by {
-                if t <= now && self.nodes[i].extras().pid_file_wait.is_some() {
-                    self.nodes[i].ready_by = None;
-                    self.give_up_pid_file(i, false);
-                    continue;
-                }
-                if t <= now
-                    && self.nodes[i].state == NodeState::Starting
-                    && !self.nodes[i].ready_timed_out
-                {
-                    self.nodes[i].ready_timed_out = true;
-                    self.publish(i);
-                    self.ready_timed_out(i);
+        for (node, kind) in self.machine.due(now) {
+            if kind == TimerKind::ReadyBy {
+                // Waiting for a PID file ends: what it names now still counts.
+                if let machine::Phase::AwaitingMain { .. } = self.machine.core(node).phase {
+                    if let Some(input) = self.take_pid_file(node) {
+                        self.feed(input);
+                        continue;
+                    }
                 }
             }
-        }
-        for i in 0..self.nodes.len() {
-            let Some(d) = self.nodes[i].deadline else {
-                continue;
-            };
-            if d > now {
-                continue;
-            }
-            self.nodes[i].deadline = None;
-            match self.nodes[i].state {
-                NodeState::Backoff => self.spawn(i, true),
-                NodeState::Stopping => self.kill(i),
-                NodeState::Starting => {
-                    self.nodes[i].state = NodeState::Running;
-                    self.publish(i);
-                    let pid = self.nodes[i].pid.unwrap_or(0);
-                    self.event(Event::now(EventKind::Ready, i as u16, pid));
-                }
-                _ => {}
-            }
+            self.feed(Input::Timer { node, kind });
         }
     }
 
-    /// Spawns node `i`; `again` counts it as a restart.
+    /// Carries out [`Action::Spawn`] for node `i`; returns the machine's answer.
     ///
     /// Fail safe: no copy starts while any process of the node may live. Its lock (held by
     /// every process that kept the inherited fd) and a `/proc` scan for processes carrying its
@@ -84,7 +174,7 @@ impl Supervisor {
     /// by its lock file, or running the node's command) is adopted; anything else blocks the
     /// start (`backoff`, with the blocking pid published) until it is gone. An OS error while
     /// checking blocks too: it is never taken as "nothing runs".
-    pub(super) fn spawn(&mut self, i: usize, again: bool) {
+    pub(super) fn spawn_process(&mut self, i: usize) -> Input {
         let name = self.nodes[i].spec.name.clone();
         let instance = self.instance.name().to_owned();
         let env = [
@@ -107,27 +197,20 @@ impl Supervisor {
             Ok(p) => p,
             Err(e) => {
                 drop(lock);
-                self.block(
+                return self.block(
                     i,
                     BLOCKED_UNKNOWN,
                     &format!("cannot check /proc for a running copy ({e})"),
                 );
-                return;
             }
         };
         if held || !procs.is_empty() {
             drop(lock);
-            self.adopt_or_block(i, recorded, held, &procs);
-            return;
-        }
-        if again {
-            self.nodes[i].restarts = self.nodes[i].restarts.saturating_add(1);
+            return self.adopt_or_block(i, recorded, held, &procs);
         }
         self.unblock(i);
         // Nothing of it lives: from here on every process of it is our descendant.
         self.nodes[i].descendants_only = true;
-        self.nodes[i].start_after_exit = false;
-        self.nodes[i].killed = false;
         self.nodes[i].adopted = false;
         self.drop_ready_pipe(i);
         let ready_fd = self.nodes[i].spec.policy.ready_fd;
@@ -177,11 +260,6 @@ impl Supervisor {
                 env.push(("WATCHDOG_USEC", watchdog_usec.as_str()));
             }
         }
-        if let Some(e) = self.nodes[i].extras_if_any() {
-            e.starter = None;
-            e.pid_file_wait = None;
-        }
-        self.nodes[i].fail_after_stop = false;
         // Its own cgroup, in which the child starts. A group whose `cgroup.events` is
         // watched is kept as it is (the watch is on it).
         let fresh = self.nodes[i].cgroup_fresh || self.nodes[i].cgroup_events.is_some();
@@ -236,58 +314,44 @@ impl Supervisor {
                         Err(e) => log!("node {name}: cannot watch its readiness FIFO: {e}"),
                     }
                 }
-                let n = &mut self.nodes[i];
-                n.pid = Some(pid);
-                n.pid_start = match start {
+                let pid_start = match start {
                     Some(t) => t,
                     None => procstat::start_time(pid).ok().flatten().unwrap_or(0),
                 };
-                if n.spec.policy.pid_file.is_some() {
-                    n.extras_mut().starter = Some(pid);
-                }
                 if let Some(l) = lock.as_mut() {
-                    let _ = l.write_holder(pid, n.pid_start);
+                    let _ = l.write_holder(pid, pid_start);
                 }
                 // Our copy of the lock fd closes here; the node's copy keeps the lock.
                 drop(lock.take());
-                // Started = exec succeeded (spawn returns after it), not when we began: under
-                // load a spawn can wait, and delays are measured between real starts.
-                let now = clock::monotonic_ns();
-                n.started_mono_ns = now;
-                n.started_wall_ms = clock::wall_ms();
                 self.watch_pid(i, pid);
-                let n = &mut self.nodes[i];
-                let ready_after = n.spec.policy.ready_after;
-                n.ready_by = Some(now + n.spec.policy.ready_timeout.as_nanos() as u64);
-                n.ready_timed_out = false;
-                let checked = !n.spec.policy.ready_check.is_empty();
-                if n.ready_pipe.is_some()
-                    || by_file
-                    || n.extras().starter.is_some()
-                    || n.extras().notify.is_some()
-                    || checked
-                {
-                    n.state = NodeState::Starting;
-                    n.deadline = None;
-                } else if ready_after.is_zero() {
-                    n.state = NodeState::Running;
-                    n.deadline = None;
+                self.by_pid.insert(pid, i);
+                let n = &self.nodes[i];
+                let policy = &n.spec.policy;
+                let checked = !policy.ready_check.is_empty();
+                let told =
+                    n.ready_pipe.is_some() || by_file || n.extras().notify.is_some() || checked;
+                let ready = if policy.pid_file.is_some() {
+                    Readiness::Starter(n.ready_pipe.is_some() || by_file)
+                } else if told {
+                    Readiness::Told
+                } else if policy.ready_after.is_zero() {
+                    Readiness::Now
                 } else {
-                    n.state = NodeState::Starting;
-                    n.deadline = Some(now + ready_after.as_nanos() as u64);
-                }
-                let running = n.state == NodeState::Running;
-                let restarts = n.restarts;
+                    Readiness::After(policy.ready_after.as_nanos() as u64)
+                };
                 if checked {
                     self.arm_ready_check(i);
                 }
-                self.by_pid.insert(pid, i);
-                self.publish(i);
-                let mut ev = Event::now(EventKind::Spawned, i as u16, pid);
-                ev.a = restarts as u64;
-                self.event(ev);
-                if running {
-                    self.event(Event::now(EventKind::Ready, i as u16, pid));
+                // Started = exec succeeded (spawn returns after it), not when we began: under
+                // load a spawn can wait, and delays are measured between real starts.
+                Input::Spawned {
+                    node: i,
+                    proc_: Proc {
+                        pid,
+                        start: pid_start,
+                    },
+                    ready,
+                    wall_ms: clock::wall_ms(),
                 }
             }
             Err(e) => {
@@ -297,13 +361,11 @@ impl Supervisor {
                     l.remove();
                 }
                 readiness::remove(&fifo_path);
-                let exit = Exit::SpawnFailed(e.errno());
-                self.nodes[i].started_mono_ns = now;
-                self.nodes[i].last_exit = Some(exit);
-                let mut ev = Event::now(EventKind::SpawnFailed, i as u16, 0);
-                ev.exit = Some(exit);
-                self.event(ev);
-                self.after_end(i, exit, now);
+                let _ = now;
+                Input::SpawnFailed {
+                    node: i,
+                    errno: e.errno(),
+                }
             }
         }
     }
@@ -316,7 +378,7 @@ impl Supervisor {
         recorded: (u32, u64),
         held: bool,
         procs: &[procscan::NodeProcess],
-    ) {
+    ) -> Input {
         let name = self.nodes[i].spec.name.clone();
         let instance = self.instance.name().to_owned();
         // The node itself: the group leader its lock file names (even if it closed the lock
@@ -332,41 +394,34 @@ impl Supervisor {
         let candidate = match candidate {
             Ok(c) => c,
             Err(e) => {
-                self.block(
+                return self.block(
                     i,
                     BLOCKED_UNKNOWN,
                     &format!("cannot check /proc for a running copy ({e})"),
                 );
-                return;
             }
         };
         if let Some((pid, start)) = candidate.filter(|(p, _)| !self.by_pid.contains_key(p)) {
-            let mut rec = self.nodes[i].record();
-            rec.pid = Some(pid);
-            rec.pid_start = start;
-            match procstat::age_ns(pid, start) {
-                Ok(Some(age)) => {
-                    rec.started_mono_ns = clock::monotonic_ns().saturating_sub(age);
-                    rec.started_wall_ms = clock::wall_ms().saturating_sub(age / 1_000_000);
-                }
-                _ => {
-                    rec.started_mono_ns = clock::monotonic_ns();
-                    rec.started_wall_ms = clock::wall_ms();
-                }
-            }
+            let started = match procstat::age_ns(pid, start) {
+                Ok(Some(age)) => (
+                    clock::monotonic_ns().saturating_sub(age),
+                    clock::wall_ms().saturating_sub(age / 1_000_000),
+                ),
+                _ => (clock::monotonic_ns(), clock::wall_ms()),
+            };
             let how = if held {
                 "already holds its lock"
             } else {
                 "already runs"
             };
             log!("node {name}: a copy (pid {pid}) {how}; adopting it instead of starting another");
-            self.nodes[i].start_after_exit = false;
-            if self.adopt(i, &rec) {
+            if self.watch_survivor(i, pid, start) {
                 self.unblock(i);
-                self.nodes[i].state = NodeState::Running;
-                self.nodes[i].deadline = None;
-                self.publish(i);
-                return;
+                return Input::Adopted {
+                    node: i,
+                    proc_: Proc { pid, start },
+                    started,
+                };
             }
         }
         if let Some(c) = &self.cgroups {
@@ -414,23 +469,22 @@ impl Supervisor {
             ),
         };
         let _ = instance;
-        self.block(i, blocker, &why);
+        self.block(i, blocker, &why)
     }
 
-    /// Keeps node `i` from starting while `pid` (a process of it that is not ours) lives:
-    /// `backoff` with the blocker published, its exit watched through a pidfd, and a recheck
-    /// that backs off from 50 ms to 5 s (for blockers a pidfd cannot watch). Logged and
-    /// recorded as an event only when the blocker changes, so a long block costs nothing.
-    pub(super) fn block(&mut self, i: usize, pid: u32, why: &str) {
-        let now = clock::monotonic_ns();
-        let changed = self.nodes[i].blocked_by != Some(pid);
-        if changed {
-            self.unblock(i);
+    /// Node `i` cannot start while `pid` (a process of it that is not ours) lives: its exit
+    /// is watched through a pidfd (the machine rechecks on a backoff too, for blockers a
+    /// pidfd cannot watch). Logged only when the blocker changes, so a long block costs
+    /// nothing. Returns the machine's input.
+    pub(super) fn block(&mut self, i: usize, pid: u32, why: &str) -> Input {
+        if self.machine.blocked_by(i) != Some(pid) && self.nodes[i].blocker_pid != pid {
             log!(
-                "node {}: not started: {why}; waiting until it is gone (`broctld stop {}` ends it)",
-                self.nodes[i].spec.name,
+                "node {}: not started: {why}; waiting until it is gone",
                 self.nodes[i].spec.name
             );
+        }
+        if self.nodes[i].blocker_pid != pid || self.nodes[i].blocker.is_none() {
+            self.unblock(i);
             if pid != BLOCKED_UNKNOWN {
                 if let Ok(fd) = pidfd::open(pid) {
                     if self
@@ -444,23 +498,12 @@ impl Supervisor {
                         .is_ok()
                     {
                         self.nodes[i].blocker = Some(fd);
+                        self.nodes[i].blocker_pid = pid;
                     }
                 }
             }
         }
-        let n = &mut self.nodes[i];
-        n.block_delay_ms = (n.block_delay_ms * 2).clamp(50, 5_000);
-        n.blocked_by = Some(pid);
-        n.state = NodeState::Backoff;
-        n.deadline = Some(now + n.block_delay_ms * 1_000_000);
-        let delay = n.block_delay_ms;
-        self.publish(i);
-        if changed {
-            let mut ev = Event::now(EventKind::Backoff, i as u16, 0);
-            ev.a = delay;
-            ev.b = pid as u64;
-            self.event(ev);
-        }
+        Input::Blocked { node: i, by: pid }
     }
 
     /// Every live process carrying node `i`'s identity. A full `/proc` scan (about 1 ms per
@@ -495,7 +538,7 @@ impl Supervisor {
         Ok(false)
     }
 
-    /// Forgets what blocked node `i`'s start.
+    /// Stops watching what blocked node `i`'s start.
     pub(super) fn unblock(&mut self, i: usize) {
         if let Some(fd) = self.nodes[i].blocker.take() {
             let _ = self
@@ -503,8 +546,7 @@ impl Supervisor {
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        self.nodes[i].blocked_by = None;
-        self.nodes[i].block_delay_ms = 0;
+        self.nodes[i].blocker_pid = 0;
     }
 
     /// Sends `sig` to every process carrying node `i`'s identity outside its process group
@@ -616,157 +658,129 @@ impl Supervisor {
         };
         if ready {
             self.drop_ready_pipe(i);
-        }
-        if ready && self.nodes[i].state == NodeState::Starting {
             self.mark_ready(i);
         }
     }
 
-    /// A starting node said it is ready (readiness pipe or ready file).
+    /// A starting node said it is ready (readiness pipe, ready file, sd_notify, check).
     pub(super) fn mark_ready(&mut self, i: usize) {
-        self.nodes[i].state = NodeState::Running;
-        self.publish(i);
-        let pid = self.nodes[i].pid.unwrap_or(0);
-        self.event(Event::now(EventKind::Ready, i as u16, pid));
+        self.feed(Input::Ready { node: i });
     }
 
-    pub(super) fn kill(&mut self, i: usize) {
-        if let Some(pid) = self.nodes[i].pid {
-            log!(
-                "node {}: still running {} ms after its stop signal; sending SIGKILL",
-                self.nodes[i].spec.name,
-                self.nodes[i].spec.policy.stop_timeout.as_millis()
-            );
-            let _ = spawn::signal_group(pid, libc::SIGKILL);
-            self.signal_escaped(i, pid, libc::SIGKILL);
-            self.nodes[i].killed = true;
-            self.publish(i);
-            self.event(Event::now(EventKind::Killed, i as u16, pid));
+    /// Carries out [`Action::Signal`]: the node's process group, and its processes outside it.
+    fn send_signal(&mut self, i: usize, pid: u32, sig: i32) {
+        if pid != 0 {
+            if let Err(e) = spawn::signal_group(pid, sig) {
+                log!(
+                    "node {}: sending signal {sig} to pid {pid}: {e}",
+                    self.nodes[i].spec.name
+                );
+            }
         }
+        self.signal_escaped(i, pid, sig);
     }
 
+    /// A child (or an adopted node, or a process the guardian reported) ended: a ready check,
+    /// a node's main process (fed to the machine, with whether its cgroup still holds
+    /// processes), or an orphan.
     pub(super) fn on_exit(&mut self, pid: u32, exit: Exit) {
+        self.exit_reported(pid, exit, Reporter::Reaped);
+    }
+
+    /// [`Self::on_exit`], saying who reported it.
+    pub(super) fn exit_reported(&mut self, pid: u32, exit: Exit, by: Reporter) {
         if self.check_ended(pid, exit) {
             return;
         }
-        let Some(i) = self.by_pid.remove(&pid) else {
+        let Some(&i) = self.by_pid.get(&pid) else {
             let mut ev = Event::now(EventKind::OrphanReaped, NO_NODE, pid);
             ev.exit = Some(exit);
             self.event(ev);
             return;
         };
-        if self.nodes[i].pid != Some(pid) {
+        if self.main_pid(i) != Some(pid) {
+            self.by_pid.remove(&pid);
             return;
         }
         // Its last words go to its files before anything reads them (a crash report).
         self.pump_outputs(i);
-        let n = &mut self.nodes[i];
-        if let Some(fd) = n.pidfd.take() {
+        let leftovers = match &self.cgroups {
+            Some(c) => c.node(&self.nodes[i].spec.name).populated().unwrap_or(true),
+            None => false,
+        };
+        if leftovers {
+            log!(
+                "node {}: pid {pid} ended; killing what is left in its cgroup",
+                self.nodes[i].spec.name
+            );
+        }
+        self.feed(Input::Exited {
+            node: i,
+            pid,
+            exit,
+            leftovers,
+            by,
+        });
+    }
+
+    /// Carries out [`Action::Release`]: node `i`'s main process `pid` ended, so what watched
+    /// it goes (a forking daemon's starter keeps the node's readiness watches).
+    fn release(&mut self, i: usize, pid: u32) {
+        self.by_pid.remove(&pid);
+        if let Some(fd) = self.nodes[i].pidfd.take() {
             let _ = self
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        n.pid = None;
-        n.pid_start = 0;
-        n.adopted = false;
-        let starter = n.extras_if_any().and_then(|e| {
+        self.nodes[i].adopted = false;
+        if let Some(e) = self.nodes[i].extras_if_any() {
             e.watchdog_at = None;
             e.notify_phase = None;
-            e.starter.take()
-        });
-        if starter == Some(pid)
-            && exit == Exit::Code(0)
-            && n.state == NodeState::Starting
-            && n.queue.is_none()
-        {
-            // A forking daemon's starter is done: its main process comes from its PID file.
-            self.starter_exited(i, pid);
+        }
+        if let machine::Phase::AwaitingMain { .. } = self.machine.core(i).phase {
             return;
         }
-        let n = &mut self.nodes[i];
-        n.last_exit = Some(exit);
         self.drop_ready_pipe(i);
         self.close_notify(i);
         self.drop_ready_check(i);
-        let n = &mut self.nodes[i];
-        let was_stopping =
-            n.state == NodeState::Stopping || matches!(n.queue, Some(Queue::Stop { .. }));
-        if matches!(n.queue, Some(Queue::Stop { .. })) {
-            n.queue = None;
-        }
-        // With a cgroup: whatever is left in it is killed, and the end is applied once the
-        // group is empty (a node is down when its group is).
-        if let Some(c) = &self.cgroups {
-            let g = c.node(&self.nodes[i].spec.name);
-            if g.populated().unwrap_or(true) {
-                log!(
-                    "node {}: pid {pid} ended; killing what is left in its cgroup",
-                    self.nodes[i].spec.name
-                );
+    }
+
+    /// Carries out [`Action::KillLeftovers`]: what is left of node `i` ends (its process
+    /// group `pid`, its escaped processes, and with `group` its whole cgroup, whose emptying is
+    /// then watched). Returns [`Input::GroupEmpty`] if the group is empty already.
+    fn kill_leftovers(&mut self, i: usize, pid: u32, group: bool) -> Option<Input> {
+        if group {
+            if let Some(g) = self.node_group(&self.nodes[i].spec.name) {
                 self.nodes[i].cgroup_fresh = false;
-                let _ = g.kill();
-                let mut ev = Event::now(EventKind::Exited, i as u16, pid);
-                ev.exit = Some(exit);
-                self.event(ev);
-                self.drain(i, pid, exit, was_stopping);
-                return;
+                if let Err(e) = g.kill() {
+                    log!(
+                        "node {}: cgroup.kill in {}: {e}",
+                        self.nodes[i].spec.name,
+                        g.dir().display()
+                    );
+                }
+                self.watch_cgroup(i);
+                // Emptied between the check and the watch: no notification will come.
+                return self
+                    .group_emptied(i)
+                    .then_some(Input::GroupEmpty { node: i });
             }
+            return Some(Input::GroupEmpty { node: i });
         }
         // Leftovers of the node's process group (background jobs) do not outlive it: not after
         // a stop, and not before its replacement starts (they would hold its lock, and a
         // restarted node must not find stale children of its predecessor).
-        if !matches!(exit, Exit::Unknown) || was_stopping {
+        if pid != 0 {
             let _ = spawn::signal_group_only(pid, libc::SIGKILL);
         }
         // Those that escaped its group (setsid, daemonizing) but still carry its identity are
         // its leftovers too: they would count as a second copy, so they end with it (the
         // restart waits until they are gone). With a cgroup there are none: it is empty here.
-        if self.cgroups.is_none() && (!matches!(exit, Exit::Unknown) || was_stopping) {
+        if self.cgroups.is_none() {
             self.signal_escaped(i, pid, libc::SIGKILL);
         }
-        let mut ev = Event::now(EventKind::Exited, i as u16, pid);
-        ev.exit = Some(exit);
-        self.event(ev);
-        self.ended(i, pid, exit, was_stopping);
-    }
-
-    /// Node `i`'s process `pid` ended and nothing of it is left: stopped, started again (a
-    /// restart), or the restart policy.
-    pub(super) fn ended(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
-        let now = clock::monotonic_ns();
-        // The crash report is written after the replacement is spawned: restart latency first.
-        let crash =
-            (!was_stopping && exit.is_failure() && !matches!(exit, Exit::Unknown)).then(|| {
-                let n = &self.nodes[i];
-                (
-                    n.spec.clone(),
-                    now.saturating_sub(n.started_mono_ns) / 1_000_000,
-                )
-            });
-        if was_stopping {
-            if self.nodes[i].start_after_exit && !self.shutting_down {
-                // An operator's (or a reload's) restart: not a death, so not counted in
-                // `restarts`; `last_exit` says how the process ended.
-                self.spawn(i, false);
-            } else if std::mem::take(&mut self.nodes[i].fail_after_stop) {
-                // ready_timeout_action = "fail".
-                self.nodes[i].state = NodeState::Failed;
-                self.nodes[i].deadline = None;
-                self.publish(i);
-                self.event(Event::now(EventKind::Failed, i as u16, 0));
-            } else {
-                self.nodes[i].state = NodeState::Stopped;
-                self.nodes[i].deadline = None;
-                self.publish(i);
-                self.event(Event::now(EventKind::Stopped, i as u16, 0));
-            }
-            return;
-        }
-        self.after_end(i, exit, now);
-        if let Some((spec, uptime_ms)) = crash {
-            self.write_crash_report(&spec, pid, exit, uptime_ms);
-        }
+        None
     }
 
     /// Watches node `i`'s process `pid` with a pidfd (readable when it exits).
@@ -824,36 +838,28 @@ impl Supervisor {
         }
     }
 
-    /// Node `i`'s process `pid` ended (`exit`) and its cgroup still has processes, being
-    /// killed: it is `stopping` (pid none) until the group is empty, then `ended` applies.
-    /// Published, so `status` never shows a node whose main process is gone as running, and a
-    /// successor knows (the `DRAINING_DEATH` intent) that the restart policy decides its end.
-    pub(super) fn drain(&mut self, i: usize, pid: u32, exit: Exit, was_stopping: bool) {
-        let n = &mut self.nodes[i];
-        n.draining = Some((pid, exit, was_stopping));
-        n.state = NodeState::Stopping;
-        n.deadline = None;
-        self.publish(i);
-        self.watch_cgroup(i);
-        // Emptied between the check and the watch: no notification will come.
-        self.cgroup_changed(i);
+    /// Node `i`'s `cgroup.events` changed (or may have): once the group is empty, the
+    /// machine hears of it (a drained end applies; a start blocked by leftovers goes ahead).
+    pub(super) fn cgroup_changed(&mut self, i: usize) {
+        if self.group_emptied(i) {
+            self.feed(Input::GroupEmpty { node: i });
+        }
     }
 
-    /// Node `i`'s `cgroup.events` changed (or may have): once the group is empty, a drained
-    /// end is applied and a start blocked by leftovers goes ahead.
-    pub(super) fn cgroup_changed(&mut self, i: usize) {
+    /// Whether node `i`'s watched group is empty now (the watch is then dropped).
+    fn group_emptied(&mut self, i: usize) -> bool {
         let Some(f) = self.nodes[i].cgroup_events.as_mut() else {
-            return;
+            return false;
         };
         match crate::sys::cgroup::events_populated(f) {
-            Ok(true) => return,
+            Ok(true) => return false,
             Ok(false) => {}
             Err(e) => {
                 log!(
                     "node {}: reading cgroup.events: {e}",
                     self.nodes[i].spec.name
                 );
-                return;
+                return false;
             }
         }
         if let Some(f) = self.nodes[i].cgroup_events.take() {
@@ -862,14 +868,7 @@ impl Supervisor {
                 .registry()
                 .deregister(&mut SourceFd(&f.as_raw_fd()));
         }
-        if let Some((pid, exit, was_stopping)) = self.nodes[i].draining.take() {
-            self.ended(i, pid, exit, was_stopping);
-        } else if self.nodes[i].blocked_by.is_some() {
-            self.unblock(i);
-            if self.nodes[i].state == NodeState::Backoff {
-                self.nodes[i].deadline = Some(clock::monotonic_ns());
-            }
-        }
+        true
     }
 
     pub(super) fn write_crash_report(
@@ -904,53 +903,6 @@ impl Supervisor {
                 spec.name,
                 exit.describe()
             ),
-        }
-    }
-
-    /// Applies the restart policy to a node whose process ended on its own (or never started).
-    pub(super) fn after_end(&mut self, i: usize, exit: Exit, now: u64) {
-        let n = &mut self.nodes[i];
-        n.pid = None;
-        if self.shutting_down || n.retiring {
-            n.state = NodeState::Stopped;
-            n.deadline = None;
-            self.publish(i);
-            return;
-        }
-        let started = n.started_mono_ns;
-        match policy::decide(&n.spec.policy, &mut n.history, exit, started, now) {
-            Decision::RestartAt(at) if at <= now => {
-                self.publish(i);
-                self.spawn(i, true);
-            }
-            Decision::RestartAt(at) => {
-                n.state = NodeState::Backoff;
-                n.deadline = Some(at);
-                self.publish(i);
-                let mut ev = Event::now(EventKind::Backoff, i as u16, 0);
-                ev.a = (at - now) / 1_000_000;
-                self.event(ev);
-            }
-            Decision::Stop => {
-                n.state = NodeState::Stopped;
-                n.deadline = None;
-                self.publish(i);
-                self.event(Event::now(EventKind::Stopped, i as u16, 0));
-            }
-            Decision::Fail { quick_deaths } => {
-                log!(
-                    "node {}: giving up ({} quick deaths); `broctld start {}` tries again",
-                    n.spec.name,
-                    quick_deaths,
-                    n.spec.name
-                );
-                n.state = NodeState::Failed;
-                n.deadline = None;
-                self.publish(i);
-                let mut ev = Event::now(EventKind::Failed, i as u16, 0);
-                ev.a = quick_deaths as u64;
-                self.event(ev);
-            }
         }
     }
 }

@@ -18,7 +18,6 @@ pub mod notify;
 pub mod output;
 mod pid_file;
 pub mod policy;
-mod queues;
 mod readiness;
 mod ready_check;
 mod ready_file;
@@ -49,8 +48,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use node::{Node, Queue};
-use policy::Decision;
+use node::Node;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
@@ -232,8 +230,11 @@ pub struct Supervisor {
     bell_undrained: u32,
     lock: Option<lockfile::LockFile>,
     nodes: Vec<Node>,
+    /// Every node's lifecycle (same indices as `nodes`): the one place it changes.
+    machine: machine::Machine,
+    /// Retired nodes the machine dropped, to leave the table once the loop settles.
+    dropping: Vec<usize>,
     by_pid: HashMap<u32, usize>,
-    shutting_down: bool,
     slot_seen: Vec<u32>,
     /// Watches `ready_file`s (None if inotify is unavailable: logged at start).
     ready_files: Option<ready_file::ReadyFiles>,
@@ -247,9 +248,6 @@ pub struct Supervisor {
     repair_failed: bool,
     /// The instance's cgroup (None: the lock fd and `/proc` identity scan are the fallback).
     cgroups: Option<cgroups::Cgroups>,
-    /// Staged restarts of several nodes (by name): stopping in reverse stages; started in
-    /// stages once every node of the batch is down.
-    restart_batches: Vec<Vec<String>>,
     /// Output streams (node index, stream) that stopped at their budget: pumped again before
     /// the loop sleeps.
     output_pending: Vec<(usize, usize)>,
@@ -421,7 +419,8 @@ impl Supervisor {
             lock: Some(lock),
             nodes: config.nodes.into_iter().map(Node::new).collect(),
             by_pid: HashMap::new(),
-            shutting_down: false,
+            machine: machine::Machine::new(Vec::new(), false),
+            dropping: Vec::new(),
             slot_seen: vec![0; slots],
             ready_files,
             loading: None,
@@ -430,7 +429,6 @@ impl Supervisor {
             generation: 0,
             repair_failed: false,
             cgroups,
-            restart_batches: Vec::new(),
             output_pending: Vec::new(),
             output_retry: None,
         };
@@ -444,11 +442,11 @@ impl Supervisor {
         for i in 0..sup.nodes.len() {
             // (Not one this Supervisor spawned itself: its socket is already bound.)
             if sup.nodes[i].spec.policy.notify
-                && sup.nodes[i].pid.is_some()
+                && sup.main_pid(i).is_some()
                 && sup.nodes[i].extras().notify.is_none()
             {
                 sup.open_notify(i);
-                if sup.nodes[i].state == NodeState::Running {
+                if sup.state(i) == NodeState::Running {
                     sup.arm_watchdog(i);
                 }
             }
@@ -459,6 +457,7 @@ impl Supervisor {
         for (pid, exit) in reaper::reap_all() {
             sup.on_exit(pid, exit);
         }
+        sup.settle();
         let _ = std::fs::remove_file(sup.instance.dir().join("handoff"));
         Ok(sup)
     }
@@ -467,7 +466,7 @@ impl Supervisor {
     pub fn run(&mut self) -> Result<(), SupervisorError> {
         let mut events = Events::with_capacity(256);
         loop {
-            if self.shutting_down && self.nodes.iter().all(Node::is_down) {
+            if self.machine.shutting_down() && self.machine.all_down() {
                 return Ok(());
             }
             let timeout = if self.output_pending.is_empty() {
@@ -553,7 +552,7 @@ impl Supervisor {
                     .pidfd
                     .as_ref()
                     .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false));
-                if let (true, true, Some(pid)) = (n.adopted, exited, n.pid) {
+                if let (true, true, Some(pid)) = (n.adopted, exited, self.main_pid(i)) {
                     self.adopted_node_ended(pid);
                 }
             }
@@ -565,12 +564,9 @@ impl Supervisor {
             }
             self.fire_timers();
             self.retry_outputs();
-            self.advance_queues();
+            self.settle();
             for i in ended {
                 self.rest_outputs(i);
-            }
-            if self.nodes.iter().any(|n| n.retiring && n.is_down()) {
-                self.drop_retired();
             }
             self.check_damage();
         }
@@ -602,30 +598,16 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        let queued = self.nodes.iter().any(|n| n.queue.is_some());
         self.nodes
             .iter()
-            .flat_map(|n| {
-                let acts =
-                    n.spec.policy.ready_timeout_action != crate::config::ReadyTimeoutAction::Wait;
-                let waiting = (queued || acts || n.extras().pid_file_wait.is_some())
-                    && n.state == NodeState::Starting
-                    && !n.ready_timed_out;
-                let ready_by = if waiting { n.ready_by } else { None };
-                [
-                    n.deadline,
-                    ready_by,
-                    n.extras().watchdog_at,
-                    n.extras().check_at,
-                ]
-            })
-            .chain([self.output_retry])
+            .flat_map(|n| [n.extras().watchdog_at, n.extras().check_at])
+            .chain([self.machine.next_deadline(), self.output_retry])
             .flatten()
             .min()
     }
 
     fn publish(&self, i: usize) {
-        self.shared.node_cells()[i].write(&self.nodes[i].record().encode());
+        self.shared.node_cells()[i].write(&self.record(i).encode());
         self.sync_down_marker(i);
     }
 

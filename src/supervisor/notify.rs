@@ -118,7 +118,7 @@ impl Supervisor {
                     self.nodes[i].extras_mut().notify_phase = None;
                     self.publish(i);
                 }
-                if self.nodes[i].state == NodeState::Starting && self.nodes[i].pid.is_some() {
+                if self.awaits_ready(i) {
                     self.mark_ready(i);
                     self.arm_watchdog(i);
                 }
@@ -147,14 +147,15 @@ impl Supervisor {
     /// still `starting` that says `STOPPING=1` is recorded the same way (it shows once it
     /// would show `running`); `RELOADING=1` before it was ever ready is ignored.
     fn set_notify_phase(&mut self, i: usize, phase: NotifyPhase) {
-        let n = &mut self.nodes[i];
-        let applies = n.pid.is_some()
+        let state = self.state(i);
+        let applies = self.main_pid(i).is_some()
             && match phase {
-                NotifyPhase::Reloading => n.state == NodeState::Running,
+                NotifyPhase::Reloading => state == NodeState::Running,
                 NotifyPhase::Stopping => {
-                    matches!(n.state, NodeState::Running | NodeState::Starting)
+                    matches!(state, NodeState::Running | NodeState::Starting)
                 }
             };
+        let n = &mut self.nodes[i];
         let now = n.extras().notify_phase;
         if applies && now != Some(NotifyPhase::Stopping) && now != Some(phase) {
             n.extras_mut().notify_phase = Some(phase);
@@ -182,7 +183,7 @@ impl Supervisor {
     /// `WATCHDOG=1` (or `READY=1`): the next ping is due within `watchdog_ms`.
     pub(super) fn arm_watchdog(&mut self, i: usize) {
         let w = self.nodes[i].spec.policy.watchdog;
-        if !w.is_zero() && self.nodes[i].pid.is_some() {
+        if !w.is_zero() && self.main_pid(i).is_some() {
             self.nodes[i].extras_mut().watchdog_at =
                 Some(clock::monotonic_ns() + w.as_nanos() as u64);
         }
@@ -193,10 +194,10 @@ impl Supervisor {
         if let Some(e) = self.nodes[i].extras_if_any() {
             e.watchdog_at = None;
         }
-        let Some(pid) = self.nodes[i].pid else {
+        let Some(pid) = self.main_pid(i) else {
             return;
         };
-        if self.nodes[i].state != NodeState::Running {
+        if self.state(i) != NodeState::Running {
             return;
         }
         log!(
@@ -211,7 +212,7 @@ impl Supervisor {
     /// `MAINPID=N`: node `i`'s main process becomes `pid`, if it is a live process of the node
     /// (in its cgroup; without cgroups, carrying its identity or our child).
     fn move_main_pid(&mut self, i: usize, pid: u32) {
-        if self.nodes[i].pid == Some(pid) {
+        if self.main_pid(i) == Some(pid) {
             return;
         }
         let name = self.nodes[i].spec.name.clone();
@@ -238,7 +239,7 @@ impl Supervisor {
             log!("node {name}: MAINPID={pid} is not a process of this node; ignored");
             return;
         }
-        if let Some(old) = self.nodes[i].pid {
+        if let Some(old) = self.main_pid(i) {
             self.by_pid.remove(&old);
         }
         if let Some(fd) = self.nodes[i].pidfd.take() {
@@ -247,13 +248,16 @@ impl Supervisor {
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        let n = &mut self.nodes[i];
-        n.pid = Some(pid);
-        n.pid_start = st.start;
-        n.adopted = st.parent != std::process::id();
+        self.nodes[i].adopted = st.parent != std::process::id();
         self.watch_pid(i, pid);
         self.by_pid.insert(pid, i);
         log!("node {name}: main process is now pid {pid} (MAINPID)");
-        self.publish(i);
+        self.feed(machine::Input::MainPid {
+            node: i,
+            proc_: machine::Proc {
+                pid,
+                start: st.start,
+            },
+        });
     }
 }

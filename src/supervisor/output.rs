@@ -643,7 +643,7 @@ impl super::Supervisor {
     /// Node `i` is down (no process, nothing queued): its streams are drained and closed, so
     /// a node at rest costs the Supervisor no fd; its FIFOs stay for its next spawn.
     pub(super) fn rest_outputs(&mut self, i: usize) {
-        if i < self.nodes.len() && self.nodes[i].is_down() {
+        if i < self.nodes.len() && self.machine.is_down(i) {
             self.output_pending.retain(|p| p.0 != i);
             self.shut_outputs(i, false);
         }

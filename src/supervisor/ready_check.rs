@@ -3,11 +3,8 @@
 //! cgroup: it is not the node), its output appended to the node's stderr file, first
 //! `ready_check_interval_ms` after the spawn and again that long after each failed run. A run
 //! is reaped like any child; a node that ends meanwhile has its running check killed.
-//!
-//! Also `ready_timeout_action`: what a node still `starting` after `ready_timeout_ms` gets.
 
 use super::*;
-use crate::config::ReadyTimeoutAction;
 use std::os::unix::process::CommandExt;
 
 impl Supervisor {
@@ -29,7 +26,7 @@ impl Supervisor {
             e.check_at = None;
         }
         let n = &self.nodes[i];
-        if n.state != NodeState::Starting || n.pid.is_none() || n.extras().check_pid.is_some() {
+        if !self.awaits_ready(i) || n.extras().check_pid.is_some() {
             return;
         }
         // Through the node's stderr FIFO (the Supervisor is the only writer of the file),
@@ -85,12 +82,11 @@ impl Supervisor {
         if let Some(e) = self.nodes[i].extras_if_any() {
             e.check_pid = None;
         }
-        let n = &self.nodes[i];
-        if n.state != NodeState::Starting || n.pid.is_none() {
+        if !self.awaits_ready(i) {
             return true;
         }
         if exit == Exit::Code(0) {
-            log!("node {}: ready_check passed", n.spec.name);
+            log!("node {}: ready_check passed", self.nodes[i].spec.name);
             self.mark_ready(i);
         } else {
             self.arm_ready_check(i);
@@ -106,29 +102,6 @@ impl Supervisor {
         }
         if let Some(pid) = self.nodes[i].extras().check_pid {
             let _ = spawn::signal_pid(pid, libc::SIGKILL);
-        }
-    }
-
-    /// Node `i` is still `starting` after its `ready_timeout_ms`: its `ready_timeout_action`.
-    pub(super) fn ready_timed_out(&mut self, i: usize) {
-        let n = &self.nodes[i];
-        let name = n.spec.name.clone();
-        let ms = n.spec.policy.ready_timeout.as_millis();
-        match n.spec.policy.ready_timeout_action {
-            ReadyTimeoutAction::Wait => {
-                if self.nodes.iter().any(|n| n.queue.is_some()) {
-                    log!("node {name}: not ready after {ms} ms; the next stage starts anyway");
-                }
-            }
-            ReadyTimeoutAction::Restart => {
-                log!("node {name}: not ready after {ms} ms; restarting it (ready_timeout_action)");
-                self.restart_node(i);
-            }
-            ReadyTimeoutAction::Fail => {
-                log!("node {name}: not ready after {ms} ms; stopping it, it stays failed (ready_timeout_action)");
-                self.stop_node(i);
-                self.nodes[i].fail_after_stop = true;
-            }
         }
     }
 }

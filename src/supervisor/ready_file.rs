@@ -160,14 +160,18 @@ impl Supervisor {
         };
         let (changed, overflow) = files.changed();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].extras().pid_file_wait.is_some()
-                && (overflow || self.pid_file_path(i).is_some_and(|p| changed.contains(&p)))
+            if matches!(
+                self.machine.core(i).phase,
+                machine::Phase::AwaitingMain { .. }
+            ) && (overflow || self.pid_file_path(i).is_some_and(|p| changed.contains(&p)))
             {
-                self.take_pid_file(i);
+                if let Some(input) = self.take_pid_file(i) {
+                    self.feed(input);
+                }
             }
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].state != NodeState::Starting || self.nodes[i].pid.is_none() {
+            if !self.awaits_ready(i) {
                 continue;
             }
             let Some(path) = self.ready_file_path(i) else {

@@ -24,10 +24,11 @@ impl Supervisor {
         // leaves the table at once.
         let wanted: std::collections::HashSet<&str> =
             config.nodes.iter().map(|s| s.name.as_str()).collect();
-        let lingering = self
-            .nodes
-            .iter()
-            .filter(|n| (n.retiring || !wanted.contains(n.spec.name.as_str())) && n.pid.is_some())
+        let lingering = (0..self.nodes.len())
+            .filter(|&i| {
+                (self.machine.is_retiring(i) || !wanted.contains(self.nodes[i].spec.name.as_str()))
+                    && self.machine.core(i).phase.may_have_processes()
+            })
             .count();
         let capacity = self.capacity();
         if config.nodes.len() + lingering > capacity {
@@ -40,95 +41,91 @@ impl Supervisor {
             );
         }
         self.config_dir = config.dir.clone();
-        // Queues hold node indices, which a reload reorders: settle them now. A queued start of
-        // a node this reload removes is dropped, not spawned.
-        for i in 0..self.nodes.len() {
-            let removed = !wanted.contains(self.nodes[i].spec.name.as_str());
-            match self.nodes[i].queue.take() {
-                Some(Queue::Start { .. }) if removed || self.nodes[i].retiring => {
-                    self.nodes[i].state = NodeState::Stopped;
-                }
-                Some(Queue::Start { was_failed, .. }) => {
-                    if was_failed {
-                        let n = &mut self.nodes[i];
-                        n.history.reset(&n.spec.policy);
-                    }
-                    self.spawn(i, false);
-                }
-                Some(Queue::Stop { .. }) if self.nodes[i].pid.is_some() => self.stop_node(i),
-                _ => {}
-            }
-        }
-        let mut old: HashMap<String, Node> = HashMap::new();
-        let mut kept_retiring = Vec::new();
-        for n in self.nodes.drain(..) {
-            if n.retiring {
-                kept_retiring.push(n);
-            } else {
-                old.insert(n.spec.name.clone(), n);
-            }
-        }
+        // The new table: the config's nodes in its order (each keeps its process and its
+        // machine state), then the removed ones that still have a process (stopped, then
+        // dropped from the table); a removed node with no process leaves it now.
+        let old_index: HashMap<String, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.spec.name.clone(), i))
+            .collect();
+        let mut old: Vec<Option<Node>> = self.nodes.drain(..).map(Some).collect();
         let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut to_restart = Vec::new();
-        let mut to_start = Vec::new();
+        let (mut to_restart, mut to_start, mut to_retire, mut fresh) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut from = Vec::new();
+        let mut nodes = Vec::new();
         for spec in config.nodes {
-            match old.remove(&spec.name) {
-                Some(mut n) => {
+            match old_index.get(&spec.name).copied() {
+                Some(o) if old[o].is_some() && !self.machine.is_retiring(o) => {
+                    let mut n = old[o].take().expect("checked");
                     let mut a = n.spec.clone();
                     a.line = spec.line;
                     if a != spec {
                         changed.push(spec.name.clone());
-                        let running = n.pid.is_some();
                         n.spec = spec;
                         n.prepared = spawn::Prepared::default();
-                        n.history = policy::History::new(&n.spec.policy);
-                        if running {
-                            to_restart.push(self.nodes.len());
+                        fresh.push(nodes.len());
+                        if self.machine.core(o).phase.may_have_processes() {
+                            to_restart.push(nodes.len());
                         }
                     }
-                    self.nodes.push(n);
+                    nodes.push(n);
+                    from.push(Some(o));
                 }
-                None => {
+                _ => {
                     added.push(spec.name.clone());
                     if spec.policy.autostart {
-                        to_start.push(self.nodes.len());
+                        to_start.push(nodes.len());
                     }
-                    self.nodes.push(Node::new(spec));
+                    nodes.push(Node::new(spec));
+                    from.push(None);
                 }
             }
         }
-        let first_retiring = self.nodes.len();
-        for (name, mut n) in old {
-            removed.push(name);
-            // Only a node with a process stays in the table (to be stopped); one without
-            // leaves it now, so the table never holds more than its capacity.
-            if n.pid.is_some() {
-                n.retiring = true;
-                self.nodes.push(n);
+        for (o, n) in old.into_iter().enumerate() {
+            let Some(mut n) = n else { continue };
+            if !self.machine.is_retiring(o) {
+                removed.push(n.spec.name.clone());
+            }
+            if self.machine.core(o).phase.may_have_processes() {
+                to_retire.push(nodes.len());
+                nodes.push(n);
+                from.push(Some(o));
+            } else {
+                // Gone from the table now: what its streams hold goes to its files first.
+                n.retired = true;
+                nodes.push(n);
+                from.push(Some(o));
             }
         }
-        self.nodes
-            .extend(kept_retiring.into_iter().filter(|n| n.pid.is_some()));
+        self.nodes = nodes;
+        let confs = self.confs();
+        self.machine.remap(confs, &from);
+        for &i in &fresh {
+            self.machine.reset_history(i);
+        }
         self.reindex();
-        for i in first_retiring..self.nodes.len() {
-            if self.nodes[i].pid.is_some() {
-                self.stop_node(i);
-            } else {
-                self.nodes[i].state = NodeState::Stopped;
-                self.nodes[i].deadline = None;
-            }
+        for i in to_retire {
+            self.feed(machine::Input::StopThen {
+                node: i,
+                then: machine::Then::Retire,
+            });
         }
         for i in to_restart {
-            self.restart_node(i);
+            self.feed(machine::Input::Command(machine::Command::Restart(vec![i])));
         }
-        for i in self.start_order(to_start) {
-            self.start_node(i);
+        if !to_start.is_empty() {
+            self.feed(machine::Input::Command(machine::Command::Start(to_start)));
         }
         self.drop_retired();
         let h = self.shared.header();
         h.config_epoch.fetch_add(1, Ordering::Release);
-        let unchanged =
-            self.nodes.iter().filter(|n| !n.retiring).count() - added.len() - changed.len();
+        let unchanged = (0..self.nodes.len())
+            .filter(|&i| !self.machine.is_retiring(i))
+            .count()
+            .saturating_sub(added.len() + changed.len());
         let list = |v: &[String]| {
             if v.is_empty() {
                 "-".to_string()
@@ -157,7 +154,7 @@ impl Supervisor {
             .fetch_add(1, Ordering::Release);
         self.by_pid.clear();
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(pid) = n.pid {
+            if let Some(pid) = self.machine.core(i).phase.proc_().map(|p| p.pid) {
                 self.by_pid.insert(pid, i);
             }
             if let Some(fd) = n.pidfd.as_ref().or(n.blocker.as_ref()) {
@@ -216,17 +213,23 @@ impl Supervisor {
         self.shared.node_cells().len().min(MAX_NODES)
     }
 
-    /// Drops retiring nodes that have stopped.
+    /// Drops the retired nodes (removed by a `reload`, and down) from the table.
     pub(super) fn drop_retired(&mut self) {
-        let before = self.nodes.len();
-        for i in 0..before {
-            if self.nodes[i].retiring && self.nodes[i].is_down() {
+        self.dropping.clear();
+        if !self.nodes.iter().any(|n| n.retired) {
+            return;
+        }
+        let mut from = Vec::with_capacity(self.nodes.len());
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].retired {
                 self.close_outputs(i);
+            } else {
+                from.push(Some(i));
             }
         }
-        self.nodes.retain(|n| !(n.retiring && n.is_down()));
-        if self.nodes.len() != before {
-            self.reindex();
-        }
+        self.nodes.retain(|n| !n.retired);
+        let confs = self.confs();
+        self.machine.remap(confs, &from);
+        self.reindex();
     }
 }

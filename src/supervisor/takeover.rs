@@ -6,9 +6,11 @@
 use super::*;
 
 impl Supervisor {
-    /// Publishes ownership, takes over what a predecessor recorded (`previous`: its nodes by
-    /// name) — adopting survivors, keeping stopped and failed nodes down, carrying restart
-    /// counts and last exits over — and starts the autostart nodes that should run.
+    /// Publishes ownership, gathers what the kernel says of every node its predecessor
+    /// recorded (`previous`: its records by name), and hands both to the machine's pure
+    /// takeover ([`machine::takeover::take_over`]), which decides each node's phase: adopted
+    /// survivors resume what they were doing, deaths in the gap go to their restart policy,
+    /// stopped and failed nodes stay down, autostart nodes start.
     pub(super) fn take_over(&mut self, mut previous: HashMap<String, NodeRecord>) {
         let h = self.shared.header();
         // A predecessor killed while it shut down had acknowledged the `shutdown`: this one
@@ -39,90 +41,82 @@ impl Supervisor {
                 );
             }
         }
-        // Down markers as the predecessor left them, read before anything is published here
-        // (publishing a node that is still `stopped` would write its marker).
-        let held: Vec<bool> = (0..self.nodes.len()).map(|i| self.held_down(i)).collect();
-        let now = clock::monotonic_ns();
-        // Nodes whose fate the predecessor's record decides (not started by autostart).
-        let mut decided = vec![false; self.nodes.len()];
-        let mut starts = Vec::new();
-        let mut stops = Vec::new();
-        let mut ended = Vec::new();
-        for (i, decided) in decided.iter_mut().enumerate() {
-            let Some(rec) = previous.remove(&self.nodes[i].spec.name) else {
-                continue;
-            };
-            *decided = true;
-            // Died while no Supervisor lived, and the guardian reported how: handled as an exit.
-            if self.take_reported_exit(i, &rec) {
-                continue;
-            }
-            self.resume(i, &rec, now, &mut starts, &mut stops, &mut ended);
-        }
-        for (name, rec) in previous {
-            let Some(pid) = rec.pid else { continue };
+        // Recorded, alive, and not in the config: a `reload` removed it and was stopping it (it
+        // stays until that stop is finished: the recorded SIGKILL deadline stands), or the
+        // config changed under it (the running config unreadable, the file edited). Either
+        // way it is a live process of this instance: it stays in the table, so it is shown
+        // and can be stopped (a `reload` drops it once it is down), never restarted.
+        let unlisted: Vec<NodeRecord> = previous
+            .values()
+            .filter(|rec| rec.pid.is_some())
+            .filter(|rec| !self.nodes.iter().any(|n| n.spec.name == rec.name))
+            .cloned()
+            .collect();
+        for rec in unlisted {
+            let pid = rec.pid.unwrap_or(0);
             let alive = is_survivor_node(
                 pid,
                 rec.pid_start,
-                &name,
+                &rec.name,
                 &self.instance,
-                self.node_group(&name),
+                self.node_group(&rec.name),
             );
-            if matches!(alive, Ok(false)) {
+            if !matches!(alive, Ok(true)) {
                 continue;
             }
-            // A `reload` removed it and was stopping it: finish that stop.
-            if matches!(alive, Ok(true))
-                && rec.intent.has(Intent::RETIRING)
-                && self.nodes.len() < self.capacity()
-            {
-                let i = self.nodes.len();
-                let mut node = Node::new(retired_spec(&rec));
-                node.retiring = true;
-                self.nodes.push(node);
-                self.resume(i, &rec, now, &mut starts, &mut stops, &mut ended);
-                if self.nodes[i].state == NodeState::Running {
-                    stops.push(i);
-                }
-                if self.nodes[i].pid.is_some() {
-                    continue;
-                }
-                // Not adopted after all (it died meanwhile): forget it again.
-                for list in [&mut starts, &mut stops, &mut ended] {
-                    list.retain(|&j| j != i);
-                }
-                self.unblock(i);
-                self.nodes.pop();
+            if self.nodes.len() >= self.capacity() {
+                log!("node {} (pid {pid}) survived the previous Supervisor but is not in the config, and the table is full: it is left running unsupervised", rec.name);
                 continue;
             }
-            log!(
-                "node {name} (pid {pid}) survived the previous Supervisor but is not in the config; it is left running unsupervised"
-            );
+            if !rec.intent.has(Intent::RETIRING) {
+                log!(
+                    "node {} (pid {pid}) survived the previous Supervisor but is not in the config: kept in the table as it runs (never restarted); `broctld stop {}` stops it, a `reload` then removes it",
+                    rec.name,
+                    rec.name
+                );
+            }
+            self.nodes.push(Node::new(retired_spec(&rec)));
         }
-        // Queue the starts before anything is published: a record published now must say
-        // what this Supervisor will do with the node, never the `stopped` every node has in
-        // memory before its fate is decided, because a successor that finds `stopped` keeps
-        // the node down (this Supervisor may be killed at any moment from here on).
-        starts.extend((0..self.nodes.len()).filter(|&i| {
-            !decided.get(i).copied().unwrap_or(true)
-                && self.nodes[i].spec.policy.autostart
-                && self.nodes[i].pid.is_none()
-                && !held.get(i).copied().unwrap_or(false)
-        }));
-        if finish_shutdown {
-            starts.clear();
+        // Down markers as the predecessor left them, read before anything is published here
+        // (publishing a node that is still `stopped` would write its marker).
+        let held: Vec<bool> = (0..self.nodes.len()).map(|i| self.held_down(i)).collect();
+        let mut facts = Vec::with_capacity(self.nodes.len());
+        let mut told = Vec::with_capacity(self.nodes.len());
+        let mut unrecorded = Vec::new();
+        for (i, &held_down) in held.iter().enumerate() {
+            let rec = previous.remove(&self.nodes[i].spec.name);
+            let (found, t) = match &rec {
+                Some(rec) => self.find_recorded(i, rec),
+                None => (machine::takeover::Found::Gone, false),
+            };
+            // Whether its cgroup still holds processes: what a predecessor's drain left.
+            let leftovers = match (&rec, found, &self.cgroups) {
+                (Some(_), machine::takeover::Found::Alive, _) => false,
+                (Some(_), _, Some(c)) => {
+                    c.node(&self.nodes[i].spec.name).populated().unwrap_or(true)
+                }
+                _ => false,
+            };
+            let started_here =
+                !finish_shutdown && self.nodes[i].spec.policy.autostart && !held_down;
+            // No record (not started here), or a start under way with no pid recorded yet:
+            // a copy of it may run that no record names.
+            let spawning = rec
+                .as_ref()
+                .is_some_and(|r| r.pid.is_none() && r.state == NodeState::Starting);
+            if (rec.is_none() && !started_here) || spawning {
+                unrecorded.push(i);
+            }
+            facts.push(machine::takeover::Facts {
+                record: rec,
+                found,
+                leftovers,
+                held_down,
+            });
+            told.push(t);
         }
         // With no record (the region was lost with its predecessor), a node that is not
         // started here may still run: adopt it rather than show it stopped while it runs.
-        let mut starting = vec![false; self.nodes.len()];
-        starts.iter().for_each(|&i| starting[i] = true);
-        let unrecorded: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                !decided.get(i).copied().unwrap_or(true)
-                    && self.nodes[i].pid.is_none()
-                    && !starting[i]
-            })
-            .collect();
         if !unrecorded.is_empty() {
             // One scan of /proc for all of them.
             let mut found = procscan::instance_processes(self.instance.name());
@@ -131,19 +125,33 @@ impl Supervisor {
                     Ok(by_node) => Ok(by_node.remove(&self.nodes[i].spec.name).unwrap_or_default()),
                     Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                 };
-                self.find_unrecorded_copy(i, procs);
+                facts[i].found = self.find_unrecorded_copy(i, procs);
             }
         }
-        // A start queued behind nodes still becoming ready keeps waiting for them.
-        let pending: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i].state == NodeState::Starting
-                    && self.nodes[i].pid.is_some()
-                    && !ended.contains(&i)
+        let confs = self.confs();
+        let (m, acts) = machine::takeover::take_over(
+            confs,
+            self.cgroups.is_some(),
+            &facts,
+            &told,
+            finish_shutdown,
+            clock::monotonic_ns(),
+        );
+        self.machine = m;
+        // Every record first (each says what this Supervisor does with its node), and the
+        // adoptions; then the region is ready, and what the takeover does next is done.
+        let split = acts
+            .iter()
+            .position(|a| {
+                !matches!(
+                    a,
+                    machine::Action::Publish { .. } | machine::Action::Emit(_)
+                )
             })
-            .collect();
-        self.enqueue_start_behind(starts, &pending);
-        // Every record, and none left over from a predecessor with a longer config.
+            .unwrap_or(acts.len());
+        let mut acts = acts;
+        let rest = acts.split_off(split);
+        self.carry_out(acts);
         self.announce_ready(generation);
         log!(
             "supervisor ready: instance {} generation {generation}, {} nodes, region {}",
@@ -151,38 +159,113 @@ impl Supervisor {
             self.nodes.len(),
             self.shared.path().display()
         );
-        // Nodes that died while no Supervisor watched: their restart policy decides.
-        for i in ended {
-            let pid = self.nodes[i].pid.take().unwrap_or(0);
-            self.drop_ready_pipe(i);
-            // A death whose cgroup was being emptied was seen (and its event sent) by the
-            // predecessor: its exit is known. Any other ended unwatched.
-            let exit = match (self.nodes[i].state, self.nodes[i].last_exit) {
-                (NodeState::Stopping, Some(e)) => e,
-                _ => {
-                    let mut ev = Event::now(EventKind::Exited, i as u16, pid);
-                    ev.exit = Some(Exit::Unknown);
-                    self.event(ev);
-                    Exit::Unknown
-                }
-            };
-            self.nodes[i].last_exit = Some(exit);
-            self.after_end(i, exit, clock::monotonic_ns());
-        }
-        self.advance_queues();
-        self.queue_stop(stops);
+        self.carry_out(rest);
         if finish_shutdown {
             log!("the previous Supervisor was shutting down when it died: finishing that shutdown");
-            self.begin_shutdown();
+            let h = self.shared.header();
+            h.state
+                .store(SupervisorState::ShuttingDown as u32, Ordering::Release);
+            crate::sys::futex::wake(&h.state, i32::MAX);
         }
+        self.settle();
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
+    }
+
+    /// The machine's view of every node's config.
+    pub(super) fn confs(&self) -> Vec<machine::Conf> {
+        let index: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.spec.name.as_str(), i))
+            .collect();
+        self.nodes
+            .iter()
+            .map(|n| machine::Conf {
+                rank: n.spec.node_type.start_rank(),
+                after: n
+                    .spec
+                    .start_after
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect(),
+                policy: n.spec.policy.clone(),
+            })
+            .collect()
+    }
+
+    /// What the kernel says of node `i`'s recorded process: alive and the node (now watched),
+    /// ended with a status the guardian reported, gone, or not to be told (an OS error is
+    /// never evidence: the start waits). Also whether a resumed `starting` node is still to
+    /// be told it is ready (its readiness FIFO, ready file, check or sd_notify).
+    fn find_recorded(&mut self, i: usize, rec: &NodeRecord) -> (machine::takeover::Found, bool) {
+        use machine::takeover::Found;
+        let Some(pid) = rec.pid else {
+            return (Found::Gone, false);
+        };
+        // Died while no Supervisor lived, and the guardian reported how.
+        if let Some(exit) = self.take_reported_exit(rec) {
+            log!(
+                "node {}: pid {pid} ended while no Supervisor ran ({}, reported by the guardian)",
+                rec.name,
+                exit.describe()
+            );
+            return (Found::Reported(exit), false);
+        }
+        let name = self.nodes[i].spec.name.clone();
+        match is_survivor_node(
+            pid,
+            rec.pid_start,
+            &name,
+            &self.instance,
+            self.node_group(&name),
+        ) {
+            Ok(true) => {}
+            Ok(false) => return (Found::Gone, false),
+            Err(e) => {
+                log!("node {name}: cannot check its recorded pid {pid} ({e}); not started until a check succeeds");
+                return (Found::Unknown(BLOCKED_UNKNOWN), false);
+            }
+        }
+        if !self.watch_survivor(i, pid, rec.pid_start) {
+            return (Found::Unknown(pid), false);
+        }
+        log!("node {}: adopted surviving pid {pid}", rec.name);
+        let it = rec.intent;
+        let policy = self.nodes[i].spec.policy.clone();
+        let told = rec.state == NodeState::Starting
+            && if it.has(Intent::READY_FIFO) {
+                self.resume_ready_fifo(i, pid)
+            } else if policy.ready_file.is_some() {
+                self.resume_ready_file(i)
+            } else if !policy.ready_check.is_empty() {
+                // Checked again from now (a check the predecessor ran is not ours).
+                self.arm_ready_check(i)
+            } else {
+                // sd_notify: its socket is bound again; it stays `starting` until READY=1.
+                policy.notify
+            };
+        // What an sd_notify node last said it was doing (RELOADING=1, STOPPING=1) still holds.
+        if policy.notify {
+            if let Some(p) = NotifyPhase::of(it) {
+                if rec.state != NodeState::Starting || p == NotifyPhase::Stopping {
+                    self.nodes[i].extras_mut().notify_phase = Some(p);
+                }
+            }
+        }
+        (Found::Alive, told)
     }
 
     /// Node `i` has no record and is not started by this takeover: if its main process lives
     /// (named by its lock file, or a group leader carrying its identity and running its
     /// command), it is adopted, exactly as a start that finds a running copy.
-    fn find_unrecorded_copy(&mut self, i: usize, procs: io::Result<Vec<procscan::NodeProcess>>) {
+    fn find_unrecorded_copy(
+        &mut self,
+        i: usize,
+        procs: io::Result<Vec<procscan::NodeProcess>>,
+    ) -> machine::takeover::Found {
+        use machine::takeover::Found;
         let name = self.nodes[i].spec.name.clone();
         let lock = self
             .instance
@@ -193,23 +276,15 @@ impl Supervisor {
             Ok(lockfile::Probe::Held { pid, start, .. }) => ((pid, start), true),
             Ok(lockfile::Probe::Free) => ((0, 0), false),
             Err(e) => {
-                self.block(
-                    i,
-                    BLOCKED_UNKNOWN,
-                    &format!("cannot read its lock file ({e})"),
-                );
-                return;
+                log!("node {name}: cannot read its lock file ({e}); not started until it can");
+                return Found::Unknown(BLOCKED_UNKNOWN);
             }
         };
         let procs = match procs {
             Ok(p) => p,
             Err(e) => {
-                self.block(
-                    i,
-                    BLOCKED_UNKNOWN,
-                    &format!("cannot check /proc for a running copy ({e})"),
-                );
-                return;
+                log!("node {name}: cannot check /proc for a running copy ({e}); not started until it can");
+                return Found::Unknown(BLOCKED_UNKNOWN);
             }
         };
         // Only the node's main process is adopted here (the one its lock file names, else a
@@ -224,7 +299,14 @@ impl Supervisor {
                 Ok(Some(_))
             );
         if leader {
-            self.adopt_or_block(i, recorded, held, &procs);
+            match self.adopt_or_block(i, recorded, held, &procs) {
+                machine::Input::Adopted { proc_, .. } => {
+                    log!("node {name}: adopted pid {} (no record of it)", proc_.pid);
+                    return Found::Unrecorded(proc_);
+                }
+                machine::Input::Blocked { by, .. } => return Found::Unknown(by),
+                _ => {}
+            }
         } else if !procs.is_empty() {
             let pids: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
             log!(
@@ -232,159 +314,12 @@ impl Supervisor {
                 pids.join(", ")
             );
         }
-    }
-
-    /// Resumes node `i` from its predecessor's record: what it was doing (the state), what it
-    /// meant to do next (the intent flags) and when (the deadline), whether its process
-    /// survived or not. The takeover table in docs/design.md lists every case.
-    fn resume(
-        &mut self,
-        i: usize,
-        rec: &NodeRecord,
-        now: u64,
-        starts: &mut Vec<usize>,
-        stops: &mut Vec<usize>,
-        ended: &mut Vec<usize>,
-    ) {
-        let it = rec.intent;
-        {
-            let n = &mut self.nodes[i];
-            n.restarts = rec.restarts;
-            n.last_exit = rec.last_exit;
-            n.started_mono_ns = rec.started_mono_ns;
-            n.started_wall_ms = rec.started_wall_ms;
-        }
-        let name = self.nodes[i].spec.name.clone();
-        let alive = match rec.pid {
-            None => Ok(false),
-            Some(pid) => is_survivor_node(
-                pid,
-                rec.pid_start,
-                &name,
-                &self.instance,
-                self.node_group(&name),
-            ),
-        };
-        let alive = match alive {
-            Ok(a) => a,
-            Err(e) => {
-                // Never evidence: the node may run. Block its start until a check succeeds
-                // (the start path adopts it if it runs).
-                self.block(
-                    i,
-                    BLOCKED_UNKNOWN,
-                    &format!(
-                        "cannot check its recorded pid {} ({e})",
-                        rec.pid.unwrap_or(0)
-                    ),
-                );
-                return;
-            }
-        };
-        if alive && self.adopt(i, rec) {
-            let n = &mut self.nodes[i];
-            n.ready_by = Some(rec.started_mono_ns + n.spec.policy.ready_timeout.as_nanos() as u64);
-            n.ready_timed_out = it.has(Intent::READY_TIMED_OUT);
-            match rec.state {
-                NodeState::Stopping => {
-                    n.state = NodeState::Stopping;
-                    n.killed = it.has(Intent::KILLED);
-                    n.start_after_exit = it.has(Intent::RESTART_PENDING);
-                    // The SIGKILL deadline stands (CLOCK_MONOTONIC is system-wide); once
-                    // SIGKILL was sent, only the exit is left to wait for.
-                    n.deadline = match (n.killed, rec.deadline_mono_ns) {
-                        (true, _) => None,
-                        (false, 0) => Some(now + n.spec.policy.stop_timeout.as_nanos() as u64),
-                        (false, d) => Some(d),
-                    };
-                }
-                NodeState::Starting if it.has(Intent::READY_FIFO) => {
-                    n.state = NodeState::Starting;
-                    if !self.resume_ready_fifo(i) {
-                        self.nodes[i].state = NodeState::Running;
-                    }
-                }
-                NodeState::Starting if n.spec.policy.ready_file.is_some() => {
-                    n.state = NodeState::Starting;
-                    if !self.resume_ready_file(i) {
-                        self.nodes[i].state = NodeState::Running;
-                    }
-                }
-                NodeState::Starting if !n.spec.policy.ready_check.is_empty() => {
-                    // Checked again from now (a check the predecessor ran is not ours).
-                    n.state = NodeState::Starting;
-                    self.arm_ready_check(i);
-                }
-                NodeState::Starting if n.spec.policy.notify => {
-                    // sd_notify: its socket is bound again below; it stays `starting` until
-                    // it sends READY=1 (a STOPPING=1 it sent still holds).
-                    n.state = NodeState::Starting;
-                    if let Some(p) = NotifyPhase::of(it).filter(|p| *p == NotifyPhase::Stopping) {
-                        n.extras_mut().notify_phase = Some(p);
-                    }
-                }
-                NodeState::Starting if rec.deadline_mono_ns != 0 => {
-                    // `ready_after_ms`: ready when the recorded deadline passes.
-                    n.state = NodeState::Starting;
-                    n.deadline = Some(rec.deadline_mono_ns);
-                }
-                _ => {
-                    n.state = NodeState::Running;
-                    // What an sd_notify node last said it was doing (RELOADING=1,
-                    // STOPPING=1) still holds.
-                    if let Some(p) = NotifyPhase::of(it).filter(|_| n.spec.policy.notify) {
-                        n.extras_mut().notify_phase = Some(p);
-                    }
-                    if it.has(Intent::STOP_QUEUED) {
-                        stops.push(i);
-                    }
-                }
-            }
-            return;
-        }
-        // No process of ours survived.
-        let n = &mut self.nodes[i];
-        match rec.state {
-            NodeState::Stopped | NodeState::Failed => n.state = rec.state,
-            // Its main process had died and its cgroup was being emptied: that end is
-            // applied (its restart policy decides, with the exit recorded), as for a node that
-            // died while nobody watched.
-            NodeState::Stopping if it.has(Intent::DRAINING_DEATH) => {
-                n.state = NodeState::Stopping;
-                ended.push(i);
-            }
-            // A stop finished while nobody watched; a restart in progress still starts.
-            NodeState::Stopping if it.has(Intent::RESTART_PENDING) => starts.push(i),
-            NodeState::Stopping => n.state = NodeState::Stopped,
-            // A queued start that never spawned: queue it again.
-            NodeState::Starting if rec.pid.is_none() => {
-                if it.has(Intent::WAS_FAILED) {
-                    n.state = NodeState::Failed;
-                }
-                starts.push(i);
-            }
-            // The restart delay stands; a blocked start checks again at once.
-            NodeState::Backoff => {
-                n.state = NodeState::Backoff;
-                n.deadline = Some(match (rec.deadline_mono_ns, rec.blocked_by) {
-                    (_, Some(_)) | (0, _) => now,
-                    (d, None) => d,
-                });
-            }
-            // It ran and died while no Supervisor watched. It keeps its recorded state until
-            // its restart policy decides, so the records published meanwhile say it ran (a
-            // successor then finds it dead again), never the `stopped` of a fresh node.
-            NodeState::Running | NodeState::Starting => {
-                n.state = rec.state;
-                n.pid = rec.pid;
-                ended.push(i);
-            }
-        }
+        Found::Gone
     }
 
     /// Reopens a `starting` node's readiness FIFO after a takeover and reads what it wrote
     /// meanwhile. Returns whether the node is still to be waited for.
-    fn resume_ready_fifo(&mut self, i: usize) -> bool {
+    fn resume_ready_fifo(&mut self, i: usize, pid: u32) -> bool {
         let name = self.nodes[i].spec.name.clone();
         let path = readiness::path(&self.instance.dir(), &name);
         let f = match readiness::reopen(&path) {
@@ -402,7 +337,6 @@ impl Supervisor {
             Ok(false) => {}
             Err(e) => log!("node {name}: reading its readiness FIFO: {e}"),
         }
-        let pid = self.nodes[i].pid.unwrap_or(0);
         if let Ok(false) = readiness::held_by(&path, pid) {
             // What it wrote before closing went with the last open end: it closed its
             // ready_fd while no Supervisor listened, which a node does once it is ready.
@@ -426,74 +360,58 @@ impl Supervisor {
         }
     }
 
-    /// Watches the surviving process `rec.pid` as node `i` (state `running`; the caller
-    /// resumes what the record says). Returns false if it cannot be watched or is not the node.
-    pub(super) fn adopt(&mut self, i: usize, rec: &NodeRecord) -> bool {
-        let Some(pid) = rec.pid else { return false };
+    /// Watches the surviving process `pid` (start time `start`) as node `i`'s main process:
+    /// a pidfd registered with the loop, identity rechecked once the pidfd is held. Returns
+    /// false if it cannot be watched or is not the node (nothing is registered then).
+    pub(super) fn watch_survivor(&mut self, i: usize, pid: u32, start: u64) -> bool {
+        let name = self.nodes[i].spec.name.clone();
         let fd = match pidfd::open(pid) {
             Ok(fd) => fd,
             Err(e) => {
-                log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
+                log!("node {name}: cannot watch surviving pid {pid}: {e}");
                 return false;
             }
         };
         // The pidfd is race-free from here on; recheck identity now that we hold it: the same
         // process (pid + start time), and this node of this instance (its environment says
         // so), as the lock path checks too.
-        match is_survivor_node(
-            pid,
-            rec.pid_start,
-            &self.nodes[i].spec.name,
-            &self.instance,
-            self.node_group(&self.nodes[i].spec.name),
-        ) {
+        match is_survivor_node(pid, start, &name, &self.instance, self.node_group(&name)) {
             Ok(true) => {}
             Ok(false) => {
-                log!(
-                    "node {}: recorded pid {pid} is not this node any more; not adopted",
-                    rec.name
-                );
+                log!("node {name}: recorded pid {pid} is not this node any more; not adopted");
                 return false;
             }
             Err(e) => {
-                log!("node {}: cannot check surviving pid {pid}: {e}", rec.name);
+                log!("node {name}: cannot check surviving pid {pid}: {e}");
                 return false;
             }
         }
         let token = Token(NODE_BASE + 2 * i);
-        self.unblock(i);
         if let Err(e) =
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
         {
-            log!("node {}: cannot watch surviving pid {pid}: {e}", rec.name);
+            log!("node {name}: cannot watch surviving pid {pid}: {e}");
             return false;
         }
         // An error here is not evidence either way; watching it through the pidfd is safe.
         let own_child = matches!(procstat::parent(pid), Ok(Some(p)) if p == std::process::id());
         let n = &mut self.nodes[i];
-        n.pid = Some(pid);
         n.pidfd = Some(fd);
-        n.pid_start = rec.pid_start;
         // After an in-place upgrade the nodes are still our children: reap them as usual.
         n.adopted = !own_child;
-        n.started_mono_ns = rec.started_mono_ns;
-        n.started_wall_ms = rec.started_wall_ms;
-        n.restarts = rec.restarts;
-        n.last_exit = rec.last_exit;
-        n.state = NodeState::Running;
         // Not spawned by us: its processes may live anywhere until a scan says otherwise.
         n.descendants_only = false;
         self.by_pid.insert(pid, i);
-        log!("node {}: adopted surviving pid {pid}", rec.name);
-        self.event(Event::now(EventKind::Adopted, i as u16, pid));
         true
     }
 }
 
-/// A spec for a node a `reload` removed while it was stopping, rebuilt from its record and its
-/// `/proc` command line: enough to finish the stop (the recorded SIGKILL deadline stands).
+/// A spec for a live node that is not in the config (a `reload` removed it while it was
+/// stopping, or the config changed under it), rebuilt from its record and its `/proc` command
+/// line: enough to show it, finish a stop (the recorded SIGKILL deadline stands) or stop it.
+/// It is never started or restarted.
 fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
     let command = rec
         .pid
@@ -519,6 +437,7 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
         start_after: Vec::new(),
         policy: std::sync::Arc::new(crate::config::Policy {
             autostart: false,
+            restart: crate::config::RestartPolicy::Never,
             ..Default::default()
         }),
         line: 0,

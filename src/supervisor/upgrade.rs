@@ -8,7 +8,6 @@
 //! new one from the handoff. Either way it adopts the nodes, which are still its own children,
 //! so their exit statuses are collected as usual.
 
-use super::node::Node;
 use super::Supervisor;
 use crate::log;
 use crate::protocol::event::{Event, EventKind, NO_NODE};
@@ -141,7 +140,7 @@ impl Supervisor {
     /// Re-executes our binary in place; returns only if that failed (and then runs on as before).
     pub(super) fn reexec(&mut self) {
         let handoff = self.instance.dir().join("handoff");
-        let records: Vec<NodeRecord> = self.nodes.iter().map(Node::record).collect();
+        let records: Vec<NodeRecord> = (0..self.nodes.len()).map(|i| self.record(i)).collect();
         let Some(lock_fd) = self.lock.as_ref().map(|l| l.file().as_raw_fd()) else {
             return;
         };

@@ -189,9 +189,15 @@ pub(super) fn report(
     let mut bad = Vec::new();
     for n in nodes {
         if ok(n) {
-            match n.pid {
-                Some(pid) => println!("{}: {} (pid {pid})", n.name, n.state.as_str()),
-                None => println!("{}: {}", n.name, n.state.as_str()),
+            match (n.pid, n.last_exit) {
+                (Some(pid), _) => println!("{}: {} (pid {pid})", n.name, n.state.as_str()),
+                (None, Some(e)) => println!(
+                    "{}: {}, last exit: {}",
+                    n.name,
+                    n.state.as_str(),
+                    e.describe()
+                ),
+                (None, None) => println!("{}: {}", n.name, n.state.as_str()),
             }
         } else {
             let why = n

@@ -45,6 +45,12 @@ struct Kernel {
     recorded: Vec<(u32, Exit)>,
     /// Spawns since the last command that named the node.
     spawns_since_command: u32,
+    /// The last command that named it was a stop (or a shutdown): it must not run again
+    /// until a start or restart names it.
+    stopped_by_command: bool,
+    /// Its last process died after a stop signal reached it (never a death for the restart
+    /// policy: a Supervisor that signals before it records the stop breaks this).
+    last_death_termed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +94,8 @@ enum Step {
     /// The Supervisor dies; meanwhile node `.0`'s process dies too (`.1`), reported by the
     /// guardian or not (`.2`).
     SupervisorDies(Option<(Ix, Exit, bool)>),
+    /// The Supervisor dies after carrying out only the first `.1` actions of a command.
+    DiesAfter(Command, usize),
 }
 
 struct Scenario {
@@ -128,17 +136,49 @@ fn violation(w: &World, trace: &[String], what: String) -> String {
 
 /// Carries out the machine's actions as the shell does, feeding answers back; checks the
 /// invariants that concern actions.
-fn run_actions(w: &mut World, s: &Scenario, mut acts: VecDeque<Action>) -> Result<(), String> {
+fn run_actions(w: &mut World, s: &Scenario, acts: VecDeque<Action>) -> Result<(), String> {
+    run_some(w, s, acts, usize::MAX)
+}
+
+/// [`run_actions`], carrying out at most `budget` actions (the Supervisor dies then).
+fn run_some(
+    w: &mut World,
+    s: &Scenario,
+    mut acts: VecDeque<Action>,
+    mut budget: usize,
+) -> Result<(), String> {
     loop {
         while let Some(a) = acts.pop_front() {
+            if budget == 0 {
+                return Ok(());
+            }
+            budget -= 1;
             match a {
                 Action::Spawn { node } => {
                     let k = &w.k[node];
-                    if k.main.is_some() {
-                        return Err(format!(
-                            "node {node} spawned while its process {:?} lives",
-                            k.main
-                        ));
+                    if let Some(p) = k.main {
+                        // The shell's check (the node's lock, its cgroup) finds the running
+                        // copy and adopts it; that only a successor may need it is the
+                        // machine's part (one Supervisor never loses track of a process).
+                        if w.deaths == 0 {
+                            return Err(format!(
+                                "node {node} spawned while its process {} lives",
+                                p.pid
+                            ));
+                        }
+                        let more = w.m.handle(
+                            Input::Adopted {
+                                node,
+                                proc_: super::Proc {
+                                    pid: p.pid,
+                                    start: p.pid as u64,
+                                },
+                                started: (w.now, 0),
+                            },
+                            w.now,
+                        );
+                        acts.extend(more);
+                        continue;
                     }
                     if w.k[node].leftovers {
                         let more = w.m.handle(Input::Blocked { node, by: 999 }, w.now);
@@ -159,6 +199,16 @@ fn run_actions(w: &mut World, s: &Scenario, mut acts: VecDeque<Action>) -> Resul
                                 ));
                             }
                         }
+                    }
+                    if w.k[node].stopped_by_command {
+                        return Err(format!("node {node} spawned after a stop named it"));
+                    }
+                    let by_policy =
+                        matches!(w.m.core(node).phase, Phase::Spawning { again: true, .. });
+                    if by_policy && w.k[node].last_death_termed {
+                        return Err(format!(
+                            "node {node} restarted by its policy after its stop signal ended it"
+                        ));
                     }
                     let restart_never = s.confs[node].policy.restart == RestartPolicy::Never;
                     w.k[node].spawns_since_command += 1;
@@ -222,11 +272,7 @@ fn run_actions(w: &mut World, s: &Scenario, mut acts: VecDeque<Action>) -> Resul
                     }
                 }
                 Action::Publish { node } => {
-                    // A node about to be spawned is published by the spawn's answer (the
-                    // shell skips it, as the Supervisor does).
-                    if !matches!(w.m.core(node).phase, Phase::Spawning { .. }) {
-                        w.records[node] = Some(takeover::record(&w.m, node, "n"));
-                    }
+                    w.records[node] = Some(takeover::record(&w.m, node, "n"));
                 }
                 Action::Emit(ev) if ev.kind == EventKind::Exited => {
                     let node = ev.node as usize;
@@ -242,6 +288,9 @@ fn run_actions(w: &mut World, s: &Scenario, mut acts: VecDeque<Action>) -> Resul
                 | Action::Log { .. }
                 | Action::Drop { .. } => {}
             }
+        }
+        if budget == 0 {
+            return Ok(());
         }
         let more = w.m.advance_waves(w.now);
         if more.is_empty() {
@@ -331,6 +380,14 @@ fn steps(w: &World, s: &Scenario) -> Vec<Step> {
             out.push(Step::Command(Command::Restart(vec![i])));
         }
         out.push(Step::Command(Command::Shutdown));
+        if w.deaths < s.max_deaths {
+            // A Supervisor killed in the middle of carrying out a command.
+            for c in [Command::Stop(all.clone()), Command::Restart(vec![n - 1])] {
+                for k in 1..=3 {
+                    out.push(Step::DiesAfter(c.clone(), k));
+                }
+            }
+        }
     }
     for i in 0..n {
         let k = &w.k[i];
@@ -386,34 +443,24 @@ fn steps(w: &World, s: &Scenario) -> Vec<Step> {
 
 fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
     match step {
-        Step::Command(c) => {
-            w.commands += 1;
-            let named: Vec<Ix> = match c {
-                Command::Start(v) | Command::Stop(v) | Command::Restart(v) => v.clone(),
-                Command::Shutdown => (0..w.m.len()).collect(),
-            };
-            for &i in &named {
-                w.k[i].spawns_since_command = 0;
-            }
-            // A later command takes its nodes out of an earlier ordered start or stop.
-            w.stop_set.retain(|j| !named.contains(j));
-            w.start_set.retain(|j| !named.contains(j));
-            match c {
-                Command::Stop(v) => w.stop_set = v.clone(),
-                Command::Shutdown => w.stop_set = named.clone(),
-                Command::Start(v) => w.start_set = v.clone(),
-                Command::Restart(v) => {
-                    w.stop_set = v.clone();
-                    w.start_set = v.clone();
+        Step::DiesAfter(c, k) => {
+            // A command the Supervisor died applying is answered so (not applied): only what
+            // it did before it died stands, and nothing is promised of the rest.
+            let before: Vec<bool> = w.k.iter().map(|k| k.stopped_by_command).collect();
+            command(w, s, c, *k)?;
+            if matches!(c, Command::Stop(_) | Command::Shutdown) {
+                for (k, b) in w.k.iter_mut().zip(before) {
+                    k.stopped_by_command = b;
                 }
             }
-            let acts = w.m.handle(Input::Command(c.clone()), w.now);
-            run_actions(w, s, acts.into())
+            apply(w, s, &Step::SupervisorDies(None))
         }
+        Step::Command(c) => command(w, s, c, usize::MAX),
         Step::Exit(i, exit, leftovers) => {
             let i = *i;
             let p = w.k[i].main.take().expect("a live process");
             w.k[i].died.push((p.pid, *exit));
+            w.k[i].last_death_termed = p.termed || p.killed;
             w.k[i].leftovers = *leftovers;
             // The Supervisor hears of it (a pidfd, SIGCHLD).
             let acts = w.m.handle(
@@ -453,6 +500,7 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
             if let Some((i, exit, told)) = *gap {
                 let p = w.k[i].main.take().expect("a live process");
                 w.k[i].died.push((p.pid, exit));
+                w.k[i].last_death_termed = p.termed || p.killed;
                 if told {
                     reported[i] = Some(exit);
                 }
@@ -487,11 +535,40 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
     }
 }
 
+/// A Main's command `c`, of whose actions the Supervisor carries out at most `budget`.
+fn command(w: &mut World, s: &Scenario, c: &Command, budget: usize) -> Result<(), String> {
+    w.commands += 1;
+    let named: Vec<Ix> = match c {
+        Command::Start(v) | Command::Stop(v) | Command::Restart(v) => v.clone(),
+        Command::Shutdown => (0..w.m.len()).collect(),
+    };
+    for &i in &named {
+        w.k[i].spawns_since_command = 0;
+        w.k[i].stopped_by_command = matches!(c, Command::Stop(_) | Command::Shutdown);
+    }
+    // A later command takes its nodes out of an earlier ordered start or stop.
+    w.stop_set.retain(|j| !named.contains(j));
+    w.start_set.retain(|j| !named.contains(j));
+    match c {
+        Command::Stop(v) => w.stop_set = v.clone(),
+        Command::Shutdown => w.stop_set = named.clone(),
+        Command::Start(v) => w.start_set = v.clone(),
+        Command::Restart(v) => {
+            w.stop_set = v.clone();
+            w.start_set = v.clone();
+        }
+    }
+    let acts = w.m.handle(Input::Command(c.clone()), w.now);
+    run_some(w, s, acts.into(), budget)
+}
+
 /// Explores every interleaving from an idle cluster up to `depth` steps; returns the number
 /// of distinct states, or the first violation with the steps that led to it.
 fn explore(s: &Scenario, depth: usize) -> Result<usize, String> {
     let m = Machine::new(s.confs.clone(), s.cgroups);
     let n = m.len();
+    // A first Supervisor that started nothing yet has published every node `stopped`.
+    let records = (0..n).map(|i| Some(takeover::record(&m, i, "n"))).collect();
     let start = World {
         m,
         k: vec![Kernel::default(); n],
@@ -501,7 +578,7 @@ fn explore(s: &Scenario, depth: usize) -> Result<usize, String> {
         deaths: 0,
         stop_set: Vec::new(),
         start_set: Vec::new(),
-        records: vec![None; n],
+        records,
     };
     let mut seen = HashSet::new();
     seen.insert(start.key());
@@ -665,4 +742,52 @@ fn debug_replay() {
             w.m.batches
         );
     }
+}
+
+#[test]
+fn a_node_that_dies_at_once_after_an_ordered_start_waits_its_restart_delay() {
+    let confs: Vec<Conf> = (0..3)
+        .map(|_| conf(4, RestartPolicy::Always, vec![]))
+        .collect();
+    let mut m = Machine::new(confs, true);
+    let now = 1_000 * MS;
+    let mut acts: VecDeque<Action> = m.start_ordered(vec![0, 1, 2], &[]).into();
+    acts.extend(m.advance_waves(now));
+    let mut pid = 10;
+    while let Some(a) = acts.pop_front() {
+        if let Action::Spawn { node } = a {
+            pid += 1;
+            acts.extend(m.handle(
+                Input::Spawned {
+                    node,
+                    proc_: super::Proc { pid, start: 1 },
+                    ready: Readiness::Now,
+                    wall_ms: 0,
+                },
+                now,
+            ));
+        }
+    }
+    assert!(
+        matches!(m.core(0).phase, Phase::Running { .. }),
+        "{:?}",
+        m.core(0)
+    );
+    assert_eq!(m.core(0).started_ns, now);
+    let pid0 = m.core(0).phase.proc_().unwrap().pid;
+    let acts = m.handle(
+        Input::Exited {
+            node: 0,
+            pid: pid0,
+            exit: Exit::Code(1),
+            leftovers: false,
+            by: Reporter::Reaped,
+        },
+        now + 2 * MS,
+    );
+    assert!(
+        matches!(m.core(0).phase, Phase::Backoff { .. }),
+        "{:?} {acts:?}",
+        m.core(0)
+    );
 }

@@ -138,10 +138,13 @@ impl Machine {
 
     /// Starts `nodes` in order; `pending` are nodes already spawned and still starting that
     /// the ordered start also waits for (a takeover resumes an ordered start half-done).
-    pub fn queue_start(&mut self, nodes: Vec<Ix>, pending: &[Ix]) {
+    pub fn queue_start(&mut self, mut nodes: Vec<Ix>, pending: &[Ix]) {
         if self.shutting_down {
             return;
         }
+        // Published in the order they start: a Supervisor killed while it publishes leaves a
+        // successor the earlier roles queued whenever it finds a later one queued.
+        nodes.sort_by_key(|&i| (self.confs[i].rank, i));
         let mut members = Vec::new();
         for i in nodes {
             match self.cores[i].phase.clone() {
@@ -184,7 +187,11 @@ impl Machine {
     }
 
     /// Stops `nodes` in reverse order, each then following `then`.
-    pub(super) fn queue_stop(&mut self, nodes: Vec<Ix>, then: Then, now: Ns) {
+    pub(super) fn queue_stop(&mut self, mut nodes: Vec<Ix>, then: Then, now: Ns) {
+        // Published in the order they stop (later roles first): a Supervisor killed while it
+        // publishes leaves a successor every later role's stop queued whenever it finds an
+        // earlier one's.
+        nodes.sort_by_key(|&i| (std::cmp::Reverse(self.confs[i].rank), i));
         let mut members = Vec::new();
         for i in nodes {
             match self.cores[i].phase.clone() {

@@ -511,7 +511,7 @@ pub enum Action {
     Log {
         /// The node.
         node: Ix,
-        /// What to say (the shell prefixes the node's name).
+        /// What to say (the shell prefixes the node's name, and puts it for `{node}`).
         text: String,
     },
     /// A retired node is down: remove it from the table (indices after it shift).
@@ -918,6 +918,31 @@ impl Machine {
     #[cfg(test)]
     pub(super) fn timers(&self) -> &BTreeSet<(Ns, Ix, TimerKind)> {
         &self.timers
+    }
+
+    /// Whether node `i` is being removed by a `reload` (stopping, then dropped).
+    pub fn is_retiring(&self, i: Ix) -> bool {
+        matches!(
+            self.cores[i].phase,
+            Phase::Stopping {
+                then: Then::Retire,
+                ..
+            } | Phase::Draining {
+                then: Some(Then::Retire),
+                ..
+            }
+        )
+    }
+
+    /// Forgets node `i`'s quick deaths and delay (its definition changed).
+    pub fn reset_history(&mut self, i: Ix) {
+        let p = self.confs[i].policy.clone();
+        self.cores[i].history.0.reset(&p);
+    }
+
+    /// Whether some ordered start or stop is in progress.
+    pub fn ordering(&self) -> bool {
+        !self.start_waves.is_empty() || !self.stop_waves.is_empty()
     }
 
     /// The process blocking node `i`'s start, if any.

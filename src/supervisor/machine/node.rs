@@ -20,8 +20,10 @@ impl Machine {
 
     /// [`Self::spawn`], remembering what blocked the attempt before.
     pub(super) fn spawn_with(&mut self, i: Ix, again: bool, block: Option<(u32, u64)>) {
-        self.cores[i].phase = Phase::Spawning { again, block };
-        self.rearm(i);
+        // Published before the process exists: a Supervisor killed between the spawn and its
+        // answer leaves a record that says a start is under way (a successor starts it, and
+        // finds and adopts the copy), never the `stopped` it had before.
+        self.set(i, Phase::Spawning { again, block });
         self.out.push(Action::Spawn { node: i });
     }
 
@@ -78,11 +80,16 @@ impl Machine {
 
     /// The shell could not start node `i` at all.
     pub(super) fn spawn_failed(&mut self, i: Ix, errno: i32, now: Ns) {
-        let Some(Phase::Spawning { block, .. }) = self.cores.get(i).map(|c| c.phase.clone()) else {
+        let Some(Phase::Spawning { again, block }) = self.cores.get(i).map(|c| c.phase.clone())
+        else {
             return;
         };
         if block.is_some() {
             self.out.push(Action::Unblock { node: i });
+        }
+        if again {
+            // A restart by policy that could not even exec is still one: it counts.
+            self.cores[i].restarts = self.cores[i].restarts.saturating_add(1);
         }
         let exit = Exit::SpawnFailed(errno);
         self.cores[i].started_ns = now;
@@ -131,20 +138,11 @@ impl Machine {
 
     /// A running copy of node `i` is the node itself: it is its main process now.
     pub(super) fn adopted(&mut self, i: Ix, proc_: Proc, started: (Ns, u64)) {
-        let Some(phase) = self.cores.get(i).map(|c| c.phase.clone()) else {
+        // Only the answer to a spawn: a running copy found where one was to start.
+        let Some(Phase::Spawning { block, .. }) = self.cores.get(i).map(|c| c.phase.clone()) else {
             return;
         };
-        if phase.may_have_processes() {
-            return;
-        }
-        if matches!(
-            phase,
-            Phase::Spawning { block: Some(_), .. }
-                | Phase::Backoff {
-                    blocked_by: Some(_),
-                    ..
-                }
-        ) {
+        if block.is_some() {
             self.out.push(Action::Unblock { node: i });
         }
         let c = &mut self.cores[i];
@@ -300,12 +298,15 @@ impl Machine {
                 self.out.push(Action::Emit(event(EventKind::Stopped, i, 0)));
             }
             Decision::Fail { quick_deaths } => {
-                self.out.push(Action::Log {
-                    node: i,
-                    text: format!(
-                        "giving up ({quick_deaths} quick deaths); `broctld start NODE` tries again"
-                    ),
-                });
+                let text = if quick_deaths == 0 {
+                    format!(
+                        "ended with {} and its restart policy does not restart it: failed; `broctld start {{node}}` starts it again",
+                        exit.describe()
+                    )
+                } else {
+                    format!("giving up ({quick_deaths} quick deaths); `broctld start {{node}}` tries again")
+                };
+                self.out.push(Action::Log { node: i, text });
                 self.set(i, Phase::Failed);
                 let mut ev = event(EventKind::Failed, i, 0);
                 ev.a = quick_deaths as u64;
@@ -314,12 +315,48 @@ impl Machine {
         }
     }
 
-    /// A forking daemon's PID file named its main process.
+    /// A forking daemon's PID file named its main process, or a running node's main process
+    /// moved (`MAINPID=`): that process is the node's main process from now on.
     pub(super) fn main_pid(&mut self, i: Ix, proc_: Proc, now: Ns) {
-        let Some(Phase::AwaitingMain { ready_by, told, .. }) =
-            self.cores.get(i).map(|c| c.phase.clone())
-        else {
+        let Some(phase) = self.cores.get(i).map(|c| c.phase.clone()) else {
             return;
+        };
+        let (ready_by, told) = match phase {
+            Phase::AwaitingMain { ready_by, told, .. } => (ready_by, told),
+            Phase::Running { stop_queued, .. } => {
+                return self.set(i, Phase::Running { proc_, stop_queued });
+            }
+            Phase::Starting {
+                ready,
+                ready_at,
+                ready_by,
+                timed_out,
+                stop_queued,
+                ..
+            } => {
+                return self.set(
+                    i,
+                    Phase::Starting {
+                        proc_,
+                        ready,
+                        ready_at,
+                        ready_by,
+                        timed_out,
+                        stop_queued,
+                    },
+                );
+            }
+            Phase::Stopping { kill_at, then, .. } => {
+                return self.set(
+                    i,
+                    Phase::Stopping {
+                        proc_,
+                        kill_at,
+                        then,
+                    },
+                );
+            }
+            _ => return,
         };
         let _ = now;
         let phase = if told {

@@ -56,13 +56,17 @@ pub fn record(m: &Machine, i: Ix, name: &str) -> NodeRecord {
     }
 }
 
-/// How a node of `conf` becomes ready, for a resumed `starting` node (`told`: the shell
-/// knows it is told, by a FIFO, a file, sd_notify or a check).
-fn resumed_readiness(rec: &NodeRecord, told: bool) -> (Readiness, Option<Ns>) {
+/// How a resumed `starting` node becomes ready: told (`told`: the shell watches its FIFO,
+/// file, check or socket again), or `ready_after_ms` after it started, or (neither) it is up.
+fn resumed_readiness(rec: &NodeRecord, policy: &Policy, told: bool) -> (Readiness, Option<Ns>) {
     if told {
         (Readiness::Told, None)
-    } else if rec.deadline_mono_ns != 0 {
-        (Readiness::After(0), Some(rec.deadline_mono_ns))
+    } else if !policy.ready_after.is_zero() {
+        let d = policy.ready_after.as_nanos() as Ns;
+        (
+            Readiness::After(d),
+            Some(rec.started_mono_ns.saturating_add(d)),
+        )
     } else {
         (Readiness::Now, None)
     }
@@ -89,6 +93,7 @@ pub fn take_over(
     let mut starts = Vec::new();
     let mut stops = Vec::new();
     let mut deaths = Vec::new();
+    let mut unseen = Vec::new();
     let mut out = Vec::new();
     for (i, f) in facts.iter().enumerate().take(m.len()) {
         let policy = m.conf(i).policy.clone();
@@ -159,7 +164,7 @@ pub fn take_over(
             },
             NodeState::Starting => {
                 let (ready, ready_at) =
-                    resumed_readiness(rec, told.get(i).copied().unwrap_or(false));
+                    resumed_readiness(rec, &policy, told.get(i).copied().unwrap_or(false));
                 if ready == Readiness::Now {
                     Phase::Running {
                         proc_: p,
@@ -184,7 +189,16 @@ pub fn take_over(
         match (f.found, proc_) {
             (Found::Alive, Some(p)) => {
                 core.phase = live_phase(p);
-                if stop_queued.is_some() && matches!(core.phase, Phase::Running { .. }) {
+                if matches!(
+                    core.phase,
+                    Phase::Running {
+                        stop_queued: Some(_),
+                        ..
+                    } | Phase::Starting {
+                        stop_queued: Some(_),
+                        ..
+                    }
+                ) {
                     stops.push(i);
                 }
                 m.restore(i, core);
@@ -195,6 +209,17 @@ pub fn take_over(
                 core.phase = live_phase(p);
                 m.restore(i, core);
                 deaths.push((i, p.pid, exit));
+            }
+            (Found::Unrecorded(p), None) => {
+                // A start under way when its predecessor died (published `starting`, no pid
+                // yet): the copy it spawned runs, and is the node.
+                core.phase = Phase::Running {
+                    proc_: p,
+                    stop_queued: None,
+                };
+                core.started_ns = now;
+                m.restore(i, core);
+                out.push(Action::Emit(event(EventKind::Adopted, i, p.pid)));
             }
             (Found::Unknown(by), _) => {
                 // Never evidence: the node may run. Its start waits until a check succeeds.
@@ -253,7 +278,13 @@ pub fn take_over(
                         block_ms: 0,
                         again: true,
                     },
-                    NodeState::Running => Phase::Stopped,
+                    // Running with no pid recorded: it ran and ended unseen (or its pid was
+                    // lost): its restart policy decides, and the start that follows finds (and
+                    // adopts) it if it still runs.
+                    NodeState::Running => {
+                        unseen.push(i);
+                        Phase::Stopped
+                    }
                 };
                 if let Phase::Draining { .. } = core.phase {
                     m.restore(i, core);
@@ -312,17 +343,27 @@ pub fn take_over(
             acts.extend(m.handle(Input::GroupEmpty { node: i }, now));
             continue;
         }
-        let leftovers = facts[i].leftovers;
+        // Its group is not killed here: what is in it may be the node itself, under a pid the
+        // record did not know (a spawn its predecessor had not recorded yet); the next start
+        // meets it and adopts it, or waits for leftovers to end.
         acts.extend(m.handle(
             Input::Exited {
                 node: i,
                 pid,
                 exit,
-                leftovers,
+                leftovers: false,
                 by: Reporter::Guardian,
             },
             now,
         ));
+    }
+    for i in unseen {
+        m.cores[i].last_exit = Some(Exit::Unknown);
+        let mut ev = event(EventKind::Exited, i, 0);
+        ev.exit = Some(Exit::Unknown);
+        m.out.push(Action::Emit(ev));
+        m.after_death(i, 0, Exit::Unknown, now);
+        acts.extend(std::mem::take(&mut m.out));
     }
     if !stops.is_empty() {
         // The ordered stop goes on, and the nodes already stopping still hold up those that
