@@ -49,6 +49,13 @@ fn open_fifo(path: &Path) -> io::Result<Option<File>> {
     Ok((ours && fifo).then_some(f))
 }
 
+/// Fds the guardian needs besides the FIFOs (stdio, log, lock, signalfd, inotify, the report
+/// pipe, a Supervisor's readiness pipe or pidfd, and what starting one opens).
+const BASE_FDS: u64 = 16;
+/// Fds always left free under the guardian's limit: a FIFO that would eat into them is not
+/// held (logged), so the guardian can always start a Supervisor.
+pub const RESERVE_FDS: u64 = 32;
+
 /// The FIFOs held, and the inotify watch that finds them.
 #[derive(Debug)]
 pub struct OutputHold {
@@ -57,6 +64,8 @@ pub struct OutputHold {
     held: HashMap<PathBuf, File>,
     /// An error opening a FIFO was logged (logged once, not per FIFO).
     warned: bool,
+    /// A FIFO was left unheld to keep the reserve: look again when one goes.
+    short: bool,
 }
 
 impl OutputHold {
@@ -67,6 +76,7 @@ impl OutputHold {
             notify: None,
             held: HashMap::new(),
             warned: false,
+            short: false,
         }
     }
 
@@ -101,13 +111,38 @@ impl OutputHold {
             self.rescan();
             return;
         }
+        let short = self.short;
         for p in paths.into_iter().filter(|p| is_output(p)) {
             self.update(p);
         }
+        if short {
+            // Some were left unheld for the reserve: one may fit now.
+            self.rescan();
+        }
+    }
+
+    /// Lets go of every FIFO held (the guardian needs the fds); returns how many.
+    pub fn release_all(&mut self) -> usize {
+        let n = self.held.len();
+        self.held.clear();
+        self.short = n > 0;
+        n
+    }
+
+    /// How many FIFOs are held.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether one more FIFO may be held without eating into [`RESERVE_FDS`].
+    fn room(&self) -> bool {
+        let limit = crate::sys::procenv::nofile_soft();
+        self.held.len() as u64 + BASE_FDS + RESERVE_FDS < limit
     }
 
     /// Every output FIFO in the folder, and every held one that is gone.
     fn rescan(&mut self) {
+        self.short = false;
         let mut paths: Vec<PathBuf> = self.held.keys().cloned().collect();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             paths.extend(entries.flatten().map(|e| e.path()).filter(|p| is_output(p)));
@@ -122,6 +157,17 @@ impl OutputHold {
     /// Holds the FIFO at `path` if one is there (the one held already, if it is the same),
     /// and lets go of a held one that is no longer there.
     fn update(&mut self, path: PathBuf) {
+        if !self.held.contains_key(&path) && !self.room() {
+            if !std::mem::replace(&mut self.short, true) {
+                log!(
+                    "guardian: not holding output FIFO {} (and others): {} fds are kept in reserve under the fd limit of {}; a node writing to one while no Supervisor runs may get SIGPIPE",
+                    path.display(),
+                    RESERVE_FDS,
+                    crate::sys::procenv::nofile_soft()
+                );
+            }
+            return;
+        }
         match open_fifo(&path) {
             Ok(Some(f)) => {
                 let same = |a: &File, b: &File| matches!((a.metadata(), b.metadata()), (Ok(x), Ok(y)) if x.dev() == y.dev() && x.ino() == y.ino());

@@ -25,6 +25,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod checked;
 pub mod clock;
+pub mod detach;
 pub mod fdflags;
 pub mod fifo;
 pub mod futex;
@@ -32,6 +33,7 @@ pub mod inotify;
 pub mod lockfile;
 pub mod pidfd;
 
+pub mod procenv;
 pub mod procscan;
 pub mod procstat;
 pub mod sigdisp;
