@@ -26,9 +26,16 @@
 //!   maps the region.
 //! * One guardian per instance: it holds `guardian.lock` for its whole life. If it is killed,
 //!   nothing else notices but the Supervisor (its report pipe reaches end of file), which starts
-//!   a new guardian in *watch* mode (`--watch PID`): that one watches the living Supervisor
+//!   a new guardian in *watch* mode (`--watch PID`) beside itself ([`launch_beside`]:
+//!   `CLONE_PARENT`, since a double fork from a child subreaper leaves the grandchild its
+//!   child), with both ends of a new report pipe of which the Supervisor keeps only a read end:
+//!   that guardian's death is end of file again, every time. It watches the living Supervisor
 //!   through a pidfd and, when it dies, starts the next one as its own child, restoring the
 //!   chain.
+//! * A Supervisor that exits "already running" is no reason to give up: a live holder of the
+//!   instance is watched, and replaced when it dies; otherwise the start is tried again.
+//! * Its environment is defined, not the first Main's: umask 022, nice 0, pid 1's resource
+//!   limits (`sys::procenv`), which every Supervisor and node inherits.
 
 pub mod outputs;
 pub mod report;
@@ -646,15 +653,14 @@ impl Guardian {
             // to give up for good (a Main's probe once made a replacement exit so, and the
             // nodes were left under init). A live holder is watched, and replaced when it
             // dies; otherwise we try again.
-            match self.live_supervisor() {
-                Some(holder) => match self.watch(holder) {
+            if let Some(holder) = self.live_supervisor() {
+                match self.watch(holder) {
                     Ok(()) => {
                         log!("guardian: Supervisor pid {pid} {how}: Supervisor pid {holder} holds the instance; watching it");
                         return None;
                     }
                     Err(e) => log!("guardian: cannot watch Supervisor pid {holder}: {e}"),
-                },
-                None => {}
+                }
             }
             self.retry_later(&format!(
                 "Supervisor pid {pid} {how} before it served (no live Supervisor holds the instance)"

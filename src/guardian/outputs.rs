@@ -11,6 +11,10 @@
 //! Event-driven: inotify on the `nodes` folder reports FIFOs made and removed (a node started
 //! or retired, a shutdown); a queue overflow rescans the folder. Each file is checked as the
 //! Supervisor checks its runtime files: not followed if it is a symlink, a FIFO, ours.
+//!
+//! Only running nodes have FIFOs (the Supervisor removes a node's when it comes to rest), so
+//! only they cost the guardian fds; and it never holds one that would eat into
+//! [`RESERVE_FDS`], so it can always start a Supervisor.
 
 use crate::log;
 use crate::sys::inotify::Inotify;

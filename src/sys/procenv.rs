@@ -201,7 +201,7 @@ pub fn raise_own_nofile() -> Option<libc::rlimit> {
 
 /// This process's soft `RLIMIT_NOFILE` (0 if unreadable).
 pub fn nofile_soft() -> u64 {
-    own_limit(libc::RLIMIT_NOFILE).map_or(0, |l| l.rlim_cur as u64)
+    own_limit(libc::RLIMIT_NOFILE).map_or(0, |l| l.rlim_cur)
 }
 
 #[cfg(test)]
