@@ -393,8 +393,9 @@ fn guardian_at_200_nodes_started_under_ulimit_n_64() {
     assert_eq!(out.code, Some(0), "{out:?}");
 }
 
-/// The guardian's footprint with 200 nodes running (no fd limit): its fds (one per held FIFO:
-/// two per running node, stdout and stderr to separate files) and RSS, printed.
+/// The guardian's footprint with 200 nodes running (no fd limit): at most one fd per running
+/// node (the 400 FIFOs are held in flight in its socket pair, not by an fd each); its fds and
+/// RSS are printed. (That a FIFO held so still has a reader: `output_attacks.rs`.)
 #[test]
 fn guardian_footprint_at_200_running_nodes() {
     let c = Cluster::new("guardian_footprint", &sleepers(200, true));
@@ -405,7 +406,11 @@ fn guardian_footprint_at_200_running_nodes() {
     let t = "guardian_footprint_200";
     figure(t, "guardian_fds", fds);
     figure(t, "guardian_rss_kb", vm_rss_kb(g));
-    assert!(fds <= GUARDIAN_BASE_FDS + 2 * 200, "{fds} fds");
+    // The target: at most one fd per running node (its FIFOs are held in flight, not by fds).
+    assert!(
+        fds <= GUARDIAN_BASE_FDS.max(200),
+        "{fds} fds for 200 running nodes"
+    );
 }
 
 /// One line of `/proc/PID/limits` (soft and hard), by its name.

@@ -27,6 +27,7 @@ pub mod checked;
 pub mod clock;
 pub mod detach;
 pub mod fdflags;
+pub mod fdstore;
 pub mod fifo;
 pub mod futex;
 pub mod inotify;
