@@ -656,6 +656,11 @@ impl Guardian {
             if let Some(holder) = self.live_supervisor() {
                 match self.watch(holder) {
                     Ok(()) => {
+                        // A Main waiting for the first one attaches to that one.
+                        self.relay(&format!(
+                            "error: instance '{}' already has a Supervisor (pid {holder})",
+                            self.instance.name()
+                        ));
                         log!("guardian: Supervisor pid {pid} {how}: Supervisor pid {holder} holds the instance; watching it");
                         return None;
                     }
@@ -776,11 +781,7 @@ fn own_nofile() -> libc::rlimit {
 
 /// Checks that fd `fd` is open and a pipe.
 fn checked_pipe(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fstat on an fd number only fills in the buffer (EBADF if it is not open).
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; a valid out-pointer.
-    crate::syscall!(fstat(fd, &mut st))?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+    if !crate::sys::fdflags::is_pipe(fd)? {
         return Err(io::Error::other(format!("fd {fd} is not a pipe")));
     }
     Ok(())
