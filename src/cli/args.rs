@@ -309,6 +309,12 @@ pub enum Cmd {
         /// Watch this living Supervisor instead of starting one.
         #[arg(long, value_name = "PID")]
         watch: Option<u32>,
+        /// The read end of the report pipe its Supervisor passed (with `--watch`).
+        #[arg(long, value_name = "FD", requires = "reports_write_fd")]
+        reports_read_fd: Option<i32>,
+        /// The write end of that pipe.
+        #[arg(long, value_name = "FD", requires = "reports_read_fd")]
+        reports_write_fd: Option<i32>,
     },
 }
 

@@ -76,12 +76,19 @@ pub fn main(args: Vec<String>) -> i32 {
         };
         return crate::supervisor::main(instance, config, notify_fd);
     }
-    if let Some(Cmd::Guardian { notify_fd, watch }) = cmd {
+    if let Some(Cmd::Guardian {
+        notify_fd,
+        watch,
+        reports_read_fd,
+        reports_write_fd,
+    }) = cmd
+    {
         let Some(config) = globals.config.clone() else {
             eprintln!("broctld: __guardian needs --config");
             return 2;
         };
-        return crate::guardian::main(instance, config, notify_fd, watch);
+        let reports = reports_read_fd.zip(reports_write_fd);
+        return crate::guardian::main(instance, config, notify_fd, watch, reports);
     }
     if let Some(Cmd::Daemon) = cmd {
         return daemon::run(instance, globals.config.clone());

@@ -70,6 +70,7 @@ pub fn status_value(n: &NodeStatus, text: Option<String>) -> Value {
         "last_state": n.state.as_str(),
         "pid_alive": n.pid_alive,
         "blocked_by": n.blocked_by,
+        "blocked_reason": n.blocked_by.map(|b| blocked_reason_of(&n.name, b)),
         "status_text": text,
     })
 }
@@ -89,6 +90,14 @@ pub fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
 }
 
+/// The Supervisor's log, where [`blocked_reason_of`] looks up why a start is blocked.
+static SUPERVISOR_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Tells [`blocked_reason_of`] where the instance's Supervisor log is (set once per Main).
+pub fn use_supervisor_log(path: std::path::PathBuf) {
+    let _ = SUPERVISOR_LOG.set(path);
+}
+
 /// Why a node in `backoff` does not start: another process of it lives.
 pub fn blocked_reason(pid: u32) -> String {
     if pid == crate::protocol::node::BLOCKED_UNKNOWN {
@@ -96,6 +105,34 @@ pub fn blocked_reason(pid: u32) -> String {
     } else {
         format!("blocked by pid {pid}, a process of this node")
     }
+}
+
+/// [`blocked_reason`] for node `name`. A blocker the Supervisor could not name is often no
+/// process at all but a check that failed (`/proc` could not be read: too many open files):
+/// the reason it logged for the node is shown then, not a guess.
+pub fn blocked_reason_of(name: &str, pid: u32) -> String {
+    if pid == crate::protocol::node::BLOCKED_UNKNOWN {
+        if let Some(why) = SUPERVISOR_LOG.get().and_then(|p| logged_block(p, name)) {
+            return format!("blocked: {why}");
+        }
+    }
+    blocked_reason(pid)
+}
+
+/// The last reason the Supervisor logged for not starting node `name` (the log's last 1 MiB).
+fn logged_block(log: &std::path::Path, name: &str) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(1 << 20))).ok()?;
+    let mut bytes = Vec::new();
+    f.take(1 << 20).read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let key = format!("] node {name}: not started: ");
+    let line = text.lines().rev().find(|l| l.contains(&key))?;
+    let why = &line[line.find(&key)? + key.len()..];
+    let why = why.split("; waiting until").next().unwrap_or(why);
+    (!why.is_empty()).then(|| why.to_owned())
 }
 
 /// The columns of the `status` table.
@@ -134,7 +171,7 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
                 state.push_str(" (queued)");
             }
             if let Some(b) = n.blocked_by {
-                state.push_str(&format!(" ({})", blocked_reason(b)));
+                state.push_str(&format!(" ({})", blocked_reason_of(&n.name, b)));
             }
             let exit_color = match n.last_exit {
                 Some(e) if e.is_failure() => code::RED,

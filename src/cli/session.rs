@@ -119,6 +119,7 @@ pub fn find_config(given: Option<&Path>) -> Result<PathBuf, CliError> {
 impl Session {
     /// A session for `instance`; `config` is the `--config` value, if any.
     pub fn new(instance: Instance, config: Option<PathBuf>) -> Session {
+        crate::cli::output::use_supervisor_log(instance.log_path());
         Session {
             instance,
             config,

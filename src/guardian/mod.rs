@@ -26,9 +26,16 @@
 //!   maps the region.
 //! * One guardian per instance: it holds `guardian.lock` for its whole life. If it is killed,
 //!   nothing else notices but the Supervisor (its report pipe reaches end of file), which starts
-//!   a new guardian in *watch* mode (`--watch PID`): that one watches the living Supervisor
+//!   a new guardian in *watch* mode (`--watch PID`) beside itself ([`launch_beside`]:
+//!   `CLONE_PARENT`, since a double fork from a child subreaper leaves the grandchild its
+//!   child), with both ends of a new report pipe of which the Supervisor keeps only a read end:
+//!   that guardian's death is end of file again, every time. It watches the living Supervisor
 //!   through a pidfd and, when it dies, starts the next one as its own child, restoring the
 //!   chain.
+//! * A Supervisor that exits "already running" is no reason to give up: a live holder of the
+//!   instance is watched, and replaced when it dies; otherwise the start is tried again.
+//! * Its environment is defined, not the first Main's: umask 022, nice 0, pid 1's resource
+//!   limits (`sys::procenv`), which every Supervisor and node inherits.
 
 pub mod outputs;
 pub mod report;
@@ -138,6 +145,47 @@ pub fn launch(
     Ok(())
 }
 
+/// Starts a watch-mode guardian over this Supervisor (pid `watch`, ours), from the Supervisor
+/// itself: as a sibling (`CLONE_PARENT`), since a double fork from a child subreaper leaves
+/// the grandchild its child. It gets both ends of a new report pipe, `reports_r` and
+/// `reports_w`, as fds 3 and 4; the Supervisor keeps only a read end, so the pipe's end of
+/// file tells it when this guardian dies. Returns the guardian's pid.
+pub fn launch_beside(
+    instance: &Instance,
+    config: &Path,
+    reports_r: &File,
+    reports_w: &File,
+    watch: u32,
+) -> io::Result<u32> {
+    let log = crate::sys::checked::open_log(&instance.log_path())
+        .map_err(|e| io::Error::other(format!("cannot open its log: {e}")))?;
+    let null = File::open("/dev/null")?;
+    let exe = installed_exe()?;
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--instance".into(),
+        instance.name().into(),
+        "--runtime-dir".into(),
+        instance.runtime_dir().into(),
+        "--config".into(),
+        config.into(),
+        "__guardian".into(),
+        "--watch".into(),
+        watch.to_string().into(),
+    ];
+    args.extend(["--reports-read-fd", "3", "--reports-write-fd", "4"].map(Into::into));
+    crate::sys::detach::spawn_beside(
+        &exe,
+        &args,
+        &[
+            (null.as_raw_fd(), 0),
+            (log.as_raw_fd(), 1),
+            (log.as_raw_fd(), 2),
+            (reports_r.as_raw_fd(), 3),
+            (reports_w.as_raw_fd(), 4),
+        ],
+    )
+}
+
 /// Between fork and exec: puts `fd` at `target` without `FD_CLOEXEC`.
 ///
 /// # Safety
@@ -173,12 +221,12 @@ fn dup_high(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
 }
 
 /// A pipe, both ends close-on-exec.
-fn pipe() -> io::Result<(File, File)> {
+pub fn pipe() -> io::Result<(File, File)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     Ok((File::from(r), File::from(w)))
 }
 
-fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: fcntl on a live fd with integer flags.
     let fl = crate::syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
     // SAFETY: as above.
@@ -234,8 +282,8 @@ struct Guardian {
     lock: Option<LockFile>,
     /// The nodes' output FIFOs, held open so they never lack a reader.
     outputs: outputs::OutputHold,
-    /// The soft `RLIMIT_NOFILE` we were started with (raised for the FIFOs we hold), given
-    /// back to each Supervisor we start.
+    /// The `RLIMIT_NOFILE` each Supervisor we start gets: the soft limit we were started
+    /// with (the operator's, which it gives its nodes) under the hard limit we raised.
     nofile: Option<libc::rlimit>,
 }
 
@@ -245,6 +293,7 @@ pub fn main(
     config: PathBuf,
     notify_fd: Option<RawFd>,
     watch: Option<u32>,
+    reports_fds: Option<(RawFd, RawFd)>,
 ) -> i32 {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -259,6 +308,15 @@ pub fn main(
     };
     crate::log::rotate_with(instance.log_path());
     ensure_path();
+    // What every Supervisor and node inherits from us is defined here, not by whichever Main
+    // started us (see sys::procenv).
+    for why in crate::sys::procenv::define_own() {
+        log!("guardian: cannot take the defined environment for {why}");
+    }
+    let nofile = crate::sys::procenv::raise_own_nofile().map(|was| libc::rlimit {
+        rlim_cur: was.rlim_cur,
+        rlim_max: own_nofile().rlim_max,
+    });
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     if let Err(e) = set.thread_block() {
@@ -289,17 +347,30 @@ pub fn main(
         }
         Err(e) => return fail(format!("guardian lock: {e}")),
     };
-    let (reports_r, reports_w) = match pipe() {
-        Ok(p) => p,
-        Err(e) => return fail(format!("pipe: {e}")),
+    let pipe = match reports_fds {
+        // SAFETY: the Supervisor that started us passed both ends of the report pipe by
+        // number, open and otherwise unused (it keeps only a read end of its own).
+        Some((r, w)) => checked_pipe(r)
+            .and_then(|()| checked_pipe(w))
+            .map(|()| unsafe { (File::from_raw_fd(r), File::from_raw_fd(w)) }),
+        None => pipe(),
     };
+    let (reports_r, reports_w) = match pipe {
+        Ok(p) => p,
+        Err(e) => return fail(format!("report pipe: {e}")),
+    };
+    for f in [&reports_r, &reports_w] {
+        if let Err(e) = crate::sys::fdflags::set_cloexec(f.as_raw_fd(), true) {
+            return fail(format!("report pipe: {e}"));
+        }
+    }
     if let Err(e) = set_nonblocking(&reports_w) {
         return fail(format!("pipe: {e}"));
     }
     let outputs = outputs::OutputHold::new(&instance.dir());
     let mut g = Guardian {
         outputs,
-        nofile: raise_nofile(),
+        nofile,
         instance,
         config,
         signals,
@@ -349,6 +420,7 @@ impl Guardian {
         base_args(&mut cmd, &self.instance, &self.config);
         cmd.args(["__supervisor", "--notify-fd", "3"])
             .env(report::FD_ENV, "4")
+            .env(report::PID_ENV, std::process::id().to_string())
             .current_dir("/")
             .stdin(Stdio::null());
         let (w, r) = (ready_w.as_raw_fd(), reports.as_raw_fd());
@@ -458,6 +530,12 @@ impl Guardian {
             if let Current::Waiting { at } = self.current {
                 if Instant::now() >= at {
                     if let Err(e) = self.spawn() {
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                            // Starting the Supervisor comes first: let go of the FIFOs (held
+                            // again once it serves, within the reserve).
+                            let n = self.outputs.release_all();
+                            log!("guardian: out of fds ({e}); let go of {n} output FIFO(s) to start a Supervisor");
+                        }
                         self.retry_later(&format!("cannot start a Supervisor: {e}"));
                     }
                 }
@@ -570,9 +648,33 @@ impl Guardian {
             log!("guardian: Supervisor pid {pid} exited after a shutdown; the guardian exits");
             return Some(0);
         }
-        if !served && (self.unproven || code == Some(EXIT_ALREADY_RUNNING)) {
-            // The first one did not start (the Main that asked has been told why), or another
-            // Supervisor holds the instance: nothing to keep alive.
+        if !served && code == Some(EXIT_ALREADY_RUNNING) {
+            // Another Supervisor holds the instance, or held it a moment ago: never a reason
+            // to give up for good (a Main's probe once made a replacement exit so, and the
+            // nodes were left under init). A live holder is watched, and replaced when it
+            // dies; otherwise we try again.
+            if let Some(holder) = self.live_supervisor() {
+                match self.watch(holder) {
+                    Ok(()) => {
+                        // A Main waiting for the first one attaches to that one.
+                        self.relay(&format!(
+                            "error: instance '{}' already has a Supervisor (pid {holder})",
+                            self.instance.name()
+                        ));
+                        log!("guardian: Supervisor pid {pid} {how}: Supervisor pid {holder} holds the instance; watching it");
+                        return None;
+                    }
+                    Err(e) => log!("guardian: cannot watch Supervisor pid {holder}: {e}"),
+                }
+            }
+            self.retry_later(&format!(
+                "Supervisor pid {pid} {how} before it served (no live Supervisor holds the instance)"
+            ));
+            return None;
+        }
+        if !served && self.unproven {
+            // The first one did not start (the Main that asked has been told why): nothing to
+            // keep alive.
             self.relay(&format!(
                 "error: the Supervisor {how} during startup; see {}",
                 self.instance.log_path().display()
@@ -594,6 +696,19 @@ impl Guardian {
             self.retry_later(&format!("Supervisor pid {pid} {how} before it served"));
         }
         None
+    }
+
+    /// The live Supervisor that holds the instance lock, if any (pid and start time it wrote
+    /// still match a live process).
+    fn live_supervisor(&self) -> Option<u32> {
+        match LockFile::probe(&self.instance.lock_path()) {
+            Ok(lockfile::Probe::Held { pid, start, .. })
+                if pid != 0 && procstat::is_alive(pid, start) =>
+            {
+                Some(pid)
+            }
+            _ => None,
+        }
     }
 
     /// Schedules the next attempt with a doubling delay (bounded by [`RETRY_MAX`]).
@@ -653,24 +768,21 @@ pub fn holder(instance: &Instance) -> Option<u32> {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard one (the guardian holds two FIFOs per node).
-/// Returns the limit as it was, to give back to the Supervisors it starts; `None` if it was
-/// not changed.
-fn raise_nofile() -> Option<libc::rlimit> {
+/// This process's `RLIMIT_NOFILE`.
+fn own_nofile() -> libc::rlimit {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: a valid out-pointer.
-    crate::syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)).ok()?;
-    if lim.rlim_cur >= lim.rlim_max {
-        return None;
+    let _ = crate::syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim));
+    lim
+}
+
+/// Checks that fd `fd` is open and a pipe.
+fn checked_pipe(fd: RawFd) -> io::Result<()> {
+    if !crate::sys::fdflags::is_pipe(fd)? {
+        return Err(io::Error::other(format!("fd {fd} is not a pipe")));
     }
-    let raised = libc::rlimit {
-        rlim_cur: lim.rlim_max,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: a valid limit, no higher than the hard one.
-    crate::syscall!(setrlimit(libc::RLIMIT_NOFILE, &raised)).ok()?;
-    Some(lim)
+    Ok(())
 }

@@ -12,6 +12,9 @@ use crate::protocol::node::Exit;
 
 /// Environment variable naming the fd on which a Supervisor reads its guardian's reports.
 pub const FD_ENV: &str = "BROCTLD_GUARDIAN_FD";
+/// Environment variable naming the pid of the guardian at the pipe's other end (kept across
+/// an upgrade's exec: the guardian a Supervisor started itself is not its parent).
+pub const PID_ENV: &str = "BROCTLD_GUARDIAN_PID";
 
 /// One reaped process: who it was and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

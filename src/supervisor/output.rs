@@ -640,12 +640,13 @@ impl super::Supervisor {
         }
     }
 
-    /// Node `i` is down (no process, nothing queued): its streams are drained and closed, so
-    /// a node at rest costs the Supervisor no fd; its FIFOs stay for its next spawn.
+    /// Node `i` is down (no process, nothing queued): its streams are drained and closed, and
+    /// its FIFOs removed (made again at its next spawn), so a node at rest costs no fd, here
+    /// or in the guardian (which holds the FIFOs that exist).
     pub(super) fn rest_outputs(&mut self, i: usize) {
         if i < self.nodes.len() && self.machine.is_down(i) {
             self.output_pending.retain(|p| p.0 != i);
-            self.shut_outputs(i, false);
+            self.shut_outputs(i, true);
         }
     }
 

@@ -648,7 +648,9 @@ struct ChildPlan {
     cpus: Option<libc::cpu_set_t>,
     nofile_soft: Option<libc::rlim_t>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
-    umask: Option<u32>,
+    /// The defined limits every node starts from (see `sys::procenv`), before its own.
+    defined: &'static [(libc::__rlimit_resource_t, libc::rlimit)],
+    umask: u32,
     nice: Option<i32>,
     /// uid, gid and supplementary groups to take.
     creds: Option<Credentials>,
@@ -769,7 +771,8 @@ impl ChildPlan {
             cpus,
             nofile_soft: ORIGINAL_NOFILE_SOFT.get().copied(),
             rlimits,
-            umask: policy.umask,
+            defined: crate::sys::procenv::defined_limits(),
+            umask: policy.umask.unwrap_or(crate::sys::procenv::DEFAULT_UMASK),
             nice: policy.nice,
             creds,
             caps,
@@ -836,6 +839,12 @@ impl ChildPlan {
                     libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
                 }
             }
+            // The defined environment (pid 1's limits, umask 022, nice 0), whoever started
+            // the first Main; best effort (raising a hard limit or lowering the nice level
+            // needs privileges; the guardian logged what it could not take for itself).
+            for (resource, lim) in self.defined {
+                let _ = crate::sys::procenv::set_limit(*resource, lim);
+            }
             for &(resource, value) in &self.rlimits {
                 let lim = libc::rlimit {
                     rlim_cur: value,
@@ -843,12 +852,13 @@ impl ChildPlan {
                 };
                 check(libc::setrlimit(resource, &lim))?;
             }
-            if let Some(m) = self.umask {
-                libc::umask(m as libc::mode_t);
-            }
+            crate::sys::procenv::set_umask(self.umask);
             // Nice level first: lowering it needs the privileges dropped below.
-            if let Some(n) = self.nice {
-                check(libc::setpriority(libc::PRIO_PROCESS, 0, n))?;
+            match self.nice {
+                Some(n) => check(libc::setpriority(libc::PRIO_PROCESS, 0, n))?,
+                None => {
+                    let _ = crate::sys::procenv::set_nice(0);
+                }
             }
             // Keep the permitted capabilities across setuid when some are to stay ambient.
             if !self.caps.is_empty() {

@@ -144,7 +144,8 @@ impl Supervisor {
         let Some(lock_fd) = self.lock.as_ref().map(|l| l.file().as_raw_fd()) else {
             return;
         };
-        let guardian_fd = self.guardian.as_ref().map(|g| g.raw_fd());
+        let guardian_fd = self.guardian.as_ref().and_then(|g| g.pipe_fd());
+        let guardian_pid = self.guardian.as_ref().and_then(|g| g.pipe_pid());
         let fail = |sup: &mut Supervisor, what: &str, e: io::Error| {
             log!("upgrade-supervisor failed ({what}: {e}); running on unchanged");
             let _ = crate::sys::fdflags::set_cloexec(lock_fd, true);
@@ -168,6 +169,9 @@ impl Supervisor {
                 return fail(self, "keeping the guardian's report pipe across exec", e);
             }
             env.push((crate::guardian::report::FD_ENV, fd.to_string()));
+            if let Some(pid) = guardian_pid {
+                env.push((crate::guardian::report::PID_ENV, pid.to_string()));
+            }
         }
         let args = vec![
             "--instance".to_string(),

@@ -13,6 +13,15 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     update(fd, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK, on)
 }
 
+/// Whether `fd` is open and a pipe (or FIFO).
+pub fn is_pipe(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: a zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd number only fills in the buffer (EBADF if it is not open).
+    crate::syscall!(fstat(fd, &mut st))?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+}
+
 /// Sets or clears `bit` in the flags `fcntl(get)` reads and `fcntl(set)` writes.
 fn update(fd: RawFd, get: i32, set: i32, bit: i32, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFD/F_GETFL on an fd number; fails with EBADF if it is not open.

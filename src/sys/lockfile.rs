@@ -45,6 +45,16 @@ pub enum LockError {
         /// The holder's pid (0 if unknown).
         pid: u32,
     },
+    /// Only shared holders (probes: [`LockFile::probe`] takes a shared lock for a few
+    /// microseconds) kept it from us, for longer than [`BUSY_WAIT`]: nobody holds it
+    /// exclusively, but it could not be taken yet. Try again.
+    #[error("{path} was kept busy by shared holders (probes) for {waited:?}; nobody holds it exclusively, try again")]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// How long it was tried.
+        waited: std::time::Duration,
+    },
     /// flock or the pid write failed.
     #[error("{path}: {source}")]
     Io {
@@ -68,6 +78,12 @@ fn flock(file: &File, op: i32) -> io::Result<bool> {
     }
 }
 
+/// How long [`LockFile::acquire_quiet`] keeps trying while only shared holders (probes) stand
+/// in its way. A probe holds its shared lock for microseconds; a Supervisor that starts while a
+/// Main probes must not fail for it (it did: the replacement exited "already running" and the
+/// guardian gave up).
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// The most of a lock file [`read_holder`] reads: its two lines are far shorter. The file is
 /// writable by its holder (a node holds its lock as an inherited fd), so its size proves
 /// nothing and is never trusted.
@@ -85,6 +101,52 @@ fn read_holder(file: &mut File) -> (u32, u64, String) {
     let pid = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let start = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     (pid, start, lines.next().unwrap_or("").to_owned())
+}
+
+/// Takes the exclusive lock on `file` without blocking on a real holder: `Ok(false)` if another
+/// open file holds it exclusively. While only shared holders (probes) are in the way, tries
+/// again (every 1 ms or so, up to [`BUSY_WAIT`]), then fails with [`LockError::Busy`].
+fn take_exclusive(file: &File, path: &Path) -> Result<bool, LockError> {
+    let io_err = |source| LockError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let started = std::time::Instant::now();
+    let mut logged = false;
+    // Spread two contenders (each of which briefly holds a shared lock below) apart.
+    let jitter = u64::from(std::process::id() % 7) * 100;
+    loop {
+        if flock(file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
+            if logged {
+                crate::log!(
+                    "{}: taken after {:?} (a probe held it shared)",
+                    path.display(),
+                    started.elapsed()
+                );
+            }
+            return Ok(true);
+        }
+        // Is it held exclusively, or only shared? A shared lock of ours succeeds only in the
+        // second case; it is dropped at once (LOCK_UN), before trying again.
+        if !flock(file, libc::LOCK_SH | libc::LOCK_NB).map_err(io_err)? {
+            return Ok(false);
+        }
+        flock(file, libc::LOCK_UN).map_err(io_err)?;
+        if started.elapsed() >= BUSY_WAIT {
+            return Err(LockError::Busy {
+                path: path.to_owned(),
+                waited: started.elapsed(),
+            });
+        }
+        if !logged {
+            logged = true;
+            crate::log!(
+                "{}: held shared (a Main's probe); trying again for up to {BUSY_WAIT:?}",
+                path.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500 + jitter));
+    }
 }
 
 impl LockFile {
@@ -120,11 +182,7 @@ impl LockFile {
         loop {
             let (mut file, st) =
                 checked::open(path, libc::O_RDWR | libc::O_CREAT, 0o600, Kind::File, 0o077)?;
-            let io_err = |source| LockError::Io {
-                path: path.to_owned(),
-                source,
-            };
-            if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err)? {
+            if !take_exclusive(&file, path)? {
                 let (pid, _, _) = read_holder(&mut file);
                 return Err(LockError::Held {
                     path: path.to_owned(),

@@ -25,13 +25,16 @@ pub mod caps;
 pub mod cgroup;
 pub mod checked;
 pub mod clock;
+pub mod detach;
 pub mod fdflags;
+pub mod fdstore;
 pub mod fifo;
 pub mod futex;
 pub mod inotify;
 pub mod lockfile;
 pub mod pidfd;
 
+pub mod procenv;
 pub mod procscan;
 pub mod procstat;
 pub mod sigdisp;

@@ -123,6 +123,34 @@ impl Drop for AllBlocked {
 /// it, failed). Other threads of this process keep running meanwhile: they must not change
 /// what `run` reads.
 pub unsafe fn spawn(run: ChildMain<'_>, cgroup: Option<BorrowedFd<'_>>) -> io::Result<u32> {
+    // SAFETY: as documented for this function.
+    unsafe { spawn_flags(run, cgroup, 0) }
+}
+
+/// [`spawn`], but the child is a child of this process's *parent* (`CLONE_PARENT`), not
+/// ours: it is detached from us at once, however we are (a child subreaper's double fork
+/// would leave the grandchild with us), and its exit goes to our parent. EINVAL if this
+/// process is the init of its pid namespace. An errno `run` returns is reported as for
+/// [`spawn`] (the child is our parent's to reap).
+///
+/// # Safety
+///
+/// As for [`spawn`].
+pub unsafe fn spawn_beside(run: ChildMain<'_>) -> io::Result<u32> {
+    // SAFETY: as documented for this function.
+    unsafe { spawn_flags(run, None, libc::CLONE_PARENT as u64) }
+}
+
+/// [`spawn`] with `extra` clone flags.
+///
+/// # Safety
+///
+/// As for [`spawn`].
+unsafe fn spawn_flags(
+    run: ChildMain<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
+    extra: u64,
+) -> io::Result<u32> {
     // One stack per thread, kept: unmapping it after each spawn costs a TLB shootdown on the
     // CPU the child ran on.
     thread_local! {
@@ -133,7 +161,7 @@ pub unsafe fn spawn(run: ChildMain<'_>, cgroup: Option<BorrowedFd<'_>>) -> io::R
         None => Stack::new()?,
     };
     // SAFETY: as documented for this function.
-    let r = unsafe { spawn_on(run, cgroup, &stack) };
+    let r = unsafe { spawn_on(run, cgroup, &stack, extra) };
     STACK.set(Some(stack));
     r
 }
@@ -147,6 +175,7 @@ unsafe fn spawn_on(
     run: ChildMain<'_>,
     cgroup: Option<BorrowedFd<'_>>,
     stack: &Stack,
+    extra: u64,
 ) -> io::Result<u32> {
     let mut shared = Shared {
         run,
@@ -155,10 +184,12 @@ unsafe fn spawn_on(
     };
     let blocked = AllBlocked::new()?;
     let mut pid = -1;
-    if !NO_CLONE3.load(Ordering::Relaxed) {
+    // Extra flags go through glibc's clone only: an EINVAL from clone3 must not be taken for
+    // "clone3 unsupported" (which would turn it off for every later spawn).
+    if extra == 0 && !NO_CLONE3.load(Ordering::Relaxed) {
         shared.placed = cgroup.is_some();
         // SAFETY: `shared` and `stack` outlive the child's use of them (see child_entry).
-        match unsafe { clone3(&mut shared, stack, cgroup.map(|c| c.as_raw_fd())) } {
+        match unsafe { clone3(&mut shared, stack, cgroup.map(|c| c.as_raw_fd()), extra) } {
             Ok(p) => pid = p,
             Err(e)
                 if matches!(
@@ -178,7 +209,7 @@ unsafe fn spawn_on(
             libc::clone(
                 child_entry,
                 (stack.0 as *mut u8).add(STACK_SIZE).cast(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | extra as libc::c_int,
                 (&mut shared as *mut Shared).cast(),
             )
         };
@@ -192,8 +223,11 @@ unsafe fn spawn_on(
         errno => {
             let mut status = 0;
             // SAFETY: our own child, which has called _exit: reaped here, so the caller never
-            // sees a pid it was not given.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            // sees a pid it was not given. (A `CLONE_PARENT` child is our parent's: not ours
+            // to reap.)
+            if extra & libc::CLONE_PARENT as u64 == 0 {
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
             Err(io::Error::from_raw_os_error(errno))
         }
     }
@@ -222,9 +256,14 @@ struct CloneArgs {
 ///
 /// `shared` and `stack` must stay alive and untouched until this returns.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone3(shared: &mut Shared, stack: &Stack, cgroup: Option<RawFd>) -> io::Result<i32> {
+unsafe fn clone3(
+    shared: &mut Shared,
+    stack: &Stack,
+    cgroup: Option<RawFd>,
+    extra: u64,
+) -> io::Result<i32> {
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-    let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+    let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | extra;
     if cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
@@ -276,7 +315,7 @@ unsafe fn clone3(shared: &mut Shared, stack: &Stack, cgroup: Option<RawFd>) -> i
 
 /// Without an x86_64 `clone3` trampoline: always glibc's `clone`.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3(_: &mut Shared, _: &Stack, _: Option<RawFd>) -> io::Result<i32> {
+unsafe fn clone3(_: &mut Shared, _: &Stack, _: Option<RawFd>, _: u64) -> io::Result<i32> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 

@@ -293,19 +293,26 @@ pub fn freeze_guardian(runtime_dir: &Path) -> u32 {
     g
 }
 
-/// Kills the guardian and the watch-mode guardian the Supervisor then starts, so that a dead
-/// Supervisor is replaced only by a Main (as without a guardian).
+/// Leaves the instance with no guardian, so that a dead Supervisor is replaced only by a Main
+/// (as without a guardian): the Supervisor is stopped (SIGSTOP) first, since it starts a new
+/// guardian whenever its own dies, then every guardian is killed. The caller kills the
+/// (stopped) Supervisor next.
 pub fn kill_guardians(runtime_dir: &Path) {
-    let first = the_guardian(runtime_dir);
-    signal(first, libc::SIGKILL);
-    let mut watcher = 0;
-    wait_until(Duration::from_secs(10), "the watch-mode guardian", || {
-        let g = guardians_of(runtime_dir);
-        watcher = g.first().copied().unwrap_or(0);
-        g.len() == 1 && watcher != first
+    let sups = supervisors_of(runtime_dir);
+    for &s in &sups {
+        signal(s, libc::SIGSTOP);
+    }
+    wait_until(Duration::from_secs(10), "the Supervisor to stop", || {
+        sups.iter()
+            .all(|&s| matches!(proc_state(s), Some('T') | None))
     });
-    signal(watcher, libc::SIGKILL);
+    // A guardian it started just before it stopped may still be coming up: wait for it, then
+    // kill every one, until none is left.
     wait_until(Duration::from_secs(10), "no guardian", || {
+        for g in guardians_of(runtime_dir) {
+            signal(g, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
         guardians_of(runtime_dir).is_empty()
     });
 }

@@ -107,7 +107,10 @@ pub(super) fn progress_text(
                 (NodeState::Backoff, _) if n.blocked_by.is_some() => format!(
                     "{}: not started, {}; `stop {}` ends it",
                     n.name,
-                    crate::cli::output::blocked_reason(n.blocked_by.unwrap_or_default()),
+                    crate::cli::output::blocked_reason_of(
+                        &n.name,
+                        n.blocked_by.unwrap_or_default()
+                    ),
                     n.name
                 ),
                 (NodeState::Backoff, _) => format!(
@@ -209,7 +212,7 @@ pub(super) fn report(
                 Some(b) => println!(
                     "{}: not {verb}: {}; `broctld stop {}` ends it",
                     n.name,
-                    crate::cli::output::blocked_reason(b),
+                    crate::cli::output::blocked_reason_of(&n.name, b),
                     n.name
                 ),
                 None => println!("{}: not {verb}: {}{why}", n.name, n.state.as_str()),
