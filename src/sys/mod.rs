@@ -25,6 +25,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod checked;
 pub mod clock;
+pub mod exec;
 pub mod fdflags;
 pub mod fifo;
 pub mod futex;
