@@ -392,9 +392,9 @@ impl Session {
             Some(c) => {
                 // A takeover, or an upgrade's new image, says `ready` once it is done.
                 c.wait_serving(SERVE_WAIT);
-                let nodes = c.status();
+                let mut nodes = c.status();
                 c.check_damage()?;
-                let doubt = attached_doubt(c, &nodes);
+                let doubt = attached_doubt(c, &mut nodes);
                 (nodes, doubt)
             }
             None => self.unsupervised_status(json)?,
@@ -953,11 +953,19 @@ const SERVE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the table an attached `client` read cannot all be shown as the truth, if it cannot:
 /// the Supervisor does not serve (its region does not say `ready`, or its doorbell has no
-/// reader), or records fail their check and were not rewritten in time.
-fn attached_doubt(client: &Client, nodes: &[NodeStatus]) -> Option<String> {
+/// reader: then every row is marked unverified), or records fail their check and were not
+/// rewritten in time.
+fn attached_doubt(client: &Client, nodes: &mut [NodeStatus]) -> Option<String> {
     let pid = client.supervisor_pid();
     let log = client.instance().log_path();
+    if !client.supervisor_alive() {
+        nodes.iter_mut().for_each(NodeStatus::unverify);
+        return Some(format!(
+            "the Supervisor (pid {pid}) exited while this command read its table: the states shown are the last ones it recorded, unverified"
+        ));
+    }
     if let Err(why) = client.check_serving() {
+        nodes.iter_mut().for_each(NodeStatus::unverify);
         let alive = nodes.iter().filter(|n| n.pid_alive == Some(true)).count();
         return Some(format!(
             "the Supervisor (pid {pid}) is alive but does not serve: {why}; the states shown are the last ones recorded, unverified ({alive} recorded process(es) still alive per /proc, unsupervised until it serves or is replaced); see {}",

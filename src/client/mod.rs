@@ -1168,7 +1168,10 @@ impl Client {
     }
 
     /// Asks the Supervisor to re-execute its binary in place (same pid, same nodes); returns
-    /// what it said. The generation goes up once the new program serves.
+    /// what it said (`checking PATH, then re-executing it`). The binary is probed first: the
+    /// generation goes up once the new program serves ([`Client::serving`] again), or an
+    /// `upgrade-failed` event says why it was not executed (a binary that hangs, crashes,
+    /// exits non-zero or is not a broctld it can hand over to) and the old program runs on.
     pub fn upgrade_supervisor(&self, timeout: Duration) -> Result<String, ClientError> {
         let r = self.send(&Request::new(Opcode::Upgrade, [], 0), timeout)?;
         Ok(self.expect_ok(Opcode::Upgrade, r)?.message)

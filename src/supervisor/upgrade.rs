@@ -233,6 +233,8 @@ impl Supervisor {
     /// (nodes never get it), cleared only for an upgrade's `execve`.
     pub(super) fn keep_guardian_notify(&mut self, f: File) {
         let _ = crate::sys::fdflags::set_cloexec(f.as_raw_fd(), true);
+        // A guardian that stopped reading never blocks us (a line it misses is dropped).
+        let _ = crate::sys::fdflags::set_nonblocking(f.as_raw_fd(), true);
         self.upgrade.notify = Some(f);
     }
 
