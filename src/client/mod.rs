@@ -263,7 +263,7 @@ pub enum ClientError {
         pid: u32,
         /// How many records fail their check.
         damaged: usize,
-        /// Their table indices (the first few).
+        /// Their table indices.
         indices: Vec<usize>,
         /// The Supervisor's log.
         log: String,
