@@ -43,7 +43,7 @@ mkdir -p "$out_dir"
 figures="$out_dir/figures.txt"
 : > "$figures"
 
-binaries=(fuzz_shm fault_main fault_supervisor fault_guardian fault_hostile hygiene_process hygiene_output hygiene_root)
+binaries=(fuzz_shm fault_main fault_supervisor fault_guardian fault_hostile fault_records fault_upgrade hygiene_process hygiene_output hygiene_root)
 echo "== building the test binaries"
 cargo test --no-run $(printf -- '--test %s ' "${binaries[@]}") >/dev/null 2>&1 \
   || cargo test --no-run $(printf -- '--test %s ' "${binaries[@]}") || exit 1

@@ -610,12 +610,11 @@ command = ["@NODE@", "--interval", "10s"]
     {
         use broctld::protocol::node::NodeRecord;
         let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
-        let cells = s.node_cells();
-        let mut r = NodeRecord::decode(&cells[0].read().unwrap()).unwrap();
+        let mut r = NodeRecord::decode(&s.read_record(0).unwrap()).unwrap();
         assert_eq!(r.name, "a");
         r.pid = Some(sp);
         r.pid_start = start_time(sp).unwrap();
-        cells[0].write(&r.encode());
+        s.write_record(0, &r.encode());
     }
     c.run(&["status"]);
     let s = c.wait_status(WAIT, "a running", |s| state_of(s, "a") == "running");

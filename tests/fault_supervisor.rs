@@ -363,9 +363,8 @@ fn kill_supervisor_held(c: &Cluster, sup: u32) -> u32 {
 /// Node `name`'s record in the region, as a successor would read it.
 fn region_record(c: &Cluster, name: &str) -> NodeRecord {
     let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
-    let cells = s.node_cells();
     (0..s.node_count())
-        .filter_map(|i| cells[i].read().and_then(|w| NodeRecord::decode(&w)))
+        .filter_map(|i| s.read_record(i).ok().and_then(|w| NodeRecord::decode(&w)))
         .find(|r| r.name == name)
         .unwrap_or_else(|| panic!("no record of {name} in the region"))
 }
@@ -373,18 +372,17 @@ fn region_record(c: &Cluster, name: &str) -> NodeRecord {
 /// Rewrites node `name`'s record in the region (no Supervisor may be alive).
 fn edit_region_record(c: &Cluster, name: &str, edit: impl FnOnce(&mut NodeRecord)) {
     let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
-    let cells = s.node_cells();
     let i = (0..s.node_count())
         .find(|&i| {
-            cells[i]
-                .read()
+            s.read_record(i)
+                .ok()
                 .and_then(|w| NodeRecord::decode(&w))
                 .is_some_and(|r| r.name == name)
         })
         .unwrap_or_else(|| panic!("no record of {name} in the region"));
-    let mut r = NodeRecord::decode(&cells[i].read().unwrap()).unwrap();
+    let mut r = NodeRecord::decode(&s.read_record(i).unwrap()).unwrap();
     edit(&mut r);
-    cells[i].write(&r.encode());
+    s.write_record(i, &r.encode());
 }
 
 /// Regression (seen as nodes left `stopped` with no process after a storm of Supervisor kills
@@ -613,18 +611,17 @@ fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
     std::fs::write(&lock, format!("{sup} {}\n\n", 12345)).unwrap();
     {
         let s = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("open region");
-        let cells = s.node_cells();
         let i = (0..s.node_count())
             .find(|&i| {
-                cells[i]
-                    .read()
+                s.read_record(i)
+                    .ok()
                     .and_then(|w| NodeRecord::decode(&w))
                     .is_some_and(|r| r.name == "b")
             })
             .expect("b's record");
-        let mut r = NodeRecord::decode(&cells[i].read().unwrap()).unwrap();
+        let mut r = NodeRecord::decode(&s.read_record(i).unwrap()).unwrap();
         r.pid = Some(sup);
-        cells[i].write(&r.encode());
+        s.write_record(i, &r.encode());
     }
     thaw(guardian);
     c.run(&["status"]);

@@ -69,6 +69,38 @@ fn node_record_decode_never_panics_and_round_trips() {
     assert_eq!(NODE_WORDS, 15);
 }
 
+/// Issue 16, defect 14: a sealed record whose words are changed in any one word (any value,
+/// the check word included), or read at another index or under another key, fails its check;
+/// and hostile words that were never sealed do not pass it.
+#[test]
+fn record_check_refuses_changed_moved_and_unsealed_records() {
+    use broctld::protocol::node::{check_ok, seal};
+    proptest!(config(cases() * 4), |(
+        w in prop::array::uniform15(word()),
+        key in any::<u64>(),
+        index in 0usize..65_536,
+        at in 0usize..NODE_WORDS,
+        other in word(),
+        moved in 0usize..65_536,
+    )| {
+        let mut resealed = w;
+        seal(&mut resealed, key, index);
+        prop_assert!(!check_ok(&w, key, index) || resealed == w);
+        let mut sealed = w;
+        seal(&mut sealed, key, index);
+        prop_assert!(check_ok(&sealed, key, index));
+        let mut changed = sealed;
+        changed[at] = other;
+        if changed[at] != sealed[at] {
+            prop_assert!(!check_ok(&changed, key, index));
+        }
+        if moved != index {
+            prop_assert!(!check_ok(&sealed, key, moved));
+        }
+        prop_assert!(!check_ok(&sealed, key ^ (1 << (at % 64)), index));
+    });
+}
+
 #[test]
 fn event_decode_never_panics_and_round_trips() {
     proptest!(config(cases() * 4), |(w in prop::array::uniform7(word()))| {
@@ -581,9 +613,10 @@ name = "c"
 command = ["@NODE@", "--interval", "10s"]
 "#;
 
-/// Garbage in every mailbox slot, the node table and the ring of a running Supervisor: it keeps
-/// serving, no node restarts, every slot comes back, and Mains reading the garbage neither
-/// panic nor hang.
+/// Garbage in every mailbox slot, the node table (past the nodes, and in the live records) and
+/// the ring of a running Supervisor: it keeps serving, no node restarts, every slot comes
+/// back, Mains reading the garbage neither panic nor hang, and a damaged live record is never
+/// shown as the node's state.
 #[test]
 fn live_supervisor_survives_garbage_in_mailbox_table_and_ring() {
     let rounds = env_count("BROCTLD_FUZZ_LIVE_ROUNDS", 40);
@@ -641,6 +674,32 @@ fn live_supervisor_survives_garbage_in_mailbox_table_and_ring() {
         let mut junk = [0u64; NODE_WORDS];
         junk.iter_mut().for_each(|w| *w = rng.next_u64());
         cells[k].write(&junk);
+        // And in a live node's record (issue 16, defect 14): zeroed, junk, one bit flipped, or
+        // a forged pid. It must never be read as the node's state: the Main asks the
+        // Supervisor, which rewrites it from its memory.
+        let live = rng.below(3) as usize;
+        let mut w = cells[live].read().unwrap_or([0; NODE_WORDS]);
+        match rng.below(4) {
+            0 => w = [0; NODE_WORDS],
+            1 => w.iter_mut().for_each(|x| *x = rng.next_u64()),
+            2 => {
+                let b = rng.below(64 * NODE_WORDS as u64);
+                w[(b / 64) as usize] ^= 1 << (b % 64);
+            }
+            _ => w[1] = (w[1] & !0xffff_ffff) | dead as u64,
+        }
+        cells[live].write(&w);
+        let table = client.status();
+        let shown: Vec<(String, Option<u32>)> =
+            table.iter().map(|n| (n.name.clone(), n.pid)).collect();
+        let want: Vec<(String, Option<u32>)> =
+            before.iter().map(|(k, n)| (k.clone(), n.pid)).collect();
+        assert_eq!(
+            shown,
+            want,
+            "round {round}: record {live} damaged ({w:x?}); status shows {table:?}\n{}",
+            c.log()
+        );
         // Ring the bell the way a Main does, and check a real command still goes through.
         let reply = client
             .command(Opcode::Ping, &[], 0, Duration::from_secs(10))
@@ -648,11 +707,13 @@ fn live_supervisor_survives_garbage_in_mailbox_table_and_ring() {
         assert_eq!(reply.status, ReplyStatus::Ok);
         unknown_answered += 1;
         if round % 10 == 0 {
+            cells[live].write(&[0; NODE_WORDS]);
             let out = c.run(&["status", "--json"]);
-            assert!(
-                matches!(out.code, Some(0) | Some(3)),
-                "status over garbage: {out:?}"
-            );
+            assert_eq!(out.code, Some(0), "status over garbage: {out:?}");
+            let s = parse_status(&out.stdout);
+            for (name, n) in &before {
+                assert_eq!(s[name].pid, n.pid, "status over garbage: {out:?}");
+            }
             let out = c.run(&["events", "--since", "0", "--json"]);
             assert_eq!(out.code, Some(0), "events over garbage: {out:?}");
         }

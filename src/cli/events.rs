@@ -107,7 +107,28 @@ pub fn detail(ev: &Event) -> String {
         EventKind::Adopted => format!("pid {pid} (it outlived its Supervisor)"),
         EventKind::Signaled => format!("pid {pid}, {}", sig(ev.a)),
         EventKind::UpgradeFailed => format!(
-            "pid {pid}: re-executing failed ({}); the old program runs on",
+            "pid {pid}: {}; the old program runs on",
+            upgrade_failure_text(ev)
+        ),
+    }
+}
+
+/// Why an `upgrade-failed` event's upgrade did not happen: the new binary failed its probe
+/// (how), or `execve` failed (the errno).
+pub fn upgrade_failure_text(ev: &Event) -> String {
+    use crate::protocol::event::upgrade_failure as why;
+    match ev.b {
+        why::PROBE_TIMED_OUT => format!(
+            "the new binary did not answer its version probe within {} s (it hangs?), so it was not executed",
+            ev.a / 1000
+        ),
+        why::PROBE_FAILED => format!(
+            "the new binary's version probe failed ({}), so it was not executed",
+            ev.exit.map_or_else(|| "unknown end".into(), |e| e.describe())
+        ),
+        why::PROBE_ANSWER => "the new binary did not answer its version probe as a broctld this Supervisor can hand over to, so it was not executed".into(),
+        _ => format!(
+            "re-executing failed ({})",
             std::io::Error::from_raw_os_error(ev.a as i32)
         ),
     }

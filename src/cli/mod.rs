@@ -24,6 +24,17 @@ use session::{Outcome, Session};
 
 /// Runs the program with `args` (without `argv[0]`); returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
+    // Probe mode, before anything else: a Supervisor about to re-execute this binary asks it
+    // who it is (see `supervisor::upgrade`). Nothing is read, created or locked.
+    if args.len() == 1 && args[0] == crate::supervisor::upgrade::PROBE_ARG {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let answer = crate::supervisor::upgrade::probe_answer();
+        return match out.write_all(answer.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+    }
     let cli = match Cli::try_parse_from(
         std::iter::once("broctld".to_owned()).chain(args.iter().cloned()),
     ) {
@@ -74,6 +85,14 @@ pub fn main(args: Vec<String>) -> i32 {
             eprintln!("broctld: __supervisor needs --config");
             return 2;
         };
+        // Started by the guardian from the image that last served (`/proc/self/fd/N`), the
+        // process would be named `N`: it is named after its installed file, as ever.
+        if let Some(name) = crate::guardian::installed_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        {
+            let _ = crate::sys::procstat::set_own_name(&name);
+        }
         return crate::supervisor::main(instance, config, notify_fd);
     }
     if let Some(Cmd::Guardian {

@@ -72,6 +72,7 @@ pub fn status_value(n: &NodeStatus, text: Option<String>) -> Value {
         "blocked_by": n.blocked_by,
         "blocked_reason": n.blocked_by.map(|b| blocked_reason_of(&n.name, b)),
         "status_text": text,
+        "damaged": n.damaged,
     })
 }
 
@@ -153,7 +154,10 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
         .iter()
         .map(|n| {
             let mut state = n.state_word().to_owned();
-            if !n.verified {
+            if n.damaged {
+                // Nothing in the record is believed: not even its state.
+                state.push_str(" (record damaged: it fails its check)");
+            } else if !n.verified {
                 // The last recorded state, and what /proc says of its process.
                 let alive = match n.pid_alive {
                     Some(true) => ", process alive",
@@ -162,12 +166,12 @@ pub fn status_table(nodes: &[NodeStatus], style: Style) -> String {
                 };
                 state = format!("{state} (last: {}{alive})", n.state.as_str());
             }
-            if let Some(d) = n.deadline_in {
+            if let Some(d) = n.deadline_in.filter(|_| !n.damaged) {
                 if matches!(n.state, NodeState::Backoff | NodeState::Stopping) {
                     state = format!("{state} ({})", duration(d));
                 }
             }
-            if n.state == NodeState::Starting && n.pid.is_none() {
+            if n.state == NodeState::Starting && n.pid.is_none() && !n.damaged {
                 state.push_str(" (queued)");
             }
             if let Some(b) = n.blocked_by {

@@ -391,9 +391,12 @@ impl Session {
     fn status(&mut self, words: &[String], json: bool) -> Result<Outcome, CliError> {
         let (nodes, unverified) = match self.client() {
             Some(c) => {
-                let nodes = c.status();
+                // A takeover, or an upgrade's new image, says `ready` once it is done.
+                c.wait_serving(SERVE_WAIT);
+                let mut nodes = c.status();
                 c.check_damage()?;
-                (nodes, None)
+                let doubt = attached_doubt(c, &mut nodes);
+                (nodes, doubt)
             }
             None => self.unsupervised_status(json)?,
         };
@@ -843,19 +846,39 @@ impl Session {
         let generation = client.generation();
         let pid = client.supervisor_pid();
         let mut cursor = client.event_head();
-        let said = client.upgrade_supervisor(REPLY_TIMEOUT)?;
-        // The new program takes the region over: the generation goes up, the pid stays. If the
-        // exec fails, the old program says so in the event ring and runs on.
+        // The Supervisor checks the new binary first (it must answer a version probe in
+        // time); a refusal leaves everything as it was.
+        let said = match client.upgrade_supervisor(REPLY_TIMEOUT) {
+            Err(ClientError::Rejected { message, .. }) => {
+                return Err(CliError::Failed(format!(
+                    "upgrade-supervisor refused: {message}; the Supervisor (pid {pid}) runs on unchanged and still supervises every node (see {})",
+                    self.instance.log_path().display()
+                )))
+            }
+            other => other?,
+        };
+        // The new program takes the region over: the generation goes up, the pid stays, and
+        // it serves once the takeover is done. If the exec fails, the old program says so in
+        // the event ring and runs on.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while client.generation() == generation {
+        while client.generation() == generation || !client.serving() {
             while let Some((_, ev, _)) = client.next_event(&mut cursor) {
-                if ev.kind == crate::protocol::event::EventKind::UpgradeFailed {
+                if ev.kind != crate::protocol::event::EventKind::UpgradeFailed || ev.pid != pid {
+                    continue;
+                }
+                if ev.b == crate::protocol::event::upgrade_failure::EXEC {
                     return Err(CliError::Failed(format!(
                         "the Supervisor (pid {pid}) could not re-execute {}: {}; it runs on unchanged",
-                        said.trim_start_matches("re-executing "),
+                        said.trim_start_matches("checking ")
+                            .trim_end_matches(", then re-executing it"),
                         std::io::Error::from_raw_os_error(ev.a as i32)
                     )));
                 }
+                return Err(CliError::Failed(format!(
+                    "upgrade-supervisor refused: {}; the Supervisor (pid {pid}) runs on unchanged and still supervises every node (see {})",
+                    super::events::upgrade_failure_text(&ev),
+                    self.instance.log_path().display()
+                )));
             }
             if Instant::now() >= deadline || !client.supervisor_alive() {
                 return Err(CliError::Failed(format!(
@@ -950,10 +973,63 @@ impl Session {
     }
 }
 
-/// The names of the nodes `words` select in the running table.
+/// How long `status` waits for a Supervisor that is taking over (or coming back from an
+/// upgrade) to serve, before it shows the last recorded states, unverified.
+const SERVE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the table an attached `client` read cannot all be shown as the truth, if it cannot:
+/// the Supervisor does not serve (its region does not say `ready`, or its doorbell has no
+/// reader: then every row is marked unverified), or records fail their check and were not
+/// rewritten in time.
+fn attached_doubt(client: &Client, nodes: &mut [NodeStatus]) -> Option<String> {
+    let pid = client.supervisor_pid();
+    let log = client.instance().log_path();
+    if !client.supervisor_alive() {
+        nodes.iter_mut().for_each(NodeStatus::unverify);
+        return Some(format!(
+            "the Supervisor (pid {pid}) exited while this command read its table: the states shown are the last ones it recorded, unverified"
+        ));
+    }
+    if let Err(why) = client.check_serving() {
+        nodes.iter_mut().for_each(NodeStatus::unverify);
+        let alive = nodes.iter().filter(|n| n.pid_alive == Some(true)).count();
+        return Some(format!(
+            "the Supervisor (pid {pid}) is alive but does not serve: {why}; the states shown are the last ones recorded, unverified ({alive} recorded process(es) still alive per /proc, unsupervised until it serves or is replaced); see {}",
+            log.display()
+        ));
+    }
+    let bad: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.damaged)
+        .map(|n| n.name.clone())
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "{} record(s) of the node table fail their check ({}) and the Supervisor (pid {pid}) did not rewrite them within {} s of being asked: their rows show `unknown`; see {}",
+            bad.len(),
+            bad.join(", "),
+            crate::client::REPAIR_WAIT.as_secs(),
+            log.display()
+        )
+    })
+}
+
+/// The names of the nodes `words` select in the running table. While records fail their
+/// check (and were not repaired in time), only exact names of records that verify select:
+/// a pattern, a role, `all` or another name might mean a node whose record is damaged.
 fn selected_names(client: &Client, words: &[String]) -> Result<Vec<String>, CliError> {
     let nodes = client.status();
     client.check_damage()?;
+    if nodes.iter().any(|n| n.damaged) {
+        let exact = |w: &String| nodes.iter().any(|n| !n.damaged && &n.name == w);
+        if words.is_empty() {
+            return Err(client.not_found("all", &nodes).into());
+        }
+        if let Some(w) = words.iter().find(|w| !exact(w)) {
+            return Err(client.not_found(w, &nodes).into());
+        }
+    }
+    let nodes: Vec<NodeStatus> = nodes.into_iter().filter(|n| !n.damaged).collect();
     let idx = select::select(&nodes, words).map_err(CliError::Usage)?;
     Ok(idx.iter().map(|&i| nodes[i].name.clone()).collect())
 }
@@ -981,12 +1057,18 @@ fn send_names(
         return Ok(Vec::new());
     }
     client.command_by_name(op, names, arg, REPLY_TIMEOUT)?;
-    Ok(client
-        .status()
-        .into_iter()
-        .filter(|n| names.contains(&n.name))
+    let table = client.status();
+    let mut idx: Vec<usize> = table
+        .iter()
+        .filter(|n| !n.damaged && names.contains(&n.name))
         .map(|n| n.index)
-        .collect())
+        .collect();
+    // A named node whose record is now damaged is among these: wait for (and report) them,
+    // rather than leave it out.
+    if idx.len() < names.len() {
+        idx.extend(table.iter().filter(|n| n.damaged).map(|n| n.index));
+    }
+    Ok(idx)
 }
 
 /// The text of `help` / `help COMMAND`: the command list, or the command's own `--help`.

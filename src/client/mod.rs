@@ -119,6 +119,7 @@ impl Events<'_> {
             (ev.epoch == self.names.0)
                 .then(|| self.names.1.get(ev.node as usize).cloned())
                 .flatten()
+                .filter(|n| !n.is_empty())
         };
         Some(NodeEvent {
             seq,
@@ -252,6 +253,34 @@ pub enum ClientError {
         /// The name asked for.
         name: String,
     },
+    /// Records of the node table fail their check and the Supervisor did not rewrite them in
+    /// time: a name that is not among the records that verify cannot be looked up.
+    #[error("the node table of the Supervisor (pid {pid}) is damaged: {damaged} record(s) fail their check ({}) and were not repaired in time, so '{name}' cannot be looked up; nothing was done. The Supervisor was asked to rewrite them from its memory: try again in a moment; if this persists, see {log}", show_indices(indices))]
+    TableDamaged {
+        /// The name (or pattern) asked for.
+        name: String,
+        /// The Supervisor's pid.
+        pid: u32,
+        /// How many records fail their check.
+        damaged: usize,
+        /// Their table indices.
+        indices: Vec<usize>,
+        /// The Supervisor's log.
+        log: String,
+    },
+    /// A live Supervisor holds the lock but does not serve: its region says it is not ready
+    /// (a takeover or an upgrade that has not come back), or its doorbell has no reader.
+    #[error("the Supervisor of instance '{instance}' (pid {pid}) is alive and holds the instance lock, but does not serve: {why}; nothing it recorded is verified and commands cannot reach it. Its guardian replaces a Supervisor whose upgrade does not come back in time; see {log}, and `kill -9 {pid}` makes the guardian (or the next broctld command) start one that adopts the running nodes")]
+    NotServing {
+        /// Instance name.
+        instance: String,
+        /// The lock holder.
+        pid: u32,
+        /// What shows it does not serve.
+        why: String,
+        /// The Supervisor's log.
+        log: String,
+    },
     /// The node table kept changing (reloads) while the command was being sent.
     #[error("{what} was not applied: the node table changed {tries} times (reloads) while it was being sent; try again")]
     Stale {
@@ -260,6 +289,14 @@ pub enum ClientError {
         /// Attempts made.
         tries: u32,
     },
+}
+
+fn show_indices(v: &[usize]) -> String {
+    let mut s: Vec<String> = v.iter().take(8).map(|i| format!("#{i}")).collect();
+    if v.len() > 8 {
+        s.push("...".into());
+    }
+    s.join(", ")
 }
 
 impl ClientError {
@@ -312,6 +349,10 @@ pub struct NodeStatus {
     /// What a running `ready = "notify"` node said it is doing (`RELOADING=1`,
     /// `STOPPING=1`), if anything.
     pub phase: Option<NotifyPhase>,
+    /// The record at this index fails its check (zeroed, forged, corrupted) and was not
+    /// repaired in time: nothing in it is believed. Its name is `#INDEX`, it is never
+    /// `verified`, its state shows as `unknown`, and no pid is given.
+    pub damaged: bool,
 }
 
 impl NodeStatus {
@@ -320,11 +361,22 @@ impl NodeStatus {
     /// A running `ready = "notify"` node that sent `RELOADING=1` or `STOPPING=1` shows as
     /// `reloading` or `stopping`.
     pub fn state_word(&self) -> &'static str {
-        match (self.verified, self.state, self.phase) {
+        match (self.verified && !self.damaged, self.state, self.phase) {
             (false, _, _) => "unknown",
             (true, NodeState::Running, Some(p)) => p.as_str(),
             (true, s, _) => s.as_str(),
         }
+    }
+
+    /// A row for table index `index` whose record fails its check: see
+    /// [`NodeStatus::damaged`]. (Its `state` is a placeholder, `starting` with no pid, so that
+    /// a wait for any settled state never takes it for one.)
+    pub fn damaged_row(index: usize) -> NodeStatus {
+        let mut n = NodeStatus::stopped(index, format!("#{index}"), NodeType::Other);
+        n.state = NodeState::Starting;
+        n.verified = false;
+        n.damaged = true;
+        n
     }
 
     /// Marks the record as not backed by a live Supervisor and checks its pid against `/proc`.
@@ -340,8 +392,8 @@ impl NodeStatus {
 }
 
 impl NodeStatus {
-    /// Overwrites this entry from a record's words (untrusted), reusing the name buffer.
-    /// Returns false for words out of range.
+    /// Overwrites this entry from a record's words (checked: see [`Shared::read_record`]),
+    /// reusing the name buffer. Returns false for words out of range.
     fn fill(
         &mut self,
         index: usize,
@@ -351,7 +403,7 @@ impl NodeStatus {
         let Some(f) = RecordFields::decode(w) else {
             return false;
         };
-        if !decode_name_into(w, &mut self.name) {
+        if !decode_name_into(w, &mut self.name) || self.name.is_empty() {
             return false;
         }
         self.set(index, f, now_mono);
@@ -376,6 +428,7 @@ impl NodeStatus {
             pid_start: 0,
             blocked_by: None,
             phase: None,
+            damaged: false,
         }
     }
 
@@ -405,20 +458,32 @@ impl NodeStatus {
         self.pid_alive = None;
         self.blocked_by = f.blocked_by;
         self.phase = NotifyPhase::of(f.intent);
+        self.damaged = false;
     }
 }
 
-/// Every node record in `shared`, decoded.
+/// Node record `i` of `shared`, if it verifies (consistent, its check matching) and decodes.
+fn checked_record(shared: &Shared, i: usize) -> Option<NodeRecord> {
+    let words = shared.read_record(i).ok()?;
+    NodeRecord::decode(&words).filter(|r| !r.name.is_empty())
+}
+
+/// Every node record in `shared`, decoded; a record that does not verify is a
+/// [`NodeStatus::damaged_row`].
 fn read_status(shared: &Shared) -> Vec<NodeStatus> {
     let now = clock::monotonic_ns();
-    let cells = shared.node_cells();
     (0..shared.node_count())
-        .filter_map(|i| {
-            let words = cells[i].read()?;
-            Some(NodeStatus::from_record(i, NodeRecord::decode(&words)?, now))
+        .map(|i| match checked_record(shared, i) {
+            Some(r) => NodeStatus::from_record(i, r, now),
+            None => NodeStatus::damaged_row(i),
         })
         .collect()
 }
+
+/// How long [`Client::status`] waits for the Supervisor to rewrite records that fail their
+/// check (it is asked at once, and again every [`REPAIR_RING`]).
+pub const REPAIR_WAIT: Duration = Duration::from_secs(2);
+const REPAIR_RING: Duration = Duration::from_millis(100);
 
 /// A connection to a running Supervisor.
 pub struct Client {
@@ -432,6 +497,9 @@ pub struct Client {
     supervisor_pid: u32,
     supervisor_start: u64,
     config_path: Option<PathBuf>,
+    /// When a wait for the repair of damaged records last ended without it: later reads do
+    /// not wait again for a while (they still ask).
+    repair_unanswered: std::cell::Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -459,7 +527,8 @@ impl Client {
         let name = instance.shm_name();
         let identity = instance.identity();
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let start_wait = Duration::from_secs(5);
+        let deadline = Instant::now() + start_wait;
         let mut asked_repair = false;
         loop {
             let (config_path, holder) = match LockFile::probe(&instance.lock_path())? {
@@ -498,6 +567,8 @@ impl Client {
                 }
             };
             let mut why = why;
+            // A live owner that does not serve (yet): what shows it.
+            let mut stalled = None;
             if let Some(shared) = shared {
                 let h = shared.header();
                 let state = SupervisorState::from_u32(h.state.load(Ordering::Acquire));
@@ -508,16 +579,36 @@ impl Client {
                 let live = holder == (sup_pid, sup_start) || procstat::is_alive(sup_pid, sup_start);
                 match state {
                     Some(SupervisorState::Ready | SupervisorState::ShuttingDown) if live => {
-                        return Ok(Client {
-                            instance: instance.clone(),
-                            shared,
-                            bell: std::sync::OnceLock::new(),
-                            pid: std::process::id(),
-                            start: std::sync::OnceLock::new(),
-                            supervisor_pid: sup_pid,
-                            supervisor_start: sup_start,
-                            config_path,
-                        });
+                        // A Supervisor that serves reads its doorbell. One whose FIFO has no
+                        // reader is not the program that wrote `ready` (its image was replaced,
+                        // across an upgrade's exec, by one that never got that far), whatever
+                        // its region still says.
+                        let bell = std::sync::OnceLock::new();
+                        match fifo::open_writer(&instance.bell_path()) {
+                            Ok(b) => {
+                                let _ = bell.set(b);
+                            }
+                            Err(e) if e.os_error() == Some(libc::ENXIO) => {
+                                stalled = Some(
+                                    "its doorbell FIFO has no reader (its program image no longer runs the Supervisor's loop)".to_owned(),
+                                );
+                            }
+                            // Opened again when a command needs it (and its error told then).
+                            Err(_) => {}
+                        }
+                        if stalled.is_none() {
+                            return Ok(Client {
+                                instance: instance.clone(),
+                                shared,
+                                bell,
+                                pid: std::process::id(),
+                                start: std::sync::OnceLock::new(),
+                                supervisor_pid: sup_pid,
+                                supervisor_start: sup_start,
+                                config_path,
+                                repair_unanswered: std::cell::Cell::new(None),
+                            });
+                        }
                     }
                     Some(SupervisorState::Exited) => return Err(not_running()),
                     _ if !live => {
@@ -526,6 +617,17 @@ impl Client {
                             format!(
                                 "names Supervisor pid {sup_pid}, which is not the lock holder and is not running"
                             ),
+                        ))
+                    }
+                    Some(SupervisorState::Starting) => {
+                        stalled = Some(
+                            "its region says it is starting (taking over, or coming back from an upgrade) and it has not become ready".to_owned(),
+                        )
+                    }
+                    None => {
+                        stalled = Some(format!(
+                            "its region's state word is {} (not a state)",
+                            h.state.load(Ordering::Relaxed)
                         ))
                     }
                     _ => {}
@@ -542,7 +644,16 @@ impl Client {
                         .is_ok_and(|bell| fifo::ring_repair(&bell).is_ok());
                 }
             } else if Instant::now() >= deadline {
-                return Err(not_running());
+                return Err(match stalled {
+                    // Never "not running": it runs, and holds what a replacement needs.
+                    Some(why) => ClientError::NotServing {
+                        instance: instance.name().to_owned(),
+                        pid: holder.0,
+                        why: format!("{why}, for {} s", start_wait.as_secs()),
+                        log: instance.log_path().display().to_string(),
+                    },
+                    None => not_running(),
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -612,9 +723,145 @@ impl Client {
         &self.shared
     }
 
-    /// A snapshot of every node. Reads shared memory only.
+    /// A snapshot of every node. Reads shared memory only, unless a record fails its check:
+    /// then the Supervisor is asked to rewrite it from its memory and the table is read again
+    /// until it verifies, for at most [`REPAIR_WAIT`] (not again for a while if that wait went
+    /// unanswered); a record still bad after that is a [`NodeStatus::damaged_row`]. Records
+    /// are `verified` only while the Supervisor serves (its region says `ready` or `shutting
+    /// down`): during a takeover, or an upgrade that has not come back, every row is the last
+    /// state recorded, unverified, its pid checked against `/proc`.
     pub fn status(&self) -> Vec<NodeStatus> {
-        read_status(&self.shared)
+        let mut out = read_status(&self.shared);
+        if out.iter().any(|n| n.damaged) {
+            out = self.await_repair(out);
+        }
+        if !self.serving() {
+            out.iter_mut().for_each(NodeStatus::unverify);
+        }
+        out
+    }
+
+    /// Whether the Supervisor serves, as its region says (`ready` or `shutting down`): only
+    /// then does it stand behind its records. One atomic load.
+    pub fn serving(&self) -> bool {
+        matches!(
+            self.shared.state(),
+            Some(SupervisorState::Ready | SupervisorState::ShuttingDown)
+        )
+    }
+
+    /// Whether the Supervisor serves now: its region says so (see [`Client::serving`]) and its
+    /// doorbell FIFO has a reader (opened afresh: an `open` and a `close`). `Err` says what
+    /// shows it does not.
+    pub fn check_serving(&self) -> Result<(), String> {
+        if !self.serving() {
+            let what = match self.shared.state() {
+                Some(SupervisorState::Starting) => {
+                    "its region says it is starting (taking over, or coming back from an upgrade)"
+                        .to_owned()
+                }
+                Some(SupervisorState::Exited) => "its region says it has exited".to_owned(),
+                _ => format!(
+                    "its region's state word is {}",
+                    self.shared.header().state.load(Ordering::Relaxed)
+                ),
+            };
+            return Err(what);
+        }
+        match fifo::open_writer(&self.instance.bell_path()) {
+            Err(e) if e.os_error() == Some(libc::ENXIO) => Err(
+                "its doorbell FIFO has no reader (its program image no longer runs the Supervisor's loop)".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits at most `timeout` until the Supervisor serves (see [`Client::serving`]): a
+    /// takeover or an upgrade's new image sets `ready` when it is done. Returns whether it does.
+    pub fn wait_serving(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let word = &self.shared.header().state;
+        loop {
+            if self.serving() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.supervisor_alive() || self.shared.damaged() {
+                return self.serving();
+            }
+            let seen = word.load(Ordering::Acquire);
+            let _ = crate::sys::futex::wait(word, seen, Some(left.min(Duration::from_millis(100))));
+        }
+    }
+
+    /// Asks the Supervisor to check its region (it rewrites node records that are not what it
+    /// published); never blocks.
+    fn ask_repair(&self) {
+        if let Ok(bell) = self.bell() {
+            let _ = fifo::ring_repair(bell);
+        }
+    }
+
+    /// `table` has damaged rows: asks for the repair and reads again until every row verifies,
+    /// the table changes under us, or [`REPAIR_WAIT`] passes.
+    fn await_repair(&self, mut table: Vec<NodeStatus>) -> Vec<NodeStatus> {
+        self.ask_repair();
+        let recent = self
+            .repair_unanswered
+            .get()
+            .is_some_and(|t| t.elapsed() < REPAIR_WAIT * 5);
+        if recent || !self.serving() {
+            return table;
+        }
+        let start = Instant::now();
+        let mut rung = start;
+        let mut pause = Duration::from_micros(200);
+        while start.elapsed() < REPAIR_WAIT {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+            table = read_status(&self.shared);
+            if !table.iter().any(|n| n.damaged) {
+                self.repair_unanswered.set(None);
+                return table;
+            }
+            if self.shared.damaged() || !self.supervisor_alive() {
+                break;
+            }
+            if rung.elapsed() >= REPAIR_RING {
+                self.ask_repair();
+                rung = Instant::now();
+            }
+        }
+        self.repair_unanswered.set(Some(Instant::now()));
+        table
+    }
+
+    /// The table indices of records that fail their check in `table`.
+    fn damaged_indices(table: &[NodeStatus]) -> Vec<usize> {
+        table
+            .iter()
+            .filter(|n| n.damaged)
+            .map(|n| n.index)
+            .collect()
+    }
+
+    /// The error for `name` not found in `table`: [`ClientError::TableDamaged`] if some
+    /// records could not be read (it may be one of them), else [`ClientError::NoSuchNode`].
+    pub fn not_found(&self, name: &str, table: &[NodeStatus]) -> ClientError {
+        let bad = Self::damaged_indices(table);
+        if bad.is_empty() {
+            ClientError::NoSuchNode {
+                name: name.to_owned(),
+            }
+        } else {
+            ClientError::TableDamaged {
+                name: name.to_owned(),
+                pid: self.supervisor_pid,
+                damaged: bad.len(),
+                indices: bad,
+                log: self.instance.log_path().display().to_string(),
+            }
+        }
     }
 
     /// The node table's epoch: it changes whenever a reload (or a takeover) renumbers nodes.
@@ -636,10 +883,12 @@ impl Client {
     /// Raw records of every node into `out`, reusing its entries' name buffers: after the
     /// first call this allocates nothing (and, like every status read, makes no syscall).
     pub fn records_into(&self, out: &mut Vec<NodeRecord>) {
-        let cells = self.shared.node_cells();
         let mut k = 0;
-        for cell in &cells[..self.shared.node_count()] {
-            let Some(w) = cell.read() else { continue };
+        for i in 0..self.shared.node_count() {
+            // Only records that verify (raw: a damaged one is left out).
+            let Ok(w) = self.shared.read_record(i) else {
+                continue;
+            };
             if k == out.len() {
                 match NodeRecord::decode(&w) {
                     Some(r) => out.push(r),
@@ -654,24 +903,41 @@ impl Client {
     }
 
     /// [`Client::status`] into `out`, reusing its allocations: what a program that reads status
-    /// in a loop should call. After the first call it allocates nothing.
+    /// in a loop should call. After the first call it allocates nothing (while every record
+    /// verifies). It does not wait for a repair: a record that fails its check is a
+    /// [`NodeStatus::damaged_row`] and the Supervisor is asked to rewrite it.
     pub fn status_into(&self, out: &mut Vec<NodeStatus>) {
         let now = clock::monotonic_ns();
-        let cells = self.shared.node_cells();
-        let mut k = 0;
-        for (i, cell) in cells[..self.shared.node_count()].iter().enumerate() {
-            let Some(w) = cell.read() else { continue };
-            if k == out.len() {
-                let Some(r) = NodeRecord::decode(&w) else {
-                    continue;
-                };
-                out.push(NodeStatus::from_record(i, r, now));
-            } else if !out[k].fill(i, &w, now) {
-                continue;
+        let serving = self.serving();
+        let mut damaged = false;
+        out.truncate(self.shared.node_count());
+        for i in 0..self.shared.node_count() {
+            let words = self.shared.read_record(i).ok();
+            let ok = match (words, out.get_mut(i)) {
+                (Some(w), Some(slot)) => slot.fill(i, &w, now),
+                (Some(w), None) => match NodeRecord::decode(&w).filter(|r| !r.name.is_empty()) {
+                    Some(r) => {
+                        out.push(NodeStatus::from_record(i, r, now));
+                        true
+                    }
+                    None => false,
+                },
+                (None, _) => false,
+            };
+            if !ok {
+                damaged = true;
+                let row = NodeStatus::damaged_row(i);
+                match out.get_mut(i) {
+                    Some(slot) => *slot = row,
+                    None => out.push(row),
+                }
+            } else if !serving {
+                out[i].unverify();
             }
-            k += 1;
         }
-        out.truncate(k);
+        if damaged {
+            self.ask_repair();
+        }
     }
 
     /// The index of the node called `name`.
@@ -688,14 +954,27 @@ impl Client {
         }
         let b = match fifo::open_writer(&self.instance.bell_path()) {
             Ok(b) => b,
-            Err(e) if e.os_error() == Some(libc::ENXIO) => {
-                return Err(ClientError::Gone {
-                    pid: self.supervisor_pid,
-                })
-            }
+            Err(e) if e.os_error() == Some(libc::ENXIO) => return Err(self.no_reader()),
             Err(e) => return Err(e.into()),
         };
         Ok(self.bell.get_or_init(|| b))
+    }
+
+    /// The doorbell has no reader: the Supervisor exited, or it lives but its program no
+    /// longer reads it (never "exited" while the process lives).
+    fn no_reader(&self) -> ClientError {
+        if self.supervisor_alive() {
+            ClientError::NotServing {
+                instance: self.instance.name().to_owned(),
+                pid: self.supervisor_pid,
+                why: "its doorbell FIFO has no reader (its program image no longer runs the Supervisor's loop)".into(),
+                log: self.instance.log_path().display().to_string(),
+            }
+        } else {
+            ClientError::Gone {
+                pid: self.supervisor_pid,
+            }
+        }
     }
 
     fn own_start(&self) -> u64 {
@@ -707,9 +986,7 @@ impl Client {
         if self.shared.header().bell.swap(1, Ordering::SeqCst) == 0 {
             fifo::ring(bell).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EPIPE) {
-                    ClientError::Gone {
-                        pid: self.supervisor_pid,
-                    }
+                    self.no_reader()
                 } else {
                     ClientError::Io {
                         what: "ringing the doorbell",
@@ -765,7 +1042,12 @@ impl Client {
             message: reply.message,
         };
         if names.is_empty() {
-            let nodes = self.status().into_iter().map(|n| n.name).collect();
+            let nodes = self
+                .status()
+                .into_iter()
+                .filter(|n| !n.damaged)
+                .map(|n| n.name)
+                .collect();
             let reply = self.expect_ok(op, self.send(&Request::all(op, arg), timeout)?)?;
             return Ok(applied(reply, nodes));
         }
@@ -779,11 +1061,11 @@ impl Client {
             let mut idx = Vec::with_capacity(names.len());
             for n in names {
                 let n = n.as_ref();
-                match table.iter().find(|s| s.name == n) {
+                // Only a record that verifies names a node (a damaged row's `#INDEX` is not a
+                // name).
+                match table.iter().find(|s| !s.damaged && s.name == n) {
                     Some(s) => idx.push(s.index),
-                    None => {
-                        return Err(ClientError::NoSuchNode { name: n.to_owned() });
-                    }
+                    None => return Err(self.not_found(n, &table)),
                 }
             }
             let req = Request::new(op, idx, arg).at_epoch(epoch);
@@ -847,7 +1129,7 @@ impl Client {
         loop {
             let epoch = self.config_epoch();
             let mut names = Vec::new();
-            for n in self.status() {
+            for n in read_status(&self.shared).into_iter().filter(|n| !n.damaged) {
                 if names.len() <= n.index {
                     names.resize(n.index + 1, String::new());
                 }
@@ -886,20 +1168,23 @@ impl Client {
     }
 
     /// Asks the Supervisor to re-execute its binary in place (same pid, same nodes); returns
-    /// what it said. The generation goes up once the new program serves.
+    /// what it said (`checking PATH, then re-executing it`). The binary is probed first: the
+    /// generation goes up once the new program serves ([`Client::serving`] again), or an
+    /// `upgrade-failed` event says why it was not executed (a binary that hangs, crashes,
+    /// exits non-zero or is not a broctld it can hand over to) and the old program runs on.
     pub fn upgrade_supervisor(&self, timeout: Duration) -> Result<String, ClientError> {
         let r = self.send(&Request::new(Opcode::Upgrade, [], 0), timeout)?;
         Ok(self.expect_ok(Opcode::Upgrade, r)?.message)
     }
 
-    /// The status of the node called `name`.
+    /// The status of the node called `name` ([`ClientError::TableDamaged`] if it is not among
+    /// the records that verify and some do not).
     pub fn node(&self, name: &str) -> Result<NodeStatus, ClientError> {
-        self.status()
-            .into_iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| ClientError::NoSuchNode {
-                name: name.to_owned(),
-            })
+        let table = self.status();
+        match table.iter().position(|n| !n.damaged && n.name == name) {
+            Some(i) => Ok(table[i].clone()),
+            None => Err(self.not_found(name, &table)),
+        }
     }
 
     #[doc(hidden)]
@@ -909,11 +1194,10 @@ impl Client {
         if ev.node == crate::protocol::event::NO_NODE || ev.epoch != self.config_epoch() {
             return None;
         }
-        let cell = self.shared.node_cells().get(ev.node as usize)?;
         if ev.node as usize >= self.shared.node_count() {
             return None;
         }
-        NodeRecord::decode(&cell.read()?).map(|r| r.name)
+        checked_record(&self.shared, ev.node as usize).map(|r| r.name)
     }
 
     /// Sends a raw request and returns whatever reply comes back.
@@ -963,10 +1247,20 @@ impl Client {
                     let v = slot.state.load(Ordering::Acquire);
                     if v == mailbox::SlotState::Submitted.word(self.pid) {
                         self.shared.header().bell.store(1, Ordering::SeqCst);
-                        fifo::ring(self.bell()?).map_err(|source| ClientError::Io {
-                            what: "ringing the doorbell",
-                            source,
-                        })?;
+                        if let Err(source) = fifo::ring(self.bell()?) {
+                            // Not taken: withdrawn, so never applied.
+                            let e = if source.raw_os_error() == Some(libc::EPIPE) {
+                                self.no_reader()
+                            } else {
+                                ClientError::Io {
+                                    what: "ringing the doorbell",
+                                    source,
+                                }
+                            };
+                            if mailbox::withdraw(slot, self.pid) {
+                                return Err(e);
+                            }
+                        }
                     }
                     patience = (patience * 2).min(Duration::from_secs(1));
                 }

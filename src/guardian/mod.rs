@@ -65,6 +65,12 @@ pub const EXIT_ALREADY_RUNNING: i32 = 3;
 
 /// The longest wait between two attempts to start a Supervisor that keeps failing.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a Supervisor may take to say `ready`: after it was started, and after it said
+/// `upgrading` (before an `execve` of a new image). One that does not is killed and the image
+/// that last served is started in its place. `BROCTLD_SERVE_DEADLINE_MS` overrides it.
+pub const SERVE_DEADLINE: Duration = Duration::from_secs(60);
+/// The variable that overrides [`SERVE_DEADLINE`] (milliseconds, read at the guardian's start).
+pub const SERVE_DEADLINE_ENV: &str = "BROCTLD_SERVE_DEADLINE_MS";
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Reports kept while no Supervisor reads them and the pipe is full; older ones are dropped.
 const PENDING_MAX: usize = 65_536;
@@ -250,14 +256,19 @@ fn describe(status: i32) -> String {
 
 /// The Supervisor the guardian keeps alive.
 enum Current {
-    /// Our child: its pid, when it was started, whether it said `ready`, and the read end of
-    /// its readiness pipe until it has said something.
+    /// Our child: its pid, when it was started, whether it serves (said `ready`, and not
+    /// `upgrading` since), and the read end of its readiness pipe while it is open (it says
+    /// `ready PID` when it serves, `upgrading` before an upgrade's `execve`, and the new image
+    /// `ready PID` again). `deadline`: when it is killed if it does not serve by then.
+    /// `fallback`: it was started from the image that last served, not from the path.
     Child {
         pid: u32,
         since: Instant,
         served: bool,
         ready: Option<File>,
         line: Vec<u8>,
+        deadline: Option<Instant>,
+        fallback: bool,
     },
     /// A Supervisor we did not start (watch mode), followed through a pidfd.
     Watched { pid: u32, fd: OwnedFd },
@@ -285,6 +296,14 @@ struct Guardian {
     /// The `RLIMIT_NOFILE` each Supervisor we start gets: the soft limit we were started
     /// with (the operator's, which it gives its nodes) under the hard limit we raised.
     nofile: Option<libc::rlimit>,
+    /// The executable of the last Supervisor that served (opened from `/proc/PID/exe`, so it
+    /// stays runnable whatever is installed at the path since): started in place of the path's
+    /// binary when that one fails or stalls before it serves.
+    good_exe: Option<File>,
+    /// The next Supervisor is started from [`Guardian::good_exe`].
+    use_good: bool,
+    /// See [`SERVE_DEADLINE`].
+    serve_deadline: Duration,
 }
 
 /// Entry point of `broctld __guardian`. Returns the exit status.
@@ -382,6 +401,12 @@ pub fn main(
         notify: notify.take(),
         retry: Duration::ZERO,
         lock: Some(lock),
+        good_exe: None,
+        use_good: false,
+        serve_deadline: std::env::var(SERVE_DEADLINE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(SERVE_DEADLINE, Duration::from_millis),
     };
     match watch {
         Some(pid) => {
@@ -410,13 +435,26 @@ pub fn main(
 }
 
 impl Guardian {
-    /// Starts a Supervisor as our child, with a fresh readiness pipe and the report pipe.
+    /// Starts a Supervisor as our child, with a fresh readiness pipe and the report pipe: from
+    /// the installed path, or (after the path's binary failed or stalled before it served)
+    /// from the image that last served.
     fn spawn(&mut self) -> io::Result<()> {
         let (ready_r, ready_w) = pipe()?;
         let ready_w = dup_high(&ready_w)?;
         let reports = dup_high(&self.reports_r)?;
         let exe = installed_exe()?;
-        let mut cmd = Command::new(&exe);
+        let good = self.good_exe.as_ref().filter(|_| self.use_good);
+        let fallback = good.is_some();
+        // The kept image by its fd: `execve` resolves the path before close-on-exec fds are
+        // closed, so an ELF runs (argv[0] still names the installed path).
+        let mut cmd = match good {
+            Some(f) => {
+                let mut c = Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                c.arg0(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
         base_args(&mut cmd, &self.instance, &self.config);
         cmd.args(["__supervisor", "--notify-fd", "3"])
             .env(report::FD_ENV, "4")
@@ -451,14 +489,73 @@ impl Guardian {
             served: false,
             ready: Some(ready_r),
             line: Vec::new(),
+            deadline: Some(Instant::now() + self.serve_deadline),
+            fallback,
         };
-        log!("guardian: started Supervisor pid {pid} ({})", exe.display());
+        if fallback {
+            log!(
+                "guardian: started Supervisor pid {pid} from the image that last served (not {}, which did not serve)",
+                exe.display()
+            );
+        } else {
+            log!("guardian: started Supervisor pid {pid} ({})", exe.display());
+        }
         Ok(())
+    }
+
+    /// The Supervisor `pid` serves: its image is the one to fall back on.
+    fn keep_good_image(&mut self, pid: u32) {
+        match File::open(format!("/proc/{pid}/exe")) {
+            Ok(f) => {
+                self.good_exe = Some(f);
+                self.use_good = false;
+            }
+            Err(e) => log!("guardian: cannot keep the image of Supervisor pid {pid}: {e}"),
+        }
+    }
+
+    /// A Supervisor that has not served by its deadline is killed; the image that last served
+    /// starts next (see [`SERVE_DEADLINE`]).
+    fn check_deadline(&mut self) {
+        let Current::Child {
+            pid,
+            deadline: Some(at),
+            since,
+            ..
+        } = &self.current
+        else {
+            return;
+        };
+        if Instant::now() < *at {
+            return;
+        }
+        let pid = *pid;
+        log!(
+            "guardian: Supervisor pid {pid} has not served within {:.1} s (started {:.1} s ago, or an upgrade's new image that never came back); killing it{}",
+            self.serve_deadline.as_secs_f64(),
+            since.elapsed().as_secs_f64(),
+            if self.good_exe.is_some() {
+                " and starting the image that last served"
+            } else {
+                ""
+            }
+        );
+        if let Current::Child { deadline, .. } = &mut self.current {
+            *deadline = None;
+        }
+        self.use_good = self.good_exe.is_some();
+        // Our child, not yet reaped: the pid is still its.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     fn watch(&mut self, pid: u32) -> io::Result<()> {
         let fd = pidfd::open(pid)?;
         self.current = Current::Watched { pid, fd };
+        // It serves (it started us): its image is the one to fall back on.
+        self.keep_good_image(pid);
         Ok(())
     }
 
@@ -477,6 +574,13 @@ impl Guardian {
                 revents: 0,
             }];
             let mut timeout: i32 = -1;
+            if let Current::Child {
+                deadline: Some(at), ..
+            } = &self.current
+            {
+                let left = at.saturating_duration_since(Instant::now());
+                timeout = (left.as_millis() + 1).min(i32::MAX as u128) as i32;
+            }
             match &self.current {
                 Current::Child { ready: Some(r), .. } => fds.push(libc::pollfd {
                     fd: r.as_raw_fd(),
@@ -521,6 +625,7 @@ impl Guardian {
             while let Ok(Some(_)) = self.signals.read_signal() {}
             self.outputs.changed();
             self.read_ready();
+            self.check_deadline();
             if let Some(code) = self.reap() {
                 return code;
             }
@@ -544,18 +649,21 @@ impl Guardian {
         }
     }
 
-    /// Reads what a starting Supervisor says on its readiness pipe.
+    /// Reads what our Supervisor says on its readiness pipe: `ready PID` once it serves,
+    /// `error: WHY` if it could not start, `upgrading` before an upgrade's `execve` (its new
+    /// image says `ready PID` again once it serves, and so does the old one if the exec
+    /// failed). The pipe stays open as long as the Supervisor keeps it.
     fn read_ready(&mut self) {
         let Current::Child {
             pid,
             ready: ready @ Some(_),
-            served,
             line,
             ..
         } = &mut self.current
         else {
             return;
         };
+        let pid = *pid;
         let mut chunk = [0u8; 1024];
         let eof = loop {
             match ready.as_mut().map(|r| r.read(&mut chunk)) {
@@ -565,25 +673,52 @@ impl Guardian {
                 _ => break false,
             }
         };
-        if !line.contains(&b'\n') && !eof {
-            return;
+        let mut lines = Vec::new();
+        while let Some(at) = line.iter().position(|&b| b == b'\n') {
+            let l: Vec<u8> = line.drain(..=at).collect();
+            lines.push(String::from_utf8_lossy(&l).trim_end().to_owned());
         }
-        let text = String::from_utf8_lossy(line)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        let pid = *pid;
-        *ready = None;
+        if eof {
+            if !line.is_empty() {
+                lines.push(String::from_utf8_lossy(line).trim_end().to_owned());
+                line.clear();
+            }
+            *ready = None;
+        }
+        for text in lines {
+            self.said(pid, &text);
+        }
+    }
+
+    /// One line from our Supervisor `pid` (see [`Guardian::read_ready`]).
+    fn said(&mut self, pid: u32, text: &str) {
+        let Current::Child {
+            served, deadline, ..
+        } = &mut self.current
+        else {
+            return;
+        };
         if text.starts_with("ready ") {
             *served = true;
+            *deadline = None;
             self.retry = Duration::ZERO;
             self.unproven = false;
             log!("guardian: Supervisor pid {pid} serves");
+            self.keep_good_image(pid);
             self.outputs.refresh();
-        }
-        if !text.is_empty() {
-            self.relay(&text);
+            // To the Main that started us, the first time only.
+            self.relay(text);
+        } else if text == "upgrading" {
+            // Until its new image says `ready`, it does not serve; past the deadline it is
+            // replaced (see `check_deadline`).
+            *served = false;
+            *deadline = Some(Instant::now() + self.serve_deadline);
+            log!(
+                "guardian: Supervisor pid {pid} is re-executing for an upgrade; it has {:.1} s to serve again",
+                self.serve_deadline.as_secs_f64()
+            );
+        } else if !text.is_empty() {
+            self.relay(text);
         }
     }
 
@@ -639,7 +774,13 @@ impl Guardian {
     }
 
     fn on_supervisor_exit(&mut self, pid: u32, status: i32) -> Option<i32> {
-        let Current::Child { since, served, .. } = self.current else {
+        let Current::Child {
+            since,
+            served,
+            fallback,
+            ..
+        } = self.current
+        else {
             return None;
         };
         let how = describe(status);
@@ -692,7 +833,19 @@ impl Guardian {
             );
             self.retry = Duration::ZERO;
             self.current = Current::Waiting { at: Instant::now() };
+        } else if !fallback && self.good_exe.is_some() {
+            // The installed binary does not start (an upgrade to it, or a replacement from it,
+            // failed before it served): the image that last served starts now instead, so the
+            // nodes are not left unsupervised while someone fixes the file.
+            log!(
+                "guardian: Supervisor pid {pid} {how} before it served; starting the image that last served instead of {}",
+                installed_exe().map_or_else(|_| "the installed binary".into(), |p| p.display().to_string())
+            );
+            self.use_good = true;
+            self.current = Current::Waiting { at: Instant::now() };
         } else {
+            // The next attempt is from the path again (it may have been fixed meanwhile).
+            self.use_good = false;
             self.retry_later(&format!("Supervisor pid {pid} {how} before it served"));
         }
         None

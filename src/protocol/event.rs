@@ -42,8 +42,22 @@ pub enum EventKind {
     OrphanReaped = 15,
     /// A signal was delivered to a node on request (`a` = signal).
     Signaled = 16,
-    /// `upgrade-supervisor` could not re-execute (`a` = errno); the old program runs on.
+    /// `upgrade-supervisor` did not re-execute; the old program runs on. `b` says why (see
+    /// [`upgrade_failure`]): 0, `execve` failed (`a` = errno); otherwise the new binary failed
+    /// its version probe (`a` = the probe's deadline in ms, exit = how the probe ended).
     UpgradeFailed = 17,
+}
+
+/// Why an upgrade failed: the `b` word of an [`EventKind::UpgradeFailed`] event.
+pub mod upgrade_failure {
+    /// `execve` itself failed (`a` = errno).
+    pub const EXEC: u64 = 0;
+    /// The new binary did not answer its version probe within the deadline (`a`, in ms).
+    pub const PROBE_TIMED_OUT: u64 = 1;
+    /// The probe ended with a failure (the event's exit says how).
+    pub const PROBE_FAILED: u64 = 2;
+    /// The probe exited 0 but gave no answer, or one this Supervisor cannot hand over to.
+    pub const PROBE_ANSWER: u64 = 3;
 }
 
 impl EventKind {

@@ -19,8 +19,10 @@ use zerocopy::{FromBytes, IntoBytes, KnownLayout};
 
 /// `"BROCTLD1"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"BROCTLD1");
-/// Bumped on any change of meaning; the layout hash catches changes of shape.
-pub const ABI_VERSION: u32 = 2;
+/// Bumped on any change of meaning; the layout hash catches changes of shape. 3: every node
+/// record carries a check (word 14, see [`crate::protocol::node::record_check`]) and names
+/// are at most 56 bytes.
+pub const ABI_VERSION: u32 = 3;
 /// Words in a node record (after its sequence word).
 pub const NODE_WORDS: usize = 15;
 /// Words in an event entry (after its stamp).
@@ -173,7 +175,7 @@ const _: () = assert!(size_of::<RingHead>() == 64);
 /// Every size and offset a reader relies on, in a fixed order: the header's fields, the
 /// identity block, the ring head's words, a node record, an event entry and a mailbox slot.
 /// [`LAYOUT_HASH`] hashes them all, so two builds agree on it only if they agree on all of them.
-pub const LAYOUT_FACTS: [u64; 54] = [
+pub const LAYOUT_FACTS: [u64; 57] = [
     ABI_VERSION as u64,
     size_of::<Header>() as u64,
     offset_of!(Header, magic) as u64,
@@ -232,7 +234,29 @@ pub const LAYOUT_FACTS: [u64; 54] = [
     2,
     6,
     MAGIC,
+    // The node record's check: its word, the longest name before it, and the version of the
+    // check's algorithm and key derivation (`record_check`, `record_key`).
+    crate::protocol::node::CHECK_WORD as u64,
+    crate::protocol::node::NAME_MAX as u64,
+    RECORD_CHECK_VERSION,
 ];
+
+/// Version of the record check's algorithm and of how its key is derived (a layout fact: two
+/// builds that compute checks differently never share a region).
+pub const RECORD_CHECK_VERSION: u64 = 1;
+
+/// The key node records are checked with in a region whose identity hash is `identity` and
+/// which was created at `created_wall_ms`: both written once at creation, so every reader
+/// derives the same key, and a record from another region (even an older one of the same
+/// instance) fails its check in this one.
+pub fn record_key(identity: u128, created_wall_ms: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for v in [identity as u64, (identity >> 64) as u64, created_wall_ms] {
+        h = fnv(h, v);
+    }
+    // Never 0, so a key is never the identity of an all-zero header.
+    h | 1
+}
 
 /// Hashes a list of layout facts (FNV-1a over their little-endian bytes).
 pub const fn hash_facts(facts: &[u64]) -> u64 {
@@ -380,6 +404,21 @@ pub struct Shared {
     region: Region,
     geometry: Geometry,
     offsets: Offsets,
+    /// What node records are checked with (see [`record_key`]), derived once from the header
+    /// words written at creation: a reader keeps the key it attached with.
+    record_key: u64,
+    /// The header's `created_wall_ms` as it was when mapped (see [`Shared::created_wall_ms`]).
+    created_wall_ms: u64,
+}
+
+/// Why a node record could not be believed (see [`Shared::read_record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFault {
+    /// No consistent copy within the seqlock's bounded retries: its sequence stayed odd (a
+    /// writer died mid-write, or the sequence word was overwritten).
+    Torn,
+    /// Its check does not match its words: zeroed, forged, moved or corrupted.
+    Check,
 }
 
 impl std::fmt::Debug for Shared {
@@ -408,10 +447,15 @@ impl Shared {
         assert!(geometry.is_valid());
         let offsets = geometry.offsets();
         let region = Region::create(name, offsets.total)?;
+        let created = crate::sys::clock::wall_ms();
+        let text = &identity[..identity.len().min(IDENTITY_WORDS * 8)];
+        let hash = identity_hash(text);
         let shared = Shared {
             region,
             geometry,
             offsets,
+            record_key: record_key(hash, created),
+            created_wall_ms: created,
         };
         let h = shared.header();
         h.abi_version.store(ABI_VERSION, Ordering::Relaxed);
@@ -427,18 +471,15 @@ impl Shared {
         // SAFETY: geteuid cannot fail.
         h.owner_uid
             .store(unsafe { libc::geteuid() }, Ordering::Relaxed);
-        h.created_wall_ms
-            .store(crate::sys::clock::wall_ms(), Ordering::Relaxed);
+        h.created_wall_ms.store(created, Ordering::Relaxed);
         h.next_cmd_seq.store(1, Ordering::Relaxed);
         let id = shared.identity_block();
-        let text = &identity[..identity.len().min(IDENTITY_WORDS * 8)];
         for (i, chunk) in text.chunks(8).enumerate() {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
             id.text[i].store(u64::from_le_bytes(b), Ordering::Relaxed);
         }
         id.len.store(text.len() as u64, Ordering::Relaxed);
-        let hash = identity_hash(text);
         h.identity_hash[0].store(hash as u64, Ordering::Relaxed);
         h.identity_hash[1].store((hash >> 64) as u64, Ordering::Relaxed);
         // Magic last, with Release: a reader that sees it sees everything above.
@@ -501,10 +542,15 @@ impl Shared {
                 offsets.total
             )));
         }
+        let created = h.created_wall_ms.load(Ordering::Relaxed);
+        let id = h.identity_hash[0].load(Ordering::Relaxed) as u128
+            | (h.identity_hash[1].load(Ordering::Relaxed) as u128) << 64;
         let shared = Shared {
             region,
             geometry,
             offsets,
+            record_key: record_key(id, created),
+            created_wall_ms: created,
         };
         // Touch every view once so a bounds problem surfaces here, not later.
         shared.try_views()?;
@@ -570,6 +616,37 @@ impl Shared {
         self.region
             .slice(self.offsets.nodes, self.geometry.nodes)
             .expect("checked at open")
+    }
+
+    /// The key node records are checked with in this region (see [`record_key`]).
+    pub fn record_key(&self) -> u64 {
+        self.record_key
+    }
+
+    /// When the region was created, as its header said when it was mapped (the header word
+    /// may have been overwritten since: the Supervisor compares them).
+    pub fn created_wall_ms(&self) -> u64 {
+        self.created_wall_ms
+    }
+
+    /// Node record `i`'s words, only if they are a consistent copy whose check matches (see
+    /// [`crate::protocol::node::record_check`]); `i` must be below the capacity.
+    pub fn read_record(&self, i: usize) -> Result<[u64; NODE_WORDS], RecordFault> {
+        let w = self.node_cells()[i].read().ok_or(RecordFault::Torn)?;
+        if crate::protocol::node::check_ok(&w, self.record_key, i) {
+            Ok(w)
+        } else {
+            Err(RecordFault::Check)
+        }
+    }
+
+    /// Seals `words` for index `i` (their check word is overwritten) and publishes them
+    /// (single writer: the Supervisor). Returns the check written.
+    pub fn write_record(&self, i: usize, words: &[u64; NODE_WORDS]) -> u64 {
+        let mut w = *words;
+        crate::protocol::node::seal(&mut w, self.record_key, i);
+        self.node_cells()[i].write(&w);
+        w[crate::protocol::node::CHECK_WORD]
     }
 
     /// Records in use, clamped to the capacity (the header is untrusted).

@@ -1,5 +1,11 @@
 //! The node table's records: what the Supervisor publishes about each node, and how it is
 //! packed into a seqlock cell's words.
+//!
+//! Every record carries its own check (word [`CHECK_WORD`]): a keyed 64-bit hash of the other
+//! words, of the record's index in the table and of the region's record key (derived from its
+//! identity and creation time, see `Shared::record_key`). A reader believes a record only if
+//! its check matches, so a zeroed, forged, moved or bit-flipped record is never read as a
+//! node's state (see [`record_check`]).
 
 use super::layout::NODE_WORDS;
 
@@ -203,8 +209,47 @@ impl NotifyPhase {
     }
 }
 
-/// Longest node name the table stores.
-pub const NAME_MAX: usize = 64;
+/// Longest node name the table stores (words 7 to 13; config names are at most 48 bytes).
+pub const NAME_MAX: usize = 56;
+
+/// The word holding the record's check (see [`record_check`]).
+pub const CHECK_WORD: usize = NODE_WORDS - 1;
+
+/// One step of the check: a bijection of the 64-bit state (an odd multiplier, then an
+/// xorshift), so two inputs that differ in one word always give different checks.
+const fn check_mix(mut x: u64) -> u64 {
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 29)
+}
+
+/// The check of record words `w` (all but [`CHECK_WORD`]) at table index `index`, for a region
+/// whose record key is `key`. Each word is folded in through a bijection, so any change
+/// confined to one word (a flipped bit, a forged pid, a name overwritten) changes the check
+/// for certain; changes spread over several words are caught but with probability 2^-64.
+/// The index and key make a record copied to another slot, or from another region (or an
+/// older region of the same instance), fail. Not cryptographic: anyone who can write the
+/// region can read the key; the Supervisor's comparison with what it published (see
+/// `supervisor::repair`) is what catches a forgery that recomputes the check.
+pub fn record_check(w: &[u64; NODE_WORDS], key: u64, index: usize) -> u64 {
+    let mut h = check_mix(key ^ 0x6272_6f63_746c_6472); // "rdltcorb"
+    h = check_mix(h ^ index as u64);
+    for x in &w[..CHECK_WORD] {
+        h = check_mix(h ^ x);
+    }
+    h
+}
+
+/// Stores the check of `w` (see [`record_check`]) in its check word.
+pub fn seal(w: &mut [u64; NODE_WORDS], key: u64, index: usize) {
+    w[CHECK_WORD] = record_check(w, key, index);
+}
+
+/// Whether `w`'s check word matches its other words at `index` under `key`.
+pub fn check_ok(w: &[u64; NODE_WORDS], key: u64, index: usize) -> bool {
+    w[CHECK_WORD] == record_check(w, key, index)
+}
 
 /// One node's published status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +288,8 @@ pub struct NodeRecord {
 pub const BLOCKED_UNKNOWN: u32 = u32::MAX;
 
 impl NodeRecord {
-    /// Packs into seqlock words.
+    /// Packs into seqlock words, the check word left 0: `Shared::write_record` seals them
+    /// (see [`seal`]) for the index they are written at.
     pub fn encode(&self) -> [u64; NODE_WORDS] {
         let mut w = [0u64; NODE_WORDS];
         let (kind, value, core) = Exit::encode(self.last_exit);
@@ -270,7 +316,8 @@ impl NodeRecord {
     }
 
     /// Unpacks words read from shared memory; `None` if anything is out of range (the words are
-    /// untrusted).
+    /// untrusted). This does not look at the check word: read records through
+    /// `Shared::read_record`, which does.
     pub fn decode(w: &[u64; NODE_WORDS]) -> Option<NodeRecord> {
         let mut r = NodeRecord::blank(String::new());
         Self::decode_into(w, &mut r).then_some(r)
@@ -460,6 +507,44 @@ mod tests {
             blocked_by: Some(BLOCKED_UNKNOWN),
         };
         assert_eq!(NodeRecord::decode(&neg.encode()), Some(neg));
+    }
+
+    fn sealed(r: &NodeRecord, key: u64, i: usize) -> [u64; NODE_WORDS] {
+        let mut w = r.encode();
+        seal(&mut w, key, i);
+        w
+    }
+
+    /// Issue 16, defect 14: a record carries its own check. Every single-bit flip of any
+    /// word fails it, as do a zeroed record, the same words at another index, and the same
+    /// words under another region's key.
+    #[test]
+    fn record_check_catches_every_single_bit_flip_zeroing_moves_and_other_keys() {
+        let mut r = NodeRecord::blank("worker-1".into());
+        r.state = NodeState::Running;
+        r.pid = Some(4242);
+        r.pid_start = 987_654;
+        r.restarts = 3;
+        let key = 0x1234_5678_9abc_def1;
+        let w = sealed(&r, key, 7);
+        assert!(check_ok(&w, key, 7));
+        for word in 0..NODE_WORDS {
+            for bit in 0..64 {
+                let mut bad = w;
+                bad[word] ^= 1 << bit;
+                assert!(!check_ok(&bad, key, 7), "word {word} bit {bit}");
+            }
+        }
+        assert!(!check_ok(&[0; NODE_WORDS], key, 7), "a zeroed record");
+        for i in (0..7).chain(8..64) {
+            assert!(!check_ok(&w, key, i), "moved to {i}");
+        }
+        assert!(!check_ok(&w, key ^ 2, 7), "another region's key");
+        // A forged pid, whatever the rest says.
+        let mut forged = w;
+        forged[1] = (forged[1] & !0xffff_ffff) | 1;
+        assert!(!check_ok(&forged, key, 7));
+        assert_eq!(NodeRecord::decode(&w), Some(r));
     }
 
     #[test]

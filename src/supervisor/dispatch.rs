@@ -155,19 +155,8 @@ impl Supervisor {
                 (ReplyStatus::Ok, String::new())
             }
             Opcode::Reload => self.reload(),
-            Opcode::Upgrade => match upgrade::check_executable(&self.exe) {
-                Ok(()) => {
-                    self.upgrade_requested = true;
-                    (
-                        ReplyStatus::Ok,
-                        format!("re-executing {}", self.exe.display()),
-                    )
-                }
-                Err(e) => (
-                    ReplyStatus::Rejected,
-                    format!("cannot re-execute {}: {e}", self.exe.display()),
-                ),
-            },
+            // The binary is checked first (see `upgrade::Probe`).
+            Opcode::Upgrade => self.request_upgrade(),
             Opcode::Shutdown => {
                 log!("shutdown requested");
                 self.begin_shutdown();

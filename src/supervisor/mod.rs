@@ -197,6 +197,8 @@ pub fn main(instance: Instance, config_path: PathBuf, notify_fd: Option<RawFd>) 
     heap::trim();
     if let Some(mut n) = notify.take() {
         let _ = writeln!(n, "ready {}", std::process::id());
+        // Kept: the guardian hears of upgrades on it (`upgrade::UpgradeState`).
+        sup.keep_guardian_notify(n);
     }
     let code = match sup.run() {
         Ok(()) => 0,
@@ -246,6 +248,10 @@ pub struct Supervisor {
     generation: u64,
     /// A rebuild of the region failed; retried only when a Main asks.
     repair_failed: bool,
+    /// The check of each node record as last published (damage is what differs from it).
+    published: repair::Published,
+    /// A running probe of an upgrade's binary, and the guardian's readiness pipe.
+    upgrade: upgrade::UpgradeState,
     /// The instance's cgroup (None: the lock fd and `/proc` identity scan are the fallback).
     cgroups: Option<cgroups::Cgroups>,
     /// Output streams (node index, stream) that stopped at their budget: pumped again before
@@ -405,7 +411,9 @@ impl Supervisor {
         };
         let slots = shared.geometry().slots;
         let mut sup = Supervisor {
-            exe: std::env::current_exe().map_err(io_err("finding our own executable"))?,
+            // The path (an upgrade runs what is installed there now), even if the file we
+            // run was replaced since.
+            exe: crate::guardian::installed_exe().map_err(io_err("finding our own executable"))?,
             upgrade_requested: false,
             instance,
             config_path: config.path.clone(),
@@ -428,6 +436,8 @@ impl Supervisor {
             reported: HashMap::new(),
             generation: 0,
             repair_failed: false,
+            published: Default::default(),
+            upgrade: Default::default(),
             cgroups,
             output_pending: Vec::new(),
             output_retry: None,
@@ -558,9 +568,6 @@ impl Supervisor {
             }
             if bell {
                 self.answer_bell();
-                if std::mem::take(&mut self.upgrade_requested) {
-                    self.reexec();
-                }
             }
             self.fire_timers();
             self.retry_outputs();
@@ -569,6 +576,8 @@ impl Supervisor {
                 self.rest_outputs(i);
             }
             self.check_damage();
+            // Last, with everything reaped this turn handled: an upgrade's probe and exec.
+            self.upgrade_turn();
         }
     }
 
@@ -601,13 +610,18 @@ impl Supervisor {
         self.nodes
             .iter()
             .flat_map(|n| [n.extras().watchdog_at, n.extras().check_at])
-            .chain([self.machine.next_deadline(), self.output_retry])
+            .chain([
+                self.machine.next_deadline(),
+                self.output_retry,
+                self.upgrade_probe_deadline(),
+            ])
             .flatten()
             .min()
     }
 
     fn publish(&self, i: usize) {
-        self.shared.node_cells()[i].write(&self.record(i).encode());
+        let check = self.shared.write_record(i, &self.record(i).encode());
+        self.published.note(i, check);
         self.sync_down_marker(i);
     }
 

@@ -70,8 +70,13 @@ impl Supervisor {
     }
 
     /// A child that ended was a ready check: the node is ready if it exited 0, else the next
-    /// run is due one interval from now. Returns whether `pid` was one.
+    /// run is due one interval from now; or it was an upgrade's probe (`upgrade.rs`). Returns
+    /// whether `pid` was one.
     pub(super) fn check_ended(&mut self, pid: u32, exit: Exit) -> bool {
+        // The other check a Supervisor runs: an upgrade's probe of its new binary.
+        if self.probe_ended(pid, exit) {
+            return true;
+        }
         let Some(i) = self
             .nodes
             .iter()

@@ -1,8 +1,44 @@
 //! Keeping the region usable: another process with our uid can truncate, remove or replace
-//! the shared memory object. The Supervisor is the authority on node state, so it rebuilds
-//! the region from its own memory and carries on; no node notices.
+//! the shared memory object, or overwrite any byte of it. The Supervisor is the authority on
+//! node state, so it rebuilds the region (or rewrites the records) from its own memory and
+//! carries on; no node notices.
+//!
+//! Node records: each carries a check (`protocol::node::record_check`), and the Supervisor
+//! remembers the check of the last record it published at each index ([`Published`]). A
+//! record whose words do not verify, or verify but are not what it published (a forgery that
+//! recomputed the check), is rewritten from memory: the whole table when a Main asks (it
+//! found a bad record and rang [`fifo::REPAIR`]), and a few records at the end of every loop
+//! turn otherwise ([`SWEEP`]), so damage is found even when no Main looks.
 
 use super::*;
+use crate::protocol::node::CHECK_WORD;
+use std::cell::{Cell, RefCell};
+
+/// Records checked at the end of each loop turn (a full check runs on a Main's request).
+const SWEEP: usize = 16;
+
+/// What this Supervisor last published in the node table: the check word of each record, by
+/// index (8 bytes per node), and where the per-turn sweep goes on.
+#[derive(Debug, Default)]
+pub(super) struct Published {
+    checks: RefCell<Vec<u64>>,
+    cursor: Cell<usize>,
+}
+
+impl Published {
+    /// Record `i` was just written with check `check`.
+    pub(super) fn note(&self, i: usize, check: u64) {
+        let mut c = self.checks.borrow_mut();
+        if c.len() <= i {
+            c.resize(i + 1, 0);
+        }
+        c[i] = check;
+    }
+
+    fn check(&self, i: usize) -> Option<u64> {
+        self.checks.borrow().get(i).copied()
+    }
+}
 
 /// After an upgrade from a build that named its region otherwise (ABI 1): tell the Mains still
 /// watching that region that the upgrade happened (its `generation` goes up, which is what an
@@ -32,11 +68,73 @@ fn size_of_header() -> usize {
 
 impl Supervisor {
     /// After every loop turn: a SIGBUS caught in our mapping means the object was truncated
-    /// (the mapping now holds private zeroes): rebuild.
+    /// (the mapping now holds private zeroes): rebuild. Otherwise the next few node records
+    /// are checked against what we published (see [`SWEEP`]).
     pub(super) fn check_damage(&mut self) {
-        if self.shared.damaged() && !self.repair_failed {
-            self.rebuild_region("was truncated by another process (SIGBUS caught)");
+        if self.shared.damaged() {
+            if !self.repair_failed {
+                self.rebuild_region("was truncated by another process (SIGBUS caught)");
+            }
+            return;
         }
+        self.check_records(false);
+    }
+
+    /// Compares node records with what this Supervisor last published, and rewrites from its
+    /// memory every one that differs: torn (its sequence left odd), failing its check (zeroed,
+    /// a flipped bit, a forged field, a record copied from elsewhere) or verifying but not
+    /// ours (a forgery that recomputed the check). Also restores the header's record count.
+    /// `all`: the whole table; else the next [`SWEEP`] records. Returns how many were rewritten.
+    pub(super) fn check_records(&mut self, all: bool) -> usize {
+        let n = self.nodes.len().min(self.capacity());
+        let count_word = &self.shared.header().node_count;
+        if count_word.load(Ordering::Acquire) as usize != n {
+            log!(
+                "region {}: its node count was overwritten ({} instead of {n}); restored",
+                self.shared.path().display(),
+                count_word.load(Ordering::Relaxed)
+            );
+            count_word.store(n as u32, Ordering::Release);
+        }
+        if n == 0 {
+            return 0;
+        }
+        let (first, count) = if all {
+            (0, n)
+        } else {
+            (self.published.cursor.get() % n, SWEEP.min(n))
+        };
+        self.published.cursor.set((first + count) % n);
+        let mut bad = Vec::new();
+        for k in 0..count {
+            let i = (first + k) % n;
+            let ours = match self.shared.read_record(i) {
+                Ok(w) => self.published.check(i) == Some(w[CHECK_WORD]),
+                Err(_) => false,
+            };
+            if !ours {
+                bad.push(i);
+            }
+        }
+        if bad.is_empty() {
+            return 0;
+        }
+        let names: Vec<&str> = bad
+            .iter()
+            .take(8)
+            .map(|&i| self.nodes[i].spec.name.as_str())
+            .collect();
+        log!(
+            "region {}: {} node record(s) damaged or forged ({}{}); rewritten from this Supervisor's state",
+            self.shared.path().display(),
+            bad.len(),
+            names.join(", "),
+            if bad.len() > names.len() { ", ..." } else { "" }
+        );
+        for &i in &bad {
+            self.publish(i);
+        }
+        bad.len()
     }
 
     /// On a Main's request (it found the region missing or damaged): rebuild it unless our
@@ -55,12 +153,14 @@ impl Supervisor {
         }
         match self.shared.still_named() {
             Ok(true) => {}
-            Ok(false) => self.rebuild_region("was removed or replaced by another process"),
+            Ok(false) => return self.rebuild_region("was removed or replaced by another process"),
             Err(e) => log!(
                 "region {}: cannot check it ({e}); leaving it as it is",
                 self.shared.path().display()
             ),
         }
+        // The Main may have found a bad node record: check them all.
+        self.check_records(true);
     }
 
     /// What another process overwrote in our header, if anything: every word we wrote once
@@ -89,6 +189,10 @@ impl Supervisor {
                 h.identity_hash[0].load(r) == id as u64
                     && h.identity_hash[1].load(r) == (id >> 64) as u64,
                 "identity",
+            ),
+            (
+                h.created_wall_ms.load(r) == self.shared.created_wall_ms(),
+                "creation time (the key of the records' checks)",
             ),
             (h.owner_pid.load(r) == std::process::id(), "owner pid"),
             (h.generation.load(r) == self.generation, "generation"),

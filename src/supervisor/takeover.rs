@@ -472,12 +472,31 @@ fn is_survivor_node(
     }
 }
 
-/// Every node a predecessor recorded in its region, by name (untrusted words: records that do
-/// not decode are skipped).
+/// Every node a predecessor recorded in its region, by name (untrusted words: records that
+/// fail their check or do not decode are skipped, logged, and their nodes treated as not
+/// recorded: found through their lock file and cgroup when they are to start).
 pub(super) fn previous_records(shared: &Shared) -> HashMap<String, NodeRecord> {
-    shared.node_cells()[..shared.node_count()]
-        .iter()
-        .filter_map(|cell| cell.read().and_then(|w| NodeRecord::decode(&w)))
-        .map(|rec| (rec.name.clone(), rec))
-        .collect()
+    let mut out = HashMap::new();
+    let mut bad = Vec::new();
+    for i in 0..shared.node_count() {
+        match shared
+            .read_record(i)
+            .ok()
+            .and_then(|w| NodeRecord::decode(&w))
+        {
+            Some(rec) if !rec.name.is_empty() => {
+                out.insert(rec.name.clone(), rec);
+            }
+            _ => bad.push(i),
+        }
+    }
+    if !bad.is_empty() {
+        log!(
+            "takeover: {} node record(s) of the region fail their check (index {:?}{}); their nodes are treated as not recorded",
+            bad.len(),
+            &bad[..bad.len().min(8)],
+            if bad.len() > 8 { ", ..." } else { "" }
+        );
+    }
+    out
 }

@@ -26,6 +26,7 @@ pub mod cgroup;
 pub mod checked;
 pub mod clock;
 pub mod detach;
+pub mod exec;
 pub mod fdflags;
 pub mod fdstore;
 pub mod fifo;

@@ -108,6 +108,28 @@ pub fn age_ns(pid: u32, start: u64) -> io::Result<Option<u64>> {
     Ok(Some(now.saturating_sub(started)))
 }
 
+/// Sets this process's name (`/proc/self/comm`, what `ps` and `top` show) to the first 15
+/// bytes of `name`: a program started through `/proc/self/fd/N` is otherwise named `N`.
+pub fn set_own_name(name: &str) -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    let b = name.as_bytes();
+    let n = b.len().min(15);
+    buf[..n].copy_from_slice(&b[..n]);
+    if buf[..n].contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"));
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`, which
+    // outlives the call.
+    crate::syscall!(prctl(
+        libc::PR_SET_NAME,
+        buf.as_ptr() as libc::c_ulong,
+        0,
+        0,
+        0
+    ))
+    .map(|_| ())
+}
+
 /// The calling process's own start time.
 pub fn own_start_time() -> u64 {
     start_time(std::process::id()).ok().flatten().unwrap_or(0)

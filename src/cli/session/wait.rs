@@ -53,6 +53,7 @@ pub(super) fn progress_text(
     let finished = sel.iter().filter(|n| done(n)).count();
     let pending: Vec<&NodeStatus> = sel.iter().filter(|n| !done(n)).collect();
     let rank = |n: &NodeStatus| match (n.state, n.pid) {
+        _ if n.damaged || !n.verified => 0,
         (NodeState::Stopping, _) => 0,
         (NodeState::Starting, Some(_)) => 1,
         (NodeState::Backoff, _) => 2,
@@ -61,6 +62,15 @@ pub(super) fn progress_text(
     };
     let what = match pending.iter().min_by_key(|n| rank(n)) {
         None => "done".to_owned(),
+        Some(n) if n.damaged => format!(
+            "{}: record damaged (fails its check), waiting for the Supervisor to rewrite it",
+            n.name
+        ),
+        Some(n) if !n.verified => format!(
+            "{}: the Supervisor does not serve, waiting for it (last recorded: {})",
+            n.name,
+            n.state.as_str()
+        ),
         Some(n) => {
             let spec = specs.get(&n.name);
             match (n.state, n.pid) {
@@ -140,6 +150,8 @@ pub(super) fn wait_nodes(
     specs: &HashMap<String, NodeSpec>,
     done: impl Fn(&NodeStatus) -> bool,
 ) -> (Vec<NodeStatus>, bool) {
+    // Only a record the Supervisor stands behind settles anything.
+    let done = |n: &NodeStatus| n.verified && !n.damaged && done(n);
     let start = Instant::now();
     let mut progress = Progress::new();
     // A queued stage waits for the ready timeout of the stage before it.
@@ -156,7 +168,7 @@ pub(super) fn wait_nodes(
             progress.clear();
             return (sel, false);
         }
-        progress.update(&progress_text(verb, &sel, specs, &done));
+        progress.update(&progress_text(verb, &sel, specs, done));
         let mut limit = base;
         for n in &sel {
             // A deadline still ahead stretches the wait to it (elapsed + time left stays put
@@ -191,7 +203,20 @@ pub(super) fn report(
 ) -> Result<Outcome, CliError> {
     let mut bad = Vec::new();
     for n in nodes {
-        if ok(n) {
+        if n.damaged {
+            println!(
+                "{}: record damaged (fails its check) and not rewritten in time: cannot tell whether a node was {verb}",
+                n.name
+            );
+            bad.push(n.name.clone());
+        } else if !n.verified {
+            println!(
+                "{}: unknown (the Supervisor does not serve; last recorded: {}): cannot tell whether it was {verb}",
+                n.name,
+                n.state.as_str()
+            );
+            bad.push(n.name.clone());
+        } else if ok(n) {
             match (n.pid, n.last_exit) {
                 (Some(pid), _) => println!("{}: {} (pid {pid})", n.name, n.state.as_str()),
                 (None, Some(e)) => println!(
