@@ -219,13 +219,14 @@ pub(super) fn report(
         } else if ok(n) {
             match (n.pid, n.last_exit) {
                 (Some(pid), _) => println!("{}: {} (pid {pid})", n.name, n.state.as_str()),
-                (None, Some(e)) => println!(
+                // Started, and then ended as its restart policy says: how it ended.
+                (None, Some(e)) if verb == "started" => println!(
                     "{}: {}, last exit: {}",
                     n.name,
                     n.state.as_str(),
                     e.describe()
                 ),
-                (None, None) => println!("{}: {}", n.name, n.state.as_str()),
+                (None, _) => println!("{}: {}", n.name, n.state.as_str()),
             }
         } else {
             let why = n
