@@ -48,15 +48,28 @@ impl Supervisor {
         let mut starts = Vec::new();
         let mut stops = Vec::new();
         let mut ended = Vec::new();
+        // Died while no Supervisor lived, and the guardian reported how: handled as an exit,
+        // before any other node is looked at. A report read from the pipe lives only in this
+        // process until its `exited` event is written, so the time in which a kill loses it
+        // does not grow with the number of nodes.
+        self.read_early_reports();
+        if !self.reported.is_empty() {
+            for (i, decided) in decided.iter_mut().enumerate() {
+                let name = &self.nodes[i].spec.name;
+                if let Some(rec) = previous.remove(name) {
+                    if self.take_reported_exit(i, &rec) {
+                        *decided = true;
+                    } else {
+                        previous.insert(rec.name.clone(), rec);
+                    }
+                }
+            }
+        }
         for (i, decided) in decided.iter_mut().enumerate() {
             let Some(rec) = previous.remove(&self.nodes[i].spec.name) else {
                 continue;
             };
             *decided = true;
-            // Died while no Supervisor lived, and the guardian reported how: handled as an exit.
-            if self.take_reported_exit(i, &rec) {
-                continue;
-            }
             self.resume(i, &rec, now, &mut starts, &mut stops, &mut ended);
         }
         for (name, rec) in previous {
@@ -151,23 +164,23 @@ impl Supervisor {
             self.nodes.len(),
             self.shared.path().display()
         );
-        // Nodes that died while no Supervisor watched: their restart policy decides.
+        // Nodes that died while no Supervisor watched: their restart policy decides. A process
+        // found not running is the node's again until its end is settled (`settle_end`): its
+        // exit comes from the guardian's report or from /proc while it is a zombie.
+        let mut unseen = Vec::new();
         for i in ended {
-            let pid = self.nodes[i].pid.take().unwrap_or(0);
-            self.drop_ready_pipe(i);
-            // A death whose cgroup was being emptied was seen (and its event sent) by the
-            // predecessor: its exit is known. Any other ended unwatched.
-            let exit = match (self.nodes[i].state, self.nodes[i].last_exit) {
-                (NodeState::Stopping, Some(e)) => e,
-                _ => {
-                    let mut ev = Event::now(EventKind::Exited, i as u16, pid);
-                    ev.exit = Some(Exit::Unknown);
-                    self.event(ev);
-                    Exit::Unknown
+            match (self.nodes[i].state, self.nodes[i].pid) {
+                (NodeState::Running | NodeState::Starting, Some(pid)) => {
+                    self.by_pid.insert(pid, i);
+                    unseen.push((i, pid));
                 }
-            };
-            self.nodes[i].last_exit = Some(exit);
-            self.after_end(i, exit, clock::monotonic_ns());
+                _ => self.end_unwatched(i),
+            }
+        }
+        for (i, pid) in unseen {
+            if self.nodes[i].pid == Some(pid) {
+                self.settle_end(i, pid, false);
+            }
         }
         self.advance_queues();
         self.queue_stop(stops);
@@ -177,6 +190,28 @@ impl Supervisor {
         }
         // Commands queued while no Supervisor listened.
         self.scan_mailbox();
+    }
+
+    /// Node `i` ended while no Supervisor watched and no exit of it is to be had (or its
+    /// predecessor saw it): recorded, and its restart policy decides. Nothing is killed: the
+    /// recorded pid is not known to have been the node's last process.
+    pub(super) fn end_unwatched(&mut self, i: usize) {
+        let pid = self.nodes[i].pid.take().unwrap_or(0);
+        self.nodes[i].pid_start = 0;
+        self.drop_ready_pipe(i);
+        // A death whose cgroup was being emptied was seen (and its event sent) by the
+        // predecessor: its exit is known. Any other ended unwatched.
+        let exit = match (self.nodes[i].state, self.nodes[i].last_exit) {
+            (NodeState::Stopping, Some(e)) => e,
+            _ => {
+                let mut ev = Event::now(EventKind::Exited, i as u16, pid);
+                ev.exit = Some(Exit::Unknown);
+                self.event(ev);
+                Exit::Unknown
+            }
+        };
+        self.nodes[i].last_exit = Some(exit);
+        self.after_end(i, exit, clock::monotonic_ns());
     }
 
     /// Node `i` has no record and is not started by this takeover: if its main process lives
@@ -377,6 +412,7 @@ impl Supervisor {
             NodeState::Running | NodeState::Starting => {
                 n.state = rec.state;
                 n.pid = rec.pid;
+                n.pid_start = rec.pid_start;
                 ended.push(i);
             }
         }
