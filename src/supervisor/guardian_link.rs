@@ -282,12 +282,13 @@ impl Supervisor {
     /// come. Ended nodes that waited for one are settled from `/proc` (their status if they
     /// are still a zombie), else recorded `unknown`; a new guardian is started.
     fn guardian_gone(&mut self) {
-        if let Some(link) = self.guardian.take() {
+        let departed = self.guardian.take().map(|link| {
             let _ = self
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&link.raw_fd()));
-        }
+            link.pid
+        });
         self.taken.clear();
         let ended: Vec<(usize, u32)> = self
             .nodes
@@ -309,6 +310,14 @@ impl Supervisor {
             }
         }
         self.awaiting.clear();
+        // The pipe can reach its end while the exiting guardian still holds its lock (the
+        // kernel releases its files one by one): it is waited for (it is exiting), briefly.
+        if let Some(pid) = departed.filter(|&p| crate::guardian::holder(&self.instance) == Some(p))
+        {
+            if let Ok(fd) = pidfd::open(pid) {
+                let _ = pidfd::wait_exit(&fd, Duration::from_secs(1));
+            }
+        }
         self.restore_guardian("the guardian is gone");
     }
 
