@@ -230,15 +230,8 @@ impl Supervisor {
             return None;
         }
         let &(at, exit) = self.recorded_exits.get(&pid)?;
-        // SAFETY: sysconf takes a name constant.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        // The start is in ticks of CLOCK_BOOTTIME; events are stamped with CLOCK_MONOTONIC,
-        // which stands still while the system is suspended.
-        let suspended = clock::boottime_ns().saturating_sub(clock::monotonic_ns());
-        let started = start
-            .saturating_mul(1_000_000_000 / hz)
-            .saturating_sub(suspended);
-        (at >= started).then_some(exit)
+        // Events are stamped with CLOCK_MONOTONIC.
+        (at >= procstat::start_monotonic_ns(start)).then_some(exit)
     }
 
     /// The latest `exited` event of each pid in the ring (time, exit): what predecessors

@@ -171,6 +171,18 @@ pub fn age_ns(pid: u32, start: u64) -> io::Result<Option<u64>> {
     Ok(Some(now.saturating_sub(started)))
 }
 
+/// A start time (clock ticks since boot, as [`start_time`] reads it) as `CLOCK_MONOTONIC` ns:
+/// the boot clock counts time suspended, the monotonic one does not.
+pub fn start_monotonic_ns(start: u64) -> u64 {
+    // SAFETY: sysconf takes a name constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let suspended =
+        crate::sys::clock::boottime_ns().saturating_sub(crate::sys::clock::monotonic_ns());
+    start
+        .saturating_mul(1_000_000_000 / hz)
+        .saturating_sub(suspended)
+}
+
 /// The calling process's own start time.
 pub fn own_start_time() -> u64 {
     start_time(std::process::id()).ok().flatten().unwrap_or(0)
