@@ -167,7 +167,11 @@ fn node_dying_while_supervisor_is_dead_is_restarted_with_its_exit_status() {
 }
 
 /// With no pause at all: a node killed right after the Supervisor's `kill -9`, before or
-/// after the replacement took over (both orders happen), keeps its real exit status.
+/// after the replacement took over, keeps its real exit status. Every order of its death, the
+/// guardian's report and reap, and the replacement's read of the pipe can happen here, and
+/// each gives the real status (it used to be `unknown` now and then: a node reaped after the
+/// replacement's first read of the pipe); tests/exit_status_truth.rs holds each order open on
+/// purpose.
 #[test]
 fn node_dying_right_after_a_supervisor_kill_keeps_its_exit_status() {
     let c = Cluster::new("gap_race", TWO);

@@ -481,7 +481,7 @@ fn read_status(shared: &Shared) -> Vec<NodeStatus> {
 }
 
 /// How long [`Client::status`] waits for the Supervisor to rewrite records that fail their
-/// check (it is asked at once, and again every [`REPAIR_RING`]).
+/// check (it is asked at once, and again every `REPAIR_RING`).
 pub const REPAIR_WAIT: Duration = Duration::from_secs(2);
 const REPAIR_RING: Duration = Duration::from_millis(100);
 

@@ -78,6 +78,21 @@ impl Exit {
         !matches!(self, Exit::Code(0))
     }
 
+    /// From a wait status in `waitpid` form; `None` for one that is not an end (stopped,
+    /// continued).
+    pub fn from_wait_status(status: i32) -> Option<Exit> {
+        if libc::WIFEXITED(status) {
+            Some(Exit::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Exit::Signal {
+                signal: libc::WTERMSIG(status),
+                core: libc::WCOREDUMP(status),
+            })
+        } else {
+            None
+        }
+    }
+
     /// Packs into (kind, value, core).
     pub fn encode(exit: Option<Exit>) -> (u8, i32, bool) {
         match exit {

@@ -130,6 +130,7 @@ impl Supervisor {
     /// and blockers that are gone.
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
+        self.fire_report_waits(now);
         for i in 0..self.nodes.len() {
             if self.nodes[i].extras().watchdog_at.is_some_and(|t| t <= now) {
                 self.watchdog_expired(i);

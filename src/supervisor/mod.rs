@@ -49,7 +49,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use node::Node;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -244,6 +244,15 @@ pub struct Supervisor {
     guardian: Option<GuardianLink>,
     /// Reports read before the takeover, by pid, until matched to a node.
     reported: HashMap<u32, Report>,
+    /// Exits recorded from `/proc` (pid, start time) while the process was a zombie the
+    /// guardian had not reported yet: its report, when it comes, is dropped.
+    taken: HashSet<(u32, u64)>,
+    /// Nodes that ended a zombie of the guardian whose status `/proc` does not show us: pid to
+    /// (start time, until when its report is waited for, mono ns).
+    awaiting: HashMap<u32, (u64, u64)>,
+    /// The latest `exited` event of each pid that predecessors left in the ring (time, exit),
+    /// read at the takeover: an exit one of them recorded is not recorded again.
+    recorded_exits: HashMap<u32, (u64, Exit)>,
     /// The region's generation (kept here: a damaged region cannot be read back).
     generation: u64,
     /// A rebuild of the region failed; retried only when a Main asks.
@@ -434,6 +443,9 @@ impl Supervisor {
             loading: None,
             guardian,
             reported: HashMap::new(),
+            taken: HashSet::new(),
+            awaiting: HashMap::new(),
+            recorded_exits: HashMap::new(),
             generation: 0,
             repair_failed: false,
             published: Default::default(),
@@ -444,9 +456,14 @@ impl Supervisor {
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);
+        // Output first: a node whose end the takeover applies has its last lines in its
+        // file (and in its crash report) before anything reads them.
+        sup.resume_outputs(0);
         sup.connect_guardian();
+        let configured = sup.nodes.len();
         sup.take_over(previous);
-        sup.resume_outputs();
+        // Nodes a `reload` was removing, added back by the takeover.
+        sup.resume_outputs(configured);
         // sd_notify nodes that survived: their socket (the path in their NOTIFY_SOCKET) is
         // bound again, so what they send from now on is read.
         for i in 0..sup.nodes.len() {
@@ -614,6 +631,7 @@ impl Supervisor {
                 self.machine.next_deadline(),
                 self.output_retry,
                 self.upgrade_probe_deadline(),
+                self.next_report_due(),
             ])
             .flatten()
             .min()

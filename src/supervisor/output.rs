@@ -520,10 +520,10 @@ impl super::Supervisor {
         Ok(())
     }
 
-    /// A successor (or an upgrade's new image): reopens every node's output FIFO that exists
-    /// and moves what its node wrote meanwhile.
-    pub(super) fn resume_outputs(&mut self) {
-        for i in 0..self.nodes.len() {
+    /// A successor (or an upgrade's new image): reopens the output FIFO that exists of every
+    /// node from index `from` on and moves what its node wrote meanwhile.
+    pub(super) fn resume_outputs(&mut self, from: usize) {
+        for i in from..self.nodes.len() {
             for k in 0..2 {
                 if self.nodes[i].output[k].is_some() {
                     continue;

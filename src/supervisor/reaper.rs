@@ -20,14 +20,7 @@ pub fn reap_all() -> Vec<(u32, Exit)> {
                 _ => break, // ECHILD: no children left
             }
         }
-        let exit = if libc::WIFEXITED(status) {
-            Exit::Code(libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            Exit::Signal {
-                signal: libc::WTERMSIG(status),
-                core: libc::WCOREDUMP(status),
-            }
-        } else {
+        let Some(exit) = Exit::from_wait_status(status) else {
             continue; // stopped/continued: not an exit
         };
         out.push((pid as u32, exit));

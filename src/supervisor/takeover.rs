@@ -77,6 +77,9 @@ impl Supervisor {
             }
             self.nodes.push(Node::new(retired_spec(&rec)));
         }
+        // Reports of nodes that died while no Supervisor lived, and the exits predecessors
+        // recorded (a report or an exit is applied once).
+        self.read_early_reports();
         // Down markers as the predecessor left them, read before anything is published here
         // (publishing a node that is still `stopped` would write its marker).
         let held: Vec<bool> = (0..self.nodes.len()).map(|i| self.held_down(i)).collect();
@@ -160,6 +163,16 @@ impl Supervisor {
             self.shared.path().display()
         );
         self.carry_out(rest);
+        // Nodes found not running: each end settled from the best evidence there is now.
+        for (i, f) in facts.iter().enumerate() {
+            if f.found != machine::takeover::Found::Ended {
+                continue;
+            }
+            if let Some(pid) = self.main_pid(i) {
+                self.by_pid.insert(pid, i);
+                self.settle_end(i, pid, false);
+            }
+        }
         if finish_shutdown {
             log!("the previous Supervisor was shutting down when it died: finishing that shutdown");
             let h = self.shared.header();
@@ -222,6 +235,8 @@ impl Supervisor {
             self.node_group(&name),
         ) {
             Ok(true) => {}
+            // Not running: its end is settled once the takeover is done (`settle_end`).
+            Ok(false) if rec.state != NodeState::Backoff => return (Found::Ended, false),
             Ok(false) => return (Found::Gone, false),
             Err(e) => {
                 log!("node {name}: cannot check its recorded pid {pid} ({e}); not started until a check succeeds");

@@ -38,6 +38,15 @@ pub struct Stat {
     pub pgid: u32,
     /// The start time in clock ticks since boot (field 22).
     pub start: u64,
+    /// Threads in the process (field 20).
+    pub threads: u32,
+    /// Field 35 (`wchan`): since Linux 5.16, 1 for a process that is not running *if the
+    /// reader may inspect it* (`ptrace` read access), 0 otherwise; so for a zombie, 1 says
+    /// that [`Stat::exit_code`] is the real one.
+    pub wchan: u64,
+    /// Field 52 (`exit_code`, since Linux 3.5): a zombie's wait status in `waitpid` form, as
+    /// its parent will collect it. The kernel shows 0 to a reader without `ptrace` read access.
+    pub exit_code: Option<i32>,
 }
 
 /// The state, parent and start time of `pid`, from one read.
@@ -59,18 +68,72 @@ pub fn parent(pid: u32) -> io::Result<Option<u32>> {
 /// Parses the text of a `/proc/PID/stat` file. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted after the *last* `)`.
 pub fn parse_stat(stat: &str) -> Option<Stat> {
-    let mut f = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
-    // After ")" come field 3 (state) onwards; field 22 is the 20th of those.
-    let state = f.next()?.chars().next()?;
-    let parent = f.next()?.parse().ok()?;
-    let pgid = f.next()?.parse().ok()?;
-    let start = f.nth(16)?.parse().ok()?;
+    // After ")" come field 3 (state) onwards: field N is at index N - 3.
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .collect();
+    let field = |n: usize| f.get(n - 3).copied();
     Some(Stat {
-        state,
-        parent,
-        pgid,
-        start,
+        state: field(3)?.chars().next()?,
+        parent: field(4)?.parse().ok()?,
+        pgid: field(5)?.parse().ok()?,
+        start: field(22)?.parse().ok()?,
+        threads: field(20).and_then(|v| v.parse().ok()).unwrap_or(0),
+        wchan: field(35).and_then(|v| v.parse().ok()).unwrap_or(0),
+        exit_code: field(52).and_then(|v| v.parse().ok()),
     })
+}
+
+/// What `/proc` shows of the process `pid` that started at `start`, once it may have ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// It still runs.
+    Running,
+    /// It has ended and waits for `parent` to collect it. `status` is its wait status (as
+    /// `waitpid` gives it to that parent) when `/proc` shows it to us: see [`zombie_status`].
+    Zombie {
+        /// Its parent, the one process that will collect (and may report) it.
+        parent: u32,
+        /// Its wait status, if it can be read.
+        status: Option<i32>,
+    },
+    /// No such process: it was collected (or the pid is another process's now). A dying
+    /// process (`X`, being collected this instant) counts as gone too.
+    Gone,
+}
+
+/// [`Seen`] for `pid` with this start time, from one read of `/proc/PID/stat`.
+pub fn seen(pid: u32, start: u64) -> io::Result<Seen> {
+    Ok(match stat(pid)? {
+        Some(st) if st.start == start => match st.state {
+            'Z' => Seen::Zombie {
+                parent: st.parent,
+                status: zombie_status(&st),
+            },
+            'X' => Seen::Gone,
+            _ => Seen::Running,
+        },
+        _ => Seen::Gone,
+    })
+}
+
+/// A zombie's wait status, from field 52 of its `/proc/PID/stat`, when that field is to be
+/// believed: the process is a zombie whose every thread has ended (a thread-group leader that
+/// ended before its other threads is shown `Z` while they run), the kernel has the field
+/// (3.5), and we may read it. The kernel shows the real value only to a reader with `ptrace`
+/// read access to the process (root, or its own user) and 0 to anyone else, which would read
+/// as a clean `exit 0`; since 5.16 field 35 (`wchan`) is 1 for a process that is not running
+/// exactly when that access is granted (0 otherwise), which is the test used here. On an
+/// older kernel `wchan` is 0 for every zombie: the status is then never read from `/proc`
+/// (the guardian's report is waited for instead).
+///
+/// One case reads differently from `waitpid`: a process whose main thread ended first
+/// (`pthread_exit`) and whose last thread then called `exit(N)` shows the main thread's
+/// status (0) here, while its parent collects N.
+pub fn zombie_status(st: &Stat) -> Option<i32> {
+    (st.state == 'Z' && st.threads == 1 && st.wchan == 1)
+        .then_some(st.exit_code)
+        .flatten()
 }
 
 /// Whether a process with this pid and start time still runs. A zombie (`Z`) or dying (`X`)
@@ -130,6 +193,18 @@ pub fn set_own_name(name: &str) -> io::Result<()> {
     .map(|_| ())
 }
 
+/// A start time (clock ticks since boot, as [`start_time`] reads it) as `CLOCK_MONOTONIC` ns:
+/// the boot clock counts time suspended, the monotonic one does not.
+pub fn start_monotonic_ns(start: u64) -> u64 {
+    // SAFETY: sysconf takes a name constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let suspended =
+        crate::sys::clock::boottime_ns().saturating_sub(crate::sys::clock::monotonic_ns());
+    start
+        .saturating_mul(1_000_000_000 / hz)
+        .saturating_sub(suspended)
+}
+
 /// The calling process's own start time.
 pub fn own_start_time() -> u64 {
     start_time(std::process::id()).ok().flatten().unwrap_or(0)
@@ -174,9 +249,121 @@ mod tests {
                 state: 'S',
                 parent: 1,
                 pgid: 1234,
-                start: 987654
+                start: 987654,
+                threads: 1,
+                wchan: 0,
+                exit_code: None,
             })
         );
+    }
+
+    /// A zombie's line as the kernel shows it to a reader that may inspect it (`wchan` 1, the
+    /// real status in field 52) and to one that may not (`wchan` 0, field 52 zeroed).
+    fn zombie_line(threads: u32, wchan: u32, code: i32) -> String {
+        let mut f: Vec<String> = (3..=52).map(|_| "0".to_string()).collect();
+        let mut set = |n: usize, v: String| f[n - 3] = v;
+        set(3, "Z".into());
+        set(4, "77".into());
+        set(5, "100".into());
+        set(20, threads.to_string());
+        set(22, "4242".into());
+        set(35, wchan.to_string());
+        set(52, code.to_string());
+        format!("100 (sh) {}", f.join(" "))
+    }
+
+    #[test]
+    fn a_zombie_status_is_read_only_when_the_kernel_shows_it() {
+        let readable = parse_stat(&zombie_line(1, 1, 7 << 8)).unwrap();
+        assert_eq!((readable.parent, readable.start), (77, 4242));
+        assert_eq!(zombie_status(&readable), Some(7 << 8));
+        // Not ours to inspect: the kernel shows 0, which must not read as `exit 0`.
+        assert_eq!(
+            zombie_status(&parse_stat(&zombie_line(1, 0, 0)).unwrap()),
+            None
+        );
+        // A main thread that ended while other threads run: the process has not ended.
+        assert_eq!(
+            zombie_status(&parse_stat(&zombie_line(3, 1, 0)).unwrap()),
+            None
+        );
+        // A kernel without field 52.
+        let short = "100 (sh) Z 77 100 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 4242";
+        assert_eq!(zombie_status(&parse_stat(short).unwrap()), None);
+    }
+
+    /// On this kernel: a zombie that is not our child (a grandchild, its parent stopped so it
+    /// stays a zombie) shows us its real wait status, and one we may not inspect does not.
+    #[test]
+    fn a_zombie_that_is_not_our_child_shows_its_status() {
+        // The intermediate shell forks a child that exits 7, then execs a sleep that never
+        // collects it.
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "(exit 7) & exec sleep 30"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = parent.id();
+        let mut child = None;
+        for _ in 0..500 {
+            child = stat(child_pid(pid))
+                .ok()
+                .flatten()
+                .filter(|st| st.state == 'Z');
+            if child.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let child = child.expect("a zombie grandchild");
+        // Read as another user (when we are root and can become one): the kernel hides it.
+        let as_nobody = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "cat",
+            ])
+            .arg(format!("/proc/{}/stat", child_pid(pid)))
+            .output();
+        let _ = parent.kill();
+        let _ = parent.wait();
+        assert_eq!(child.parent, pid);
+        if !kernel_at_least(5, 16) {
+            // `wchan` does not say whether we may read field 52: it is never trusted.
+            assert_eq!(zombie_status(&child), None, "{child:?}");
+            return;
+        }
+        assert_eq!(zombie_status(&child), Some(7 << 8), "{child:?}");
+        // SAFETY: geteuid reads no memory.
+        if unsafe { libc::geteuid() } == 0 {
+            if let Some(st) = as_nobody
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| parse_stat(&String::from_utf8_lossy(&o.stdout)))
+            {
+                assert_eq!((st.wchan, st.exit_code), (0, Some(0)), "{st:?}");
+                assert_eq!(zombie_status(&st), None, "{st:?}");
+            }
+        }
+    }
+
+    fn child_pid(parent: u32) -> u32 {
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .ok()
+            .and_then(|k| k.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn kernel_at_least(major: u32, minor: u32) -> bool {
+        let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = r
+            .trim()
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (a, b) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        (a, b) >= (major, minor)
     }
 
     #[test]

@@ -282,6 +282,12 @@ pub enum Reporter {
     Guardian,
     /// Its pidfd said it ended and no status can be had.
     Pidfd,
+    /// Found not running at a takeover with no trace of its end (its recorded pid may not have
+    /// been its last process: nothing of it is killed).
+    Unseen,
+    /// A predecessor recorded this exit (its `exited` event is in the ring) and died before it
+    /// published what came next: applied, not recorded again.
+    Predecessor,
 }
 
 /// A command from a Main (already checked: its epoch matched, its nodes exist).
@@ -680,8 +686,8 @@ impl Machine {
                 pid,
                 exit,
                 leftovers,
-                by: _,
-            } => self.exited(node, pid, exit, leftovers, now),
+                by,
+            } => self.exited(node, pid, exit, leftovers, by, now),
             Input::MainPid { node, proc_ } => self.main_pid(node, proc_, now),
             Input::Ready { node } => self.ready(node),
             Input::GroupEmpty { node } => self.group_empty(node, now),

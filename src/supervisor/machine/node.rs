@@ -158,7 +158,19 @@ impl Machine {
     }
 
     /// Node `i`'s main process `pid` ended.
-    pub(super) fn exited(&mut self, i: Ix, pid: u32, exit: Exit, leftovers: bool, now: Ns) {
+    pub(super) fn exited(
+        &mut self,
+        i: Ix,
+        pid: u32,
+        exit: Exit,
+        leftovers: bool,
+        by: Reporter,
+        now: Ns,
+    ) {
+        // Seen by nobody (nothing of it is killed: its recorded pid may not have been its
+        // last process), or already recorded by a predecessor (not recorded twice).
+        let unseen = matches!(by, Reporter::Unseen | Reporter::Predecessor);
+        let leftovers = leftovers && !unseen;
         let Some(phase) = self.cores.get(i).map(|c| c.phase.clone()) else {
             return;
         };
@@ -202,6 +214,9 @@ impl Machine {
         };
         let mut ev = event(EventKind::Exited, i, pid);
         ev.exit = Some(exit);
+        if by != Reporter::Predecessor {
+            self.out.push(Action::Emit(ev));
+        }
         if leftovers && self.cgroups {
             // Whatever is left in its cgroup is killed; the end applies once it is empty.
             self.out.push(Action::KillLeftovers {
@@ -209,20 +224,18 @@ impl Machine {
                 pid,
                 group: true,
             });
-            self.out.push(Action::Emit(ev));
             self.set(i, Phase::Draining { pid, exit, then });
             return;
         }
         // Leftovers of its process group (and, without cgroups, those that escaped it but
         // carry its identity) end with it: after a stop, and before its replacement starts.
-        if !matches!(exit, Exit::Unknown) || then.is_some() {
+        if !unseen && (!matches!(exit, Exit::Unknown) || then.is_some()) {
             self.out.push(Action::KillLeftovers {
                 node: i,
                 pid,
                 group: false,
             });
         }
-        self.out.push(Action::Emit(ev));
         self.end(i, pid, exit, then, now);
     }
 

@@ -14,6 +14,10 @@ pub enum Found {
     Alive,
     /// The recorded process ended while no Supervisor watched, and the guardian reported how.
     Reported(Exit),
+    /// The recorded process is not running: the shell settles its end from what it can still
+    /// learn (its status while it is a zombie, a report that will come), feeding the exit
+    /// then; until then the node keeps its recorded phase and process.
+    Ended,
     /// The recorded process is gone and how it ended cannot be known (or there was none).
     Gone,
     /// No process was recorded, and this one is the node's main process (adopted).
@@ -204,6 +208,10 @@ pub fn take_over(
                 m.restore(i, core);
                 out.push(Action::Emit(event(EventKind::Adopted, i, p.pid)));
             }
+            (Found::Ended, Some(p)) => {
+                core.phase = live_phase(p);
+                m.restore(i, core);
+            }
             (Found::Reported(exit), Some(p)) => {
                 // Ended while no Supervisor watched: handled as the exit it was.
                 core.phase = live_phase(p);
@@ -346,13 +354,17 @@ pub fn take_over(
         // Its group is not killed here: what is in it may be the node itself, under a pid the
         // record did not know (a spawn its predecessor had not recorded yet); the next start
         // meets it and adopts it, or waits for leftovers to end.
+        let by = match exit {
+            Exit::Unknown => Reporter::Unseen,
+            _ => Reporter::Guardian,
+        };
         acts.extend(m.handle(
             Input::Exited {
                 node: i,
                 pid,
                 exit,
                 leftovers: false,
-                by: Reporter::Guardian,
+                by,
             },
             now,
         ));
