@@ -482,7 +482,7 @@ fn set_region_record(c: &Cluster, rec: &NodeRecord) {
                 .is_some_and(|r| r.name == rec.name)
         })
         .unwrap_or_else(|| panic!("no record of {} in the region", rec.name));
-    cells[i].write(&rec.encode());
+    s.write_record(i, &rec.encode());
 }
 
 /// A Supervisor that applied an exit (its `exited` event written) and was killed before it

@@ -703,7 +703,9 @@ impl Supervisor {
             self.by_pid.remove(&pid);
             return;
         }
-        // Its last words go to its files before anything reads them (a crash report).
+        // Its last words go to its files before anything reads them (a crash report); at a
+        // takeover its FIFOs may not be open yet.
+        self.resume_node_outputs(i);
         self.pump_outputs(i);
         let leftovers = match &self.cgroups {
             Some(c) => c.node(&self.nodes[i].spec.name).populated().unwrap_or(true),

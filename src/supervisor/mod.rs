@@ -456,14 +456,12 @@ impl Supervisor {
         };
         // Nothing fails from here on: this config is the running one.
         sup.save_running_config(&config_text);
-        // Output first: a node whose end the takeover applies has its last lines in its
-        // file (and in its crash report) before anything reads them.
-        sup.resume_outputs(0);
         sup.connect_guardian();
-        let configured = sup.nodes.len();
         sup.take_over(previous);
-        // Nodes a `reload` was removing, added back by the takeover.
-        sup.resume_outputs(configured);
+        // After the takeover: under a tight fd limit, the nodes' own watches (pidfds, locks)
+        // come first. (A crash report written by the takeover itself may then miss the
+        // node's last lines, which are still in its FIFO and go to its file right after.)
+        sup.resume_outputs(0);
         // sd_notify nodes that survived: their socket (the path in their NOTIFY_SOCKET) is
         // bound again, so what they send from now on is read.
         for i in 0..sup.nodes.len() {

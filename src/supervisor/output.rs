@@ -524,6 +524,14 @@ impl super::Supervisor {
     /// node from index `from` on and moves what its node wrote meanwhile.
     pub(super) fn resume_outputs(&mut self, from: usize) {
         for i in from..self.nodes.len() {
+            self.resume_node_outputs(i);
+        }
+    }
+
+    /// [`Self::resume_outputs`] for node `i` alone (one whose end a takeover applies: its
+    /// last lines reach its file, and its crash report, first).
+    pub(super) fn resume_node_outputs(&mut self, i: usize) {
+        {
             for k in 0..2 {
                 if self.nodes[i].output[k].is_some() {
                     continue;

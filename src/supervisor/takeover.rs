@@ -131,6 +131,14 @@ impl Supervisor {
                 facts[i].found = self.find_unrecorded_copy(i, procs);
             }
         }
+        // A node whose reported end the takeover applies: its last lines reach its file (and
+        // its crash report) first.
+        for (i, f) in facts.iter().enumerate() {
+            if let machine::takeover::Found::Reported(_) = f.found {
+                self.resume_node_outputs(i);
+                self.pump_outputs(i);
+            }
+        }
         let confs = self.confs();
         let (m, acts) = machine::takeover::take_over(
             confs,
