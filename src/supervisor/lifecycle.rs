@@ -100,7 +100,11 @@ impl Supervisor {
         };
         // A held lock always gets the full scan: it names who holds it.
         let procs = match if held {
-            procscan::node_processes(&name, &instance)
+            procscan::node_processes(
+                &name,
+                &instance,
+                &super::identity::node_locks_dir(&self.instance),
+            )
         } else {
             self.node_processes(i)
         } {
@@ -401,17 +405,7 @@ impl Supervisor {
             None if held && procstat::is_alive(recorded.0, recorded.1) => {
                 (recorded.0, format!("pid {} holds its lock", recorded.0))
             }
-            None => (
-                BLOCKED_UNKNOWN,
-                format!(
-                    "its lock {} is held by a process without its identity",
-                    self.instance
-                        .dir()
-                        .join("nodes")
-                        .join(format!("{name}.lock"))
-                        .display()
-                ),
-            ),
+            None => self.lock_blocker(i),
         };
         let _ = instance;
         self.block(i, blocker, &why);
@@ -426,11 +420,14 @@ impl Supervisor {
         let changed = self.nodes[i].blocked_by != Some(pid);
         if changed {
             self.unblock(i);
-            log!(
-                "node {}: not started: {why}; waiting until it is gone (`broctld stop {}` ends it)",
-                self.nodes[i].spec.name,
-                self.nodes[i].spec.name
-            );
+            // A blocker by pid is a process of the node (its identity, or its lock held):
+            // `stop` ends it (signal_escaped). One that cannot be named, it cannot.
+            let name = &self.nodes[i].spec.name;
+            if pid == BLOCKED_UNKNOWN {
+                log!("node {name}: not started: {why}; checking again until it can be told that nothing of it runs");
+            } else {
+                log!("node {name}: not started: {why}; waiting until it is gone (`broctld stop {name}` ends it)");
+            }
             if pid != BLOCKED_UNKNOWN {
                 if let Ok(fd) = pidfd::open(pid) {
                     if self
@@ -475,7 +472,11 @@ impl Supervisor {
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
         }
-        procscan::node_processes(&self.nodes[i].spec.name, self.instance.name())
+        procscan::node_processes(
+            &self.nodes[i].spec.name,
+            self.instance.name(),
+            &super::identity::node_locks_dir(&self.instance),
+        )
     }
 
     /// Whether we have a child that is no node we know: a leftover reparented to us.
@@ -538,6 +539,7 @@ impl Supervisor {
             }
             return;
         }
+        let mut signalled = Vec::new();
         match self.node_processes(i) {
             Ok(procs) => {
                 for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
@@ -546,10 +548,13 @@ impl Supervisor {
                         p.pid
                     );
                     let _ = spawn::signal_pid(p.pid, sig);
+                    signalled.push(p.pid);
                 }
             }
             Err(e) => log!("node {name}: cannot look for escaped processes in /proc: {e}"),
         }
+        // Those that hold its lock without its identity, when it ends (identity.rs).
+        self.end_lock_holders(i, group, sig, signalled);
     }
 
     /// Takes node `i`'s lock file. `Taken(None, ..)` if it cannot be used (logged; the node
@@ -682,6 +687,10 @@ impl Supervisor {
         {
             // A forking daemon's starter is done: its main process comes from its PID file.
             self.starter_exited(i, pid);
+            return;
+        }
+        if self.follow_pid_file(i, pid, exit) {
+            // Its main process handed over to the one its PID file names now.
             return;
         }
         let n = &mut self.nodes[i];

@@ -4,9 +4,17 @@
 //! watched with the ready-file inotify instance, so a daemon that writes the file after its
 //! parent exited (redis does) is picked up when it does, without polling.
 //!
-//! The named process must be the node's: in its cgroup, or (without cgroups) carrying its
-//! identity in its environment or reparented to the Supervisor (and no other node's). Until then the node is `starting`; past `ready_timeout_ms` it
-//! counts as failed to start (what is left of it is killed).
+//! The named process must be the node's: in its cgroup (or a sub-group of it), or (without
+//! cgroups) carrying its identity (environment, lock fd, lock file) or reparented to the
+//! Supervisor (and no other node's). Until then the node is `starting`; past
+//! `ready_timeout_ms` the start failed (`Exit::PidFileRefused`, naming the pid the file
+//! named): what is left of it is killed and the restart policy decides, counting it as a
+//! failed start (so `give_up_after` failed starts in a row end in `failed`).
+//!
+//! While the node runs, its main process may hand over to another on purpose (nginx's
+//! binary upgrade on `USR2`): when the main process exits, the file is read again, and a live
+//! process of the node it names is the main process from then on (systemd's `Type=forking`
+//! does the same), instead of the node's end.
 
 use super::*;
 use std::path::PathBuf;
@@ -53,6 +61,61 @@ impl Supervisor {
         self.take_pid_file(i);
     }
 
+    /// The pid node `i`'s PID file names now (`None`: no file, or no pid above 1 in it).
+    fn pid_from_file(&self, i: usize) -> Option<u32> {
+        let path = self.pid_file_path(i)?;
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|p| *p > 1)
+    }
+
+    /// Whether `pid` (its `/proc/PID/stat` is `st`) is a process of node `i`: in its cgroup
+    /// (or a sub-group); without cgroups, carrying its identity (see
+    /// [`procscan::identify`]) or, for a daemon that rewrote its environment area (as redis
+    /// does for its process title) or cannot be read, reparented to us (its starter's
+    /// subreaper) and no other node's. `Err` says why it cannot be told.
+    fn pid_is_nodes(&self, i: usize, pid: u32, st: &procstat::Stat) -> io::Result<bool> {
+        let name = &self.nodes[i].spec.name;
+        if let Some(g) = self.node_group(name) {
+            return g.contains(pid);
+        }
+        let reparented =
+            st.parent == std::process::id() && self.by_pid.get(&pid).is_none_or(|&j| j == i);
+        let lock = super::lifecycle::node_lock_path(&self.instance, name);
+        match procscan::identify(pid, name, self.instance.name(), &lock)? {
+            procscan::Identity::Node => Ok(true),
+            procscan::Identity::Other => Ok(reparented),
+            procscan::Identity::Unknown(why) if !reparented => {
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, why))
+            }
+            procscan::Identity::Unknown(_) => Ok(true),
+        }
+    }
+
+    /// Makes `pid` (started at `start`, with parent `parent`) node `i`'s main process: watched
+    /// (and reaped: it was reparented to us, a child subreaper; otherwise, with another
+    /// subreaper between us, watched like an adopted node), and named in the node's lock file,
+    /// so a successor that cannot read its `/proc` files still knows it.
+    fn take_main_process(&mut self, i: usize, pid: u32, start: u64, parent: u32) {
+        let n = &mut self.nodes[i];
+        n.pid = Some(pid);
+        n.pid_start = start;
+        n.adopted = parent != std::process::id();
+        self.watch_pid(i, pid);
+        self.by_pid.insert(pid, i);
+        let lock = super::lifecycle::node_lock_path(&self.instance, &self.nodes[i].spec.name);
+        match lockfile::LockFile::rename_holder(&lock, pid, start) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log!(
+                "node {}: cannot name pid {pid} in its lock file {}: {e}",
+                self.nodes[i].spec.name,
+                lock.display()
+            ),
+        }
+    }
+
     /// While node `i` waits for its PID file: reads it, and if it names a live process of the
     /// node, makes that the node's main process. Returns whether it did.
     pub(super) fn take_pid_file(&mut self, i: usize) -> bool {
@@ -62,11 +125,7 @@ impl Supervisor {
         let Some(path) = self.pid_file_path(i) else {
             return false;
         };
-        let Some(pid) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-            .filter(|p| *p > 1)
-        else {
+        let Some(pid) = self.pid_from_file(i) else {
             return false;
         };
         let name = self.nodes[i].spec.name.clone();
@@ -74,24 +133,7 @@ impl Supervisor {
             Ok(Some(st)) if !matches!(st.state, 'Z' | 'X') => st,
             _ => return false,
         };
-        let ours = match self.node_group(&name) {
-            Some(g) => g.contains(pid),
-            // Without cgroups: it carries the node's identity, or (a daemon that rewrote its
-            // environment area, as redis does for its process title) it was reparented to
-            // us, its starter's subreaper, and is no other node's.
-            None => procscan::is_node_process(
-                pid,
-                &name,
-                self.instance.name(),
-                procscan::LockId::of(&super::lifecycle::node_lock_path(&self.instance, &name))
-                    .ok()
-                    .flatten(),
-            )
-            .map(|carries| {
-                carries || (st.parent == std::process::id() && !self.by_pid.contains_key(&pid))
-            }),
-        };
-        match ours {
+        match self.pid_is_nodes(i, pid, &st) {
             Ok(true) => {}
             Ok(false) => {
                 log!(
@@ -105,17 +147,10 @@ impl Supervisor {
                 return false;
             }
         }
-        let n = &mut self.nodes[i];
-        if let Some(e) = n.extras_if_any() {
+        if let Some(e) = self.nodes[i].extras_if_any() {
             e.pid_file_wait = None;
         }
-        n.pid = Some(pid);
-        n.pid_start = st.start;
-        // Reparented to us (a child subreaper) when its parent exited: we reap it. Otherwise
-        // (another subreaper between us) it is watched like an adopted node.
-        n.adopted = st.parent != std::process::id();
-        self.watch_pid(i, pid);
-        self.by_pid.insert(pid, i);
+        self.take_main_process(i, pid, st.start, st.parent);
         log!(
             "node {name}: main process is pid {pid} (from its pid_file {})",
             path.display()
@@ -131,9 +166,55 @@ impl Supervisor {
         true
     }
 
+    /// Node `i`'s main process `old` exited (`exit`) while the node runs: if its PID file now
+    /// names another live process of the node, that is its main process from now on, as
+    /// systemd's `Type=forking` re-reads `PIDFile=` (nginx's binary upgrade: on `USR2` the old
+    /// master starts a new one, which writes the file; the old one then exits). Returns
+    /// whether it did (the node goes on, nothing is killed or restarted).
+    pub(super) fn follow_pid_file(&mut self, i: usize, old: u32, exit: Exit) -> bool {
+        let n = &self.nodes[i];
+        if n.spec.policy.pid_file.is_none()
+            || !matches!(n.state, NodeState::Running | NodeState::Starting)
+            || n.queue.is_some()
+            || n.draining.is_some()
+            || n.retiring
+            || self.shutting_down
+        {
+            return false;
+        }
+        let Some(pid) = self.pid_from_file(i).filter(|p| *p != old) else {
+            return false;
+        };
+        let st = match procstat::stat(pid) {
+            Ok(Some(st)) if !matches!(st.state, 'Z' | 'X') => st,
+            _ => return false,
+        };
+        let name = self.nodes[i].spec.name.clone();
+        match self.pid_is_nodes(i, pid, &st) {
+            Ok(true) => {}
+            Ok(false) => {
+                log!("node {name}: main process pid {old} ended ({}); its pid_file names pid {pid}, which is not a process of this node", exit.describe());
+                return false;
+            }
+            Err(e) => {
+                log!("node {name}: main process pid {old} ended ({}); cannot check pid {pid} from its pid_file: {e}", exit.describe());
+                return false;
+            }
+        }
+        self.take_main_process(i, pid, st.start, st.parent);
+        log!(
+            "node {name}: main process pid {old} ended ({}); its pid_file names pid {pid}, a process of this node: that is its main process now",
+            exit.describe()
+        );
+        self.publish(i);
+        self.event(Event::now(EventKind::Adopted, i as u16, pid));
+        true
+    }
+
     /// Node `i` waited for its PID file and is stopped, or past its ready timeout: what is
     /// left of it is killed; `stopping` says which. With a cgroup, the end is applied once the
-    /// group is empty.
+    /// group is empty. Past the timeout the start failed ([`Exit::PidFileRefused`], naming
+    /// what the file named), and the restart policy decides as after any failed start.
     pub(super) fn give_up_pid_file(&mut self, i: usize, stopping: bool) {
         let Some(starter) = self.nodes[i]
             .extras_if_any()
@@ -144,15 +225,38 @@ impl Supervisor {
         let exit = if stopping {
             Exit::Code(0)
         } else {
+            let named = self.pid_from_file(i);
+            let path = self
+                .pid_file_path(i)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let why = match named {
+                None => format!("its pid_file {path} names no pid"),
+                Some(p) => match procstat::stat(p) {
+                    Ok(Some(st)) if !matches!(st.state, 'Z' | 'X') => {
+                        match self.pid_is_nodes(i, p, &st) {
+                            Ok(_) => format!(
+                                "its pid_file {path} names pid {p}, which is not a process of this node"
+                            ),
+                            Err(e) => format!("its pid_file {path} names pid {p}: {e}"),
+                        }
+                    }
+                    _ => format!("its pid_file {path} names pid {p}, which is not running"),
+                },
+            };
             log!(
-                "node {}: its pid_file {} named no process of it within {} ms; killing what is left of it",
+                "node {}: not started: {why}, {} ms after its start (ready_timeout_ms); killing what is left of it",
                 self.nodes[i].spec.name,
-                self.pid_file_path(i).map(|p| p.display().to_string()).unwrap_or_default(),
                 self.nodes[i].spec.policy.ready_timeout.as_millis()
             );
-            Exit::SpawnFailed(libc::ETIMEDOUT)
+            Exit::PidFileRefused(named.unwrap_or(0))
         };
         self.nodes[i].last_exit = Some(exit);
+        if !stopping {
+            let mut ev = Event::now(EventKind::SpawnFailed, i as u16, starter);
+            ev.exit = Some(exit);
+            self.event(ev);
+        }
         self.signal_escaped(i, 0, libc::SIGKILL);
         if self.cgroups.is_some() {
             self.drain(i, starter, exit, stopping);

@@ -36,6 +36,8 @@ pub struct Stat {
     pub parent: u32,
     /// The process group (field 5).
     pub pgid: u32,
+    /// The session (field 6).
+    pub session: u32,
     /// The start time in clock ticks since boot (field 22).
     pub start: u64,
 }
@@ -64,11 +66,13 @@ pub fn parse_stat(stat: &str) -> Option<Stat> {
     let state = f.next()?.chars().next()?;
     let parent = f.next()?.parse().ok()?;
     let pgid = f.next()?.parse().ok()?;
-    let start = f.nth(16)?.parse().ok()?;
+    let session = f.next()?.parse().ok()?;
+    let start = f.nth(15)?.parse().ok()?;
     Some(Stat {
         state,
         parent,
         pgid,
+        session,
         start,
     })
 }
@@ -152,6 +156,7 @@ mod tests {
                 state: 'S',
                 parent: 1,
                 pgid: 1234,
+                session: 1234,
                 start: 987654
             })
         );
