@@ -54,10 +54,12 @@ impl Drop for GroupGuard {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {
                 let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
                 let end = Instant::now() + Duration::from_secs(5);
-                while !procs_in(&e.path()).is_empty() && Instant::now() < end {
+                let g = broctld::sys::cgroup::Cgroup::at(e.path());
+                while g.populated().unwrap_or(false) && Instant::now() < end {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                let _ = std::fs::remove_dir(e.path());
+                // Sub-groups a node made in its group first.
+                let _ = broctld::sys::cgroup::Cgroup::at(e.path()).remove_tree();
             }
         }
         let _ = std::fs::remove_dir(&self.0);
@@ -445,6 +447,10 @@ command = ["sh", "-c", "(setsid sleep 600 &); echo 1 > liar.pid"]
     wait_until(WAIT, "the node's group empty", || {
         procs_in(&cg.join("node-liar")).is_empty()
     });
-    assert!(c.log().contains("named no process of it"), "{}", c.log());
+    assert!(
+        c.log().contains("its pid_file") && c.log().contains("names no pid"),
+        "{}",
+        c.log()
+    );
     c.run(&["shutdown"]).ok();
 }

@@ -11,7 +11,11 @@
 //! node's process group and session (`--setsid-child`, as a daemonizing
 //! program does), or close every inherited descriptor at start
 //! (`--close-fds`, as many daemons do); `--die-on-sigpipe` makes a write to
-//! a pipe without a reader kill it, as it kills a shell's `echo >&3`.
+//! a pipe without a reader kill it, as it kills a shell's `echo >&3`;
+//! `--non-dumpable` makes it non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`), as a
+//! program run from a binary with file capabilities is (a non-root Zeek): its
+//! `/proc/PID/environ`, `fd` and `fdinfo` are then unreadable to anyone without
+//! `CAP_SYS_PTRACE`.
 //!
 //! Signals are blocked with `sigprocmask` and consumed synchronously with
 //! `sigtimedwait`, whose timeout is the time left until the next monotonic
@@ -47,6 +51,10 @@ options:
                          (but not --ready-fd), as many daemons do
   --die-on-sigpipe       restore the default SIGPIPE action, so a write to a pipe with no
                          reader (the readiness pipe) kills it, as it kills `echo >&3`
+  --non-dumpable         prctl(PR_SET_DUMPABLE, 0) at start, as a binary with file
+                         capabilities is: /proc/PID/environ and /proc/PID/fd become
+                         unreadable without CAP_SYS_PTRACE (a --spawn-child or
+                         --setsid-child copy is started non-dumpable too)
   --lines RATE           instead of heartbeats, print numbered lines 'NAME line=N' (N from 0)
                          at RATE lines per second, in batches every 10ms; 0 means as fast as
                          stdout takes them
@@ -88,6 +96,8 @@ struct Options {
     close_fds: bool,
     /// Restore SIGPIPE's default action (the Rust runtime ignores it).
     die_on_sigpipe: bool,
+    /// Make the process non-dumpable at start.
+    non_dumpable: bool,
     /// Print numbered lines at this rate per second (0: flat out) instead of heartbeats.
     lines: Option<u64>,
 }
@@ -162,6 +172,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         setsid_child: false,
         close_fds: false,
         die_on_sigpipe: false,
+        non_dumpable: false,
         lines: None,
     };
     let mut iter = args.iter();
@@ -179,6 +190,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
                 | "--setsid-child"
                 | "--close-fds"
                 | "--die-on-sigpipe"
+                | "--non-dumpable"
         );
         if is_flag && inline.is_some() {
             return Err(format!("option {option} takes no value"));
@@ -196,6 +208,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
             "--setsid-child" => opts.setsid_child = true,
             "--close-fds" => opts.close_fds = true,
             "--die-on-sigpipe" => opts.die_on_sigpipe = true,
+            "--non-dumpable" => opts.non_dumpable = true,
             "--name" => {
                 opts.name = value()?;
                 if opts.name.is_empty() {
@@ -379,6 +392,10 @@ fn spawn_child(opts: &Options, escape: bool) {
         .arg("--interval")
         .arg(format!("{}ms", opts.interval.as_millis()))
         .stdin(Stdio::null());
+    if opts.non_dumpable {
+        // An exec makes a process dumpable again: the copy asks for it itself.
+        cmd.arg("--non-dumpable");
+    }
     if escape {
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setsid(), which is async-signal-safe and touches no memory.
@@ -432,6 +449,15 @@ fn run(opts: &Options, args: &[String]) -> i32 {
     if opts.fail_start {
         err(&format!("{name} failing at start"));
         return 1;
+    }
+    if opts.non_dumpable {
+        // SAFETY: PR_SET_DUMPABLE takes an integer and touches no memory of ours.
+        if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+            err(&format!(
+                "{name} warning: prctl(PR_SET_DUMPABLE, 0): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     if opts.close_fds {
         close_inherited_fds(opts.ready_fd);

@@ -52,6 +52,12 @@ pub fn exit_json(e: Option<Exit>) -> Value {
             "signal": null,
             "spawn_error": std::io::Error::from_raw_os_error(errno).to_string(),
         }),
+        Some(e @ Exit::PidFileRefused(pid)) => json!({
+            "code": null,
+            "signal": null,
+            "pid_file_error": e.describe(),
+            "pid_file_named": if pid == 0 { Value::Null } else { json!(pid) },
+        }),
     }
 }
 

@@ -70,6 +70,10 @@ pub enum Exit {
     Unknown,
     /// It never ran: spawning failed with this errno.
     SpawnFailed(i32),
+    /// A `pid_file` node never became the node: by its ready timeout its PID file named no
+    /// live process of it (the pid the file named then, 0 if it named none). What it started
+    /// is killed; the restart policy counts it as a failed start.
+    PidFileRefused(u32),
 }
 
 impl Exit {
@@ -93,6 +97,12 @@ impl Exit {
         }
     }
 
+    /// Whether the start failed: the node never ran (its program could not be started, or its
+    /// PID file named no process of it). However long that took, it is a quick death.
+    pub fn never_ran(self) -> bool {
+        matches!(self, Exit::SpawnFailed(_) | Exit::PidFileRefused(_))
+    }
+
     /// Packs into (kind, value, core).
     pub fn encode(exit: Option<Exit>) -> (u8, i32, bool) {
         match exit {
@@ -101,6 +111,7 @@ impl Exit {
             Some(Exit::Signal { signal, core }) => (2, signal, core),
             Some(Exit::Unknown) => (3, 0, false),
             Some(Exit::SpawnFailed(e)) => (4, e, false),
+            Some(Exit::PidFileRefused(pid)) => (5, pid as i32, false),
         }
     }
 
@@ -114,6 +125,7 @@ impl Exit {
             }),
             3 => Some(Exit::Unknown),
             4 => Some(Exit::SpawnFailed(value)),
+            5 => Some(Exit::PidFileRefused(value as u32)),
             _ => None,
         }
     }
@@ -131,6 +143,12 @@ impl Exit {
             Exit::SpawnFailed(e) => {
                 format!("could not start: {}", std::io::Error::from_raw_os_error(e))
             }
+            Exit::PidFileRefused(0) => {
+                "did not start: its pid_file named no process by its ready timeout".into()
+            }
+            Exit::PidFileRefused(pid) => format!(
+                "did not start: its pid_file named pid {pid}, which is no live process of this node"
+            ),
         }
     }
 }
@@ -560,6 +578,32 @@ mod tests {
         forged[1] = (forged[1] & !0xffff_ffff) | 1;
         assert!(!check_ok(&forged, key, 7));
         assert_eq!(NodeRecord::decode(&w), Some(r));
+    }
+
+    #[test]
+    fn every_exit_round_trips_and_a_refused_pid_file_says_why() {
+        for e in [
+            Exit::Code(0),
+            Exit::Code(-3),
+            Exit::Signal {
+                signal: 11,
+                core: true,
+            },
+            Exit::Unknown,
+            Exit::SpawnFailed(libc::ENOENT),
+            Exit::PidFileRefused(0),
+            Exit::PidFileRefused(4_194_303),
+        ] {
+            let (kind, value, core) = Exit::encode(Some(e));
+            assert_eq!(Exit::decode(kind, value, core), Some(e));
+        }
+        let text = Exit::PidFileRefused(1).describe();
+        assert!(
+            text.contains("pid 1") && !text.contains("timed out"),
+            "{text}"
+        );
+        assert!(Exit::PidFileRefused(1).never_ran() && Exit::SpawnFailed(2).never_ran());
+        assert!(!Exit::Unknown.never_ran());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Where a writable cgroup v2 hierarchy exists, the instance gets a group next to the
 //! Supervisor's own (`broctld-UID-INSTANCE-HASH`, its path kept in the instance dir's `cgroup`
 //! file so a successor started from elsewhere finds the same one), and each node the child
-//! `node-NAME`. A node's processes are those in its group, whatever they do (`setsid`, double
-//! fork, daemonizing); it is down when the group is empty. Without one, the node lock and the
+//! `node-NAME`. A node's processes are those in its group or in any sub-group they made in it
+//! (`node-NAME/sub`), whatever they do (`setsid`, double fork, daemonizing); it is down when
+//! the group (its whole subtree) is empty. Without one, the node lock and the
 //! `/proc` identity scan are the fallback, and the reason is in the `cgroup` file for
 //! `status` and `diag` to show.
 
@@ -46,7 +47,8 @@ pub fn tracking(instance_dir: &Path) -> Option<Tracking> {
     })
 }
 
-/// The processes in node `name`'s group, if the instance uses cgroups (`top` counts them).
+/// The processes in node `name`'s group and its sub-groups, if the instance uses cgroups
+/// (`top` counts them).
 pub fn node_processes(instance_dir: &Path, name: &str) -> Option<Vec<u32>> {
     match tracking(instance_dir)? {
         Tracking::Cgroup(dir) => Cgroup::at(dir).child(&group_name(name)).procs().ok(),
@@ -172,11 +174,8 @@ impl Cgroups {
         fresh: bool,
     ) -> io::Result<(OwnedFd, bool)> {
         let g = self.node(name);
-        let fresh = fresh
-            || match std::fs::remove_dir(g.dir()) {
-                Ok(()) => true,
-                Err(e) => e.kind() == io::ErrorKind::NotFound,
-            };
+        // Sub-groups its processes made are removed first (a group with any cannot be).
+        let fresh = fresh || g.remove_tree().unwrap_or(false);
         g.create()?;
         let limit = g.dir().join("memory.max");
         if memory_max.is_some() || limit.exists() {
@@ -194,8 +193,9 @@ impl Cgroups {
         }
     }
 
-    /// At shutdown: kills what is left in every node group (escapes included), waits up to
-    /// `timeout` for each to empty, removes the groups, the instance group and the file.
+    /// At shutdown: kills what is left in every node group (escapes and sub-groups included),
+    /// waits up to `timeout` for each to empty, removes the groups (their sub-groups first),
+    /// the instance group and the file.
     pub fn remove_all(&self, instance_dir: &Path, timeout: std::time::Duration) {
         if let Ok(rd) = std::fs::read_dir(self.instance.dir()) {
             for e in rd.flatten() {
@@ -213,8 +213,15 @@ impl Cgroups {
                         let _ = crate::sys::cgroup::wait_empty(&mut ev, timeout);
                     }
                 }
-                if let Err(e) = g.remove() {
-                    crate::log!("cgroup {}: cannot remove it: {e}", g.dir().display());
+                match g.remove_tree() {
+                    Ok(true) => {}
+                    Ok(false) => crate::log!(
+                        "cgroup {}: cannot remove it: processes are still in it",
+                        g.dir().display()
+                    ),
+                    Err(e) => {
+                        crate::log!("cgroup {}: cannot remove it: {e}", g.dir().display())
+                    }
                 }
             }
         }

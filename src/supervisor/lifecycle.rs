@@ -58,8 +58,13 @@ impl Supervisor {
                 }
                 Action::Signal { node, pid, signal } => self.send_signal(node, pid, signal),
                 Action::Release { node, pid } => self.release(node, pid),
-                Action::KillLeftovers { node, pid, group } => {
-                    if let Some(input) = self.kill_leftovers(node, pid, group) {
+                Action::KillLeftovers {
+                    node,
+                    pid,
+                    group,
+                    stop,
+                } => {
+                    if let Some(input) = self.kill_leftovers(node, pid, group, stop) {
                         let more = self.machine.handle(input, clock::monotonic_ns());
                         first(&mut queue, more);
                     }
@@ -154,12 +159,15 @@ impl Supervisor {
         }
         for (node, kind) in self.machine.due(now) {
             if kind == TimerKind::ReadyBy {
-                // Waiting for a PID file ends: what it names now still counts.
+                // Waiting for a PID file ends: what it names now still counts; else the start
+                // failed, and the log says why.
                 if let machine::Phase::AwaitingMain { .. } = self.machine.core(node).phase {
-                    if let Some(input) = self.take_pid_file(node) {
-                        self.feed(input);
-                        continue;
-                    }
+                    let input = match self.take_pid_file(node) {
+                        Some(input) => input,
+                        None => self.refuse_pid_file(node),
+                    };
+                    self.feed(input);
+                    continue;
                 }
             }
             self.feed(Input::Timer { node, kind });
@@ -191,7 +199,11 @@ impl Supervisor {
         };
         // A held lock always gets the full scan: it names who holds it.
         let procs = match if held {
-            procscan::node_processes(&name, &instance)
+            procscan::node_processes(
+                &name,
+                &instance,
+                &super::identity::node_locks_dir(&self.instance),
+            )
         } else {
             self.node_processes(i)
         } {
@@ -457,17 +469,7 @@ impl Supervisor {
             None if held && procstat::is_alive(recorded.0, recorded.1) => {
                 (recorded.0, format!("pid {} holds its lock", recorded.0))
             }
-            None => (
-                BLOCKED_UNKNOWN,
-                format!(
-                    "its lock {} is held by a process without its identity",
-                    self.instance
-                        .dir()
-                        .join("nodes")
-                        .join(format!("{name}.lock"))
-                        .display()
-                ),
-            ),
+            None => self.lock_blocker(i),
         };
         let _ = instance;
         self.block(i, blocker, &why)
@@ -479,10 +481,14 @@ impl Supervisor {
     /// nothing. Returns the machine's input.
     pub(super) fn block(&mut self, i: usize, pid: u32, why: &str) -> Input {
         if self.machine.blocked_by(i) != Some(pid) && self.nodes[i].blocker_pid != pid {
-            log!(
-                "node {}: not started: {why}; waiting until it is gone",
-                self.nodes[i].spec.name
-            );
+            // A blocker by pid is a process of the node (its identity, or its lock held):
+            // `stop` ends it (signal_escaped). One that cannot be named, it cannot.
+            let name = &self.nodes[i].spec.name;
+            if pid == BLOCKED_UNKNOWN {
+                log!("node {name}: not started: {why}; checking again until it can be told that nothing of it runs");
+            } else {
+                log!("node {name}: not started: {why}; waiting until it is gone (`broctld stop {name}` ends it)");
+            }
         }
         if self.nodes[i].blocker_pid != pid || self.nodes[i].blocker.is_none() {
             self.unblock(i);
@@ -519,7 +525,11 @@ impl Supervisor {
         if self.nodes[i].descendants_only && !self.unknown_children()? {
             return Ok(Vec::new());
         }
-        procscan::node_processes(&self.nodes[i].spec.name, self.instance.name())
+        procscan::node_processes(
+            &self.nodes[i].spec.name,
+            self.instance.name(),
+            &super::identity::node_locks_dir(&self.instance),
+        )
     }
 
     /// Whether we have a child that is no node we know: a leftover reparented to us.
@@ -581,6 +591,7 @@ impl Supervisor {
             }
             return;
         }
+        let mut signalled = Vec::new();
         match self.node_processes(i) {
             Ok(procs) => {
                 for p in procs.iter().filter(|p| group == 0 || p.pgid != group) {
@@ -589,10 +600,13 @@ impl Supervisor {
                         p.pid
                     );
                     let _ = spawn::signal_pid(p.pid, sig);
+                    signalled.push(p.pid);
                 }
             }
             Err(e) => log!("node {name}: cannot look for escaped processes in /proc: {e}"),
         }
+        // Those that hold its lock without its identity, when it ends (identity.rs).
+        self.end_lock_holders(i, group, sig, signalled);
     }
 
     /// Takes node `i`'s lock file. `Taken(None, ..)` if it cannot be used (logged; the node
@@ -703,6 +717,22 @@ impl Supervisor {
             self.by_pid.remove(&pid);
             return;
         }
+        // Its main process handed over on purpose to the one its PID file names now (not a
+        // forking daemon's starter: its exit hands over to the PID file in the machine).
+        let starter = matches!(
+            self.machine.core(i).phase,
+            machine::Phase::Starting {
+                ready: Readiness::Starter(_),
+                ..
+            }
+        );
+        if !starter && matches!(by, Reporter::Reaped | Reporter::Guardian | Reporter::Pidfd) {
+            if let Some(input) = self.follow_pid_file(i, pid, exit) {
+                self.release(i, pid);
+                self.feed(input);
+                return;
+            }
+        }
         // Its last words go to its files before anything reads them (a crash report); at a
         // takeover its FIFOs may not be open yet.
         self.resume_node_outputs(i);
@@ -752,7 +782,7 @@ impl Supervisor {
     /// Carries out [`Action::KillLeftovers`]: what is left of node `i` ends (its process
     /// group `pid`, its escaped processes, and with `group` its whole cgroup, whose emptying is
     /// then watched). Returns [`Input::GroupEmpty`] if the group is empty already.
-    fn kill_leftovers(&mut self, i: usize, pid: u32, group: bool) -> Option<Input> {
+    fn kill_leftovers(&mut self, i: usize, pid: u32, group: bool, stop: bool) -> Option<Input> {
         if group {
             if let Some(g) = self.node_group(&self.nodes[i].spec.name) {
                 self.nodes[i].cgroup_fresh = false;
@@ -782,6 +812,10 @@ impl Supervisor {
         // restart waits until they are gone). With a cgroup there are none: it is empty here.
         if self.cgroups.is_none() {
             self.signal_escaped(i, pid, libc::SIGKILL);
+            if stop {
+                // The end of a stop: whatever still holds its lock is the node's too.
+                self.end_lock_holders(i, 0, libc::SIGKILL, Vec::new());
+            }
         }
         None
     }

@@ -11,6 +11,7 @@ mod dispatch;
 mod guardian_link;
 mod heap;
 mod hold;
+mod identity;
 mod lifecycle;
 pub mod machine;
 pub mod node;

@@ -227,9 +227,7 @@ impl Supervisor {
                     pid,
                     &name,
                     self.instance.name(),
-                    procscan::LockId::of(&super::lifecycle::node_lock_path(&self.instance, &name))
-                        .ok()
-                        .flatten(),
+                    &super::lifecycle::node_lock_path(&self.instance, &name),
                 )
                 .unwrap_or(false)
                     || st.parent == std::process::id()

@@ -7,7 +7,10 @@
 //! Each quick death (a run shorter than `quick_death`) multiplies the delay by
 //! `restart_delay_factor`, up to `restart_delay_max`. A run of at least
 //! `restart_reset` resets the delay. `give_up_after` deaths shorter than `quick_death` within
-//! `give_up_window` end in `failed`.
+//! `give_up_window` end in `failed`. A start that failed (the program could not be started,
+//! or a `pid_file` named no process of the node by the ready timeout) is a quick death however
+//! long it took, and `give_up_after` failed starts in a row end in `failed` whatever the window
+//! (a start that waits out a 10 s ready timeout each time would never fit 5 in a 10 s window).
 
 use crate::config::{Policy, RestartPolicy};
 use crate::protocol::node::Exit;
@@ -21,6 +24,8 @@ pub struct History {
     pub delay: Duration,
     /// Times (mono ns) of quick deaths still inside the window.
     pub quick_deaths: VecDeque<u64>,
+    /// Starts that failed in a row (see [`Exit::never_ran`]).
+    pub failed_starts: u32,
 }
 
 impl History {
@@ -29,6 +34,7 @@ impl History {
         History {
             delay: policy.restart_delay,
             quick_deaths: VecDeque::new(),
+            failed_starts: 0,
         }
     }
 
@@ -77,7 +83,14 @@ pub fn decide(
             Decision::Stop
         };
     }
-    let run = now.saturating_sub(started);
+    // A start that failed never ran, however long it waited (a ready timeout).
+    let run = if exit.never_ran() {
+        history.failed_starts = history.failed_starts.saturating_add(1);
+        0
+    } else {
+        history.failed_starts = 0;
+        now.saturating_sub(started)
+    };
     if run >= ns(policy.restart_reset) {
         history.delay = policy.restart_delay;
     }
@@ -92,13 +105,18 @@ pub fn decide(
             break;
         }
     }
-    if policy.give_up_after > 0 && history.quick_deaths.len() >= policy.give_up_after as usize {
+    let limit = policy.give_up_after as usize;
+    if limit > 0 && (history.quick_deaths.len() >= limit || history.failed_starts as usize >= limit)
+    {
         return Decision::Fail {
-            quick_deaths: history.quick_deaths.len() as u32,
+            quick_deaths: history
+                .quick_deaths
+                .len()
+                .max(history.failed_starts as usize) as u32,
         };
     }
     let mut delay = history.delay;
-    if matches!(exit, Exit::SpawnFailed(_)) {
+    if exit.never_ran() {
         // A program that cannot even be started must not spin the loop, whatever the config.
         delay = delay.max(Duration::from_millis(100));
     }
@@ -189,6 +207,43 @@ mod tests {
         assert_eq!(h.delay, Duration::from_millis(200));
         decide(&p, &mut h, Exit::Code(1), 100 * MS, 100 * MS + 31_000 * MS);
         assert_eq!(h.delay, Duration::from_millis(100));
+    }
+
+    /// A `pid_file` that names no process of the node fails each start only at the ready
+    /// timeout (10 s by default): five such starts never fit in the 10 s window, yet they are
+    /// given up after `give_up_after` in a row; a run in between starts the count again.
+    #[test]
+    fn failed_starts_give_up_however_long_each_waited() {
+        let p = policy();
+        let mut h = History::new(&p);
+        let mut started = 0;
+        let mut tries = 0;
+        let failed = loop {
+            tries += 1;
+            let ended = started + 10_000 * MS;
+            match decide(&p, &mut h, Exit::PidFileRefused(1), started, ended) {
+                Decision::RestartAt(at) => started = at,
+                d => break d,
+            }
+            assert!(tries < 50, "never gave up");
+        };
+        assert_eq!(failed, Decision::Fail { quick_deaths: 5 });
+        assert_eq!(tries, 5);
+        let mut h = History::new(&p);
+        for k in 0..20u64 {
+            let t = k * 60_000 * MS;
+            let exit = if k % 4 == 3 {
+                Exit::Code(1)
+            } else {
+                Exit::SpawnFailed(libc::ENOENT)
+            };
+            // Three failed starts, then one that ran a minute: never five in a row.
+            let started = if exit.never_ran() { t } else { t - 60_000 * MS };
+            assert!(matches!(
+                decide(&p, &mut h, exit, started, t),
+                Decision::RestartAt(_)
+            ));
+        }
     }
 
     #[test]

@@ -122,7 +122,10 @@ impl Supervisor {
         // started here may still run: adopt it rather than show it stopped while it runs.
         if !unrecorded.is_empty() {
             // One scan of /proc for all of them.
-            let mut found = procscan::instance_processes(self.instance.name());
+            let mut found = procscan::instance_processes(
+                self.instance.name(),
+                &super::identity::node_locks_dir(&self.instance),
+            );
             for i in unrecorded {
                 let procs = match &mut found {
                     Ok(by_node) => Ok(by_node.remove(&self.nodes[i].spec.name).unwrap_or_default()),
@@ -468,10 +471,12 @@ fn retired_spec(rec: &NodeRecord) -> crate::config::NodeSpec {
 }
 
 /// Whether `pid` with this start time is node `name` of `instance` to adopt: a survivor (see
-/// [`procscan::is_survivor`]) that carries the node's identity (its environment, or its lock
-/// held open: see [`procscan::is_node_process`]), or a zombie that is our own child (its
-/// environment is gone; it was ours, before an upgrade's exec). With a cgroup per node, a
-/// survivor in the node's group is the node whatever its environment.
+/// [`procscan::is_survivor`]) that carries the node's identity (its environment, its lock held
+/// open, or named by its lock file: see [`procscan::identify`]), or a zombie that is our own
+/// child (its environment is gone; it was ours, before an upgrade's exec). With a cgroup per
+/// node, a survivor in the node's group (or a sub-group of it) is the node whatever its
+/// environment. A survivor that nothing readable identifies (not dumpable, its lock file
+/// naming another) is an error: the node may run, and its start is blocked.
 fn is_survivor_node(
     pid: u32,
     start: u64,
@@ -487,8 +492,8 @@ fn is_survivor_node(
         Some(_) => match group {
             Some(g) if g.contains(pid)? => Ok(true),
             _ => {
-                let lock = procscan::LockId::of(&super::lifecycle::node_lock_path(instance, name))?;
-                procscan::is_node_process(pid, name, instance.name(), lock)
+                let lock = super::lifecycle::node_lock_path(instance, name);
+                procscan::is_node_process(pid, name, instance.name(), &lock)
             }
         },
         None => Ok(false),

@@ -3,6 +3,11 @@
 //! and reading whether it is populated (`cgroup.events`, which the kernel notifies through
 //! `poll`/`epoll` with `EPOLLPRI` when it changes).
 //!
+//! A group's processes are those of its whole subtree: a process in it may make a sub-group
+//! and move itself (or a child) there, and is still in the group. Listing, signalling and
+//! `contains` read every `cgroup.procs` below it, `cgroup.kill` and `populated` already cover
+//! the subtree, and [`Cgroup::remove_tree`] removes the sub-groups deepest first.
+//!
 //! Policy (which group a node gets, what a missing hierarchy means) is the Supervisor's, in
 //! `supervisor/cgroups.rs`.
 
@@ -104,17 +109,59 @@ impl Cgroup {
         self.dir.join("cgroup.procs").exists()
     }
 
-    /// Removes the group; one that still has processes (`EBUSY`) or is gone is left as is.
+    /// Removes the group (not its sub-groups: one that has any, or still has processes, is
+    /// left as is, `EBUSY`), or nothing if it is gone.
     pub fn remove(&self) -> io::Result<()> {
         match std::fs::remove_dir(&self.dir) {
             Ok(()) => Ok(()),
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::EBUSY) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound || is_busy(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Removes the group and every sub-group its processes made in it (`node-n/sub`), deepest
+    /// first (a group with sub-groups cannot be removed). Returns whether the group is gone; a
+    /// group (or sub-group) that still has processes (`EBUSY`) is left, with what is above it.
+    pub fn remove_tree(&self) -> io::Result<bool> {
+        for sub in self.subgroups()?.iter().rev() {
+            match std::fs::remove_dir(sub) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound || is_busy(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match std::fs::remove_dir(&self.dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) if is_busy(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every group below this one, parents before their children (none if it is gone).
+    pub fn subgroups(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut k = 0;
+        let mut next = Some(self.dir.clone());
+        while let Some(dir) = next {
+            match std::fs::read_dir(&dir) {
+                Ok(rd) => {
+                    for e in rd {
+                        let e = e?;
+                        // Interface files are regular files; every directory is a group.
+                        if e.file_type()?.is_dir() {
+                            out.push(e.path());
+                        }
+                    }
+                }
+                // Removed meanwhile (by its own processes, or an emptied sub-group).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            next = out.get(k).cloned();
+            k += 1;
+        }
+        Ok(out)
     }
 
     /// Opens `cgroup.procs` for writing: a process writes `0` to it to move itself in.
@@ -141,14 +188,15 @@ impl Cgroup {
         self.write("cgroup.procs", &pid.to_string())
     }
 
-    /// The processes in the group (not its children's), in no order. A group that is gone
+    /// The processes in the group and in every sub-group below it (a process of a node that
+    /// moved itself into `node-n/sub` is still the node's), in no order. A group that is gone
     /// has none.
     pub fn procs(&self) -> io::Result<Vec<u32>> {
-        match std::fs::read_to_string(self.dir.join("cgroup.procs")) {
-            Ok(t) => Ok(t.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+        let mut out = read_procs(&self.dir)?;
+        for sub in self.subgroups()? {
+            out.extend(read_procs(&sub)?);
         }
+        Ok(out)
     }
 
     /// Whether any process is in the group or below it (`populated` in `cgroup.events`). A
@@ -183,7 +231,7 @@ impl Cgroup {
         }
     }
 
-    /// Sends `sig` to every process in the group.
+    /// Sends `sig` to every process in the group and below it.
     pub fn signal(&self, sig: i32) -> io::Result<()> {
         for pid in self.procs()? {
             // SAFETY: kill takes a pid and a signal number. A process gone meanwhile: ESRCH.
@@ -218,8 +266,8 @@ impl Cgroup {
         f.write_all(value.as_bytes())
     }
 
-    /// Whether `pid` is in this group itself (listed in its `cgroup.procs`). A process that
-    /// is gone is not.
+    /// Whether `pid` is in this group or below it (listed in its `cgroup.procs` or a
+    /// sub-group's). A process that is gone is not.
     pub fn contains(&self, pid: u32) -> io::Result<bool> {
         Ok(self.procs()?.contains(&pid))
     }
@@ -263,6 +311,21 @@ pub fn wait_empty(events: &mut File, timeout: std::time::Duration) -> io::Result
     }
 }
 
+/// The pids listed in the `cgroup.procs` of the group at `dir` (not its sub-groups'); none if
+/// it is gone.
+fn read_procs(dir: &Path) -> io::Result<Vec<u32>> {
+    match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(t) => Ok(t.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `rmdir` of a group that still has processes or sub-groups.
+fn is_busy(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY))
+}
+
 fn parse_populated(t: &str) -> bool {
     t.lines().any(|l| l.trim() == "populated 1")
 }
@@ -276,6 +339,29 @@ mod tests {
         assert!(parse_populated("populated 1\nfrozen 0\n"));
         assert!(!parse_populated("populated 0\nfrozen 0\n"));
         assert!(!parse_populated(""));
+    }
+
+    /// A group's processes are its whole subtree's, and sub-groups are listed parents first
+    /// (removal goes the other way). A plain folder tree stands in for cgroupfs here.
+    #[test]
+    fn procs_cover_every_sub_group_and_sub_groups_come_parents_first() {
+        let root = std::env::temp_dir().join(format!("broctld-cgtree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        for (dir, pids) in [("", "1\n2\n"), ("a", "3\n"), ("a/b/c", "4\n"), ("d", "")] {
+            std::fs::write(root.join(dir).join("cgroup.procs"), pids).unwrap();
+        }
+        let g = Cgroup::at(root.clone());
+        let mut procs = g.procs().unwrap();
+        procs.sort_unstable();
+        assert_eq!(procs, vec![1, 2, 3, 4]);
+        let subs = g.subgroups().unwrap();
+        assert_eq!(subs.len(), 4);
+        let at = |p: &str| subs.iter().position(|s| s == &root.join(p)).unwrap();
+        assert!(at("a") < at("a/b") && at("a/b") < at("a/b/c"));
+        assert!(Cgroup::at(root.join("gone")).procs().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -259,6 +259,29 @@ impl LockFile {
         Ok(Probe::Held { pid, start, info })
     }
 
+    /// The pid and start time the lock file at `path` names (its last holder, whether or not
+    /// it still holds the lock; `(0, 0)` if the line is unreadable), without taking the lock.
+    /// `None` if there is no file.
+    pub fn named(path: &Path) -> Result<Option<(u32, u64)>, CheckError> {
+        let (mut file, _) = match checked::open(path, libc::O_RDONLY, 0, Kind::File, 0o077) {
+            Ok(x) => x,
+            Err(e) if e.os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (pid, start, _) = read_holder(&mut file);
+        Ok(Some((pid, start)))
+    }
+
+    /// Names `pid` with this start time as the holder of the lock file at `path`, which
+    /// another process holds (a forking daemon's main process, which replaced the starter the
+    /// file named): the same fixed-width line as [`LockFile::write_holder`].
+    pub fn rename_holder(path: &Path, pid: u32, start: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (file, _) = checked::open(path, libc::O_WRONLY, 0, Kind::File, 0o077)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        file.write_all_at(format!("{pid:>10} {start:>20}\n").as_bytes(), 0)
+    }
+
     /// Replaces the holder line with another process's pid and start time (a node that holds
     /// the lock through an inherited fd).
     pub fn write_holder(&mut self, pid: u32, start: u64) -> io::Result<()> {

@@ -36,6 +36,8 @@ pub struct Stat {
     pub parent: u32,
     /// The process group (field 5).
     pub pgid: u32,
+    /// The session (field 6).
+    pub session: u32,
     /// The start time in clock ticks since boot (field 22).
     pub start: u64,
     /// Threads in the process (field 20).
@@ -77,6 +79,7 @@ pub fn parse_stat(stat: &str) -> Option<Stat> {
         state: field(3)?.chars().next()?,
         parent: field(4)?.parse().ok()?,
         pgid: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
         start: field(22)?.parse().ok()?,
         threads: field(20).and_then(|v| v.parse().ok()).unwrap_or(0),
         wchan: field(35).and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -249,6 +252,7 @@ mod tests {
                 state: 'S',
                 parent: 1,
                 pgid: 1234,
+                session: 1234,
                 start: 987654,
                 threads: 1,
                 wchan: 0,

@@ -449,6 +449,8 @@ pub struct Cluster {
     runs: AtomicUsize,
     /// Variables set in every command's environment (see [`Cluster::set_env`]).
     env: Mutex<Vec<(String, String)>>,
+    /// The uid and gid every command runs as (see [`Cluster::run_as`]); `None`: the test's.
+    user: Mutex<Option<(u32, u32)>>,
     background: Mutex<Vec<Child>>,
     watchdog: Option<Watchdog>,
 }
@@ -479,6 +481,7 @@ impl Cluster {
             config: config_path,
             runs: AtomicUsize::new(0),
             env: Mutex::new(Vec::new()),
+            user: Mutex::new(None),
             background: Mutex::new(Vec::new()),
             watchdog: Some(Watchdog::new(name, WATCHDOG)),
         };
@@ -561,7 +564,58 @@ impl Cluster {
         for (k, v) in self.env.lock().unwrap().iter() {
             cmd.env(k, v);
         }
+        if let Some((uid, gid)) = *self.user.lock().unwrap() {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         cmd
+    }
+
+    /// Runs every later `broctld` command as `user` (so the Supervisor it starts, and the
+    /// nodes, are that user's, as in a non-root deployment), with the test's folder made the
+    /// user's. Returns `false` (the caller skips, saying so) where that cannot be: the test
+    /// does not run as root, there is no such user, or it cannot run `broctld` (a build
+    /// folder it cannot enter).
+    pub fn run_as(&self, user: &str) -> bool {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: cannot run broctld as {user}; skipped");
+            return false;
+        }
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let Some((uid, gid)) = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == user).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        }) else {
+            eprintln!("no user {user}: skipped");
+            return false;
+        };
+        let runs = {
+            use std::os::unix::process::CommandExt;
+            Command::new(broctld_bin())
+                .arg("--version")
+                .uid(uid)
+                .gid(gid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !runs {
+            eprintln!("{user} cannot run {}: skipped", broctld_bin().display());
+            return false;
+        }
+        fn chown_all(path: &Path, uid: u32, gid: u32) {
+            let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+            if path.is_dir() && !path.is_symlink() {
+                for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                    chown_all(&e.path(), uid, gid);
+                }
+            }
+        }
+        chown_all(&self.root, uid, gid);
+        *self.user.lock().unwrap() = Some((uid, gid));
+        true
     }
 
     /// Sets `key=value` in the environment of every later `broctld` command (and so of the
@@ -806,7 +860,8 @@ fn remove_instance_cgroup(instance_dir: &Path) {
             if let Ok(mut ev) = g.open_events() {
                 let _ = broctld::sys::cgroup::wait_empty(&mut ev, Duration::from_secs(5));
             }
-            let _ = g.remove();
+            // Sub-groups a node made in its group first.
+            let _ = g.remove_tree();
         }
     }
     let _ = group.remove();

@@ -43,6 +43,15 @@ pub(super) fn not_ready_in_time(n: &NodeStatus, specs: &HashMap<String, NodeSpec
             .is_some_and(|s| n.uptime.unwrap_or_default() > s.policy.ready_timeout)
 }
 
+/// What ends a blocker: `stop` does for one it names (a process of the node, which the stop
+/// kills); for one it cannot name, nothing here does, and nothing is promised.
+fn stop_ends_it(blocked_by: Option<u32>, stop: String) -> String {
+    match blocked_by {
+        Some(b) if b != crate::protocol::node::BLOCKED_UNKNOWN => format!("; `{stop}` ends it"),
+        _ => String::new(),
+    }
+}
+
 /// One progress line: the node that holds things up and why, then how many are done.
 pub(super) fn progress_text(
     verb: Verb,
@@ -115,13 +124,13 @@ pub(super) fn progress_text(
                     }
                 }
                 (NodeState::Backoff, _) if n.blocked_by.is_some() => format!(
-                    "{}: not started, {}; `stop {}` ends it",
+                    "{}: not started, {}{}",
                     n.name,
                     crate::cli::output::blocked_reason_of(
                         &n.name,
                         n.blocked_by.unwrap_or_default()
                     ),
-                    n.name
+                    stop_ends_it(n.blocked_by, format!("stop {}", n.name))
                 ),
                 (NodeState::Backoff, _) => format!(
                     "{}: died, next start in {}",
@@ -236,10 +245,10 @@ pub(super) fn report(
             match n.blocked_by {
                 // Another process of the node lives: say which, and how to end it.
                 Some(b) => println!(
-                    "{}: not {verb}: {}; `broctld stop {}` ends it",
+                    "{}: not {verb}: {}{}",
                     n.name,
                     crate::cli::output::blocked_reason_of(&n.name, b),
-                    n.name
+                    stop_ends_it(Some(b), format!("broctld stop {}", n.name))
                 ),
                 None => println!("{}: not {verb}: {}{why}", n.name, n.state.as_str()),
             }

@@ -378,6 +378,14 @@ pub enum Input {
         /// The process.
         proc_: Proc,
     },
+    /// A forking daemon's PID file named no process of it within its ready timeout (`named`:
+    /// the pid it named, 0 for none): its start failed.
+    MainRefused {
+        /// The node.
+        node: Ix,
+        /// What the file named.
+        named: u32,
+    },
     /// The node said it is ready.
     Ready {
         /// The node.
@@ -423,6 +431,7 @@ impl Input {
             Input::Adopted { .. } => "adopted",
             Input::Exited { .. } => "exited",
             Input::MainPid { .. } => "main-pid",
+            Input::MainRefused { .. } => "main-refused",
             Input::Ready { .. } => "ready",
             Input::GroupEmpty { .. } => "group-empty",
             Input::BlockerGone { .. } => "blocker-gone",
@@ -484,6 +493,8 @@ pub enum Action {
         pid: u32,
         /// Its cgroup still holds processes: `cgroup.kill` it and watch it.
         group: bool,
+        /// The end of a stop (not a death): whatever still holds the node's lock goes too.
+        stop: bool,
     },
     /// Stop watching the process that blocked the node's start.
     Unblock {
@@ -689,6 +700,7 @@ impl Machine {
                 by,
             } => self.exited(node, pid, exit, leftovers, by, now),
             Input::MainPid { node, proc_ } => self.main_pid(node, proc_, now),
+            Input::MainRefused { node, named } => self.main_refused(node, named, now),
             Input::Ready { node } => self.ready(node),
             Input::GroupEmpty { node } => self.group_empty(node, now),
             Input::BlockerGone { node } => self.blocker_gone(node, now),

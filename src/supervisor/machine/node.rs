@@ -223,6 +223,7 @@ impl Machine {
                 node: i,
                 pid,
                 group: true,
+                stop: then.is_some(),
             });
             self.set(i, Phase::Draining { pid, exit, then });
             return;
@@ -234,6 +235,7 @@ impl Machine {
                 node: i,
                 pid,
                 group: false,
+                stop: then.is_some(),
             });
         }
         self.end(i, pid, exit, then, now);
@@ -393,6 +395,19 @@ impl Machine {
             self.out
                 .push(Action::Emit(event(EventKind::Ready, i, proc_.pid)));
         }
+    }
+
+    /// A forking daemon's PID file named no process of it in time: its start failed.
+    pub(super) fn main_refused(&mut self, i: Ix, named: u32, now: Ns) {
+        let Some(Phase::AwaitingMain { starter, .. }) = self.cores.get(i).map(|c| c.phase.clone())
+        else {
+            return;
+        };
+        let exit = Exit::PidFileRefused(named);
+        let mut ev = event(EventKind::SpawnFailed, i, starter);
+        ev.exit = Some(exit);
+        self.out.push(Action::Emit(ev));
+        self.give_up_main(i, starter, exit, None, now);
     }
 
     /// Node `i` said it is ready.
@@ -595,6 +610,7 @@ impl Machine {
             node: i,
             pid: 0,
             group: self.cgroups,
+            stop: then.is_some(),
         });
         if self.cgroups {
             self.set(

@@ -301,6 +301,7 @@ pub fn take_over(
                             node: i,
                             pid: 0,
                             group: true,
+                            stop: false,
                         });
                     } else {
                         deaths.push((i, 0, Exit::Unknown));
