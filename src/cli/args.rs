@@ -312,6 +312,27 @@ pub enum Cmd {
     },
 }
 
+impl Cmd {
+    /// Whether the command may create the runtime dir (it starts a Supervisor or changes
+    /// what runs); the others only read, and create nothing.
+    pub fn may_create_runtime_dir(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Start { .. }
+                | Cmd::Stop { .. }
+                | Cmd::Restart { .. }
+                | Cmd::Shutdown
+                | Cmd::Reload
+                | Cmd::Signal { .. }
+                | Cmd::Upgrade
+                | Cmd::Deploy
+                | Cmd::Daemon
+                | Cmd::Supervisor { .. }
+                | Cmd::Guardian { .. }
+        )
+    }
+}
+
 fn parse_signal(s: &str) -> Result<i32, String> {
     crate::config::signal_from_name(s)
         .ok_or_else(|| format!("unknown signal '{s}'{}", crate::config::signal_hint(s)))
@@ -416,9 +437,16 @@ pub fn takes_nodes(cmd: &str) -> bool {
 }
 
 /// The completion script for `shell` (generated into memory: clap_complete panics on a
-/// write error, and stdout may be a closed pipe).
+/// write error, and stdout may be a closed pipe). The internal modes (`__supervisor`,
+/// `__guardian`) are left out: clap_complete offers hidden subcommands too, so the script is
+/// generated from a copy of the command line without them.
 pub fn completions(shell: CompletionShell) -> Vec<u8> {
-    let mut cmd = Cli::command();
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("broctld")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_subcommand(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
     let mut buf = Vec::new();
     clap_complete::generate(shell.generator(), &mut cmd, "broctld", &mut buf);
     buf

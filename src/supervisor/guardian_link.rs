@@ -165,9 +165,9 @@ impl Supervisor {
             rec.state == NodeState::Stopping && rec.intent.has(Intent::RESTART_PENDING);
         self.by_pid.insert(pid, i);
         log!(
-            "node {}: pid {pid} ended while no Supervisor ran ({:?}, reported by the guardian)",
+            "node {}: pid {pid} ended while no Supervisor ran ({}, reported by the guardian)",
             rec.name,
-            r.exit
+            r.exit.describe()
         );
         self.on_exit(pid, r.exit);
         true
