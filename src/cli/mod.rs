@@ -102,10 +102,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let internal = matches!(cmd, Some(Cmd::Supervisor { .. } | Cmd::Guardian { .. }));
     if !internal {
-        let creates = cmd.as_ref().is_none_or(Cmd::may_create_runtime_dir);
-        if let Err(why) = usable_runtime_dir(&runtime_dir, given, creates) {
-            eprintln!("broctld: {why}");
-            return 2;
+        // The note about a named runtime dir that does not exist is for the commands that
+        // report on the instance; the others do not look there.
+        let reports = cmd.as_ref().is_some_and(Cmd::reports_on_instance);
+        match usable_runtime_dir(&runtime_dir, given.filter(|_| reports)) {
+            Ok(Some(note)) => eprintln!("broctld: {note}"),
+            Ok(None) => {}
+            Err(why) => {
+                eprintln!("broctld: {why}");
+                return 2;
+            }
         }
     }
     let instance = match Instance::new(
@@ -180,31 +186,31 @@ fn not_utf8(args: &[OsString]) -> String {
     )
 }
 
-/// Refuses a runtime dir that cannot be one: an existing path that is not a directory, or (for
-/// a command that only reads) a dir that was named (`given`: by `--runtime-dir` or
-/// `BROCTLD_RUNTIME_DIR`) and does not exist, where nothing can have run. The default dir's
-/// absence only means that nothing runs yet.
-fn usable_runtime_dir(dir: &Path, given: Option<&str>, creates: bool) -> Result<(), String> {
+/// Refuses a runtime dir that cannot be one (an existing path that is not a directory), and
+/// gives a note for a dir that was named (`given`: by `--runtime-dir` or `BROCTLD_RUNTIME_DIR`)
+/// and does not exist (the caller passes `given` only for a command that reports on the
+/// instance, and creates nothing): nothing can have run there, whatever runs elsewhere. The
+/// default dir's absence only means that nothing runs yet.
+fn usable_runtime_dir(dir: &Path, given: Option<&str>) -> Result<Option<String>, String> {
     match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.is_dir() => Ok(None),
         Ok(_) => Err(format!(
             "runtime dir {} is not a directory{}",
             dir.display(),
             given.map_or(String::new(), |g| format!(" (from {g})"))
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match given {
-            Some(g) if !creates => Err(format!(
-                "runtime dir {} (from {g}) does not exist: no instance has run there (`start` creates it)",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(given.map(|g| {
+            format!(
+                "note: runtime dir {} (from {g}) does not exist: no instance has run there (`start` creates it)",
                 dir.display()
-            )),
-            _ => Ok(()),
-        },
+            )
+        })),
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(format!(
             "runtime dir {}: a part of the path is not a directory",
             dir.display()
         )),
         // Permission denied and the like: the instance's own checks say so.
-        Err(_) => Ok(()),
+        Err(_) => Ok(None),
     }
 }
 
