@@ -511,6 +511,9 @@ fn ctrl_d_and_exit_say_what_keeps_running() {
             w.write_all(b"status \xff\xfe\r").unwrap();
             w.flush().unwrap();
         }
+        t.wait("the line refused", |s| {
+            s.contains("the line typed is not valid UTF-8; ignored")
+        });
         t.wait_prompt(&attached, "");
         t.line("ping");
         t.wait("pong", |s| s.contains("pong from Supervisor pid"));

@@ -714,6 +714,15 @@ fn run_interactive(session: &mut Session) -> i32 {
                 mainlog::append(session.instance(), "shell: Ctrl-D", "detached");
                 break 0;
             }
+            // Bytes that are not UTF-8 (a paste, a wrong terminal encoding): that line is
+            // dropped and the shell reads on.
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                if let Some(h) = ed.helper() {
+                    h.take_typed();
+                }
+                eprintln!("broctld: the line typed is not valid UTF-8; ignored");
+                continue;
+            }
             Err(e) => {
                 eprintln!("broctld: reading the terminal: {e}");
                 break 1;
