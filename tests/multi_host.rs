@@ -261,7 +261,8 @@ impl Net {
     }
 
     fn stop_sshd(&mut self, h: usize) {
-        if let Some(mut c) = self.sshd[h - 1].take() {
+        // (A set-up that failed before this host's sshd started has no slot for it.)
+        if let Some(mut c) = self.sshd.get_mut(h - 1).and_then(Option::take) {
             let _ = c.kill();
             let _ = c.wait();
         }
