@@ -105,7 +105,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         // The note about a named runtime dir that does not exist is for the commands that
         // report on the instance; the others do not look there.
         let reports = cmd.as_ref().is_some_and(Cmd::reports_on_instance);
-        match usable_runtime_dir(&runtime_dir, given.filter(|_| reports)) {
+        match usable_runtime_dir(&runtime_dir, given, reports) {
             Ok(Some(note)) => eprintln!("broctld: {note}"),
             Ok(None) => {}
             Err(why) => {
@@ -188,10 +188,14 @@ fn not_utf8(args: &[OsString]) -> String {
 
 /// Refuses a runtime dir that cannot be one (an existing path that is not a directory), and
 /// gives a note for a dir that was named (`given`: by `--runtime-dir` or `BROCTLD_RUNTIME_DIR`)
-/// and does not exist (the caller passes `given` only for a command that reports on the
-/// instance, and creates nothing): nothing can have run there, whatever runs elsewhere. The
-/// default dir's absence only means that nothing runs yet.
-fn usable_runtime_dir(dir: &Path, given: Option<&str>) -> Result<Option<String>, String> {
+/// and does not exist, for a command that reports on the instance (`reports`; it creates
+/// nothing): nothing can have run there, whatever runs elsewhere. The default dir's absence
+/// only means that nothing runs yet.
+fn usable_runtime_dir(
+    dir: &Path,
+    given: Option<&str>,
+    reports: bool,
+) -> Result<Option<String>, String> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(None),
         Ok(_) => Err(format!(
@@ -199,7 +203,7 @@ fn usable_runtime_dir(dir: &Path, given: Option<&str>) -> Result<Option<String>,
             dir.display(),
             given.map_or(String::new(), |g| format!(" (from {g})"))
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(given.map(|g| {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(given.filter(|_| reports).map(|g| {
             format!(
                 "note: runtime dir {} (from {g}) does not exist: no instance has run there (`start` creates it)",
                 dir.display()

@@ -36,6 +36,30 @@ pub fn stdout_closed() {
     std::process::exit(141);
 }
 
+/// Whether stdout is a pipe whose reading end is closed (`broctld events -f | head -1` once
+/// `head` is gone), asked without writing: a command that follows (`events -f`, `logs -f`,
+/// `top -d`) checks it while it waits, so it ends even when nothing more is written. A
+/// terminal or a file never reads as closed.
+pub fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Whether a following command should end: Ctrl-C, or a closed stdout (which ends the
+/// process quietly, see [`stdout_closed`]).
+pub fn follow_should_end() -> bool {
+    if stdout_is_closed() {
+        stdout_closed();
+    }
+    super::interrupt::pending()
+}
+
 /// What `print!` prints in the CLI: std's, except that a closed stdout is not a panic but
 /// [`stdout_closed`]; other write errors are ignored (there is nowhere left to say them).
 pub fn print_out(args: std::fmt::Arguments) {

@@ -83,7 +83,7 @@ impl Session {
             if !follow {
                 break;
             }
-            if interrupt::pending() {
+            if output::follow_should_end() {
                 break;
             }
             // A clean `shutdown` (by any Main): the Supervisor said so before it removed its
@@ -108,7 +108,7 @@ impl Session {
                     );
                 }
                 loop {
-                    if interrupt::pending() {
+                    if output::follow_should_end() {
                         return Ok(Outcome::Done);
                     }
                     std::thread::sleep(Duration::from_millis(250));
@@ -228,7 +228,7 @@ impl Session {
             let out = std::io::stdout();
             crate::cli::logfiles::follow(
                 path,
-                interrupt::pending,
+                output::follow_should_end,
                 |lines| {
                     let mut o = out.lock();
                     let _ = crate::cli::output::checked_write(
@@ -348,7 +348,7 @@ impl Session {
         let live = std::io::stdout().is_terminal();
         let interval = Duration::from_secs_f64(delay);
         let mut rounds = 0u64;
-        while !interrupt::pending() {
+        while !output::follow_should_end() {
             if self.client().is_none() {
                 println!(
                     "the Supervisor of instance '{}' is gone",
