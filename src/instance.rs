@@ -132,6 +132,11 @@ impl Instance {
         }
     }
 
+    /// Whether [`Instance::default_runtime_dir`] is the one `$BROCTLD_RUNTIME_DIR` names.
+    pub fn runtime_dir_from_env() -> bool {
+        std::env::var_os("BROCTLD_RUNTIME_DIR").is_some_and(|d| !d.is_empty())
+    }
+
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.name
@@ -190,6 +195,19 @@ impl Instance {
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
         format!("/broctld.{uid}.{}.{h:08x}", self.name)
+    }
+
+    /// Whether the instance dir exists (something of this instance ran here), checking the
+    /// runtime dir and the instance dir as [`Instance::ensure_dirs`] does, but creating
+    /// nothing: `Ok(false)` when either is missing.
+    pub fn dirs_exist(&self) -> Result<bool, InstanceError> {
+        for d in [self.runtime_dir.clone(), self.dir()] {
+            match std::fs::symlink_metadata(&d) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                _ => checked::private_dir(&d)?,
+            }
+        }
+        Ok(true)
     }
 
     /// Creates (0700) or checks the runtime dir and the instance dir: directories, ours, not

@@ -153,6 +153,15 @@ fn node_dying_while_supervisor_is_dead_is_restarted_with_its_exit_status() {
     );
     assert_eq!(after["a"].restarts, before["a"].restarts + 1);
     assert_eq!(after["b"].pid, before["b"].pid, "b kept its process");
+    // supervisor.log says how it ended in words, not as a Rust debug structure.
+    let log = c.log();
+    assert!(
+        log.contains(&format!(
+            "pid {a} ended while no Supervisor ran (exit 7, reported by the guardian)"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("Code(") && !log.contains("Signal {"), "{log}");
     // The guardian reaped it: no zombie left.
     wait_until(WAIT, "a reaped", || !pid_exists(a));
     let mut ev = EventLog::new(&c);

@@ -362,7 +362,12 @@ fn many_restarts_leave_no_zombie_and_no_leaked_fd() {
         "processes of stopped nodes: {:?}",
         leftovers()
     );
-    // The Supervisor's own fds: what they were before the restarts.
+    // The Supervisor's own fds: what they were before the restarts, once it has finished
+    // with the stopped nodes (`stop` answers when they are down; their last output is drained
+    // and their files closed in the loop turns after, which a loaded machine may delay).
+    eventually(Duration::from_secs(10), Duration::from_millis(10), || {
+        open_fds(sup).is_some_and(|f| f == fds_before)
+    });
     let fds_after = open_fds(sup).unwrap();
     assert_eq!(
         fds_after,

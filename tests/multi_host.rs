@@ -261,7 +261,8 @@ impl Net {
     }
 
     fn stop_sshd(&mut self, h: usize) {
-        if let Some(mut c) = self.sshd[h - 1].take() {
+        // (A set-up that failed before this host's sshd started has no slot for it.)
+        if let Some(mut c) = self.sshd.get_mut(h - 1).and_then(Option::take) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -405,12 +406,53 @@ impl Drop for Net {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Every process still in one of the test's namespaces: above all sshd's sessions
+        // (`sshd: root@notty`), which outlive their listening sshd, neither name the test's
+        // folder nor run in it, and whose peer, once the namespaces go, can never close
+        // their connection: they would wait forever, orphaned.
+        for _ in 0..40 {
+            let left = self.in_namespaces();
+            if left.is_empty() {
+                break;
+            }
+            for p in left {
+                // SAFETY: kill has no memory preconditions; the pid was just listed.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = self.in_namespaces();
         for h in 0..=HOSTS {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(h)])
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!(
+                "processes left in the test's network namespaces: {}",
+                common::describe_pids(&left)
+            );
+        }
+    }
+}
+
+impl Net {
+    /// Every process in one of the test's network namespaces (`ip netns pids`).
+    fn in_namespaces(&self) -> Vec<u32> {
+        (0..=HOSTS)
+            .flat_map(|h| {
+                Command::new("ip")
+                    .args(["netns", "pids", &self.ns(h)])
+                    .stderr(Stdio::null())
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 

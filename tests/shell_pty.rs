@@ -480,3 +480,49 @@ fn the_prompt_says_attached_when_another_main_starts_the_supervisor() {
     t.wait("the status table", |s| s.contains("LAST EXIT"));
     t.line("exit");
 }
+
+/// Leaving the shell says what keeps running, the same for Ctrl-D and `exit`: with a
+/// Supervisor, that it and every node run on; with none, that there is none (not that
+/// anything "keeps running"). A line that is not UTF-8 is refused and the shell reads on.
+#[test]
+fn ctrl_d_and_exit_say_what_keeps_running() {
+    let c = Cluster::new("shell_leave", CLUSTER);
+    let none = prompt(&c, "no supervisor");
+    let left = format!(
+        "left the shell: no Supervisor runs for instance '{}'",
+        c.instance
+    );
+    for key in ["\x04", "exit\r"] {
+        let mut t = Term::open(&c, &[("NO_COLOR", "1")]);
+        t.wait_prompt(&none, "");
+        t.send(key);
+        let screen = t.wait("the leaving message", |s| s.contains(&left));
+        assert!(!screen.contains("keep running"), "{key:?}:\n{screen}");
+        assert_eq!(t.exit_status(), 0, "{key:?}");
+    }
+    c.start();
+    let attached = prompt(&c, "attached");
+    for key in ["\x04", "exit\r"] {
+        let mut t = Term::open(&c, &[("NO_COLOR", "1")]);
+        t.wait_prompt(&attached, "");
+        // Bytes that are not UTF-8, typed as a line: refused or taken, never the end.
+        {
+            let mut w = t.writer.lock().unwrap();
+            w.write_all(b"status \xff\xfe\r").unwrap();
+            w.flush().unwrap();
+        }
+        t.wait("the line refused", |s| {
+            s.contains("the line typed is not valid UTF-8; ignored")
+        });
+        t.wait_prompt(&attached, "");
+        t.line("ping");
+        t.wait("pong", |s| s.contains("pong from Supervisor pid"));
+        t.wait_prompt(&attached, "");
+        t.send(key);
+        t.wait("the detach message", |s| {
+            s.contains("detached: the Supervisor and every node keep running")
+        });
+        assert_eq!(t.exit_status(), 0, "{key:?}");
+    }
+    assert!(c.status().values().all(|n| n.state == "running"));
+}

@@ -11,11 +11,19 @@
 //! through `std::process::exit`, which flushes stdout. The release build aborts on a panic
 //! (`panic = "abort"`, for size); a panic still exits with status 101 after its message, as
 //! with unwinding, rather than dying of SIGABRT (and leaving a core dump).
-#![no_main]
+//!
+//! Arguments are taken as `OsString`s: a path need not be UTF-8, and a word that must be
+//! (a node or instance name) is refused by the parser with a message, not a panic.
+//!
+//! Built as a test target (`cargo test --bin broctld`, though Cargo.toml sets `test = false`),
+//! the file has no C `main`: the harness's own runs, with no tests, instead of the program.
+#![cfg_attr(not(test), no_main)]
 
+#[cfg(not(test))]
 use std::ffi::{c_char, c_int};
 
 /// The process's entry point, called by the C runtime.
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     sanitize_stdio();
@@ -27,11 +35,12 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
         // SAFETY: _exit ends the process at once; nothing after it runs.
         unsafe { libc::_exit(101) }
     }));
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     std::process::exit(broctld::cli::main(args));
 }
 
 /// Opens `/dev/null` on each of fds 0, 1 and 2 that is closed (as std does before `main`).
+#[cfg(not(test))]
 fn sanitize_stdio() {
     for fd in 0..3 {
         // SAFETY: F_GETFD on any number only reports whether it is open.

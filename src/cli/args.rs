@@ -27,14 +27,23 @@ others' results were shown and applied).\n\n\
 Environment: NO_COLOR (no colors), XDG_STATE_HOME (the shell's history), BROCTLD_RUNTIME_DIR, \
 NOTIFY_SOCKET (set by systemd for `daemon`).";
 
+/// What the program is: the first line of `--help`, and README's first sentence (a test
+/// holds the two together).
+pub const ABOUT: &str = "A process supervisor for Zeek clusters and small hosts whose control plane can exit, crash or be upgraded without any node restarting.";
+
+/// `--help`'s account of what the program does (`-h` shows [`ABOUT`] only).
+const LONG_ABOUT: &str = "A process supervisor for Zeek clusters and small hosts whose control plane can exit, crash or be upgraded without any node restarting.\n\n\
+broctld is two processes. The Supervisor (started once, detached, by the first `start`) starts the nodes (a Zeek instance each, or any program), restarts them by policy and stops them when told. Main (this command: the control shell, or one command and exit) reads their status from shared memory and sends commands through a mailbox in the same region. Main can exit or be killed, and the Supervisor can be killed or upgraded: the nodes keep running under the same pids, and a new Supervisor adopts them.\n\n\
+Quick start: `broctld --config examples/broctld.toml` opens the shell on the bundled example; `start`, `status`, then `exit` (the cluster keeps running) or `shutdown` (it stops).";
+
 /// `broctld [OPTIONS] [COMMAND]`: the whole command line of one-shot use. Without a
 /// command, `broctld` opens the control shell.
 #[derive(Debug, Parser)]
 #[command(
     name = "broctld",
     version,
-    about = "Supervise a Zeek cluster (or any programs) so that the control plane can exit, crash or be upgraded without any node restarting.",
-    long_about = None,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
     disable_help_subcommand = true,
     after_help = format!("Without a COMMAND, broctld opens the control shell.\n\n{NODE_HELP}\n\n{EXIT_HELP}"),
 )]
@@ -318,6 +327,17 @@ pub enum Cmd {
     },
 }
 
+impl Cmd {
+    /// Whether the command only reports on the instance's runtime state (and so creates
+    /// nothing in the runtime dir).
+    pub fn reports_on_instance(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Status { .. } | Cmd::Events { .. } | Cmd::Top { .. } | Cmd::Ping { .. }
+        )
+    }
+}
+
 fn parse_signal(s: &str) -> Result<i32, String> {
     crate::config::signal_from_name(s)
         .ok_or_else(|| format!("unknown signal '{s}'{}", crate::config::signal_hint(s)))
@@ -422,9 +442,16 @@ pub fn takes_nodes(cmd: &str) -> bool {
 }
 
 /// The completion script for `shell` (generated into memory: clap_complete panics on a
-/// write error, and stdout may be a closed pipe).
+/// write error, and stdout may be a closed pipe). The internal modes (`__supervisor`,
+/// `__guardian`) are left out: clap_complete offers hidden subcommands too, so the script is
+/// generated from a copy of the command line without them.
 pub fn completions(shell: CompletionShell) -> Vec<u8> {
-    let mut cmd = Cli::command();
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("broctld")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_subcommand(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
     let mut buf = Vec::new();
     clap_complete::generate(shell.generator(), &mut cmd, "broctld", &mut buf);
     buf

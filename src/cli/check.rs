@@ -26,6 +26,18 @@ pub struct Problem {
 pub fn problems(config: &Config) -> Vec<Problem> {
     let root = nix::unistd::geteuid().is_root();
     let mut out = Vec::new();
+    // What the Supervisor refuses before anything else (`start` and `reload` say the same).
+    let max = crate::protocol::layout::MAX_NODES;
+    if let Some(first_over) = config.nodes.get(max) {
+        out.push(Problem {
+            line: first_over.line,
+            message: crate::supervisor::SupervisorError::TooManyNodes {
+                count: config.nodes.len(),
+                max,
+            }
+            .to_string(),
+        });
+    }
     for n in &config.nodes {
         let mut say = |message: String| {
             out.push(Problem {

@@ -12,25 +12,68 @@ use crate::protocol::node::Exit;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-/// Node names by table index at one table epoch, to label events.
+/// Node names by table index at one table epoch, to label events, and the names of the
+/// earlier epochs this Main saw (the table's epoch moves only when a reload or a takeover
+/// renumbers it; an event of an epoch this Main never saw cannot be named).
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     /// The table's `config_epoch` the names belong to.
     pub epoch: u32,
     /// Names by index.
     pub names: Vec<String>,
+    /// Earlier epochs' names, oldest first (at most [`EARLIER_EPOCHS`]).
+    pub earlier: Vec<(u32, Vec<String>)>,
 }
+
+/// How many earlier numberings a Main keeps to name events written under them.
+pub const EARLIER_EPOCHS: usize = 16;
+
+/// The least width of the node column of event lines (a longer name widens it).
+const NODE_COLUMN: usize = 14;
 
 impl Names {
     /// The names of the nodes in `client`'s table.
     pub fn of(client: &Client) -> Names {
         let (epoch, names) = client.names_now();
-        Names { epoch, names }
+        Names {
+            epoch,
+            names,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// Reads `client`'s table again; the names of the epoch left behind are kept to name
+    /// events written under it.
+    pub fn refresh(&mut self, client: &Client) {
+        let now = Names::of(client);
+        if now.epoch != self.epoch {
+            let old = std::mem::take(&mut self.names);
+            self.earlier.push((self.epoch, old));
+            if self.earlier.len() > EARLIER_EPOCHS {
+                self.earlier.remove(0);
+            }
+        }
+        self.epoch = now.epoch;
+        self.names = now.names;
+    }
+
+    /// The width of the node column: every name fits, and so does a label such as
+    /// `#12(renumbered)`.
+    pub fn width(&self) -> usize {
+        self.names
+            .iter()
+            .chain(self.earlier.iter().flat_map(|(_, n)| n))
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .max(NODE_COLUMN)
     }
 
     /// Whether `ev` was written at another table epoch than these names (refresh them).
     pub fn stale_for(&self, ev: &Event) -> bool {
-        ev.node != NO_NODE && ev.epoch != self.epoch
+        ev.node != NO_NODE
+            && ev.epoch != self.epoch
+            && !self.earlier.iter().any(|(e, _)| *e == ev.epoch)
     }
 
     /// The label of the node `ev` is about (`-` for none): its name if the event was written
@@ -40,10 +83,15 @@ impl Names {
         if i == NO_NODE {
             return "-".into();
         }
-        if ev.epoch != self.epoch {
-            return format!("#{i}(renumbered)");
-        }
-        match self.names.get(i as usize) {
+        let names = if ev.epoch == self.epoch {
+            &self.names
+        } else {
+            match self.earlier.iter().rev().find(|(e, _)| *e == ev.epoch) {
+                Some((_, n)) => n,
+                None => return format!("#{i}(renumbered)"),
+            }
+        };
+        match names.get(i as usize) {
             Some(n) if !n.is_empty() => n.clone(),
             _ => format!("#{i}"),
         }
@@ -85,12 +133,21 @@ pub fn detail(ev: &Event) -> String {
         EventKind::Stopped => String::new(),
         EventKind::SpawnFailed => exit,
         EventKind::CommandApplied => {
-            let op = Opcode::from_u32((ev.b & 0xffff_ffff) as u32).map_or("?", Opcode::as_str);
+            let code = (ev.b & 0xffff_ffff) as u32;
+            let op = Opcode::from_u32(code).map_or_else(
+                || format!("command {code} (unknown to this Main)"),
+                |o| o.as_str().to_owned(),
+            );
             let result = match ev.exit {
-                Some(Exit::Code(0)) => "ok",
-                Some(Exit::Code(1)) => "rejected",
-                Some(Exit::Code(2)) => "unsupported",
-                _ => "?",
+                Some(Exit::Code(0)) => "ok".to_owned(),
+                Some(Exit::Code(1)) => "rejected".to_owned(),
+                Some(Exit::Code(2)) => "unsupported".to_owned(),
+                Some(Exit::Code(3)) => {
+                    "not applied: a reload renumbered the nodes since the Main named them (it resends it)"
+                        .to_owned()
+                }
+                Some(Exit::Code(n)) => format!("reply status {n}"),
+                _ => "no reply status recorded".to_owned(),
             };
             format!(
                 "{op} from pid {} (command seq {}): {result}",
@@ -136,11 +193,12 @@ pub fn upgrade_failure_text(ev: &Event) -> String {
 
 /// One event as a line: time, sequence number, node, what happened, details.
 pub fn line(seq: u64, ev: &Event, names: &Names, style: Style) -> String {
+    let width = names.width();
     let kind = ev.kind.as_str();
     let padded = format!("{kind:<19}");
     let d = detail(ev);
     let s = format!(
-        "{}  #{:<5} {:<12} {}{}",
+        "{}  #{:<5} {:<width$} {}{}",
         crate::sys::clock::format_wall_ms(ev.wall_ms),
         seq,
         names.label(ev),
@@ -299,6 +357,7 @@ mod tests {
         let names = Names {
             epoch: 0,
             names: vec!["logger-1".into(), "worker-1".into()],
+            earlier: Vec::new(),
         };
         let l = line(7, &ev, &names, Style::plain());
         assert!(l.contains("#7"), "{l}");
@@ -321,5 +380,18 @@ mod tests {
         old.epoch = 5;
         assert_eq!(names.label(&old), "#1(renumbered)");
         assert!(names.stale_for(&old));
+        // One this Main saw: named by the numbering it was written under.
+        let mut seen = names.clone();
+        seen.earlier
+            .push((5, vec!["proxy-1".into(), "manager".into()]));
+        assert_eq!(seen.label(&old), "manager");
+        let a = line(1, &old, &seen, Style::plain());
+        let b = line(
+            2,
+            &Event::now(EventKind::Ready, 0, 1),
+            &seen,
+            Style::plain(),
+        );
+        assert_eq!(a.find("ready"), b.find("ready"), "{a}\n{b}");
     }
 }

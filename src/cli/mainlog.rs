@@ -16,10 +16,11 @@ pub fn path(instance: &Instance) -> PathBuf {
 }
 
 /// Appends one line to the instance's log. Nothing happens if the runtime dir cannot be used
-/// (the command itself reports that).
+/// (the command itself reports that), or if the instance dir does not exist: a command that
+/// created nothing (one that only reads, with nothing running) leaves no log behind either.
 pub fn append(instance: &Instance, what: &str, result: &str) {
     // Checked every time: never write into a runtime dir someone else controls.
-    if instance.ensure_dirs().is_err() {
+    if !matches!(instance.dirs_exist(), Ok(true)) {
         return;
     }
     let p = path(instance);

@@ -1,5 +1,29 @@
 //! The `broctld` program: global options, one-shot commands, the shell, and the hidden
 //! Supervisor mode (`__supervisor`), so that one installed executable is the whole daemon.
+//!
+//! Every `print!`/`println!`/`eprint!`/`eprintln!` in this module and below is
+//! [`output::print_out`]'s or [`output::print_err`]'s, not std's (which panics when the stream
+//! is closed): a closed stdout (`broctld status | head -1`) ends a one-shot command quietly, as
+//! `ls | head` ends, and a closed stderr is ignored.
+
+/// `print!` to stdout; a closed stdout ends the process quietly (see [`output::print_out`]).
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::cli::output::print_out(format_args!($($arg)*)) };
+}
+/// `println!` to stdout; a closed stdout ends the process quietly (see [`output::print_out`]).
+macro_rules! println {
+    () => { $crate::cli::output::print_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::output::print_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+/// `eprint!` to stderr, never panicking (see [`output::print_err`]).
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::cli::output::print_err(format_args!($($arg)*)) };
+}
+/// `eprintln!` to stderr, never panicking (see [`output::print_err`]).
+macro_rules! eprintln {
+    () => { $crate::cli::output::print_err(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::output::print_err(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 pub mod args;
 pub mod check;
@@ -21,9 +45,11 @@ use crate::instance::Instance;
 use args::{Cli, Cmd};
 use clap::Parser;
 use session::{Outcome, Session};
+use std::ffi::OsString;
+use std::path::Path;
 
 /// Runs the program with `args` (without `argv[0]`); returns the exit status.
-pub fn main(args: Vec<String>) -> i32 {
+pub fn main(args: Vec<OsString>) -> i32 {
     // Probe mode, before anything else: a Supervisor about to re-execute this binary asks it
     // who it is (see `supervisor::upgrade`). Nothing is read, created or locked.
     if args.len() == 1 && args[0] == crate::supervisor::upgrade::PROBE_ARG {
@@ -36,17 +62,29 @@ pub fn main(args: Vec<String>) -> i32 {
         };
     }
     let cli = match Cli::try_parse_from(
-        std::iter::once("broctld".to_owned()).chain(args.iter().cloned()),
+        std::iter::once(OsString::from("broctld")).chain(args.iter().cloned()),
     ) {
         Ok(c) => c,
+        Err(e) if e.kind() == clap::error::ErrorKind::InvalidUtf8 => {
+            eprintln!("broctld: {}", not_utf8(&args));
+            return 2;
+        }
         Err(e) => {
             // --help and --version print on stdout and exit 0; usage errors exit 2.
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let globals = cli.globals;
     let cmd = cli.command;
+    if matches!(cmd, Some(Cmd::Daemon)) {
+        // A service's Main never dies of its log stream closing.
+        output::keep_running_on_closed_stdout();
+    }
     if let Some(Cmd::Completions { shell }) = cmd {
         use std::io::Write;
         return match std::io::stdout()
@@ -66,10 +104,27 @@ pub fn main(args: Vec<String>) -> i32 {
         // thread: nothing else reads the environment yet).
         std::env::set_var(crate::config::zeek_cluster::HOST_ENV, host);
     }
-    let runtime_dir = globals
-        .runtime_dir
-        .clone()
-        .unwrap_or_else(Instance::default_runtime_dir);
+    let (runtime_dir, given) = match globals.runtime_dir.clone() {
+        Some(d) => (d, Some("--runtime-dir")),
+        None => (
+            Instance::default_runtime_dir(),
+            Instance::runtime_dir_from_env().then_some("BROCTLD_RUNTIME_DIR"),
+        ),
+    };
+    let internal = matches!(cmd, Some(Cmd::Supervisor { .. } | Cmd::Guardian { .. }));
+    if !internal {
+        // The note about a named runtime dir that does not exist is for the commands that
+        // report on the instance; the others do not look there.
+        let reports = cmd.as_ref().is_some_and(Cmd::reports_on_instance);
+        match usable_runtime_dir(&runtime_dir, given, reports) {
+            Ok(Some(note)) => eprintln!("broctld: {note}"),
+            Ok(None) => {}
+            Err(why) => {
+                eprintln!("broctld: {why}");
+                return 2;
+            }
+        }
+    }
     let instance = match Instance::new(
         globals.instance.as_deref().unwrap_or("default"),
         &runtime_dir,
@@ -137,6 +192,55 @@ pub fn main(args: Vec<String>) -> i32 {
             }
             code
         }
+    }
+}
+
+/// Why a command line that clap refused as not UTF-8 is refused, naming the first such word.
+fn not_utf8(args: &[OsString]) -> String {
+    let (i, bad) = args
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.to_str().is_none())
+        .map_or((0, OsString::new()), |(i, a)| (i, a.clone()));
+    let what = match i.checked_sub(1).and_then(|p| args[p].to_str()) {
+        Some(o @ ("-i" | "--instance" | "--host")) => format!("the value of {o}"),
+        _ => format!("argument {}", i + 1),
+    };
+    format!(
+        "{what} ({}) is not valid UTF-8: node, instance and host names are ASCII (A-Z a-z 0-9 _ . -); only paths (--config, --runtime-dir) may be any bytes",
+        output::bytes_shown(bad.as_encoded_bytes())
+    )
+}
+
+/// Refuses a runtime dir that cannot be one (an existing path that is not a directory), and
+/// gives a note for a dir that was named (`given`: by `--runtime-dir` or `BROCTLD_RUNTIME_DIR`)
+/// and does not exist, for a command that reports on the instance (`reports`; it creates
+/// nothing): nothing can have run there, whatever runs elsewhere. The default dir's absence
+/// only means that nothing runs yet.
+fn usable_runtime_dir(
+    dir: &Path,
+    given: Option<&str>,
+    reports: bool,
+) -> Result<Option<String>, String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(None),
+        Ok(_) => Err(format!(
+            "runtime dir {} is not a directory{}",
+            dir.display(),
+            given.map_or(String::new(), |g| format!(" (from {g})"))
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(given.filter(|_| reports).map(|g| {
+            format!(
+                "note: runtime dir {} (from {g}) does not exist: no instance has run there (`start` creates it)",
+                dir.display()
+            )
+        })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(format!(
+            "runtime dir {}: a part of the path is not a directory",
+            dir.display()
+        )),
+        // Permission denied and the like: the instance's own checks say so.
+        Err(_) => Ok(None),
     }
 }
 

@@ -5,7 +5,103 @@ use crate::client::NodeStatus;
 use crate::config::NodeSpec;
 use crate::protocol::node::{Exit, NodeState};
 use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Whether a closed stdout is ignored rather than ending the process (the daemon's).
+static KEEP_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// From now on a closed stdout is ignored: what was to be printed is dropped and the process
+/// runs on (`broctld daemon`, whose stdout is the service's log stream).
+pub fn keep_running_on_closed_stdout() {
+    KEEP_RUNNING.store(true, Ordering::Relaxed);
+}
+
+/// Ends the process as a closed pipe ends `ls` in `ls | head`: by SIGPIPE (exit status 141 in
+/// a shell), with nothing printed. SIGPIPE is ignored from the start (a write to a closed pipe
+/// is an `EPIPE` error everywhere else); here its default action is restored and it is raised.
+/// A no-op for a process that keeps running on a closed stdout.
+pub fn stdout_closed() {
+    if KEEP_RUNNING.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: restoring a signal's default disposition and raising it have no preconditions;
+    // SIGPIPE's default action ends the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Not reached unless SIGPIPE is blocked.
+    std::process::exit(141);
+}
+
+/// Whether stdout is a pipe whose reading end is closed (`broctld events -f | head -1` once
+/// `head` is gone), asked without writing: a command that follows (`events -f`, `logs -f`,
+/// `top -d`) checks it while it waits, so it ends even when nothing more is written. A
+/// terminal or a file never reads as closed.
+pub fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Whether a following command should end: Ctrl-C, or a closed stdout (which ends the
+/// process quietly, see [`stdout_closed`]).
+pub fn follow_should_end() -> bool {
+    if stdout_is_closed() {
+        stdout_closed();
+    }
+    super::interrupt::pending()
+}
+
+/// What `print!` prints in the CLI: std's, except that a closed stdout is not a panic but
+/// [`stdout_closed`]; other write errors are ignored (there is nowhere left to say them).
+pub fn print_out(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            drop(out);
+            stdout_closed();
+        }
+    }
+}
+
+/// What `eprint!` prints in the CLI: std's, except that a write error (a closed stderr) is
+/// ignored rather than a panic.
+pub fn print_err(args: std::fmt::Arguments) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// `s` as text, each byte that is not part of valid UTF-8 shown as `\xNN`.
+pub fn bytes_shown(s: &[u8]) -> String {
+    s.utf8_chunks()
+        .map(|c| {
+            let mut out = c.valid().escape_debug().to_string();
+            for b in c.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+            out
+        })
+        .collect()
+}
+
+/// Checks a write to stdout made directly (not by `print!`): a closed stdout is
+/// [`stdout_closed`]; any other error is returned.
+pub fn checked_write(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            stdout_closed();
+            Ok(())
+        }
+        other => other,
+    }
+}
 
 /// `1h02m03s`, `4m05s`, `6.2s`, `350ms`: the two largest units, fixed width, for table
 /// columns (humantime's `format_duration` writes every unit, `1h 2m 3s 350ms`, too wide here).

@@ -38,7 +38,7 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// No config file could be found.
-    #[error("no config file: none given with --config, and neither {} nor {} exists", .0.display(), .1.display())]
+    #[error("no config file: none given with --config, and neither {} nor {} exists; name one with --config FILE (the bundled example: --config examples/broctld.toml)", .0.display(), .1.display())]
     NoConfig(PathBuf, PathBuf),
     /// The command ran but did not reach its goal.
     #[error("{0}")]
@@ -373,10 +373,12 @@ impl Session {
             )),
             Cmd::Completions { shell } => {
                 use std::io::Write;
-                std::io::stdout()
-                    .lock()
-                    .write_all(&super::args::completions(*shell))
-                    .map_err(|e| CliError::Failed(format!("writing the completion script: {e}")))?;
+                output::checked_write(
+                    std::io::stdout()
+                        .lock()
+                        .write_all(&super::args::completions(*shell)),
+                )
+                .map_err(|e| CliError::Failed(format!("writing the completion script: {e}")))?;
                 Ok(Outcome::Done)
             }
             Cmd::Daemon => Err(CliError::Usage(

@@ -85,26 +85,74 @@ fn run_line(session: &mut Session, line: &str) -> Option<i32> {
         );
     }
     match outcome {
+        Some(Outcome::Detach) => {
+            println!("{}", leaving(session));
+            Some(0)
+        }
         // `shutdown` ends the shell too: the Supervisor is gone.
-        Some(Outcome::Detach | Outcome::ShutDown) => Some(0),
+        Some(Outcome::ShutDown) => Some(0),
         _ => None,
     }
+}
+
+/// What the shell says as it closes by `exit`, `quit`, `detach` or Ctrl-D: that everything
+/// keeps running, or, with no Supervisor, that there was none (nothing keeps running for it).
+fn leaving(session: &mut Session) -> String {
+    match session.supervisor_word() {
+        "no supervisor" => format!(
+            "left the shell: no Supervisor runs for instance '{}'",
+            session.instance().name()
+        ),
+        _ => "detached: the Supervisor and every node keep running".into(),
+    }
+}
+
+/// One input line of a script: its bytes as text, or, when they are not UTF-8, a message
+/// saying so (the line is skipped and the shell reads on).
+fn script_line(bytes: &[u8], number: usize) -> Result<String, String> {
+    let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    std::str::from_utf8(trimmed)
+        .map(str::to_owned)
+        .map_err(|_| {
+            format!(
+                "input line {number} is not valid UTF-8, skipped: {}",
+                super::output::bytes_shown(trimmed)
+            )
+        })
 }
 
 fn run_plain(session: &mut Session) -> i32 {
     let name = session.instance().name().to_owned();
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut input = stdin.lock();
+    let mut bytes = Vec::new();
+    let mut number = 0;
     loop {
         let state = session.supervisor_word();
         print!("broctld[{name}|{state}]> ");
-        let _ = std::io::stdout().flush();
-        let Some(Ok(line)) = lines.next() else {
-            println!();
-            return 0;
-        };
-        if let Some(code) = run_line(session, &line) {
-            return code;
+        let _ = super::output::checked_write(std::io::stdout().flush());
+        bytes.clear();
+        match input.read_until(b'\n', &mut bytes) {
+            Ok(0) => {
+                println!();
+                return 0;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                println!();
+                eprintln!("broctld: reading input: {e}");
+                return 1;
+            }
+        }
+        number += 1;
+        match script_line(&bytes, number) {
+            Ok(line) => {
+                if let Some(code) = run_line(session, &line) {
+                    return code;
+                }
+            }
+            Err(why) => eprintln!("broctld: {why}"),
         }
     }
 }
@@ -662,9 +710,18 @@ fn run_interactive(session: &mut Session) -> i32 {
                 continue;
             }
             Err(ReadlineError::Eof) => {
-                println!("detached: the Supervisor and every node keep running");
+                println!("{}", leaving(session));
                 mainlog::append(session.instance(), "shell: Ctrl-D", "detached");
                 break 0;
+            }
+            // Bytes that are not UTF-8 (a paste, a wrong terminal encoding): that line is
+            // dropped and the shell reads on.
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                if let Some(h) = ed.helper() {
+                    h.take_typed();
+                }
+                eprintln!("broctld: the line typed is not valid UTF-8; ignored");
+                continue;
             }
             Err(e) => {
                 eprintln!("broctld: reading the terminal: {e}");

@@ -120,7 +120,7 @@ pub fn measure(
 ) -> HashMap<u32, Usage> {
     let first = snapshot();
     let t0 = Instant::now();
-    while !super::interrupt::pending() {
+    while !super::output::follow_should_end() {
         let left = interval.saturating_sub(t0.elapsed());
         if left.is_zero() {
             break;

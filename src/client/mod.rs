@@ -522,8 +522,11 @@ impl Client {
             dir: instance.runtime_dir().to_owned(),
         };
         // The runtime and instance dirs must be ours and private before anything in them is
-        // trusted (a Main must not talk to a Supervisor someone planted there).
-        instance.ensure_dirs()?;
+        // trusted (a Main must not talk to a Supervisor someone planted there). Attaching
+        // creates nothing: with no instance dir, nothing of this instance runs.
+        if !instance.dirs_exist()? {
+            return Err(not_running());
+        }
         let name = instance.shm_name();
         let identity = instance.identity();
         // A Supervisor that is starting holds the lock before its region is ready: wait a bit.

@@ -503,6 +503,24 @@ pub fn valid_name(s: &str) -> bool {
         && s != ".."
 }
 
+/// Why `s` cannot be a node's name although its characters can: it is a selector, a word
+/// that commands take for a set of nodes (`all`, or a role in the plural such as `workers`),
+/// so a node of that name could never be addressed alone (`stop workers` stops the workers).
+pub fn selector_name(s: &str) -> Option<String> {
+    if s == "all" {
+        return Some("'all' selects every node".into());
+    }
+    NodeType::ALL
+        .iter()
+        .find(|t| t.plural() == s)
+        .map(|t| format!("'{s}' selects every node of type {}", t.as_str()))
+}
+
+/// The message for a node name that is a selector (see [`selector_name`]).
+pub fn selector_name_message(name: &str, why: &str) -> String {
+    format!("node name '{name}' is a selector, not a name: {why} in commands, so a node of that name could not be addressed alone; choose another name")
+}
+
 /// Largest signal number accepted as a number (Linux's `SIGRTMAX`).
 const MAX_SIGNAL: i32 = 64;
 
@@ -2010,6 +2028,14 @@ impl Checker<'_> {
             }
         };
         let name_line = self.line_of(name_entry.value.start(), line);
+        if let Some(why) = selector_name(&name) {
+            self.report(self.src.invalid(
+                name_line,
+                Some("name"),
+                selector_name_message(&name, &why),
+            ));
+            return None;
+        }
         if let Some(&first) = by_name.get(&name) {
             self.report(self.src.invalid(
                 name_line,

@@ -217,6 +217,14 @@ fn expand(
             format!("invalid node name '{name}'"),
         ));
     }
+    if let Some(why) = super::selector_name(name) {
+        return Err(invalid(
+            path,
+            s.line,
+            None,
+            super::selector_name_message(name, &why),
+        ));
+    }
     let Some((t, tline)) = s.get("type") else {
         return Err(invalid(
             path,

@@ -732,12 +732,20 @@ impl Supervisor {
     }
 
     fn save_running_config(&self, text: &str) {
-        if let Err(e) = running::save(&self.instance.dir(), &self.config_path, text) {
-            log!(
-                "cannot save the running config in {}: {e}; a replacement Supervisor would read {} instead",
-                self.instance.dir().display(),
-                self.config_path.display()
-            );
+        let dir = self.instance.dir();
+        if let Err(e) = running::save(&dir, &self.config_path, text) {
+            if running::exists(&dir) {
+                log!(
+                    "cannot save the running config in {}: {e}; the previous running config is kept, so a replacement Supervisor (after a crash or an upgrade) would run that one, not this one, until a save succeeds",
+                    dir.display()
+                );
+            } else {
+                log!(
+                    "cannot save the running config in {}: {e}; a replacement Supervisor would read {} instead",
+                    dir.display(),
+                    self.config_path.display()
+                );
+            }
         }
     }
 }

@@ -102,7 +102,12 @@ impl Supervisor {
                 _ => return,
             };
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            for line in text.lines() {
+            // `MAINPID=` first, as systemd applies it: in `READY=1\nMAINPID=N` the node
+            // becomes running with N as its main process, never for a moment with the old one
+            // (a Main that saw it running would report the pid that is no longer the node's).
+            let (main_pid, rest): (Vec<&str>, Vec<&str>) =
+                text.lines().partition(|l| l.starts_with("MAINPID="));
+            for line in main_pid.into_iter().chain(rest) {
                 self.notify_line(i, line);
             }
         }

@@ -59,7 +59,7 @@ impl Supervisor {
             Ok(child) => self.nodes[i].extras_mut().check_pid = Some(child.id()),
             Err(e) => {
                 log!(
-                    "node {}: cannot run its ready_check {:?}: {e}; trying again in {} ms",
+                    "node {}: cannot run its ready_check '{}': {e}; trying again in {} ms",
                     spec.name,
                     spec.policy.ready_check[0],
                     spec.policy.ready_check_interval.as_millis()

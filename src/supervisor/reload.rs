@@ -120,8 +120,8 @@ impl Supervisor {
             self.feed(machine::Input::Command(machine::Command::Start(to_start)));
         }
         self.drop_retired();
-        let h = self.shared.header();
-        h.config_epoch.fetch_add(1, Ordering::Release);
+        // The epoch moved in `reindex` if, and only if, the numbering changed: a reload that
+        // kept every node at its index leaves it, so earlier events still name their nodes.
         let unchanged = (0..self.nodes.len())
             .filter(|&i| !self.machine.is_retiring(i))
             .count()
@@ -147,11 +147,15 @@ impl Supervisor {
     /// After the node list changed order: rebuild the pid map, move every pidfd and readiness
     /// pipe to its node's new token, republish the whole table.
     pub(super) fn reindex(&mut self) {
-        // Indices change: commands that named nodes by the old numbering are now stale.
-        self.shared
-            .header()
-            .config_epoch
-            .fetch_add(1, Ordering::Release);
+        // Indices changed: commands that named nodes by the old numbering are now stale, and
+        // events written before name their nodes by it. Only then does the epoch move: a table
+        // that names the same node at every index as the published one keeps its epoch.
+        if !self.numbering_unchanged() {
+            self.shared
+                .header()
+                .config_epoch
+                .fetch_add(1, Ordering::Release);
+        }
         self.by_pid.clear();
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(pid) = self.machine.core(i).phase.proc_().map(|p| p.pid) {
@@ -188,6 +192,20 @@ impl Supervisor {
         }
         self.reindex_outputs();
         self.publish_all();
+    }
+
+    /// Whether the published table names, index for index, the nodes of `self.nodes` (a
+    /// record that cannot be read counts as a change).
+    fn numbering_unchanged(&self) -> bool {
+        let cells = self.shared.node_cells();
+        let count = self.shared.node_count();
+        count == self.nodes.len()
+            && count <= cells.len()
+            && cells[..count].iter().zip(&self.nodes).all(|(cell, n)| {
+                cell.read()
+                    .and_then(|w| crate::protocol::node::NodeRecord::decode(&w))
+                    .is_some_and(|r| r.name == n.spec.name)
+            })
     }
 
     /// Publishes every record and the count; clears records past the end.

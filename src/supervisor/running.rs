@@ -60,9 +60,21 @@ pub fn save(dir: &Path, config_path: &Path, text: &str) -> io::Result<()> {
         0o077,
     )
     .map_err(|e| io::Error::other(e.to_string()))?;
-    f.write_all(format!("{MAGIC}\n{shown}\n").as_bytes())?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path(dir))
+    let written = f
+        .write_all(format!("{MAGIC}\n{shown}\n").as_bytes())
+        .and_then(|()| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path(dir)));
+    if written.is_err() {
+        // A full disk: the half-written copy goes; the previous running config (if any) was
+        // never touched.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Whether a running config is saved in `dir` (the one the last successful save wrote).
+pub fn exists(dir: &Path) -> bool {
+    std::fs::symlink_metadata(path(dir)).is_ok_and(|m| m.is_file())
 }
 
 /// Loads the running config of the instance in `dir`: `Ok(None)` if there is none.
@@ -94,9 +106,10 @@ pub fn load(dir: &Path) -> Result<Option<(Config, String)>, RunningError> {
     Ok(Some((config, body.to_owned())))
 }
 
-/// Removes the running config (at a clean shutdown).
+/// Removes the running config (at a clean shutdown), and a temporary copy a failed save left.
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_file(path(dir));
+    let _ = std::fs::remove_file(dir.join(format!("{FILE}.tmp")));
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use crate::cli::style::{code, state_color, Cell, Style};
 use crate::cli::{interrupt, top};
 use crate::client::{Client, NodeStatus};
 use crate::config::{Config, NodeSpec};
+use crate::protocol::layout::SupervisorState;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
@@ -47,14 +48,15 @@ impl Session {
         let mut missed_total = 0u64;
         let mut region = events::region_id(&client);
         let mut names = Names::of(&client);
+        let mut shut_down = false;
         loop {
             while let Some((seq, ev, missed)) = client.next_event(&mut cursor) {
                 if missed > 0 {
                     missed_total += missed;
                     eprintln!("broctld: {}", events::missed_note(missed, capacity));
                 }
-                if names.stale_for(&ev) {
-                    names = Names::of(&client);
+                if names.stale_for(&ev) && client.config_epoch() != names.epoch {
+                    names.refresh(&client);
                 }
                 if json {
                     println!("{}", events::json(seq, &ev, &names));
@@ -63,8 +65,13 @@ impl Session {
                 }
                 shown += 1;
                 if ev.kind == crate::protocol::event::EventKind::CommandApplied {
-                    names = Names::of(&client);
+                    names.refresh(&client);
                 }
+            }
+            if shut_down {
+                // Its region is gone with it: nothing of it is left to look at again.
+                events::forget_seen(&self.instance);
+                break;
             }
             events::save_seen(
                 &self.instance,
@@ -76,8 +83,14 @@ impl Session {
             if !follow {
                 break;
             }
-            if interrupt::pending() {
+            if output::follow_should_end() {
                 break;
+            }
+            // A clean `shutdown` (by any Main): the Supervisor said so before it removed its
+            // region, and no Supervisor follows it. Read what it wrote last, then end.
+            if client.supervisor_state() == Some(SupervisorState::Exited) {
+                shut_down = true;
+                continue;
             }
             // Truncated under us (a SIGBUS was caught), or replaced by a rebuilt one.
             let damaged =
@@ -95,7 +108,7 @@ impl Session {
                     );
                 }
                 loop {
-                    if interrupt::pending() {
+                    if output::follow_should_end() {
                         return Ok(Outcome::Done);
                     }
                     std::thread::sleep(Duration::from_millis(250));
@@ -108,7 +121,7 @@ impl Session {
                     region = events::region_id(&client);
                     cursor = client.oldest_event();
                 }
-                names = Names::of(&client);
+                names.refresh(&client);
                 eprintln!(
                     "broctld: following the Supervisor pid {} (generation {})",
                     client.supervisor_pid(),
@@ -117,6 +130,17 @@ impl Session {
                 continue;
             }
             client.wait_event(cursor, Duration::from_millis(250));
+        }
+        if shut_down {
+            eprintln!(
+                "broctld: instance '{}' was shut down (the Supervisor, pid {}, exited); nothing more will happen until a `start`",
+                self.instance.name(),
+                client.supervisor_pid()
+            );
+            self.note(format!(
+                "{shown} event(s) shown; the instance was shut down"
+            ));
+            return Ok(Outcome::Done);
         }
         if shown == 0 && !follow && !json {
             eprintln!(
@@ -204,11 +228,12 @@ impl Session {
             let out = std::io::stdout();
             crate::cli::logfiles::follow(
                 path,
-                interrupt::pending,
+                output::follow_should_end,
                 |lines| {
                     let mut o = out.lock();
-                    let _ = o.write_all(lines);
-                    let _ = o.flush();
+                    let _ = crate::cli::output::checked_write(
+                        o.write_all(lines).and_then(|()| o.flush()),
+                    );
                 },
                 |note| eprintln!("broctld: {note}"),
             )
@@ -323,7 +348,7 @@ impl Session {
         let live = std::io::stdout().is_terminal();
         let interval = Duration::from_secs_f64(delay);
         let mut rounds = 0u64;
-        while !interrupt::pending() {
+        while !output::follow_should_end() {
             if self.client().is_none() {
                 println!(
                     "the Supervisor of instance '{}' is gone",
@@ -341,13 +366,13 @@ impl Session {
                 output::limit(interval)
             );
             let mut out = std::io::stdout().lock();
-            if live {
+            let written = if live {
                 // Home, the frame, then clear whatever an earlier, longer frame left below.
-                let _ = write!(out, "\x1b[H\x1b[2J{head}\n{text}");
+                write!(out, "\x1b[H\x1b[2J{head}\n{text}")
             } else {
-                let _ = write!(out, "{head}\n{text}\n");
-            }
-            let _ = out.flush();
+                write!(out, "{head}\n{text}\n")
+            };
+            let _ = output::checked_write(written.and_then(|()| out.flush()));
             rounds += 1;
         }
         self.note(format!("{rounds} refresh(es)"));

@@ -211,6 +211,15 @@ pub(super) fn report(
     ok: impl Fn(&NodeStatus) -> bool,
 ) -> Result<Outcome, CliError> {
     let mut bad = Vec::new();
+    // In the order the Supervisor goes (by role: loggers first; stops the other way round),
+    // not the config's: `start` then lists nodes as they came up.
+    let mut nodes: Vec<&NodeStatus> = nodes.iter().collect();
+    let key = |n: &&NodeStatus| (n.node_type.start_rank(), n.index);
+    if verb == "stopped" {
+        nodes.sort_by_key(|n| std::cmp::Reverse(key(n)));
+    } else {
+        nodes.sort_by_key(key);
+    }
     for n in nodes {
         if n.damaged {
             println!(
