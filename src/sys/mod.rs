@@ -35,4 +35,5 @@ pub mod pidfd;
 pub mod procscan;
 pub mod procstat;
 pub mod sigdisp;
+pub mod stdio;
 pub mod vfork;
