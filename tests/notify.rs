@@ -83,7 +83,12 @@ fn mainpid_moves_the_nodes_main_process() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(main, named, "the main pid is the one MAINPID named");
+    assert_eq!(
+        main,
+        named,
+        "the main pid is the one MAINPID named\n{}",
+        c.log()
+    );
     wait_until(WAIT, "the named child runs sleep", || {
         std::fs::read_to_string(format!("/proc/{main}/comm")).is_ok_and(|c| c.trim() == "sleep")
     });

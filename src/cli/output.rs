@@ -18,37 +18,21 @@ pub fn keep_running_on_closed_stdout() {
     KEEP_RUNNING.store(true, Ordering::Relaxed);
 }
 
-/// Ends the process as a closed pipe ends `ls` in `ls | head`: by SIGPIPE (exit status 141 in
-/// a shell), with nothing printed. SIGPIPE is ignored from the start (a write to a closed pipe
-/// is an `EPIPE` error everywhere else); here its default action is restored and it is raised.
-/// A no-op for a process that keeps running on a closed stdout.
+/// Ends the process as a closed pipe ends `ls` in `ls | head`: by SIGPIPE, with nothing
+/// printed (see [`crate::sys::stdio::die_of_sigpipe`]). A no-op for a process that keeps
+/// running on a closed stdout.
 pub fn stdout_closed() {
     if KEEP_RUNNING.load(Ordering::Relaxed) {
         return;
     }
-    // SAFETY: restoring a signal's default disposition and raising it have no preconditions;
-    // SIGPIPE's default action ends the process.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
-    // Not reached unless SIGPIPE is blocked.
-    std::process::exit(141);
+    crate::sys::stdio::die_of_sigpipe();
 }
 
 /// Whether stdout is a pipe whose reading end is closed (`broctld events -f | head -1` once
 /// `head` is gone), asked without writing: a command that follows (`events -f`, `logs -f`,
-/// `top -d`) checks it while it waits, so it ends even when nothing more is written. A
-/// terminal or a file never reads as closed.
+/// `top -d`) checks it while it waits, so it ends even when nothing more is written.
 pub fn stdout_is_closed() -> bool {
-    let mut fd = libc::pollfd {
-        fd: 1,
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, a zero timeout.
-    let n = unsafe { libc::poll(&mut fd, 1, 0) };
-    n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    crate::sys::stdio::stdout_reader_gone()
 }
 
 /// Whether a following command should end: Ctrl-C, or a closed stdout (which ends the

@@ -39,4 +39,5 @@ pub mod procenv;
 pub mod procscan;
 pub mod procstat;
 pub mod sigdisp;
+pub mod stdio;
 pub mod vfork;
