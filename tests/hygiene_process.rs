@@ -93,6 +93,13 @@ command = ["@NODE@", "--interval", "10s"]
         "the escaped grandchild outlived the stop, or was not reaped: {}",
         describe_pids(&[escaped])
     );
+    // The event follows the reap by a moment: wait for it (a state), then count.
+    eventually(WAIT, Duration::from_millis(10), || {
+        log.poll();
+        log.of(EventKind::OrphanReaped)
+            .iter()
+            .any(|e| e.pid == escaped)
+    });
     log.poll();
     let reaped: Vec<_> = log
         .of(EventKind::OrphanReaped)
