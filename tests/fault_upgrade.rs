@@ -39,18 +39,29 @@ fn cluster_on_a_copy(name: &str, env: &[(&str, &str)]) -> (Cluster, PathBuf) {
     let exe = c.root.join("bin/broctld");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
     std::fs::copy(broctld_bin(), &exe).expect("copy broctld");
-    let out = std::process::Command::new(&exe)
-        .arg("--runtime-dir")
-        .arg(&c.runtime)
-        .arg("--instance")
-        .arg(&c.instance)
-        .arg("--config")
-        .arg(&c.config)
-        .arg("start")
-        .current_dir(&c.root)
-        .envs(env.iter().copied())
-        .output()
-        .expect("start from the copy");
+    // Another test thread that forks while the copy's write fd is open holds it until its
+    // child execs (ETXTBSY for that moment): the exec is tried again, a bounded number of times.
+    let mut tries = 0;
+    let out = loop {
+        let r = std::process::Command::new(&exe)
+            .arg("--runtime-dir")
+            .arg(&c.runtime)
+            .arg("--instance")
+            .arg(&c.instance)
+            .arg("--config")
+            .arg(&c.config)
+            .arg("start")
+            .current_dir(&c.root)
+            .envs(env.iter().copied())
+            .output();
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.expect("start from the copy"),
+        }
+    };
     assert!(out.status.success(), "{out:?}");
     let sup = c.supervisor_pid();
     assert_eq!(
