@@ -194,36 +194,12 @@ impl Machine {
         nodes.sort_by_key(|&i| (std::cmp::Reverse(self.confs[i].rank), i));
         let mut members = Vec::new();
         for i in nodes {
-            match self.cores[i].phase.clone() {
-                Phase::Running { proc_, .. } => {
-                    self.set(
-                        i,
-                        Phase::Running {
-                            proc_,
-                            stop_queued: Some(then),
-                        },
-                    );
-                    members.push(i);
-                }
-                Phase::Starting {
-                    proc_,
-                    ready,
-                    ready_at,
-                    ready_by,
-                    timed_out,
-                    ..
-                } => {
-                    self.set(
-                        i,
-                        Phase::Starting {
-                            proc_,
-                            ready,
-                            ready_at,
-                            ready_by,
-                            timed_out,
-                            stop_queued: Some(then),
-                        },
-                    );
+            let phase = self.cores[i].phase.clone();
+            match phase {
+                Phase::Running { .. } | Phase::Starting { .. } => {
+                    if let Some(queued) = phase.with_stop_queued(Some(then)) {
+                        self.set(i, queued);
+                    }
                     members.push(i);
                 }
                 // Already going down: it still holds up the nodes that stop after it.

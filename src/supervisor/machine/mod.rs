@@ -196,6 +196,19 @@ impl Phase {
             || matches!(self, Phase::Draining { .. } | Phase::AwaitingMain { .. })
     }
 
+    /// The same `Running` or `Starting` phase with its queued stop set to `q` (`None` for
+    /// any other phase, which has no queued stop).
+    pub fn with_stop_queued(&self, q: Option<Then>) -> Option<Phase> {
+        let mut p = self.clone();
+        match &mut p {
+            Phase::Running { stop_queued, .. } | Phase::Starting { stop_queued, .. } => {
+                *stop_queued = q;
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
     /// The variant's name, as the table in docs/design.md spells it.
     pub fn name(&self) -> &'static str {
         match self {

@@ -778,37 +778,18 @@ impl Machine {
                     },
                 );
             }
+            // A queued stop is cancelled.
             Phase::Running {
-                proc_,
                 stop_queued: Some(_),
-            } => {
-                self.set(
-                    i,
-                    Phase::Running {
-                        proc_,
-                        stop_queued: None,
-                    },
-                );
+                ..
             }
-            Phase::Starting {
-                proc_,
-                ready,
-                ready_at,
-                ready_by,
-                timed_out,
+            | Phase::Starting {
                 stop_queued: Some(_),
+                ..
             } => {
-                self.set(
-                    i,
-                    Phase::Starting {
-                        proc_,
-                        ready,
-                        ready_at,
-                        ready_by,
-                        timed_out,
-                        stop_queued: None,
-                    },
-                );
+                if let Some(running) = phase.with_stop_queued(None) {
+                    self.set(i, running);
+                }
             }
             _ => {}
         }
