@@ -545,3 +545,60 @@ fn an_exit_applied_by_a_predecessor_killed_before_it_published_is_not_applied_ag
         .iter()
         .all(|e| e.pid != failing));
 }
+
+/// Issue 16, defect 8 (second half): with its guardian stopped (`kill -STOP`) and the
+/// Supervisor killed, `status` waited 30 s for the guardian to start a Supervisor it never
+/// would, then said only that none had started. It says at once that the guardian is stopped
+/// and how to resume it, and shows the last recorded rows, unverified; nothing touches the
+/// nodes, and once the guardian runs again its Supervisor adopts them.
+#[test]
+fn status_with_the_guardian_stopped_and_no_supervisor_says_why_at_once() {
+    let c = Cluster::new("status_guardian_stopped", NODES);
+    let before = c.start();
+    let (clean, failing) = (before["clean"].pid.unwrap(), before["failing"].pid.unwrap());
+    let guardian = freeze_guardian(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    let lock = c.instance_dir().join("supervisor.lock");
+    wait_until(WAIT, "the instance lock free", || {
+        matches!(
+            broctld::sys::lockfile::LockFile::probe(&lock),
+            Ok(broctld::sys::lockfile::Probe::Free)
+        )
+    });
+    let out = c.run(&["status"]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(
+        out.code,
+        Some(0),
+        "status of an unsupervised instance:\n{all}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("the guardian (pid {guardian}) is stopped"))
+            && out.stderr.contains(&format!("kill -CONT {guardian}")),
+        "status says the guardian is stopped and how to resume it:\n{all}"
+    );
+    assert!(out.stderr.contains("unverified"), "{all}");
+    for (name, pid) in [("clean", clean), ("failing", failing)] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.contains(name) && l.contains(&pid.to_string())),
+            "the last recorded row of {name} (pid {pid}):\n{all}"
+        );
+        assert!(pid_alive(pid), "{name} (pid {pid}) was touched");
+    }
+    assert_eq!(
+        proc_state(guardian),
+        Some('T'),
+        "the guardian is left as it was"
+    );
+    thaw(guardian);
+    next_supervisor(&c, sup);
+    let after = c.wait_status(WAIT, "both adopted", |s| {
+        s["clean"].pid == Some(clean) && s["failing"].pid == Some(failing)
+    });
+    assert_eq!(after["clean"].state, "running");
+    assert_eq!(after["failing"].state, "running");
+}

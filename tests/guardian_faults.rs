@@ -579,3 +579,53 @@ fn first_mains_umask_nice_and_rlimits_never_reach_nodes() {
     });
     assert_defined_environment(s["c"].pid.unwrap(), "c", "after a restart");
 }
+
+/// Issue 16, defect 8 (second half), the guardian that lives but cannot start a Supervisor:
+/// the replacement for a killed Supervisor refuses to start (here: its doorbell squatted by a
+/// plain file), and the guardian waits longer and longer between attempts. `status` waited up
+/// to 30 s for it; it now reads the guardian's next attempt from its lock file and says at once
+/// that no Supervisor could be started and when the guardian tries again, with the last rows
+/// recorded, unverified. Once the squat is gone, the guardian's next attempt adopts the nodes.
+#[test]
+fn status_while_the_guardian_retries_a_failing_supervisor_says_why_at_once() {
+    let c = Cluster::new("status_guardian_retries", TWO);
+    let before = c.start();
+    let (g, sup) = kill_supervisor_under_frozen_guardian(&c);
+    let bell = c.instance_dir().join("doorbell");
+    std::fs::remove_file(&bell).expect("remove the doorbell");
+    std::fs::write(&bell, "squatted").expect("squat the doorbell");
+    thaw(g);
+    wait_until(
+        WAIT,
+        "the guardian to wait over a second before its next attempt",
+        || {
+            broctld::guardian::next_attempt(&c.instance())
+                .is_some_and(|(left, _)| left > Duration::from_millis(1500))
+        },
+    );
+    let out = c.run(&["status"]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code, Some(0), "{all}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the guardian (pid {g}) could not start a Supervisor"
+        )) && out.stderr.contains("tries again in"),
+        "status says the guardian could not start one and when it tries again:\n{all}"
+    );
+    assert!(out.stderr.contains("unverified"), "{all}");
+    for (name, n) in &before {
+        let pid = n.pid.expect("started");
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.contains(name.as_str()) && l.contains(&pid.to_string())),
+            "the last recorded row of {name} (pid {pid}):\n{all}"
+        );
+    }
+    assert_alive(&before, "while the guardian retries");
+    std::fs::remove_file(&bell).expect("remove the squat");
+    next_supervisor(&c, sup);
+    let after = c.wait_status(WAIT, "all running", all_running);
+    assert_eq!(pids(&after), pids(&before), "{}", c.log());
+    assert!(duplicates(&c.instance).is_empty());
+}

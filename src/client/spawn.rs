@@ -31,6 +31,12 @@ fn wait_for_guardians_supervisor(
         if crate::guardian::holder(instance).is_none() {
             return Ok(false);
         }
+        // A guardian that cannot start one soon: say so now, not after `deadline`.
+        if let Some(why) = guardian_stalled(instance, guardian) {
+            return Err(ClientError::Spawn {
+                message: format!("{why}; see {}", instance.log_path().display()),
+            });
+        }
         if Instant::now() >= deadline {
             return Err(ClientError::Spawn {
                 message: format!(
@@ -41,6 +47,30 @@ fn wait_for_guardians_supervisor(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Longest wait for a guardian's next attempt at starting a Supervisor: one further off than
+/// this is reported at once (its last attempt failed; waiting would not make a command's
+/// answer any truer, and `status` would hang for up to [`crate::guardian::RETRY_MAX`]).
+const NEXT_ATTEMPT_WAIT: Duration = Duration::from_secs(1);
+
+/// Why the guardian `pid` will not start a Supervisor soon, if it will not: it is stopped
+/// (`kill -STOP`, a debugger), or its last attempt failed and it waits before the next one.
+fn guardian_stalled(instance: &Instance, pid: u32) -> Option<String> {
+    if let Ok(Some(st)) = crate::sys::procstat::stat(pid) {
+        if matches!(st.state, 'T' | 't') {
+            return Some(format!(
+                "the guardian (pid {pid}) is stopped (a SIGSTOP or a debugger), so no Supervisor is started; `kill -CONT {pid}` resumes it"
+            ));
+        }
+    }
+    let (left, why) = crate::guardian::next_attempt(instance)?;
+    (left > NEXT_ATTEMPT_WAIT).then(|| {
+        format!(
+            "the guardian (pid {pid}) could not start a Supervisor ({why}) and tries again in {:.1} s",
+            left.as_secs_f64()
+        )
+    })
 }
 
 /// How far a starting Supervisor has got: the events it has published (each node it spawns

@@ -71,6 +71,10 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 pub const SERVE_DEADLINE: Duration = Duration::from_secs(60);
 /// The variable that overrides [`SERVE_DEADLINE`] (milliseconds, read at the guardian's start).
 pub const SERVE_DEADLINE_ENV: &str = "BROCTLD_SERVE_DEADLINE_MS";
+/// The second line of the guardian's lock file: this word, then (while it waits to try
+/// again) [`RETRY_AT`] with the wall-clock time of its next attempt in ms and the reason.
+const INFO: &str = "guardian";
+const RETRY_AT: &str = "retry-at-ms=";
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Reports kept while no Supervisor reads them and the pipe is full; older ones are dropped.
 const PENDING_MAX: usize = 65_536;
@@ -352,7 +356,7 @@ pub fn main(
     if let Err(e) = instance.ensure_dirs() {
         return fail(e.to_string());
     }
-    let lock = match LockFile::acquire(&lock_path(&instance), "guardian") {
+    let lock = match LockFile::acquire(&lock_path(&instance), INFO) {
         Ok(l) => l,
         Err(lockfile::LockError::Held { pid, .. }) => {
             let msg = format!(
@@ -483,6 +487,7 @@ impl Guardian {
         // one place, `reap`.
         drop(child);
         set_nonblocking(&ready_r)?;
+        self.publish_retry(None);
         self.current = Current::Child {
             pid,
             since: Instant::now(),
@@ -766,6 +771,10 @@ impl Guardian {
             // SAFETY: reaps this one zombie; a valid out-pointer.
             unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             if ours {
+                // What it wrote before it ended comes first: its `error: WHY` may still sit in
+                // the readiness pipe when its exit is seen (a SIGCHLD can wake us before the
+                // pipe does), and the Main must get that line, not "exited with status 2".
+                self.read_ready();
                 if let Some(code) = self.on_supervisor_exit(pid, status) {
                     return Some(code);
                 }
@@ -878,6 +887,28 @@ impl Guardian {
         self.current = Current::Waiting {
             at: Instant::now() + self.retry,
         };
+        self.publish_retry(Some(why));
+    }
+
+    /// Says on the lock file's second line whether (and when, and why) a Supervisor is next
+    /// tried, so that a Main waiting for this guardian's Supervisor does not wait in vain:
+    /// see [`next_attempt`].
+    fn publish_retry(&mut self, why: Option<&str>) {
+        let info = match why {
+            None => INFO.to_owned(),
+            Some(why) => {
+                let at = std::time::SystemTime::now() + self.retry;
+                let ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                format!("{INFO} {RETRY_AT}{ms} {why}")
+            }
+        };
+        if let Some(lock) = self.lock.as_mut() {
+            if let Err(e) = lock.set_info(&info) {
+                log!("guardian: cannot note its next attempt in its lock file: {e}");
+            }
+        }
     }
 
     /// Watch mode: the watched Supervisor is gone; start the next one, unless it shut down.
@@ -911,6 +942,25 @@ impl Guardian {
             }
         }
     }
+}
+
+/// A guardian that is waiting to try again, as its lock file says: how long until its next
+/// attempt (zero if that time has come) and why the last one failed. `None` while it is not
+/// waiting (it is starting or watching a Supervisor), or when no guardian holds the instance.
+pub fn next_attempt(instance: &Instance) -> Option<(Duration, String)> {
+    let lockfile::Probe::Held { info, .. } = LockFile::probe(&lock_path(instance)).ok()? else {
+        return None;
+    };
+    let rest = info
+        .strip_prefix(INFO)?
+        .trim_start()
+        .strip_prefix(RETRY_AT)?;
+    let (ms, why) = rest.split_once(' ').unwrap_or((rest, ""));
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.parse().ok()?);
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some((left, why.to_owned()))
 }
 
 /// Whether a guardian holds `instance` (and which pid it wrote).

@@ -176,6 +176,24 @@ impl LockFile {
         self.file.write_all(line.as_bytes()).map_err(io_err)
     }
 
+    /// Replaces the second line (`info`) while keeping the holder line as it is, byte for
+    /// byte: the new text is written over the old one and the file cut to its end, so a
+    /// reader never finds the holder line missing (one that reads mid-write may find a mixed
+    /// `info`: it is a hint, never evidence).
+    pub fn set_info(&mut self, info: &str) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{}\n", info.replace('\n', " "));
+        let mut old = Vec::new();
+        self.file.rewind()?;
+        (&self.file).take(HOLDER_MAX).read_to_end(&mut old)?;
+        // The holder line as the file has it (fixed width or not): only what follows changes.
+        let Some(at) = old.iter().position(|&b| b == b'\n').map(|i| i + 1) else {
+            return Err(io::Error::other("the lock file has no holder line yet"));
+        };
+        self.file.write_all_at(text.as_bytes(), at as u64)?;
+        self.file.set_len((at + text.len()) as u64)
+    }
+
     /// Like [`LockFile::acquire`] but writes nothing (the caller writes the holder later, e.g.
     /// with [`LockFile::write_holder`]).
     pub fn acquire_quiet(path: &Path) -> Result<LockFile, LockError> {
@@ -312,5 +330,31 @@ impl LockFile {
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.path);
         drop(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_info_replaces_the_second_line_and_keeps_the_holder_line() {
+        let dir = std::env::temp_dir().join(format!("broctld-lockfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.lock");
+        let mut l = LockFile::acquire(&path, "guardian").unwrap();
+        let holder = std::fs::read_to_string(&path).unwrap();
+        let holder = holder.lines().next().unwrap().to_owned();
+        l.set_info("guardian retry-at-ms=123 a much longer reason than before")
+            .unwrap();
+        l.set_info("guardian\nshort").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{holder}\nguardian short\n"));
+        let Probe::Held { pid, info, .. } = LockFile::probe(&path).unwrap() else {
+            panic!("held")
+        };
+        assert_eq!((pid, info.as_str()), (std::process::id(), "guardian short"));
+        l.remove();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

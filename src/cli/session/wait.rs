@@ -191,7 +191,10 @@ pub(super) fn wait_nodes(
             }
         }
         let limit = limit.min(Duration::from_secs(120));
-        if start.elapsed() >= limit || !client.supervisor_alive() {
+        // One reading of the clock for the test and the time left: two readings could
+        // straddle the limit and the subtraction underflow (a panic the fault campaign hit).
+        let elapsed = start.elapsed();
+        if elapsed >= limit || !client.supervisor_alive() {
             progress.clear();
             return (sel, false);
         }
@@ -199,7 +202,7 @@ pub(super) fn wait_nodes(
             progress.clear();
             return (sel, true);
         }
-        let left = limit - start.elapsed();
+        let left = limit.saturating_sub(elapsed);
         client.wait_event(head, left.min(Duration::from_millis(250)));
     }
 }
