@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 /// How often a plain progress line is written.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);
+/// How often an unchanged plain progress line is written again.
+const PLAIN_SAME_EVERY: Duration = Duration::from_secs(10);
 
 /// A progress display.
 pub struct Progress {
@@ -69,9 +71,16 @@ impl Progress {
             if now.duration_since(self.started) < PLAIN_EVERY {
                 return;
             }
+            // A new line at most once a second; the same line again only every ten (a log
+            // need not hear "done (2000/2000 stopped)" once a second while the rest finishes).
+            let every = if text == self.last_text {
+                PLAIN_SAME_EVERY
+            } else {
+                PLAIN_EVERY
+            };
             if self
                 .last_plain
-                .is_some_and(|t| now.duration_since(t) < PLAIN_EVERY)
+                .is_some_and(|t| now.duration_since(t) < every)
             {
                 return;
             }

@@ -96,10 +96,13 @@ impl Supervisor {
         }
     }
 
-    /// Appends a machine's event, stamped now.
+    /// Appends a machine's event: its monotonic time is the machine's (when it decided; now
+    /// if it has none), its wall-clock time now.
     fn emit(&self, mut ev: Event) {
         ev.wall_ms = clock::wall_ms();
-        ev.mono_ns = clock::monotonic_ns();
+        if ev.mono_ns == 0 {
+            ev.mono_ns = clock::monotonic_ns();
+        }
         self.event(ev);
     }
 

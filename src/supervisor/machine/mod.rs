@@ -572,7 +572,8 @@ impl Action {
     }
 }
 
-/// An event for `node` (stamped by the shell).
+/// An event for `node` (its time set by [`Machine::take_out`], its wall-clock time by the
+/// shell).
 fn event(kind: EventKind, node: Ix, pid: u32) -> Event {
     Event {
         wall_ms: 0,
@@ -724,7 +725,23 @@ impl Machine {
                 }
             }
         }
-        std::mem::take(&mut self.out)
+        self.take_out(now)
+    }
+
+    /// The actions so far, each event stamped `now`: the time the machine decided, the same
+    /// clock its timers run on. A `killed` event is then never less than the stop timeout after
+    /// the `stopping` event whose deadline it kept (stamped when the shell wrote them, they
+    /// were apart by the timeout less however long the shell took between the two readings).
+    fn take_out(&mut self, now: Ns) -> Vec<Action> {
+        let mut out = std::mem::take(&mut self.out);
+        for a in &mut out {
+            if let Action::Emit(ev) = a {
+                if ev.mono_ns == 0 {
+                    ev.mono_ns = now;
+                }
+            }
+        }
+        out
     }
 
     /// Moves ordered starts, stops and staged restarts on as far as they can go: called by
@@ -735,7 +752,7 @@ impl Machine {
         if std::mem::take(&mut self.moved) {
             self.advance(now);
         }
-        std::mem::take(&mut self.out)
+        self.take_out(now)
     }
 
     /// Moves node `i` to `phase` and publishes it (rearming its timers).
