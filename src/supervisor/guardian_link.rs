@@ -8,6 +8,7 @@
 //! would leave it our child) with a report pipe of its own, whose end of file tells us when it
 //! dies in turn: every guardian death is noticed, not only the first.
 
+use super::source::Source;
 use super::*;
 use crate::guardian::report::{self, Report};
 use nix::sys::time::TimeSpec;
@@ -18,7 +19,7 @@ use std::time::Instant;
 
 /// Token of the guardian's fd in the loop's poll (its report pipe, its pidfd, or a retry
 /// timer, whichever [`GuardianLink`] holds).
-pub(super) const REPORTS: Token = Token(2);
+const REPORTS: Source = Source::Reports;
 
 /// How long the report of a node that ended a zombie of the guardian is waited for when
 /// `/proc` does not show us its status (it ran as another user, or the kernel is older than
@@ -184,7 +185,7 @@ impl Supervisor {
         if let Err(e) =
             self.poll
                 .registry()
-                .register(&mut SourceFd(&fd), REPORTS, Interest::READABLE)
+                .register(&mut SourceFd(&fd), REPORTS.token(), Interest::READABLE)
         {
             log!("cannot watch the guardian's report pipe: {e}");
         }
@@ -604,7 +605,7 @@ impl Supervisor {
         if let Some(l) = &link {
             if let Err(e) = self.poll.registry().register(
                 &mut SourceFd(&l.raw_fd()),
-                REPORTS,
+                REPORTS.token(),
                 Interest::READABLE,
             ) {
                 log!("cannot watch the guardian: {e}");

@@ -5,6 +5,7 @@
 //! a kernel fact into an input, or an action into system calls.
 
 use super::machine::{Action, Input, Proc, Readiness, Reporter, TimerKind};
+use super::source::Source;
 use super::*;
 use std::collections::VecDeque;
 
@@ -323,7 +324,7 @@ impl Supervisor {
                 if let Some(r) = ready_rd {
                     match self.poll.registry().register(
                         &mut SourceFd(&r.as_raw_fd()),
-                        Token(NODE_BASE + 2 * i + 1),
+                        Source::ReadyPipe(i).token(),
                         Interest::READABLE,
                     ) {
                         Ok(()) => self.nodes[i].ready_pipe = Some(r),
@@ -502,7 +503,7 @@ impl Supervisor {
                         .registry()
                         .register(
                             &mut SourceFd(&fd.as_raw_fd()),
-                            Token(NODE_BASE + 2 * i),
+                            Source::Pidfd(i).token(),
                             Interest::READABLE,
                         )
                         .is_ok()
@@ -829,7 +830,7 @@ impl Supervisor {
             Ok(fd) => {
                 let _ = self.poll.registry().register(
                     &mut SourceFd(&fd.as_raw_fd()),
-                    Token(NODE_BASE + 2 * i),
+                    Source::Pidfd(i).token(),
                     Interest::READABLE,
                 );
                 self.nodes[i].pidfd = Some(fd);
@@ -859,7 +860,7 @@ impl Supervisor {
             Ok(f) => {
                 match self.poll.registry().register(
                     &mut SourceFd(&f.as_raw_fd()),
-                    Token(CGROUP_BASE + i),
+                    Source::Cgroup(i).token(),
                     Interest::PRIORITY,
                 ) {
                     Ok(()) => self.nodes[i].cgroup_events = Some(f),

@@ -26,6 +26,7 @@ pub mod reaper;
 mod reload;
 mod repair;
 pub mod running;
+mod source;
 pub mod spawn;
 mod takeover;
 pub mod upgrade;
@@ -46,10 +47,11 @@ use crate::sys::procscan;
 use crate::sys::{clock, fifo, lockfile, pidfd, procstat};
 use guardian_link::GuardianLink;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use node::Node;
+use source::Source;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
@@ -57,16 +59,6 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-const SIGNALS: Token = Token(0);
-const BELL: Token = Token(1);
-/// The inotify fd watching `ready_file`s.
-const READY_FILES: Token = Token(3);
-/// Node `i` has token `NODE_BASE + 2i` for its pidfd and `NODE_BASE + 2i + 1` for its
-/// readiness pipe.
-const NODE_BASE: usize = 16;
-/// Node `i`'s `cgroup.events` has token `CGROUP_BASE + i` (above every node token).
-const CGROUP_BASE: usize = 1 << 32;
 
 /// Why the Supervisor could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -353,17 +345,25 @@ impl Supervisor {
         poll.registry()
             .register(
                 &mut SourceFd(&signals.as_raw_fd()),
-                SIGNALS,
+                Source::Signals.token(),
                 Interest::READABLE,
             )
             .map_err(io_err("epoll_ctl(signalfd)"))?;
         poll.registry()
-            .register(&mut SourceFd(&bell.as_raw_fd()), BELL, Interest::READABLE)
+            .register(
+                &mut SourceFd(&bell.as_raw_fd()),
+                Source::Bell.token(),
+                Interest::READABLE,
+            )
             .map_err(io_err("epoll_ctl(doorbell)"))?;
 
         let ready_files = match ready_file::ReadyFiles::new().and_then(|f| {
             poll.registry()
-                .register(&mut SourceFd(&f.raw_fd()), READY_FILES, Interest::READABLE)
+                .register(
+                    &mut SourceFd(&f.raw_fd()),
+                    Source::ReadyFiles.token(),
+                    Interest::READABLE,
+                )
                 .map(|()| f)
         }) {
             Ok(f) => Some(f),
@@ -519,30 +519,21 @@ impl Supervisor {
             let mut notified = Vec::new();
             self.pump_pending_outputs();
             for ev in events.iter() {
-                match ev.token() {
-                    SIGNALS => self.drain_signals(&mut reap),
-                    BELL => bell = true,
-                    READY_FILES => files = true,
-                    guardian_link::REPORTS => self.read_reports(),
-                    Token(t) if t >= output::OUTPUT_BASE => {
-                        let (i, k) = ((t - output::OUTPUT_BASE) / 2, (t - output::OUTPUT_BASE) % 2);
-                        if i < self.nodes.len() {
-                            self.pump_output(i, k);
-                        }
-                    }
-                    Token(t) if t >= notify::NOTIFY_BASE => notified.push(t - notify::NOTIFY_BASE),
-                    Token(t) if t >= CGROUP_BASE => cgroups_changed.push(t - CGROUP_BASE),
-                    Token(t) if t >= NODE_BASE && (t - NODE_BASE) % 2 == 1 => {
-                        ready.push((t - NODE_BASE) / 2);
-                    }
-                    Token(t) if t >= NODE_BASE => {
-                        let i = (t - NODE_BASE) / 2;
-                        match self.nodes.get(i) {
-                            Some(n) if n.adopted => adopted_exits.push(i),
-                            _ => reap = true,
-                        }
-                    }
-                    _ => {}
+                match Source::of(ev.token()) {
+                    Some(Source::Signals) => self.drain_signals(&mut reap),
+                    Some(Source::Bell) => bell = true,
+                    Some(Source::ReadyFiles) => files = true,
+                    Some(Source::Reports) => self.read_reports(),
+                    Some(Source::Output(i, k)) if i < self.nodes.len() => self.pump_output(i, k),
+                    Some(Source::Notify(i)) => notified.push(i),
+                    Some(Source::Cgroup(i)) => cgroups_changed.push(i),
+                    Some(Source::ReadyPipe(i)) => ready.push(i),
+                    Some(Source::Pidfd(i)) => match self.nodes.get(i) {
+                        Some(n) if n.adopted => adopted_exits.push(i),
+                        _ => reap = true,
+                    },
+                    // A stream of a node a reload just dropped; or no source of ours.
+                    Some(Source::Output(..)) | None => {}
                 }
             }
             for i in ready {

@@ -9,12 +9,10 @@
 //! its policy). A successor (after a `kill -9` or an upgrade) binds the same path again; the
 //! node keeps the path in its environment.
 
+use super::source::Source;
 use super::*;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-
-/// Node `i`'s notify socket has token `NOTIFY_BASE + i`.
-pub(super) const NOTIFY_BASE: usize = 2 << 32;
 
 /// The path of node `name`'s notify socket in instance dir `dir`.
 pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
@@ -59,7 +57,7 @@ impl Supervisor {
                 .registry()
                 .register(
                     &mut SourceFd(&s.as_raw_fd()),
-                    Token(NOTIFY_BASE + i),
+                    Source::Notify(i).token(),
                     Interest::READABLE,
                 )
                 .map(|()| s)

@@ -25,6 +25,7 @@
 //!   atomic one by one, and no byte is in flight during a rotation, so a Supervisor killed in
 //!   the middle leaves every byte in exactly one file.
 
+use super::source::Source;
 use crate::sys::checked::{self, CheckError, Kind};
 use std::fs::File;
 use std::io;
@@ -414,9 +415,6 @@ fn peek_line(fifo: &File) -> io::Result<Option<usize>> {
     ))
 }
 
-/// Node `i`'s stream `k` has token `OUTPUT_BASE + 2i + k` (above every other node token).
-pub(super) const OUTPUT_BASE: usize = 3 << 32;
-
 impl super::Supervisor {
     /// The log file node `i`'s stream `k` fills.
     fn output_target(&self, i: usize, k: usize) -> &Path {
@@ -513,7 +511,7 @@ impl super::Supervisor {
     fn watch_output(&mut self, i: usize, k: usize, s: Stream) -> io::Result<()> {
         self.poll.registry().register(
             &mut mio::unix::SourceFd(&s.raw_fd()),
-            mio::Token(OUTPUT_BASE + 2 * i + k),
+            Source::Output(i, k).token(),
             mio::Interest::READABLE,
         )?;
         self.nodes[i].output[k] = Some(s);
@@ -638,7 +636,7 @@ impl super::Supervisor {
                 if let Some(s) = &self.nodes[i].output[k] {
                     let _ = self.poll.registry().reregister(
                         &mut mio::unix::SourceFd(&s.raw_fd()),
-                        mio::Token(OUTPUT_BASE + 2 * i + k),
+                        Source::Output(i, k).token(),
                         mio::Interest::READABLE,
                     );
                 }

@@ -1,6 +1,7 @@
 //! `reload`: re-reading the config and applying only the difference; keeping the node table
 //! and the pid and token maps in step when the node list changes.
 
+use super::source::Source;
 use super::*;
 
 impl Supervisor {
@@ -164,28 +165,28 @@ impl Supervisor {
             if let Some(fd) = n.pidfd.as_ref().or(n.blocker.as_ref()) {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&fd.as_raw_fd()),
-                    Token(NODE_BASE + 2 * i),
+                    Source::Pidfd(i).token(),
                     Interest::READABLE,
                 );
             }
             if let Some(r) = &n.ready_pipe {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&r.as_raw_fd()),
-                    Token(NODE_BASE + 2 * i + 1),
+                    Source::ReadyPipe(i).token(),
                     Interest::READABLE,
                 );
             }
             if let Some(sock) = &n.extras().notify {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&sock.as_raw_fd()),
-                    Token(notify::NOTIFY_BASE + i),
+                    Source::Notify(i).token(),
                     Interest::READABLE,
                 );
             }
             if let Some(f) = &n.cgroup_events {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&f.as_raw_fd()),
-                    Token(CGROUP_BASE + i),
+                    Source::Cgroup(i).token(),
                     Interest::PRIORITY,
                 );
             }

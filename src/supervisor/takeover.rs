@@ -3,6 +3,7 @@
 //! readiness, a restart delay, a pending restart, queued starts and stops), keeping stopped
 //! and failed nodes down, carrying restart counts and last exits across.
 
+use super::source::Source;
 use super::*;
 
 impl Supervisor {
@@ -372,7 +373,7 @@ impl Supervisor {
         }
         match self.poll.registry().register(
             &mut SourceFd(&f.as_raw_fd()),
-            Token(NODE_BASE + 2 * i + 1),
+            Source::ReadyPipe(i).token(),
             Interest::READABLE,
         ) {
             Ok(()) => {
@@ -412,7 +413,7 @@ impl Supervisor {
                 return false;
             }
         }
-        let token = Token(NODE_BASE + 2 * i);
+        let token = Source::Pidfd(i).token();
         if let Err(e) =
             self.poll
                 .registry()
