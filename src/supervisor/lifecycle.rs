@@ -141,9 +141,6 @@ impl Supervisor {
         let now = clock::monotonic_ns();
         self.fire_report_waits(now);
         for i in 0..self.nodes.len() {
-            if self.nodes[i].extras().watchdog_at.is_some_and(|t| t <= now) {
-                self.watchdog_expired(i);
-            }
             if self.nodes[i].extras().check_at.is_some_and(|t| t <= now) {
                 self.run_ready_check(i);
             }
@@ -257,7 +254,6 @@ impl Supervisor {
         self.arm_pid_file(i);
         // sd_notify: the node's own socket; without one it counts as ready once started.
         if let Some(e) = self.nodes[i].extras_if_any() {
-            e.watchdog_at = None;
             e.notify_status.clear();
             e.notify_phase = None;
         }
@@ -772,7 +768,6 @@ impl Supervisor {
         }
         self.nodes[i].adopted = false;
         if let Some(e) = self.nodes[i].extras_if_any() {
-            e.watchdog_at = None;
             e.notify_phase = None;
         }
         if let machine::Phase::AwaitingMain { .. } = self.machine.core(i).phase {

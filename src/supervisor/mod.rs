@@ -616,7 +616,7 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<u64> {
         self.nodes
             .iter()
-            .flat_map(|n| [n.extras().watchdog_at, n.extras().check_at])
+            .map(|n| n.extras().check_at)
             .chain([
                 self.machine.next_deadline(),
                 self.output_retry,

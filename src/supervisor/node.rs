@@ -62,8 +62,6 @@ pub struct Extras {
     pub notify_status: String,
     /// While it runs: `RELOADING=1` (until `READY=1`) or `STOPPING=1` (until it exits).
     pub notify_phase: Option<NotifyPhase>,
-    /// When its next `WATCHDOG=1` is due (mono ns).
-    pub watchdog_at: Option<u64>,
     /// When its next `ready_check` run is due (mono ns).
     pub check_at: Option<u64>,
     /// Its running `ready_check` process.
@@ -74,7 +72,6 @@ pub struct Extras {
 static NO_EXTRAS: Extras = Extras {
     notify: None,
     notify_status: String::new(),
-    watchdog_at: None,
     check_at: None,
     check_pid: None,
     notify_phase: None,

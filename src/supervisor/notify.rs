@@ -183,33 +183,10 @@ impl Supervisor {
         }
     }
 
-    /// `WATCHDOG=1` (or `READY=1`): the next ping is due within `watchdog_ms`.
+    /// `WATCHDOG=1` (or `READY=1`): for the machine, which keeps the deadline and kills the
+    /// node if the next ping is late.
     pub(super) fn arm_watchdog(&mut self, i: usize) {
-        let w = self.nodes[i].spec.policy.watchdog;
-        if !w.is_zero() && self.main_pid(i).is_some() {
-            self.nodes[i].extras_mut().watchdog_at =
-                Some(clock::monotonic_ns() + w.as_nanos() as u64);
-        }
-    }
-
-    /// A running node missed its watchdog: killed, then restarted by its policy.
-    pub(super) fn watchdog_expired(&mut self, i: usize) {
-        if let Some(e) = self.nodes[i].extras_if_any() {
-            e.watchdog_at = None;
-        }
-        let Some(pid) = self.main_pid(i) else {
-            return;
-        };
-        if self.state(i) != NodeState::Running {
-            return;
-        }
-        log!(
-            "node {}: no WATCHDOG=1 within {} ms; killing pid {pid} (its restart policy applies)",
-            self.nodes[i].spec.name,
-            self.nodes[i].spec.policy.watchdog.as_millis()
-        );
-        let _ = spawn::signal_group(pid, libc::SIGKILL);
-        self.signal_escaped(i, pid, libc::SIGKILL);
+        self.feed(machine::Input::WatchdogPing { node: i });
     }
 
     /// `MAINPID=N`: node `i`'s main process becomes `pid`, if it is a live process of the node

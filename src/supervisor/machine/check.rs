@@ -29,6 +29,9 @@ struct Proc_ {
     termed: bool,
     /// SIGKILL reached it: it dies with signal 9.
     killed: bool,
+    /// That SIGKILL was its watchdog's (a late `WATCHDOG=1`), sent while it ran: a death
+    /// for the restart policy, not a stop's.
+    by_watchdog: bool,
 }
 
 /// The kernel's truth about one node.
@@ -89,6 +92,8 @@ enum Step {
     Command(Command),
     Exit(Ix, Exit, bool),
     Ready(Ix),
+    /// `WATCHDOG=1` from a running node with `watchdog_ms`.
+    Ping(Ix),
     Emptied(Ix),
     Timer,
     /// The Supervisor dies; meanwhile node `.0`'s process dies too (`.1`), reported by the
@@ -223,6 +228,7 @@ fn run_some(
                         pid,
                         termed: false,
                         killed: false,
+                        by_watchdog: false,
                     });
                     let more = w.m.handle(
                         Input::Spawned {
@@ -250,9 +256,11 @@ fn run_some(
                             }
                         }
                     }
+                    let running = matches!(w.m.core(node).phase, Phase::Running { .. });
                     if let Some(p) = w.k[node].main.as_mut() {
                         if pid == 0 || p.pid == pid {
                             if signal == 9 {
+                                p.by_watchdog |= running && !p.killed;
                                 p.killed = true;
                             } else {
                                 p.termed = true;
@@ -419,6 +427,11 @@ fn steps(w: &World, s: &Scenario) -> Vec<Step> {
             ) {
                 out.push(Step::Ready(i));
             }
+            if !s.confs[i].policy.watchdog.is_zero()
+                && matches!(w.m.core(i).phase, Phase::Running { .. })
+            {
+                out.push(Step::Ping(i));
+            }
         }
         if k.emptied {
             out.push(Step::Emptied(i));
@@ -460,7 +473,7 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
             let i = *i;
             let p = w.k[i].main.take().expect("a live process");
             w.k[i].died.push((p.pid, *exit));
-            w.k[i].last_death_termed = p.termed || p.killed;
+            w.k[i].last_death_termed = (p.termed || p.killed) && !p.by_watchdog;
             w.k[i].leftovers = *leftovers;
             // The Supervisor hears of it (a pidfd, SIGCHLD).
             let acts = w.m.handle(
@@ -477,6 +490,10 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
         }
         Step::Ready(i) => {
             let acts = w.m.handle(Input::Ready { node: *i }, w.now);
+            run_actions(w, s, acts.into())
+        }
+        Step::Ping(i) => {
+            let acts = w.m.handle(Input::WatchdogPing { node: *i }, w.now);
             run_actions(w, s, acts.into())
         }
         Step::Emptied(i) => {
@@ -500,7 +517,7 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
             if let Some((i, exit, told)) = *gap {
                 let p = w.k[i].main.take().expect("a live process");
                 w.k[i].died.push((p.pid, exit));
-                w.k[i].last_death_termed = p.termed || p.killed;
+                w.k[i].last_death_termed = (p.termed || p.killed) && !p.by_watchdog;
                 if told {
                     reported[i] = Some(exit);
                 }
@@ -652,6 +669,22 @@ fn one_node_always_every_interleaving() {
             depth(9),
         );
     }
+}
+
+/// `watchdog_ms`: pings, a late ping's SIGKILL and the restart after it, among every other
+/// input (the watchdog's deadline never outlives `Running`).
+#[test]
+fn one_node_with_a_watchdog_every_interleaving() {
+    let mut c = conf(3, RestartPolicy::Always, vec![]);
+    c.policy = Arc::new(Policy {
+        watchdog: Duration::from_millis(300),
+        ..(*c.policy).clone()
+    });
+    run(
+        "1 node Told watchdog=300ms cgroups=true",
+        scenario(vec![c], vec![Readiness::Told], true),
+        depth(8),
+    );
 }
 
 #[test]

@@ -253,6 +253,9 @@ pub struct Core {
     pub started_wall_ms: u64,
     /// Restart delay and quick deaths.
     pub history: HistoryKey,
+    /// `Running` with `watchdog_ms`: when the next `WATCHDOG=1` is due (none before the first
+    /// ping). Cleared whenever the node leaves `Running`.
+    pub watchdog_at: Option<Ns>,
 }
 
 /// [`History`] with equality and hashing (for the model check's visited set).
@@ -282,6 +285,7 @@ impl Core {
             started_ns: 0,
             started_wall_ms: 0,
             history: HistoryKey(History::new(policy)),
+            watchdog_at: None,
         }
     }
 }
@@ -328,6 +332,8 @@ pub enum TimerKind {
     ReadyAfter,
     /// `Starting`/`AwaitingMain`: the ready timeout.
     ReadyBy,
+    /// `Running` with `watchdog_ms`: no `WATCHDOG=1` (or `READY=1`) within it; SIGKILL.
+    Watchdog,
 }
 
 /// Something that happened, for the machine.
@@ -404,6 +410,12 @@ pub enum Input {
         /// The node.
         node: Ix,
     },
+    /// The node said it is alive (`WATCHDOG=1`, or `READY=1` once running): with
+    /// `watchdog_ms`, its next ping is due within that.
+    WatchdogPing {
+        /// The node.
+        node: Ix,
+    },
     /// The node's cgroup is empty (it was being drained, or leftovers blocked its start).
     GroupEmpty {
         /// The node.
@@ -464,6 +476,11 @@ impl Input {
                 kind: TimerKind::ReadyBy,
                 ..
             } => "timer:ready-by",
+            Input::Timer {
+                kind: TimerKind::Watchdog,
+                ..
+            } => "timer:watchdog",
+            Input::WatchdogPing { .. } => "watchdog-ping",
             Input::StopThen { .. } => "stop-then",
         }
     }
@@ -716,6 +733,7 @@ impl Machine {
             Input::MainPid { node, proc_ } => self.main_pid(node, proc_, now),
             Input::MainRefused { node, named } => self.main_refused(node, named, now),
             Input::Ready { node } => self.ready(node),
+            Input::WatchdogPing { node } => self.watchdog_ping(node, now),
             Input::GroupEmpty { node } => self.group_empty(node, now),
             Input::BlockerGone { node } => self.blocker_gone(node, now),
             Input::Timer { node, kind } => self.timer(node, kind, now),
@@ -852,7 +870,15 @@ impl Machine {
                 }
             }
             Phase::AwaitingMain { ready_by, .. } => want.push((*ready_by, TimerKind::ReadyBy)),
+            Phase::Running { .. } => {
+                if let Some(t) = self.cores[i].watchdog_at {
+                    want.push((t, TimerKind::Watchdog));
+                }
+            }
             _ => {}
+        }
+        if !matches!(self.cores[i].phase, Phase::Running { .. }) {
+            self.cores[i].watchdog_at = None;
         }
         for (t, k) in want {
             self.timers.insert((t, i, k));

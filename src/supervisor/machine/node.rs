@@ -474,6 +474,18 @@ impl Machine {
     }
 
     /// A timer of node `i` is due.
+    /// `WATCHDOG=1` from node `i`: while it runs with `watchdog_ms`, the next is due within it.
+    pub(super) fn watchdog_ping(&mut self, i: Ix, now: Ns) {
+        let Some(w) = self.confs.get(i).map(|c| c.policy.watchdog) else {
+            return;
+        };
+        if w.is_zero() || !matches!(self.cores[i].phase, Phase::Running { .. }) {
+            return;
+        }
+        self.cores[i].watchdog_at = Some(now.saturating_add(w.as_nanos() as Ns));
+        self.rearm(i);
+    }
+
     pub(super) fn timer(&mut self, i: Ix, kind: TimerKind, now: Ns) {
         let Some(phase) = self.cores.get(i).map(|c| c.phase.clone()) else {
             return;
@@ -490,6 +502,26 @@ impl Machine {
             ) if at <= now => {
                 // Remember the blocker: a recheck that finds the same one waits longer.
                 self.spawn_with(i, again, blocked_by.map(|b| (b, block_ms)));
+            }
+            // No WATCHDOG=1 in time: killed; its exit follows the restart policy.
+            (TimerKind::Watchdog, Phase::Running { proc_, .. })
+                if self.cores[i].watchdog_at.is_some_and(|t| t <= now) =>
+            {
+                let ms = self.confs[i].policy.watchdog.as_millis();
+                self.out.push(Action::Log {
+                    node: i,
+                    text: format!(
+                        "no WATCHDOG=1 within {ms} ms; killing pid {} (its restart policy applies)",
+                        proc_.pid
+                    ),
+                });
+                self.out.push(Action::Signal {
+                    node: i,
+                    pid: proc_.pid,
+                    signal: 9,
+                });
+                self.cores[i].watchdog_at = None;
+                self.rearm(i);
             }
             (
                 TimerKind::Kill,

@@ -149,6 +149,7 @@ fn columns() -> Vec<(&'static str, Input)> {
         ),
         ("main-pid", Input::MainPid { node: 0, proc_: p }),
         ("ready", Input::Ready { node: 0 }),
+        ("watchdog-ping", Input::WatchdogPing { node: 0 }),
         ("group-empty", Input::GroupEmpty { node: 0 }),
         ("blocker-gone", Input::BlockerGone { node: 0 }),
         (
@@ -172,6 +173,7 @@ fn due_kind(phase: &Phase) -> Option<TimerKind> {
             ready_at: Some(_), ..
         } => Some(TimerKind::ReadyAfter),
         Phase::Starting { .. } | Phase::AwaitingMain { .. } => Some(TimerKind::ReadyBy),
+        Phase::Running { .. } => Some(TimerKind::Watchdog),
         _ => None,
     }
 }
@@ -184,6 +186,7 @@ fn cell(phase: &Phase, input: &Input) -> String {
         policy: Arc::new(Policy {
             stop_timeout: std::time::Duration::from_millis(1_000),
             ready_timeout: std::time::Duration::from_millis(1_000),
+            watchdog: std::time::Duration::from_millis(1_000),
             ..Default::default()
         }),
     };
@@ -191,6 +194,10 @@ fn cell(phase: &Phase, input: &Input) -> String {
     let mut core = m.core(0).clone();
     core.phase = phase.clone();
     core.started_ns = NOW - 5_000 * MS;
+    // A running node's watchdog is due now (its last ping was `watchdog_ms` ago).
+    if matches!(phase, Phase::Running { .. }) {
+        core.watchdog_at = Some(NOW);
+    }
     m.restore(0, core);
     let input = match input {
         Input::Timer { .. } => match due_kind(phase) {
