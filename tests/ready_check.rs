@@ -108,3 +108,45 @@ fn ready_timeout_action_restart_starts_it_again() {
     assert!(!pid_alive(first));
     c.run(&["shutdown"]).ok();
 }
+
+/// The check's timer is the machine's: a Supervisor killed while a node is `starting` behind
+/// its check leaves a successor that adopts the node still `starting`, runs checks of its own
+/// (the log says each one that fails is tried again), and marks it running once the gate
+/// opens, the same process all along.
+#[test]
+fn a_node_adopted_starting_is_checked_by_the_successor_until_ready() {
+    let c = Cluster::new(
+        "check_takeover",
+        r#"
+[[node]]
+name = "gated"
+ready_check = ["test", "-e", "open"]
+ready_check_interval_ms = 50
+ready_timeout_ms = 60000
+command = ["sleep", "600"]
+"#,
+    );
+    let main = c.spawn_main(&["start"]);
+    let s = c.wait_status(WAIT, "gated starting", |s| {
+        s["gated"].state == "starting" && s["gated"].pid.is_some()
+    });
+    let pid = s["gated"].pid.unwrap();
+    track(c.id, pid, true);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    let _ = c.wait_main(main, WAIT);
+    wait_until(WAIT, "a successor Supervisor", || {
+        c.lock_pid().is_some_and(|p| p != sup && pid_alive(p))
+    });
+    let s = c.wait_status(WAIT, "gated adopted, still starting", |s| {
+        s["gated"].state == "starting" && s["gated"].pid == Some(pid)
+    });
+    assert_eq!(s["gated"].pid, Some(pid));
+    std::fs::write(c.root.join("spool/gated/open"), "").unwrap();
+    c.wait_status(WAIT, "gated running", |s| {
+        s["gated"].state == "running" && s["gated"].pid == Some(pid)
+    });
+    assert!(c.log().contains("ready_check passed"), "{}", c.log());
+    c.run(&["shutdown"]).ok();
+    wait_until(WAIT, "gated gone", || !pid_alive(pid));
+}

@@ -82,6 +82,12 @@ impl Supervisor {
                     let spec = self.nodes[node].spec.clone();
                     self.write_crash_report(&spec, pid, exit, uptime_ms);
                 }
+                Action::RunReadyCheck { node } => {
+                    if let Some(input) = self.run_ready_check(node) {
+                        let more = self.machine.handle(input, clock::monotonic_ns());
+                        first(&mut queue, more);
+                    }
+                }
                 Action::ReadPidFile { node } => {
                     if let Some(input) = self.take_pid_file(node) {
                         let more = self.machine.handle(input, clock::monotonic_ns());
@@ -140,11 +146,6 @@ impl Supervisor {
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
         self.fire_report_waits(now);
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].extras().check_at.is_some_and(|t| t <= now) {
-                self.run_ready_check(i);
-            }
-        }
         // A blocker's pidfd turned readable: it is gone, so check again now.
         let gone: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
@@ -352,9 +353,6 @@ impl Supervisor {
                 } else {
                     Readiness::After(policy.ready_after.as_nanos() as u64)
                 };
-                if checked {
-                    self.arm_ready_check(i);
-                }
                 // Started = exec succeeded (spawn returns after it), not when we began: under
                 // load a spawn can wait, and delays are measured between real starts.
                 Input::Spawned {

@@ -614,17 +614,15 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        self.nodes
-            .iter()
-            .map(|n| n.extras().check_at)
-            .chain([
-                self.machine.next_deadline(),
-                self.output_retry,
-                self.upgrade_probe_deadline(),
-                self.next_report_due(),
-            ])
-            .flatten()
-            .min()
+        [
+            self.machine.next_deadline(),
+            self.output_retry,
+            self.upgrade_probe_deadline(),
+            self.next_report_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn publish(&self, i: usize) {

@@ -62,8 +62,6 @@ pub struct Extras {
     pub notify_status: String,
     /// While it runs: `RELOADING=1` (until `READY=1`) or `STOPPING=1` (until it exits).
     pub notify_phase: Option<NotifyPhase>,
-    /// When its next `ready_check` run is due (mono ns).
-    pub check_at: Option<u64>,
     /// Its running `ready_check` process.
     pub check_pid: Option<u32>,
 }
@@ -72,7 +70,6 @@ pub struct Extras {
 static NO_EXTRAS: Extras = Extras {
     notify: None,
     notify_status: String::new(),
-    check_at: None,
     check_pid: None,
     notify_phase: None,
 };

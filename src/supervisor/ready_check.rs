@@ -8,26 +8,12 @@ use super::*;
 use std::os::unix::process::CommandExt;
 
 impl Supervisor {
-    /// After node `i` was spawned (or adopted `starting`): its first check is due one
-    /// interval from now. Returns whether the node has a check (and so waits for it).
-    pub(super) fn arm_ready_check(&mut self, i: usize) -> bool {
-        let n = &mut self.nodes[i];
-        if n.spec.policy.ready_check.is_empty() {
-            return false;
-        }
-        n.extras_mut().check_at =
-            Some(clock::monotonic_ns() + n.spec.policy.ready_check_interval.as_nanos() as u64);
-        true
-    }
-
-    /// Runs node `i`'s check now (its timer fired).
-    pub(super) fn run_ready_check(&mut self, i: usize) {
-        if let Some(e) = self.nodes[i].extras_if_any() {
-            e.check_at = None;
-        }
+    /// Runs node `i`'s check now (the machine's timer fired). Returns the input for the
+    /// machine if it cannot be run (the next run is then due one interval later).
+    pub(super) fn run_ready_check(&mut self, i: usize) -> Option<machine::Input> {
         let n = &self.nodes[i];
         if !self.awaits_ready(i) || n.extras().check_pid.is_some() {
-            return;
+            return None;
         }
         // Through the node's stderr FIFO (the Supervisor is the only writer of the file),
         // else (`log_direct`) appended to its stderr file.
@@ -56,7 +42,10 @@ impl Supervisor {
         }
         match cmd.spawn() {
             // Reaped with every other child (SIGCHLD); see `check_ended`.
-            Ok(child) => self.nodes[i].extras_mut().check_pid = Some(child.id()),
+            Ok(child) => {
+                self.nodes[i].extras_mut().check_pid = Some(child.id());
+                None
+            }
             Err(e) => {
                 log!(
                     "node {}: cannot run its ready_check '{}': {e}; trying again in {} ms",
@@ -64,7 +53,7 @@ impl Supervisor {
                     spec.policy.ready_check[0],
                     spec.policy.ready_check_interval.as_millis()
                 );
-                self.arm_ready_check(i);
+                Some(machine::Input::CheckPending { node: i })
             }
         }
     }
@@ -94,17 +83,14 @@ impl Supervisor {
             log!("node {}: ready_check passed", self.nodes[i].spec.name);
             self.mark_ready(i);
         } else {
-            self.arm_ready_check(i);
+            self.feed(machine::Input::CheckPending { node: i });
         }
         true
     }
 
-    /// Node `i` ended or is no longer waiting: its running check (if any) is killed and no
-    /// other is due.
+    /// Node `i` ended or is no longer waiting: its running check (if any) is killed (the
+    /// machine drops the next run's time when the node leaves `starting`).
     pub(super) fn drop_ready_check(&mut self, i: usize) {
-        if let Some(e) = self.nodes[i].extras_if_any() {
-            e.check_at = None;
-        }
         if let Some(pid) = self.nodes[i].extras().check_pid {
             let _ = spawn::signal_pid(pid, libc::SIGKILL);
         }

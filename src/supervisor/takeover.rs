@@ -153,6 +153,17 @@ impl Supervisor {
             clock::monotonic_ns(),
         );
         self.machine = m;
+        // A node adopted `starting` behind its `ready_check`: this Supervisor's first run of
+        // it is due one interval from now.
+        let now = clock::monotonic_ns();
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].spec.policy.ready_check.is_empty() && self.awaits_ready(i) {
+                let acts = self
+                    .machine
+                    .handle(machine::Input::CheckPending { node: i }, now);
+                debug_assert!(acts.is_empty(), "a check's timer is armed, nothing done");
+            }
+        }
         // Every record first (each says what this Supervisor does with its node), and the
         // adoptions; then the region is ready, and what the takeover does next is done.
         let split = acts
@@ -267,8 +278,9 @@ impl Supervisor {
             } else if policy.ready_file.is_some() {
                 self.resume_ready_file(i)
             } else if !policy.ready_check.is_empty() {
-                // Checked again from now (a check the predecessor ran is not ours).
-                self.arm_ready_check(i)
+                // Checked again (a check the predecessor ran is not ours): armed once the
+                // machine is this Supervisor's, below.
+                true
             } else {
                 // sd_notify: its socket is bound again; it stays `starting` until READY=1.
                 policy.notify

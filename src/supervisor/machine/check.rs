@@ -39,6 +39,8 @@ struct Proc_ {
 struct Kernel {
     /// Its main process, alive.
     main: Option<Proc_>,
+    /// Its `ready_check` is running (the shell started one).
+    checking: bool,
     /// Processes of it left in its cgroup after its main process died.
     leftovers: bool,
     /// The cgroup emptied and the Supervisor has not been told yet.
@@ -94,6 +96,8 @@ enum Step {
     Ready(Ix),
     /// `WATCHDOG=1` from a running node with `watchdog_ms`.
     Ping(Ix),
+    /// Its running `ready_check` ends: passed (exit 0) or not.
+    Check(Ix, bool),
     Emptied(Ix),
     Timer,
     /// The Supervisor dies; meanwhile node `.0`'s process dies too (`.1`), reported by the
@@ -295,6 +299,14 @@ fn run_some(
                 | Action::ReadPidFile { .. }
                 | Action::Log { .. }
                 | Action::Drop { .. } => {}
+                Action::RunReadyCheck { node } => {
+                    if std::mem::replace(&mut w.k[node].checking, true) {
+                        return Err(format!("node {node}: a second ready check while one runs"));
+                    }
+                    if !matches!(w.m.core(node).phase, Phase::Starting { .. }) {
+                        return Err(format!("node {node}: a ready check while not starting"));
+                    }
+                }
             }
         }
         if budget == 0 {
@@ -427,6 +439,10 @@ fn steps(w: &World, s: &Scenario) -> Vec<Step> {
             ) {
                 out.push(Step::Ready(i));
             }
+            if k.checking && matches!(w.m.core(i).phase, Phase::Starting { .. }) {
+                out.push(Step::Check(i, true));
+                out.push(Step::Check(i, false));
+            }
             if !s.confs[i].policy.watchdog.is_zero()
                 && matches!(w.m.core(i).phase, Phase::Running { .. })
             {
@@ -472,6 +488,8 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
         Step::Exit(i, exit, leftovers) => {
             let i = *i;
             let p = w.k[i].main.take().expect("a live process");
+            // Its check, if one runs, is killed with it.
+            w.k[i].checking = false;
             w.k[i].died.push((p.pid, *exit));
             w.k[i].last_death_termed = (p.termed || p.killed) && !p.by_watchdog;
             w.k[i].leftovers = *leftovers;
@@ -490,6 +508,16 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
         }
         Step::Ready(i) => {
             let acts = w.m.handle(Input::Ready { node: *i }, w.now);
+            run_actions(w, s, acts.into())
+        }
+        Step::Check(i, passed) => {
+            w.k[*i].checking = false;
+            let input = if *passed {
+                Input::Ready { node: *i }
+            } else {
+                Input::CheckPending { node: *i }
+            };
+            let acts = w.m.handle(input, w.now);
             run_actions(w, s, acts.into())
         }
         Step::Ping(i) => {
@@ -547,7 +575,19 @@ fn apply(w: &mut World, s: &Scenario, step: &Step) -> Result<(), String> {
             let finishing = w.m.shutting_down();
             let (m, acts) = takeover::take_over(confs, s.cgroups, &facts, &told, finishing, w.now);
             w.m = m;
-            run_actions(w, s, acts.into())
+            run_actions(w, s, acts.into())?;
+            // The dead Supervisor's ready checks are not ours: the shell arms its own for
+            // every node adopted `starting`.
+            for i in 0..w.k.len() {
+                w.k[i].checking = false;
+                if !s.confs[i].policy.ready_check.is_empty()
+                    && matches!(w.m.core(i).phase, Phase::Starting { .. })
+                {
+                    let acts = w.m.handle(Input::CheckPending { node: i }, w.now);
+                    run_actions(w, s, acts.into())?;
+                }
+            }
+            Ok(())
         }
     }
 }
@@ -669,6 +709,74 @@ fn one_node_always_every_interleaving() {
             depth(9),
         );
     }
+}
+
+/// `ready_check`: runs one at a time while starting, passes or fails, and across a takeover
+/// (the successor arms its own), among every other input.
+#[test]
+fn one_node_with_a_ready_check_every_interleaving() {
+    let mut c = conf(3, RestartPolicy::Always, vec![]);
+    c.policy = Arc::new(Policy {
+        ready_check: vec!["check".into()],
+        ready_check_interval: Duration::from_millis(100),
+        ..(*c.policy).clone()
+    });
+    run(
+        "1 node Told ready_check=100ms cgroups=true",
+        scenario(vec![c], vec![Readiness::Told], true),
+        depth(8),
+    );
+}
+
+/// The check's life without the explorer: due one interval after the spawn, run once, due
+/// again one interval after it failed, gone once the node is ready.
+#[test]
+fn a_ready_check_runs_one_interval_after_the_spawn_and_after_each_failure() {
+    let mut c = conf(3, RestartPolicy::Always, vec![]);
+    c.policy = Arc::new(Policy {
+        ready_check: vec!["check".into()],
+        ready_check_interval: Duration::from_millis(100),
+        ..(*c.policy).clone()
+    });
+    let mut m = Machine::new(vec![c], true);
+    let _ = m.handle(Input::Command(Command::Start(vec![0])), 0);
+    let _ = m.advance_waves(0);
+    let proc_ = super::Proc { pid: 5, start: 5 };
+    let spawned = Input::Spawned {
+        node: 0,
+        proc_,
+        ready: Readiness::Told,
+        wall_ms: 0,
+    };
+    let _ = m.handle(spawned, MS);
+    assert_eq!(
+        m.next_deadline(),
+        Some(101 * MS),
+        "first run one interval after the spawn"
+    );
+    let due = m.due(101 * MS);
+    assert_eq!(due, vec![(0, TimerKind::ReadyCheck)]);
+    let acts = m.handle(
+        Input::Timer {
+            node: 0,
+            kind: TimerKind::ReadyCheck,
+        },
+        101 * MS,
+    );
+    assert!(
+        acts.contains(&Action::RunReadyCheck { node: 0 }),
+        "{acts:?}"
+    );
+    assert_ne!(m.next_deadline(), Some(101 * MS), "none due while it runs");
+    let _ = m.handle(Input::CheckPending { node: 0 }, 150 * MS);
+    assert_eq!(
+        m.core(0).check_at,
+        Some(250 * MS),
+        "again one interval after it failed"
+    );
+    let _ = m.handle(Input::Ready { node: 0 }, 160 * MS);
+    assert!(matches!(m.core(0).phase, Phase::Running { .. }));
+    assert_eq!(m.core(0).check_at, None, "no run once ready");
 }
 
 /// `watchdog_ms`: pings, a late ping's SIGKILL and the restart after it, among every other

@@ -256,6 +256,9 @@ pub struct Core {
     /// `Running` with `watchdog_ms`: when the next `WATCHDOG=1` is due (none before the first
     /// ping). Cleared whenever the node leaves `Running`.
     pub watchdog_at: Option<Ns>,
+    /// `Starting` with `ready_check`: when its next run is due (`None` while one runs).
+    /// Cleared whenever the node leaves `Starting`.
+    pub check_at: Option<Ns>,
 }
 
 /// [`History`] with equality and hashing (for the model check's visited set).
@@ -286,6 +289,7 @@ impl Core {
             started_wall_ms: 0,
             history: HistoryKey(History::new(policy)),
             watchdog_at: None,
+            check_at: None,
         }
     }
 }
@@ -334,6 +338,8 @@ pub enum TimerKind {
     ReadyBy,
     /// `Running` with `watchdog_ms`: no `WATCHDOG=1` (or `READY=1`) within it; SIGKILL.
     Watchdog,
+    /// `Starting` with `ready_check`: run the check.
+    ReadyCheck,
 }
 
 /// Something that happened, for the machine.
@@ -410,6 +416,12 @@ pub enum Input {
         /// The node.
         node: Ix,
     },
+    /// The node's `ready_check` did not pass (or none of this Supervisor's ran yet, after a
+    /// takeover): the next run is due one `ready_check_interval_ms` from now.
+    CheckPending {
+        /// The node.
+        node: Ix,
+    },
     /// The node said it is alive (`WATCHDOG=1`, or `READY=1` once running): with
     /// `watchdog_ms`, its next ping is due within that.
     WatchdogPing {
@@ -481,6 +493,11 @@ impl Input {
                 ..
             } => "timer:watchdog",
             Input::WatchdogPing { .. } => "watchdog-ping",
+            Input::CheckPending { .. } => "check-pending",
+            Input::Timer {
+                kind: TimerKind::ReadyCheck,
+                ..
+            } => "timer:ready-check",
             Input::StopThen { .. } => "stop-then",
         }
     }
@@ -549,6 +566,12 @@ pub enum Action {
         /// How long it ran (ms).
         uptime_ms: u64,
     },
+    /// Run the node's `ready_check` now (it passes: [`Input::Ready`]; it fails, or cannot be
+    /// run: [`Input::CheckPending`]).
+    RunReadyCheck {
+        /// The node.
+        node: Ix,
+    },
     /// Read the node's PID file now (its starter exited 0).
     ReadPidFile {
         /// The node.
@@ -583,6 +606,7 @@ impl Action {
             Action::Emit(ev) => format!("event:{}", ev.kind.as_str()),
             Action::CrashReport { .. } => "crash-report".into(),
             Action::ReadPidFile { .. } => "read-pid-file".into(),
+            Action::RunReadyCheck { .. } => "run-ready-check".into(),
             Action::Log { .. } => "log".into(),
             Action::Drop { .. } => "drop".into(),
         }
@@ -734,6 +758,7 @@ impl Machine {
             Input::MainRefused { node, named } => self.main_refused(node, named, now),
             Input::Ready { node } => self.ready(node),
             Input::WatchdogPing { node } => self.watchdog_ping(node, now),
+            Input::CheckPending { node } => self.check_pending(node, now),
             Input::GroupEmpty { node } => self.group_empty(node, now),
             Input::BlockerGone { node } => self.blocker_gone(node, now),
             Input::Timer { node, kind } => self.timer(node, kind, now),
@@ -868,6 +893,9 @@ impl Machine {
                 if !timed_out {
                     want.push((*ready_by, TimerKind::ReadyBy));
                 }
+                if let Some(t) = self.cores[i].check_at {
+                    want.push((t, TimerKind::ReadyCheck));
+                }
             }
             Phase::AwaitingMain { ready_by, .. } => want.push((*ready_by, TimerKind::ReadyBy)),
             Phase::Running { .. } => {
@@ -879,6 +907,9 @@ impl Machine {
         }
         if !matches!(self.cores[i].phase, Phase::Running { .. }) {
             self.cores[i].watchdog_at = None;
+        }
+        if !matches!(self.cores[i].phase, Phase::Starting { .. }) {
+            self.cores[i].check_at = None;
         }
         for (t, k) in want {
             self.timers.insert((t, i, k));

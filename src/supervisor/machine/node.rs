@@ -68,6 +68,10 @@ impl Machine {
         };
         let running = matches!(phase, Phase::Running { .. });
         let restarts = self.cores[i].restarts;
+        // A `ready_check` runs first one interval after the spawn.
+        self.cores[i].check_at = (matches!(phase, Phase::Starting { .. })
+            && !p.ready_check.is_empty())
+        .then(|| now.saturating_add(ns(p.ready_check_interval)));
         self.set(i, phase);
         let mut ev = event(EventKind::Spawned, i, proc_.pid);
         ev.a = restarts as u64;
@@ -474,6 +478,19 @@ impl Machine {
     }
 
     /// A timer of node `i` is due.
+    /// Node `i`'s `ready_check` did not pass: while it is starting, the next run is due one
+    /// interval from now.
+    pub(super) fn check_pending(&mut self, i: Ix, now: Ns) {
+        let Some(p) = self.confs.get(i).map(|c| c.policy.clone()) else {
+            return;
+        };
+        if p.ready_check.is_empty() || !matches!(self.cores[i].phase, Phase::Starting { .. }) {
+            return;
+        }
+        self.cores[i].check_at = Some(now.saturating_add(ns(p.ready_check_interval)));
+        self.rearm(i);
+    }
+
     /// `WATCHDOG=1` from node `i`: while it runs with `watchdog_ms`, the next is due within it.
     pub(super) fn watchdog_ping(&mut self, i: Ix, now: Ns) {
         let Some(w) = self.confs.get(i).map(|c| c.policy.watchdog) else {
@@ -502,6 +519,15 @@ impl Machine {
             ) if at <= now => {
                 // Remember the blocker: a recheck that finds the same one waits longer.
                 self.spawn_with(i, again, blocked_by.map(|b| (b, block_ms)));
+            }
+            // Its ready check is due: the shell runs it (one at a time: none is due while one
+            // runs).
+            (TimerKind::ReadyCheck, Phase::Starting { .. })
+                if self.cores[i].check_at.is_some_and(|t| t <= now) =>
+            {
+                self.cores[i].check_at = None;
+                self.rearm(i);
+                self.out.push(Action::RunReadyCheck { node: i });
             }
             // No WATCHDOG=1 in time: killed; its exit follows the restart policy.
             (TimerKind::Watchdog, Phase::Running { proc_, .. })
