@@ -9,15 +9,18 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[test]
-fn ready_check_keeps_a_node_starting_until_the_command_exits_0() {
+/// A node `gated` that is ready once the file `open` exists in its cwd (checked every 50 ms),
+/// with `start` running in the background: returns the cluster, that Main and the node's
+/// pid once it is `starting`.
+fn gated(test: &str) -> (Cluster, u32, u32) {
     let c = Cluster::new(
-        "check_gate",
+        test,
         r#"
 [[node]]
 name = "gated"
 ready_check = ["test", "-e", "open"]
 ready_check_interval_ms = 50
+ready_timeout_ms = 60000
 command = ["sleep", "600"]
 "#,
     );
@@ -27,6 +30,12 @@ command = ["sleep", "600"]
     });
     let pid = s["gated"].pid.unwrap();
     track(c.id, pid, true);
+    (c, main, pid)
+}
+
+#[test]
+fn ready_check_keeps_a_node_starting_until_the_command_exits_0() {
+    let (c, main, pid) = gated("check_gate");
     // Several checks fail meanwhile; it stays starting.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.status()["gated"].state, "starting");
@@ -115,23 +124,7 @@ fn ready_timeout_action_restart_starts_it_again() {
 /// opens, the same process all along.
 #[test]
 fn a_node_adopted_starting_is_checked_by_the_successor_until_ready() {
-    let c = Cluster::new(
-        "check_takeover",
-        r#"
-[[node]]
-name = "gated"
-ready_check = ["test", "-e", "open"]
-ready_check_interval_ms = 50
-ready_timeout_ms = 60000
-command = ["sleep", "600"]
-"#,
-    );
-    let main = c.spawn_main(&["start"]);
-    let s = c.wait_status(WAIT, "gated starting", |s| {
-        s["gated"].state == "starting" && s["gated"].pid.is_some()
-    });
-    let pid = s["gated"].pid.unwrap();
-    track(c.id, pid, true);
+    let (c, main, pid) = gated("check_takeover");
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
     let _ = c.wait_main(main, WAIT);
