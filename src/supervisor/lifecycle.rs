@@ -141,24 +141,11 @@ impl Supervisor {
         rec
     }
 
-    /// Due timers: the machine's (restart, SIGKILL, readiness), the watchdogs and ready checks,
-    /// and blockers that are gone.
+    /// Due timers: the machine's (restart, SIGKILL, readiness, watchdog, ready check) and the
+    /// waits for a guardian's report.
     pub(super) fn fire_timers(&mut self) {
         let now = clock::monotonic_ns();
         self.fire_report_waits(now);
-        // A blocker's pidfd turned readable: it is gone, so check again now.
-        let gone: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i]
-                    .blocker
-                    .as_ref()
-                    .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false))
-            })
-            .collect();
-        for i in gone {
-            self.unblock(i);
-            self.feed(Input::BlockerGone { node: i });
-        }
         for (node, kind) in self.machine.due(now) {
             if kind == TimerKind::ReadyBy {
                 // Waiting for a PID file ends: what it names now still counts; else the start
@@ -497,7 +484,7 @@ impl Supervisor {
                         .registry()
                         .register(
                             &mut SourceFd(&fd.as_raw_fd()),
-                            Source::Pidfd(i).token(),
+                            Source::Blocker(i).token(),
                             Interest::READABLE,
                         )
                         .is_ok()
@@ -545,6 +532,20 @@ impl Supervisor {
             }
         }
         Ok(false)
+    }
+
+    /// The pidfd of what blocked node `i`'s start turned readable: if that process is gone,
+    /// the machine checks again now.
+    pub(super) fn blocker_ended(&mut self, i: usize) {
+        let gone = self
+            .nodes
+            .get(i)
+            .and_then(|n| n.blocker.as_ref())
+            .is_some_and(|fd| pidfd::wait_exit(fd, Duration::ZERO).unwrap_or(false));
+        if gone {
+            self.unblock(i);
+            self.feed(Input::BlockerGone { node: i });
+        }
     }
 
     /// Stops watching what blocked node `i`'s start.

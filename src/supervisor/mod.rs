@@ -517,6 +517,7 @@ impl Supervisor {
             let mut files = false;
             let mut cgroups_changed = Vec::new();
             let mut notified = Vec::new();
+            let mut blockers = Vec::new();
             self.pump_pending_outputs();
             for ev in events.iter() {
                 match Source::of(ev.token()) {
@@ -528,6 +529,11 @@ impl Supervisor {
                     Some(Source::Notify(i)) => notified.push(i),
                     Some(Source::Cgroup(i)) => cgroups_changed.push(i),
                     Some(Source::ReadyPipe(i)) => ready.push(i),
+                    // (It may be a child of ours: reap too.)
+                    Some(Source::Blocker(i)) => {
+                        blockers.push(i);
+                        reap = true;
+                    }
                     Some(Source::Pidfd(i)) => match self.nodes.get(i) {
                         Some(n) if n.adopted => adopted_exits.push(i),
                         _ => reap = true,
@@ -575,6 +581,9 @@ impl Supervisor {
             }
             if bell {
                 self.answer_bell();
+            }
+            for i in blockers {
+                self.blocker_ended(i);
             }
             self.fire_timers();
             self.retry_outputs();

@@ -162,10 +162,17 @@ impl Supervisor {
             if let Some(pid) = self.machine.core(i).phase.proc_().map(|p| p.pid) {
                 self.by_pid.insert(pid, i);
             }
-            if let Some(fd) = n.pidfd.as_ref().or(n.blocker.as_ref()) {
+            if let Some(fd) = &n.pidfd {
                 let _ = self.poll.registry().reregister(
                     &mut SourceFd(&fd.as_raw_fd()),
                     Source::Pidfd(i).token(),
+                    Interest::READABLE,
+                );
+            }
+            if let Some(fd) = &n.blocker {
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    Source::Blocker(i).token(),
                     Interest::READABLE,
                 );
             }

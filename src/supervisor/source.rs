@@ -26,6 +26,8 @@ pub(super) enum Source {
     Notify(usize),
     /// Node `i`'s output FIFO: stdout (0) or stderr (1).
     Output(usize, usize),
+    /// The pidfd of the process that blocks node `i`'s start (it ended: start again).
+    Blocker(usize),
 }
 
 /// The kind, in the token's top bits; the node index (and the stream) below.
@@ -44,6 +46,7 @@ impl Source {
             Source::Cgroup(_) => 6,
             Source::Notify(_) => 7,
             Source::Output(..) => 8,
+            Source::Blocker(_) => 9,
         }
     }
 
@@ -51,7 +54,11 @@ impl Source {
     pub(super) fn token(self) -> Token {
         let low = match self {
             Source::Signals | Source::Bell | Source::Reports | Source::ReadyFiles => 0,
-            Source::Pidfd(i) | Source::ReadyPipe(i) | Source::Cgroup(i) | Source::Notify(i) => i,
+            Source::Pidfd(i)
+            | Source::ReadyPipe(i)
+            | Source::Cgroup(i)
+            | Source::Notify(i)
+            | Source::Blocker(i) => i,
             Source::Output(i, k) => 2 * i + (k & 1),
         };
         debug_assert!(low <= INDEX_MASK, "node index {low} out of range");
@@ -72,6 +79,7 @@ impl Source {
             6 => Some(Source::Cgroup(low)),
             7 => Some(Source::Notify(low)),
             8 => Some(Source::Output(low / 2, low % 2)),
+            9 => Some(Source::Blocker(low)),
             _ => None,
         }
     }
@@ -103,6 +111,7 @@ mod tests {
                 Source::Notify(i),
                 Source::Output(i, 0),
                 Source::Output(i, 1),
+                Source::Blocker(i),
             ]);
         }
         let mut seen = std::collections::HashSet::new();
