@@ -15,28 +15,6 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The instance's cgroup, from the `cgroup` file its Supervisor wrote; panics (with the
-/// reason the Supervisor gave) if it runs without one.
-fn instance_cgroup(c: &Cluster) -> PathBuf {
-    let text = std::fs::read_to_string(c.instance_dir().join("cgroup"))
-        .unwrap_or_else(|e| panic!("no cgroup file ({e}); log:\n{}", c.log()));
-    let line = text.lines().next().unwrap_or_default();
-    assert!(
-        !line.starts_with("none: "),
-        "these tests need a writable cgroup v2 hierarchy; the Supervisor says {line}"
-    );
-    PathBuf::from(line)
-}
-
-/// The pids in a cgroup directory (none if it is gone).
-fn procs_in(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 /// The cgroup v2 path of `pid` (the `0::` line of `/proc/PID/cgroup`).
 fn cgroup_of(pid: u32) -> Option<String> {
     let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;

@@ -7,7 +7,6 @@ mod common;
 use broctld::protocol::event::{Event, EventKind};
 use broctld::protocol::mailbox::{Opcode, SlotState};
 use common::*;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -28,10 +27,6 @@ fn node_events(evs: &[(u64, Event)], kind: EventKind, node: usize) -> Vec<Event>
         .filter(|(_, e)| e.kind == kind && e.node as usize == node)
         .map(|(_, e)| *e)
         .collect()
-}
-
-fn pids(s: &BTreeMap<String, NodeView>) -> BTreeMap<String, Option<u32>> {
-    s.iter().map(|(k, v)| (k.clone(), v.pid)).collect()
 }
 
 const TWO_NODES: &str = r#"

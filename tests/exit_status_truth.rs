@@ -9,12 +9,10 @@
 mod common;
 
 use broctld::protocol::event::EventKind;
-use broctld::protocol::layout::SupervisorState;
 use broctld::protocol::node::{Exit, NodeRecord};
 use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -35,23 +33,6 @@ command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.05; done"]
 name = "failing"
 command = ["sh", "-c", "trap 'echo last words: $((6 + 1)); exit 7' TERM; while true; do sleep 0.05; done"]
 "#;
-
-/// The Supervisor's pid once one other than `not` is alive and ready in the region.
-fn next_supervisor(c: &Cluster, not: u32) -> u32 {
-    wait_for(
-        WAIT,
-        "a new live Supervisor",
-        || {
-            let s = broctld::protocol::Shared::open(&c.instance().shm_name()).ok()?;
-            let pid = s.header().owner_pid.load(Ordering::Acquire);
-            (pid != not && pid_alive(pid) && s.state() == Some(SupervisorState::Ready)).then(|| {
-                track(c.id, pid, false);
-                pid
-            })
-        },
-        || c.log(),
-    )
-}
 
 /// Both nodes' deaths were applied: `failing` runs again, `clean` is not its old process.
 fn settled(s: &BTreeMap<String, NodeView>, clean: u32, failing: u32) -> bool {
@@ -197,7 +178,7 @@ fn exits_in_the_takeover_window_keep_their_real_status() {
     });
     let t0 = Instant::now();
     std::fs::write(&go, "").unwrap();
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     assert_each_exit_recorded_once(&c, clean, failing, guardian);
     eprintln!("settled {:?} after the takeover began", t0.elapsed());
 }
@@ -213,7 +194,7 @@ fn adopted_node_dying_while_the_guardian_is_stalled_is_settled_at_once() {
     let (clean, failing) = (before["clean"].pid.unwrap(), before["failing"].pid.unwrap());
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let adopted = c.wait_status(WAIT, "both adopted", |s| {
         s["clean"].pid == Some(clean) && s["failing"].pid == Some(failing)
     });
@@ -256,7 +237,7 @@ fn crash_report_written_in_a_takeover_has_the_last_output_lines() {
     wait_until(WAIT, "failing to end", || is_zombie(failing));
     // The guardian reports it, collects it, then starts the replacement.
     thaw(guardian);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let s = c.wait_status(WAIT, "failing ended", |s| s["failing"].state == "failed");
     assert_eq!(s["failing"].exit_code, Some(7), "{}", c.log());
     let dir: PathBuf = c.root.join("spool/failing");
@@ -286,7 +267,7 @@ fn a_stalled_guardian_is_waited_for_at_most_two_seconds_when_proc_hides_the_stat
     let (clean, failing) = (before["clean"].pid.unwrap(), before["failing"].pid.unwrap());
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     c.wait_status(WAIT, "both adopted", |s| {
         s["clean"].pid == Some(clean) && s["failing"].pid == Some(failing)
     });
@@ -379,7 +360,7 @@ fn a_takeover_does_not_wait_node_by_node_for_a_stalled_guardian() {
     });
     let t0 = Instant::now();
     std::fs::write(&go, "").unwrap();
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let ready = t0.elapsed();
     // Six nodes at 2 s each would be 12 s; one wait for all of them is 2 s.
     assert!(
@@ -420,7 +401,7 @@ fn a_report_of_an_exit_a_killed_predecessor_recorded_is_dropped() {
     let failing = before["failing"].pid.unwrap();
     let first = c.supervisor_pid();
     signal(first, libc::SIGKILL);
-    let second = next_supervisor(&c, first);
+    let second = c.next_supervisor(first);
     c.wait_status(WAIT, "failing adopted", |s| {
         s["failing"].pid == Some(failing)
     });
@@ -436,7 +417,7 @@ fn a_report_of_an_exit_a_killed_predecessor_recorded_is_dropped() {
     signal(second, libc::SIGKILL);
     wait_until(WAIT, "the second Supervisor to die", || !pid_alive(second));
     thaw(guardian);
-    next_supervisor(&c, second);
+    c.next_supervisor(second);
     c.wait_status(WAIT, "failing running", |n| n["failing"].state == "running");
     wait_until(WAIT, "the report dropped", || {
         c.log()
@@ -497,7 +478,7 @@ fn an_exit_applied_by_a_predecessor_killed_before_it_published_is_not_applied_ag
     let failing = before["failing"].pid.unwrap();
     let first = c.supervisor_pid();
     signal(first, libc::SIGKILL);
-    let second = next_supervisor(&c, first);
+    let second = c.next_supervisor(first);
     c.wait_status(WAIT, "failing adopted", |s| {
         s["failing"].pid == Some(failing)
     });
@@ -514,7 +495,7 @@ fn an_exit_applied_by_a_predecessor_killed_before_it_published_is_not_applied_ag
     // As if it had died after the `exited` event, before publishing the restart.
     set_region_record(&c, &recorded);
     thaw(guardian);
-    next_supervisor(&c, second);
+    c.next_supervisor(second);
     let s = c.wait_status(WAIT, "failing running", |s| {
         s["failing"].state == "running" && s["failing"].pid.is_some()
     });
@@ -595,7 +576,7 @@ fn status_with_the_guardian_stopped_and_no_supervisor_says_why_at_once() {
         "the guardian is left as it was"
     );
     thaw(guardian);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "both adopted", |s| {
         s["clean"].pid == Some(clean) && s["failing"].pid == Some(failing)
     });

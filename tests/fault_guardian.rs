@@ -26,32 +26,6 @@ name = "b"
 command = ["sleep", "600"]
 "#;
 
-fn pids(s: &BTreeMap<String, NodeView>) -> BTreeMap<String, Option<u32>> {
-    s.iter().map(|(k, v)| (k.clone(), v.pid)).collect()
-}
-
-fn all_running(s: &BTreeMap<String, NodeView>) -> bool {
-    s.values().all(|n| n.state == "running" && n.pid.is_some())
-}
-
-/// The Supervisor's pid once one is alive and ready in the region, other than `not`.
-fn next_supervisor(c: &Cluster, not: u32) -> u32 {
-    wait_for(
-        WAIT,
-        "a new live Supervisor",
-        || {
-            let s = broctld::protocol::Shared::open(&c.instance().shm_name()).ok()?;
-            let h = s.header();
-            let pid = h.owner_pid.load(Ordering::Acquire);
-            (pid != not && pid_alive(pid) && s.state() == Some(SupervisorState::Ready)).then(|| {
-                track(c.id, pid, false);
-                pid
-            })
-        },
-        || c.log(),
-    )
-}
-
 /// Every node still the same process, alive (kernel's view, not broctld's).
 fn assert_same_live_nodes(before: &BTreeMap<String, NodeView>, what: &str) {
     for (name, n) in before {
@@ -140,7 +114,7 @@ fn node_dying_while_supervisor_is_dead_is_restarted_with_its_exit_status() {
     signal(a, libc::SIGTERM);
     wait_until(WAIT, "a to end", || proc_state(a) == Some('Z'));
     thaw(guardian);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "a restarted", |s| {
         s["a"].state == "running" && s["a"].pid.is_some_and(|p| p != a)
     });
@@ -191,7 +165,7 @@ fn node_dying_right_after_a_supervisor_kill_keeps_its_exit_status() {
         let sup = c.supervisor_pid();
         signal(sup, libc::SIGKILL);
         signal(a, libc::SIGTERM);
-        next_supervisor(&c, sup);
+        c.next_supervisor(sup);
         let after = c.wait_status(WAIT, "a restarted", |s| {
             s["a"].state == "running" && s["a"].pid.is_some_and(|p| p != a)
         });
@@ -214,7 +188,7 @@ fn adopted_node_exit_status_comes_from_the_guardian() {
     let before = c.start();
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let guardian = the_guardian(&c.runtime);
     let a = before["a"].pid.unwrap();
     let b = before["b"].pid.unwrap();
@@ -259,7 +233,7 @@ fn guardian_kill_leaves_nodes_running() {
     assert!(all_running(&s), "{s:#?}");
     // The chain is whole again.
     signal(sup, libc::SIGKILL);
-    let new = next_supervisor(&c, sup);
+    let new = c.next_supervisor(sup);
     assert_eq!(parent_pid(new), Some(next), "the new guardian started it");
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
@@ -306,7 +280,7 @@ fn replacement_supervisor_uses_running_config_when_file_is_broken() {
     let sup = c.supervisor_pid();
     c.write_config("[[node]]\nname = 3\n");
     signal(sup, libc::SIGKILL);
-    let new = next_supervisor(&c, sup);
+    let new = c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
     assert!(
@@ -342,7 +316,7 @@ fn replacement_supervisor_uses_running_config_when_file_is_broken() {
     signal(sup, libc::SIGKILL);
     wait_until(WAIT, "the Supervisor to die", || !pid_alive(sup));
     c.run(&["status"]);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&s), "{}", c.log());
 }
@@ -369,7 +343,7 @@ fn replacement_without_path_in_env() {
         String::from_utf8_lossy(&out.stderr),
         c.log()
     );
-    let new = next_supervisor(&c, sup);
+    let new = c.next_supervisor(sup);
     let env = std::fs::read(format!("/proc/{new}/environ")).unwrap();
     assert!(
         env.split(|b| *b == 0)
@@ -470,7 +444,7 @@ fn supervisor_log_is_rotated() {
     // The guardian follows the rotation too: its next line lands in the new file.
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     wait_until(WAIT, "the guardian's line in the new log", || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("guardian: Supervisor pid"))
     });
@@ -499,7 +473,7 @@ fn guardian_backs_off_while_a_supervisor_cannot_start_then_recovers() {
     assert!(pid_alive(guardian), "the guardian gave up");
     assert_same_live_nodes(&before, "while no Supervisor can start");
     std::fs::remove_file(&bell).unwrap();
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
     assert_eq!(guardians_of(&c.runtime), vec![guardian]);
@@ -536,7 +510,7 @@ stop_timeout_ms = 20000
     wait_until(WAIT, "a to end", || proc_state(a) == Some('Z'));
     assert_eq!(parent_pid(a), Some(guardian));
     thaw(guardian);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "a stopped", |s| s["a"].state == "stopped");
     assert_eq!(after["a"].exit_code, Some(7), "{:?}", after["a"]);
     assert_eq!(after["a"].pid, None);

@@ -14,24 +14,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const THREE: &str = r#"
-[defaults]
-restart_delay_ms = 100
-stop_timeout_ms = 3000
-
-[[node]]
-name = "a"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "b"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "c"
-command = ["@NODE@", "--interval", "10s"]
-"#;
-
 /// Bytes in a node record: its sequence word and 15 words.
 const CELL: u64 = 128;
 
@@ -137,7 +119,7 @@ fn json_rows(stdout: &str) -> Vec<serde_json::Value> {
 /// memory at once: `status` shows the truth and `stop b` stops b.
 #[test]
 fn zeroed_node_record_page_is_never_shown_as_nameless_stopped_rows() {
-    let c = Cluster::new("zeroed_records", THREE);
+    let c = Cluster::new("zeroed_records", THREE_NODES);
     c.start();
     let before = status_is_truth(&c, "before");
     let f = region(&c);
@@ -170,7 +152,7 @@ fn zeroed_node_record_page_is_never_shown_as_nameless_stopped_rows() {
 /// Supervisor runs again it repairs the table from its memory.
 #[test]
 fn zeroed_node_records_are_shown_unknown_while_the_supervisor_cannot_repair_them() {
-    let c = Cluster::new("zeroed_frozen", THREE);
+    let c = Cluster::new("zeroed_frozen", THREE_NODES);
     c.start();
     let before = status_is_truth(&c, "before");
     let sup = c.supervisor_pid();
@@ -213,7 +195,7 @@ fn zeroed_node_records_are_shown_unknown_while_the_supervisor_cannot_repair_them
 /// stranger; with the Supervisor stopped, b's row is `unknown` with no pid.
 #[test]
 fn a_forged_pid_in_a_record_is_never_shown_as_the_nodes_pid() {
-    let c = Cluster::new("forged_pid", THREE);
+    let c = Cluster::new("forged_pid", THREE_NODES);
     c.start();
     status_is_truth(&c, "before");
     let mut stranger = std::process::Command::new("sleep")
@@ -271,7 +253,7 @@ fn a_forged_pid_in_a_record_is_never_shown_as_the_nodes_pid() {
 /// anything but the truth or `unknown`.
 #[test]
 fn single_bit_flips_in_a_record_are_caught_and_repaired() {
-    let c = Cluster::new("bit_flips", THREE);
+    let c = Cluster::new("bit_flips", THREE_NODES);
     c.start();
     status_is_truth(&c, "before");
     let f = region(&c);

@@ -42,15 +42,6 @@ stop_timeout_ms = 3000
     text
 }
 
-fn pids(s: &BTreeMap<String, NodeView>) -> BTreeMap<String, Option<u32>> {
-    s.iter().map(|(k, v)| (k.clone(), v.pid)).collect()
-}
-
-fn all_running(s: &BTreeMap<String, NodeView>) -> bool {
-    s.values()
-        .all(|n| n.state == "running" && n.pid.is_some_and(pid_alive))
-}
-
 fn sigkill(pid: u32) {
     // SAFETY: kill takes a pid and a signal.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -333,24 +324,6 @@ fn supervisor_killed_at_random_moments_never_restarts_or_duplicates_a_node() {
     figure(t, "ms", t0.elapsed().as_millis());
 }
 
-const THREE: &str = r#"
-[defaults]
-restart_delay_ms = 100
-stop_timeout_ms = 3000
-
-[[node]]
-name = "a"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "b"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "c"
-command = ["@NODE@", "--interval", "10s"]
-"#;
-
 /// Holds the guardian (SIGSTOP) and kills the Supervisor `sup`: no successor starts until the
 /// guardian is thawed, so a test can arrange what the next one finds. Returns the guardian.
 fn kill_supervisor_held(c: &Cluster, sup: u32) -> u32 {
@@ -400,7 +373,7 @@ fn edit_region_record(c: &Cluster, name: &str, edit: impl FnOnce(&mut NodeRecord
 /// b's stdout used to hold the window open; output files are opened without blocking now.)
 #[test]
 fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending() {
-    let c = Cluster::new("dead_at_takeover", THREE);
+    let c = Cluster::new("dead_at_takeover", THREE_NODES);
     c.start();
     // Past its restart delay, so the next Supervisor restarts it at once (during its takeover).
     let before = c.wait_status(WAIT, "b up longer than its restart delay", |s| {
@@ -492,7 +465,7 @@ fn node_dead_at_takeover_is_never_recorded_stopped_while_its_restart_is_pending(
 /// the node `stopped`.
 #[test]
 fn reported_exit_of_a_node_with_a_restart_pending_starts_it_again() {
-    let c = Cluster::new("reported_restart", THREE);
+    let c = Cluster::new("reported_restart", THREE_NODES);
     let before = c.start();
     let sup = c.supervisor_pid();
     // Hold the guardian: the dead Supervisor is not replaced, and c's exit waits to be reported.
@@ -529,7 +502,7 @@ fn reported_exit_of_a_node_with_a_restart_pending_starts_it_again() {
 /// (its successor knows only the region, where the node is recorded `stopped`).
 #[test]
 fn a_stopped_node_stays_stopped_when_the_supervisor_is_replaced() {
-    let c = Cluster::new("stopped_stays", THREE);
+    let c = Cluster::new("stopped_stays", THREE_NODES);
     let before = c.start();
     c.run(&["stop", "b"]).ok();
     let s = c.status();
@@ -555,7 +528,7 @@ fn a_stopped_node_stays_stopped_when_the_supervisor_is_replaced() {
 /// time in RUNTIME/INSTANCE/nodes/NAME.lock) and adopts it rather than start a second copy.
 #[test]
 fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice() {
-    let c = Cluster::new("lock_adopt", THREE);
+    let c = Cluster::new("lock_adopt", THREE_NODES);
     let before = c.start();
     let sup = c.supervisor_pid();
     let b = before["b"].pid.unwrap();
@@ -600,7 +573,7 @@ fn a_node_missing_from_the_region_is_adopted_through_its_lock_not_started_twice(
 /// unsupervised while it waits forever for the lock (`backoff`, no pid).
 #[test]
 fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
-    let c = Cluster::new("lock_window", THREE);
+    let c = Cluster::new("lock_window", THREE_NODES);
     let before = c.start();
     let sup = c.supervisor_pid();
     let b = before["b"].pid.unwrap();
@@ -644,7 +617,7 @@ fn a_node_spawned_just_before_the_supervisor_died_is_found_through_its_lock() {
 /// every node is still found through its lock: same pids, no second copies.
 #[test]
 fn nodes_keep_their_pids_when_the_region_is_lost_with_the_supervisor() {
-    let c = Cluster::new("region_lost", THREE);
+    let c = Cluster::new("region_lost", THREE_NODES);
     let before = c.start();
     let sup = c.supervisor_pid();
     let guardian = kill_supervisor_held(&c, sup);
@@ -686,28 +659,7 @@ command = ["@NODE@", "--interval", "10s"]
     let before = c.start();
     let leader = before["escaper"].pid.unwrap();
     // The escaped sleep: its own session, no BROCTLD_NODE, the lock fd inherited.
-    let lock_path = c.instance_dir().join("nodes/escaper.lock");
-    let holds_lock = |pid: u32| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| std::fs::read_link(e.path()).ok().as_deref() == Some(lock_path.as_path()))
-    };
-    let escaped = wait_for(
-        WAIT,
-        "the escaped child",
-        || {
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .find(|&p| p != leader && pgid(p) != Some(leader) && pid_alive(p) && holds_lock(p))
-        },
-        || format!("{:?}", node_procs(&c.instance)),
-    );
-    track(c.id, escaped, true);
+    let escaped = lock_escapee(&c, leader);
     signal(leader, libc::SIGKILL);
     // For a while (bounded), no second copy: the Supervisor waits for the lock.
     let mut second = None;
@@ -847,7 +799,7 @@ fn upgrade_supervisor_repeatedly_with_many_nodes_restarts_nothing_and_commands_w
 #[test]
 fn upgrade_refused_up_front_or_failing_in_exec_leaves_the_old_supervisor_running() {
     use std::os::unix::fs::PermissionsExt;
-    let c = Cluster::new("upgrade_fail", THREE);
+    let c = Cluster::new("upgrade_fail", THREE_NODES);
     let exe = c.root.join("bin/broctld");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
     std::fs::copy(broctld_bin(), &exe).expect("copy broctld");
@@ -938,7 +890,7 @@ fn upgrade_refused_up_front_or_failing_in_exec_leaves_the_old_supervisor_running
 #[test]
 fn a_failed_upgrade_exec_is_reported_by_the_main_that_asked() {
     use std::os::unix::fs::PermissionsExt;
-    let c = Cluster::new("upgrade_fail_msg", THREE);
+    let c = Cluster::new("upgrade_fail_msg", THREE_NODES);
     let exe = c.root.join("bin/broctld");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
     std::fs::copy(broctld_bin(), &exe).expect("copy broctld");

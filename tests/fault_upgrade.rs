@@ -14,28 +14,10 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const THREE: &str = r#"
-[defaults]
-restart_delay_ms = 100
-stop_timeout_ms = 3000
-
-[[node]]
-name = "a"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "b"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "c"
-command = ["@NODE@", "--interval", "10s"]
-"#;
-
 /// A cluster whose Supervisor (and guardian) run from `ROOT/bin/broctld`, a copy of broctld;
 /// `env` goes to the Main that starts them (the guardian reads its deadline from it).
 fn cluster_on_a_copy(name: &str, env: &[(&str, &str)]) -> (Cluster, PathBuf) {
-    let c = Cluster::new(name, THREE);
+    let c = Cluster::new(name, THREE_NODES);
     let exe = c.root.join("bin/broctld");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
     std::fs::copy(broctld_bin(), &exe).expect("copy broctld");

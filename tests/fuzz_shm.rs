@@ -596,23 +596,6 @@ fn mailbox_functions_over_garbage_slots_never_panic_or_block() {
 // ---------------------------------------------------------------------------------------------
 // A live Supervisor fed garbage.
 
-const THREE: &str = r#"
-[defaults]
-restart_delay_ms = 100
-
-[[node]]
-name = "a"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "b"
-command = ["@NODE@", "--interval", "10s"]
-
-[[node]]
-name = "c"
-command = ["@NODE@", "--interval", "10s"]
-"#;
-
 /// Garbage in every mailbox slot, the node table (past the nodes, and in the live records) and
 /// the ring of a running Supervisor: it keeps serving, no node restarts, every slot comes
 /// back, Mains reading the garbage neither panic nor hang, and a damaged live record is never
@@ -620,7 +603,7 @@ command = ["@NODE@", "--interval", "10s"]
 #[test]
 fn live_supervisor_survives_garbage_in_mailbox_table_and_ring() {
     let rounds = env_count("BROCTLD_FUZZ_LIVE_ROUNDS", 40);
-    let c = Cluster::new("fuzz_live", THREE);
+    let c = Cluster::new("fuzz_live", THREE_NODES);
     let before = c.start();
     let sup = c.supervisor_pid();
     let client = c.client();

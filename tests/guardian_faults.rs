@@ -6,12 +6,10 @@
 
 mod common;
 
-use broctld::protocol::layout::SupervisorState;
 use common::*;
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,32 +23,6 @@ command = ["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.05; done"]
 name = "b"
 command = ["sleep", "600"]
 "#;
-
-fn pids(s: &BTreeMap<String, NodeView>) -> BTreeMap<String, Option<u32>> {
-    s.iter().map(|(k, v)| (k.clone(), v.pid)).collect()
-}
-
-fn all_running(s: &BTreeMap<String, NodeView>) -> bool {
-    s.values().all(|n| n.state == "running" && n.pid.is_some())
-}
-
-/// The Supervisor's pid once one other than `not` is alive and ready in the region (read
-/// from the region: no Main runs).
-fn next_supervisor(c: &Cluster, not: u32) -> u32 {
-    wait_for(
-        WAIT,
-        "a new live Supervisor",
-        || {
-            let s = broctld::protocol::Shared::open(&c.instance().shm_name()).ok()?;
-            let pid = s.header().owner_pid.load(Ordering::Acquire);
-            (pid != not && pid_alive(pid) && s.state() == Some(SupervisorState::Ready)).then(|| {
-                track(c.id, pid, false);
-                pid
-            })
-        },
-        || c.log(),
-    )
-}
 
 /// The one live guardian once it is none of `old`.
 fn new_guardian(c: &Cluster, old: &[u32]) -> u32 {
@@ -105,7 +77,7 @@ fn second_guardian_death_is_noticed_and_a_later_supervisor_kill_repaired() {
         );
         // Then the Supervisor: the last guardian replaces it.
         signal(sup, libc::SIGKILL);
-        let new = next_supervisor(&c, sup);
+        let new = c.next_supervisor(sup);
         assert_eq!(
             parent_pid(new),
             seen.last().copied(),
@@ -168,7 +140,7 @@ fn probe_holding_the_lock_shared_never_fails_a_replacement_supervisor() {
         alive_and("exited with status 2 before it served; trying again")
     });
     drop(probe);
-    let new = next_supervisor(&c, sup);
+    let new = c.next_supervisor(sup);
     assert_eq!(parent_pid(new), Some(g));
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
@@ -192,7 +164,7 @@ fn guardian_keeps_trying_after_a_replacement_exits_already_running() {
         log.contains("exited with status 3 before it served") && log.contains("trying again")
     });
     drop(holder);
-    let new = next_supervisor(&c, sup);
+    let new = c.next_supervisor(sup);
     assert_eq!(parent_pid(new), Some(g));
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
@@ -292,7 +264,7 @@ fn guardian_holds_fds_only_for_running_nodes_and_never_runs_out() {
     let victim = before["n055"].pid.unwrap();
     signal(sup, libc::SIGKILL);
     signal(victim, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "n055 restarted", |s| {
         s["n055"].state == "running" && s["n055"].pid.is_some_and(|p| p != victim)
     });
@@ -375,7 +347,7 @@ fn guardian_at_200_nodes_started_under_ulimit_n_64() {
     }
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "the running nodes adopted", |s| {
         before
             .iter()
@@ -564,7 +536,7 @@ fn first_mains_umask_nice_and_rlimits_never_reach_nodes() {
     }
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let b = before["b"].pid.unwrap();
     signal(b, libc::SIGKILL);
     let after = c.wait_status(WAIT, "b restarted", |s| {
@@ -624,7 +596,7 @@ fn status_while_the_guardian_retries_a_failing_supervisor_says_why_at_once() {
     }
     assert_alive(&before, "while the guardian retries");
     std::fs::remove_file(&bell).expect("remove the squat");
-    next_supervisor(&c, sup);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "all running", all_running);
     assert_eq!(pids(&after), pids(&before), "{}", c.log());
     assert!(duplicates(&c.instance).is_empty());

@@ -12,7 +12,7 @@ use broctld::protocol::event::EventKind;
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -141,26 +141,6 @@ command = ["@NODE@", "--non-dumpable", "--close-fds", "--interval", "10s"]
 // ---------------------------------------------------------------------------------------------
 // 10. Sub-cgroups of a node's group.
 
-/// The instance's cgroup, from the `cgroup` file its Supervisor wrote.
-fn instance_cgroup(c: &Cluster) -> PathBuf {
-    let text = std::fs::read_to_string(c.instance_dir().join("cgroup"))
-        .unwrap_or_else(|e| panic!("no cgroup file ({e}); log:\n{}", c.log()));
-    let line = text.lines().next().unwrap_or_default();
-    assert!(
-        !line.starts_with("none: "),
-        "this test needs a writable cgroup v2 hierarchy; the Supervisor says {line}"
-    );
-    PathBuf::from(line)
-}
-
-fn procs_in(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 /// A node that makes `sub` in its own group and moves a `sleep` there, then runs on. The
 /// `sleep` has closed the lock fd and has an empty environment: only the cgroup says whose it
 /// is.
@@ -270,34 +250,6 @@ stop_timeout_ms = 3000
 name = "escaper"
 command = ["sh", "-c", "setsid env -u BROCTLD_NODE sleep 600 & exec sleep 600"]
 "#;
-
-/// The escaped `sleep` of node `escaper`: not its leader, in no process group of it, holding
-/// its lock file open.
-fn lock_escapee(c: &Cluster, leader: u32) -> u32 {
-    let lock_path = c.instance_dir().join("nodes/escaper.lock");
-    let holds_lock = |pid: u32| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| std::fs::read_link(e.path()).ok().as_deref() == Some(lock_path.as_path()))
-    };
-    let escaped = wait_for(
-        WAIT,
-        "the escaped child",
-        || {
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .find(|&p| p != leader && pgid(p) != Some(leader) && pid_alive(p) && holds_lock(p))
-        },
-        || format!("{:?}", node_procs(&c.instance)),
-    );
-    track(c.id, escaped, true);
-    escaped
-}
 
 /// Defect 17: without cgroups, a process that escaped with `setsid env -u BROCTLD_NODE` (it
 /// keeps the lock fd) blocks its node once the leader dies, and the message said "`broctld

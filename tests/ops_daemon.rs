@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -109,14 +108,6 @@ fn spawn_daemon(c: &Cluster, notify: &Notify) -> Child {
         .expect("run broctld daemon");
     track(c.id, child.id(), false);
     child
-}
-
-fn pids(s: &BTreeMap<String, NodeView>) -> BTreeMap<String, Option<u32>> {
-    s.iter().map(|(k, v)| (k.clone(), v.pid)).collect()
-}
-
-fn all_running(s: &BTreeMap<String, NodeView>) -> bool {
-    s.values().all(|n| n.state == "running" && n.pid.is_some())
 }
 
 fn main_log(c: &Cluster) -> String {

@@ -455,7 +455,106 @@ pub struct Cluster {
     watchdog: Option<Watchdog>,
 }
 
+/// The escaped process of node `escaper` (`setsid env -u BROCTLD_NODE sleep 600 &`): not its leader, in no process group of it, holding
+/// its lock file open.
+pub fn lock_escapee(c: &Cluster, leader: u32) -> u32 {
+    let lock_path = c.instance_dir().join("nodes/escaper.lock");
+    let holds_lock = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).ok().as_deref() == Some(lock_path.as_path()))
+    };
+    let escaped = wait_for(
+        Duration::from_secs(30),
+        "the escaped child",
+        || {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .find(|&p| p != leader && pgid(p) != Some(leader) && pid_alive(p) && holds_lock(p))
+        },
+        || format!("{:?}", node_procs(&c.instance)),
+    );
+    track(c.id, escaped, true);
+    escaped
+}
+
+/// The instance's cgroup, from the `cgroup` file its Supervisor wrote.
+pub fn instance_cgroup(c: &Cluster) -> PathBuf {
+    let text = std::fs::read_to_string(c.instance_dir().join("cgroup"))
+        .unwrap_or_else(|e| panic!("no cgroup file ({e}); log:\n{}", c.log()));
+    let line = text.lines().next().unwrap_or_default();
+    assert!(
+        !line.starts_with("none: "),
+        "these tests need a writable cgroup v2 hierarchy; the Supervisor says {line}"
+    );
+    PathBuf::from(line)
+}
+
+/// The pids in a cgroup directory (none if it is gone).
+pub fn procs_in(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Three plain nodes `a`, `b`, `c` (the node helper, a line every 10 s), restarted after
+/// 100 ms, SIGKILLed 3 s after their stop signal.
+pub const THREE_NODES: &str = r#"
+[defaults]
+restart_delay_ms = 100
+stop_timeout_ms = 3000
+
+[[node]]
+name = "a"
+command = ["@NODE@", "--interval", "10s"]
+
+[[node]]
+name = "b"
+command = ["@NODE@", "--interval", "10s"]
+
+[[node]]
+name = "c"
+command = ["@NODE@", "--interval", "10s"]
+"#;
+
+/// Each node's pid in a status snapshot.
+pub fn pids(s: &BTreeMap<String, NodeView>) -> BTreeMap<String, Option<u32>> {
+    s.iter().map(|(k, v)| (k.clone(), v.pid)).collect()
+}
+
+/// Every node `running`, with a pid that is alive in /proc.
+pub fn all_running(s: &BTreeMap<String, NodeView>) -> bool {
+    s.values()
+        .all(|n| n.state == "running" && n.pid.is_some_and(pid_alive))
+}
+
 impl Cluster {
+    /// The Supervisor's pid once one other than `not` is alive and `ready` in the region (read
+    /// from the region: no Main runs), recorded for cleanup.
+    pub fn next_supervisor(&self, not: u32) -> u32 {
+        wait_for(
+            Duration::from_secs(30),
+            "a new live Supervisor",
+            || {
+                let s = broctld::protocol::Shared::open(&self.instance().shm_name()).ok()?;
+                let pid = s.header().owner_pid.load(Ordering::Acquire);
+                let ready = s.state() == Some(broctld::protocol::layout::SupervisorState::Ready);
+                (pid != not && pid_alive(pid) && ready).then(|| {
+                    track(self.id, pid, false);
+                    pid
+                })
+            },
+            || self.log(),
+        )
+    }
+
     /// A cluster for test `name` whose config is `config` with every `@NODE@` replaced by the
     /// absolute path of `broctld-node`. Nothing is started.
     pub fn new(name: &str, config: &str) -> Cluster {
