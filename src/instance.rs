@@ -157,6 +157,17 @@ impl Instance {
         self.dir().join("supervisor.lock")
     }
 
+    /// The folder of per-node files (lock files, output and readiness FIFOs, `STATUS=` texts,
+    /// down marks).
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.dir().join("nodes")
+    }
+
+    /// Node `name`'s lock file (held by its processes through an inherited fd).
+    pub fn node_lock_path(&self, name: &str) -> PathBuf {
+        self.nodes_dir().join(format!("{name}.lock"))
+    }
+
     /// The doorbell FIFO.
     pub fn bell_path(&self) -> PathBuf {
         self.dir().join("doorbell")

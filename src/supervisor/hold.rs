@@ -14,8 +14,7 @@ use std::path::PathBuf;
 impl Supervisor {
     fn down_path(&self, i: usize) -> PathBuf {
         self.instance
-            .dir()
-            .join("nodes")
+            .nodes_dir()
             .join(format!("{}.down", self.nodes[i].spec.name))
     }
 
@@ -35,7 +34,7 @@ impl Supervisor {
         }
         let path = self.down_path(i);
         let result = if want {
-            checked::private_dir(&self.instance.dir().join("nodes"))
+            checked::private_dir(&self.instance.nodes_dir())
                 .map_err(io::Error::other)
                 .and_then(|()| {
                     checked::open(

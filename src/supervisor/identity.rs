@@ -7,17 +7,12 @@
 
 use super::*;
 
-/// The folder of `instance`'s node lock files (`NAME.lock`).
-pub(super) fn node_locks_dir(instance: &Instance) -> PathBuf {
-    instance.dir().join("nodes")
-}
-
 impl Supervisor {
     /// Node `i`'s lock is held, and no process carrying its identity holds it: the blocker is
     /// whoever holds it, found by a look into every process's open files; unnamed
     /// (`BLOCKED_UNKNOWN`, and the reason says why) if it cannot be found.
     pub(super) fn lock_blocker(&self, i: usize) -> (u32, String) {
-        let lock = super::lifecycle::node_lock_path(&self.instance, &self.nodes[i].spec.name);
+        let lock = self.instance.node_lock_path(&self.nodes[i].spec.name);
         match procscan::lock_holders(&lock) {
             Ok((holders, _)) if !holders.is_empty() => (
                 holders[0],
@@ -65,7 +60,7 @@ impl Supervisor {
         }
         let name = self.nodes[i].spec.name.clone();
         let mut killed = signalled;
-        let lock = super::lifecycle::node_lock_path(&self.instance, &name);
+        let lock = self.instance.node_lock_path(&name);
         if matches!(
             lockfile::LockFile::probe(&lock),
             Ok(lockfile::Probe::Held { .. })

@@ -188,11 +188,7 @@ impl Supervisor {
         };
         // A held lock always gets the full scan: it names who holds it.
         let procs = match if held {
-            procscan::node_processes(
-                &name,
-                &instance,
-                &super::identity::node_locks_dir(&self.instance),
-            )
+            procscan::node_processes(&name, &instance, &self.instance.nodes_dir())
         } else {
             self.node_processes(i)
         } {
@@ -513,7 +509,7 @@ impl Supervisor {
         procscan::node_processes(
             &self.nodes[i].spec.name,
             self.instance.name(),
-            &super::identity::node_locks_dir(&self.instance),
+            &self.instance.nodes_dir(),
         )
     }
 
@@ -612,7 +608,7 @@ impl Supervisor {
     /// starts without one). Either way, the pid and start time the file names (its last
     /// holder, which may have closed the fd but still run).
     pub(super) fn node_lock(&self, i: usize) -> NodeLock {
-        let dir = self.instance.dir().join("nodes");
+        let dir = self.instance.nodes_dir();
         if let Err(e) = crate::sys::checked::private_dir(&dir) {
             log!("node locks: {e}");
             return NodeLock::Taken(None, (0, 0));
@@ -960,9 +956,4 @@ fn cgroup_processes(g: &crate::sys::cgroup::Cgroup) -> io::Result<Vec<procscan::
         });
     }
     Ok(out)
-}
-
-/// Node `name`'s lock file in `instance`'s dir.
-pub(super) fn node_lock_path(instance: &Instance, name: &str) -> PathBuf {
-    instance.dir().join("nodes").join(format!("{name}.lock"))
 }

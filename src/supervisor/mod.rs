@@ -5,6 +5,7 @@
 //! nearest timer (a restart delay, a stop timeout, a readiness delay). With no timer pending it
 //! sleeps without a timeout: an idle Supervisor makes no syscalls at all.
 
+mod adopted_exits;
 pub mod cgroups;
 pub mod crash;
 mod dispatch;
@@ -689,7 +690,7 @@ impl Supervisor {
             self.close_outputs(i);
         }
         // Node locks: remove each one nobody holds (a node that outlived us keeps its own).
-        let nodes_dir = self.instance.dir().join("nodes");
+        let nodes_dir = self.instance.nodes_dir();
         if let Ok(rd) = std::fs::read_dir(&nodes_dir) {
             for e in rd.flatten() {
                 if let Ok(l) = lockfile::LockFile::acquire(&e.path(), "") {

@@ -207,7 +207,7 @@ impl Supervisor {
                     pid,
                     &name,
                     self.instance.name(),
-                    &super::lifecycle::node_lock_path(&self.instance, &name),
+                    &self.instance.node_lock_path(&name),
                 )
                 .unwrap_or(false)
                     || st.parent == std::process::id()

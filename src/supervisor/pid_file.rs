@@ -74,7 +74,7 @@ impl Supervisor {
         }
         let reparented =
             st.parent == std::process::id() && self.by_pid.get(&pid).is_none_or(|&j| j == i);
-        let lock = super::lifecycle::node_lock_path(&self.instance, name);
+        let lock = self.instance.node_lock_path(name);
         match procscan::identify(pid, name, self.instance.name(), &lock)? {
             procscan::Identity::Node => Ok(true),
             procscan::Identity::Other => Ok(reparented),
@@ -93,7 +93,7 @@ impl Supervisor {
         self.nodes[i].adopted = parent != std::process::id();
         self.watch_pid(i, pid);
         self.by_pid.insert(pid, i);
-        let lock = super::lifecycle::node_lock_path(&self.instance, &self.nodes[i].spec.name);
+        let lock = self.instance.node_lock_path(&self.nodes[i].spec.name);
         match lockfile::LockFile::rename_holder(&lock, pid, start) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -123,10 +123,8 @@ impl Supervisor {
         // started here may still run: adopt it rather than show it stopped while it runs.
         if !unrecorded.is_empty() {
             // One scan of /proc for all of them.
-            let mut found = procscan::instance_processes(
-                self.instance.name(),
-                &super::identity::node_locks_dir(&self.instance),
-            );
+            let mut found =
+                procscan::instance_processes(self.instance.name(), &self.instance.nodes_dir());
             for i in unrecorded {
                 let procs = match &mut found {
                     Ok(by_node) => Ok(by_node.remove(&self.nodes[i].spec.name).unwrap_or_default()),
@@ -306,11 +304,7 @@ impl Supervisor {
     ) -> machine::takeover::Found {
         use machine::takeover::Found;
         let name = self.nodes[i].spec.name.clone();
-        let lock = self
-            .instance
-            .dir()
-            .join("nodes")
-            .join(format!("{name}.lock"));
+        let lock = self.instance.node_lock_path(&name);
         let (recorded, held) = match lockfile::LockFile::probe(&lock) {
             Ok(lockfile::Probe::Held { pid, start, .. }) => ((pid, start), true),
             Ok(lockfile::Probe::Free) => ((0, 0), false),
@@ -505,7 +499,7 @@ fn is_survivor_node(
         Some(_) => match group {
             Some(g) if g.contains(pid)? => Ok(true),
             _ => {
-                let lock = super::lifecycle::node_lock_path(instance, name);
+                let lock = instance.node_lock_path(name);
                 procscan::is_node_process(pid, name, instance.name(), &lock)
             }
         },
