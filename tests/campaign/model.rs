@@ -42,6 +42,19 @@ impl Allow {
     fn spawn_once(&mut self, name: &str) {
         self.spawn.insert(name.to_owned(), 1);
     }
+
+    /// Supervision resumes after a time with none (the guardian was stopped and the
+    /// Supervisor dead): the Supervisor that takes over restarts, once, a node that died
+    /// meanwhile, and carries through a stop begun before (a node not wanted running may die).
+    pub fn resumed(&mut self, m: &Model) {
+        for n in &m.nodes {
+            let k = self.spawn.entry(n.name.clone()).or_default();
+            *k = (*k).max(1);
+            if m.want.get(&n.name) != Some(&Want::Running) {
+                self.die.insert(n.name.clone());
+            }
+        }
+    }
 }
 
 /// The broken text appended to a good config for `Edit::Broken` and `UpgradeBrokenConfig`.
@@ -85,7 +98,17 @@ impl Model {
                 format!("{}ms", n.interval_ms),
             ];
             cmd.extend(n.kind.args().iter().map(|a| a.to_string()));
-            let cmd: Vec<String> = cmd.iter().map(|a| format!("\"{a}\"")).collect();
+            let mut cmd: Vec<String> = cmd.iter().map(|a| format!("\"{a}\"")).collect();
+            if let Some(script) = n.kind.wrapper() {
+                // A TOML literal string: the script has no `'''`.
+                let head = [
+                    "\"sh\"".to_owned(),
+                    "\"-c\"".to_owned(),
+                    format!("'''\n{script}'''"),
+                    "\"sh\"".to_owned(),
+                ];
+                cmd.splice(0..0, head);
+            }
             s.push_str(&format!(
                 "\n[[node]]\nname = \"{}\"\ntype = \"worker\"\ncommand = [{}]\nautostart = {}\n",
                 n.name,
@@ -285,7 +308,15 @@ impl Model {
             | Op::FdLimitSuccessor
             | Op::UnlinkRegion(_)
             | Op::DamageRegion
-            | Op::TruncateRegion => {}
+            | Op::TruncateRegion
+            | Op::KillGuardian
+            | Op::StopGuardian
+            | Op::ContGuardian
+            | Op::KillBoth
+            | Op::StarveGuardian(_)
+            | Op::FeedGuardian
+            | Op::HungUpgrade
+            | Op::DamageRecords(_) => {}
         }
         if faulted {
             // A killed Main or Supervisor: the Supervisor that serves next may be a new one,
