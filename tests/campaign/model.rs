@@ -98,17 +98,7 @@ impl Model {
                 format!("{}ms", n.interval_ms),
             ];
             cmd.extend(n.kind.args().iter().map(|a| a.to_string()));
-            let mut cmd: Vec<String> = cmd.iter().map(|a| format!("\"{a}\"")).collect();
-            if let Some(script) = n.kind.wrapper() {
-                // A TOML literal string: the script has no `'''`.
-                let head = [
-                    "\"sh\"".to_owned(),
-                    "\"-c\"".to_owned(),
-                    format!("'''\n{script}'''"),
-                    "\"sh\"".to_owned(),
-                ];
-                cmd.splice(0..0, head);
-            }
+            let cmd: Vec<String> = cmd.iter().map(|a| format!("\"{a}\"")).collect();
             s.push_str(&format!(
                 "\n[[node]]\nname = \"{}\"\ntype = \"worker\"\ncommand = [{}]\nautostart = {}\n",
                 n.name,

@@ -70,6 +70,13 @@ impl GuardianHold {
         self.stopped.is_some_and(observe::alive)
     }
 
+    /// The guardian is stopped or starved of fds (so that it may not be able to start a
+    /// Supervisor: it retries, 100 ms doubling to 30 s, and Mains leave that to it), and
+    /// still that process.
+    fn impaired(&self) -> bool {
+        self.stopped() || self.starved.is_some_and(|(g, _)| observe::alive(g))
+    }
+
     fn resume(&mut self) -> bool {
         match self.stopped.take() {
             Some(g) if observe::alive(g) => {
@@ -118,8 +125,8 @@ struct Driver<'a> {
     /// (or copy of) the built binary, which `HungUpgrade` replaces for a moment.
     exe: PathBuf,
     hold: GuardianHold,
-    /// At the end of the last step the guardian was stopped and no Supervisor lived: nothing
-    /// supervised the nodes.
+    /// At the end of the last step the guardian was stopped or starved of fds and no
+    /// Supervisor lived: nothing supervised the nodes.
     unsupervised: bool,
     /// Each node's `restarts` and spawns when `status` first showed it (see `check_exits`).
     restarts: BTreeMap<String, (u64, u64)>,
@@ -547,7 +554,18 @@ impl Driver<'_> {
                 return None;
             }
             Op::FeedGuardian => {
-                self.hold.feed();
+                if self.hold.feed() && observe::supervisor(self.c).is_none() {
+                    // It starts one at its next attempt, at most 30 s away (its retry delay
+                    // doubled while it could not).
+                    let _ = common::eventually(
+                        Duration::from_secs(35),
+                        Duration::from_millis(50),
+                        || {
+                            observe::supervisor(self.c).is_some()
+                                || common::guardians_of(&self.c.runtime).is_empty()
+                        },
+                    );
+                }
                 return None;
             }
             Op::HungUpgrade => self.hung_upgrade(),
@@ -716,17 +734,19 @@ impl Driver<'_> {
                     zombies.extend(common::zombie_children(g));
                 }
             }
-            // With the guardian stopped and the Supervisor dead nothing supervises: a Main
-            // says so (with `kill -CONT PID`) and fails, and no state is expected until the
-            // guardian runs again.
-            let may_fail = may_fail || stopped && sup.is_none();
+            // With the guardian stopped (or starved of fds) and the Supervisor dead nothing
+            // supervises: a Main says so (with `kill -CONT PID`, or the guardian's error and
+            // its next attempt) and fails, and no state is expected until the guardian runs
+            // again (or has its fds back).
+            let impaired = self.hold.impaired();
+            let may_fail = may_fail || impaired && sup.is_none();
             let (lies, unsettled) = match &st {
                 Some(st) => {
                     let leaders = observe::leaders(&self.c.instance);
                     // No Supervisor, and none can be started (the file is broken): nothing
                     // supervises the nodes, so no state is expected of them; `status` must
                     // still not lie.
-                    let unsupervised = (self.model.broken || stopped) && sup.is_none();
+                    let unsupervised = (self.model.broken || impaired) && sup.is_none();
                     let mut unsettled = if unsupervised {
                         Vec::new()
                     } else {
@@ -895,7 +915,7 @@ impl Driver<'_> {
         // With nothing supervising (the guardian stopped, the Supervisor dead), a begun stop
         // is carried through only when supervision resumes (`Allow::resumed`; the model
         // still wants the node stopped).
-        let unsupervised = self.hold.stopped() && observe::supervisor(self.c).is_none();
+        let unsupervised = self.hold.impaired() && observe::supervisor(self.c).is_none();
         let begun = if unsupervised { Vec::new() } else { begun };
         for name in &begun {
             let old: Vec<&Proc> = pre
@@ -1165,7 +1185,15 @@ impl Driver<'_> {
                 *base = (v.restarts, spawns);
             }
             let (r0, s0) = *base;
-            let spawned = spawns.saturating_sub(s0);
+            let mut spawned = spawns.saturating_sub(s0);
+            if !flap && v.restarts > r0 + spawned {
+                // The new process's `started` line reaches its log when the Supervisor moves it
+                // out of the node's output FIFO: a moment after `status` shows the count.
+                common::eventually(Duration::from_secs(3), Duration::from_millis(50), || {
+                    spawned = (observe::spawns(&self.c.root, name) as u64).saturating_sub(s0);
+                    v.restarts <= r0 + spawned
+                });
+            }
             if !flap && v.restarts > r0 + spawned {
                 let who = self.who(name);
                 self.violate(
