@@ -61,7 +61,8 @@ struct MainRun {
 #[derive(Default)]
 struct GuardianHold {
     stopped: Option<Proc>,
-    starved: Option<(Proc, libc::rlimit)>,
+    /// The guardian starved, its old limit, the limit it got, and the runtime dir.
+    starved: Option<(Proc, libc::rlimit, u64, PathBuf)>,
 }
 
 impl GuardianHold {
@@ -74,7 +75,11 @@ impl GuardianHold {
     /// Supervisor: it retries, 100 ms doubling to 30 s, and Mains leave that to it), and
     /// still that process.
     fn impaired(&self) -> bool {
-        self.stopped() || self.starved.is_some_and(|(g, _)| observe::alive(g))
+        self.stopped()
+            || self
+                .starved
+                .as_ref()
+                .is_some_and(|(g, ..)| observe::alive(*g))
     }
 
     fn resume(&mut self) -> bool {
@@ -88,22 +93,42 @@ impl GuardianHold {
         }
     }
 
+    /// Gives the starved guardian its fd limit back, and with it every Supervisor and
+    /// guardian of the instance that inherited the starved limit meanwhile (a Supervisor the
+    /// starved guardian started, a guardian that Supervisor started in turn).
     fn feed(&mut self) -> bool {
-        match self.starved.take() {
-            Some((g, old)) if observe::alive(g) => {
+        let Some((g, old, n, runtime)) = self.starved.take() else {
+            return false;
+        };
+        let mut heirs = common::guardians_of(&runtime);
+        heirs.extend(common::supervisors_of(&runtime));
+        for pid in heirs {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: prlimit writes the local `now` and reads nothing (null new_limit).
+            let r = unsafe {
+                libc::prlimit(
+                    pid as libc::pid_t,
+                    libc::RLIMIT_NOFILE,
+                    std::ptr::null(),
+                    &mut now,
+                )
+            };
+            if r == 0 && (pid == g.0 || now.rlim_max <= n) {
                 // SAFETY: prlimit reads the local `old` and writes nothing (null old_limit).
                 unsafe {
                     libc::prlimit(
-                        g.0 as libc::pid_t,
+                        pid as libc::pid_t,
                         libc::RLIMIT_NOFILE,
                         &old,
                         std::ptr::null_mut(),
                     )
                 };
-                true
             }
-            _ => false,
         }
+        observe::alive(g)
     }
 }
 
@@ -270,7 +295,7 @@ impl Driver<'_> {
         // SAFETY: prlimit reads `new` and writes `old`, both local.
         let r = unsafe { libc::prlimit(g.0 as libc::pid_t, libc::RLIMIT_NOFILE, &new, &mut old) };
         if r == 0 {
-            self.hold.starved = Some((g, old));
+            self.hold.starved = Some((g, old, n, self.c.runtime.clone()));
             self.count(Fault::GuardianFdStarve);
         }
     }
