@@ -1,13 +1,19 @@
 //! The fault campaign: model-based, seeded and shrinking. Each seed generates a cluster of
 //! nodes of random behaviours (plain, TERM-ignoring, slow or never ready, flapping, forking,
-//! escaping their group, closing their fds) and a random sequence of operations (start, stop,
-//! restart, reload with nodes added, removed, renamed, reordered, changed or the file broken,
-//! upgrade-supervisor, signal, shutdown) and faults (`kill -9` of the Supervisor at random
-//! moments, of Mains mid-command, of nodes; a successor under `ulimit -n 64`; a damaged or
-//! truncated region). A real Supervisor runs it through the `broctld` binary; after every step
-//! the invariants are checked against the kernel's truth (`/proc`, the nodes' own output), not
-//! against broctld's report. A violation is shrunk (ddmin of the step list) and reported with
-//! its seed and the minimal sequence.
+//! escaping their group, closing their fds, non-dumpable, moving a child into a sub-cgroup of
+//! their own group) and a random sequence of operations (start, stop, restart, reload with
+//! nodes added, removed, renamed, reordered, changed or the file broken, upgrade-supervisor,
+//! signal, shutdown) and faults (`kill -9` of the Supervisor at random moments, of Mains
+//! mid-command, of nodes, of the guardian, of guardian and Supervisor together; the guardian
+//! `kill -STOP`ped for a few steps, or starved of fds (`prlimit`) for a few steps; a successor
+//! under `ulimit -n 64`; `upgrade-supervisor` to a binary that hangs; the node-record page
+//! zeroed or scribbled over; a damaged or truncated region). A real Supervisor runs it through
+//! the `broctld` binary (run from a link at `ROOT/bin/broctld`, so that the hung upgrade can
+//! replace the file at the Supervisor's path); after every step the invariants are checked
+//! against the kernel's truth (`/proc`, the nodes' own output), not against broctld's report.
+//! A stopped or starved guardian always gets back what it lost before the run ends (a drop
+//! guard does it on a panic too). A violation is shrunk (ddmin of the step list) and reported
+//! with its seed and the minimal sequence.
 //!
 //! Environment (all optional; CI uses the defaults):
 //! - `BROCTLD_CAMPAIGN_SEEDS`: `1,2,3` or `1..40` (default: the fixed CI set `1..10`)

@@ -15,7 +15,9 @@
 //! `--non-dumpable` makes it non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`), as a
 //! program run from a binary with file capabilities is (a non-root Zeek): its
 //! `/proc/PID/environ`, `fd` and `fdinfo` are then unreadable to anyone without
-//! `CAP_SYS_PTRACE`.
+//! `CAP_SYS_PTRACE`. `--nest-cgroup` moves a child (`sleep`, its fds 3-9 closed,
+//! in a session of its own) into a sub-cgroup `sub` of the node's own cgroup
+//! (only when it runs in a cgroup v2 group named `node-NAME`).
 //!
 //! Signals are blocked with `sigprocmask` and consumed synchronously with
 //! `sigtimedwait`, whose timeout is the time left until the next monotonic
@@ -55,6 +57,8 @@ options:
                          capabilities is: /proc/PID/environ and /proc/PID/fd become
                          unreadable without CAP_SYS_PTRACE (a --spawn-child or
                          --setsid-child copy is started non-dumpable too)
+  --nest-cgroup          in a cgroup v2 group of its own named node-NAME, start a child
+                         (sleep, fds 3-9 closed, setsid) and move it into NODE-GROUP/sub
   --lines RATE           instead of heartbeats, print numbered lines 'NAME line=N' (N from 0)
                          at RATE lines per second, in batches every 10ms; 0 means as fast as
                          stdout takes them
@@ -98,6 +102,8 @@ struct Options {
     die_on_sigpipe: bool,
     /// Make the process non-dumpable at start.
     non_dumpable: bool,
+    /// Move a child into a sub-cgroup of the node's own cgroup at start.
+    nest_cgroup: bool,
     /// Print numbered lines at this rate per second (0: flat out) instead of heartbeats.
     lines: Option<u64>,
 }
@@ -173,6 +179,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         close_fds: false,
         die_on_sigpipe: false,
         non_dumpable: false,
+        nest_cgroup: false,
         lines: None,
     };
     let mut iter = args.iter();
@@ -191,6 +198,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
                 | "--close-fds"
                 | "--die-on-sigpipe"
                 | "--non-dumpable"
+                | "--nest-cgroup"
         );
         if is_flag && inline.is_some() {
             return Err(format!("option {option} takes no value"));
@@ -209,6 +217,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
             "--close-fds" => opts.close_fds = true,
             "--die-on-sigpipe" => opts.die_on_sigpipe = true,
             "--non-dumpable" => opts.non_dumpable = true,
+            "--nest-cgroup" => opts.nest_cgroup = true,
             "--name" => {
                 opts.name = value()?;
                 if opts.name.is_empty() {
@@ -421,6 +430,56 @@ fn spawn_child(opts: &Options, escape: bool) {
     }
 }
 
+/// `--nest-cgroup`: where the node runs in a cgroup v2 group named `node-NAME`, starts a
+/// child (`sleep 600` that closed fds 3-9, the node lock among them, and left the session
+/// with `setsid`) and moves it into the sub-group `sub` of the node's group, as a program
+/// that manages cgroups of its own does. Elsewhere it does nothing (and says so).
+fn nest_cgroup(name: &str) {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        out(&format!("{name} nest-cgroup: no cgroup v2 group"));
+        return;
+    };
+    if !path.ends_with(&format!("/node-{name}")) {
+        out(&format!(
+            "{name} nest-cgroup: not in a group of its own ({path})"
+        ));
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(mnt) = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2").then(|| left.split(' ').nth(4))?
+    }) else {
+        out(&format!("{name} nest-cgroup: no cgroup2 mount"));
+        return;
+    };
+    let sub = format!("{mnt}{path}/sub");
+    if let Err(e) = std::fs::create_dir_all(&sub) {
+        err(&format!("{name} warning: nest-cgroup: mkdir {sub}: {e}"));
+        return;
+    }
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; exec setsid sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => {
+            let pid = c.id();
+            match std::fs::write(format!("{sub}/cgroup.procs"), pid.to_string()) {
+                Ok(()) => out(&format!("{name} nested child pid={pid} in {sub}")),
+                Err(e) => err(&format!(
+                    "{name} warning: nest-cgroup: moving pid {pid} to {sub}: {e}"
+                )),
+            }
+        }
+        Err(e) => err(&format!("{name} warning: nest-cgroup: cannot spawn: {e}")),
+    }
+}
+
 /// Closes every open descriptor of 3 or more except `keep`, as a daemon
 /// that starts with `exec 3>&-` (or closes everything it inherited) does.
 fn close_inherited_fds(keep: Option<i32>) {
@@ -461,6 +520,9 @@ fn run(opts: &Options, args: &[String]) -> i32 {
     }
     if opts.close_fds {
         close_inherited_fds(opts.ready_fd);
+    }
+    if opts.nest_cgroup {
+        nest_cgroup(name);
     }
     if opts.die_on_sigpipe {
         // SAFETY: setting a signal's disposition to SIG_DFL installs no handler and touches

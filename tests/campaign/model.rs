@@ -42,6 +42,19 @@ impl Allow {
     fn spawn_once(&mut self, name: &str) {
         self.spawn.insert(name.to_owned(), 1);
     }
+
+    /// Supervision resumes after a time with none (the guardian was stopped and the
+    /// Supervisor dead): the Supervisor that takes over restarts, once, a node that died
+    /// meanwhile, and carries through a stop begun before (a node not wanted running may die).
+    pub fn resumed(&mut self, m: &Model) {
+        for n in &m.nodes {
+            let k = self.spawn.entry(n.name.clone()).or_default();
+            *k = (*k).max(1);
+            if m.want.get(&n.name) != Some(&Want::Running) {
+                self.die.insert(n.name.clone());
+            }
+        }
+    }
 }
 
 /// The broken text appended to a good config for `Edit::Broken` and `UpgradeBrokenConfig`.
@@ -285,7 +298,15 @@ impl Model {
             | Op::FdLimitSuccessor
             | Op::UnlinkRegion(_)
             | Op::DamageRegion
-            | Op::TruncateRegion => {}
+            | Op::TruncateRegion
+            | Op::KillGuardian
+            | Op::StopGuardian
+            | Op::ContGuardian
+            | Op::KillBoth
+            | Op::StarveGuardian(_)
+            | Op::FeedGuardian
+            | Op::HungUpgrade
+            | Op::DamageRecords(_) => {}
         }
         if faulted {
             // A killed Main or Supervisor: the Supervisor that serves next may be a new one,

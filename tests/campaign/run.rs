@@ -9,7 +9,8 @@ use crate::plan::{Edit, Fault, InFlight, Invariant, Kind, NodeSpec, Op, Sig, Ste
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Upper bound for the instance to settle after a step (an "eventually" bound, not a speed
@@ -54,6 +55,90 @@ struct MainRun {
     out: String,
 }
 
+/// What the guardian was deprived of: stopped (`kill -STOP`), or its fd limit lowered (the
+/// old limit kept). Dropping it gives everything back (also on a panic), to the same process
+/// only (pid and start time).
+#[derive(Default)]
+struct GuardianHold {
+    stopped: Option<Proc>,
+    /// The guardian starved, its old limit, the limit it got, and the runtime dir.
+    starved: Option<(Proc, libc::rlimit, u64, PathBuf)>,
+}
+
+impl GuardianHold {
+    /// The guardian is stopped and still that process.
+    fn stopped(&self) -> bool {
+        self.stopped.is_some_and(observe::alive)
+    }
+
+    /// The guardian is stopped or starved of fds (so that it may not be able to start a
+    /// Supervisor: it retries, 100 ms doubling to 30 s, and Mains leave that to it), and
+    /// still that process.
+    fn impaired(&self) -> bool {
+        self.stopped()
+            || self
+                .starved
+                .as_ref()
+                .is_some_and(|(g, ..)| observe::alive(*g))
+    }
+
+    fn resume(&mut self) -> bool {
+        match self.stopped.take() {
+            Some(g) if observe::alive(g) => {
+                // SAFETY: kill takes a pid and a signal; the start time was checked just above.
+                unsafe { libc::kill(g.0 as libc::pid_t, libc::SIGCONT) };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives the starved guardian its fd limit back, and with it every Supervisor and
+    /// guardian of the instance that inherited the starved limit meanwhile (a Supervisor the
+    /// starved guardian started, a guardian that Supervisor started in turn).
+    fn feed(&mut self) -> bool {
+        let Some((g, old, n, runtime)) = self.starved.take() else {
+            return false;
+        };
+        let mut heirs = common::guardians_of(&runtime);
+        heirs.extend(common::supervisors_of(&runtime));
+        for pid in heirs {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: prlimit writes the local `now` and reads nothing (null new_limit).
+            let r = unsafe {
+                libc::prlimit(
+                    pid as libc::pid_t,
+                    libc::RLIMIT_NOFILE,
+                    std::ptr::null(),
+                    &mut now,
+                )
+            };
+            if r == 0 && (pid == g.0 || now.rlim_max <= n) {
+                // SAFETY: prlimit reads the local `old` and writes nothing (null old_limit).
+                unsafe {
+                    libc::prlimit(
+                        pid as libc::pid_t,
+                        libc::RLIMIT_NOFILE,
+                        &old,
+                        std::ptr::null_mut(),
+                    )
+                };
+            }
+        }
+        observe::alive(g)
+    }
+}
+
+impl Drop for GuardianHold {
+    fn drop(&mut self) {
+        self.feed();
+        self.resume();
+    }
+}
+
 struct Driver<'a> {
     c: &'a Cluster,
     sw: &'a Switches,
@@ -61,6 +146,36 @@ struct Driver<'a> {
     runs: usize,
     outcome: Outcome,
     violations: Vec<Violation>,
+    /// The path Mains (and so the guardian and the Supervisor) run broctld from: a link to
+    /// (or copy of) the built binary, which `HungUpgrade` replaces for a moment.
+    exe: PathBuf,
+    hold: GuardianHold,
+    /// At the end of the last step the guardian was stopped or starved of fds and no
+    /// Supervisor lived: nothing supervised the nodes.
+    unsupervised: bool,
+    /// Each node's `restarts` and spawns when `status` first showed it (see `check_exits`).
+    restarts: BTreeMap<String, (u64, u64)>,
+}
+
+/// Puts a file at `exe` the way an installer does (a new file renamed over it): `content`, or
+/// the built broctld (hard-linked, else copied) for `None`.
+fn install(exe: &Path, content: Option<&[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = exe.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    match content {
+        Some(bytes) => {
+            std::fs::write(&tmp, bytes).expect("write the new image");
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the new image");
+        }
+        None => {
+            if std::fs::hard_link(common::broctld_bin(), &tmp).is_err() {
+                std::fs::copy(common::broctld_bin(), &tmp).expect("copy broctld");
+            }
+        }
+    }
+    std::fs::rename(&tmp, exe).expect("rename the new image into place");
 }
 
 impl Driver<'_> {
@@ -86,6 +201,153 @@ impl Driver<'_> {
         self.c.write_config(&self.model.config_text());
     }
 
+    /// `PROGRAM` with the cluster's global options and `args` (as `Cluster::command`).
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg("--runtime-dir")
+            .arg(&self.c.runtime)
+            .arg("--instance")
+            .arg(&self.c.instance)
+            .arg("--config")
+            .arg(&self.c.config)
+            .args(args)
+            .current_dir(&self.c.root)
+            .env_remove("BROCTLD_RUNTIME_DIR");
+        cmd
+    }
+
+    /// The one live guardian, if there is exactly one.
+    fn guardian(&self) -> Option<Proc> {
+        match common::guardians_of(&self.c.runtime)[..] {
+            [g] => common::start_time(g).map(|s| (g, s)),
+            _ => None,
+        }
+    }
+
+    fn kill_guardian(&mut self) {
+        let all = common::guardians_of(&self.c.runtime);
+        for &g in &all {
+            common::track(self.c.id, g, false);
+            // SAFETY: kill takes a pid and a signal.
+            unsafe { libc::kill(g as libc::pid_t, libc::SIGKILL) };
+        }
+        if !all.is_empty() {
+            common::wait_until(
+                Duration::from_secs(10),
+                "the killed guardian to die",
+                || all.iter().all(|g| !common::pid_alive(*g)),
+            );
+            self.count(Fault::KillGuardian);
+        }
+    }
+
+    fn stop_guardian(&mut self) {
+        let Some(g) = self.guardian() else { return };
+        common::track(self.c.id, g.0, false);
+        // SAFETY: kill takes a pid and a signal.
+        unsafe { libc::kill(g.0 as libc::pid_t, libc::SIGSTOP) };
+        self.hold.stopped = Some(g);
+        common::wait_until(Duration::from_secs(10), "the guardian to stop", || {
+            !observe::alive(g) || common::proc_state(g.0) == Some('T')
+        });
+        self.count(Fault::StopGuardian);
+    }
+
+    /// `kill -9` of the guardian and the Supervisor, neither left to replace the other: the
+    /// Supervisor is stopped first (it starts a new guardian whenever its own dies), every
+    /// guardian killed, then the Supervisor.
+    fn kill_both(&mut self) {
+        let sup = observe::supervisor(self.c);
+        if sup.is_none() && common::guardians_of(&self.c.runtime).is_empty() {
+            return;
+        }
+        if let Some((pid, _)) = sup {
+            common::track(self.c.id, pid, false);
+        }
+        common::kill_guardians(&self.c.runtime);
+        if let Some((pid, _)) = sup {
+            // SAFETY: kill takes a pid and a signal.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            common::wait_until(
+                Duration::from_secs(10),
+                "the killed Supervisor to die",
+                || !common::pid_alive(pid),
+            );
+        }
+        self.hold.stopped = None;
+        self.count(Fault::KillBoth);
+    }
+
+    fn starve_guardian(&mut self, n: u64) {
+        if self.hold.starved.is_some() {
+            return;
+        }
+        let Some(g) = self.guardian() else { return };
+        common::track(self.c.id, g.0, false);
+        let new = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit reads `new` and writes `old`, both local.
+        let r = unsafe { libc::prlimit(g.0 as libc::pid_t, libc::RLIMIT_NOFILE, &new, &mut old) };
+        if r == 0 {
+            self.hold.starved = Some((g, old, n, self.c.runtime.clone()));
+            self.count(Fault::GuardianFdStarve);
+        }
+    }
+
+    /// The node-record page (the 4 KiB after the header) zeroed or scribbled over.
+    fn damage_records(&mut self, seed: Option<u64>) {
+        use std::os::unix::fs::FileExt;
+        let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.c.shm_path())
+        else {
+            return;
+        };
+        let at = broctld::protocol::Geometry::default().offsets().nodes as u64;
+        let mut page = vec![0u8; 4096];
+        if let Some(seed) = seed {
+            let mut rng = common::Rng::new(seed);
+            for chunk in page.chunks_mut(8) {
+                chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+            }
+        }
+        if f.write_all_at(&page, at).is_ok() {
+            self.count(Fault::DamageRecords);
+        }
+    }
+
+    /// `upgrade-supervisor` while the path the Supervisor runs from holds a script that hangs
+    /// (the Main itself runs the built binary); the real image is put back afterwards.
+    fn hung_upgrade(&mut self) -> MainRun {
+        self.count(Fault::HungUpgrade);
+        install(&self.exe, Some(b"#!/bin/sh\nexec sleep 1000\n"));
+        let exe = std::mem::replace(&mut self.exe, common::broctld_bin());
+        let r = self.main(&["upgrade-supervisor"], None, None);
+        self.exe = exe;
+        install(&self.exe, None);
+        // A probe the Supervisor did not end (it must) is not left behind.
+        for pid in common::scan_proc("-", "1000") {
+            if std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|t| t.to_string_lossy().contains("sleep"))
+                && common::parent_pid(pid)
+                    .is_some_and(|p| observe::supervisor(self.c).is_some_and(|s| s.0 == p))
+            {
+                self.violate(
+                    Invariant::NoCrash,
+                    format!("the hung upgrade's probe (pid {pid}) was left running"),
+                );
+                common::track(self.c.id, pid, false);
+            }
+        }
+        r
+    }
+
     /// Runs `broctld ARGS`; `during` injects a fault while it runs; `nofile` sets its soft fd
     /// limit (inherited by a Supervisor it starts).
     fn main(&mut self, args: &[&str], during: Option<InFlight>, nofile: Option<u64>) -> MainRun {
@@ -96,7 +358,7 @@ impl Driver<'_> {
             .join("out")
             .join(format!("campaign-{}", self.runs));
         let (o, e) = (base.with_extension("stdout"), base.with_extension("stderr"));
-        let mut cmd = self.c.command(args);
+        let mut cmd = self.command(&self.exe, args);
         cmd.stdout(std::fs::File::create(&o).expect("stdout file"))
             .stderr(std::fs::File::create(&e).expect("stderr file"))
             .stdin(Stdio::null());
@@ -296,6 +558,46 @@ impl Driver<'_> {
                 self.hurt_region(true);
                 return None;
             }
+            Op::KillGuardian => {
+                self.kill_guardian();
+                return None;
+            }
+            Op::StopGuardian => {
+                self.stop_guardian();
+                return None;
+            }
+            Op::ContGuardian => {
+                self.hold.resume();
+                return None;
+            }
+            Op::KillBoth => {
+                self.kill_both();
+                return None;
+            }
+            Op::StarveGuardian(n) => {
+                self.starve_guardian(*n);
+                return None;
+            }
+            Op::FeedGuardian => {
+                if self.hold.feed() && observe::supervisor(self.c).is_none() {
+                    // It starts one at its next attempt, at most 30 s away (its retry delay
+                    // doubled while it could not).
+                    let _ = common::eventually(
+                        Duration::from_secs(35),
+                        Duration::from_millis(50),
+                        || {
+                            observe::supervisor(self.c).is_some()
+                                || common::guardians_of(&self.c.runtime).is_empty()
+                        },
+                    );
+                }
+                return None;
+            }
+            Op::HungUpgrade => self.hung_upgrade(),
+            Op::DamageRecords(seed) => {
+                self.damage_records(*seed);
+                return None;
+            }
         };
         Some(run)
     }
@@ -446,21 +748,43 @@ impl Driver<'_> {
                 }
             }
             let sup = observe::supervisor(self.c);
-            let zombies = sup
+            let stopped = self.hold.stopped();
+            let guardians = common::guardians_of(&self.c.runtime);
+            let mut zombies = sup
                 .map(|s| common::zombie_children(s.0))
                 .unwrap_or_default();
+            if !stopped {
+                // A guardian that runs reaps what it reported (a stopped one cannot yet).
+                for &g in &guardians {
+                    zombies.extend(common::zombie_children(g));
+                }
+            }
+            // With the guardian stopped (or starved of fds) and the Supervisor dead nothing
+            // supervises: a Main says so (with `kill -CONT PID`, or the guardian's error and
+            // its next attempt) and fails, and no state is expected until the guardian runs
+            // again (or has its fds back).
+            let impaired = self.hold.impaired();
+            let may_fail = may_fail || impaired && sup.is_none();
             let (lies, unsettled) = match &st {
                 Some(st) => {
                     let leaders = observe::leaders(&self.c.instance);
                     // No Supervisor, and none can be started (the file is broken): nothing
                     // supervises the nodes, so no state is expected of them; `status` must
                     // still not lie.
-                    let unsupervised = self.model.broken && sup.is_none();
-                    let unsettled = if unsupervised {
+                    let unsupervised = (self.model.broken || impaired) && sup.is_none();
+                    let mut unsettled = if unsupervised {
                         Vec::new()
                     } else {
                         self.unsettled(st, &leaders, &after)
                     };
+                    // A live Supervisor is watched by exactly one guardian (it starts a new
+                    // one when its own dies), unless that one is stopped.
+                    if sup.is_some() && !stopped && guardians.len() != 1 {
+                        unsettled.push(format!(
+                            "the Supervisor has {} guardians (pids {guardians:?}), not one",
+                            guardians.len()
+                        ));
+                    }
                     (self.lies(&before, st, &after), unsettled)
                 }
                 None if self.model.broken || may_fail => (Vec::new(), Vec::new()),
@@ -480,7 +804,9 @@ impl Driver<'_> {
                 if !zombies.is_empty() {
                     self.violate(
                         Invariant::NoZombie,
-                        format!("zombie children of the Supervisor: {zombies:?}"),
+                        format!(
+                            "zombie children of the Supervisor or a running guardian: {zombies:?}"
+                        ),
                     );
                 }
                 if !dup_seen.is_empty() {
@@ -574,7 +900,16 @@ impl Driver<'_> {
             self.model.edit_config(edit);
         }
         let faulted = step.during.is_some();
-        let allow = self.model.apply(&step.op, &before, faulted);
+        let mut allow = self.model.apply(&step.op, &before, faulted);
+        let resuming = self.unsupervised;
+        if resuming {
+            allow.resumed(&before);
+        }
+        if let Op::Reload(Edit::Add(n)) = &step.op {
+            if let Some(f) = n.kind.switch() {
+                self.count(f);
+            }
+        }
         let terms0: BTreeMap<String, usize> = names
             .iter()
             .map(|n| (n.clone(), observe::terms(&self.c.root, n)))
@@ -583,12 +918,13 @@ impl Driver<'_> {
         if let Some(r) = &run {
             self.check_command(step, r);
         }
+        self.refused_unsupervised(step, run.as_ref(), resuming, &before);
         self.admitted_failure(step, run.as_ref());
         let begun = self.stops_begun(step, &terms0);
         let supervisor_killed = matches!(step.during, Some(InFlight::KillSupervisor(_)))
             || matches!(
                 step.op,
-                Op::KillSupervisor | Op::FdLimitSuccessor | Op::UnlinkRegion(true)
+                Op::KillSupervisor | Op::FdLimitSuccessor | Op::UnlinkRegion(true) | Op::KillBoth
             );
         let readiness = self.model.nodes.iter().any(|n| n.kind == Kind::SlowReady);
         let min_quiet = if supervisor_killed && readiness {
@@ -601,6 +937,11 @@ impl Driver<'_> {
             Op::UnlinkRegion(_) | Op::DamageRegion | Op::TruncateRegion
         );
         let st = self.settle(min_quiet, region_fault);
+        // With nothing supervising (the guardian stopped, the Supervisor dead), a begun stop
+        // is carried through only when supervision resumes (`Allow::resumed`; the model
+        // still wants the node stopped).
+        let unsupervised = self.hold.impaired() && observe::supervisor(self.c).is_none();
+        let begun = if unsupervised { Vec::new() } else { begun };
         for name in &begun {
             let old: Vec<&Proc> = pre
                 .get(name)
@@ -635,6 +976,8 @@ impl Driver<'_> {
         }
         self.c.track_from_proc();
         self.check_accounting(&allow, &pre, &live, &spawns0, &hups0, &before);
+        self.check_exits(st.as_ref(), &before);
+        self.unsupervised = unsupervised;
         self.check_fds(&live);
         self.check_supervisor(step, sup0, panics0, &before);
         self.resolve(st.as_ref(), &live);
@@ -644,6 +987,35 @@ impl Driver<'_> {
             step.op,
             Op::UnlinkRegion(false) | Op::DamageRegion | Op::TruncateRegion
         )
+    }
+
+    /// A command run while nothing supervised (the guardian stopped, the Supervisor dead) that
+    /// exits non-zero: the Main said nothing was done (it cannot start a Supervisor while the
+    /// guardian is stopped), so the model goes back to before the step (a reload's edit is
+    /// taken back, the file rewritten). If a fault hit it too, the next observation decides.
+    fn refused_unsupervised(
+        &mut self,
+        step: &Step,
+        run: Option<&MainRun>,
+        resuming: bool,
+        before: &Model,
+    ) {
+        if !resuming || run.is_none_or(|r| r.code == Some(0)) {
+            return;
+        }
+        if step.during.is_some() {
+            let names: Vec<String> = self.model.nodes.iter().map(|n| n.name.clone()).collect();
+            for n in names {
+                self.model.want.insert(n, Want::Unknown);
+            }
+            self.model.supervisor = None;
+            return;
+        }
+        let edited = self.model.nodes != before.nodes || self.model.broken != before.broken;
+        self.model = before.clone();
+        if edited {
+            self.write_config();
+        }
     }
 
     /// A `start`, `stop` or `restart` that no fault hit but that exits non-zero said it did
@@ -728,6 +1100,13 @@ impl Driver<'_> {
                     }
                 }
             }
+            Op::HungUpgrade => self.violate(
+                Invariant::CommandTruth,
+                format!(
+                    "`upgrade-supervisor` to a binary that hangs exited 0:\n{}",
+                    r.out
+                ),
+            ),
             Op::Shutdown if !live.is_empty() => self.violate(
                 Invariant::CommandTruth,
                 format!(
@@ -808,6 +1187,51 @@ impl Driver<'_> {
         }
     }
 
+    /// Every exit recorded at most once: a node's `restarts` (which grows by one per restart
+    /// the Supervisor decided) grows no more than the node was spawned (its own `started`
+    /// lines), counted from the first `status` that showed the node (a region lost resets the
+    /// count: counted again from there). Cumulative, so that a count published a moment
+    /// after the new pid (or the reverse) is not mistaken for one. An exit applied twice
+    /// (reported by the guardian and also read from `/proc`, or again to a successor) would
+    /// count a restart that never ran.
+    fn check_exits(&mut self, st: Option<&BTreeMap<String, NodeView>>, before: &Model) {
+        let Some(st) = st else { return };
+        for (name, v) in st {
+            let flap = before
+                .kind(name)
+                .or(self.model.kind(name))
+                .is_some_and(|k| k.dies_by_itself());
+            let spawns = observe::spawns(&self.c.root, name) as u64;
+            let base = self
+                .restarts
+                .entry(name.clone())
+                .or_insert((v.restarts, spawns));
+            if v.restarts < base.0 {
+                *base = (v.restarts, spawns);
+            }
+            let (r0, s0) = *base;
+            let mut spawned = spawns.saturating_sub(s0);
+            if !flap && v.restarts > r0 + spawned {
+                // The new process's `started` line reaches its log when the Supervisor moves it
+                // out of the node's output FIFO: a moment after `status` shows the count.
+                common::eventually(Duration::from_secs(3), Duration::from_millis(50), || {
+                    spawned = (observe::spawns(&self.c.root, name) as u64).saturating_sub(s0);
+                    v.restarts <= r0 + spawned
+                });
+            }
+            if !flap && v.restarts > r0 + spawned {
+                let who = self.who(name);
+                self.violate(
+                    Invariant::AtMostOnce,
+                    format!(
+                        "{who}: `restarts` grew from {r0} to {} while it was spawned {spawned} times",
+                        v.restarts
+                    ),
+                );
+            }
+        }
+    }
+
     /// The Supervisor never panics, and dies only when killed or shut down.
     fn check_supervisor(
         &mut self,
@@ -836,7 +1260,11 @@ impl Driver<'_> {
         let may_die = step.during.is_some()
             || matches!(
                 step.op,
-                Op::KillSupervisor | Op::FdLimitSuccessor | Op::UnlinkRegion(true) | Op::Shutdown
+                Op::KillSupervisor
+                    | Op::FdLimitSuccessor
+                    | Op::UnlinkRegion(true)
+                    | Op::Shutdown
+                    | Op::KillBoth
             );
         if let Some(p) = sup0 {
             if !may_die && !observe::alive(p) {
@@ -846,6 +1274,19 @@ impl Driver<'_> {
                     format!(
                         "the Supervisor (pid {}) died, though nothing killed it or shut it down",
                         p.0
+                    ),
+                );
+            }
+            // The same process, but no longer a Supervisor: it exec'd something else (an
+            // upgrade must only ever exec a binary that answered its probe).
+            if observe::alive(p) && !common::supervisors_of(&self.c.runtime).contains(&p.0) {
+                let cmd = std::fs::read(format!("/proc/{}/cmdline", p.0)).unwrap_or_default();
+                self.violate(
+                    Invariant::NoCrash,
+                    format!(
+                        "the Supervisor (pid {}) is no longer a broctld Supervisor: it runs {:?}",
+                        p.0,
+                        String::from_utf8_lossy(&cmd).replace('\0', " ")
                     ),
                 );
             }
@@ -878,6 +1319,9 @@ impl Driver<'_> {
 pub fn run(label: &str, nodes: &[NodeSpec], steps: &[Step], sw: &Switches) -> Outcome {
     let model = Model::new(nodes.to_vec());
     let c = Cluster::new(label, &model.config_text());
+    let exe = c.root.join("bin").join("broctld");
+    std::fs::create_dir_all(exe.parent().expect("bin dir")).expect("create ROOT/bin");
+    install(&exe, None);
     let mut d = Driver {
         c: &c,
         sw,
@@ -885,18 +1329,53 @@ pub fn run(label: &str, nodes: &[NodeSpec], steps: &[Step], sw: &Switches) -> Ou
         runs: 0,
         outcome: Outcome::default(),
         violations: Vec::new(),
+        exe,
+        hold: GuardianHold::default(),
+        unsupervised: false,
+        restarts: BTreeMap::new(),
     };
+    for n in nodes {
+        if let Some(f) = n.kind.switch() {
+            d.count(f);
+        }
+    }
+    let mut ended = false;
     for (i, step) in steps.iter().enumerate() {
         let go_on = d.step(step);
         d.outcome.steps += 1;
         if !d.violations.is_empty() {
             let v = std::mem::take(&mut d.violations);
             d.outcome.failure = Some((i, step.clone(), v));
+            ended = true;
             break;
         }
         if !go_on {
+            ended = true;
             break;
         }
     }
+    // A sequence (shrunk, or cut short) that leaves the guardian stopped or starved: it gets
+    // everything back, and the checks run once more, before the run ends.
+    if !ended {
+        for op in [Op::FeedGuardian, Op::ContGuardian] {
+            let pending = match op {
+                Op::FeedGuardian => d.hold.starved.is_some(),
+                _ => d.hold.stopped.is_some(),
+            };
+            if !pending {
+                continue;
+            }
+            let step = Step { op, during: None };
+            d.step(&step);
+            if !d.violations.is_empty() {
+                let v = std::mem::take(&mut d.violations);
+                d.outcome.failure = Some((steps.len().saturating_sub(1), step, v));
+                break;
+            }
+        }
+    }
+    // Given back here at the latest (also on a panic, by the hold's drop), before the
+    // cluster's cleanup.
+    drop(std::mem::take(&mut d.hold));
     std::mem::take(&mut d.outcome)
 }
