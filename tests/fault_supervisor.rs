@@ -925,3 +925,53 @@ fn a_failed_upgrade_exec_is_reported_by_the_main_that_asked() {
     );
     assert!(pid_alive(sup));
 }
+
+/// Found by the campaign (seed 59): a Supervisor `kill -9`ed after a `shutdown` had stopped
+/// every node, while it removed its runtime files, had already removed its region, so the
+/// guardian's replacement found none and started every autostart node again. The region now
+/// goes last, and a successor that finds it saying `exited` finishes the shutdown: nothing of
+/// the instance runs afterwards.
+#[test]
+fn a_supervisor_killed_in_its_clean_up_after_shutdown_starts_nothing_again() {
+    // Many nodes, each with a cgroup and output FIFOs: the clean-up takes a moment.
+    let config: String = (0..24)
+        .map(|i| {
+            format!(
+                "[[node]]\nname = \"n{i}\"\ncommand = [\"@NODE@\", \"--interval\", \"10s\"]\n\n"
+            )
+        })
+        .collect();
+    let c = Cluster::new("killed_in_cleanup", &config);
+    let before = c.start();
+    let sup = c.supervisor_pid();
+    let shm = broctld::protocol::Shared::open(&c.instance().shm_name()).expect("the region");
+    let shutdown = c.spawn_main(&["shutdown"]);
+    // Spin (no sleep: the window is short) until the region says `exited`, then kill it.
+    let deadline = Instant::now() + WAIT;
+    while shm.state() != Some(broctld::protocol::layout::SupervisorState::Exited) {
+        assert!(
+            Instant::now() < deadline,
+            "the region never said exited:\n{}",
+            c.log()
+        );
+        std::hint::spin_loop();
+    }
+    signal(sup, libc::SIGKILL);
+    let _ = c.wait_main(shutdown, WAIT);
+    wait_until(
+        WAIT,
+        "no Supervisor and no guardian of the instance",
+        || supervisors_of(&c.runtime).is_empty() && guardians_of(&c.runtime).is_empty(),
+    );
+    let left = node_procs(&c.instance);
+    assert!(
+        left.is_empty(),
+        "nodes run again after a shutdown: {left:?}\n{}",
+        c.log()
+    );
+    for (name, n) in &before {
+        let pid = n.pid.expect("started");
+        assert!(!pid_alive(pid), "{name} (pid {pid}) still runs");
+    }
+    wait_until(WAIT, "the region removed", || !c.shm_path().exists());
+}

@@ -524,3 +524,45 @@ fn embedder_events_name_their_nodes_across_a_reload() {
     }
     client.ping(WAIT).expect("ping");
 }
+
+/// Found by the campaign (seeds 23, 37, 57): with the Supervisor dead, its region gone with it
+/// and the guardian unable to start another for a while (here: stopped), `status` read the
+/// config alone and said every live node was `stopped`, verified, exit 3. It now asks the
+/// kernel (each node's lock file and cgroup): a node with a live process is `unknown` with
+/// that pid, and `status` exits non-zero saying nothing supervises it. Once a Supervisor runs
+/// again, it adopts the same processes.
+#[test]
+fn status_never_says_stopped_when_the_region_is_lost_with_its_supervisor() {
+    let c = Cluster::new("region_lost_unsupervised", TWO);
+    let before = c.start();
+    let guardian = freeze_guardian(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    let lock = c.instance_dir().join("supervisor.lock");
+    wait_until(WAIT, "the instance lock free", || {
+        matches!(
+            broctld::sys::lockfile::LockFile::probe(&lock),
+            Ok(broctld::sys::lockfile::Probe::Free)
+        )
+    });
+    std::fs::remove_file(c.shm_path()).expect("remove the region");
+    let out = c.run(&["status", "--json"]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert_ne!(out.code, Some(3), "not 'every node is stopped': {out:?}");
+    assert!(out.stderr.contains("nothing supervises"), "{out:?}");
+    for n in json_nodes(&out) {
+        let name = n["name"].as_str().expect("a name").to_owned();
+        let pid = before[&name].pid.expect("started");
+        assert_eq!(n["state"], "unknown", "{name}: {out:?}");
+        assert_eq!(n["pid"].as_u64(), Some(pid as u64), "{name}: {out:?}");
+        assert_eq!(n["pid_alive"], true, "{name}: {out:?}");
+        assert!(pid_alive(pid), "{name} (pid {pid}) was touched");
+    }
+    let table = c.run(&["status"]);
+    assert!(!table.stdout.contains("stopped"), "{table:?}");
+    thaw(guardian);
+    let after = c.wait_status(WAIT, "both adopted", |s| {
+        s.values().all(|n| n.state == "running") && s.iter().all(|(k, n)| n.pid == before[k].pid)
+    });
+    assert_eq!(pids(&after), pids(&before));
+}

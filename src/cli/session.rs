@@ -507,13 +507,23 @@ impl Session {
                 println!("[]");
             }
         })?;
-        let nodes = config
+        // No region to read: what the kernel shows of each node (its lock, its cgroup). A node
+        // with a live process is never shown `stopped`.
+        let names: Vec<(String, NodeType)> = config
             .nodes
             .iter()
-            .enumerate()
-            .map(|(i, n)| NodeStatus::stopped(i, n.name.clone(), n.node_type))
+            .map(|n| (n.name.clone(), n.node_type))
             .collect();
-        Ok((nodes, None))
+        let nodes = Client::unsupervised_rows(&self.instance, &names);
+        let live = nodes.iter().filter(|n| !n.verified).count();
+        if live == 0 {
+            return Ok((nodes, None));
+        }
+        let why = format!(
+            "no Supervisor runs for instance '{}' and none left a region, but {live} node(s) have a live process (their lock file or cgroup says so) that nothing supervises; `broctld start` adopts them",
+            self.instance.name()
+        );
+        Ok((nodes, Some(why)))
     }
 
     /// The error for a command that needs a Supervisor when none can be reached: names why,

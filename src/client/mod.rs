@@ -681,6 +681,45 @@ impl Client {
         Ok(Some(out))
     }
 
+    /// With no Supervisor and no region: each configured node (`nodes`: name and type) as the
+    /// kernel shows it. One whose lock file is held, or whose cgroup holds processes, has a
+    /// live process nobody supervises: `running`, unverified, with that pid. One whose lock
+    /// cannot be read is unverified too (an OS error is no evidence that it is stopped). Any
+    /// other is stopped.
+    pub fn unsupervised_rows(instance: &Instance, nodes: &[(String, NodeType)]) -> Vec<NodeStatus> {
+        let dir = instance.dir();
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| {
+                let mut n = NodeStatus::stopped(i, name.clone(), *ty);
+                let lock = LockFile::probe(&instance.node_lock_path(name));
+                let in_group = crate::supervisor::cgroups::node_processes(&dir, name)
+                    .and_then(|p| p.first().copied());
+                match (lock, in_group) {
+                    (Ok(Probe::Held { pid, start, .. }), _)
+                        if pid != 0 && procstat::is_alive(pid, start) =>
+                    {
+                        n.state = NodeState::Running;
+                        n.pid = Some(pid);
+                        n.pid_start = start;
+                    }
+                    (_, Some(pid)) => {
+                        n.state = NodeState::Running;
+                        n.pid = Some(pid);
+                        n.pid_start = procstat::start_time(pid).ok().flatten().unwrap_or(0);
+                    }
+                    // Held, by a process other than the one the file names: alive, pid unknown.
+                    (Ok(Probe::Held { .. }), None) => n.state = NodeState::Running,
+                    (Ok(Probe::Free), None) => return n,
+                    (Err(_), None) => {}
+                }
+                n.unverify();
+                n
+            })
+            .collect()
+    }
+
     /// Attaches to the running Supervisor, or starts one with `config` and attaches to it.
     pub fn attach_or_spawn(
         instance: &Instance,

@@ -58,9 +58,11 @@ const NEXT_ATTEMPT_WAIT: Duration = Duration::from_secs(1);
 /// (`kill -STOP`, a debugger), or its last attempt failed and it waits before the next one.
 fn guardian_stalled(instance: &Instance, pid: u32) -> Option<String> {
     if let Ok(Some(st)) = crate::sys::procstat::stat(pid) {
-        if matches!(st.state, 'T' | 't') {
+        // `T` only: `t` (a tracing stop) also shows for a moment at every syscall of a
+        // guardian under strace, which is not stuck.
+        if st.state == 'T' {
             return Some(format!(
-                "the guardian (pid {pid}) is stopped (a SIGSTOP or a debugger), so no Supervisor is started; `kill -CONT {pid}` resumes it"
+                "the guardian (pid {pid}) is stopped (SIGSTOP), so no Supervisor is started; `kill -CONT {pid}` resumes it"
             ));
         }
     }

@@ -72,7 +72,7 @@ pub const SERVE_DEADLINE: Duration = Duration::from_secs(60);
 /// The variable that overrides [`SERVE_DEADLINE`] (milliseconds, read at the guardian's start).
 pub const SERVE_DEADLINE_ENV: &str = "BROCTLD_SERVE_DEADLINE_MS";
 /// The second line of the guardian's lock file: this word, then (while it waits to try
-/// again) [`RETRY_AT`] with the wall-clock time of its next attempt in ms and the reason.
+/// again) [`RETRY_AT`] with the time of its next attempt (CLOCK_MONOTONIC, ms) and the reason.
 const INFO: &str = "guardian";
 const RETRY_AT: &str = "retry-at-ms=";
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -767,14 +767,18 @@ impl Guardian {
                     self.flush();
                 }
             }
-            let mut status = 0;
-            // SAFETY: reaps this one zombie; a valid out-pointer.
-            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             if ours {
                 // What it wrote before it ended comes first: its `error: WHY` may still sit in
                 // the readiness pipe when its exit is seen (a SIGCHLD can wake us before the
                 // pipe does), and the Main must get that line, not "exited with status 2".
+                // Read before the reap: while it is a zombie its pid (and /proc/PID/exe, which
+                // a `ready` line makes us keep) is still its own.
                 self.read_ready();
+            }
+            let mut status = 0;
+            // SAFETY: reaps this one zombie; a valid out-pointer.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            if ours {
                 if let Some(code) = self.on_supervisor_exit(pid, status) {
                     return Some(code);
                 }
@@ -897,11 +901,10 @@ impl Guardian {
         let info = match why {
             None => INFO.to_owned(),
             Some(why) => {
-                let at = std::time::SystemTime::now() + self.retry;
-                let ms = at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis());
-                format!("{INFO} {RETRY_AT}{ms} {why}")
+                // CLOCK_MONOTONIC: the same clock in every process, and not moved by a step of
+                // the wall clock.
+                let at = crate::sys::clock::monotonic_ns() + self.retry.as_nanos() as u64;
+                format!("{INFO} {RETRY_AT}{} {why}", at / 1_000_000)
             }
         };
         if let Some(lock) = self.lock.as_mut() {
@@ -956,11 +959,12 @@ pub fn next_attempt(instance: &Instance) -> Option<(Duration, String)> {
         .trim_start()
         .strip_prefix(RETRY_AT)?;
     let (ms, why) = rest.split_once(' ').unwrap_or((rest, ""));
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.parse().ok()?);
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Some((left, why.to_owned()))
+    let at_ms: u64 = ms.parse().ok()?;
+    let now_ms = crate::sys::clock::monotonic_ns() / 1_000_000;
+    Some((
+        Duration::from_millis(at_ms.saturating_sub(now_ms)),
+        why.to_owned(),
+    ))
 }
 
 /// Whether a guardian holds `instance` (and which pid it wrote).

@@ -683,7 +683,6 @@ impl Supervisor {
                 );
             }
         }
-        let _ = crate::shm::Region::unlink(self.shared.name());
         let _ = std::fs::remove_file(self.instance.bell_path());
         // What the nodes wrote last goes to their files; then their FIFOs go.
         for i in 0..self.nodes.len() {
@@ -703,6 +702,10 @@ impl Supervisor {
             c.remove_all(&self.instance.dir(), Duration::from_secs(5));
         }
         running::remove(&self.instance.dir());
+        // The region goes last: until then it says `exited`, so a Supervisor killed in the
+        // clean-up above is followed by one that finishes the shutdown (see `take_over`),
+        // not by one that finds no region and starts every autostart node again.
+        let _ = crate::shm::Region::unlink(self.shared.name());
         log!("supervisor exiting: every node stopped, runtime files removed");
         if let Some(lock) = self.lock.take() {
             lock.remove();

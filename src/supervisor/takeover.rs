@@ -15,9 +15,13 @@ impl Supervisor {
     pub(super) fn take_over(&mut self, mut previous: HashMap<String, NodeRecord>) {
         let h = self.shared.header();
         // A predecessor killed while it shut down had acknowledged the `shutdown`: this one
-        // finishes it (stops every node, then exits) rather than starting anything.
+        // finishes it (stops every node, then exits) rather than starting anything. So does one
+        // killed after it had stopped them all, while it removed its runtime files (its
+        // region says `exited`).
+        let state = h.state.load(Ordering::Acquire);
         let finish_shutdown = !previous.is_empty()
-            && h.state.load(Ordering::Acquire) == SupervisorState::ShuttingDown as u32;
+            && (state == SupervisorState::ShuttingDown as u32
+                || state == SupervisorState::Exited as u32);
         // Not `ready` until the takeover is done: a dead predecessor left `ready` here, and a
         // Main must not attach to (and report the half-resumed records of) a Supervisor that
         // is still deciding what each node is.
@@ -154,12 +158,13 @@ impl Supervisor {
         // A node adopted `starting` behind its `ready_check`: this Supervisor's first run of
         // it is due one interval from now.
         let now = clock::monotonic_ns();
+        let mut acts = acts;
         for i in 0..self.nodes.len() {
             if !self.nodes[i].spec.policy.ready_check.is_empty() && self.awaits_ready(i) {
-                let acts = self
-                    .machine
-                    .handle(machine::Input::CheckPending { node: i }, now);
-                debug_assert!(acts.is_empty(), "a check's timer is armed, nothing done");
+                acts.extend(
+                    self.machine
+                        .handle(machine::Input::CheckPending { node: i }, now),
+                );
             }
         }
         // Every record first (each says what this Supervisor does with its node), and the
@@ -173,7 +178,6 @@ impl Supervisor {
                 )
             })
             .unwrap_or(acts.len());
-        let mut acts = acts;
         let rest = acts.split_off(split);
         self.carry_out(acts);
         self.announce_ready(generation);

@@ -217,7 +217,7 @@ pub(super) fn wait_nodes(
         let gap = read_cost * 4;
         let since = read_at.elapsed();
         if since < gap && gap > Duration::from_micros(200) {
-            std::thread::sleep((gap - since).min(left));
+            std::thread::sleep((gap - since).min(limit.saturating_sub(start.elapsed())));
         }
     }
 }
