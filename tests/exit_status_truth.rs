@@ -540,13 +540,7 @@ fn status_with_the_guardian_stopped_and_no_supervisor_says_why_at_once() {
     let guardian = freeze_guardian(&c.runtime);
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    let lock = c.instance_dir().join("supervisor.lock");
-    wait_until(WAIT, "the instance lock free", || {
-        matches!(
-            broctld::sys::lockfile::LockFile::probe(&lock),
-            Ok(broctld::sys::lockfile::Probe::Free)
-        )
-    });
+    c.wait_lock_free();
     let out = c.run(&["status"]);
     let all = format!("{}{}", out.stdout, out.stderr);
     assert_ne!(

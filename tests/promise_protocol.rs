@@ -538,13 +538,7 @@ fn status_never_says_stopped_when_the_region_is_lost_with_its_supervisor() {
     let guardian = freeze_guardian(&c.runtime);
     let sup = c.supervisor_pid();
     signal(sup, libc::SIGKILL);
-    let lock = c.instance_dir().join("supervisor.lock");
-    wait_until(WAIT, "the instance lock free", || {
-        matches!(
-            broctld::sys::lockfile::LockFile::probe(&lock),
-            Ok(broctld::sys::lockfile::Probe::Free)
-        )
-    });
+    c.wait_lock_free();
     std::fs::remove_file(c.shm_path()).expect("remove the region");
     let out = c.run(&["status", "--json"]);
     assert_ne!(out.code, Some(0), "{out:?}");

@@ -536,6 +536,18 @@ pub fn all_running(s: &BTreeMap<String, NodeView>) -> bool {
 }
 
 impl Cluster {
+    /// Waits until no process holds the instance lock (a Supervisor killed is gone: the
+    /// kernel released its lock).
+    pub fn wait_lock_free(&self) {
+        let lock = self.instance_dir().join("supervisor.lock");
+        wait_until(Duration::from_secs(30), "the instance lock free", || {
+            matches!(
+                broctld::sys::lockfile::LockFile::probe(&lock),
+                Ok(broctld::sys::lockfile::Probe::Free)
+            )
+        });
+    }
+
     /// The Supervisor's pid once one other than `not` is alive and `ready` in the region (read
     /// from the region: no Main runs), recorded for cleanup.
     pub fn next_supervisor(&self, not: u32) -> u32 {
