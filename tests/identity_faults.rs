@@ -577,3 +577,59 @@ command = ["/usr/sbin/nginx", "-p", "{dir}", "-c", "{conf}"]
         c.run(&["shutdown"]).ok();
     }
 }
+
+/// Found by the campaign (seed 9): a node started through a wrapper that execs the real
+/// program (`sh -c 'exec sleep 600'`: its command line is no longer the node's command), whose
+/// lock file does not name it (a Supervisor killed between the spawn and writing the holder
+/// line; here written over by hand), was not recognised by a successor: its process was taken
+/// for a stranger and the node started again. The successor now finds it as the group leader
+/// that holds the node's lock, and adopts it.
+#[test]
+fn a_wrapped_node_its_lock_file_does_not_name_is_adopted_not_started_twice() {
+    let c = Cluster::new(
+        "wrapped_unnamed",
+        r#"
+[[node]]
+name = "wrapped"
+command = ["sh", "-c", "exec sleep 600"]
+"#,
+    );
+    let before = c.start();
+    let pid = before["wrapped"].pid.expect("started");
+    track(c.id, pid, true);
+    wait_until(WAIT, "the wrapper to exec sleep", || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|b| b.starts_with(b"sleep\0"))
+    });
+    let guardian = freeze_guardian(&c.runtime);
+    let sup = c.supervisor_pid();
+    signal(sup, libc::SIGKILL);
+    c.wait_lock_free();
+    // No record of it (the region is gone), and a lock file naming another process (pid 1).
+    std::fs::remove_file(c.shm_path()).expect("remove the region");
+    let lock = c.instance_dir().join("nodes/wrapped.lock");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock)
+        .expect("the node's lock");
+    std::os::unix::fs::FileExt::write_all_at(&f, format!("{:>10} {:>20}\n", 1, 1).as_bytes(), 0)
+        .expect("write the holder line");
+    drop(f);
+    thaw(guardian);
+    c.next_supervisor(sup);
+    let after = c.wait_status(WAIT, "wrapped adopted", |s| {
+        s["wrapped"].state == "running" && s["wrapped"].pid.is_some()
+    });
+    assert_eq!(
+        after["wrapped"].pid,
+        Some(pid),
+        "adopted, not started again:\n{}",
+        c.log()
+    );
+    assert!(pid_alive(pid), "the node's process was touched");
+    let procs = node_procs(&c.instance);
+    assert_eq!(
+        procs.get("wrapped").map(Vec::len),
+        Some(1),
+        "one process of the node: {procs:?}"
+    );
+}

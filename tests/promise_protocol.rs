@@ -555,6 +555,7 @@ fn status_never_says_stopped_when_the_region_is_lost_with_its_supervisor() {
     let table = c.run(&["status"]);
     assert!(!table.stdout.contains("stopped"), "{table:?}");
     thaw(guardian);
+    c.next_supervisor(sup);
     let after = c.wait_status(WAIT, "both adopted", |s| {
         s.values().all(|n| n.state == "running") && s.iter().all(|(k, n)| n.pid == before[k].pid)
     });

@@ -364,6 +364,42 @@ impl Supervisor {
         }
     }
 
+    /// Node `i`'s main process among `procs` when its lock file does not name it: a group
+    /// leader running the node's command, else (while the lock is held) the group leader that
+    /// holds the lock and descends from no other process of the node, the earliest started of
+    /// several. The second finds a node whose wrapper exec'd another program (`sh -c '...;
+    /// exec "$@"'`: its command line is no longer the node's) when a Supervisor was killed
+    /// between its spawn and naming it in the lock file.
+    pub(super) fn unnamed_main(
+        &self,
+        i: usize,
+        held: bool,
+        procs: &[procscan::NodeProcess],
+    ) -> io::Result<Option<(u32, u64)>> {
+        if let Some(c) = procscan::leader_running(procs, &self.nodes[i].spec.command)? {
+            return Ok(Some(c));
+        }
+        if !held {
+            return Ok(None);
+        }
+        let lock = self.instance.node_lock_path(&self.nodes[i].spec.name);
+        let (holders, _) = procscan::lock_holders(&lock)?;
+        let ours: HashSet<u32> = procs.iter().map(|p| p.pid).collect();
+        let mut best: Option<(u32, u64)> = None;
+        for p in procs
+            .iter()
+            .filter(|p| p.pgid == p.pid && holders.contains(&p.pid))
+        {
+            if procstat::parent(p.pid)?.is_some_and(|pp| ours.contains(&pp)) {
+                continue;
+            }
+            if best.is_none_or(|(_, s)| p.start < s) {
+                best = Some((p.pid, p.start));
+            }
+        }
+        Ok(best)
+    }
+
     /// Some process of node `i` lives (it holds the node's lock, or carries its identity):
     /// adopts it if it is the node itself, otherwise blocks the start until it is gone.
     pub(super) fn adopt_or_block(
@@ -383,7 +419,7 @@ impl Supervisor {
             .map(|p| (p.pid, p.start));
         let candidate = match named {
             Some(c) => Ok(Some(c)),
-            None => procscan::leader_running(procs, &self.nodes[i].spec.command),
+            None => self.unnamed_main(i, held, procs),
         };
         let candidate = match candidate {
             Ok(c) => c,

@@ -330,11 +330,7 @@ impl Supervisor {
         let named = procs
             .iter()
             .any(|p| p.pid == recorded.0 && p.start == recorded.1 && p.pgid == p.pid);
-        let leader = named
-            || matches!(
-                procscan::leader_running(&procs, &self.nodes[i].spec.command),
-                Ok(Some(_))
-            );
+        let leader = named || matches!(self.unnamed_main(i, held, &procs), Ok(Some(_)));
         if leader {
             match self.adopt_or_block(i, recorded, held, &procs) {
                 machine::Input::Adopted { proc_, .. } => {
