@@ -515,14 +515,27 @@ impl Session {
             .map(|n| (n.name.clone(), n.node_type))
             .collect();
         let nodes = Client::unsupervised_rows(&self.instance, &names);
-        let live = nodes.iter().filter(|n| !n.verified).count();
-        if live == 0 {
+        let live = nodes
+            .iter()
+            .filter(|n| !n.verified && n.state == NodeState::Running)
+            .count();
+        let unreadable = nodes
+            .iter()
+            .filter(|n| !n.verified && n.state != NodeState::Running)
+            .count();
+        if live + unreadable == 0 {
             return Ok((nodes, None));
         }
-        let why = format!(
-            "no Supervisor runs for instance '{}' and none left a region, but {live} node(s) have a live process (their lock file or cgroup says so) that nothing supervises; `broctld start` adopts them",
+        let mut why = format!(
+            "no Supervisor runs for instance '{}' and none left a region",
             self.instance.name()
         );
+        if live > 0 {
+            why.push_str(&format!(", but {live} node(s) have a live process (their lock file or cgroup says so) that nothing supervises; `broctld start` adopts them"));
+        }
+        if unreadable > 0 {
+            why.push_str(&format!("; {unreadable} node(s) could not be checked (their lock file cannot be read), so they are not known to be stopped"));
+        }
         Ok((nodes, Some(why)))
     }
 
