@@ -526,6 +526,15 @@ impl Session {
         if live + unreadable == 0 {
             return Ok((nodes, None));
         }
+        // A Supervisor that took the lock since we looked (one starting now holds its nodes'
+        // locks before its region is ready): attach waits for it, and its answer is the truth.
+        if let Ok(Probe::Held { .. }) = LockFile::probe(&self.instance.lock_path()) {
+            if let Ok(c) = Client::attach(&self.instance) {
+                let nodes = c.status();
+                self.client = Some(c);
+                return Ok((nodes, None));
+            }
+        }
         let mut why = format!(
             "no Supervisor runs for instance '{}' and none left a region",
             self.instance.name()
