@@ -711,16 +711,22 @@ fn one_node_always_every_interleaving() {
     }
 }
 
-/// `ready_check`: runs one at a time while starting, passes or fails, and across a takeover
-/// (the successor arms its own), among every other input.
-#[test]
-fn one_node_with_a_ready_check_every_interleaving() {
+/// One `always` node with a `ready_check` run every 100 ms.
+fn ready_checked_conf() -> Conf {
     let mut c = conf(3, RestartPolicy::Always, vec![]);
     c.policy = Arc::new(Policy {
         ready_check: vec!["check".into()],
         ready_check_interval: Duration::from_millis(100),
         ..(*c.policy).clone()
     });
+    c
+}
+
+/// `ready_check`: runs one at a time while starting, passes or fails, and across a takeover
+/// (the successor arms its own), among every other input.
+#[test]
+fn one_node_with_a_ready_check_every_interleaving() {
+    let c = ready_checked_conf();
     run(
         "1 node Told ready_check=100ms cgroups=true",
         scenario(vec![c], vec![Readiness::Told], true),
@@ -732,12 +738,7 @@ fn one_node_with_a_ready_check_every_interleaving() {
 /// again one interval after it failed, gone once the node is ready.
 #[test]
 fn a_ready_check_runs_one_interval_after_the_spawn_and_after_each_failure() {
-    let mut c = conf(3, RestartPolicy::Always, vec![]);
-    c.policy = Arc::new(Policy {
-        ready_check: vec!["check".into()],
-        ready_check_interval: Duration::from_millis(100),
-        ..(*c.policy).clone()
-    });
+    let c = ready_checked_conf();
     let mut m = Machine::new(vec![c], true);
     let _ = m.handle(Input::Command(Command::Start(vec![0])), 0);
     let _ = m.advance_waves(0);
